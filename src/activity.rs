@@ -1,0 +1,306 @@
+//! Activity phase: marks a sandbox active in memory (no I/O on the request path); a background
+//! flusher writes throttled, batched marks to a sink.
+//!
+//! Long-lived connections hold a [`StreamGuard`]: it counts open streams per sandbox, and the
+//! flusher re-marks every sandbox with open streams once per heartbeat. There is no timer per
+//! connection, so none can leak: dropping the guard is the whole close path.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::registry::BoxFuture;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivityConfig {
+    /// Record activity at all.
+    pub enabled: bool,
+    /// At most one write per sandbox per this interval (per replica).
+    #[serde(with = "humantime_serde")]
+    pub throttle: Duration,
+    /// How often pending marks are flushed.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Open WebSockets and streams re-mark their sandbox this often.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// `memory` (embedded default).
+    pub sink: String,
+}
+
+impl Default for ActivityConfig {
+    fn default() -> Self {
+        ActivityConfig {
+            enabled: true,
+            throttle: Duration::from_secs(10),
+            flush_interval: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(30),
+            sink: "memory".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("activity sink: {0}")]
+pub struct SinkError(pub String);
+
+/// Where activity goes. A write gets the newest mark (epoch ms) per sandbox.
+pub trait ActivitySink: Send + Sync + 'static {
+    fn write<'a>(&'a self, batch: &'a [(Arc<str>, u64)]) -> BoxFuture<'a, Result<(), SinkError>>;
+}
+
+/// Keeps the last write per sandbox in memory (the embedded default; also what tests read).
+#[derive(Default)]
+pub struct MemorySink {
+    pub last: DashMap<Arc<str>, u64>,
+    pub writes: AtomicUsize,
+    pub batches: AtomicUsize,
+}
+
+impl ActivitySink for MemorySink {
+    fn write<'a>(&'a self, batch: &'a [(Arc<str>, u64)]) -> BoxFuture<'a, Result<(), SinkError>> {
+        for (id, ms) in batch {
+            self.last.insert(id.clone(), *ms);
+        }
+        self.writes.fetch_add(batch.len(), Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[derive(Default)]
+struct Mark {
+    seen_ms: AtomicU64,
+    written_ms: AtomicU64,
+    open_streams: AtomicUsize,
+}
+
+pub struct Activity {
+    enabled: bool,
+    throttle_ms: u64,
+    heartbeat_ms: u64,
+    marks: DashMap<Arc<str>, Mark>,
+}
+
+impl Activity {
+    pub fn new(config: &ActivityConfig) -> Arc<Activity> {
+        Arc::new(Activity {
+            enabled: config.enabled,
+            throttle_ms: config.throttle.as_millis() as u64,
+            heartbeat_ms: config.heartbeat.as_millis() as u64,
+            marks: DashMap::new(),
+        })
+    }
+
+    /// Marks a sandbox active now. In memory only; allocates once per sandbox, not per request.
+    pub fn mark(&self, sandbox_id: &str) {
+        if !self.enabled {
+            return;
+        }
+        let now = now_ms();
+        if let Some(mark) = self.marks.get(sandbox_id) {
+            mark.seen_ms.fetch_max(now, Ordering::Relaxed);
+            return;
+        }
+        self.marks
+            .entry(sandbox_id.into())
+            .or_default()
+            .seen_ms
+            .fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Marks now and keeps the sandbox active every heartbeat until the guard is dropped.
+    pub fn stream(self: &Arc<Self>, sandbox_id: &str) -> Option<StreamGuard> {
+        if !self.enabled {
+            return None;
+        }
+        self.mark(sandbox_id);
+        let mark = self.marks.get(sandbox_id)?;
+        mark.open_streams.fetch_add(1, Ordering::Relaxed);
+        let (id, _) = mark.pair();
+        Some(StreamGuard {
+            activity: self.clone(),
+            sandbox_id: id.clone(),
+        })
+    }
+
+    /// Marks due for writing: newer than the last write and outside the throttle window.
+    /// Sandboxes with open streams are re-marked once per heartbeat first.
+    fn due(&self, now: u64) -> Vec<(Arc<str>, u64)> {
+        let mut batch = Vec::new();
+        for entry in self.marks.iter() {
+            let mark = entry.value();
+            if mark.open_streams.load(Ordering::Relaxed) > 0
+                && now.saturating_sub(mark.seen_ms.load(Ordering::Relaxed)) >= self.heartbeat_ms
+            {
+                mark.seen_ms.fetch_max(now, Ordering::Relaxed);
+            }
+            let seen = mark.seen_ms.load(Ordering::Relaxed);
+            let written = mark.written_ms.load(Ordering::Relaxed);
+            if seen > written && now.saturating_sub(written) >= self.throttle_ms {
+                batch.push((entry.key().clone(), seen));
+            }
+        }
+        batch
+    }
+
+    fn confirm(&self, batch: &[(Arc<str>, u64)]) {
+        for (id, ms) in batch {
+            if let Some(mark) = self.marks.get(&**id) {
+                mark.written_ms.fetch_max(*ms, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Forgets sandboxes with no open stream and nothing pending that went quiet long ago, so
+    /// memory follows the set of active sandboxes.
+    fn forget_idle(&self, now: u64) {
+        let horizon = (self.throttle_ms + self.heartbeat_ms).max(60_000) * 10;
+        self.marks.retain(|_, m| {
+            m.open_streams.load(Ordering::Relaxed) > 0
+                || m.seen_ms.load(Ordering::Relaxed) > m.written_ms.load(Ordering::Relaxed)
+                || now.saturating_sub(m.seen_ms.load(Ordering::Relaxed)) < horizon
+        });
+    }
+
+    /// One flush: write what is due; on a sink error keep it pending for the next flush.
+    pub async fn flush(&self, sink: &dyn ActivitySink) -> Result<usize, SinkError> {
+        let now = now_ms();
+        let batch = self.due(now);
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        sink.write(&batch).await?;
+        self.confirm(&batch);
+        self.forget_idle(now);
+        Ok(batch.len())
+    }
+
+    /// Open long-lived streams, all sandboxes together (a gauge).
+    pub fn open_streams(&self) -> usize {
+        self.marks
+            .iter()
+            .map(|m| m.open_streams.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Runs the flusher until `stop` fires, then flushes once more.
+    pub async fn run_flusher(
+        self: Arc<Self>,
+        sink: Arc<dyn ActivitySink>,
+        interval: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            if let Err(e) = self.flush(&*sink).await {
+                tracing::warn!(error = %e, "activity flush failed; marks kept for the next flush");
+            }
+        }
+        if let Err(e) = self.flush(&*sink).await {
+            tracing::warn!(error = %e, "final activity flush failed");
+        }
+    }
+}
+
+/// Held by a WebSocket relay or a streaming response body while it is open.
+pub struct StreamGuard {
+    activity: Arc<Activity>,
+    sandbox_id: Arc<str>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(mark) = self.activity.marks.get(&*self.sandbox_id) {
+            mark.open_streams.fetch_sub(1, Ordering::Relaxed);
+            mark.seen_ms.fetch_max(now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity(throttle_ms: u64, heartbeat_ms: u64) -> Arc<Activity> {
+        Activity::new(&ActivityConfig {
+            throttle: Duration::from_millis(throttle_ms),
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            ..ActivityConfig::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn many_marks_in_one_interval_make_one_write() {
+        let a = activity(60_000, 60_000);
+        let sink = MemorySink::default();
+        for _ in 0..10_000 {
+            a.mark("sbx");
+        }
+        assert_eq!(a.flush(&sink).await.unwrap(), 1);
+        a.mark("sbx");
+        assert_eq!(a.flush(&sink).await.unwrap(), 0, "throttled");
+        assert_eq!(sink.writes.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn many_sandboxes_go_out_in_one_batch() {
+        let a = activity(0, 60_000);
+        let sink = MemorySink::default();
+        for i in 0..1000 {
+            a.mark(&format!("sbx-{i}"));
+        }
+        assert_eq!(a.flush(&sink).await.unwrap(), 1000);
+        assert_eq!(sink.batches.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn open_streams_heartbeat_and_stop_when_dropped() {
+        let a = activity(0, 20);
+        let sink = MemorySink::default();
+        let guard = a.stream("ws").unwrap();
+        let mut writes = 0;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            writes += a.flush(&sink).await.unwrap();
+        }
+        assert!(writes >= 3, "heartbeats while open: {writes}");
+        drop(guard);
+        a.flush(&sink).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(a.flush(&sink).await.unwrap(), 0, "no marks after close");
+        assert_eq!(a.open_streams(), 0);
+    }
+
+    struct Failing;
+    impl ActivitySink for Failing {
+        fn write<'a>(&'a self, _: &'a [(Arc<str>, u64)]) -> BoxFuture<'a, Result<(), SinkError>> {
+            Box::pin(async { Err(SinkError("down".into())) })
+        }
+    }
+
+    #[tokio::test]
+    async fn marks_survive_a_sink_outage() {
+        let a = activity(0, 60_000);
+        a.mark("sbx");
+        assert!(a.flush(&Failing).await.is_err());
+        let sink = MemorySink::default();
+        assert_eq!(a.flush(&sink).await.unwrap(), 1);
+        assert!(sink.last.contains_key("sbx"));
+    }
+}

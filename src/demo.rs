@@ -1,0 +1,181 @@
+//! `sandgate demo`: a built-in demo runner (the runner's routes, a small page with a live
+//! WebSocket echo) so the proxy can be tried with no infrastructure. The same runner is the
+//! fast upstream of the benchmarks.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::forward::RUNNER_AUTH_HEADER;
+
+const PAGE: &str = include_str!("demo_page.html");
+
+/// Serves the demo runner on `listener` forever. Requests must carry
+/// `X-Daytona-Authorization: Bearer <api_key>`, as a real runner requires.
+pub async fn run_demo_runner(listener: TcpListener, api_key: String) {
+    let expected: Arc<HeaderValue> = match HeaderValue::try_from(format!("Bearer {api_key}")) {
+        Ok(v) => Arc::new(v),
+        Err(_) => {
+            tracing::error!("demo runner api key is not a valid header value");
+            return;
+        }
+    };
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "demo runner accept failed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let expected = expected.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let expected = expected.clone();
+                async move { Ok::<_, Infallible>(runner(req, &expected)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn runner(req: Request<Incoming>, expected: &HeaderValue) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/" {
+        return text(StatusCode::OK, "text/plain", "runner ok".into());
+    }
+    if req.headers().get(RUNNER_AUTH_HEADER) != Some(expected) {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "application/json",
+            r#"{"message":"unauthorized"}"#.into(),
+        );
+    }
+    let path = req.uri().path().to_owned();
+    let Some((sandbox, rest)) = path
+        .strip_prefix("/sandboxes/")
+        .and_then(|p| p.split_once("/toolbox"))
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            r#"{"message":"not found"}"#.into(),
+        );
+    };
+    if let Some(app_path) = rest.strip_prefix("/proxy/") {
+        let (port, app_path) = app_path
+            .split_once('/')
+            .map_or((app_path, ""), |(p, r)| (p, r));
+        return app(req, sandbox, port, app_path);
+    }
+    match rest {
+        "/version" => text(
+            StatusCode::OK,
+            "application/json",
+            r#"{"version":"demo"}"#.into(),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            r#"{"message":"no such toolbox path"}"#.into(),
+        ),
+    }
+}
+
+/// The demo sandbox app on any port: `/` a page, `/ws` a WebSocket echo, anything else a line.
+fn app(req: Request<Incoming>, sandbox: &str, port: &str, path: &str) -> Response<Full<Bytes>> {
+    match path {
+        "" => text(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            PAGE.replace("{sandbox}", sandbox).replace("{port}", port),
+        ),
+        "ws" => websocket_echo(req),
+        _ => text(
+            StatusCode::OK,
+            "text/plain",
+            format!("hello from sandbox {sandbox}, port {port}, path /{path}\n"),
+        ),
+    }
+}
+
+fn websocket_echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "expected a WebSocket upgrade\n".into(),
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(message)) = ws.next().await {
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::try_from(accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    response
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The config `sandgate demo` runs with: one public sandbox `demo` on the demo runner.
+pub fn demo_config(listen: SocketAddr, runner: SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+[proxy]
+domains = ["preview.localhost"]
+[registry]
+backend = "static"
+[[registry.runners]]
+id = "demo-runner"
+url = "http://{runner}"
+api_key = "demo-runner-key"
+[[registry.sandboxes]]
+id = "demo"
+runner = "demo-runner"
+public = true
+auth_token = "demo-token"
+"#
+    )
+}

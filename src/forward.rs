@@ -1,0 +1,511 @@
+//! Forward phase: builds the upstream request, sends it through the shared pooled client, and
+//! streams the answer back (HTTP bodies frame by frame, WebSockets as a byte relay).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderName, HeaderValue, CONNECTION, LOCATION, UPGRADE};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::activity::StreamGuard;
+use crate::body::ProxyBody;
+use crate::config::ProxyConfig;
+use crate::registry::{SandboxRecord, Upstream};
+use crate::respond::ProxyError;
+use crate::route::TOOLBOX_PORT;
+
+pub const RUNNER_AUTH_HEADER: HeaderName = HeaderName::from_static("x-daytona-authorization");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the non-standard ones seen in the wild.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Where one request goes, decided by route + resolve.
+pub enum Target<'a> {
+    Preview { port: u16 },
+    Toolbox { rest: &'a str },
+}
+
+/// Everything the earlier phases decided about one request.
+pub struct Destination<'a> {
+    pub sandbox: &'a SandboxRecord,
+    pub target: Target<'a>,
+    /// The one authority of the request (sent as `X-Forwarded-Host`).
+    pub original_host: &'a str,
+    pub client_ip: IpAddr,
+    /// Replaces the request's query when the auth phase removed a credential from it.
+    pub query: Option<&'a str>,
+}
+
+pub struct Forwarder {
+    client: Client<HttpConnector, Incoming>,
+    response_header_timeout: Duration,
+    forwarded_proto: HeaderValue,
+    /// Open WebSocket relays, so shutdown can wait for them.
+    relays: TaskTracker,
+    /// Cancelled at the end of the drain: open WebSocket relays close with 1001.
+    close_relays: CancellationToken,
+}
+
+impl Forwarder {
+    pub fn new(
+        config: &ProxyConfig,
+        relays: TaskTracker,
+        close_relays: CancellationToken,
+    ) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(connector);
+        let forwarded_proto = HeaderValue::from_static(if config.public_scheme == "https" {
+            "https"
+        } else {
+            "http"
+        });
+        Forwarder {
+            client,
+            response_header_timeout: config.response_header_timeout,
+            forwarded_proto,
+            relays,
+            close_relays,
+        }
+    }
+
+    /// Sends `req` (already stripped of consumed credentials) to the sandbox and returns the
+    /// streamed response.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        destination: Destination<'_>,
+        guard: impl FnOnce() -> Option<StreamGuard>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Destination {
+            sandbox,
+            target,
+            original_host,
+            client_ip,
+            query,
+        } = destination;
+        let query = query.or_else(|| req.uri().query());
+        let uri = upstream_uri(sandbox, &target, req.uri().path(), query)?;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        let upgrade = wants_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        rewrite_request_headers(
+            req.headers_mut(),
+            sandbox,
+            original_host,
+            client_ip,
+            &self.forwarded_proto,
+            upgrade,
+        );
+
+        let sent =
+            tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await;
+        let mut response = match sent {
+            Err(_) => return Err(ProxyError::UpstreamTimeout(self.response_header_timeout)),
+            Ok(Err(e)) => return Err(classify_client_error(&e, sandbox, &target)),
+            Ok(Ok(response)) => response,
+        };
+
+        if let Target::Preview { port } = target {
+            if response.status() == StatusCode::BAD_GATEWAY
+                && matches!(sandbox.upstream, Upstream::Runner(_))
+            {
+                return Err(ProxyError::PortNotListening(port));
+            }
+        }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return match client_upgrade {
+                Some(client_upgrade) => Ok(self.relay_upgrade(client_upgrade, response, guard())),
+                None => Err(ProxyError::UpstreamFailed),
+            };
+        }
+        remove_hop_by_hop(response.headers_mut());
+        if let Target::Toolbox { .. } = target {
+            if response.status().is_redirection() {
+                prefix_toolbox_location(response.headers_mut(), &sandbox.id);
+            }
+        }
+        let stream_guard = if is_long_lived(response.headers()) {
+            guard()
+        } else {
+            None
+        };
+        Ok(response.map(|body| ProxyBody::upstream(body, stream_guard)))
+    }
+
+    fn relay_upgrade(
+        &self,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+        mut response: Response<Incoming>,
+        guard: Option<StreamGuard>,
+    ) -> Response<ProxyBody> {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let shutdown = self.close_relays.clone();
+        self.relays.spawn(async move {
+            let _guard = guard;
+            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            tokio::select! {
+                result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "websocket relay ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    // 1001 "going away" to both sides; the upstream frame is masked (client role).
+                    let _ = client.write_all(&[0x88, 0x02, 0x03, 0xE9]).await;
+                    let _ = upstream.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE9]).await;
+                    let _ = client.shutdown().await;
+                    let _ = upstream.shutdown().await;
+                }
+            }
+        });
+        let (parts, _) = response.into_parts();
+        Response::from_parts(parts, ProxyBody::Empty)
+    }
+}
+
+/// `{prefix}/proxy/{port}{path}?{query}` (runner) or `http://{address}:{port}{path}?{query}`.
+fn upstream_uri(
+    sandbox: &SandboxRecord,
+    target: &Target<'_>,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, ProxyError> {
+    let mut buf = BytesMut::with_capacity(
+        sandbox.target_prefix.len() + path.len() + query.map_or(0, str::len) + 24,
+    );
+    buf.put_slice(sandbox.target_prefix.as_bytes());
+    let direct = matches!(sandbox.upstream, Upstream::Direct { .. });
+    let path = match (target, direct) {
+        (Target::Preview { port }, false) => {
+            put_fmt(&mut buf, format_args!("/proxy/{port}"));
+            path
+        }
+        (Target::Preview { port }, true) => {
+            put_fmt(&mut buf, format_args!(":{port}"));
+            path
+        }
+        (Target::Toolbox { rest }, false) => rest,
+        (Target::Toolbox { rest }, true) => {
+            put_fmt(&mut buf, format_args!(":{TOOLBOX_PORT}"));
+            rest
+        }
+    };
+    if path.is_empty() && direct {
+        buf.put_u8(b'/');
+    }
+    buf.put_slice(path.as_bytes());
+    if let Some(q) = query {
+        buf.put_u8(b'?');
+        buf.put_slice(q.as_bytes());
+    }
+    Uri::from_maybe_shared(buf.freeze()).map_err(|_| ProxyError::UpstreamFailed)
+}
+
+fn put_fmt(buf: &mut BytesMut, args: std::fmt::Arguments<'_>) {
+    use std::fmt::Write;
+    let _ = buf.write_fmt(args);
+}
+
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(UPGRADE) && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    sandbox: &SandboxRecord,
+    original_host: &str,
+    client_ip: IpAddr,
+    proto: &HeaderValue,
+    upgrade: bool,
+) {
+    let upgrade_value = if upgrade {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
+    remove_hop_by_hop(headers);
+    if let Some(value) = upgrade_value {
+        headers.insert(UPGRADE, value);
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    // The client derives Host from the upstream URI; the original goes in X-Forwarded-Host.
+    headers.remove(header::HOST);
+    match sandbox.runner_auth() {
+        Some(auth) => headers.insert(RUNNER_AUTH_HEADER, auth.clone()),
+        None => headers.remove(RUNNER_AUTH_HEADER),
+    };
+    if let Ok(host) = HeaderValue::from_str(original_host) {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    headers.insert(X_FORWARDED_PROTO, proto.clone());
+    append_forwarded_for(headers, client_ip);
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
+    let mut value = String::new();
+    for prior in headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        value.push_str(prior);
+        value.push_str(", ");
+    }
+    use std::fmt::Write;
+    let _ = write!(value, "{client_ip}");
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// A relative redirect from the toolbox gets the `/toolbox/<id>` prefix back. Absolute URLs and
+/// scheme-relative `//host` ones are left alone.
+fn prefix_toolbox_location(headers: &mut HeaderMap, sandbox_id: &str) {
+    let Some(location) = headers.get(LOCATION).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    if !location.starts_with('/') || location.starts_with("//") {
+        return;
+    }
+    let prefix_len = "/toolbox/".len() + sandbox_id.len();
+    let already = location.len() >= prefix_len
+        && location.starts_with("/toolbox/")
+        && location[9..prefix_len].eq_ignore_ascii_case(sandbox_id)
+        && matches!(
+            location.as_bytes().get(prefix_len),
+            None | Some(b'/' | b'?')
+        );
+    if already {
+        return;
+    }
+    if let Ok(v) = HeaderValue::try_from(format!("/toolbox/{sandbox_id}{location}")) {
+        headers.insert(LOCATION, v);
+    }
+}
+
+/// Streams that stay open: server-sent events and bodies of unknown length.
+fn is_long_lived(headers: &HeaderMap) -> bool {
+    let event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    event_stream || !headers.contains_key(header::CONTENT_LENGTH)
+}
+
+fn classify_client_error(
+    error: &hyper_util::client::legacy::Error,
+    sandbox: &SandboxRecord,
+    target: &Target<'_>,
+) -> ProxyError {
+    tracing::debug!(error = ?error, sandbox = %sandbox.id, "upstream request failed");
+    if !error.is_connect() {
+        return ProxyError::UpstreamFailed;
+    }
+    match (&sandbox.upstream, target) {
+        (Upstream::Direct { .. }, Target::Preview { port }) => ProxyError::PortNotListening(*port),
+        _ => ProxyError::RunnerUnreachable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::RunnerRecord;
+    use std::sync::Arc;
+
+    fn runner_sandbox() -> SandboxRecord {
+        let runner = Arc::new(RunnerRecord::new("r", "http://127.0.0.1:9000/", "key").unwrap());
+        SandboxRecord::new("sbx-1", Upstream::Runner(runner), false, "started", None)
+    }
+
+    fn direct_sandbox() -> SandboxRecord {
+        SandboxRecord::new(
+            "sbx-2",
+            Upstream::Direct {
+                address: "10.1.2.3".into(),
+            },
+            false,
+            "started",
+            None,
+        )
+    }
+
+    #[test]
+    fn upstream_uris_keep_raw_bytes() {
+        let s = runner_sandbox();
+        let uri = upstream_uri(
+            &s,
+            &Target::Preview { port: 3000 },
+            "/a%2Fb/%E2%9C%93",
+            Some("x=%20&y"),
+        )
+        .unwrap();
+        assert_eq!(
+            uri,
+            "http://127.0.0.1:9000/sandboxes/sbx-1/toolbox/proxy/3000/a%2Fb/%E2%9C%93?x=%20&y"
+        );
+        let uri = upstream_uri(
+            &s,
+            &Target::Toolbox { rest: "/files" },
+            "/toolbox/sbx-1/files",
+            Some("path=/"),
+        )
+        .unwrap();
+        assert_eq!(
+            uri,
+            "http://127.0.0.1:9000/sandboxes/sbx-1/toolbox/files?path=/"
+        );
+        let d = direct_sandbox();
+        let uri = upstream_uri(&d, &Target::Preview { port: 8080 }, "/", None).unwrap();
+        assert_eq!(uri, "http://10.1.2.3:8080/");
+        let uri = upstream_uri(&d, &Target::Toolbox { rest: "" }, "/toolbox/sbx-2", None).unwrap();
+        assert_eq!(uri, "http://10.1.2.3:2280/");
+    }
+
+    #[test]
+    fn request_headers_are_rewritten() {
+        let s = runner_sandbox();
+        let mut h = HeaderMap::new();
+        h.insert(RUNNER_AUTH_HEADER, "Bearer forged".parse().unwrap());
+        h.insert(CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(
+            header::HOST,
+            "3000-sbx-1.preview.localhost".parse().unwrap(),
+        );
+        h.insert(X_FORWARDED_FOR, "1.2.3.4".parse().unwrap());
+        let proto = HeaderValue::from_static("https");
+        rewrite_request_headers(
+            &mut h,
+            &s,
+            "3000-sbx-1.preview.localhost",
+            "127.0.0.9".parse().unwrap(),
+            &proto,
+            false,
+        );
+        assert_eq!(h[RUNNER_AUTH_HEADER], "Bearer key");
+        assert!(
+            h.get("x-secret").is_none()
+                && h.get(CONNECTION).is_none()
+                && h.get("keep-alive").is_none()
+        );
+        assert_eq!(h[header::TE], "trailers");
+        assert!(h.get(header::HOST).is_none());
+        assert_eq!(h[X_FORWARDED_HOST], "3000-sbx-1.preview.localhost");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 127.0.0.9");
+
+        let mut forged = HeaderMap::new();
+        forged.insert(RUNNER_AUTH_HEADER, "Bearer forged".parse().unwrap());
+        rewrite_request_headers(
+            &mut forged,
+            &direct_sandbox(),
+            "h",
+            "127.0.0.1".parse().unwrap(),
+            &proto,
+            false,
+        );
+        assert!(
+            forged.get(RUNNER_AUTH_HEADER).is_none(),
+            "direct mode never forwards a runner key"
+        );
+    }
+
+    #[test]
+    fn upgrade_headers_survive_only_for_upgrades() {
+        let s = runner_sandbox();
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        h.insert(UPGRADE, "websocket".parse().unwrap());
+        h.insert("sec-websocket-protocol", "chat, v2".parse().unwrap());
+        let proto = HeaderValue::from_static("http");
+        rewrite_request_headers(&mut h, &s, "h", "127.0.0.1".parse().unwrap(), &proto, true);
+        assert_eq!(h[UPGRADE], "websocket");
+        assert_eq!(h[CONNECTION], "upgrade");
+        assert_eq!(h["sec-websocket-protocol"], "chat, v2");
+    }
+
+    #[test]
+    fn toolbox_locations_get_their_prefix() {
+        let cases = [
+            ("/files?a=1", "/toolbox/sbx-1/files?a=1"),
+            ("/toolbox/sbx-1/x", "/toolbox/sbx-1/x"),
+            ("/toolbox/sbx-10/x", "/toolbox/sbx-1/toolbox/sbx-10/x"),
+            ("https://elsewhere/x", "https://elsewhere/x"),
+            ("//elsewhere/x", "//elsewhere/x"),
+            ("relative", "relative"),
+        ];
+        for (before, after) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(LOCATION, before.parse().unwrap());
+            prefix_toolbox_location(&mut h, "sbx-1");
+            assert_eq!(h[LOCATION], after, "{before}");
+        }
+    }
+}

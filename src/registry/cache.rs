@@ -1,0 +1,252 @@
+//! The in-process route cache in front of any [`Registry`] backend.
+//!
+//! - Hit path: one sharded map read and a clock compare; no I/O, no await, no allocation.
+//! - Absolute expiry: a hit never extends an entry's life.
+//! - Coalescing: concurrent misses for one key share one backend call.
+//! - Stale-if-error: when the backend fails, a recently expired entry keeps serving.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::OnceCell;
+
+use super::{Registry, RegistryError, SandboxRecord};
+
+#[derive(Debug, Clone, Copy)]
+pub struct CacheTtls {
+    pub found: Duration,
+    pub not_found: Duration,
+    /// How long past expiry an entry may still serve while the backend is failing.
+    pub stale_if_error: Duration,
+    pub max_entries: usize,
+}
+
+impl Default for CacheTtls {
+    fn default() -> Self {
+        CacheTtls {
+            found: Duration::from_secs(120),
+            not_found: Duration::from_secs(5),
+            stale_if_error: Duration::from_secs(600),
+            max_entries: 100_000,
+        }
+    }
+}
+
+type Lookup = Option<Arc<SandboxRecord>>;
+type Flight = Arc<OnceCell<Result<Lookup, RegistryError>>>;
+
+struct Slot {
+    value: Lookup,
+    expires: Instant,
+}
+
+/// What a resolution produced, and whether it came from a stale entry.
+pub struct Resolved {
+    pub sandbox: Lookup,
+    pub stale: bool,
+}
+
+pub struct Resolver {
+    backend: Arc<dyn Registry>,
+    ttls: CacheTtls,
+    slots: DashMap<Box<str>, Slot>,
+    flights: DashMap<Box<str>, Flight>,
+}
+
+impl Resolver {
+    pub fn new(backend: Arc<dyn Registry>, ttls: CacheTtls) -> Resolver {
+        Resolver {
+            backend,
+            ttls,
+            slots: DashMap::new(),
+            flights: DashMap::new(),
+        }
+    }
+
+    pub async fn sandbox(&self, id: &str) -> Result<Resolved, RegistryError> {
+        let id = lower(id);
+        let now = Instant::now();
+        if let Some(slot) = self.slots.get(&*id) {
+            if slot.expires > now {
+                return Ok(Resolved {
+                    sandbox: slot.value.clone(),
+                    stale: false,
+                });
+            }
+        }
+        self.miss(&id).await
+    }
+
+    async fn miss(&self, id: &str) -> Result<Resolved, RegistryError> {
+        let flight: Flight = self.flights.entry(id.into()).or_default().clone();
+        let result = flight
+            .get_or_init(|| async {
+                let result = self.backend.sandbox(id).await;
+                if let Ok(value) = &result {
+                    self.store(id, value.clone());
+                }
+                self.flights.remove(id);
+                result
+            })
+            .await;
+        match result {
+            Ok(value) => Ok(Resolved {
+                sandbox: value.clone(),
+                stale: false,
+            }),
+            Err(error) => self.stale(id).ok_or_else(|| error.clone()),
+        }
+    }
+
+    fn store(&self, id: &str, value: Lookup) {
+        if self.slots.len() >= self.ttls.max_entries {
+            self.evict_expired();
+        }
+        let ttl = if value.is_some() {
+            self.ttls.found
+        } else {
+            self.ttls.not_found
+        };
+        self.slots.insert(
+            id.into(),
+            Slot {
+                value,
+                expires: Instant::now() + ttl,
+            },
+        );
+    }
+
+    fn stale(&self, id: &str) -> Option<Resolved> {
+        let slot = self.slots.get(id)?;
+        let age_past_expiry = Instant::now().checked_duration_since(slot.expires)?;
+        (age_past_expiry <= self.ttls.stale_if_error && slot.value.is_some()).then(|| Resolved {
+            sandbox: slot.value.clone(),
+            stale: true,
+        })
+    }
+
+    /// Drops expired entries; if that is not enough, drops everything (a rare, bounded event).
+    fn evict_expired(&self) {
+        let now = Instant::now();
+        self.slots.retain(|_, slot| slot.expires > now);
+        if self.slots.len() >= self.ttls.max_entries {
+            self.slots.clear();
+        }
+    }
+
+    /// Forgets one sandbox (push invalidation) or everything (`None`, e.g. after a reload).
+    pub fn invalidate(&self, id: Option<&str>) {
+        match id {
+            Some(id) => {
+                self.slots.remove(&*lower(id));
+            }
+            None => self.slots.clear(),
+        }
+    }
+}
+
+fn lower(id: &str) -> Cow<'_, str> {
+    if id.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(id.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{BoxFuture, Upstream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    struct Counting {
+        calls: AtomicUsize,
+        fail: Mutex<bool>,
+    }
+
+    impl Registry for Counting {
+        fn sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Lookup, RegistryError>> {
+            Box::pin(async move {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if *self.fail.lock().unwrap() {
+                    return Err(RegistryError::Unavailable("down".into()));
+                }
+                let upstream = Upstream::Direct {
+                    address: "127.0.0.1".into(),
+                };
+                Ok((id != "missing")
+                    .then(|| Arc::new(SandboxRecord::new(id, upstream, true, "started", None))))
+            })
+        }
+    }
+
+    fn resolver(ttls: CacheTtls) -> (Arc<Counting>, Arc<Resolver>) {
+        let backend = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+            fail: Mutex::new(false),
+        });
+        (backend.clone(), Arc::new(Resolver::new(backend, ttls)))
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_backend_call() {
+        let (backend, resolver) = resolver(CacheTtls::default());
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let r = resolver.clone();
+                tokio::spawn(async move { r.sandbox("sbx").await.unwrap().sandbox.is_some() })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
+        resolver.sandbox("SBX").await.unwrap();
+        assert_eq!(
+            backend.calls.load(Ordering::SeqCst),
+            1,
+            "ids are case-insensitive"
+        );
+    }
+
+    #[tokio::test]
+    async fn expiry_is_absolute_and_negative_answers_are_cached() {
+        let ttls = CacheTtls {
+            found: Duration::from_millis(100),
+            ..CacheTtls::default()
+        };
+        let (backend, resolver) = resolver(ttls);
+        resolver.sandbox("sbx").await.unwrap();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            resolver.sandbox("sbx").await.unwrap();
+        }
+        assert_eq!(
+            backend.calls.load(Ordering::SeqCst),
+            2,
+            "a hot key still refreshes"
+        );
+        assert!(resolver.sandbox("missing").await.unwrap().sandbox.is_none());
+        assert!(resolver.sandbox("missing").await.unwrap().sandbox.is_none());
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn stale_entries_serve_while_the_backend_fails() {
+        let ttls = CacheTtls {
+            found: Duration::from_millis(10),
+            ..CacheTtls::default()
+        };
+        let (backend, resolver) = resolver(ttls);
+        resolver.sandbox("sbx").await.unwrap();
+        *backend.fail.lock().unwrap() = true;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let resolved = resolver.sandbox("sbx").await.unwrap();
+        assert!(resolved.stale && resolved.sandbox.is_some());
+        assert!(resolver.sandbox("other").await.is_err());
+    }
+}

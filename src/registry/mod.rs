@@ -1,0 +1,123 @@
+//! Resolve phase: sandbox id → [`SandboxRecord`] (where it runs, how to reach it, who may enter).
+//!
+//! Backends implement [`Registry`]; the [`Resolver`] puts an in-process cache in front of any of
+//! them, so the hot path is a map read.
+
+mod cache;
+mod static_backend;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use sha2::{Digest, Sha256};
+
+pub use cache::{CacheTtls, Resolver};
+pub use static_backend::StaticRegistry;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("registry holds invalid data for {key}: {reason}")]
+    BadData { key: String, reason: String },
+}
+
+/// A registry backend: the source of truth for where sandboxes run.
+pub trait Registry: Send + Sync + 'static {
+    /// `Ok(None)` when the sandbox is unknown.
+    fn sandbox<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Arc<SandboxRecord>>, RegistryError>>;
+}
+
+#[derive(Debug)]
+pub struct RunnerRecord {
+    pub id: Box<str>,
+    /// Base URL without a trailing slash, e.g. `http://10.0.0.5:3003`.
+    pub url: Box<str>,
+    /// Pre-rendered `Bearer <api key>` for `X-Daytona-Authorization`.
+    pub auth_header: HeaderValue,
+}
+
+impl RunnerRecord {
+    pub fn new(id: &str, url: &str, api_key: &str) -> Result<RunnerRecord, String> {
+        let url = url.trim_end_matches('/');
+        let parsed: http::Uri = url
+            .parse()
+            .map_err(|e| format!("runner {id}: url {url:?} is not a URL: {e}"))?;
+        if parsed.scheme_str() != Some("http") || parsed.authority().is_none() {
+            return Err(format!("runner {id}: url {url:?} must be http://host:port"));
+        }
+        let mut auth_header = HeaderValue::try_from(format!("Bearer {api_key}"))
+            .map_err(|_| format!("runner {id}: api_key has characters not allowed in a header"))?;
+        auth_header.set_sensitive(true);
+        Ok(RunnerRecord {
+            id: id.into(),
+            url: url.into(),
+            auth_header,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// Through the runner's proxy: `{url}/sandboxes/{id}/toolbox/...`.
+    Runner(Arc<RunnerRecord>),
+    /// Straight to the sandbox: `http://{address}:{port}`.
+    Direct { address: Box<str> },
+}
+
+#[derive(Debug)]
+pub struct SandboxRecord {
+    pub id: Box<str>,
+    pub upstream: Upstream,
+    pub public: bool,
+    pub state: Box<str>,
+    /// SHA-256 of the preview auth token; raw tokens are never kept.
+    pub auth_token_sha256: Option<[u8; 32]>,
+    /// `{runner url}/sandboxes/{id}/toolbox` or `http://{address}`, rendered once.
+    pub target_prefix: Box<str>,
+}
+
+impl SandboxRecord {
+    pub fn new(
+        id: &str,
+        upstream: Upstream,
+        public: bool,
+        state: &str,
+        auth_token: Option<&str>,
+    ) -> Self {
+        let target_prefix = match &upstream {
+            Upstream::Runner(r) => format!("{}/sandboxes/{id}/toolbox", r.url),
+            Upstream::Direct { address } => format!("http://{address}"),
+        };
+        SandboxRecord {
+            id: id.into(),
+            upstream,
+            public,
+            state: state.into(),
+            auth_token_sha256: auth_token.map(sha256),
+            target_prefix: target_prefix.into(),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(&*self.state, "started" | "running")
+    }
+
+    pub fn runner_auth(&self) -> Option<&HeaderValue> {
+        match &self.upstream {
+            Upstream::Runner(r) => Some(&r.auth_header),
+            Upstream::Direct { .. } => None,
+        }
+    }
+}
+
+pub fn sha256(data: &str) -> [u8; 32] {
+    Sha256::digest(data.as_bytes()).into()
+}

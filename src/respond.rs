@@ -1,0 +1,230 @@
+//! Respond phase: every error kind maps to a status, a machine code, and a JSON body for API
+//! clients or a readable HTML page for browsers, here and nowhere else.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::auth::AuthError;
+use crate::body::ProxyBody;
+use crate::registry::RegistryError;
+use crate::route::RouteError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("no such path on this host")]
+    NotFound,
+    #[error("sandbox not found")]
+    SandboxNotFound,
+    #[error("the sandbox is not running (state: {0}); start it and retry")]
+    SandboxNotRunning(Box<str>),
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("the sandbox's runner is unreachable")]
+    RunnerUnreachable,
+    #[error("nothing is listening on port {0} inside the sandbox")]
+    PortNotListening(u16),
+    #[error("the upstream did not send response headers within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("the upstream connection failed before a response")]
+    UpstreamFailed,
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Route(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotFound | ProxyError::SandboxNotFound => StatusCode::NOT_FOUND,
+            ProxyError::SandboxNotRunning(_) | ProxyError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Registry(RegistryError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Registry(RegistryError::BadData { .. }) => StatusCode::BAD_GATEWAY,
+            ProxyError::Auth(e) => e.status(),
+            ProxyError::RunnerUnreachable
+            | ProxyError::PortNotListening(_)
+            | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Route(RouteError::BadToolboxPath(_)) => "BAD_REQUEST",
+            ProxyError::Route(RouteError::AbsoluteForm) => "BAD_REQUEST",
+            ProxyError::Route(_) => "BAD_HOST",
+            ProxyError::NotFound => "NOT_FOUND",
+            ProxyError::SandboxNotFound => "SANDBOX_NOT_FOUND",
+            ProxyError::SandboxNotRunning(_) => "SANDBOX_NOT_RUNNING",
+            ProxyError::Registry(RegistryError::Unavailable(_)) => "REGISTRY_UNAVAILABLE",
+            ProxyError::Registry(RegistryError::BadData { .. }) => "REGISTRY_BAD_DATA",
+            ProxyError::Auth(e) => e.code(),
+            ProxyError::RunnerUnreachable => "RUNNER_UNREACHABLE",
+            ProxyError::PortNotListening(_) => "PORT_NOT_LISTENING",
+            ProxyError::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
+            ProxyError::UpstreamFailed => "UPSTREAM_FAILED",
+            ProxyError::ShuttingDown => "SHUTTING_DOWN",
+        }
+    }
+
+    /// A message safe to show a client: backend details stay in the logs.
+    fn public_message(&self) -> String {
+        match self {
+            ProxyError::Registry(RegistryError::Unavailable(_)) => {
+                "the sandbox registry is unavailable; retry shortly".into()
+            }
+            ProxyError::Registry(RegistryError::BadData { .. }) => {
+                "the registry holds invalid data for this sandbox".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            ProxyError::SandboxNotRunning(_) => Some(5),
+            ProxyError::Registry(RegistryError::Unavailable(_)) | ProxyError::ShuttingDown => {
+                Some(2)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// True when the client is a browser navigating (it should get a page, not JSON).
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    if headers
+        .get("sec-fetch-mode")
+        .is_some_and(|v| v == "navigate")
+    {
+        return true;
+    }
+    headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+pub fn error_response(error: &ProxyError, path: &str, html: bool) -> Response<ProxyBody> {
+    let status = error.status();
+    let message = error.public_message();
+    let (body, content_type) = if html {
+        (
+            html_page(status, error.code(), &message, path),
+            "text/html; charset=utf-8",
+        )
+    } else {
+        (
+            json_body(status, error.code(), &message, path),
+            "application/json",
+        )
+    };
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(seconds) = error.retry_after() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let ProxyError::Auth(auth) = error {
+        if let Some(challenge) = auth.challenge() {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+    }
+    response
+}
+
+fn json_body(status: StatusCode, code: &str, message: &str, path: &str) -> String {
+    serde_json::json!({
+        "statusCode": status.as_u16(),
+        "code": code,
+        "message": message,
+        "path": path,
+        "timestamp": timestamp(),
+    })
+    .to_string()
+}
+
+fn timestamp() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn html_page(status: StatusCode, code: &str, message: &str, path: &str) -> String {
+    let title = status.canonical_reason().unwrap_or("Error");
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{status} {title}</title>\
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#222}}\
+code{{background:#f3f3f3;padding:0 .3em}}small{{color:#777}}</style></head><body>\
+<h1>{status_code} · {title}</h1><p>{message}</p><p><small>code <code>{code}</code> · path <code>{path}</code> · {time}</small></p>\
+</body></html>",
+        status = status.as_u16(),
+        status_code = status.as_u16(),
+        title = escape_html(title),
+        message = escape_html(message),
+        code = escape_html(code),
+        path = escape_html(path),
+        time = timestamp(),
+    )
+}
+
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_text(r: Response<ProxyBody>) -> String {
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn json_errors_carry_status_code_and_path() {
+        let r = error_response(&ProxyError::SandboxNotFound, "/a?b", false);
+        assert_eq!(r.status(), 404);
+        let v: serde_json::Value = serde_json::from_str(&body_text(r).await).unwrap();
+        assert_eq!(v["statusCode"], 404);
+        assert_eq!(v["code"], "SANDBOX_NOT_FOUND");
+        assert_eq!(v["path"], "/a?b");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[tokio::test]
+    async fn html_pages_escape_what_they_echo() {
+        let r = error_response(&ProxyError::NotFound, "/<script>alert(1)</script>", true);
+        let text = body_text(r).await;
+        assert!(text.contains("&lt;script&gt;") && !text.contains("<script>"));
+    }
+
+    #[test]
+    fn not_running_says_when_to_retry() {
+        let r = error_response(&ProxyError::SandboxNotRunning("stopped".into()), "/", false);
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[RETRY_AFTER], "5");
+    }
+}
