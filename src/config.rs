@@ -40,9 +40,6 @@ pub struct ServerConfig {
     /// Time a client gets to send a whole request head (slowloris guard).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// An idle keep-alive connection is closed after this long.
-    #[serde(with = "humantime_serde")]
-    pub keepalive_idle_timeout: Duration,
     /// Connections beyond this many wait in the kernel backlog.
     pub max_connections: usize,
     /// On SIGTERM/SIGINT, in-flight requests and streams get this long to finish.
@@ -57,7 +54,6 @@ impl Default for ServerConfig {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             header_read_timeout: Duration::from_secs(10),
-            keepalive_idle_timeout: Duration::from_secs(75),
             max_connections: 50_000,
             shutdown_timeout: Duration::from_secs(30),
         }

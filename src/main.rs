@@ -99,6 +99,8 @@ fn toml_text(config: &Config) -> Result<String, String> {
 
 async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
     let running = sandgate::start(config).await.map_err(|e| e.to_string())?;
+    // Scripts and tests read this line to learn the bound port (`listen = "127.0.0.1:0"`).
+    println!("sandgate listening on http://{}", running.addr);
     tracing::info!(addr = %running.addr, "sandgate listening");
     let shutdown = running.shutdown_token();
     let app = running.app.clone();
