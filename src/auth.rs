@@ -3,9 +3,9 @@
 
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use subtle::ConstantTimeEq;
 
-use crate::registry::{sha256, SandboxRecord};
+use crate::registry::{Resolver, SandboxRecord};
+use crate::respond::ProxyError;
 use crate::route::is_reserved_port;
 
 pub const PREVIEW_TOKEN_HEADER: &str = "x-daytona-preview-token";
@@ -51,12 +51,13 @@ pub enum Access {
 }
 
 /// Decides access. `port` is `None` for toolbox traffic (always authenticated).
-pub fn authenticate(
+pub async fn authenticate(
+    resolver: &Resolver,
     sandbox: &SandboxRecord,
     port: Option<u16>,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<Access, AuthError> {
+) -> Result<Access, ProxyError> {
     let needs_auth = !sandbox.public || port.is_none_or(is_reserved_port);
     if !needs_auth {
         return Ok(Access::Public);
@@ -70,13 +71,15 @@ pub fn authenticate(
                 .map(str::as_bytes)
         });
     let Some(presented) = presented else {
-        return Err(AuthError::Required);
+        return Err(AuthError::Required.into());
     };
-    match (&sandbox.auth_token_sha256, std::str::from_utf8(presented)) {
-        (Some(expected), Ok(token)) if bool::from(sha256(token).ct_eq(expected)) => {
-            Ok(Access::PreviewToken)
-        }
-        _ => Err(AuthError::TokenInvalid),
+    let Ok(token) = std::str::from_utf8(presented) else {
+        return Err(AuthError::TokenInvalid.into());
+    };
+    if resolver.preview_token_valid(sandbox, token).await? {
+        Ok(Access::PreviewToken)
+    } else {
+        Err(AuthError::TokenInvalid.into())
     }
 }
 
@@ -139,7 +142,27 @@ fn strip_proxy_cookies(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Upstream;
+    use crate::registry::{CacheTtls, StaticRegistry, Upstream};
+    use std::sync::Arc;
+
+    fn resolver() -> Resolver {
+        let backend = StaticRegistry::from_config(&Default::default()).unwrap();
+        Resolver::new(Arc::new(backend), CacheTtls::default())
+    }
+
+    async fn check(
+        s: &SandboxRecord,
+        port: Option<u16>,
+        h: &HeaderMap,
+        q: Option<&str>,
+    ) -> Result<Access, String> {
+        authenticate(&resolver(), s, port, h, q)
+            .await
+            .map_err(|e| match e {
+                ProxyError::Auth(a) => a.code().to_string(),
+                other => other.to_string(),
+            })
+    }
 
     fn sandbox(public: bool) -> SandboxRecord {
         SandboxRecord::new(
@@ -161,44 +184,44 @@ mod tests {
         h
     }
 
-    #[test]
-    fn public_sandboxes_are_open_except_reserved_ports_and_toolbox() {
+    #[tokio::test]
+    async fn public_sandboxes_are_open_except_reserved_ports_and_toolbox() {
         let s = sandbox(true);
+        let none = headers(&[]);
+        assert_eq!(check(&s, Some(3000), &none, None).await, Ok(Access::Public));
         assert_eq!(
-            authenticate(&s, Some(3000), &headers(&[]), None),
-            Ok(Access::Public)
+            check(&s, Some(22222), &none, None).await,
+            Err("AUTH_REQUIRED".into())
         );
         assert_eq!(
-            authenticate(&s, Some(22222), &headers(&[]), None),
-            Err(AuthError::Required)
-        );
-        assert_eq!(
-            authenticate(&s, None, &headers(&[]), None),
-            Err(AuthError::Required)
+            check(&s, None, &none, None).await,
+            Err("AUTH_REQUIRED".into())
         );
     }
 
-    #[test]
-    fn preview_token_by_header_or_query() {
+    #[tokio::test]
+    async fn preview_token_by_header_or_query() {
         let s = sandbox(false);
         let good = headers(&[(PREVIEW_TOKEN_HEADER, "tok-123")]);
         assert_eq!(
-            authenticate(&s, Some(3000), &good, None),
+            check(&s, Some(3000), &good, None).await,
             Ok(Access::PreviewToken)
         );
         let bad = headers(&[(PREVIEW_TOKEN_HEADER, "tok-124")]);
         assert_eq!(
-            authenticate(&s, Some(3000), &bad, None),
-            Err(AuthError::TokenInvalid)
+            check(&s, Some(3000), &bad, None).await,
+            Err("TOKEN_INVALID".into())
         );
+        let none = headers(&[]);
         let q = Some("a=1&DAYTONA_SANDBOX_AUTH_KEY=tok-123");
         assert_eq!(
-            authenticate(&s, Some(3000), &headers(&[]), q),
+            check(&s, Some(3000), &none, q).await,
             Ok(Access::PreviewToken)
         );
+        let other = Some("x=tok-123");
         assert_eq!(
-            authenticate(&s, Some(3000), &headers(&[]), Some("x=tok-123")),
-            Err(AuthError::Required)
+            check(&s, Some(3000), &none, other).await,
+            Err("AUTH_REQUIRED".into())
         );
     }
 

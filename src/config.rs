@@ -25,6 +25,11 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub registry: RegistryConfig,
     pub activity: ActivityConfig,
+    /// Connection to Redis, shared by the `redis` registry backend, the `daytona` backend's L2
+    /// cache and the `redis` activity sink.
+    pub redis: RedisConfig,
+    /// The Daytona-compatible control-plane API (the `daytona` backend and activity sink).
+    pub daytona: DaytonaConfig,
     pub log: LogConfig,
 }
 
@@ -96,8 +101,9 @@ impl Default for ProxyConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
-    /// `static`: the runners and sandboxes listed below.
+    /// `static` (the runners and sandboxes listed below), `redis` or `daytona`.
     pub backend: String,
+    pub cache: CacheConfig,
     pub runners: Vec<RunnerEntry>,
     pub sandboxes: Vec<SandboxEntry>,
 }
@@ -106,8 +112,98 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             backend: "static".into(),
+            cache: CacheConfig::default(),
             runners: Vec::new(),
             sandboxes: Vec::new(),
+        }
+    }
+}
+
+/// The in-process cache in front of every registry backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// How long a found sandbox (and a valid token) is served from memory. Absolute: hits
+    /// never extend it.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long "not found" / "invalid" answers are remembered.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// While the backend fails, an expired entry keeps serving this long past its expiry
+    /// (responses carry `X-Sandgate-Stale: 1`).
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
+    /// Bound on cached entries per kind.
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(120),
+            negative_ttl: Duration::from_secs(5),
+            stale_if_error: Duration::from_secs(600),
+            max_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://`) of a single node.
+    pub url: String,
+    /// Redis Cluster seed nodes; when non-empty, used instead of `url`.
+    pub cluster_nodes: Vec<String>,
+    /// Sentinel: the master's name and the sentinels' URLs; when set, used instead of `url`.
+    pub sentinel_master: String,
+    pub sentinel_nodes: Vec<String>,
+    /// Prefix of sandgate's own keys (the Daytona-compatible keys keep their names).
+    pub key_prefix: String,
+    /// Pub/sub channel carrying cache invalidations between replicas.
+    pub invalidation_channel: String,
+    /// Per-command timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: Vec::new(),
+            sentinel_master: String::new(),
+            sentinel_nodes: Vec::new(),
+            key_prefix: "sandgate:".into(),
+            invalidation_channel: "sandgate:invalidate".into(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaytonaConfig {
+    /// Base URL of the control-plane API, ending in `/api`.
+    pub api_url: String,
+    /// The proxy's own API key (`Authorization: Bearer ...` on service calls).
+    pub api_key: String,
+    /// Per-call timeout (each of up to 3 tries).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Share answers through Redis under Daytona's `proxy:` keys, so the API's own
+    /// invalidations reach this cache.
+    pub l2_redis: bool,
+}
+
+impl Default for DaytonaConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "http://127.0.0.1:3000/api".into(),
+            api_key: String::new(),
+            timeout: Duration::from_secs(5),
+            l2_redis: false,
         }
     }
 }
@@ -211,10 +307,19 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be text or json".into());
         }
-        if self.registry.backend != "static" {
+        if !matches!(
+            self.registry.backend.as_str(),
+            "static" | "redis" | "daytona"
+        ) {
             return invalid(format!(
-                "registry.backend {:?} is not supported (supported: static)",
+                "registry.backend {:?} is not supported (static, redis or daytona)",
                 self.registry.backend
+            ));
+        }
+        if !matches!(self.activity.sink.as_str(), "memory" | "redis" | "daytona") {
+            return invalid(format!(
+                "activity.sink {:?} is not supported (memory, redis or daytona)",
+                self.activity.sink
             ));
         }
         Ok(())

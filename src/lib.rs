@@ -27,7 +27,7 @@ use crate::activity::{Activity, ActivitySink, MemorySink};
 use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::proxy::App;
-use crate::registry::{CacheTtls, Resolver, StaticRegistry};
+use crate::registry::{CacheTtls, Registry, Resolver, StaticRegistry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -72,17 +72,17 @@ impl Running {
 
 /// Builds the phases from `config`, binds the listener and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let static_registry =
-        Arc::new(StaticRegistry::from_config(&config.registry).map_err(StartError::Config)?);
+    let (registry, static_registry) = build_registry(&config)?;
     let shutdown = CancellationToken::new();
     let relays = TaskTracker::new();
     let close_relays = CancellationToken::new();
     let activity = Activity::new(&config.activity);
     let activity_sink = Arc::new(MemorySink::default());
+    let sink = build_activity_sink(&config, &activity_sink)?;
     let app = Arc::new(App {
         domains: route::Domains::new(&config.proxy.domains),
-        resolver: Resolver::new(static_registry.clone(), CacheTtls::default()),
-        static_registry: Some(static_registry),
+        resolver: Resolver::new(registry, CacheTtls::from(&config.registry.cache)),
+        static_registry,
         activity: activity.clone(),
         forwarder: Forwarder::new(&config.proxy, relays.clone(), close_relays.clone()),
     });
@@ -93,7 +93,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|source| StartError::Bind { addr, source })?;
 
     let flusher_stop = CancellationToken::new();
-    let sink: Arc<dyn ActivitySink> = activity_sink.clone();
     let flusher = tokio::spawn(activity.run_flusher(
         sink,
         config.activity.flush_interval,
@@ -123,4 +122,34 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         tasks: vec![server_task, flusher],
     })
+}
+
+type Backends = (Arc<dyn Registry>, Option<Arc<StaticRegistry>>);
+
+/// The registry backend named by `registry.backend`.
+fn build_registry(config: &Config) -> Result<Backends, StartError> {
+    match config.registry.backend.as_str() {
+        "static" => {
+            let registry = Arc::new(
+                StaticRegistry::from_config(&config.registry).map_err(StartError::Config)?,
+            );
+            Ok((registry.clone(), Some(registry)))
+        }
+        other => Err(StartError::Config(format!(
+            "registry.backend {other:?} is not available yet"
+        ))),
+    }
+}
+
+/// The activity sink named by `activity.sink` (`memory` writes into `memory`).
+fn build_activity_sink(
+    config: &Config,
+    memory: &Arc<MemorySink>,
+) -> Result<Arc<dyn ActivitySink>, StartError> {
+    match config.activity.sink.as_str() {
+        "memory" => Ok(memory.clone()),
+        other => Err(StartError::Config(format!(
+            "activity.sink {other:?} is not available yet"
+        ))),
+    }
 }

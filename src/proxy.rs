@@ -70,7 +70,7 @@ async fn pipeline(
         .map_err(|_| RouteError::BadHost("Host is not ASCII"))?;
     let uri = req.uri().clone();
     let (sandbox_id, port, target) = match route::route(host_str, uri.path(), &app.domains)? {
-        Route::Own(own) => return own_host(own),
+        Route::Own(own) => return own_host(app, own).await,
         Route::Preview { port, id_or_token } => (id_or_token, Some(port), Target::Preview { port }),
         Route::Toolbox { sandbox_id, rest } => (sandbox_id.into(), None, Target::Toolbox { rest }),
     };
@@ -81,7 +81,7 @@ async fn pipeline(
         return Err(ProxyError::SandboxNotRunning(sandbox.state.clone()));
     }
 
-    auth::authenticate(&sandbox, port, req.headers(), uri.query())?;
+    auth::authenticate(&app.resolver, &sandbox, port, req.headers(), uri.query()).await?;
     let stripped_query = auth::strip_credentials(req.headers_mut(), uri.query());
 
     let skip_activity = req
@@ -124,24 +124,27 @@ fn authority_value<B>(req: &Request<B>) -> Result<HeaderValue, RouteError> {
     }
 }
 
-fn own_host(path: OwnPath) -> Result<Response<ProxyBody>, ProxyError> {
+async fn own_host(app: &App, path: OwnPath) -> Result<Response<ProxyBody>, ProxyError> {
     match path {
-        OwnPath::Health => {
-            let body = concat!(
-                "{\"status\":\"ok\",\"version\":\"",
-                env!("CARGO_PKG_VERSION"),
-                "\"}"
-            );
-            let mut response = Response::new(ProxyBody::full(body));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Ok(response)
-        }
+        OwnPath::Health => Ok(json_ok(concat!(
+            "{\"status\":\"ok\",\"version\":\"",
+            env!("CARGO_PKG_VERSION"),
+            "\"}"
+        ))),
+        OwnPath::Ready if app.resolver.ready().await => Ok(json_ok("{\"status\":\"ready\"}")),
+        OwnPath::Ready => Err(ProxyError::NotReady),
         OwnPath::Callback | OwnPath::AcceptPreviewWarning | OwnPath::NotFound => {
             Err(ProxyError::NotFound)
         }
     }
+}
+
+fn json_ok(body: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn log_error(error: &ProxyError, path: &str) {

@@ -35,6 +35,8 @@ pub enum ProxyError {
     UpstreamFailed,
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    #[error("the registry backend is not reachable")]
+    NotReady,
 }
 
 impl ProxyError {
@@ -42,7 +44,7 @@ impl ProxyError {
         match self {
             ProxyError::Route(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotFound | ProxyError::SandboxNotFound => StatusCode::NOT_FOUND,
-            ProxyError::SandboxNotRunning(_) | ProxyError::ShuttingDown => {
+            ProxyError::SandboxNotRunning(_) | ProxyError::ShuttingDown | ProxyError::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Registry(RegistryError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -71,6 +73,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
             ProxyError::UpstreamFailed => "UPSTREAM_FAILED",
             ProxyError::ShuttingDown => "SHUTTING_DOWN",
+            ProxyError::NotReady => "NOT_READY",
         }
     }
 

@@ -32,6 +32,7 @@ pub enum Route<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnPath {
     Health,
+    Ready,
     Callback,
     AcceptPreviewWarning,
     NotFound,
@@ -236,6 +237,7 @@ fn own_host_route(path: &str) -> Result<Route<'_>, RouteError> {
     }
     Ok(Route::Own(match path {
         "/health" => OwnPath::Health,
+        "/ready" => OwnPath::Ready,
         "/callback" => OwnPath::Callback,
         "/accept-daytona-preview-warning" => OwnPath::AcceptPreviewWarning,
         _ => OwnPath::NotFound,

@@ -23,6 +23,17 @@ pub struct CacheTtls {
     pub max_entries: usize,
 }
 
+impl From<&crate::config::CacheConfig> for CacheTtls {
+    fn from(c: &crate::config::CacheConfig) -> Self {
+        CacheTtls {
+            found: c.ttl,
+            not_found: c.negative_ttl,
+            stale_if_error: c.stale_if_error,
+            max_entries: c.max_entries,
+        }
+    }
+}
+
 impl Default for CacheTtls {
     fn default() -> Self {
         CacheTtls {
@@ -36,6 +47,9 @@ impl Default for CacheTtls {
 
 type Lookup = Option<Arc<SandboxRecord>>;
 type Flight = Arc<OnceCell<Result<Lookup, RegistryError>>>;
+
+/// A cached signed-token answer: (bound port, sandbox id if valid, expiry).
+type SignedEntry = (u16, Option<Box<str>>, Instant);
 
 struct Slot {
     value: Lookup,
@@ -53,6 +67,10 @@ pub struct Resolver {
     ttls: CacheTtls,
     slots: DashMap<Box<str>, Slot>,
     flights: DashMap<Box<str>, Flight>,
+    /// Signed preview token → (port, sandbox id); absent sandbox id = invalid token.
+    signed: DashMap<Box<str>, SignedEntry>,
+    /// (sandbox id, SHA-256 of a preview token) → valid?; never the raw token.
+    token_checks: DashMap<(Box<str>, [u8; 32]), (bool, Instant)>,
 }
 
 impl Resolver {
@@ -62,7 +80,69 @@ impl Resolver {
             ttls,
             slots: DashMap::new(),
             flights: DashMap::new(),
+            signed: DashMap::new(),
+            token_checks: DashMap::new(),
         }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Registry> {
+        &self.backend
+    }
+
+    pub async fn ready(&self) -> bool {
+        self.backend.ready().await
+    }
+
+    /// The sandbox a signed preview token opens on `port`, cached (valid: `found`, invalid:
+    /// `not_found`). A token bound to another port opens nothing.
+    pub async fn signed_preview(
+        &self,
+        token: &str,
+        port: u16,
+    ) -> Result<Option<Box<str>>, RegistryError> {
+        if let Some(entry) = self.signed.get(token) {
+            let (bound_port, sandbox, expires) = entry.value();
+            if *expires > Instant::now() && *bound_port == port {
+                return Ok(sandbox.clone());
+            }
+        }
+        let sandbox = self.backend.signed_preview(token, port).await?;
+        let ttl = if sandbox.is_some() {
+            self.ttls.found
+        } else {
+            self.ttls.not_found
+        };
+        bounded(&self.signed, self.ttls.max_entries);
+        self.signed
+            .insert(token.into(), (port, sandbox.clone(), Instant::now() + ttl));
+        Ok(sandbox)
+    }
+
+    /// Is `token` the sandbox's preview token? Local hash comparison when the record has one,
+    /// else the backend's answer, cached per (sandbox, token hash).
+    pub async fn preview_token_valid(
+        &self,
+        sandbox: &SandboxRecord,
+        token: &str,
+    ) -> Result<bool, RegistryError> {
+        if sandbox.auth_token_sha256.is_some() {
+            return Ok(sandbox.token_matches(token));
+        }
+        let key = (sandbox.id.clone(), super::sha256(token));
+        if let Some(entry) = self.token_checks.get(&key) {
+            if entry.1 > Instant::now() {
+                return Ok(entry.0);
+            }
+        }
+        let valid = self.backend.preview_token_valid(sandbox, token).await?;
+        let ttl = if valid {
+            self.ttls.found
+        } else {
+            self.ttls.not_found
+        };
+        bounded(&self.token_checks, self.ttls.max_entries);
+        self.token_checks.insert(key, (valid, Instant::now() + ttl));
+        Ok(valid)
     }
 
     pub async fn sandbox(&self, id: &str) -> Result<Resolved, RegistryError> {
@@ -142,8 +222,24 @@ impl Resolver {
             Some(id) => {
                 self.slots.remove(&*lower(id));
             }
-            None => self.slots.clear(),
+            None => {
+                self.slots.clear();
+                self.signed.clear();
+                self.token_checks.clear();
+            }
         }
+    }
+
+    /// Forgets a signed preview token (revocation).
+    pub fn invalidate_signed(&self, token: &str) {
+        self.signed.remove(token);
+    }
+}
+
+/// Keeps a side cache within `max` entries (cleared whole when full: rare and bounded).
+fn bounded<K: Eq + std::hash::Hash, V>(map: &DashMap<K, V>, max: usize) {
+    if map.len() >= max {
+        map.clear();
     }
 }
 

@@ -27,12 +27,47 @@ pub enum RegistryError {
 }
 
 /// A registry backend: the source of truth for where sandboxes run.
+///
+/// Callers go through [`Resolver`], which caches every answer; backends need not cache.
 pub trait Registry: Send + Sync + 'static {
     /// `Ok(None)` when the sandbox is unknown.
     fn sandbox<'a>(
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<SandboxRecord>>, RegistryError>>;
+
+    /// Is `token` this sandbox's preview token? By default, compared with the record's hash.
+    fn preview_token_valid<'a>(
+        &'a self,
+        sandbox: &'a SandboxRecord,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, RegistryError>> {
+        let valid = sandbox.token_matches(token);
+        Box::pin(async move { Ok(valid) })
+    }
+
+    /// A signed preview token (`<port>-<token>.<domain>`) → the sandbox id, if the token
+    /// exists, has not expired and is bound to `port`.
+    fn signed_preview<'a>(
+        &'a self,
+        _token: &'a str,
+        _port: u16,
+    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// An SSH access token → the sandbox id.
+    fn ssh_token<'a>(
+        &'a self,
+        _token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Can the backend answer right now? (Readiness; the cache may serve when it cannot.)
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { true })
+    }
 }
 
 #[derive(Debug)]
@@ -42,6 +77,8 @@ pub struct RunnerRecord {
     pub url: Box<str>,
     /// Pre-rendered `Bearer <api key>` for `X-Daytona-Authorization`.
     pub auth_header: HeaderValue,
+    /// `host:port` of the runner's SSH endpoint, for the SSH gateway.
+    pub ssh_endpoint: Option<Box<str>>,
 }
 
 impl RunnerRecord {
@@ -60,6 +97,7 @@ impl RunnerRecord {
             id: id.into(),
             url: url.into(),
             auth_header,
+            ssh_endpoint: None,
         })
     }
 }
@@ -80,6 +118,8 @@ pub struct SandboxRecord {
     pub state: Box<str>,
     /// SHA-256 of the preview auth token; raw tokens are never kept.
     pub auth_token_sha256: Option<[u8; 32]>,
+    /// The owning organisation (API keys and JWTs open the sandboxes of their organisation).
+    pub organization: Option<Box<str>>,
     /// `{runner url}/sandboxes/{id}/toolbox` or `http://{address}`, rendered once.
     pub target_prefix: Box<str>,
 }
@@ -102,8 +142,21 @@ impl SandboxRecord {
             public,
             state: state.into(),
             auth_token_sha256: auth_token.map(sha256),
+            organization: None,
             target_prefix: target_prefix.into(),
         }
+    }
+
+    pub fn with_organization(mut self, organization: Option<&str>) -> Self {
+        self.organization = organization.map(Into::into);
+        self
+    }
+
+    /// Constant-time comparison of `token` with the stored hash.
+    pub fn token_matches(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.auth_token_sha256
+            .is_some_and(|expected| bool::from(sha256(token).ct_eq(&expected)))
     }
 
     pub fn is_running(&self) -> bool {
