@@ -42,7 +42,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most headers accepted in one request.
     pub max_headers: usize,
-    /// Time a client gets to send a whole request head (slowloris guard).
+    /// Time a client gets to send a whole request head, counted from the connection's start or
+    /// the end of the previous response: it bounds slow senders (slowloris) and idle HTTP/1.1
+    /// keep-alive connections alike (hyper uses one timer for both).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Connections beyond this many wait in the kernel backlog.
@@ -58,7 +60,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             max_connections: 50_000,
             shutdown_timeout: Duration::from_secs(30),
         }
