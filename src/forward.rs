@@ -1,7 +1,6 @@
 //! Forward phase: builds the upstream request, sends it through the shared pooled client, and
 //! streams the answer back (HTTP bodies frame by frame, WebSockets as a byte relay).
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -49,8 +48,9 @@ pub struct Destination<'a> {
     pub sandbox: &'a SandboxRecord,
     pub target: Target<'a>,
     /// The one authority of the request (sent as `X-Forwarded-Host`).
-    pub original_host: &'a str,
-    pub client_ip: IpAddr,
+    pub original_host: &'a HeaderValue,
+    /// The client's IP, rendered once per connection (appended to `X-Forwarded-For`).
+    pub client_ip: &'a HeaderValue,
     /// Replaces the request's query when the auth phase removed a credential from it.
     pub query: Option<&'a str>,
 }
@@ -278,8 +278,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 fn rewrite_request_headers(
     headers: &mut HeaderMap,
     sandbox: &SandboxRecord,
-    original_host: &str,
-    client_ip: IpAddr,
+    original_host: &HeaderValue,
+    client_ip: &HeaderValue,
     proto: &HeaderValue,
     upgrade: bool,
 ) {
@@ -299,26 +299,24 @@ fn rewrite_request_headers(
         Some(auth) => headers.insert(RUNNER_AUTH_HEADER, auth.clone()),
         None => headers.remove(RUNNER_AUTH_HEADER),
     };
-    if let Ok(host) = HeaderValue::from_str(original_host) {
-        headers.insert(X_FORWARDED_HOST, host);
-    }
+    headers.insert(X_FORWARDED_HOST, original_host.clone());
     headers.insert(X_FORWARDED_PROTO, proto.clone());
     append_forwarded_for(headers, client_ip);
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
-    let mut value = String::new();
-    for prior in headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
-        value.push_str(prior);
-        value.push_str(", ");
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if prior.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR, client_ip.clone());
+        return;
     }
-    use std::fmt::Write;
-    let _ = write!(value, "{client_ip}");
-    if let Ok(v) = HeaderValue::try_from(value) {
+    let mut value = Vec::with_capacity(64);
+    for v in prior {
+        value.extend_from_slice(v.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(client_ip.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
         headers.insert(X_FORWARDED_FOR, v);
     }
 }
@@ -441,14 +439,9 @@ mod tests {
         );
         h.insert(X_FORWARDED_FOR, "1.2.3.4".parse().unwrap());
         let proto = HeaderValue::from_static("https");
-        rewrite_request_headers(
-            &mut h,
-            &s,
-            "3000-sbx-1.preview.localhost",
-            "127.0.0.9".parse().unwrap(),
-            &proto,
-            false,
-        );
+        let host = HeaderValue::from_static("3000-sbx-1.preview.localhost");
+        let ip = HeaderValue::from_static("127.0.0.9");
+        rewrite_request_headers(&mut h, &s, &host, &ip, &proto, false);
         assert_eq!(h[RUNNER_AUTH_HEADER], "Bearer key");
         assert!(
             h.get("x-secret").is_none()
@@ -463,14 +456,7 @@ mod tests {
 
         let mut forged = HeaderMap::new();
         forged.insert(RUNNER_AUTH_HEADER, "Bearer forged".parse().unwrap());
-        rewrite_request_headers(
-            &mut forged,
-            &direct_sandbox(),
-            "h",
-            "127.0.0.1".parse().unwrap(),
-            &proto,
-            false,
-        );
+        rewrite_request_headers(&mut forged, &direct_sandbox(), &host, &ip, &proto, false);
         assert!(
             forged.get(RUNNER_AUTH_HEADER).is_none(),
             "direct mode never forwards a runner key"
@@ -485,7 +471,11 @@ mod tests {
         h.insert(UPGRADE, "websocket".parse().unwrap());
         h.insert("sec-websocket-protocol", "chat, v2".parse().unwrap());
         let proto = HeaderValue::from_static("http");
-        rewrite_request_headers(&mut h, &s, "h", "127.0.0.1".parse().unwrap(), &proto, true);
+        let (host, ip) = (
+            HeaderValue::from_static("h"),
+            HeaderValue::from_static("127.0.0.1"),
+        );
+        rewrite_request_headers(&mut h, &s, &host, &ip, &proto, true);
         assert_eq!(h[UPGRADE], "websocket");
         assert_eq!(h[CONNECTION], "upgrade");
         assert_eq!(h["sec-websocket-protocol"], "chat, v2");

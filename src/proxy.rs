@@ -31,12 +31,22 @@ pub struct App {
     pub forwarder: Forwarder,
 }
 
+/// The client end of a connection, with its IP pre-rendered for `X-Forwarded-For`.
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip_header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip_header = HeaderValue::try_from(addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, ip_header }
+    }
+}
+
 /// The request handler given to the server: never fails, every error becomes a response.
-pub async fn handle(
-    app: Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<ProxyBody> {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
     let started = Instant::now();
     let uri = req.uri().clone();
     let method = req.method().clone();
@@ -54,7 +64,7 @@ pub async fn handle(
         path = uri.path(),
         status = response.status().as_u16(),
         micros = started.elapsed().as_micros() as u64,
-        peer = %peer.ip(),
+        peer = %peer.addr.ip(),
     );
     response
 }
@@ -62,7 +72,7 @@ pub async fn handle(
 async fn pipeline(
     app: &App,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let host = authority_value(&req)?;
     let host_str = host
@@ -101,8 +111,8 @@ async fn pipeline(
     let destination = Destination {
         sandbox: &sandbox,
         target,
-        original_host: host_str,
-        client_ip: peer.ip(),
+        original_host: &host,
+        client_ip: &peer.ip_header,
         query: stripped_query.as_deref(),
     };
     let mut response = app.forwarder.forward(req, destination, guard).await?;

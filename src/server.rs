@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
-use crate::proxy::{handle, App};
+use crate::proxy::{handle, App, Peer};
 
 /// Serves `listener` until `shutdown` fires, then drains: stops accepting, lets in-flight requests,
 /// streams and WebSockets finish for up to `shutdown_timeout`, then closes WebSockets with 1001.
@@ -53,9 +53,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let client = Arc::new(Peer::new(peer));
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(handle(app, req, &client).await) }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());
