@@ -15,6 +15,7 @@ pub mod registry;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
