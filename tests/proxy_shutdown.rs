@@ -39,10 +39,12 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
 
     proxy.signal("TERM");
     wait_refused(&proxy).await;
-    assert!(
-        proxy.child.try_wait().unwrap().is_none(),
-        "the proxy exited with a request in flight"
-    );
+    if let Some(status) = proxy.child.try_wait().unwrap() {
+        panic!(
+            "the proxy exited ({status:?}) with a request in flight:\n{}",
+            proxy.stderr()
+        );
+    }
     runner.release();
     let reply = in_flight.await.unwrap();
     assert_eq!(reply.status, 200);
@@ -80,4 +82,19 @@ async fn sigterm_closes_open_websockets_with_1001_after_the_timeout() {
         .wait_exit(Duration::from_secs(10))
         .expect("the proxy did not exit");
     assert!(status.success(), "{status:?}\n{}", proxy.stderr());
+}
+
+#[tokio::test]
+async fn sigterm_right_after_the_listening_line_is_graceful() {
+    // A supervisor may stop the proxy as soon as it says it is listening: the stop signal must
+    // already be handled (drain and exit 0), not kill the process.
+    for _ in 0..5 {
+        let runner = Runner::start("runner-key").await;
+        let mut proxy = start(&runner, "1s");
+        proxy.signal("TERM");
+        let status = proxy
+            .wait_exit(Duration::from_secs(10))
+            .expect("the proxy did not exit");
+        assert!(status.success(), "{status:?}\n{}", proxy.stderr());
+    }
 }
