@@ -407,3 +407,60 @@ async fn h2_authority_differing_from_host_is_refused() {
     assert_eq!(json["code"], "BAD_HOST");
     assert!(runner.seen().is_empty(), "nothing may reach the runner");
 }
+
+#[tokio::test]
+async fn preview_hosts_are_case_insensitive_and_ignore_the_port() {
+    let (runner, proxy) = setup().await;
+    let reply = send(
+        proxy.addr,
+        "GET",
+        "3000-SBX-1.Preview.LOCALHOST:8443",
+        "/echo",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(runner.last().target, format!("{PREFIX}/echo"));
+    assert_eq!(
+        runner.last().all("x-forwarded-host"),
+        ["3000-SBX-1.Preview.LOCALHOST:8443"]
+    );
+}
+
+#[tokio::test]
+async fn reserved_ports_need_a_credential_even_on_public_sandboxes() {
+    let (runner, proxy) = setup().await;
+    for port in [2280, 22222, 33333] {
+        let host = format!("{port}-sbx-1.preview.localhost");
+        let reply = send(proxy.addr, "GET", &host, "/", &[], b"").await;
+        assert_eq!(reply.status, 401, "{port}: {}", reply.text());
+        assert_eq!(reply.json()["code"], "AUTH_REQUIRED");
+        let token = [("x-daytona-preview-token", "tok-public")];
+        let reply = send(proxy.addr, "GET", &host, "/", &token, b"").await;
+        assert_eq!(reply.status, 200, "{port}: {}", reply.text());
+        assert_eq!(
+            runner.last().target,
+            format!("/sandboxes/sbx-1/toolbox/proxy/{port}/")
+        );
+    }
+}
+
+#[tokio::test]
+async fn skip_activity_header_is_consumed() {
+    let (runner, proxy) = setup().await;
+    let reply = send(
+        proxy.addr,
+        "GET",
+        PREVIEW,
+        "/echo",
+        &[("x-daytona-skip-last-activity-update", "true")],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        runner.last().header("x-daytona-skip-last-activity-update"),
+        None
+    );
+}

@@ -21,36 +21,58 @@ async fn setup() -> (Runner, Proxy) {
     (runner, proxy)
 }
 
-#[tokio::test]
-async fn sse_first_event_arrives_before_the_upstream_finishes() {
+/// Reads `path` until `first` arrived, while the runner holds the stream open; then releases
+/// the runner and expects `second` and a clean end.
+async fn held_stream_flows(path: &str, content_type: &str, first: &[u8], second: &[u8]) {
     let (runner, proxy) = setup().await;
-    let req = request("GET", PREVIEW, "/sse")
-        .header("accept", "text/event-stream")
+    let req = request("GET", PREVIEW, path)
         .body(Full::new(Bytes::new()))
         .unwrap();
     let response = send_streaming(proxy.addr, req).await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.headers()["content-type"], content_type);
     let mut body = response.into_body();
     let mut seen = Vec::new();
-    // The runner holds the stream open until `release`: the first event can only arrive now if
+    // The runner holds the stream open until `release`: the first part can only arrive now if
     // the proxy flushed it on its own.
-    while !seen.ends_with(b"data: first\n\n") {
+    while !seen.ends_with(first) {
         let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
             .await
-            .expect("the first event was not flushed")
+            .expect("the first part was not flushed")
             .expect("the stream ended early")
             .unwrap();
         seen.extend_from_slice(&frame.into_data().unwrap_or_default());
     }
-    assert_eq!(seen, b"data: first\n\n");
+    assert_eq!(seen, first);
     runner.release();
     let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
         .await
         .unwrap()
         .unwrap()
         .to_bytes();
-    assert_eq!(&rest[..], b"data: second\n\n");
+    assert_eq!(&rest[..], second);
+}
+
+#[tokio::test]
+async fn sse_first_event_arrives_before_the_upstream_finishes() {
+    held_stream_flows(
+        "/sse",
+        "text/event-stream",
+        b"data: first\n\n",
+        b"data: second\n\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn chunked_octet_stream_flows_without_delay() {
+    held_stream_flows(
+        "/follow?follow=true",
+        "application/octet-stream",
+        b"line 1\n",
+        b"line 2\n",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@
 //! | `/abort/{n}` | chunked: `n` pattern bytes, then the upstream connection fails |
 //! | `/upload` | counts the streamed request body: `{"len":…,"pattern_ok":…,"sha256":…}` |
 //! | `/sse` | `text/event-stream`: one event, then waits for [`Runner::release`], then a second |
+//! | `/follow` | the same as chunked `application/octet-stream` (command logs with `follow=true`) |
 //! | `/hold` | waits for [`Runner::release`] before answering 200 `released` |
 //! | `/slow/{ms}` | sleeps before sending headers |
 //! | `/redirect` | 302 with `Location` taken from the request header `x-location` |
@@ -277,7 +278,13 @@ async fn app(
     }
     match path {
         "/upload" => upload(req).await,
-        "/sse" => sse(state),
+        "/sse" => held_stream(
+            state,
+            "text/event-stream",
+            b"data: first\n\n",
+            b"data: second\n\n",
+        ),
+        "/follow" => held_stream(state, "application/octet-stream", b"line 1\n", b"line 2\n"),
         "/hold" => {
             let mut rx = state.released.subscribe();
             let _ = rx.wait_for(|r| *r).await;
@@ -360,26 +367,26 @@ async fn upload(req: Request<Incoming>) -> Response<RespBody> {
     full(StatusCode::OK, "application/json", json.to_string())
 }
 
-fn sse(state: Arc<State>) -> Response<RespBody> {
+/// A chunked stream: `first`, then (after [`Runner::release`]) `second`, then the end.
+fn held_stream(
+    state: Arc<State>,
+    content_type: &'static str,
+    first: &'static [u8],
+    second: &'static [u8],
+) -> Response<RespBody> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Error>>(4);
     tokio::spawn(async move {
-        let _ = tx
-            .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
-            .await;
+        let _ = tx.send(Ok(Frame::data(Bytes::from_static(first)))).await;
         let mut released = state.released.subscribe();
         let _ = released.wait_for(|r| *r).await;
-        let _ = tx
-            .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
-            .await;
+        let _ = tx.send(Ok(Frame::data(Bytes::from_static(second)))).await;
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
     let mut r = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(stream)));
-    r.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("text/event-stream"),
-    );
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static(content_type));
     r.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-cache"));
     r
