@@ -26,13 +26,14 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the non-standard ones seen in the wild.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is not one of them: it declares the trailer fields end to end, and hyper only sends
+/// the trailer fields a message's `Trailer` header declares, so removing it drops the trailers.
+const HOP_BY_HOP: [HeaderName; 7] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     UPGRADE,
 ];
@@ -110,7 +111,7 @@ impl Forwarder {
             client_ip,
             query,
         } = destination;
-        let query = query.or_else(|| req.uri().query());
+        let query = effective_query(query, req.uri().query());
         let uri = upstream_uri(sandbox, &target, req.uri().path(), query)?;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
@@ -196,6 +197,15 @@ impl Forwarder {
         });
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, ProxyBody::Empty)
+    }
+}
+
+/// The query to forward: the client's, unless the auth phase stripped a credential from it; a
+/// query left empty by that is dropped whole (no dangling `?` the client never sent bare).
+fn effective_query<'q>(stripped: Option<&'q str>, original: Option<&'q str>) -> Option<&'q str> {
+    match stripped {
+        Some(stripped) => (!stripped.is_empty()).then_some(stripped),
+        None => original,
     }
 }
 
@@ -422,6 +432,28 @@ mod tests {
         assert_eq!(uri, "http://10.1.2.3:8080/");
         let uri = upstream_uri(&d, &Target::Toolbox { rest: "" }, "/toolbox/sbx-2", None).unwrap();
         assert_eq!(uri, "http://10.1.2.3:2280/");
+    }
+
+    #[test]
+    fn stripped_queries_replace_the_original() {
+        assert_eq!(effective_query(None, Some("a=1")), Some("a=1"));
+        assert_eq!(
+            effective_query(None, Some("")),
+            Some(""),
+            "a bare `?` stays"
+        );
+        assert_eq!(effective_query(Some("a=1"), Some("a=1&K=t")), Some("a=1"));
+        assert_eq!(effective_query(Some(""), Some("K=t")), None);
+    }
+
+    #[test]
+    fn trailer_declarations_survive() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TRAILER, "x-checksum".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h[header::TRAILER], "x-checksum");
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
     }
 
     #[test]

@@ -99,20 +99,24 @@ fn toml_text(config: &Config) -> Result<String, String> {
 
 async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
     let running = sandgate::start(config).await.map_err(|e| e.to_string())?;
+    // Handle the signals before saying we listen: a SIGTERM or SIGHUP sent right after that line
+    // would otherwise hit the default action and kill the process (no drain, no reload).
+    let stop = stop_signal();
+    let hangup = signal(SignalKind::hangup());
     // Scripts and tests read this line to learn the bound port (`listen = "127.0.0.1:0"`).
     println!("sandgate listening on http://{}", running.addr);
     tracing::info!(addr = %running.addr, "sandgate listening");
     let shutdown = running.shutdown_token();
     let app = running.app.clone();
     tokio::spawn(async move {
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        let Ok(mut hangup) = hangup else {
             return;
         };
         while hangup.recv().await.is_some() {
             reload(&app, path.as_deref());
         }
     });
-    wait_for_stop_signal().await;
+    stop.await;
     shutdown.cancel();
     running.wait().await;
     tracing::info!("sandgate stopped");
@@ -140,15 +144,27 @@ fn reload(app: &sandgate::proxy::App, path: Option<&std::path::Path>) {
 }
 
 async fn wait_for_stop_signal() {
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    stop_signal().await
+}
+
+/// Registers the SIGTERM and SIGINT handlers now; the future resolves when one arrives.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        tracing::info!("stop signal received");
     }
-    tracing::info!("stop signal received");
 }
 
 async fn demo(
