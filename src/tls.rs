@@ -66,7 +66,11 @@ impl CertStore {
             return Err("tls.certs lists no certificate".into());
         }
         let provider = rustls::crypto::aws_lc_rs::default_provider();
-        let mut store = CertStore { exact: HashMap::new(), wildcard: HashMap::new(), default: None };
+        let mut store = CertStore {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default: None,
+        };
         for pair in &config.certs {
             let (key, names) = load_pair(pair, &provider)?;
             for name in names {
@@ -83,7 +87,9 @@ impl CertStore {
     }
 
     fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let Some(sni) = sni else { return self.default.clone() };
+        let Some(sni) = sni else {
+            return self.default.clone();
+        };
         let sni = sni.trim_end_matches('.').to_ascii_lowercase();
         if let Some(key) = self.exact.get(&sni) {
             return Some(key.clone());
@@ -106,19 +112,29 @@ fn load_pair(
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", pair.cert.display()))?;
     let Some(leaf) = chain.first() else {
-        return Err(format!("{}: no certificate in the file", pair.cert.display()));
+        return Err(format!(
+            "{}: no certificate in the file",
+            pair.cert.display()
+        ));
     };
     let names = dns_names(leaf).map_err(|e| format!("{}: {e}", pair.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&pair.key).map_err(|e| format!("{}: {e}", pair.key.display()))?;
-    let certified = CertifiedKey::from_der(chain, key, provider)
-        .map_err(|e| format!("{} does not match {}: {e}", pair.key.display(), pair.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&pair.key)
+        .map_err(|e| format!("{}: {e}", pair.key.display()))?;
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        format!(
+            "{} does not match {}: {e}",
+            pair.key.display(),
+            pair.cert.display()
+        )
+    })?;
     Ok((Arc::new(certified), names))
 }
 
 /// The DNS names in a certificate's subjectAltName, lower-cased.
 fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("bad certificate: {e}"))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("bad certificate: {e}"))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| format!("bad subjectAltName: {e}"))?
@@ -142,7 +158,9 @@ pub struct CertResolver {
 
 impl CertResolver {
     pub fn new(config: &TlsConfig) -> Result<CertResolver, String> {
-        Ok(CertResolver { store: ArcSwap::from_pointee(CertStore::load(config)?) })
+        Ok(CertResolver {
+            store: ArcSwap::from_pointee(CertStore::load(config)?),
+        })
     }
 
     pub fn reload(&self, config: &TlsConfig) -> Result<(), String> {
@@ -172,25 +190,36 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<rustls::ServerCo
 /// Writes a local CA and a certificate for `domain` and `*.domain` signed by it into `dir`.
 /// Returns the paths written (CA cert, cert, key).
 pub fn generate_dev_certs(dir: &Path, domain: &str) -> Result<[PathBuf; 3], String> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let err = |e: rcgen::Error| e.to_string();
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, format!("sandgate dev CA for {domain}"));
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("sandgate dev CA for {domain}"));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_key = KeyPair::generate().map_err(err)?;
     let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let mut params = CertificateParams::new(vec![domain.to_string(), format!("*.{domain}")]).map_err(err)?;
+    let mut params =
+        CertificateParams::new(vec![domain.to_string(), format!("*.{domain}")]).map_err(err)?;
     params.distinguished_name.push(DnType::CommonName, domain);
     let key = KeyPair::generate().map_err(err)?;
     let cert = params.signed_by(&key, &issuer).map_err(err)?;
 
-    let paths = [dir.join("dev-ca.pem"), dir.join(format!("{domain}.pem")), dir.join(format!("{domain}.key"))];
-    let write = |path: &PathBuf, text: String| std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()));
+    let paths = [
+        dir.join("dev-ca.pem"),
+        dir.join(format!("{domain}.pem")),
+        dir.join(format!("{domain}.key")),
+    ];
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    };
     write(&paths[0], ca_cert.pem())?;
     write(&paths[1], cert.pem())?;
     write(&paths[2], key.serialize_pem())?;
@@ -211,16 +240,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = pair(dir.path(), "a.test");
         let b = pair(dir.path(), "b.test");
-        let config = TlsConfig { certs: vec![a, b], ..TlsConfig::default() };
+        let config = TlsConfig {
+            certs: vec![a, b],
+            ..TlsConfig::default()
+        };
         let store = CertStore::load(&config).unwrap();
         let first = store.find(Some("a.test")).unwrap();
         let second = store.find(Some("3000-x.B.test")).unwrap();
         assert!(!Arc::ptr_eq(&first, &second));
         assert!(Arc::ptr_eq(&store.find(Some("x.a.test")).unwrap(), &first));
-        assert!(Arc::ptr_eq(&store.find(Some("y.x.b.test")).unwrap(), &first), "wildcards cover one label; else default");
+        assert!(
+            Arc::ptr_eq(&store.find(Some("y.x.b.test")).unwrap(), &first),
+            "wildcards cover one label; else default"
+        );
         assert!(Arc::ptr_eq(&store.find(None).unwrap(), &first));
 
-        let refuse = TlsConfig { unknown_sni: "refuse".into(), ..config };
+        let refuse = TlsConfig {
+            unknown_sni: "refuse".into(),
+            ..config
+        };
         let store = CertStore::load(&refuse).unwrap();
         assert!(store.find(Some("other.test")).is_none());
         assert!(store.find(Some("x.b.test")).is_some());
@@ -230,7 +268,10 @@ mod tests {
     fn a_corrupt_certificate_is_rejected_and_the_old_one_stays() {
         let dir = tempfile::tempdir().unwrap();
         let good = pair(dir.path(), "a.test");
-        let config = TlsConfig { certs: vec![good.clone()], ..TlsConfig::default() };
+        let config = TlsConfig {
+            certs: vec![good.clone()],
+            ..TlsConfig::default()
+        };
         let resolver = CertResolver::new(&config).unwrap();
         std::fs::write(&good.cert, "not a certificate").unwrap();
         assert!(resolver.reload(&config).is_err());
