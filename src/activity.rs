@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::metrics;
 use crate::registry::BoxFuture;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,7 +184,11 @@ impl Activity {
         if batch.is_empty() {
             return Ok(0);
         }
-        sink.write(&batch).await?;
+        if let Err(e) = sink.write(&batch).await {
+            metrics().activity_flush_errors.inc();
+            return Err(e);
+        }
+        metrics().activity_writes.inc_by(batch.len() as u64);
         self.confirm(&batch);
         self.forget_idle(now);
         Ok(batch.len())

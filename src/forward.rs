@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::activity::StreamGuard;
 use crate::body::ProxyBody;
 use crate::config::ProxyConfig;
+use crate::metrics::metrics;
 use crate::registry::{SandboxRecord, Upstream};
 use crate::respond::ProxyError;
 use crate::route::TOOLBOX_PORT;
@@ -24,6 +25,7 @@ use crate::route::TOOLBOX_PORT;
 pub const RUNNER_AUTH_HEADER: HeaderName = HeaderName::from_static("x-daytona-authorization");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the non-standard ones seen in the wild.
 /// `Trailer` is not one of them: it declares the trailer fields end to end, and hyper only sends
@@ -52,6 +54,8 @@ pub struct Destination<'a> {
     pub original_host: &'a HeaderValue,
     /// The client's IP, rendered once per connection (appended to `X-Forwarded-For`).
     pub client_ip: &'a HeaderValue,
+    /// The client connection is TLS (`X-Forwarded-Proto: https` whatever the configured scheme).
+    pub https: bool,
     /// Replaces the request's query when the auth phase removed a credential from it.
     pub query: Option<&'a str>,
 }
@@ -109,8 +113,10 @@ impl Forwarder {
             target,
             original_host,
             client_ip,
+            https,
             query,
         } = destination;
+        let proto = if https { &HTTPS } else { &self.forwarded_proto };
         let query = effective_query(query, req.uri().query());
         let uri = upstream_uri(sandbox, &target, req.uri().path(), query)?;
         *req.uri_mut() = uri;
@@ -122,17 +128,24 @@ impl Forwarder {
             sandbox,
             original_host,
             client_ip,
-            &self.forwarded_proto,
+            proto,
             upgrade,
         );
 
+        let started = std::time::Instant::now();
         let sent =
             tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await;
         let mut response = match sent {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(self.response_header_timeout)),
+            Err(_) => {
+                metrics().upstream_timeouts.inc();
+                return Err(ProxyError::UpstreamTimeout(self.response_header_timeout));
+            }
             Ok(Err(e)) => return Err(classify_client_error(&e, sandbox, &target)),
             Ok(Ok(response)) => response,
         };
+        metrics()
+            .upstream_duration
+            .observe(started.elapsed().as_secs_f64());
 
         if let Target::Preview { port } = target {
             if response.status() == StatusCode::BAD_GATEWAY
@@ -171,6 +184,10 @@ impl Forwarder {
         let shutdown = self.close_relays.clone();
         self.relays.spawn(async move {
             let _guard = guard;
+            metrics().websockets_active.inc();
+            let _open = scopeguard(|| {
+                metrics().websockets_active.dec();
+            });
             let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -207,6 +224,19 @@ fn effective_query<'q>(stripped: Option<&'q str>, original: Option<&'q str>) -> 
         Some(stripped) => (!stripped.is_empty()).then_some(stripped),
         None => original,
     }
+}
+
+/// Runs `f` when dropped (a relay task may end at any await point).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// `{prefix}/proxy/{port}{path}?{query}` (runner) or `http://{address}:{port}{path}?{query}`.
@@ -371,8 +401,10 @@ fn classify_client_error(
 ) -> ProxyError {
     tracing::debug!(error = ?error, sandbox = %sandbox.id, "upstream request failed");
     if !error.is_connect() {
+        metrics().upstream_other_errors.inc();
         return ProxyError::UpstreamFailed;
     }
+    metrics().upstream_connect_errors.inc();
     match (&sandbox.upstream, target) {
         (Upstream::Direct { .. }, Target::Preview { port }) => ProxyError::PortNotListening(*port),
         _ => ProxyError::RunnerUnreachable,
