@@ -322,6 +322,14 @@ impl Config {
                 self.activity.sink
             ));
         }
+        let uses_daytona = self.registry.backend == "daytona" || self.activity.sink == "daytona";
+        let api_url = self.daytona.api_url.trim_end_matches('/');
+        if uses_daytona && !(api_url.starts_with("http://") && api_url.ends_with("/api")) {
+            return invalid(format!(
+                "daytona.api_url {:?} must be http://host[:port]/api",
+                self.daytona.api_url
+            ));
+        }
         Ok(())
     }
 }

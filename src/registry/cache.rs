@@ -163,6 +163,16 @@ impl Resolver {
         let flight: Flight = self.flights.entry(id.into()).or_default().clone();
         let result = flight
             .get_or_init(|| async {
+                // A flight that ended between our cache miss and joining it has stored a fresh
+                // answer: use it rather than asking the backend again.
+                if let Some(slot) = self.slots.get(id) {
+                    if slot.expires > Instant::now() {
+                        let value = slot.value.clone();
+                        drop(slot);
+                        self.flights.remove(id);
+                        return Ok(value);
+                    }
+                }
                 let result = self.backend.sandbox(id).await;
                 if let Ok(value) = &result {
                     self.store(id, value.clone());
