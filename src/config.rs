@@ -330,6 +330,9 @@ impl Config {
                 self.daytona.api_url
             ));
         }
+        if uses_daytona && self.daytona.api_key.is_empty() {
+            return invalid("daytona.api_key must be set".into());
+        }
         Ok(())
     }
 }
