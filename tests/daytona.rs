@@ -347,8 +347,11 @@ struct RedisL2 {
 
 impl RedisL2 {
     fn start() -> RedisL2 {
+        Self::start_on(support::free_port())
+    }
+
+    fn start_on(port: u16) -> RedisL2 {
         let dir = tempfile::tempdir().unwrap();
-        let port = support::free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -471,4 +474,21 @@ async fn redis_down_falls_back_to_the_api() {
     assert_eq!(cp.calls(RUNNER_BY_SANDBOX), 2);
     let warnings = proxy.stderr().matches("Redis L2 unavailable").count();
     assert_eq!(warnings, 1, "one warning per outage:\n{}", proxy.stderr());
+
+    // Redis comes up: the L2 is used again without a restart.
+    let redis = RedisL2::start_on(dead);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    while redis.cli(&["EXISTS", &format!("proxy:sandbox-runner-info:back-{n}")]) != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "L2 not used after Redis came back"
+        );
+        n += 1;
+        let id = format!("back-{n}");
+        cp.add_sandbox(&id, FakeSandbox::new("runner-1", true));
+        assert_eq!(get(proxy.addr, &host(&id), "/hi").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(proxy.stderr().contains("Redis L2 reachable again"));
 }

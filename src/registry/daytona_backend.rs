@@ -27,6 +27,8 @@ const TRIES: usize = 3;
 const BACKOFF: [Duration; TRIES - 1] = [Duration::from_millis(150), Duration::from_millis(300)];
 /// Answers larger than this are not read (the API's answers are a few hundred bytes).
 const MAX_BODY: usize = 256 * 1024;
+/// Most API requests in flight per client, whatever the traffic (protects the control plane).
+const MAX_IN_FLIGHT: usize = 256;
 /// Ceiling of the readiness probe's timeout.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Daytona's proxy keeps runner info 2 minutes and the public flag 1 hour (its
@@ -49,6 +51,7 @@ pub struct DaytonaApi {
     base: String,
     auth: HeaderValue,
     timeout: Duration,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl DaytonaApi {
@@ -85,6 +88,7 @@ impl DaytonaApi {
             base,
             auth,
             timeout: config.timeout,
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         })
     }
 
@@ -98,7 +102,10 @@ impl DaytonaApi {
             if attempt > 0 {
                 tokio::time::sleep(BACKOFF[attempt - 1]).await;
             }
-            match tokio::time::timeout(self.timeout, self.once(&method, path)).await {
+            let permit = self.in_flight.acquire().await;
+            let result = tokio::time::timeout(self.timeout, self.once(&method, path)).await;
+            drop(permit);
+            match result {
                 Err(_) => last = format!("no answer within {:?}", self.timeout),
                 Ok(Err(e)) => last = e,
                 Ok(Ok(answer)) if is_retryable(answer.status) => {
