@@ -183,6 +183,12 @@ fn build_registry(config: &Config) -> Result<Backends, StartError> {
             );
             Ok((registry.clone(), Some(registry)))
         }
+        "daytona" => {
+            let redis = config.daytona.l2_redis.then_some(&config.redis);
+            let registry = registry::DaytonaRegistry::new(&config.daytona, redis)
+                .map_err(StartError::Config)?;
+            Ok((Arc::new(registry), None))
+        }
         other => Err(StartError::Config(format!(
             "registry.backend {other:?} is not available yet"
         ))),
@@ -196,6 +202,13 @@ fn build_activity_sink(
 ) -> Result<Arc<dyn ActivitySink>, StartError> {
     match config.activity.sink.as_str() {
         "memory" => Ok(memory.clone()),
+        "daytona" => Ok(Arc::new(
+            registry::DaytonaActivitySink::new(
+                &config.daytona,
+                config.activity.daytona_concurrency,
+            )
+            .map_err(StartError::Config)?,
+        )),
         other => Err(StartError::Config(format!(
             "activity.sink {other:?} is not available yet"
         ))),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod runner;
+pub mod control_plane;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
