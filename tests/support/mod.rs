@@ -2,8 +2,8 @@
 //! talk to it over real sockets.
 #![allow(dead_code)]
 
-pub mod runner;
 pub mod control_plane;
+pub mod runner;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
