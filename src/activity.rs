@@ -28,8 +28,12 @@ pub struct ActivityConfig {
     /// Open WebSockets and streams re-mark their sandbox this often.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
-    /// `memory` (embedded default).
+    /// `memory` (embedded default) or `redis` (`ZADD {redis_key} <epoch-ms> <id>`).
     pub sink: String,
+    /// Sorted set the `redis` sink writes (Daytona's own is `sandbox:activity`).
+    pub redis_key: String,
+    /// `redis` sink: replicas share the throttle through `SET {prefix}activity-lock:{id} NX PX`.
+    pub dedupe_across_replicas: bool,
 }
 
 impl Default for ActivityConfig {
@@ -40,6 +44,8 @@ impl Default for ActivityConfig {
             flush_interval: Duration::from_secs(1),
             heartbeat: Duration::from_secs(30),
             sink: "memory".into(),
+            redis_key: "sandbox:activity".into(),
+            dedupe_across_replicas: false,
         }
     }
 }

@@ -40,6 +40,27 @@ enum Command {
         #[arg(long, default_value = "demo-runner-key")]
         runner_key: String,
     },
+    /// Manage runners and sandboxes in the Redis registry (`[redis]` of the config).
+    Registry {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: sandgate::admin::RegistryCommand,
+    },
+    /// Mint or revoke signed preview URLs (Redis).
+    PreviewUrl {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: sandgate::admin::PreviewUrlCommand,
+    },
+    /// Query recorded activity (the Redis sorted set `[activity] redis_key`).
+    Activity {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: sandgate::admin::ActivityCommand,
+    },
     /// Check a config file and print the effective configuration.
     CheckConfig {
         #[arg(long, short, env = "SANDGATE_CONFIG")]
@@ -84,6 +105,18 @@ async fn run(command: Command) -> Result<(), String> {
             init_logging(&LogConfig::default());
             demo(listen, runner_listen, runner_only, runner_key).await
         }
+        Command::Registry { config, command } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            admin_output(sandgate::admin::registry(&loaded, command).await)
+        }
+        Command::PreviewUrl { config, command } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            admin_output(sandgate::admin::preview_url(&loaded, command).await)
+        }
+        Command::Activity { config, command } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            admin_output(sandgate::admin::activity(&loaded, command).await)
+        }
         Command::CheckConfig { config } => {
             let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             let text = toml_text(&loaded)?;
@@ -91,6 +124,14 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+fn admin_output(result: Result<String, sandgate::admin::AdminError>) -> Result<(), String> {
+    let text = result.map_err(|e| e.to_string())?;
+    if !text.is_empty() {
+        println!("{text}");
+    }
+    Ok(())
 }
 
 fn toml_text(config: &Config) -> Result<String, String> {

@@ -4,6 +4,7 @@
 //! them, so the hot path is a map read.
 
 mod cache;
+pub mod redis_backend;
 mod static_backend;
 
 use std::future::Future;
