@@ -640,3 +640,27 @@ async fn activity_idle_and_show_commands() {
     let (success, _, stderr) = sandgate(&cli.path, &["activity", "show", "nobody"]);
     assert!(!success && stderr.contains("no activity"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_proxy_starts_without_redis_and_becomes_ready_when_it_comes() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let proxy = Proxy::start(&redis_toml(&redis, ""));
+    assert_eq!(get(proxy.addr, "127.0.0.1", "/ready").await.status, 503);
+    assert_eq!(get(proxy.addr, "127.0.0.1", "/health").await.status, 200);
+    let reply = get(proxy.addr, &host("any"), "/").await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.json()["code"], "REGISTRY_UNAVAILABLE");
+
+    redis.restart();
+    let cli = cli_config(&redis);
+    let runner = demo_runner("k").await;
+    put_runner(&cli.path, "runner-1", runner, "k");
+    put_sandbox(&cli.path, "late", "runner-1", &[]);
+    let took = within(Duration::from_secs(5), "ready and serving", || async {
+        get(proxy.addr, "127.0.0.1", "/ready").await.status == 200
+            && get(proxy.addr, &host("late"), "/").await.status == 200
+    })
+    .await;
+    println!("ready {took:?} after redis started");
+}

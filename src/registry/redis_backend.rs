@@ -391,3 +391,118 @@ pub async fn run_invalidation_subscriber(
         backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn runner() -> Option<RunnerData> {
+        Some(RunnerData::Hash(fields(&[
+            ("url", "http://10.0.0.5:3003/"),
+            ("api_key", "k"),
+            ("ssh_endpoint", "10.0.0.5:2220"),
+        ])))
+    }
+
+    #[test]
+    fn a_full_record_parses() {
+        let hash = hex::encode(crate::registry::sha256("tok"));
+        let s = fields(&[
+            ("runner", "r1"),
+            ("public", "true"),
+            ("state", "stopped"),
+            ("organization", "org"),
+            ("auth_token_sha256", &hash),
+        ]);
+        let record = parse("p:", "sbx", &s, runner()).unwrap();
+        assert!(record.public && !record.is_running());
+        assert!(record.token_matches("tok") && !record.token_matches("other"));
+        assert_eq!(record.organization.as_deref(), Some("org"));
+        assert_eq!(
+            &*record.target_prefix,
+            "http://10.0.0.5:3003/sandboxes/sbx/toolbox"
+        );
+        let Upstream::Runner(r) = &record.upstream else {
+            panic!("runner mode")
+        };
+        assert_eq!(r.ssh_endpoint.as_deref(), Some("10.0.0.5:2220"));
+    }
+
+    #[test]
+    fn defaults_and_direct_mode() {
+        let record = parse("p:", "sbx", &fields(&[("address", "10.0.0.7")]), None).unwrap();
+        assert!(!record.public && record.is_running() && record.auth_token_sha256.is_none());
+        assert_eq!(&*record.target_prefix, "http://10.0.0.7");
+    }
+
+    #[test]
+    fn bad_records_name_the_problem() {
+        let cases: Vec<(Fields, Option<RunnerData>, &str)> = vec![
+            (fields(&[]), None, "exactly one"),
+            (
+                fields(&[("runner", "r1")]),
+                Some(RunnerData::Missing),
+                "not found",
+            ),
+            (
+                fields(&[("runner", "r1")]),
+                Some(RunnerData::WrongType("string".into())),
+                "not a hash",
+            ),
+            (
+                fields(&[("runner", "r1")]),
+                Some(RunnerData::Hash(fields(&[("url", "http://h:1")]))),
+                "api_key",
+            ),
+            (fields(&[("address", "a b")]), None, "not a host"),
+            (
+                fields(&[("address", "h"), ("public", "yes")]),
+                None,
+                "true or false",
+            ),
+            (
+                fields(&[("address", "h"), ("auth_token_sha256", "abc")]),
+                None,
+                "hex",
+            ),
+        ];
+        for (sandbox, runner, expect) in cases {
+            match parse("p:", "sbx", &sandbox, runner) {
+                Err(RegistryError::BadData { key, reason }) => {
+                    assert_eq!(key, "p:sandbox:sbx");
+                    assert!(reason.contains(expect), "{reason} / {expect}");
+                }
+                other => panic!("{sandbox:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn invalidation_messages_round_trip() {
+        for m in [
+            Invalidation::Sandbox("a"),
+            Invalidation::Signed("t"),
+            Invalidation::All,
+        ] {
+            assert_eq!(Invalidation::parse(&m.message()), m);
+        }
+        assert_eq!(Invalidation::parse("runner:r1"), Invalidation::All);
+    }
+
+    #[test]
+    fn signed_tokens_are_16_lowercase_alphanumerics() {
+        assert!(is_signed_token("abcdefgh12345678"));
+        assert!(!is_signed_token("ABCDEFGH12345678"));
+        assert!(!is_signed_token("abc"));
+        assert!(!is_signed_token("abcdefgh1234567:"));
+        let token = crate::admin::new_signed_token();
+        assert!(is_signed_token(&token), "{token}");
+    }
+}
