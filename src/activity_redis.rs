@@ -79,32 +79,40 @@ impl RedisActivitySink {
             .map_err(|e| SinkError(e.to_string()))
     }
 
-    /// Cluster: the locks live on many nodes, so a script cannot take them; two round trips.
+    async fn take_lock(&self, key: String, lock_ms: u64) -> Result<bool, SinkError> {
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(1).arg("NX").arg("PX").arg(lock_ms);
+        let taken: Option<String> = self
+            .redis
+            .query(&set)
+            .await
+            .map_err(|e| SinkError(e.to_string()))?;
+        Ok(taken.is_some())
+    }
+
+    /// Cluster: the locks live in many slots, so neither a script nor one pipeline can take
+    /// them; the SETs go out concurrently (the cluster connection pipelines them per node),
+    /// then one ZADD for the winners.
     async fn write_cluster_dedupe(
         &self,
         batch: &[(Arc<str>, u64)],
         lock_ms: u64,
     ) -> Result<(), SinkError> {
-        let mut locks = redis::pipe();
-        for (id, _) in batch {
-            locks
-                .cmd("SET")
-                .arg(format!("{}{id}", self.lock_prefix))
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(lock_ms);
+        let mut winners = Vec::new();
+        for chunk in batch.chunks(256) {
+            let mut calls = Vec::with_capacity(chunk.len());
+            for (id, _) in chunk {
+                calls.push(self.take_lock(format!("{}{id}", self.lock_prefix), lock_ms));
+            }
+            for (mark, taken) in chunk
+                .iter()
+                .zip(futures_util::future::join_all(calls).await)
+            {
+                if taken? {
+                    winners.push(mark);
+                }
+            }
         }
-        let taken: Vec<Option<String>> = self
-            .redis
-            .pipe(&locks)
-            .await
-            .map_err(|e| SinkError(e.to_string()))?;
-        let winners: Vec<_> = batch
-            .iter()
-            .zip(taken)
-            .filter_map(|(mark, ok)| ok.map(|_| mark))
-            .collect();
         if winners.is_empty() {
             return Ok(());
         }

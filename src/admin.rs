@@ -169,11 +169,22 @@ impl Admin {
         pipe
     }
 
-    fn publish(&self, pipe: &mut redis::Pipeline, what: Invalidation<'_>) {
-        pipe.cmd("PUBLISH")
-            .arg(&self.channel)
-            .arg(what.message())
-            .ignore();
+    /// Runs `pipe` and publishes `what`: in the same transaction where possible; on a Cluster
+    /// (pipelines must stay in one slot) right after it.
+    async fn write<T: redis::FromRedisValue>(
+        &self,
+        mut pipe: redis::Pipeline,
+        what: Invalidation<'_>,
+    ) -> Result<T> {
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&self.channel).arg(what.message());
+        if self.redis.is_cluster() {
+            let out = self.redis.pipe(&pipe).await?;
+            self.redis.query::<()>(&publish).await?;
+            return Ok(out);
+        }
+        pipe.add_command(publish).ignore();
+        Ok(self.redis.pipe(&pipe).await?)
     }
 
     async fn hgetall(&self, key: &str) -> Result<BTreeMap<String, String>> {
@@ -242,8 +253,7 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
             }
             pipe.hset_multiple(&key, &fields).ignore();
             // A runner's sandboxes are not indexed: drop every cached sandbox.
-            admin.publish(&mut pipe, Invalidation::All);
-            admin.redis.pipe::<()>(&pipe).await?;
+            admin.write::<()>(pipe, Invalidation::All).await?;
             Ok(json!({"runner": id, "stored": true}).to_string())
         }
         RegistryCommand::PutSandbox {
@@ -291,8 +301,7 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
             let mut pipe = admin.pipe();
             pipe.del(&key).ignore();
             pipe.hset_multiple(&key, &fields).ignore();
-            admin.publish(&mut pipe, Invalidation::Sandbox(&id));
-            admin.redis.pipe::<()>(&pipe).await?;
+            admin.write::<()>(pipe, Invalidation::Sandbox(&id)).await?;
             Ok(json!({"sandbox": id, "stored": true}).to_string())
         }
         RegistryCommand::Rm { sandbox, runner } => {
@@ -308,8 +317,7 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
             } else {
                 Invalidation::All
             };
-            admin.publish(&mut pipe, what);
-            let (removed,): (u32,) = admin.redis.pipe(&pipe).await?;
+            let (removed,): (u32,) = admin.write(pipe, what).await?;
             if removed == 0 {
                 return Err(AdminError::NotFound(format!("{kind} {id:?} not found")));
             }
@@ -398,8 +406,7 @@ pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<
             }
             let mut pipe = admin.pipe();
             pipe.del(signed_preview_key(port, &token));
-            admin.publish(&mut pipe, Invalidation::Signed(&token));
-            let (removed,): (u32,) = admin.redis.pipe(&pipe).await?;
+            let (removed,): (u32,) = admin.write(pipe, Invalidation::Signed(&token)).await?;
             if removed == 0 {
                 return Err(AdminError::NotFound(
                     "no such token for that port (expired or revoked)".into(),

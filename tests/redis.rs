@@ -664,3 +664,83 @@ async fn the_proxy_starts_without_redis_and_becomes_ready_when_it_comes() {
     .await;
     println!("ready {took:?} after redis started");
 }
+
+/// Registry round trip (write, serve, push invalidation) with a given `[redis]` section.
+async fn mode_round_trip(redis_section: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cli.toml");
+    let config = format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n\
+         [registry]\nbackend = \"redis\"\n[registry.cache]\nttl = \"10m\"\n\
+         [activity]\nsink = \"redis\"\nthrottle = \"0s\"\nflush_interval = \"50ms\"\n\
+         dedupe_across_replicas = true\n\
+         [redis]\ntimeout = \"1s\"\n{redis_section}\n"
+    );
+    std::fs::write(&path, &config).unwrap();
+    let runner = demo_runner("k").await;
+    put_runner(&path, "runner-1", runner, "k");
+    // Ids chosen to land in different cluster slots.
+    for id in ["sbx-a", "sbx-b", "sbx-c"] {
+        put_sandbox(&path, id, "runner-1", &[]);
+    }
+    let proxy = start_proxy(&config);
+    for id in ["sbx-a", "sbx-b", "sbx-c"] {
+        let reply = get(proxy.addr, &host(id), "/x").await;
+        assert_eq!(reply.status, 200, "{id}: {}", reply.text());
+    }
+    assert_eq!(get(proxy.addr, "127.0.0.1", "/ready").await.status, 200);
+    let shown = ok(&path, &["registry", "get", "--sandbox", "sbx-b"]);
+    assert!(shown.contains("runner-1"), "{shown}");
+    within(Duration::from_secs(3), "activity recorded", || async {
+        let (success, _, _) = sandgate(&path, &["activity", "show", "sbx-c"]);
+        success
+    })
+    .await;
+    ok(&path, &["registry", "rm", "--sandbox", "sbx-b"]);
+    let took = within(Duration::from_secs(2), "rm pushed", || async {
+        get(proxy.addr, &host("sbx-b"), "/").await.status == 404
+    })
+    .await;
+    println!("rm visible after {took:?}");
+    assert_eq!(get(proxy.addr, &host("sbx-a"), "/").await.status, 200);
+    let url = ok(
+        &path,
+        &[
+            "preview-url",
+            "sign",
+            "--sandbox",
+            "sbx-a",
+            "--port",
+            "3000",
+        ],
+    );
+    let token = &url["http://3000-".len().."http://3000-".len() + 16];
+    ok(
+        &path,
+        &["preview-url", "revoke", "--token", token, "--port", "3000"],
+    );
+}
+
+#[tokio::test]
+async fn cluster_mode_round_trip() {
+    let nodes = RedisServer::cluster();
+    let seeds: Vec<String> = nodes
+        .iter()
+        .take(2)
+        .map(|n| format!("\"{}\"", n.url()))
+        .collect();
+    mode_round_trip(&format!("cluster_nodes = [{}]", seeds.join(", "))).await;
+}
+
+#[tokio::test]
+async fn sentinel_mode_round_trip() {
+    let master = RedisServer::start();
+    let sentinel = RedisServer::sentinel_for(&master);
+    mode_round_trip(&format!(
+        "sentinel_master = \"mymaster\"\nsentinel_nodes = [\"{}\"]",
+        sentinel.url()
+    ))
+    .await;
+    let keys = master.cli(&["KEYS", "sandgate:sandbox:*"]);
+    assert!(keys.contains("sbx-a"), "written through the master: {keys}");
+}
