@@ -744,3 +744,47 @@ async fn sentinel_mode_round_trip() {
     let keys = master.cli(&["KEYS", "sandgate:sandbox:*"]);
     assert!(keys.contains("sbx-a"), "written through the master: {keys}");
 }
+
+#[tokio::test]
+async fn activity_marks_made_during_a_sink_outage_land_when_redis_returns() {
+    let mut redis = RedisServer::start();
+    let runner = demo_runner("k").await;
+    // Static registry: requests keep being served while the sink is down.
+    let proxy = Proxy::start(&support::runner_config(
+        runner,
+        "k",
+        &format!(
+            "[[registry.sandboxes]]\nid = \"busy\"\nrunner = \"runner-1\"\npublic = true\n\
+             [activity]\nsink = \"redis\"\nthrottle = \"0s\"\nflush_interval = \"50ms\"\n\
+             [redis]\nurl = \"{}\"\ntimeout = \"300ms\"\n",
+            redis.url()
+        ),
+    ));
+    assert_eq!(get(proxy.addr, &host("busy"), "/").await.status, 200);
+    within(Duration::from_secs(3), "first mark", || async {
+        !redis
+            .cli(&["ZSCORE", "sandbox:activity", "busy"])
+            .trim()
+            .is_empty()
+    })
+    .await;
+
+    redis.stop();
+    let mut last_request = 0;
+    for _ in 0..10 {
+        last_request = sandgate::activity::now_ms();
+        assert_eq!(get(proxy.addr, &host("busy"), "/").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    redis.restart(); // empty: no persistence
+    let took = within(Duration::from_secs(5), "latest mark lands", || async {
+        redis
+            .cli(&["ZSCORE", "sandbox:activity", "busy"])
+            .trim()
+            .parse::<u64>()
+            .is_ok_and(|ms| ms >= last_request)
+    })
+    .await;
+    println!("latest mark landed {took:?} after a ~2s sink outage");
+    assert!(proxy.stderr().contains("activity flush failed"));
+}
