@@ -384,17 +384,16 @@ pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<
                 None => return invalid("no --domain and no [proxy] domains"),
             };
             let token = new_signed_token();
-            let stored: Option<String> = admin
-                .redis
-                .query(
-                    redis::cmd("SET")
-                        .arg(signed_preview_key(port, &token))
-                        .arg(&id)
-                        .arg("PX")
-                        .arg(ttl.as_millis() as u64)
-                        .arg("NX"),
-                )
-                .await?;
+            let mut pipe = admin.pipe();
+            pipe.cmd("SET")
+                .arg(signed_preview_key(port, &token))
+                .arg(&id)
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .arg("NX");
+            // Drops a cached "invalid" answer for this token, however unlikely.
+            let (stored,): (Option<String>,) =
+                admin.write(pipe, Invalidation::Signed(&token)).await?;
             if stored.is_none() {
                 return invalid("token collision; try again");
             }
