@@ -29,10 +29,14 @@ pub struct ActivityConfig {
     /// Open WebSockets and streams re-mark their sandbox this often.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
-    /// `memory` (embedded default), `redis` or `daytona`.
+    /// `memory` (embedded default), `redis` (`ZADD {redis_key} <epoch-ms> <id>`) or `daytona`.
     pub sink: String,
     /// `daytona` sink: most `last-activity` calls in flight at once.
     pub daytona_concurrency: usize,
+    /// Sorted set the `redis` sink writes (Daytona's own is `sandbox:activity`).
+    pub redis_key: String,
+    /// `redis` sink: replicas share the throttle through `SET {prefix}activity-lock:{id} NX PX`.
+    pub dedupe_across_replicas: bool,
 }
 
 impl Default for ActivityConfig {
@@ -44,6 +48,8 @@ impl Default for ActivityConfig {
             heartbeat: Duration::from_secs(30),
             sink: "memory".into(),
             daytona_concurrency: 16,
+            redis_key: "sandbox:activity".into(),
+            dedupe_across_replicas: false,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod cache;
 mod daytona_backend;
+pub mod redis_backend;
 mod static_backend;
 
 use std::future::Future;

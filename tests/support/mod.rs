@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod redis;
 pub mod runner;
 
 use std::io::{BufRead, BufReader, Read, Write};
