@@ -17,7 +17,10 @@
 # Knobs (environment): SKIP_BUILD=1, RUNS (3), WRK_THREADS (2), WRK_CONNS (64),
 # WRK_DURATION (10s), SIZES ("small 1024 65536": the demo app's /hello line, /bytes/<n>),
 # PROXY_CORE (1), LOAD_CORE (0), K6 (1: also compare k6 preview GETs direct vs sandgate),
-# K6_VUS (32), K6_DURATION (10s), OUT (also write the markdown report to this file).
+# K6_VUS (32), K6_DURATION (10s), OUT (also write the markdown report to this file),
+# COUNT=1: also count each proxy's system calls and malloc calls per request with `perf stat`
+# (tracepoints and a libc uprobe; needs root and perf; the counting slows the proxies a little,
+# so those runs are extra runs, not the timed ones).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -57,6 +60,7 @@ LOAD_CORE=${LOAD_CORE:-0}
 K6_VUS=${K6_VUS:-32}
 K6_DURATION=${K6_DURATION:-10s}
 OUT=${OUT:-}
+COUNT=${COUNT:-0}
 
 # --- prerequisites -------------------------------------------------------------------------
 missing=()
@@ -114,6 +118,9 @@ cleanup() {
   for pid in "${pids[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
+  if [ -n "${added_probes:-}" ]; then
+    perf probe -q -d 'probe_libc:malloc' 2>/dev/null || true
+  fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -222,7 +229,13 @@ http {
       proxy_set_header X-Forwarded-Host \$host;
       proxy_set_header X-Forwarded-Proto \$scheme;
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      # Buffered (nginx's default mode) but entirely in memory: with the default 8 x 4k
+      # buffers a 64 KiB answer spills into a temporary file, which would handicap nginx.
       proxy_buffering on;
+      proxy_buffer_size 16k;
+      proxy_buffers 8 16k;
+      proxy_busy_buffers_size 32k;
+      proxy_max_temp_file_size 0;
     }
   }
 }
@@ -294,14 +307,16 @@ code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "Host: $preview_h
   exit 1
 }
 
-# CPU time (user+system, clock ticks) of a process and its children's threads.
+# CPU time (clock ticks) of processes, with all their threads: "user system".
 cpu_ticks() {
-  local total=0 pid
+  local user=0 sys=0 pid u k
   for pid in "$@"; do
     # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the command name.
-    total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+    read -r u k < <(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12, $13}')
+    user=$((user + u))
+    sys=$((sys + k))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 nginx_workers=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
 declare -A cpu_pids
@@ -310,9 +325,10 @@ cpu_pids[nginx]="$nginx_pid $nginx_workers"
 cpu_pids[sandgate]="$sandgate_pid"
 clk_tck=$(getconf CLK_TCK)
 
-# Runs wrk once; prints "rps p50_us p99_us errors_status errors_socket cpu_us_per_req".
+# Runs wrk once; prints "rps p50_us p99_us errors_status errors_socket cpu_us_per_req
+# user_us_per_req sys_us_per_req" (CPU figures "-" for the upstream alone).
 run_wrk() {
-  local t=$1 path=$2 duration=$3 before after line cpu
+  local t=$1 path=$2 duration=$3 before after line
   # shellcheck disable=SC2086
   before=$(cpu_ticks ${cpu_pids[$t]})
   line=$(BENCH_HOST="${host[$t]}" BENCH_HEADER_NAME="${hname[$t]}" BENCH_HEADER_VALUE="${hvalue[$t]}" \
@@ -320,10 +336,16 @@ run_wrk() {
     -s "$repo/loadtest/wrk/headers.lua" "${base[$t]}$path" | grep '^BENCH ')
   # shellcheck disable=SC2086
   after=$(cpu_ticks ${cpu_pids[$t]})
-  echo "$line" | awk -v cpu=$((after - before)) -v tck="$clk_tck" -v t="$t" '{
+  echo "$line" | awk -v before="$before" -v after="$after" -v tck="$clk_tck" -v t="$t" '{
     for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-    cpu_us = (t == "direct" || v["requests"] == 0) ? "-" : sprintf("%.1f", cpu * 1e6 / tck / v["requests"])
-    print v["rps"], v["p50_us"], v["p99_us"], v["errors_status"], v["errors_socket"], cpu_us
+    split(before, b, " "); split(after, a, " ")
+    n = v["requests"]
+    if (t == "direct" || n == 0) { cpu = usr = sys = "-" } else {
+      usr = sprintf("%.1f", (a[1] - b[1]) * 1e6 / tck / n)
+      sys = sprintf("%.1f", (a[2] - b[2]) * 1e6 / tck / n)
+      cpu = sprintf("%.1f", usr + sys)
+    }
+    print v["rps"], v["p50_us"], v["p99_us"], v["errors_status"], v["errors_socket"], cpu, usr, sys
   }'
 }
 
@@ -335,8 +357,8 @@ report="$tmp/report.md"
   echo "wrk -t$WRK_THREADS -c$WRK_CONNS -d$WRK_DURATION, $RUNS run(s) per target interleaved, medians;"
   echo "proxies on core $PROXY_CORE, wrk + upstream on core $LOAD_CORE; $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "| response | target | req/s | p50 ms | p99 ms | proxy CPU µs/req | req/s vs nginx | req/s of each run |"
-  echo "|---|---|---:|---:|---:|---:|---:|---|"
+  echo "| response | target | req/s | p50 ms | p99 ms | proxy CPU µs/req (user + sys) | req/s vs nginx | CPU/req vs nginx | req/s of each run |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
 } >"$report"
 
 failed=0
@@ -350,23 +372,33 @@ for size in $SIZES; do
   for run in $(seq 1 "$RUNS"); do
     for t in "${targets[@]}"; do
       r=$(run_wrk "$t" "$path" "$WRK_DURATION")
-      echo "  $label run $run $t: req/s p50_us p99_us err_status err_socket cpu_us/req = $r" >&2
+      echo "  $label run $run $t: req/s p50_us p99_us err_status err_socket cpu/usr/sys_us/req = $r" >&2
       results[$t]+="$r"$'\n'
     done
   done
   nginx_rps=$(printf '%s' "${results[nginx]}" | awk '{print $1}' | median)
+  nginx_cpu=$(printf '%s' "${results[nginx]}" | awk '{print $6}' | median)
   for t in "${targets[@]}"; do
     rows=$(printf '%s' "${results[$t]}")
     rps=$(echo "$rows" | awk '{print $1}' | median)
     p50=$(echo "$rows" | awk '{print $2 / 1000}' | median)
     p99=$(echo "$rows" | awk '{print $3 / 1000}' | median)
     cpu=$(echo "$rows" | awk '$6 != "-" {print $6}' | median)
+    usr=$(echo "$rows" | awk '$7 != "-" {print $7}' | median)
+    sys=$(echo "$rows" | awk '$8 != "-" {print $8}' | median)
+    if [ "$cpu" = - ]; then
+      cpu_cell="-"
+      cpu_ratio="-"
+    else
+      cpu_cell="$cpu ($usr + $sys)"
+      cpu_ratio=$(awk -v a="$cpu" -v b="$nginx_cpu" 'BEGIN {printf "%.2f", a / b}')
+    fi
     errs=$(echo "$rows" | awk '{s += $4} END {print s + 0}')
     sock=$(echo "$rows" | awk '{s += $5} END {print s + 0}')
     each=$(echo "$rows" | awk '{printf "%s%.0f", (NR > 1 ? ", " : ""), $1}')
     ratio=$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
-    printf '| %s | %s | %.0f | %.2f | %.2f | %s | %s | %s |\n' \
-      "$label" "$t" "$rps" "$p50" "$p99" "$cpu" "$ratio" "$each" >>"$report"
+    printf '| %s | %s | %.0f | %.2f | %.2f | %s | %s | %s | %s |\n' \
+      "$label" "$t" "$rps" "$p50" "$p99" "$cpu_cell" "$ratio" "$cpu_ratio" "$each" >>"$report"
     if [ "$errs" != 0 ] || [ "$sock" != 0 ]; then
       echo "bench.sh: $t $path had $errs non-2xx/3xx responses and $sock socket errors" >&2
       failed=1
@@ -374,6 +406,47 @@ for size in $SIZES; do
   done
   unset results
 done
+
+# --- counts per request: system calls and malloc calls of each proxy ------------------------
+if [ "$COUNT" = 1 ]; then
+  libc=$(ldd "$bin" | awk '/libc\.so/ {print $3}')
+  if ! perf list 2>/dev/null | grep -q 'probe_libc:malloc'; then
+    perf probe -q -x "$libc" --add malloc >/dev/null 2>&1 && added_probes=1
+  fi
+  events="raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom"
+  events+=",syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto"
+  events+=",syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,probe_libc:malloc"
+  path=$(path_for "$(echo "$SIZES" | awk '{print $1}')")
+  {
+    echo
+    echo "Per request, counted with perf stat during an extra $WRK_DURATION wrk run ($path):"
+    echo
+    echo "| target | syscalls | read+recvfrom | write+writev+sendto | epoll_wait | futex | malloc |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+  } >>"$report"
+  for t in nginx sandgate; do
+    # shellcheck disable=SC2086
+    perf stat -x, -e "$events" -p "$(echo ${cpu_pids[$t]} | tr ' ' ',')" -o "$tmp/count-$t.csv" &
+    perf_pid=$!
+    sleep 0.2
+    r=$(run_wrk "$t" "$path" "$WRK_DURATION")
+    kill -INT "$perf_pid"
+    wait "$perf_pid" || true
+    rps=$(echo "$r" | awk '{print $1}')
+    secs=${WRK_DURATION%s}
+    # perf's CSV: value,unit,event,...; divide by the requests wrk completed.
+    awk -F, -v n="$(awk -v r="$rps" -v s="$secs" 'BEGIN {print r * s}')" -v t="$t" '
+      $3 != "" { c[$3] = $1 }
+      END {
+        printf "| %s | %.1f | %.2f | %.2f | %.2f | %.2f | %s |\n", t,
+          c["raw_syscalls:sys_enter"] / n,
+          (c["syscalls:sys_enter_read"] + c["syscalls:sys_enter_recvfrom"]) / n,
+          (c["syscalls:sys_enter_write"] + c["syscalls:sys_enter_writev"] + c["syscalls:sys_enter_sendto"]) / n,
+          c["syscalls:sys_enter_epoll_wait"] / n, c["syscalls:sys_enter_futex"] / n,
+          (c["probe_libc:malloc"] == "" || c["probe_libc:malloc"] ~ /not/) ? "-" : sprintf("%.1f", c["probe_libc:malloc"] / n)
+      }' "$tmp/count-$t.csv" >>"$report"
+  done
+fi
 
 # --- k6: preview GET direct to the upstream vs through sandgate ----------------------------
 if [ "$K6" = 1 ]; then
@@ -422,6 +495,13 @@ PY
       "$(echo "$rows" | awk '{print $5}' | median)" \
       "$(echo "$rows" | awk '{printf "%s%.0f", (NR > 1 ? ", " : ""), $1}')" >>"$report"
   done
+fi
+
+# nginx must not have used disk buffers or logged errors (that would handicap it).
+if grep -qE '\[(warn|error|crit|alert|emerg)\]' "$tmp/nginx/error.log"; then
+  echo "bench.sh: nginx logged warnings/errors:" >&2
+  grep -E '\[(warn|error|crit|alert|emerg)\]' "$tmp/nginx/error.log" | head -n 5 >&2
+  failed=1
 fi
 
 # sandgate must still be healthy and have logged no warnings under load.

@@ -100,10 +100,19 @@ NGINX
   nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" >"$tmp/nginx.out" 2>&1 &
   pids+=($!)
   sink_runner="127.0.0.1:$sink_port"
+  sink_up=0
   for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/$sink_runner") 2>/dev/null && break
+    if (exec 3<>"/dev/tcp/127.0.0.1/$sink_port") 2>/dev/null; then
+      sink_up=1
+      break
+    fi
     sleep 0.05
   done
+  if [ "$sink_up" != 1 ]; then
+    echo "k6_smoke.sh: the nginx stub runner did not start:" >&2
+    cat "$tmp/nginx.out" "$tmp/nginx/error.log" >&2 2>/dev/null || true
+    exit 1
+  fi
 else
   echo "k6_smoke.sh: nginx not installed: the 64 KiB POST runs are skipped"
 fi
@@ -184,6 +193,10 @@ if grep -qE 'WARN|ERROR' "$tmp/sandgate.err"; then
   failed+=(sandgate_log)
 fi
 if [ ${#failed[@]} -gt 0 ]; then
+  if [ -s "$tmp/nginx/error.log" ]; then
+    echo "nginx stub runner's error log:"
+    tail -n 20 "$tmp/nginx/error.log"
+  fi
   echo "k6_smoke.sh: FAILED: ${failed[*]}"
   exit 1
 fi
