@@ -295,7 +295,12 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("SANDGATE_").split("__"));
+        // Only SECTION__KEY names are overrides: SANDGATE_CONFIG (the --config flag) and other
+        // SANDGATE_* variables of scripts are not config keys.
+        let overrides = Env::prefixed("SANDGATE_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        figment = figment.merge(overrides);
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -368,5 +373,28 @@ impl Config {
             return invalid("daytona.api_key must be set".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_are_section_keys_only() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SANDGATE_SERVER__LISTEN", "127.0.0.1:9999");
+            jail.set_env("SANDGATE_CONFIG", "/some/file.toml");
+            jail.set_env("SANDGATE_BIN", "/usr/bin/sandgate");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.server.listen.port(), 9999);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../config/example.toml");
+        Config::from_toml_str(text).unwrap();
     }
 }
