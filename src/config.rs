@@ -381,6 +381,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
     fn env_overrides_are_section_keys_only() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SANDGATE_SERVER__LISTEN", "127.0.0.1:9999");
