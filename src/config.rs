@@ -119,6 +119,8 @@ pub struct RegistryConfig {
     /// `static` (the runners and sandboxes listed below), `redis` or `daytona`.
     pub backend: String,
     pub cache: CacheConfig,
+    /// Optional start hook for sandboxes that are not running (off by default).
+    pub wake: crate::wake::WakeConfig,
     pub runners: Vec<RunnerEntry>,
     pub sandboxes: Vec<SandboxEntry>,
 }
@@ -128,6 +130,7 @@ impl Default for RegistryConfig {
         Self {
             backend: "static".into(),
             cache: CacheConfig::default(),
+            wake: crate::wake::WakeConfig::default(),
             runners: Vec::new(),
             sandboxes: Vec::new(),
         }
@@ -343,6 +346,10 @@ impl Config {
         if !matches!(self.tls.unknown_sni.as_str(), "default" | "refuse") {
             return invalid("tls.unknown_sni must be default or refuse".into());
         }
+        self.registry
+            .wake
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be text or json".into());
         }

@@ -20,6 +20,7 @@ pub mod respond;
 pub mod route;
 pub mod server;
 pub mod tls;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -105,6 +106,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         certs: certs.clone(),
         activity: activity.clone(),
         forwarder: Forwarder::new(&config.proxy, relays.clone(), close_relays.clone()),
+        waker: wake::Waker::new(&config.registry.wake),
         access_log: config.log.access,
         request_ids: config.log.request_id,
     });

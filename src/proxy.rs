@@ -31,6 +31,8 @@ pub struct App {
     pub resolver: Resolver,
     /// Kept for reloads when the backend is the static registry.
     pub static_registry: Option<Arc<StaticRegistry>>,
+    /// Auto-wake hook for sandboxes that are not running.
+    pub waker: Option<Arc<crate::wake::Waker>>,
     /// TLS certificates, kept for reloads.
     pub certs: Option<Arc<crate::tls::CertResolver>>,
     pub activity: Arc<Activity>,
@@ -169,7 +171,11 @@ async fn pipeline(
     let sandbox: Arc<SandboxRecord> = resolved.sandbox.ok_or(ProxyError::SandboxNotFound)?;
     seen.sandbox = Some(sandbox.clone());
     if !sandbox.is_running() {
-        return Err(ProxyError::SandboxNotRunning(sandbox.state.clone()));
+        let waking = app.waker.as_ref().is_some_and(|w| w.wake(&sandbox.id));
+        return Err(ProxyError::SandboxNotRunning {
+            state: sandbox.state.clone(),
+            waking,
+        });
     }
 
     auth::authenticate(&app.resolver, &sandbox, port, req.headers(), uri.query()).await?;
