@@ -8,15 +8,24 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::activity::StreamGuard;
+use crate::registry::InflightGuard;
+
+/// What a response body holds until it ends: the activity guard of a long-lived stream and the
+/// sandbox's in-flight slot.
+#[derive(Default)]
+pub struct Guards {
+    pub activity: Option<StreamGuard>,
+    pub inflight: Option<InflightGuard>,
+}
 
 pub enum ProxyBody {
     Empty,
     Full(Option<Bytes>),
-    /// Streamed from upstream frame by frame (never buffered). A long-lived stream holds an
-    /// activity guard, dropped when the body ends or the client goes away.
+    /// Streamed from upstream frame by frame (never buffered), holding its guards until the
+    /// body ends or the client goes away.
     Upstream {
         body: Incoming,
-        _guard: Option<StreamGuard>,
+        _guards: Guards,
     },
 }
 
@@ -25,10 +34,10 @@ impl ProxyBody {
         ProxyBody::Full(Some(bytes.into()))
     }
 
-    pub fn upstream(body: Incoming, guard: Option<StreamGuard>) -> ProxyBody {
+    pub fn upstream(body: Incoming, guards: Guards) -> ProxyBody {
         ProxyBody::Upstream {
             body,
-            _guard: guard,
+            _guards: guards,
         }
     }
 }
@@ -67,4 +76,53 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
         }
     }
+}
+
+/// The request body sent upstream: the client's, or the client's behind a size limit.
+pub enum RequestBody {
+    Streamed(Incoming),
+    Limited(http_body_util::Limited<Incoming>),
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Streamed(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            RequestBody::Limited(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streamed(body) => body.is_end_stream(),
+            RequestBody::Limited(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streamed(body) => body.size_hint(),
+            RequestBody::Limited(body) => body.size_hint(),
+        }
+    }
+}
+
+/// True when `error` (or one of its sources) is a body-limit overflow.
+pub fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }

@@ -98,6 +98,13 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// Idle upstream connections kept per runner.
     pub pool_max_idle_per_host: usize,
+    /// Requests and WebSockets in flight per sandbox on this replica (0: no limit); beyond: 429.
+    pub max_requests_per_sandbox: usize,
+    /// A proxied WebSocket with no traffic either way for this long is closed (0s: never).
+    #[serde(with = "humantime_serde")]
+    pub websocket_idle_timeout: Duration,
+    /// Largest toolbox request body in bytes (0: no limit); beyond: 413. Previews have no limit.
+    pub toolbox_max_body_bytes: u64,
 }
 
 impl Default for ProxyConfig {
@@ -109,6 +116,9 @@ impl Default for ProxyConfig {
             response_header_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
+            max_requests_per_sandbox: 10_000,
+            websocket_idle_timeout: Duration::from_secs(3600),
+            toolbox_max_body_bytes: 0,
         }
     }
 }

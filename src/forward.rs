@@ -10,15 +10,15 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::StreamGuard;
-use crate::body::ProxyBody;
+use crate::body::{is_length_limit, Guards, ProxyBody, RequestBody};
 use crate::config::ProxyConfig;
 use crate::metrics::metrics;
-use crate::registry::{SandboxRecord, Upstream};
+use crate::registry::{InflightGuard, SandboxRecord, Upstream};
+use crate::relay::relay;
 use crate::respond::ProxyError;
 use crate::route::TOOLBOX_PORT;
 
@@ -56,13 +56,17 @@ pub struct Destination<'a> {
     pub client_ip: &'a HeaderValue,
     /// The client connection is TLS (`X-Forwarded-Proto: https` whatever the configured scheme).
     pub https: bool,
+    /// The sandbox's in-flight slot, held until the body or relay ends.
+    pub inflight: Option<InflightGuard>,
     /// Replaces the request's query when the auth phase removed a credential from it.
     pub query: Option<&'a str>,
 }
 
 pub struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     response_header_timeout: Duration,
+    websocket_idle_timeout: Duration,
+    toolbox_max_body_bytes: u64,
     forwarded_proto: HeaderValue,
     /// Open WebSocket relays, so shutdown can wait for them.
     relays: TaskTracker,
@@ -94,6 +98,8 @@ impl Forwarder {
         Forwarder {
             client,
             response_header_timeout: config.response_header_timeout,
+            websocket_idle_timeout: config.websocket_idle_timeout,
+            toolbox_max_body_bytes: config.toolbox_max_body_bytes,
             forwarded_proto,
             relays,
             close_relays,
@@ -115,6 +121,7 @@ impl Forwarder {
             client_ip,
             https,
             query,
+            inflight,
         } = destination;
         let proto = if https { &HTTPS } else { &self.forwarded_proto };
         let query = effective_query(query, req.uri().query());
@@ -132,6 +139,7 @@ impl Forwarder {
             upgrade,
         );
 
+        let req = self.limit_body(req, &target)?;
         let started = std::time::Instant::now();
         let sent =
             tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await;
@@ -139,6 +147,9 @@ impl Forwarder {
             Err(_) => {
                 metrics().upstream_timeouts.inc();
                 return Err(ProxyError::UpstreamTimeout(self.response_header_timeout));
+            }
+            Ok(Err(e)) if is_length_limit(&e) => {
+                return Err(ProxyError::BodyTooLarge(self.toolbox_max_body_bytes))
             }
             Ok(Err(e)) => return Err(classify_client_error(&e, sandbox, &target)),
             Ok(Ok(response)) => response,
@@ -156,7 +167,13 @@ impl Forwarder {
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match client_upgrade {
-                Some(client_upgrade) => Ok(self.relay_upgrade(client_upgrade, response, guard())),
+                Some(client_upgrade) => {
+                    let guards = Guards {
+                        activity: guard(),
+                        inflight,
+                    };
+                    Ok(self.relay_upgrade(client_upgrade, response, guards))
+                }
                 None => Err(ProxyError::UpstreamFailed),
             };
         }
@@ -171,19 +188,47 @@ impl Forwarder {
         } else {
             None
         };
-        Ok(response.map(|body| ProxyBody::upstream(body, stream_guard)))
+        let guards = Guards {
+            activity: stream_guard,
+            inflight,
+        };
+        Ok(response.map(|body| ProxyBody::upstream(body, guards)))
+    }
+
+    /// Toolbox bodies over `toolbox_max_body_bytes`: refused up front by `Content-Length`, or
+    /// cut while streaming (the upload is aborted and the client gets 413).
+    fn limit_body(
+        &self,
+        req: Request<Incoming>,
+        target: &Target<'_>,
+    ) -> Result<Request<RequestBody>, ProxyError> {
+        let max = self.toolbox_max_body_bytes;
+        if max == 0 || matches!(target, Target::Preview { .. }) {
+            return Ok(req.map(RequestBody::Streamed));
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::BodyTooLarge(max));
+        }
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        Ok(req.map(|body| RequestBody::Limited(http_body_util::Limited::new(body, limit))))
     }
 
     fn relay_upgrade(
         &self,
         client_upgrade: hyper::upgrade::OnUpgrade,
         mut response: Response<Incoming>,
-        guard: Option<StreamGuard>,
+        guards: Guards,
     ) -> Response<ProxyBody> {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let shutdown = self.close_relays.clone();
+        let idle_timeout = self.websocket_idle_timeout;
         self.relays.spawn(async move {
-            let _guard = guard;
+            let _guards = guards;
             metrics().websockets_active.inc();
             let _open = scopeguard(|| {
                 metrics().websockets_active.dec();
@@ -195,22 +240,13 @@ impl Forwarder {
                     return;
                 }
             };
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            tokio::select! {
-                result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "websocket relay ended with an error");
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    // 1001 "going away" to both sides; the upstream frame is masked (client role).
-                    let _ = client.write_all(&[0x88, 0x02, 0x03, 0xE9]).await;
-                    let _ = upstream.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE9]).await;
-                    let _ = client.shutdown().await;
-                    let _ = upstream.shutdown().await;
-                }
-            }
+            relay(
+                TokioIo::new(client),
+                TokioIo::new(upstream),
+                idle_timeout,
+                shutdown,
+            )
+            .await;
         });
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, ProxyBody::Empty)

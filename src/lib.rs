@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod redis_conn;
 pub mod registry;
+pub mod relay;
 pub mod respond;
 pub mod route;
 pub mod server;
@@ -107,6 +108,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         activity: activity.clone(),
         forwarder: Forwarder::new(&config.proxy, relays.clone(), close_relays.clone()),
         waker: wake::Waker::new(&config.registry.wake),
+        max_requests_per_sandbox: config.proxy.max_requests_per_sandbox,
         access_log: config.log.access,
         request_ids: config.log.request_id,
     });

@@ -17,7 +17,7 @@ use crate::auth;
 use crate::body::ProxyBody;
 use crate::forward::{Destination, Forwarder, Target};
 use crate::metrics::{metrics, RouteKind};
-use crate::registry::{Resolver, SandboxRecord, StaticRegistry};
+use crate::registry::{InflightGuard, Resolver, SandboxRecord, StaticRegistry};
 use crate::respond::{error_response, wants_html, ProxyError};
 use crate::route::{self, Domains, OwnPath, Route, RouteError};
 
@@ -37,6 +37,8 @@ pub struct App {
     pub certs: Option<Arc<crate::tls::CertResolver>>,
     pub activity: Arc<Activity>,
     pub forwarder: Forwarder,
+    /// Most requests in flight per sandbox (0: no limit); beyond: 429.
+    pub max_requests_per_sandbox: usize,
     /// Log one line per request (`sandgate::access` target).
     pub access_log: bool,
     /// Accept or generate `X-Request-Id`, forward it and return it.
@@ -195,7 +197,12 @@ async fn pipeline(
             .flatten()
     };
 
+    let inflight = match app.max_requests_per_sandbox {
+        0 => None,
+        max => Some(InflightGuard::acquire(&sandbox, max).ok_or(ProxyError::SandboxBusy)?),
+    };
     let destination = Destination {
+        inflight,
         sandbox: &sandbox,
         target,
         original_host: &host,

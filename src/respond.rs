@@ -37,6 +37,10 @@ pub enum ProxyError {
     ShuttingDown,
     #[error("the registry backend is not reachable")]
     NotReady,
+    #[error("too many requests in flight for this sandbox; retry shortly")]
+    SandboxBusy,
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(u64),
 }
 
 impl ProxyError {
@@ -54,6 +58,8 @@ impl ProxyError {
             | ProxyError::PortNotListening(_)
             | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::SandboxBusy => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -74,6 +80,8 @@ impl ProxyError {
             ProxyError::UpstreamFailed => "UPSTREAM_FAILED",
             ProxyError::ShuttingDown => "SHUTTING_DOWN",
             ProxyError::NotReady => "NOT_READY",
+            ProxyError::SandboxBusy => "SANDBOX_BUSY",
+            ProxyError::BodyTooLarge(_) => "BODY_TOO_LARGE",
         }
     }
 
@@ -93,6 +101,7 @@ impl ProxyError {
     fn retry_after(&self) -> Option<u32> {
         match self {
             ProxyError::SandboxNotRunning { .. } => Some(5),
+            ProxyError::SandboxBusy => Some(1),
             ProxyError::Registry(RegistryError::Unavailable(_)) | ProxyError::ShuttingDown => {
                 Some(2)
             }

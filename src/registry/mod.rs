@@ -125,6 +125,34 @@ pub struct SandboxRecord {
     pub organization: Option<Box<str>>,
     /// `{runner url}/sandboxes/{id}/toolbox` or `http://{address}`, rendered once.
     pub target_prefix: Box<str>,
+    /// Requests (and WebSockets) in flight through this replica, for the per-sandbox limit.
+    /// Kept on the cached record so counting costs one atomic, not a map lookup; a refreshed
+    /// record starts a fresh count, which can admit a little more for one moment.
+    pub inflight: std::sync::atomic::AtomicUsize,
+}
+
+/// One request in flight for a sandbox; released when dropped (end of body or relay).
+pub struct InflightGuard(Arc<SandboxRecord>);
+
+impl InflightGuard {
+    /// `None` when the sandbox already has `max` requests in flight.
+    pub fn acquire(sandbox: &Arc<SandboxRecord>, max: usize) -> Option<InflightGuard> {
+        use std::sync::atomic::Ordering;
+        let before = sandbox.inflight.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            sandbox.inflight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InflightGuard(sandbox.clone()))
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl SandboxRecord {
@@ -147,6 +175,7 @@ impl SandboxRecord {
             auth_token_sha256: auth_token.map(sha256),
             organization: None,
             target_prefix: target_prefix.into(),
+            inflight: Default::default(),
         }
     }
 
