@@ -31,6 +31,8 @@ pub struct Config {
     /// The Daytona-compatible control-plane API (the `daytona` backend and activity sink).
     pub daytona: DaytonaConfig,
     pub log: LogConfig,
+    /// Credentials, cookies, browser login, CORS, preview warning (see `crate::auth`).
+    pub auth: crate::auth::AuthConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +108,32 @@ pub struct RegistryConfig {
     pub cache: CacheConfig,
     pub runners: Vec<RunnerEntry>,
     pub sandboxes: Vec<SandboxEntry>,
+    /// API keys (static backend): `key` or `key_sha256` (hex) → `organization`.
+    pub api_keys: Vec<ApiKeyEntry>,
+    /// Signed preview tokens (static backend).
+    pub signed_previews: Vec<SignedPreviewEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    pub organization: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedPreviewEntry {
+    /// 16 characters `[a-z0-9]`.
+    pub token: String,
+    pub port: u16,
+    pub sandbox: String,
+    /// Unix seconds; absent: no expiry.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
 }
 
 impl Default for RegistryConfig {
@@ -115,6 +143,8 @@ impl Default for RegistryConfig {
             cache: CacheConfig::default(),
             runners: Vec::new(),
             sandboxes: Vec::new(),
+            api_keys: Vec::new(),
+            signed_previews: Vec::new(),
         }
     }
 }
@@ -236,6 +266,9 @@ pub struct SandboxEntry {
     /// `started` (default), `stopped`, `starting`, ...
     #[serde(default = "default_state")]
     pub state: String,
+    /// Owning organisation: API keys and JWTs of this organisation open the sandbox.
+    #[serde(default)]
+    pub organization: Option<String>,
 }
 
 fn default_state() -> String {
@@ -322,6 +355,7 @@ impl Config {
                 self.activity.sink
             ));
         }
+        self.auth.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

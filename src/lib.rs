@@ -85,6 +85,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         static_registry,
         activity: activity.clone(),
         forwarder: Forwarder::new(&config.proxy, relays.clone(), close_relays.clone()),
+        auth: auth::Auth::from_config(&config).map_err(StartError::Config)?,
     });
     let addr = config.server.listen;
     let listener = server::bind(addr).map_err(|source| StartError::Bind { addr, source })?;

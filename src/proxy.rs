@@ -10,10 +10,11 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::activity::Activity;
-use crate::auth;
+use crate::auth::gate::{self, Admission};
+use crate::auth::Auth;
 use crate::body::ProxyBody;
 use crate::forward::{Destination, Forwarder, Target};
-use crate::registry::{Resolver, SandboxRecord, StaticRegistry};
+use crate::registry::{Resolver, StaticRegistry};
 use crate::respond::{error_response, wants_html, ProxyError};
 use crate::route::{self, Domains, OwnPath, Route, RouteError};
 
@@ -29,6 +30,7 @@ pub struct App {
     pub static_registry: Option<Arc<StaticRegistry>>,
     pub activity: Arc<Activity>,
     pub forwarder: Forwarder,
+    pub auth: Auth,
 }
 
 /// The request handler given to the server: never fails, every error becomes a response.
@@ -70,19 +72,17 @@ async fn pipeline(
         .map_err(|_| RouteError::BadHost("Host is not ASCII"))?;
     let uri = req.uri().clone();
     let (sandbox_id, port, target) = match route::route(host_str, uri.path(), &app.domains)? {
-        Route::Own(own) => return own_host(app, own).await,
+        Route::Own(own) => return own_host(app, own, &req).await,
         Route::Preview { port, id_or_token } => (id_or_token, Some(port), Target::Preview { port }),
         Route::Toolbox { sandbox_id, rest } => (sandbox_id.into(), None, Target::Toolbox { rest }),
     };
 
-    let resolved = app.resolver.sandbox(&sandbox_id).await?;
-    let sandbox: Arc<SandboxRecord> = resolved.sandbox.ok_or(ProxyError::SandboxNotFound)?;
-    if !sandbox.is_running() {
-        return Err(ProxyError::SandboxNotRunning(sandbox.state.clone()));
-    }
-
-    auth::authenticate(&app.resolver, &sandbox, port, req.headers(), uri.query()).await?;
-    let stripped_query = auth::strip_credentials(req.headers_mut(), uri.query());
+    let entry = match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer).await? {
+        Admission::Respond(response) => return Ok(response),
+        Admission::Enter(entry) => entry,
+    };
+    let sandbox = &entry.sandbox;
+    let stripped_query = entry.query.as_deref();
 
     let skip_activity = req
         .headers_mut()
@@ -99,14 +99,15 @@ async fn pipeline(
     };
 
     let destination = Destination {
-        sandbox: &sandbox,
+        sandbox,
         target,
         original_host: host_str,
         client_ip: peer.ip(),
-        query: stripped_query.as_deref(),
+        query: stripped_query,
     };
     let mut response = app.forwarder.forward(req, destination, guard).await?;
-    if resolved.stale {
+    entry.decorate(&mut response);
+    if entry.stale {
         response
             .headers_mut()
             .insert(STALE_HEADER, HeaderValue::from_static("1"));
@@ -124,7 +125,11 @@ fn authority_value<B>(req: &Request<B>) -> Result<HeaderValue, RouteError> {
     }
 }
 
-async fn own_host(app: &App, path: OwnPath) -> Result<Response<ProxyBody>, ProxyError> {
+async fn own_host(
+    app: &App,
+    path: OwnPath,
+    req: &Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     match path {
         OwnPath::Health => Ok(json_ok(concat!(
             "{\"status\":\"ok\",\"version\":\"",
@@ -133,9 +138,8 @@ async fn own_host(app: &App, path: OwnPath) -> Result<Response<ProxyBody>, Proxy
         ))),
         OwnPath::Ready if app.resolver.ready().await => Ok(json_ok("{\"status\":\"ready\"}")),
         OwnPath::Ready => Err(ProxyError::NotReady),
-        OwnPath::Callback | OwnPath::AcceptPreviewWarning | OwnPath::NotFound => {
-            Err(ProxyError::NotFound)
-        }
+        OwnPath::Login | OwnPath::Callback => gate::own_host(app, path, req).await,
+        OwnPath::AcceptPreviewWarning | OwnPath::NotFound => Err(ProxyError::NotFound),
     }
 }
 
