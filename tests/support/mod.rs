@@ -2,6 +2,10 @@
 //! talk to it over real sockets.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod oidc;
+pub mod recorder;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
