@@ -138,7 +138,9 @@ fn params(raw: &str) -> HashMap<String, String> {
         .map(|(k, v)| {
             let v = v.replace('+', " ");
             (
-                k.to_string(),
+                percent_encoding::percent_decode_str(k)
+                    .decode_utf8_lossy()
+                    .into_owned(),
                 percent_encoding::percent_decode_str(&v)
                     .decode_utf8_lossy()
                     .into_owned(),
@@ -228,6 +230,10 @@ async fn handle(state: &IdpState, req: Request<Incoming>) -> Response<Full<Bytes
                 || form.get("grant_type").map(String::as_str) != Some("authorization_code")
                 || form.get("client_id") != Some(&state.client_id)
             {
+                eprintln!(
+                    "IDP token refused: form {form:?} challenge {}",
+                    code.challenge
+                );
                 state.pkce_failures.fetch_add(1, Ordering::SeqCst);
                 return json(
                     StatusCode::BAD_REQUEST,
