@@ -355,7 +355,9 @@ impl Config {
                 self.activity.sink
             ));
         }
-        self.auth.validate().map_err(ConfigError::Invalid)?;
+        self.auth
+            .validate(&self.proxy.domains)
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

@@ -311,6 +311,21 @@ async fn public_sandboxes_are_open_except_reserved_ports_and_toolbox() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["headers"]["authorization"][0], "Bearer app-token");
+    // A platform API key (any organisation) never reaches even a public sandbox.
+    for key in ["apikey-org-1", "apikey-org-2"] {
+        let bearer = format!("Bearer {key}");
+        let r = send(
+            proxy.addr,
+            "GET",
+            &host(rp, "pub"),
+            "/",
+            &[("authorization", &bearer)],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.json()["headers"].get("authorization").is_none(), "{key}");
+    }
     for port in [2280, 22222, 33333] {
         let r = send(proxy.addr, "GET", &host(port, "pub"), "/", &[], b"").await;
         assert_eq!(r.status, 401, "reserved port {port}: {}", r.text());

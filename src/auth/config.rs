@@ -127,7 +127,8 @@ impl OidcConfig {
 }
 
 impl AuthConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// `domains`: `proxy.domains` (the login host must not be a preview host).
+    pub fn validate(&self, domains: &[String]) -> Result<(), String> {
         for key in &self.cookie_keys {
             if key.len() < MIN_KEY_BYTES {
                 return Err(format!(
@@ -169,7 +170,49 @@ impl AuthConfig {
             if o.login_host.contains(['/', ' ', '@']) {
                 return Err("auth.oidc.login_host must be host[:port]".into());
             }
+            let host = o
+                .login_host
+                .rsplit_once(':')
+                .map_or(o.login_host.as_str(), |(h, _)| h)
+                .to_ascii_lowercase();
+            if domains
+                .iter()
+                .any(|d| host.ends_with(&format!(".{}", d.to_ascii_lowercase())))
+            {
+                return Err(
+                    "auth.oidc.login_host must not be under proxy.domains (it is the proxy's own host)"
+                        .into(),
+                );
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_rejects_weak_keys_and_a_preview_login_host() {
+        let domains = vec!["preview.example.com".to_string()];
+        assert!(AuthConfig::default().validate(&domains).is_ok());
+        let short = AuthConfig {
+            cookie_keys: vec!["short".into()],
+            ..AuthConfig::default()
+        };
+        assert!(short.validate(&domains).is_err());
+        let mut oidc = AuthConfig::default();
+        oidc.oidc.issuer = "http://idp.example.com".into();
+        oidc.oidc.client_id = "c".into();
+        oidc.oidc.login_host = "login.preview.example.com".into();
+        assert!(oidc.validate(&domains).is_err());
+        oidc.oidc.login_host = "login.example.com:8443".into();
+        assert!(oidc.validate(&domains).is_ok());
+        let bad_origin = AuthConfig {
+            cors_allowed_origins: vec!["https://a.example.com/path".into()],
+            ..AuthConfig::default()
+        };
+        assert!(bad_origin.validate(&domains).is_err());
     }
 }

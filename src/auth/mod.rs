@@ -242,7 +242,10 @@ impl Auth {
         let sandbox = req.sandbox;
         let needs_auth = !sandbox.public || req.port.is_none_or(is_reserved_port);
         if !needs_auth {
-            return Ok(granted(Access::Public));
+            return Ok(Granted {
+                consumed_authorization: self.is_platform_bearer(resolver, sandbox, req).await,
+                ..granted(Access::Public)
+            });
         }
         if let Err(seconds) = self.limiter.check(req.peer) {
             return Err(AuthError::RateLimited(seconds).into());
@@ -319,6 +322,25 @@ impl Auth {
             }
         }
         Err(failure.unwrap_or(AuthError::Required).into())
+    }
+
+    /// On a public sandbox nothing is checked, but a Bearer that is one of the platform's own
+    /// credentials (valid signature or known key, any organisation) must still not reach the
+    /// sandbox app; the app's own tokens are forwarded. Backend errors strip (fail closed).
+    async fn is_platform_bearer(
+        &self,
+        resolver: &Resolver,
+        sandbox: &SandboxRecord,
+        req: &AuthRequest<'_>,
+    ) -> bool {
+        let Some(token) = bearer(req.headers) else {
+            return false;
+        };
+        match self.check_bearer(resolver, sandbox, token).await {
+            Ok(Ok(())) | Ok(Err(AuthError::Forbidden | AuthError::TokenExpired)) => true,
+            Ok(Err(_)) => false,
+            Err(_) => true,
+        }
     }
 
     /// A Bearer token: a JWT verified locally, else an API key looked up by its SHA-256.
