@@ -98,6 +98,10 @@ async fn a_browser_logs_in_through_the_provider_and_lands_back_same_host() {
     let other = s.preview.replace("-priv.", "-other.");
     let r = send(s.proxy.addr, "GET", &other, &ticket_path, &[], b"").await;
     assert_eq!(r.status, 401, "{}", r.text());
+    // And it works once: replayed on its own host it is refused.
+    let r = send(s.proxy.addr, "GET", &s.preview, &ticket_path, &[], b"").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(b.visited[2].contains("&nonce="));
 
     // API calls and WebSocket upgrades without credentials get 401 JSON, not the login redirect.
     let r = send(
@@ -141,6 +145,16 @@ async fn another_organisation_is_forbidden() {
     assert!(b
         .cookie(preview_host, "daytona-sandbox-auth-priv")
         .is_none());
+}
+
+#[tokio::test]
+async fn an_id_token_for_another_login_is_refused() {
+    let s = setup().await;
+    s.idp.state.wrong_nonce.store(true, Ordering::SeqCst);
+    let mut b = browser(&s);
+    let (reply, url) = b.navigate(&format!("http://{}/", s.preview)).await;
+    assert_eq!(reply.status, 400, "{url}: {}", reply.text());
+    assert!(reply.text().contains("nonce"));
 }
 
 #[tokio::test]

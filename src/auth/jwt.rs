@@ -31,6 +31,8 @@ pub struct Verified {
     pub organization: Option<String>,
     /// `exp` (unix seconds), when present.
     pub exp: Option<u64>,
+    /// The OIDC `nonce` claim, when present.
+    pub nonce: Option<String>,
 }
 
 /// Three non-empty base64url segments (the third may be empty only for `alg: none`, which is
@@ -135,6 +137,11 @@ impl JwtVerifier {
         Ok(Verified {
             organization,
             exp: data.claims.get("exp").and_then(serde_json::Value::as_u64),
+            nonce: data
+                .claims
+                .get("nonce")
+                .and_then(|n| n.as_str())
+                .map(str::to_string),
         })
     }
 }

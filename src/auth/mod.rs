@@ -178,6 +178,8 @@ pub struct Auth {
     pub(crate) limiter: ratelimit::FailureLimiter,
     cache: CredentialCache,
     pub(crate) http: HttpClient,
+    /// Login tickets already used (SHA-256 → expiry): each works once per replica.
+    spent_tickets: dashmap::DashMap<[u8; 32], u64>,
 }
 
 impl Auth {
@@ -215,12 +217,29 @@ impl Auth {
             limiter: ratelimit::FailureLimiter::new(a.max_failures_per_minute),
             cache: CredentialCache::new(Duration::from_secs(120), Duration::from_secs(5)),
             http: HttpClient::new(Duration::from_secs(5)),
+            spent_tickets: dashmap::DashMap::new(),
         })
     }
 
     /// Forgets cached credential checks (after a registry reload: revoked keys stop working).
     pub fn clear_cache(&self) {
         self.cache.clear();
+    }
+
+    /// Marks a login ticket used; `false` when it already was. Bounded: expired entries are
+    /// dropped when the set grows.
+    pub(crate) fn spend_ticket(&self, ticket: &str, expires: u64) -> bool {
+        const MAX_SPENT: usize = 100_000;
+        if self.spent_tickets.len() >= MAX_SPENT {
+            let now = sign::now_unix();
+            self.spent_tickets.retain(|_, e| *e > now);
+            if self.spent_tickets.len() >= MAX_SPENT {
+                return false;
+            }
+        }
+        self.spent_tickets
+            .insert(crate::registry::sha256(ticket), expires)
+            .is_none()
     }
 
     /// `Set-Cookie` for the sandbox cookie of `id_or_token`.

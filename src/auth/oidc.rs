@@ -6,7 +6,8 @@
 //!    {nonce, PKCE verifier, expiry} on the login host → the issuer's authorize endpoint (S256)
 //! 3. `/callback` → state checked against the cookie, code exchanged with the verifier, ID token
 //!    verified via JWKS (iss, aud = client_id, exp), organisation checked against the sandbox →
-//!    `{preview host}/__sandgate/session?ticket=<signed {sandbox, host, path, expiry 60 s}>`
+//!    `{preview host}/__sandgate/session?ticket=<signed {nonce, sandbox, host, path, expiry 60 s}>`
+//!    (single-use per replica)
 //! 4. the preview host checks the ticket (host and sandbox), sets its host-only sandbox cookie
 //!    and redirects to the path.
 
@@ -53,6 +54,8 @@ struct Pkce {
 
 #[derive(Serialize, Deserialize)]
 struct Ticket {
+    /// Random: every ticket is unique (they are single-use).
+    n: String,
     s: String,
     h: String,
     p: String,
@@ -156,6 +159,7 @@ impl Oidc {
         let nonce = random_token().map_err(rnd)?;
         let verifier = random_token().map_err(rnd)?;
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let id_token_nonce = token_nonce(&nonce);
         let e = now_unix() + LOGIN_TTL;
         let state = auth.signer.sign(
             STATE_PURPOSE,
@@ -179,11 +183,12 @@ impl Oidc {
         let endpoint = &discovered.authorization_endpoint;
         let sep = if endpoint.contains('?') { '&' } else { '?' };
         let mut url = format!(
-            "{endpoint}{sep}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&code_challenge={}&code_challenge_method=S256",
+            "{endpoint}{sep}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
             encode(&self.cfg.client_id),
             encode(&self.redirect_uri()),
             encode(&self.cfg.scopes.join(" ")),
             encode(&state),
+            id_token_nonce,
             challenge,
         );
         if !self.cfg.audience.is_empty() {
@@ -261,6 +266,14 @@ impl Oidc {
                 tracing::info!(error = %e, "OIDC ID token rejected");
                 AuthError::BadLogin("the ID token is not valid")
             })?;
+        let expected_nonce = token_nonce(&pkce.n);
+        if !verified
+            .nonce
+            .as_deref()
+            .is_some_and(|n| ct_eq(n, &expected_nonce))
+        {
+            return Err(AuthError::BadLogin("the ID token's nonce does not match").into());
+        }
         let (authority, path) =
             split_absolute(&state.r).ok_or(AuthError::BadLogin("bad returnTo"))?;
         let authority = authority.to_ascii_lowercase();
@@ -278,6 +291,7 @@ impl Oidc {
             .sign(
                 TICKET_PURPOSE,
                 &Ticket {
+                    n: random_token().map_err(|_| AuthError::IdpUnavailable)?,
                     s: sandbox.id.to_string(),
                     h: authority.clone(),
                     p: path,
@@ -317,11 +331,22 @@ pub fn session(
     if !ticket.h.eq_ignore_ascii_case(host) || ticket.s != *sandbox.id {
         return Err(AuthError::TokenInvalid);
     }
+    if !auth.spend_ticket(&raw, ticket.e) {
+        return Err(AuthError::TokenInvalid);
+    }
     let mut response = redirect(&same_host_path(&ticket.p, host))?;
     if let Some(c) = auth.sandbox_cookie(&sandbox.id, id_or_token) {
         response.headers_mut().insert(SET_COOKIE, c);
     }
     Ok(response)
+}
+
+/// The `nonce` sent to the provider: derived from the login's secret nonce (which stays in the
+/// signed cookie and state), so the ID token is bound to this browser's login.
+fn token_nonce(login_nonce: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(
+        format!("id-token-nonce:{login_nonce}").as_bytes(),
+    ))
 }
 
 fn redirect(location: &str) -> Result<Response<ProxyBody>, AuthError> {

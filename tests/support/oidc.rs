@@ -63,6 +63,7 @@ pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
 }
 
 struct Code {
+    nonce: Option<String>,
     challenge: String,
     redirect_uri: String,
 }
@@ -78,6 +79,9 @@ pub struct IdpState {
     pub organization: Mutex<String>,
     codes: Mutex<HashMap<String, Code>>,
     pub jwks_fetches: AtomicUsize,
+    pub codes_issued: AtomicUsize,
+    /// Issue ID tokens with a nonce other than the one requested.
+    pub wrong_nonce: std::sync::atomic::AtomicBool,
     pub pkce_failures: AtomicUsize,
     pub tokens_issued: AtomicUsize,
 }
@@ -99,6 +103,8 @@ impl Idp {
             organization: Mutex::new("org-1".into()),
             codes: Mutex::new(HashMap::new()),
             jwks_fetches: AtomicUsize::new(0),
+            codes_issued: AtomicUsize::new(0),
+            wrong_nonce: std::sync::atomic::AtomicBool::new(false),
             pkce_failures: AtomicUsize::new(0),
             tokens_issued: AtomicUsize::new(0),
         });
@@ -191,11 +197,13 @@ async fn handle(state: &IdpState, req: Request<Incoming>) -> Response<Full<Bytes
                     serde_json::json!({"error": "invalid_request"}),
                 );
             }
-            let code = format!("code-{}", state.codes.lock().unwrap().len() + 1);
+            let n = state.codes_issued.fetch_add(1, Ordering::SeqCst) + 1;
+            let code = format!("code-{n}");
             let redirect_uri = query["redirect_uri"].clone();
             state.codes.lock().unwrap().insert(
                 code.clone(),
                 Code {
+                    nonce: query.get("nonce").cloned(),
                     challenge: query["code_challenge"].clone(),
                     redirect_uri: redirect_uri.clone(),
                 },
@@ -241,12 +249,18 @@ async fn handle(state: &IdpState, req: Request<Incoming>) -> Response<Full<Bytes
                 );
             }
             let key = state.signing_key.lock().unwrap().clone();
+            let nonce = if state.wrong_nonce.load(Ordering::SeqCst) {
+                Some("another-login".to_string())
+            } else {
+                code.nonce.clone()
+            };
             let org = state.organization.lock().unwrap().clone();
             let id_token = sign_rs256(
                 &key,
                 &serde_json::json!({
                     "iss": issuer, "aud": state.client_id, "sub": "user-1",
                     "iat": now(), "exp": now() + 300, "organization_id": org,
+                    "nonce": nonce,
                 }),
             );
             state.tokens_issued.fetch_add(1, Ordering::SeqCst);
