@@ -100,7 +100,8 @@ organization = "org-1"
 
     // A token with a kid the JWKS does not have yet: rejected; after the JWKS rotates to the
     // new key, a fresh token with it is accepted without a restart.
-    let r = call(sign_rs256("b", &claims("org-1"))).await;
+    let before_rotation = sign_rs256("b", &claims("org-1"));
+    let r = call(before_rotation.clone()).await;
     assert_eq!((r.status, code(&r)), (401, "TOKEN_INVALID".into()));
     *idp.state.jwks.lock().unwrap() = vec![jwk("rsa_b")];
     let fetches = idp.state.jwks_fetches.load(Ordering::SeqCst);
@@ -109,6 +110,9 @@ organization = "org-1"
     rotated["jti"] = "after-rotation".into();
     let r = call(sign_rs256("b", &rotated)).await;
     assert_eq!(r.status, 200, "rotated key picked up: {}", r.text());
+    // The verdict for the same token seen before the rotation was not cached as invalid.
+    let r = call(before_rotation).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     assert!(idp.state.jwks_fetches.load(Ordering::SeqCst) > fetches);
     // Unknown kids do not hammer the JWKS endpoint: refetches are rate-limited.
     let before = idp.state.jwks_fetches.load(Ordering::SeqCst);

@@ -148,6 +148,10 @@ pub async fn admit(
         if let Some(c) = &granted.set_cookie {
             response.headers_mut().insert(SET_COOKIE, c.clone());
         }
+        response.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
         return Ok(Admission::Respond(response));
     }
     if auth.preview_warning && navigation && warning::applies(port, &method, req.headers()) {

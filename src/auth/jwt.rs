@@ -23,6 +23,10 @@ pub enum JwtError {
     Invalid(&'static str),
     #[error("signing keys unavailable")]
     KeysUnavailable,
+    /// No key with this `kid`/algorithm (yet): perhaps a rotation the JWKS refetch has not
+    /// caught up with, so the verdict must not be cached.
+    #[error("no matching signing key")]
+    UnknownKey,
 }
 
 /// What a verified token says.
@@ -214,8 +218,7 @@ impl Jwks {
                 }
             }
         }
-        self.find(kid, alg)
-            .ok_or(JwtError::Invalid("no matching signing key"))
+        self.find(kid, alg).ok_or(JwtError::UnknownKey)
     }
 
     fn may_fetch(&self) -> bool {

@@ -384,8 +384,11 @@ impl Auth {
                         tracing::debug!(why, "bearer JWT rejected");
                         (Err(AuthError::TokenInvalid), None)
                     }
-                    // Not the token's fault: don't cache, don't count.
-                    Err(JwtError::KeysUnavailable) => return Ok(Err(AuthError::TokenInvalid)),
+                    // Possibly not the token's fault (keys unreachable, or a rotation not
+                    // fetched yet): refuse now, but don't cache the verdict.
+                    Err(JwtError::KeysUnavailable | JwtError::UnknownKey) => {
+                        return Ok(Err(AuthError::TokenInvalid))
+                    }
                 },
             }
         } else {
