@@ -382,6 +382,27 @@ async fn query_login_redirects_browsers_and_sets_a_working_cookie() {
 }
 
 #[tokio::test]
+async fn query_login_never_redirects_off_host() {
+    let (proxy, _rec, rp) = setup("").await;
+    let h = host(rp, "priv");
+    for path in ["//evil.com", "//evil.com/x", "/\\evil.com"] {
+        let raw = support::raw_exchange(
+            proxy.addr,
+            format!("GET {path}?DAYTONA_SANDBOX_AUTH_KEY={TOKEN} HTTP/1.1\r\nHost: {h}\r\nAccept: text/html\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        );
+        let location = raw
+            .lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .unwrap_or("");
+        assert!(
+            support::status_of(&raw) == 302 && location == "/",
+            "{path}: {raw}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn tampered_expired_and_foreign_cookies_are_rejected() {
     let (proxy, _rec, rp) = setup("").await;
     let h = host(rp, "priv");

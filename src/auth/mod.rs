@@ -301,11 +301,13 @@ impl Auth {
                         .query
                         .and_then(|q| remove_query_param(q, PREVIEW_TOKEN_QUERY))
                         .unwrap_or_default();
-                    g.redirect = Some(if rest.is_empty() {
+                    let target = if rest.is_empty() {
                         req.path.to_string()
                     } else {
                         format!("{}?{rest}", req.path)
-                    });
+                    };
+                    // `//evil.com?TOKEN` must not become `Location: //evil.com`.
+                    g.redirect = Some(return_to::same_host_path(&target, req.host));
                     g.set_cookie = self.sandbox_cookie(&sandbox.id, req.id_or_token);
                 }
                 return Ok(g);
@@ -426,17 +428,6 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// Does the request carry anything that looks like a credential of ours?
-pub fn presents_credentials(headers: &HeaderMap, query: Option<&str>) -> bool {
-    bearer(headers).is_some()
-        || headers.contains_key(PREVIEW_TOKEN_HEADER)
-        || query.is_some_and(|q| query_param(q, PREVIEW_TOKEN_QUERY).is_some())
-        || headers.get_all(COOKIE).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.contains(cookie::SANDBOX_COOKIE_PREFIX))
-        })
 }
 
 /// Removes every credential the proxy consumes from the headers, and returns the query without
