@@ -382,6 +382,41 @@ async fn query_login_redirects_browsers_and_sets_a_working_cookie() {
 }
 
 #[tokio::test]
+async fn websocket_upgrades_authenticate_and_carry_no_credentials_upstream() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+    let (proxy, _rec, rp) = setup("").await;
+    let h = host(rp, "priv");
+    let request = http::Request::builder()
+        .uri(format!(
+            "ws://{}/ws?x=1&DAYTONA_SANDBOX_AUTH_KEY={TOKEN}",
+            proxy.addr
+        ))
+        .header("host", &h)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", generate_key())
+        .header("x-daytona-preview-token", TOKEN)
+        .header(
+            "cookie",
+            format!(
+                "a=1; daytona-sandbox-auth-priv={}",
+                craft_cookie("priv", "priv", now() + 60)
+            ),
+        )
+        .body(())
+        .unwrap();
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.status(), 101);
+    let first = ws.next().await.unwrap().unwrap();
+    let seen: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(seen["query"], "x=1");
+    assert_eq!(seen["headers"]["cookie"][0], "a=1");
+    assert_no_credentials(&seen, &[TOKEN]);
+}
+
+#[tokio::test]
 async fn query_login_never_redirects_off_host() {
     let (proxy, _rec, rp) = setup("").await;
     let h = host(rp, "priv");
