@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::metrics;
 use crate::registry::BoxFuture;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,15 +57,24 @@ pub trait ActivitySink: Send + Sync + 'static {
 /// Keeps the last write per sandbox in memory (the embedded default; also what tests read).
 #[derive(Default)]
 pub struct MemorySink {
-    pub last: DashMap<Arc<str>, u64>,
+    /// Newest mark written per sandbox, and how many writes each sandbox got.
+    pub last: DashMap<Arc<str>, (u64, usize)>,
     pub writes: AtomicUsize,
     pub batches: AtomicUsize,
+}
+
+impl MemorySink {
+    /// Writes so far for one sandbox.
+    pub fn writes_for(&self, sandbox_id: &str) -> usize {
+        self.last.get(sandbox_id).map_or(0, |e| e.1)
+    }
 }
 
 impl ActivitySink for MemorySink {
     fn write<'a>(&'a self, batch: &'a [(Arc<str>, u64)]) -> BoxFuture<'a, Result<(), SinkError>> {
         for (id, ms) in batch {
-            self.last.insert(id.clone(), *ms);
+            let mut entry = self.last.entry(id.clone()).or_insert((0, 0));
+            *entry = (*ms, entry.1 + 1);
         }
         self.writes.fetch_add(batch.len(), Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
@@ -174,7 +184,11 @@ impl Activity {
         if batch.is_empty() {
             return Ok(0);
         }
-        sink.write(&batch).await?;
+        if let Err(e) = sink.write(&batch).await {
+            metrics().activity_flush_errors.inc();
+            return Err(e);
+        }
+        metrics().activity_writes.inc_by(batch.len() as u64);
         self.confirm(&batch);
         self.forget_idle(now);
         Ok(batch.len())

@@ -23,6 +23,8 @@ pub enum ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub proxy: ProxyConfig,
+    pub tls: crate::tls::TlsConfig,
+    pub admin: AdminConfig,
     pub registry: RegistryConfig,
     pub activity: ActivityConfig,
     /// Connection to Redis, shared by the `redis` registry backend, the `daytona` backend's L2
@@ -44,11 +46,15 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most headers accepted in one request.
     pub max_headers: usize,
-    /// Time a client gets to send a whole request head (slowloris guard).
+    /// Time a client gets to send a whole request head, counted from the connection's start or
+    /// the end of the previous response: it bounds slow senders (slowloris) and idle HTTP/1.1
+    /// keep-alive connections alike (hyper uses one timer for both).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Connections beyond this many wait in the kernel backlog.
     pub max_connections: usize,
+    /// Open connections one client IP may hold (0: no limit); more are closed at accept.
+    pub max_connections_per_ip: usize,
     /// On SIGTERM/SIGINT, in-flight requests and streams get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -60,11 +66,20 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             max_connections: 50_000,
+            max_connections_per_ip: 4096,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// The operations listener: `/metrics`, `/health`, `/ready`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener; empty: no admin listener.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -282,6 +297,11 @@ pub struct LogConfig {
     pub format: String,
     /// A tracing filter, e.g. `info` or `sandgate=debug`. `RUST_LOG` wins when set.
     pub level: String,
+    /// One line per request (method, route kind, path without query, status, duration, bytes,
+    /// sandbox, request id); never hosts, queries, tokens or cookies.
+    pub access: bool,
+    /// Accept a sane `X-Request-Id` or generate one; forward it and return it.
+    pub request_id: bool,
 }
 
 impl Default for LogConfig {
@@ -289,6 +309,8 @@ impl Default for LogConfig {
         Self {
             format: "text".into(),
             level: "info".into(),
+            access: true,
+            request_id: true,
         }
     }
 }
@@ -336,6 +358,18 @@ impl Config {
         }
         if self.server.max_header_bytes < 8192 {
             return invalid("server.max_header_bytes must be at least 8192".into());
+        }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
+            return invalid(format!(
+                "admin.listen {:?} is not an address",
+                self.admin.listen
+            ));
+        }
+        if self.tls.enabled && self.tls.certs.is_empty() {
+            return invalid("tls.enabled needs at least one [[tls.certs]] pair".into());
+        }
+        if !matches!(self.tls.unknown_sni.as_str(), "default" | "refuse") {
+            return invalid("tls.unknown_sni must be default or refuse".into());
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be text or json".into());

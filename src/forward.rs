@@ -1,7 +1,6 @@
 //! Forward phase: builds the upstream request, sends it through the shared pooled client, and
 //! streams the answer back (HTTP bodies frame by frame, WebSockets as a byte relay).
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -18,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::activity::StreamGuard;
 use crate::body::ProxyBody;
 use crate::config::ProxyConfig;
+use crate::metrics::metrics;
 use crate::registry::{SandboxRecord, Upstream};
 use crate::respond::ProxyError;
 use crate::route::TOOLBOX_PORT;
@@ -25,15 +25,17 @@ use crate::route::TOOLBOX_PORT;
 pub const RUNNER_AUTH_HEADER: HeaderName = HeaderName::from_static("x-daytona-authorization");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the non-standard ones seen in the wild.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is not one of them: it declares the trailer fields end to end, and hyper only sends
+/// the trailer fields a message's `Trailer` header declares, so removing it drops the trailers.
+const HOP_BY_HOP: [HeaderName; 7] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     UPGRADE,
 ];
@@ -49,8 +51,11 @@ pub struct Destination<'a> {
     pub sandbox: &'a SandboxRecord,
     pub target: Target<'a>,
     /// The one authority of the request (sent as `X-Forwarded-Host`).
-    pub original_host: &'a str,
-    pub client_ip: IpAddr,
+    pub original_host: &'a HeaderValue,
+    /// The client's IP, rendered once per connection (appended to `X-Forwarded-For`).
+    pub client_ip: &'a HeaderValue,
+    /// The client connection is TLS (`X-Forwarded-Proto: https` whatever the configured scheme).
+    pub https: bool,
     /// Replaces the request's query when the auth phase removed a credential from it.
     pub query: Option<&'a str>,
 }
@@ -108,9 +113,11 @@ impl Forwarder {
             target,
             original_host,
             client_ip,
+            https,
             query,
         } = destination;
-        let query = query.or_else(|| req.uri().query());
+        let proto = if https { &HTTPS } else { &self.forwarded_proto };
+        let query = effective_query(query, req.uri().query());
         let uri = upstream_uri(sandbox, &target, req.uri().path(), query)?;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
@@ -121,17 +128,24 @@ impl Forwarder {
             sandbox,
             original_host,
             client_ip,
-            &self.forwarded_proto,
+            proto,
             upgrade,
         );
 
+        let started = std::time::Instant::now();
         let sent =
             tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await;
         let mut response = match sent {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(self.response_header_timeout)),
+            Err(_) => {
+                metrics().upstream_timeouts.inc();
+                return Err(ProxyError::UpstreamTimeout(self.response_header_timeout));
+            }
             Ok(Err(e)) => return Err(classify_client_error(&e, sandbox, &target)),
             Ok(Ok(response)) => response,
         };
+        metrics()
+            .upstream_duration
+            .observe(started.elapsed().as_secs_f64());
 
         if let Target::Preview { port } = target {
             if response.status() == StatusCode::BAD_GATEWAY
@@ -170,6 +184,10 @@ impl Forwarder {
         let shutdown = self.close_relays.clone();
         self.relays.spawn(async move {
             let _guard = guard;
+            metrics().websockets_active.inc();
+            let _open = scopeguard(|| {
+                metrics().websockets_active.dec();
+            });
             let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -197,6 +215,28 @@ impl Forwarder {
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, ProxyBody::Empty)
     }
+}
+
+/// The query to forward: the client's, unless the auth phase stripped a credential from it; a
+/// query left empty by that is dropped whole (no dangling `?` the client never sent bare).
+fn effective_query<'q>(stripped: Option<&'q str>, original: Option<&'q str>) -> Option<&'q str> {
+    match stripped {
+        Some(stripped) => (!stripped.is_empty()).then_some(stripped),
+        None => original,
+    }
+}
+
+/// Runs `f` when dropped (a relay task may end at any await point).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// `{prefix}/proxy/{port}{path}?{query}` (runner) or `http://{address}:{port}{path}?{query}`.
@@ -278,8 +318,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 fn rewrite_request_headers(
     headers: &mut HeaderMap,
     sandbox: &SandboxRecord,
-    original_host: &str,
-    client_ip: IpAddr,
+    original_host: &HeaderValue,
+    client_ip: &HeaderValue,
     proto: &HeaderValue,
     upgrade: bool,
 ) {
@@ -299,26 +339,24 @@ fn rewrite_request_headers(
         Some(auth) => headers.insert(RUNNER_AUTH_HEADER, auth.clone()),
         None => headers.remove(RUNNER_AUTH_HEADER),
     };
-    if let Ok(host) = HeaderValue::from_str(original_host) {
-        headers.insert(X_FORWARDED_HOST, host);
-    }
+    headers.insert(X_FORWARDED_HOST, original_host.clone());
     headers.insert(X_FORWARDED_PROTO, proto.clone());
     append_forwarded_for(headers, client_ip);
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
-    let mut value = String::new();
-    for prior in headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
-        value.push_str(prior);
-        value.push_str(", ");
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if prior.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR, client_ip.clone());
+        return;
     }
-    use std::fmt::Write;
-    let _ = write!(value, "{client_ip}");
-    if let Ok(v) = HeaderValue::try_from(value) {
+    let mut value = Vec::with_capacity(64);
+    for v in prior {
+        value.extend_from_slice(v.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(client_ip.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
         headers.insert(X_FORWARDED_FOR, v);
     }
 }
@@ -363,8 +401,10 @@ fn classify_client_error(
 ) -> ProxyError {
     tracing::debug!(error = ?error, sandbox = %sandbox.id, "upstream request failed");
     if !error.is_connect() {
+        metrics().upstream_other_errors.inc();
         return ProxyError::UpstreamFailed;
     }
+    metrics().upstream_connect_errors.inc();
     match (&sandbox.upstream, target) {
         (Upstream::Direct { .. }, Target::Preview { port }) => ProxyError::PortNotListening(*port),
         _ => ProxyError::RunnerUnreachable,
@@ -427,6 +467,28 @@ mod tests {
     }
 
     #[test]
+    fn stripped_queries_replace_the_original() {
+        assert_eq!(effective_query(None, Some("a=1")), Some("a=1"));
+        assert_eq!(
+            effective_query(None, Some("")),
+            Some(""),
+            "a bare `?` stays"
+        );
+        assert_eq!(effective_query(Some("a=1"), Some("a=1&K=t")), Some("a=1"));
+        assert_eq!(effective_query(Some(""), Some("K=t")), None);
+    }
+
+    #[test]
+    fn trailer_declarations_survive() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TRAILER, "x-checksum".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h[header::TRAILER], "x-checksum");
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
+    }
+
+    #[test]
     fn request_headers_are_rewritten() {
         let s = runner_sandbox();
         let mut h = HeaderMap::new();
@@ -441,14 +503,9 @@ mod tests {
         );
         h.insert(X_FORWARDED_FOR, "1.2.3.4".parse().unwrap());
         let proto = HeaderValue::from_static("https");
-        rewrite_request_headers(
-            &mut h,
-            &s,
-            "3000-sbx-1.preview.localhost",
-            "127.0.0.9".parse().unwrap(),
-            &proto,
-            false,
-        );
+        let host = HeaderValue::from_static("3000-sbx-1.preview.localhost");
+        let ip = HeaderValue::from_static("127.0.0.9");
+        rewrite_request_headers(&mut h, &s, &host, &ip, &proto, false);
         assert_eq!(h[RUNNER_AUTH_HEADER], "Bearer key");
         assert!(
             h.get("x-secret").is_none()
@@ -463,14 +520,7 @@ mod tests {
 
         let mut forged = HeaderMap::new();
         forged.insert(RUNNER_AUTH_HEADER, "Bearer forged".parse().unwrap());
-        rewrite_request_headers(
-            &mut forged,
-            &direct_sandbox(),
-            "h",
-            "127.0.0.1".parse().unwrap(),
-            &proto,
-            false,
-        );
+        rewrite_request_headers(&mut forged, &direct_sandbox(), &host, &ip, &proto, false);
         assert!(
             forged.get(RUNNER_AUTH_HEADER).is_none(),
             "direct mode never forwards a runner key"
@@ -485,7 +535,11 @@ mod tests {
         h.insert(UPGRADE, "websocket".parse().unwrap());
         h.insert("sec-websocket-protocol", "chat, v2".parse().unwrap());
         let proto = HeaderValue::from_static("http");
-        rewrite_request_headers(&mut h, &s, "h", "127.0.0.1".parse().unwrap(), &proto, true);
+        let (host, ip) = (
+            HeaderValue::from_static("h"),
+            HeaderValue::from_static("127.0.0.1"),
+        );
+        rewrite_request_headers(&mut h, &s, &host, &ip, &proto, true);
         assert_eq!(h[UPGRADE], "websocket");
         assert_eq!(h[CONNECTION], "upgrade");
         assert_eq!(h["sec-websocket-protocol"], "chat, v2");

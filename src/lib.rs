@@ -10,11 +10,13 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod forward;
+pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +45,10 @@ pub enum StartError {
 /// A running proxy: its address, the way to stop it, and its state (for reloads and tests).
 pub struct Running {
     pub addr: SocketAddr,
+    /// The HTTPS listener, when `tls.enabled`.
+    pub tls_addr: Option<SocketAddr>,
+    /// The admin listener (`/metrics`, `/health`, `/ready`), when `admin.listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     pub activity_sink: Arc<MemorySink>,
     shutdown: CancellationToken,
@@ -79,50 +85,92 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let activity = Activity::new(&config.activity);
     let activity_sink = Arc::new(MemorySink::default());
     let sink = build_activity_sink(&config, &activity_sink)?;
+    let certs = match config.tls.enabled {
+        true => Some(Arc::new(
+            tls::CertResolver::new(&config.tls).map_err(StartError::Config)?,
+        )),
+        false => None,
+    };
     let app = Arc::new(App {
         domains: route::Domains::new(&config.proxy.domains),
         resolver: Resolver::new(registry, CacheTtls::from(&config.registry.cache)),
         static_registry,
+        certs: certs.clone(),
         activity: activity.clone(),
         forwarder: Forwarder::new(&config.proxy, relays.clone(), close_relays.clone()),
         auth: auth::Auth::from_config(&config).map_err(StartError::Config)?,
+        access_log: config.log.access,
+        request_ids: config.log.request_id,
     });
-    let addr = config.server.listen;
-    let listener = server::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let (listener, addr) = bind(config.server.listen)?;
+    let (tls_listener, tls_addr) = match certs {
+        Some(certs) => {
+            let (listener, addr) = bind(config.tls.listen)?;
+            let acceptor = tls::server_config(certs)
+                .map_err(StartError::Config)?
+                .into();
+            let tls_listener = server::TlsListener {
+                listener,
+                acceptor,
+                handshake_timeout: config.tls.handshake_timeout,
+                redirect_plaintext: config.tls.redirect_plaintext,
+                port: addr.port(),
+            };
+            (Some(tls_listener), Some(addr))
+        }
+        None => (None, None),
+    };
+    let mut tasks = Vec::new();
+    let admin_addr = match config.admin.listen.parse::<SocketAddr>() {
+        Ok(admin) => {
+            let (listener, addr) = bind(admin)?;
+            tasks.push(tokio::spawn(server::serve_admin(
+                app.clone(),
+                listener,
+                shutdown.clone(),
+            )));
+            Some(addr)
+        }
+        Err(_) => None,
+    };
 
     let flusher_stop = CancellationToken::new();
-    let flusher = tokio::spawn(activity.run_flusher(
+    tasks.push(tokio::spawn(activity.run_flusher(
         sink,
         config.activity.flush_interval,
         flusher_stop.clone(),
-    ));
+    )));
     let server_task = {
         let app = app.clone();
         let shutdown = shutdown.clone();
         let server_config = config.server.clone();
+        let drain = server::Drain {
+            relays,
+            close_relays,
+        };
         tokio::spawn(async move {
-            server::serve(
-                app,
-                listener,
-                &server_config,
-                shutdown,
-                relays,
-                close_relays,
-            )
-            .await;
+            server::serve(app, listener, tls_listener, &server_config, shutdown, drain).await;
             flusher_stop.cancel();
         })
     };
+    tasks.insert(0, server_task);
     Ok(Running {
         addr,
+        tls_addr,
+        admin_addr,
         app,
         activity_sink,
         shutdown,
-        tasks: vec![server_task, flusher],
+        tasks,
     })
+}
+
+fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let listener = server::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, bound))
 }
 
 type Backends = (Arc<dyn Registry>, Option<Arc<StaticRegistry>>);

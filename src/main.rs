@@ -40,10 +40,26 @@ enum Command {
         #[arg(long, default_value = "demo-runner-key")]
         runner_key: String,
     },
+    /// Generate a local CA and a wildcard certificate for HTTPS previews during development.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Check a config file and print the effective configuration.
     CheckConfig {
         #[arg(long, short, env = "SANDGATE_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write dev-ca.pem, <domain>.pem and <domain>.key (for <domain> and *.<domain>) into --dir.
+    Dev {
+        #[arg(long, default_value = "preview.localhost")]
+        domain: String,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
     },
 }
 
@@ -84,6 +100,30 @@ async fn run(command: Command) -> Result<(), String> {
             init_logging(&LogConfig::default());
             demo(listen, runner_listen, runner_only, runner_key).await
         }
+        Command::Certs {
+            command: CertsCommand::Dev { domain, dir },
+        } => {
+            let [ca, cert, key] = sandgate::tls::generate_dev_certs(&dir, &domain)?;
+            println!(
+                "wrote {}, {} and {}",
+                ca.display(),
+                cert.display(),
+                key.display()
+            );
+            println!("serve HTTPS with, in your config:");
+            println!("  [tls]\n  enabled = true\n  listen = \"127.0.0.1:8443\"");
+            println!(
+                "  [[tls.certs]]\n  cert = \"{}\"\n  key = \"{}\"",
+                cert.display(),
+                key.display()
+            );
+            println!(
+                "trust the CA: curl --cacert {} https://3000-demo.{domain}:8443/",
+                ca.display()
+            );
+            println!("  or system-wide (Debian): cp {} /usr/local/share/ca-certificates/sandgate-dev.crt && update-ca-certificates", ca.display());
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             let text = toml_text(&loaded)?;
@@ -99,57 +139,90 @@ fn toml_text(config: &Config) -> Result<String, String> {
 
 async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
     let running = sandgate::start(config).await.map_err(|e| e.to_string())?;
+    // Handle the signals before saying we listen: a SIGTERM or SIGHUP sent right after that line
+    // would otherwise hit the default action and kill the process (no drain, no reload).
+    let stop = stop_signal();
+    let hangup = signal(SignalKind::hangup());
     // Scripts and tests read this line to learn the bound port (`listen = "127.0.0.1:0"`).
     println!("sandgate listening on http://{}", running.addr);
-    tracing::info!(addr = %running.addr, "sandgate listening");
+    if let Some(addr) = running.tls_addr {
+        println!("sandgate listening on https://{addr}");
+    }
+    if let Some(addr) = running.admin_addr {
+        println!("sandgate admin on http://{addr}");
+    }
+    tracing::info!(addr = %running.addr, tls = ?running.tls_addr, admin = ?running.admin_addr, "sandgate listening");
     let shutdown = running.shutdown_token();
     let app = running.app.clone();
     tokio::spawn(async move {
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        let Ok(mut hangup) = hangup else {
             return;
         };
         while hangup.recv().await.is_some() {
             reload(&app, path.as_deref());
         }
     });
-    wait_for_stop_signal().await;
+    stop.await;
     shutdown.cancel();
     running.wait().await;
     tracing::info!("sandgate stopped");
     Ok(())
 }
 
+/// Reloads what can change without a restart: the static registry and the TLS certificates.
+/// Each part is swapped whole or not at all; a bad file leaves the one in force.
 fn reload(app: &sandgate::proxy::App, path: Option<&std::path::Path>) {
-    let Some(registry) = &app.static_registry else {
-        return;
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "reload rejected; the previous configuration stays in force");
+            return;
+        }
     };
-    match Config::load(path) {
-        Ok(config) => match registry.reload(&config.registry) {
+    if let Some(registry) = &app.static_registry {
+        match registry.reload(&config.registry) {
             Ok(n) => {
                 app.resolver.invalidate(None);
                 app.auth.clear_cache();
                 tracing::info!(sandboxes = n, "static registry reloaded");
             }
             Err(e) => {
-                tracing::error!(error = %e, "reload rejected; the previous registry stays in force")
+                tracing::error!(error = %e, "registry reload rejected; the previous registry stays in force")
             }
-        },
-        Err(e) => {
-            tracing::error!(error = %e, "reload rejected; the previous registry stays in force")
+        }
+    }
+    if let Some(certs) = &app.certs {
+        match certs.reload(&config.tls) {
+            Ok(()) => tracing::info!("TLS certificates reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "certificate reload rejected; the previous certificates stay in force")
+            }
         }
     }
 }
 
 async fn wait_for_stop_signal() {
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    stop_signal().await
+}
+
+/// Registers the SIGTERM and SIGINT handlers now; the future resolves when one arrives.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        tracing::info!("stop signal received");
     }
-    tracing::info!("stop signal received");
 }
 
 async fn demo(

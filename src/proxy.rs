@@ -2,8 +2,11 @@
 //! every error turned into a response by `respond`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
+
+use http_body::Body;
 
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -14,7 +17,8 @@ use crate::auth::gate::{self, Admission};
 use crate::auth::Auth;
 use crate::body::ProxyBody;
 use crate::forward::{Destination, Forwarder, Target};
-use crate::registry::{Resolver, StaticRegistry};
+use crate::metrics::{metrics, RouteKind};
+use crate::registry::{Resolver, SandboxRecord, StaticRegistry};
 use crate::respond::{error_response, wants_html, ProxyError};
 use crate::route::{self, Domains, OwnPath, Route, RouteError};
 
@@ -28,43 +32,123 @@ pub struct App {
     pub resolver: Resolver,
     /// Kept for reloads when the backend is the static registry.
     pub static_registry: Option<Arc<StaticRegistry>>,
+    /// TLS certificates, kept for reloads.
+    pub certs: Option<Arc<crate::tls::CertResolver>>,
     pub activity: Arc<Activity>,
     pub forwarder: Forwarder,
     pub auth: Auth,
+    /// Log one line per request (`sandgate::access` target).
+    pub access_log: bool,
+    /// Accept or generate `X-Request-Id`, forward it and return it.
+    pub request_ids: bool,
+}
+
+/// The client end of a connection, with its IP pre-rendered for `X-Forwarded-For`.
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip_header: HeaderValue,
+    /// The connection came over TLS.
+    pub https: bool,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, https: bool) -> Peer {
+        let ip_header = HeaderValue::try_from(addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer {
+            addr,
+            ip_header,
+            https,
+        }
+    }
+}
+
+/// What the phases learned about a request, for the access log and metrics.
+struct Seen {
+    kind: RouteKind,
+    sandbox: Option<Arc<SandboxRecord>>,
 }
 
 /// The request handler given to the server: never fails, every error becomes a response.
-pub async fn handle(
-    app: Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<ProxyBody> {
+pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
     let started = Instant::now();
     let uri = req.uri().clone();
     let method = req.method().clone();
     let html = wants_html(req.headers());
-    let response = match pipeline(&app, req, peer).await {
+    let request_id = app.request_ids.then(|| request_id(req.headers_mut()));
+    let mut seen = Seen {
+        kind: RouteKind::Own,
+        sandbox: None,
+    };
+    let mut response = match pipeline(&app, req, peer, &mut seen).await {
         Ok(response) => response,
         Err(error) => {
             log_error(&error, uri.path());
+            if let ProxyError::Auth(auth) = &error {
+                metrics().auth_failure(auth.code());
+            }
             error_response(&error, uri.path(), html)
         }
     };
-    tracing::debug!(
-        target: "sandgate::access",
-        %method,
-        path = uri.path(),
-        status = response.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
-        peer = %peer.ip(),
-    );
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    metrics().request(seen.kind, status, elapsed);
+    if let Some(id) = &request_id {
+        response.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+    }
+    if app.access_log {
+        // Path only: queries and hosts can carry tokens (signed preview hosts, auth parameters).
+        tracing::info!(
+            target: "sandgate::access",
+            %method,
+            kind = KIND_NAMES[seen.kind as usize],
+            path = uri.path(),
+            status,
+            micros = elapsed.as_micros() as u64,
+            bytes = response.body().size_hint().exact(),
+            sandbox = seen.sandbox.as_ref().map(|s| &*s.id),
+            request_id = request_id.as_ref().and_then(|v| v.to_str().ok()),
+            peer = %peer.addr.ip(),
+        );
+    }
     response
+}
+
+const KIND_NAMES: [&str; 3] = ["preview", "toolbox", "own"];
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The client's `X-Request-Id` when it is sane, else a new one; set on the request so it is
+/// forwarded.
+fn request_id(headers: &mut http::HeaderMap) -> HeaderValue {
+    let valid = |v: &HeaderValue| {
+        (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    };
+    if let Some(v) = headers.get(REQUEST_ID_HEADER).filter(|v| valid(v)) {
+        return v.clone();
+    }
+    static PREFIX: LazyLock<u64> = LazyLock::new(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let id = HeaderValue::try_from(format!("{:016x}{n:010x}", *PREFIX))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"));
+    headers.insert(REQUEST_ID_HEADER, id.clone());
+    id
 }
 
 async fn pipeline(
     app: &App,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
+    seen: &mut Seen,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let host = authority_value(&req)?;
     let host_str = host
@@ -73,15 +157,22 @@ async fn pipeline(
     let uri = req.uri().clone();
     let (sandbox_id, port, target) = match route::route(host_str, uri.path(), &app.domains)? {
         Route::Own(own) => return own_host(app, own, &req).await,
-        Route::Preview { port, id_or_token } => (id_or_token, Some(port), Target::Preview { port }),
-        Route::Toolbox { sandbox_id, rest } => (sandbox_id.into(), None, Target::Toolbox { rest }),
+        Route::Preview { port, id_or_token } => {
+            seen.kind = RouteKind::Preview;
+            (id_or_token, Some(port), Target::Preview { port })
+        }
+        Route::Toolbox { sandbox_id, rest } => {
+            seen.kind = RouteKind::Toolbox;
+            (sandbox_id.into(), None, Target::Toolbox { rest })
+        }
     };
 
-    let entry = match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer).await? {
+    let entry = match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer.addr).await? {
         Admission::Respond(response) => return Ok(response),
         Admission::Enter(entry) => entry,
     };
     let sandbox = &entry.sandbox;
+    seen.sandbox = Some(sandbox.clone());
     let stripped_query = entry.query.as_deref();
 
     let skip_activity = req
@@ -101,8 +192,9 @@ async fn pipeline(
     let destination = Destination {
         sandbox,
         target,
-        original_host: host_str,
-        client_ip: peer.ip(),
+        original_host: &host,
+        client_ip: &peer.ip_header,
+        https: peer.https,
         query: stripped_query,
     };
     let mut response = app.forwarder.forward(req, destination, guard).await?;

@@ -1,36 +1,66 @@
-//! Listeners → connections: the hyper server (HTTP/1.1 and h2c prior knowledge), connection
-//! limits, header limits and timeouts, and graceful drain.
+//! Listeners → connections: the hyper server (HTTP/1.1, h2c prior knowledge, h2 and HTTP/1.1
+//! over TLS by ALPN), connection limits (global and per client IP), header limits and timeouts,
+//! the admin listener, and graceful drain.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
+use http::header::{CONTENT_TYPE, HOST, LOCATION};
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::ProxyBody;
 use crate::config::ServerConfig;
-use crate::proxy::{handle, App};
+use crate::metrics::metrics;
+use crate::proxy::{handle, App, Peer};
 
-/// Serves `listener` until `shutdown` fires, then drains: stops accepting, lets in-flight requests,
+/// The HTTPS side: its listener, acceptor, and what plaintext does when it is on.
+pub struct TlsListener {
+    pub listener: TcpListener,
+    pub acceptor: TlsAcceptor,
+    pub handshake_timeout: Duration,
+    /// Plaintext requests get a redirect to `https://host:<port>` (except `/health`).
+    pub redirect_plaintext: bool,
+    pub port: u16,
+}
+
+/// What a draining server still has open.
+pub struct Drain {
+    pub relays: TaskTracker,
+    pub close_relays: CancellationToken,
+}
+
+/// Serves until `shutdown` fires, then drains: stops accepting, lets in-flight requests,
 /// streams and WebSockets finish for up to `shutdown_timeout`, then closes WebSockets with 1001.
 pub async fn serve(
     app: Arc<App>,
-    listener: TcpListener,
+    plain: TcpListener,
+    tls: Option<TlsListener>,
     config: &ServerConfig,
     shutdown: CancellationToken,
-    relays: TaskTracker,
-    close_relays: CancellationToken,
+    drain: Drain,
 ) {
-    let builder = connection_builder(config);
+    let builder = Arc::new(connection_builder(config));
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let per_ip = Arc::new(PerIpLimit::new(config.max_connections_per_ip));
+    let redirect_to = tls
+        .as_ref()
+        .filter(|t| t.redirect_plaintext)
+        .map(|t| t.port);
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -39,48 +69,167 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (accepted, over_tls) = tokio::select! {
+            accepted = plain.accept() => (accepted, false),
+            accepted = accept_tls(tls.as_ref()) => (accepted, true),
             _ = shutdown.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-            drop(permit);
+        };
+        let Some(ip_slot) = per_ip.acquire(peer.ip()) else {
+            metrics().connections_refused.inc();
+            tracing::debug!(%peer, "per-IP connection limit reached");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            app: app.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            peer,
+        };
+        let tls_side = over_tls
+            .then(|| {
+                tls.as_ref()
+                    .map(|t| (t.acceptor.clone(), t.handshake_timeout))
+            })
+            .flatten();
+        tokio::spawn(async move {
+            metrics().connections_active.inc();
+            match tls_side {
+                Some((acceptor, timeout)) => connection.serve_tls(stream, acceptor, timeout).await,
+                None => connection.serve_plain(stream, redirect_to).await,
+            }
+            metrics().connections_active.dec();
+            drop((permit, ip_slot));
         });
     }
-    drop(listener);
-    drain(graceful, config.shutdown_timeout, relays, close_relays).await;
+    drop(plain);
+    drop(tls);
+    drain_connections(graceful, config.shutdown_timeout, drain).await;
 }
 
-async fn drain(
-    graceful: GracefulShutdown,
-    timeout: Duration,
-    relays: TaskTracker,
-    close_relays: CancellationToken,
-) {
+async fn accept_tls(tls: Option<&TlsListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match tls {
+        Some(t) => t.listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Connection {
+    app: Arc<App>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve_tls(self, stream: TcpStream, acceptor: TlsAcceptor, timeout: Duration) {
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => self.serve(tls, true).await,
+            Ok(Err(e)) => {
+                metrics().tls_handshake_errors.inc();
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                metrics().tls_handshake_errors.inc();
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+            }
+        }
+    }
+
+    async fn serve_plain(self, stream: TcpStream, redirect_to_port: Option<u16>) {
+        match redirect_to_port {
+            Some(port) => {
+                let service = service_fn(move |req| async move {
+                    Ok::<_, Infallible>(redirect_to_https(&req, port))
+                });
+                let conn = self
+                    .builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                if let Err(e) = self.watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "redirect connection ended with an error");
+                }
+            }
+            None => self.serve(stream, false).await,
+        }
+    }
+
+    async fn serve<I>(self, io: I, https: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.app;
+        let client = Arc::new(Peer::new(self.peer, https));
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(handle(app, req, &client).await) }
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(error = %e, peer = %self.peer, "connection ended with an error");
+        }
+    }
+}
+
+/// `308` to the same host on the HTTPS port; `/health` answers in plaintext.
+fn redirect_to_https(req: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::Empty);
+    if req.uri().path() == "/health" {
+        *response.body_mut() = ProxyBody::full("{\"status\":\"ok\"}");
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return response;
+    }
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        });
+    let Some(host) = host else {
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    match HeaderValue::try_from(format!("https://{host}{port}{path}")) {
+        Ok(location) => {
+            *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            response.headers_mut().insert(LOCATION, location);
+        }
+        Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    response
+}
+
+async fn drain_connections(graceful: GracefulShutdown, timeout: Duration, drain: Drain) {
     tracing::info!(?timeout, "draining connections");
-    relays.close();
+    drain.relays.close();
     let everything_done = async {
         graceful.shutdown().await;
-        relays.wait().await;
+        drain.relays.wait().await;
     };
     if tokio::time::timeout(timeout, everything_done)
         .await
@@ -88,8 +237,8 @@ async fn drain(
     {
         tracing::info!("shutdown timeout reached; closing what is still open");
     }
-    close_relays.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), relays.wait()).await;
+    drain.close_relays.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain.relays.wait()).await;
 }
 
 fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
@@ -110,7 +259,48 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Binds the public listener with `SO_REUSEADDR` and a deep backlog.
+/// Open connections per client IP; a slot is released when its connection ends.
+struct PerIpLimit {
+    max: usize,
+    open: Arc<DashMap<IpAddr, usize>>,
+}
+
+struct IpSlot {
+    ip: IpAddr,
+    open: Arc<DashMap<IpAddr, usize>>,
+}
+
+impl PerIpLimit {
+    fn new(max: usize) -> PerIpLimit {
+        PerIpLimit {
+            max,
+            open: Arc::new(DashMap::new()),
+        }
+    }
+
+    fn acquire(&self, ip: IpAddr) -> Option<IpSlot> {
+        let mut count = self.open.entry(ip).or_insert(0);
+        if self.max > 0 && *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        self.open.remove_if_mut(&self.ip, |_, count| {
+            *count = count.saturating_sub(1);
+            *count == 0
+        });
+    }
+}
+
+/// Binds a listener with `SO_REUSEADDR` and a deep backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -119,4 +309,68 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
+}
+
+/// The admin listener: `/metrics` (Prometheus), `/health` (live), `/ready` (the registry
+/// answers, or the cache can serve). Runs until `shutdown` fires.
+pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(admin(&app, req.uri().path()).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn admin(app: &App, path: &str) -> Response<ProxyBody> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics().render(),
+        ),
+        "/health" => (
+            StatusCode::OK,
+            "application/json",
+            "{\"status\":\"ok\"}".into(),
+        ),
+        "/ready" if app.resolver.ready().await => (
+            StatusCode::OK,
+            "application/json",
+            "{\"status\":\"ready\"}".into(),
+        ),
+        "/ready" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            "{\"status\":\"not ready\",\"reason\":\"the registry backend is not reachable\"}"
+                .into(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "application/json",
+            "{\"status\":\"not found\"}".into(),
+        ),
+    };
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }

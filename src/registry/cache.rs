@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use tokio::sync::OnceCell;
 
 use super::{Registry, RegistryError, SandboxRecord};
+use crate::metrics::metrics;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CacheTtls {
@@ -150,6 +151,7 @@ impl Resolver {
         let now = Instant::now();
         if let Some(slot) = self.slots.get(&*id) {
             if slot.expires > now {
+                metrics().cache_hits.inc();
                 return Ok(Resolved {
                     sandbox: slot.value.clone(),
                     stale: false,
@@ -161,16 +163,30 @@ impl Resolver {
 
     async fn miss(&self, id: &str) -> Result<Resolved, RegistryError> {
         let flight: Flight = self.flights.entry(id.into()).or_default().clone();
+        let mut led = false;
         let result = flight
             .get_or_init(|| async {
+                led = true;
+                metrics().cache_misses.inc();
+                let started = Instant::now();
                 let result = self.backend.sandbox(id).await;
-                if let Ok(value) = &result {
-                    self.store(id, value.clone());
+                metrics()
+                    .registry_duration
+                    .observe(started.elapsed().as_secs_f64());
+                match &result {
+                    Ok(value) => self.store(id, value.clone()),
+                    Err(e) => {
+                        metrics().registry_errors.inc();
+                        tracing::warn!(sandbox = id, error = %e, "registry lookup failed");
+                    }
                 }
                 self.flights.remove(id);
                 result
             })
             .await;
+        if !led {
+            metrics().cache_coalesced.inc();
+        }
         match result {
             Ok(value) => Ok(Resolved {
                 sandbox: value.clone(),
@@ -201,7 +217,11 @@ impl Resolver {
     fn stale(&self, id: &str) -> Option<Resolved> {
         let slot = self.slots.get(id)?;
         let age_past_expiry = Instant::now().checked_duration_since(slot.expires)?;
-        (age_past_expiry <= self.ttls.stale_if_error && slot.value.is_some()).then(|| Resolved {
+        if age_past_expiry > self.ttls.stale_if_error || slot.value.is_none() {
+            return None;
+        }
+        metrics().cache_stale.inc();
+        Some(Resolved {
             sandbox: slot.value.clone(),
             stale: true,
         })

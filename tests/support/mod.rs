@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod oidc;
 pub mod recorder;
+pub mod runner;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -251,4 +252,65 @@ pub fn runner_config(runner: SocketAddr, api_key: &str, sandboxes: &str) -> Stri
         "[proxy]\ndomains = [\"preview.localhost\"]\n\
          [[registry.runners]]\nid = \"runner-1\"\nurl = \"http://{runner}\"\napi_key = \"{api_key}\"\n{sandboxes}"
     )
+}
+
+/// Sends `request` (any body type, so bodies can stream) on a fresh HTTP/1.1 connection to
+/// `addr` and returns the response head with its streaming body.
+pub async fn send_streaming<B>(
+    addr: SocketAddr,
+    request: http::Request<B>,
+) -> hyper::Result<http::Response<hyper::body::Incoming>>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    sender.send_request(request).await
+}
+
+/// A request builder for `http://{host}{path}` (the host is the preview or proxy host; the
+/// connection goes wherever the caller sends it).
+pub fn request(method: &str, host: &str, path: &str) -> http::request::Builder {
+    http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a WebSocket to `ws://{host}{path}` through the proxy at `addr`, with extra headers.
+pub async fn ws_connect(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{host}{path}").into_client_request()?;
+    for (k, v) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio_tungstenite::client_async_with_config(request, stream, Some(runner::ws_config())).await
+}
+
+/// [`raw_exchange`] off the async runtime (so fixtures in this runtime keep running).
+pub async fn raw(addr: SocketAddr, request: impl Into<Vec<u8>>) -> String {
+    let request = request.into();
+    tokio::task::spawn_blocking(move || raw_exchange(addr, &request, Duration::from_secs(10)))
+        .await
+        .unwrap()
+}
+
+/// The body of a raw HTTP/1.1 response (after the head).
+pub fn body_of(raw: &str) -> &str {
+    raw.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }

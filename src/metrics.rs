@@ -1,0 +1,246 @@
+//! Prometheus metrics. Label sets are small and fixed (no per-sandbox labels), and every handle
+//! the hot path touches is created at startup, so recording is an atomic add.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Which door a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    Preview = 0,
+    Toolbox = 1,
+    Own = 2,
+}
+
+const KINDS: [&str; 3] = ["preview", "toolbox", "own"];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    kind: &'static str,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: [[Counter; 5]; 3],
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
+    pub connections_active: Gauge,
+    pub websockets_active: Gauge,
+    pub upstream_connect_errors: Counter,
+    pub upstream_timeouts: Counter,
+    pub upstream_other_errors: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_coalesced: Counter,
+    pub cache_stale: Counter,
+    pub registry_duration: Histogram,
+    pub registry_errors: Counter,
+    pub activity_writes: Counter,
+    pub activity_flush_errors: Counter,
+    pub activity_drops: Counter,
+    auth_failures: Family<CodeLabels, Counter>,
+    pub tls_handshake_errors: Counter,
+    pub connections_refused: Counter,
+}
+
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    // 50 µs .. ~26 s
+    exponential_buckets(0.000_05, 2.0, 20)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sandgate");
+        let requests_family = Family::<RequestLabels, Counter>::default();
+        let requests = std::array::from_fn(|k| {
+            std::array::from_fn(|c| {
+                let labels = RequestLabels {
+                    kind: KINDS[k],
+                    class: CLASSES[c],
+                };
+                requests_family.get_or_create(&labels).clone()
+            })
+        });
+        registry.register(
+            "requests",
+            "Requests by route kind and status class",
+            requests_family,
+        );
+
+        let upstream_errors = Family::<ReasonLabels, Counter>::default();
+        let upstream = |reason| {
+            upstream_errors
+                .get_or_create(&ReasonLabels { reason })
+                .clone()
+        };
+        let (upstream_connect_errors, upstream_timeouts, upstream_other_errors) =
+            (upstream("connect"), upstream("timeout"), upstream("other"));
+        registry.register(
+            "upstream_errors",
+            "Upstream failures before a response",
+            upstream_errors,
+        );
+
+        let cache = Family::<ReasonLabels, Counter>::default();
+        let cache_result = |reason| cache.get_or_create(&ReasonLabels { reason }).clone();
+        let (cache_hits, cache_misses, cache_coalesced, cache_stale) = (
+            cache_result("hit"),
+            cache_result("miss"),
+            cache_result("coalesced"),
+            cache_result("stale"),
+        );
+        registry.register(
+            "route_cache",
+            "Route cache lookups by result (reason label)",
+            cache,
+        );
+
+        let m = Metrics {
+            requests,
+            request_duration: Histogram::new(latency_buckets()),
+            upstream_duration: Histogram::new(latency_buckets()),
+            connections_active: Gauge::default(),
+            websockets_active: Gauge::default(),
+            upstream_connect_errors,
+            upstream_timeouts,
+            upstream_other_errors,
+            cache_hits,
+            cache_misses,
+            cache_coalesced,
+            cache_stale,
+            registry_duration: Histogram::new(latency_buckets()),
+            registry_errors: Counter::default(),
+            activity_writes: Counter::default(),
+            activity_flush_errors: Counter::default(),
+            activity_drops: Counter::default(),
+            auth_failures: Family::default(),
+            tls_handshake_errors: Counter::default(),
+            connections_refused: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "request_duration_seconds",
+            "Time to response headers",
+            m.request_duration.clone(),
+        );
+        r.register(
+            "upstream_duration_seconds",
+            "Upstream time to response headers",
+            m.upstream_duration.clone(),
+        );
+        r.register(
+            "connections_active",
+            "Open client connections",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "websockets_active",
+            "Open proxied WebSockets",
+            m.websockets_active.clone(),
+        );
+        r.register(
+            "registry_call_duration_seconds",
+            "Registry backend call latency",
+            m.registry_duration.clone(),
+        );
+        r.register(
+            "registry_errors",
+            "Registry backend call failures",
+            m.registry_errors.clone(),
+        );
+        r.register(
+            "activity_writes",
+            "Activity marks written to the sink",
+            m.activity_writes.clone(),
+        );
+        r.register(
+            "activity_flush_errors",
+            "Activity flushes that failed (marks kept)",
+            m.activity_flush_errors.clone(),
+        );
+        r.register(
+            "activity_drops",
+            "Activity marks dropped",
+            m.activity_drops.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Refused credentials by code",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "tls_handshake_errors",
+            "Failed or timed-out TLS handshakes",
+            m.tls_handshake_errors.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed at accept by a limit",
+            m.connections_refused.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn request(&self, kind: RouteKind, status: u16, elapsed: Duration) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.requests[kind as usize][class].inc();
+        self.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn auth_failure(&self, code: &'static str) {
+        self.auth_failures.get_or_create(&CodeLabels { code }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_fixed_labels() {
+        metrics().request(RouteKind::Preview, 204, Duration::from_millis(1));
+        metrics().auth_failure("TOKEN_INVALID");
+        let text = metrics().render();
+        assert!(
+            text.contains("sandgate_requests_total{kind=\"preview\",class=\"2xx\"}"),
+            "{text}"
+        );
+        assert!(text.contains("sandgate_auth_failures_total{code=\"TOKEN_INVALID\"}"));
+        assert!(text.contains("sandgate_request_duration_seconds_bucket"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

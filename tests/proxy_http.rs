@@ -1,0 +1,466 @@
+//! Plain HTTP through the real binary: methods and bodies, toolbox/preview/direct targets,
+//! byte-exact paths and queries, header injection and stripping, redirects, trailers,
+//! `Expect: 100-continue`, and h2c.
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use sha2::{Digest, Sha256};
+use support::runner::{sandboxes, Runner};
+use support::{body_of, raw, request, send, send_streaming, status_of, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PREVIEW: &str = "3000-sbx-1.preview.localhost";
+const PREFIX: &str = "/sandboxes/sbx-1/toolbox/proxy/3000";
+
+async fn setup() -> (Runner, Proxy) {
+    let runner = Runner::start("runner-key").await;
+    let proxy = Proxy::start(&runner.config(sandboxes()));
+    (runner, proxy)
+}
+
+#[tokio::test]
+async fn methods_and_bodies_reach_the_sandbox() {
+    let (runner, proxy) = setup().await;
+    for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+        let body = format!("body of a {method} request").repeat(100);
+        // OPTIONS without preflight headers is the app's business, not the proxy's.
+        let reply = send(proxy.addr, method, PREVIEW, "/echo", &[], body.as_bytes()).await;
+        assert_eq!(reply.status, 200, "{method}: {}", reply.text());
+        let echo = reply.json();
+        assert_eq!(echo["method"], method);
+        assert_eq!(echo["body_len"], body.len());
+        assert_eq!(
+            echo["body_sha256"],
+            hex::encode(Sha256::digest(body.as_bytes()))
+        );
+        let seen = runner.last();
+        assert_eq!(seen.method, method);
+        assert_eq!(seen.target, format!("{PREFIX}/echo"));
+    }
+    let head = send(proxy.addr, "HEAD", PREVIEW, "/echo", &[], b"").await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(runner.last().method, "HEAD");
+}
+
+#[tokio::test]
+async fn toolbox_path_goes_to_the_runner_toolbox() {
+    let (runner, proxy) = setup().await;
+    let token = [("x-daytona-preview-token", "tok-secret")];
+    let reply = send(
+        proxy.addr,
+        "POST",
+        "127.0.0.1",
+        "/toolbox/sbx-priv/process/execute?cwd=/tmp",
+        &token,
+        br#"{"command":"ls"}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["body_len"], 16);
+    assert_eq!(
+        runner.last().target,
+        "/sandboxes/sbx-priv/toolbox/process/execute?cwd=/tmp"
+    );
+    // No rest at all: the toolbox root.
+    let reply = send(
+        proxy.addr,
+        "GET",
+        "localhost",
+        "/toolbox/sbx-priv",
+        &token,
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(runner.last().target, "/sandboxes/sbx-priv/toolbox");
+    // Toolbox traffic always needs a credential, even on a public sandbox.
+    let reply = send(
+        proxy.addr,
+        "GET",
+        "localhost",
+        "/toolbox/sbx-1/version",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 401, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn direct_mode_goes_straight_to_the_address() {
+    let app = Runner::start("unused").await;
+    let port = app.addr.port();
+    let proxy = Proxy::start(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n\
+         [[registry.sandboxes]]\nid = \"sbx-d\"\naddress = \"127.0.0.1\"\npublic = true\n",
+    );
+    let host = format!("{port}-sbx-d.preview.localhost");
+    let reply = send(
+        proxy.addr,
+        "PUT",
+        &host,
+        "/echo/a%2Fb?x=1",
+        &[("x-daytona-authorization", "Bearer forged")],
+        b"direct",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = app.last();
+    assert_eq!(seen.method, "PUT");
+    assert_eq!(seen.target, "/echo/a%2Fb?x=1");
+    assert_eq!(
+        seen.header("x-daytona-authorization"),
+        None,
+        "direct mode never sends a runner key, nor the client's"
+    );
+    assert_eq!(seen.header("x-forwarded-host").as_deref(), Some(&*host));
+}
+
+#[tokio::test]
+async fn encoded_paths_and_queries_are_forwarded_byte_exact() {
+    let (runner, proxy) = setup().await;
+    let cases = [
+        "/a%2Fb/c",
+        "/a%20b",
+        "/%E2%9C%93/caf%C3%A9",
+        "/a%2fb%2F%2e%2E/./x/../y//z",
+        "/p;matrix=1/%25",
+        "/q?b=%2F&a=1&a=2&empty=&flag&plus=a+b&pct=%zz&sp=%20",
+        "/q?",
+        "/?DAYTONA_SANDBOX_AUTH_KEYX=keep&x=%2F",
+    ];
+    for path in cases {
+        let reply = send(proxy.addr, "GET", PREVIEW, path, &[], b"").await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        assert_eq!(runner.last().target, format!("{PREFIX}{path}"), "{path}");
+    }
+    let token = [("x-daytona-preview-token", "tok-secret")];
+    let path = "/toolbox/sbx-priv/files/a%2Fb?path=%2Ftmp%2Fx%20y&z=%E2%9C%93";
+    let reply = send(proxy.addr, "GET", "localhost", path, &token, b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        runner.last().target,
+        "/sandboxes/sbx-priv/toolbox/files/a%2Fb?path=%2Ftmp%2Fx%20y&z=%E2%9C%93"
+    );
+
+    // Raw UTF-8 bytes in the request target (hyper and `http` accept them): passed as they are.
+    let mut head = b"GET /caf\xc3\xa9/\xe2\x9c\x93?n=\xc3\xa9 HTTP/1.1\r\nHost: ".to_vec();
+    head.extend_from_slice(PREVIEW.as_bytes());
+    head.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    let answer = raw(proxy.addr, head).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(runner.last().target, format!("{PREFIX}/café/✓?n=é"));
+}
+
+#[tokio::test]
+async fn runner_key_injected_hop_by_hop_removed_forwarded_headers_set() {
+    let (runner, proxy) = setup().await;
+    let request = format!(
+        "GET /echo HTTP/1.1\r\n\
+         Host: {PREVIEW}:8080\r\n\
+         X-Daytona-Authorization: Bearer forged\r\n\
+         X-Daytona-Authorization: Bearer forged-again\r\n\
+         Connection: keep-alive, X-Secret, x-other\r\n\
+         X-Secret: 1\r\n\
+         X-Other: 2\r\n\
+         Keep-Alive: timeout=5\r\n\
+         Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+         Proxy-Connection: keep-alive\r\n\
+         TE: gzip\r\n\
+         Upgrade: h2c\r\n\
+         X-Forwarded-For: 203.0.113.7\r\n\
+         X-Forwarded-Proto: https\r\n\
+         X-Forwarded-Host: evil.example\r\n\
+         X-App: kept\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let answer = raw(proxy.addr, request).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = runner.last();
+    assert_eq!(seen.all("x-daytona-authorization"), ["Bearer runner-key"]);
+    for gone in [
+        "x-secret",
+        "x-other",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ] {
+        assert_eq!(seen.header(gone), None, "{gone} reached the sandbox");
+    }
+    for value in seen.all("connection") {
+        assert!(!value.to_ascii_lowercase().contains("x-secret"), "{value}");
+    }
+    assert_eq!(seen.all("x-forwarded-host"), [format!("{PREVIEW}:8080")]);
+    assert_eq!(seen.all("x-forwarded-proto"), ["http"]);
+    assert_eq!(seen.all("x-forwarded-for"), ["203.0.113.7, 127.0.0.1"]);
+    assert_eq!(seen.all("x-app"), ["kept"]);
+
+    // `TE: trailers` is the one TE value that passes.
+    let reply = send(
+        proxy.addr,
+        "GET",
+        PREVIEW,
+        "/echo",
+        &[("te", "trailers")],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(runner.last().all("te"), ["trailers"]);
+}
+
+#[tokio::test]
+async fn credentials_never_reach_the_sandbox() {
+    let (runner, proxy) = setup().await;
+    let host = "3000-sbx-priv.preview.localhost";
+    let cookie =
+        "app=1; daytona-sandbox-auth-sbx-priv=sig; daytona-preview-page-accepted=true; b=2";
+    // By header.
+    let reply = send(
+        proxy.addr,
+        "GET",
+        host,
+        "/echo?x=1",
+        &[
+            ("x-daytona-preview-token", "tok-secret"),
+            ("cookie", cookie),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = runner.last();
+    assert_eq!(
+        seen.target,
+        "/sandboxes/sbx-priv/toolbox/proxy/3000/echo?x=1"
+    );
+    assert_eq!(seen.header("x-daytona-preview-token"), None);
+    assert_eq!(seen.all("cookie"), ["app=1; b=2"]);
+
+    // By query parameter: removed, the others keep their bytes and order.
+    let reply = send(
+        proxy.addr,
+        "GET",
+        host,
+        "/echo?b=%2F&DAYTONA_SANDBOX_AUTH_KEY=tok-secret&a=1&a=2&c",
+        &[("cookie", "daytona-sandbox-auth-sbx-priv=sig")],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = runner.last();
+    assert_eq!(
+        seen.target,
+        "/sandboxes/sbx-priv/toolbox/proxy/3000/echo?b=%2F&a=1&a=2&c"
+    );
+    assert_eq!(seen.header("cookie"), None, "only proxy cookies were sent");
+
+    // On a public sandbox the token is not needed, and still never forwarded.
+    let reply = send(
+        proxy.addr,
+        "GET",
+        PREVIEW,
+        "/echo?DAYTONA_SANDBOX_AUTH_KEY=tok-public",
+        &[("x-daytona-preview-token", "tok-public")],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = runner.last();
+    assert_eq!(seen.target, format!("{PREFIX}/echo"));
+    assert_eq!(seen.header("x-daytona-preview-token"), None);
+}
+
+#[tokio::test]
+async fn toolbox_redirects_get_the_toolbox_prefix() {
+    let (_runner, proxy) = setup().await;
+    let token = ("x-daytona-preview-token", "tok-secret");
+    let cases = [
+        ("/files?path=/", "/toolbox/sbx-priv/files?path=/"),
+        ("/toolbox/sbx-priv/files", "/toolbox/sbx-priv/files"),
+        ("http://elsewhere.example/x", "http://elsewhere.example/x"),
+        ("//elsewhere.example/x", "//elsewhere.example/x"),
+    ];
+    for (location, expected) in cases {
+        let reply = send(
+            proxy.addr,
+            "GET",
+            "localhost",
+            "/toolbox/sbx-priv/redirect",
+            &[token, ("x-location", location)],
+            b"",
+        )
+        .await;
+        assert_eq!(reply.status, 302, "{}", reply.text());
+        assert_eq!(reply.headers["location"], expected, "{location}");
+    }
+    // Previews are the app's own URLs: not rewritten.
+    let reply = send(
+        proxy.addr,
+        "GET",
+        PREVIEW,
+        "/redirect",
+        &[("x-location", "/files")],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 302);
+    assert_eq!(reply.headers["location"], "/files");
+}
+
+#[tokio::test]
+async fn trailers_pass_through() {
+    let (_runner, proxy) = setup().await;
+    let req = request("GET", PREVIEW, "/trailers")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = send_streaming(proxy.addr, req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["x-checksum"], "abc");
+    assert_eq!(&collected.to_bytes()[..], b"with trailers");
+}
+
+#[tokio::test]
+async fn expect_100_continue_upload() {
+    let (runner, proxy) = setup().await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let body = vec![b'x'; 100_000];
+    stream
+        .write_all(
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: {PREVIEW}\r\nExpect: 100-continue\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The client holds the body until the interim answer.
+    let mut interim = vec![0u8; 25];
+    stream.read_exact(&mut interim).await.unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(&body).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let json: serde_json::Value = serde_json::from_str(body_of(&answer)).unwrap();
+    assert_eq!(json["len"], body.len());
+    assert_eq!(json["sha256"], hex::encode(Sha256::digest(&body)));
+    assert_eq!(runner.last().target, format!("{PREFIX}/upload"));
+}
+
+async fn h2_connection(proxy: &Proxy) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_proxied() {
+    let (runner, proxy) = setup().await;
+    let mut sender = h2_connection(&proxy).await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{PREVIEW}/echo/a%2Fb?q=1"))
+        .body(Full::new(Bytes::from_static(b"over h2")))
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["body_len"], 7);
+    let seen = runner.last();
+    assert_eq!(seen.target, format!("{PREFIX}/echo/a%2Fb?q=1"));
+    assert_eq!(seen.all("x-forwarded-host"), [PREVIEW]);
+    assert_eq!(seen.all("x-daytona-authorization"), ["Bearer runner-key"]);
+}
+
+#[tokio::test]
+async fn h2_authority_differing_from_host_is_refused() {
+    let (runner, proxy) = setup().await;
+    let mut sender = h2_connection(&proxy).await;
+    let req = http::Request::builder()
+        .uri(format!("http://{PREVIEW}/echo"))
+        .header("host", "3000-sbx-priv.preview.localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["code"], "BAD_HOST");
+    assert!(runner.seen().is_empty(), "nothing may reach the runner");
+}
+
+#[tokio::test]
+async fn preview_hosts_are_case_insensitive_and_ignore_the_port() {
+    let (runner, proxy) = setup().await;
+    let reply = send(
+        proxy.addr,
+        "GET",
+        "3000-SBX-1.Preview.LOCALHOST:8443",
+        "/echo",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(runner.last().target, format!("{PREFIX}/echo"));
+    assert_eq!(
+        runner.last().all("x-forwarded-host"),
+        ["3000-SBX-1.Preview.LOCALHOST:8443"]
+    );
+}
+
+#[tokio::test]
+async fn reserved_ports_need_a_credential_even_on_public_sandboxes() {
+    let (runner, proxy) = setup().await;
+    for port in [2280, 22222, 33333] {
+        let host = format!("{port}-sbx-1.preview.localhost");
+        let reply = send(proxy.addr, "GET", &host, "/", &[], b"").await;
+        assert_eq!(reply.status, 401, "{port}: {}", reply.text());
+        assert_eq!(reply.json()["code"], "AUTH_REQUIRED");
+        let token = [("x-daytona-preview-token", "tok-public")];
+        let reply = send(proxy.addr, "GET", &host, "/", &token, b"").await;
+        assert_eq!(reply.status, 200, "{port}: {}", reply.text());
+        assert_eq!(
+            runner.last().target,
+            format!("/sandboxes/sbx-1/toolbox/proxy/{port}/")
+        );
+    }
+}
+
+#[tokio::test]
+async fn skip_activity_header_is_consumed() {
+    let (runner, proxy) = setup().await;
+    let reply = send(
+        proxy.addr,
+        "GET",
+        PREVIEW,
+        "/echo",
+        &[("x-daytona-skip-last-activity-update", "true")],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        runner.last().header("x-daytona-skip-last-activity-update"),
+        None
+    );
+}
