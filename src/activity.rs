@@ -29,8 +29,14 @@ pub struct ActivityConfig {
     /// Open WebSockets and streams re-mark their sandbox this often.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
-    /// `memory` (embedded default).
+    /// `memory` (embedded default), `redis` (`ZADD {redis_key} <epoch-ms> <id>`) or `daytona`.
     pub sink: String,
+    /// `daytona` sink: most `last-activity` calls in flight at once.
+    pub daytona_concurrency: usize,
+    /// Sorted set the `redis` sink writes (Daytona's own is `sandbox:activity`).
+    pub redis_key: String,
+    /// `redis` sink: replicas share the throttle through `SET {prefix}activity-lock:{id} NX PX`.
+    pub dedupe_across_replicas: bool,
 }
 
 impl Default for ActivityConfig {
@@ -41,6 +47,9 @@ impl Default for ActivityConfig {
             flush_interval: Duration::from_secs(1),
             heartbeat: Duration::from_secs(30),
             sink: "memory".into(),
+            daytona_concurrency: 16,
+            redis_key: "sandbox:activity".into(),
+            dedupe_across_replicas: false,
         }
     }
 }
@@ -52,6 +61,27 @@ pub struct SinkError(pub String);
 /// Where activity goes. A write gets the newest mark (epoch ms) per sandbox.
 pub trait ActivitySink: Send + Sync + 'static {
     fn write<'a>(&'a self, batch: &'a [(Arc<str>, u64)]) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Like [`ActivitySink::write`], but a sink that writes entry by entry can say which ones
+    /// went through, so only the rest stay pending. Default: all or nothing.
+    fn write_partial<'a>(
+        &'a self,
+        batch: &'a [(Arc<str>, u64)],
+    ) -> BoxFuture<'a, Result<(), PartialWrite>> {
+        Box::pin(async move {
+            self.write(batch).await.map_err(|error| PartialWrite {
+                written: Vec::new(),
+                error,
+            })
+        })
+    }
+}
+
+/// A write that failed in part: `written` indexes the batch entries that were written.
+#[derive(Debug)]
+pub struct PartialWrite {
+    pub written: Vec<usize>,
+    pub error: SinkError,
 }
 
 /// Keeps the last write per sandbox in memory (the embedded default; also what tests read).
@@ -184,9 +214,15 @@ impl Activity {
         if batch.is_empty() {
             return Ok(0);
         }
-        if let Err(e) = sink.write(&batch).await {
+        if let Err(PartialWrite { written, error }) = sink.write_partial(&batch).await {
+            let done: Vec<_> = written
+                .iter()
+                .filter_map(|&i| batch.get(i).cloned())
+                .collect();
             metrics().activity_flush_errors.inc();
-            return Err(e);
+            metrics().activity_writes.inc_by(done.len() as u64);
+            self.confirm(&done);
+            return Err(error);
         }
         metrics().activity_writes.inc_by(batch.len() as u64);
         self.confirm(&batch);

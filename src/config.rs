@@ -389,6 +389,17 @@ impl Config {
                 self.activity.sink
             ));
         }
+        let uses_daytona = self.registry.backend == "daytona" || self.activity.sink == "daytona";
+        let api_url = self.daytona.api_url.trim_end_matches('/');
+        if uses_daytona && !(api_url.starts_with("http://") && api_url.ends_with("/api")) {
+            return invalid(format!(
+                "daytona.api_url {:?} must be http://host[:port]/api",
+                self.daytona.api_url
+            ));
+        }
+        if uses_daytona && self.daytona.api_key.is_empty() {
+            return invalid("daytona.api_key must be set".into());
+        }
         self.auth
             .validate(&self.proxy.domains)
             .map_err(ConfigError::Invalid)?;

@@ -98,8 +98,15 @@ fn runner(req: Request<Incoming>, expected: &HeaderValue) -> Response<Full<Bytes
     }
 }
 
-/// The demo sandbox app on any port: `/` a page, `/ws` a WebSocket echo, anything else a line.
+/// The largest body `/bytes/{n}` serves.
+const MAX_FILL_BYTES: usize = 1 << 20;
+
+/// The demo sandbox app on any port: `/` a page, `/ws` a WebSocket echo, `/bytes/{n}` a body of
+/// `n` bytes (at most 1 MiB; for benchmarks), anything else a line.
 fn app(req: Request<Incoming>, sandbox: &str, port: &str, path: &str) -> Response<Full<Bytes>> {
+    if let Some(n) = path.strip_prefix("bytes/") {
+        return fill(n);
+    }
     match path {
         "" => text(
             StatusCode::OK,
@@ -111,6 +118,28 @@ fn app(req: Request<Incoming>, sandbox: &str, port: &str, path: &str) -> Respons
             StatusCode::OK,
             "text/plain",
             format!("hello from sandbox {sandbox}, port {port}, path /{path}\n"),
+        ),
+    }
+}
+
+/// `n` bytes of `x`, sliced from one shared buffer (no allocation or copy per request, so the
+/// upstream stays cheap in benchmarks).
+fn fill(n: &str) -> Response<Full<Bytes>> {
+    static FILL: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    match n.parse::<usize>() {
+        Ok(n) if n <= MAX_FILL_BYTES => {
+            let all = FILL.get_or_init(|| Bytes::from(vec![b'x'; MAX_FILL_BYTES]));
+            let mut response = Response::new(Full::new(all.slice(..n)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            response
+        }
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            format!("bytes/{{n}}: n must be a number up to {MAX_FILL_BYTES}\n"),
         ),
     }
 }

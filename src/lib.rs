@@ -5,6 +5,8 @@
 //! [`respond`]. [`proxy`] wires them; [`server`] owns listeners and connections.
 
 pub mod activity;
+pub mod activity_redis;
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -12,6 +14,7 @@ pub mod demo;
 pub mod forward;
 pub mod metrics;
 pub mod proxy;
+pub mod redis_conn;
 pub mod registry;
 pub mod respond;
 pub mod route;
@@ -26,9 +29,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::{Activity, ActivitySink, MemorySink};
+use crate::activity_redis::RedisActivitySink;
 use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::proxy::App;
+use crate::redis_conn::RedisHandle;
+use crate::registry::redis_backend::RedisRegistry;
 use crate::registry::{CacheTtls, Registry, Resolver, StaticRegistry};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +84,14 @@ impl Running {
 
 /// Builds the phases from `config`, binds the listener and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let (registry, static_registry) = build_registry(&config)?;
+    let redis = redis_handle(&config)?;
+    let (registry, static_registry) = build_registry(&config, redis.as_ref())?;
     let shutdown = CancellationToken::new();
     let relays = TaskTracker::new();
     let close_relays = CancellationToken::new();
     let activity = Activity::new(&config.activity);
     let activity_sink = Arc::new(MemorySink::default());
-    let sink = build_activity_sink(&config, &activity_sink)?;
+    let sink = build_activity_sink(&config, &activity_sink, redis.as_ref())?;
     let certs = match config.tls.enabled {
         true => Some(Arc::new(
             tls::CertResolver::new(&config.tls).map_err(StartError::Config)?,
@@ -154,6 +161,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         })
     };
     tasks.insert(0, server_task);
+    if let (Some(redis), "redis") = (&redis, config.registry.backend.as_str()) {
+        tasks.push(tokio::spawn(
+            registry::redis_backend::run_invalidation_subscriber(
+                redis.clone(),
+                Arc::downgrade(&app),
+                shutdown.clone(),
+            ),
+        ));
+    }
     Ok(Running {
         addr,
         tls_addr,
@@ -175,14 +191,37 @@ fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), Start
 
 type Backends = (Arc<dyn Registry>, Option<Arc<StaticRegistry>>);
 
+/// The shared Redis handle, when the registry or the activity sink uses Redis. Does not
+/// connect: Redis may be down at start.
+fn redis_handle(config: &Config) -> Result<Option<Arc<RedisHandle>>, StartError> {
+    if config.registry.backend != "redis" && config.activity.sink != "redis" {
+        return Ok(None);
+    }
+    let handle = RedisHandle::new(&config.redis).map_err(StartError::Config)?;
+    Ok(Some(Arc::new(handle)))
+}
+
 /// The registry backend named by `registry.backend`.
-fn build_registry(config: &Config) -> Result<Backends, StartError> {
+fn build_registry(
+    config: &Config,
+    redis: Option<&Arc<RedisHandle>>,
+) -> Result<Backends, StartError> {
     match config.registry.backend.as_str() {
         "static" => {
             let registry = Arc::new(
                 StaticRegistry::from_config(&config.registry).map_err(StartError::Config)?,
             );
             Ok((registry.clone(), Some(registry)))
+        }
+        "daytona" => {
+            let redis = config.daytona.l2_redis.then_some(&config.redis);
+            let registry = registry::DaytonaRegistry::new(&config.daytona, redis)
+                .map_err(StartError::Config)?;
+            Ok((Arc::new(registry), None))
+        }
+        "redis" => {
+            let redis = redis.ok_or_else(|| StartError::Config("redis: not configured".into()))?;
+            Ok((Arc::new(RedisRegistry::new(redis.clone())), None))
         }
         other => Err(StartError::Config(format!(
             "registry.backend {other:?} is not available yet"
@@ -194,9 +233,24 @@ fn build_registry(config: &Config) -> Result<Backends, StartError> {
 fn build_activity_sink(
     config: &Config,
     memory: &Arc<MemorySink>,
+    redis: Option<&Arc<RedisHandle>>,
 ) -> Result<Arc<dyn ActivitySink>, StartError> {
     match config.activity.sink.as_str() {
         "memory" => Ok(memory.clone()),
+        "daytona" => Ok(Arc::new(
+            registry::DaytonaActivitySink::new(
+                &config.daytona,
+                config.activity.daytona_concurrency,
+            )
+            .map_err(StartError::Config)?,
+        )),
+        "redis" => {
+            let redis = redis.ok_or_else(|| StartError::Config("redis: not configured".into()))?;
+            Ok(Arc::new(RedisActivitySink::new(
+                redis.clone(),
+                &config.activity,
+            )))
+        }
         other => Err(StartError::Config(format!(
             "activity.sink {other:?} is not available yet"
         ))),

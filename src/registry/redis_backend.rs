@@ -1,0 +1,508 @@
+//! The `redis` registry backend. Key schema: `docs/redis.md`.
+//!
+//! A sandbox and its runner are read in one round trip (a Lua script) on a single node or
+//! behind Sentinel; in Cluster mode the two hashes may live on different nodes, so it takes two.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::Value;
+
+use super::{BoxFuture, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream};
+use crate::redis_conn::{RedisFailure, RedisHandle};
+
+/// KEYS[1] = sandbox hash, ARGV[1] = key prefix.
+/// → nil (unknown) | {sandbox type} | {"hash", fields} | {"hash", fields, runner type[, fields]}
+const RESOLVE_LUA: &str = r"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return false end
+if t ~= 'hash' then return {t} end
+local s = redis.call('HGETALL', KEYS[1])
+local runner
+for i = 1, #s, 2 do if s[i] == 'runner' then runner = s[i + 1] end end
+if not runner then return {t, s} end
+local rk = ARGV[1] .. 'runner:' .. runner
+local rt = redis.call('TYPE', rk)['ok']
+if rt ~= 'hash' then return {t, s, rt} end
+return {t, s, rt, redis.call('HGETALL', rk)}
+";
+
+/// The Daytona-compatible signed preview key (no prefix: Daytona's API writes it).
+pub fn signed_preview_key(port: u16, token: &str) -> String {
+    format!("sandbox:signed-preview-url-token:{port}:{token}")
+}
+
+pub fn is_signed_token(token: &str) -> bool {
+    token.len() == 16
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+pub struct RedisRegistry {
+    redis: Arc<RedisHandle>,
+    prefix: String,
+    resolve: redis::Script,
+}
+
+type Fields = HashMap<String, String>;
+
+/// What Redis holds for a runner named by a sandbox.
+enum RunnerData {
+    Missing,
+    WrongType(String),
+    Hash(Fields),
+}
+
+impl RedisRegistry {
+    pub fn new(redis: Arc<RedisHandle>) -> RedisRegistry {
+        let prefix = redis.config().key_prefix.clone();
+        RedisRegistry {
+            redis,
+            prefix,
+            resolve: redis::Script::new(RESOLVE_LUA),
+        }
+    }
+
+    pub fn handle(&self) -> &Arc<RedisHandle> {
+        &self.redis
+    }
+
+    fn sandbox_key(&self, id: &str) -> String {
+        format!("{}sandbox:{id}", self.prefix)
+    }
+
+    async fn fetch(&self, id: &str) -> Result<Option<(Fields, Option<RunnerData>)>, RegistryError> {
+        let key = self.sandbox_key(id);
+        if self.redis.is_cluster() {
+            return self.fetch_cluster(&key).await;
+        }
+        let mut conn = self.redis.conn().await.map_err(|e| unavailable(&key, e))?;
+        let mut invocation = self.resolve.key(&key);
+        invocation.arg(&self.prefix);
+        let value: Value = self
+            .redis
+            .timed(invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|e| unavailable(&key, e))?;
+        let bad = |reason: String| RegistryError::BadData {
+            key: key.clone(),
+            reason,
+        };
+        let items = match value {
+            Value::Nil => return Ok(None),
+            Value::Array(items) => items,
+            other => return Err(bad(format!("unexpected script answer {other:?}"))),
+        };
+        let text = |i: usize| items.get(i).and_then(value_text);
+        match text(0).as_deref() {
+            Some("hash") => {}
+            Some(t) => return Err(bad(format!("expected a hash, found a {t}"))),
+            None => return Err(bad("unexpected script answer".into())),
+        }
+        let sandbox = items.get(1).map(pairs).unwrap_or_default();
+        let runner = match text(2).as_deref() {
+            None => None,
+            Some("none") => Some(RunnerData::Missing),
+            Some("hash") => Some(RunnerData::Hash(
+                items.get(3).map(pairs).unwrap_or_default(),
+            )),
+            Some(t) => Some(RunnerData::WrongType(t.to_string())),
+        };
+        Ok(Some((sandbox, runner)))
+    }
+
+    async fn fetch_cluster(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Fields, Option<RunnerData>)>, RegistryError> {
+        let sandbox: Fields = self.hgetall(key).await?;
+        if sandbox.is_empty() {
+            return Ok(None);
+        }
+        let runner = match sandbox.get("runner") {
+            None => None,
+            Some(r) => {
+                let fields = self.hgetall(&format!("{}runner:{r}", self.prefix)).await?;
+                Some(if fields.is_empty() {
+                    RunnerData::Missing
+                } else {
+                    RunnerData::Hash(fields)
+                })
+            }
+        };
+        Ok(Some((sandbox, runner)))
+    }
+
+    async fn hgetall(&self, key: &str) -> Result<Fields, RegistryError> {
+        self.redis
+            .query(redis::cmd("HGETALL").arg(key))
+            .await
+            .map_err(|e| unavailable(key, e))
+    }
+
+    async fn get_string(&self, key: &str) -> Result<Option<Box<str>>, RegistryError> {
+        let value: Option<String> = self
+            .redis
+            .query(redis::cmd("GET").arg(key))
+            .await
+            .map_err(|e| unavailable(key, e))?;
+        Ok(value.map(|v| v.trim().to_ascii_lowercase().into_boxed_str()))
+    }
+}
+
+/// A Redis error answer (e.g. WRONGTYPE) means the data is wrong; anything else, unreachable.
+fn unavailable(key: &str, e: RedisFailure) -> RegistryError {
+    match e {
+        RedisFailure::Unavailable(m) => RegistryError::Unavailable(m),
+        RedisFailure::Command(reason) => RegistryError::BadData {
+            key: key.to_string(),
+            reason,
+        },
+    }
+}
+
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+fn pairs(v: &Value) -> Fields {
+    let Value::Array(items) = v else {
+        return Fields::new();
+    };
+    items
+        .chunks_exact(2)
+        .filter_map(|kv| Some((value_text(&kv[0])?, value_text(&kv[1])?)))
+        .collect()
+}
+
+/// Turns the stored hashes into a record; every malformed field is a `BadData` naming it.
+fn parse(
+    prefix: &str,
+    id: &str,
+    sandbox: &Fields,
+    runner: Option<RunnerData>,
+) -> Result<SandboxRecord, RegistryError> {
+    let key = format!("{prefix}sandbox:{id}");
+    let bad = |reason: String| RegistryError::BadData {
+        key: key.clone(),
+        reason,
+    };
+    let upstream = match (sandbox.get("runner"), sandbox.get("address"), runner) {
+        (Some(runner_id), None, Some(data)) => {
+            let runner_key = format!("{prefix}runner:{runner_id}");
+            let fields = match data {
+                RunnerData::Hash(f) => f,
+                RunnerData::Missing => return Err(bad(format!("runner {runner_id:?} not found"))),
+                RunnerData::WrongType(t) => {
+                    return Err(bad(format!("{runner_key} is a {t}, not a hash")))
+                }
+            };
+            let field = |name: &str| {
+                fields
+                    .get(name)
+                    .ok_or_else(|| bad(format!("{runner_key} has no {name:?} field")))
+            };
+            let mut record =
+                RunnerRecord::new(runner_id, field("url")?, field("api_key")?).map_err(&bad)?;
+            record.ssh_endpoint = fields.get("ssh_endpoint").map(|s| s.as_str().into());
+            Upstream::Runner(Arc::new(record))
+        }
+        (None, Some(address), _) => {
+            if address.is_empty() || address.contains(['/', ' ', '@']) {
+                return Err(bad(format!("address {address:?} is not a host")));
+            }
+            Upstream::Direct {
+                address: address.as_str().into(),
+            }
+        }
+        _ => return Err(bad("set exactly one of the fields runner or address".into())),
+    };
+    let public = match sandbox.get("public").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(bad(format!("public must be true or false, not {other:?}"))),
+    };
+    let state = sandbox.get("state").map_or("started", String::as_str);
+    let mut record = SandboxRecord::new(id, upstream, public, state, None)
+        .with_organization(sandbox.get("organization").map(String::as_str));
+    if let Some(hex_hash) = sandbox.get("auth_token_sha256") {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(hex_hash, &mut hash)
+            .map_err(|_| bad("auth_token_sha256 must be 64 hex digits".into()))?;
+        record.auth_token_sha256 = Some(hash);
+    }
+    Ok(record)
+}
+
+impl Registry for RedisRegistry {
+    fn sandbox<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Arc<SandboxRecord>>, RegistryError>> {
+        Box::pin(async move {
+            let Some((sandbox, runner)) = self.fetch(id).await? else {
+                return Ok(None);
+            };
+            parse(&self.prefix, id, &sandbox, runner).map(|r| Some(Arc::new(r)))
+        })
+    }
+
+    fn signed_preview<'a>(
+        &'a self,
+        token: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+        Box::pin(async move {
+            if !is_signed_token(token) {
+                return Ok(None);
+            }
+            self.get_string(&signed_preview_key(port, token)).await
+        })
+    }
+
+    fn ssh_token<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+        Box::pin(async move {
+            let key = format!(
+                "{}ssh-token:{}",
+                self.prefix,
+                hex::encode(super::sha256(token))
+            );
+            self.get_string(&key).await
+        })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(self.redis.ping())
+    }
+}
+
+/// A message on `[redis] invalidation_channel`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Invalidation<'a> {
+    Sandbox(&'a str),
+    Signed(&'a str),
+    All,
+}
+
+impl<'a> Invalidation<'a> {
+    /// `sandbox:<id>`, `signed:<token>`, `all`; anything else (including `runner:<id>`, whose
+    /// sandboxes are not indexed) means everything, the safe answer.
+    pub fn parse(message: &'a str) -> Invalidation<'a> {
+        if let Some(id) = message.strip_prefix("sandbox:") {
+            Invalidation::Sandbox(id)
+        } else if let Some(token) = message.strip_prefix("signed:") {
+            Invalidation::Signed(token)
+        } else {
+            Invalidation::All
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Invalidation::Sandbox(id) => format!("sandbox:{id}"),
+            Invalidation::Signed(token) => format!("signed:{token}"),
+            Invalidation::All => "all".into(),
+        }
+    }
+
+    pub fn apply(&self, resolver: &super::Resolver) {
+        match self {
+            Invalidation::Sandbox(id) => resolver.invalidate(Some(id)),
+            Invalidation::Signed(token) => resolver.invalidate_signed(token),
+            Invalidation::All => resolver.invalidate(None),
+        }
+    }
+}
+
+/// Keeps a dedicated pub/sub connection subscribed to the invalidation channel and applies
+/// every message to the resolver of `app`. After each (re)subscription everything is
+/// invalidated, since messages may have been missed while disconnected. Ends when `stop` fires
+/// or the app is gone.
+pub async fn run_invalidation_subscriber(
+    redis: Arc<RedisHandle>,
+    app: std::sync::Weak<crate::proxy::App>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use futures_util::StreamExt;
+    let channel = redis.config().invalidation_channel.clone();
+    let timeout = redis.config().timeout;
+    let mut backoff = std::time::Duration::from_millis(50);
+    let mut failing = false;
+    while !stop.is_cancelled() {
+        let subscribe = async {
+            let client = redis.pubsub_client().await?;
+            let mut pubsub = redis.timed(client.get_async_pubsub()).await?;
+            redis.timed(pubsub.subscribe(&channel)).await?;
+            Ok::<_, RedisFailure>(pubsub)
+        };
+        match subscribe.await {
+            Ok(pubsub) => {
+                let Some(live) = app.upgrade() else { return };
+                live.resolver.invalidate(None);
+                drop(live);
+                tracing::info!(%channel, "subscribed to cache invalidations");
+                failing = false;
+                backoff = std::time::Duration::from_millis(50);
+                let (mut sink, mut messages) = pubsub.split();
+                let mut ping = tokio::time::interval(std::time::Duration::from_secs(10));
+                ping.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        message = messages.next() => {
+                            let Some(message) = message else { break };
+                            let Ok(text) = message.get_payload::<String>() else { continue };
+                            let Some(app) = app.upgrade() else { return };
+                            let invalidation = Invalidation::parse(&text);
+                            tracing::debug!(?invalidation, "cache invalidation");
+                            invalidation.apply(&app.resolver);
+                        }
+                        _ = ping.tick() => {
+                            // A half-open socket never ends the stream; a missed ping does.
+                            let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
+                            if !matches!(pong, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                tracing::warn!(%channel, "invalidation subscription lost; reconnecting");
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot subscribe to cache invalidations; retrying");
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn runner() -> Option<RunnerData> {
+        Some(RunnerData::Hash(fields(&[
+            ("url", "http://10.0.0.5:3003/"),
+            ("api_key", "k"),
+            ("ssh_endpoint", "10.0.0.5:2220"),
+        ])))
+    }
+
+    #[test]
+    fn a_full_record_parses() {
+        let hash = hex::encode(crate::registry::sha256("tok"));
+        let s = fields(&[
+            ("runner", "r1"),
+            ("public", "true"),
+            ("state", "stopped"),
+            ("organization", "org"),
+            ("auth_token_sha256", &hash),
+        ]);
+        let record = parse("p:", "sbx", &s, runner()).unwrap();
+        assert!(record.public && !record.is_running());
+        assert!(record.token_matches("tok") && !record.token_matches("other"));
+        assert_eq!(record.organization.as_deref(), Some("org"));
+        assert_eq!(
+            &*record.target_prefix,
+            "http://10.0.0.5:3003/sandboxes/sbx/toolbox"
+        );
+        let Upstream::Runner(r) = &record.upstream else {
+            panic!("runner mode")
+        };
+        assert_eq!(r.ssh_endpoint.as_deref(), Some("10.0.0.5:2220"));
+    }
+
+    #[test]
+    fn defaults_and_direct_mode() {
+        let record = parse("p:", "sbx", &fields(&[("address", "10.0.0.7")]), None).unwrap();
+        assert!(!record.public && record.is_running() && record.auth_token_sha256.is_none());
+        assert_eq!(&*record.target_prefix, "http://10.0.0.7");
+    }
+
+    #[test]
+    fn bad_records_name_the_problem() {
+        let cases: Vec<(Fields, Option<RunnerData>, &str)> = vec![
+            (fields(&[]), None, "exactly one"),
+            (
+                fields(&[("runner", "r1")]),
+                Some(RunnerData::Missing),
+                "not found",
+            ),
+            (
+                fields(&[("runner", "r1")]),
+                Some(RunnerData::WrongType("string".into())),
+                "not a hash",
+            ),
+            (
+                fields(&[("runner", "r1")]),
+                Some(RunnerData::Hash(fields(&[("url", "http://h:1")]))),
+                "api_key",
+            ),
+            (fields(&[("address", "a b")]), None, "not a host"),
+            (
+                fields(&[("address", "h"), ("public", "yes")]),
+                None,
+                "true or false",
+            ),
+            (
+                fields(&[("address", "h"), ("auth_token_sha256", "abc")]),
+                None,
+                "hex",
+            ),
+        ];
+        for (sandbox, runner, expect) in cases {
+            match parse("p:", "sbx", &sandbox, runner) {
+                Err(RegistryError::BadData { key, reason }) => {
+                    assert_eq!(key, "p:sandbox:sbx");
+                    assert!(reason.contains(expect), "{reason} / {expect}");
+                }
+                other => panic!("{sandbox:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn invalidation_messages_round_trip() {
+        for m in [
+            Invalidation::Sandbox("a"),
+            Invalidation::Signed("t"),
+            Invalidation::All,
+        ] {
+            assert_eq!(Invalidation::parse(&m.message()), m);
+        }
+        assert_eq!(Invalidation::parse("runner:r1"), Invalidation::All);
+    }
+
+    #[test]
+    fn signed_tokens_are_16_lowercase_alphanumerics() {
+        assert!(is_signed_token("abcdefgh12345678"));
+        assert!(!is_signed_token("ABCDEFGH12345678"));
+        assert!(!is_signed_token("abc"));
+        assert!(!is_signed_token("abcdefgh1234567:"));
+        let token = crate::admin::new_signed_token();
+        assert!(is_signed_token(&token), "{token}");
+    }
+}

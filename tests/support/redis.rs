@@ -1,0 +1,171 @@
+//! A throwaway `redis-server` per test: own free port, no persistence, killed on drop.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    /// Extra arguments (cluster mode, sentinel config), kept for restarts.
+    extra: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_with(|_, _| Vec::new())
+    }
+
+    /// `args(dir, port)` gives the extra arguments (the first may be a config file path).
+    pub fn start_with(args: impl FnOnce(&std::path::Path, u16) -> Vec<String>) -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = super::free_port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            extra: args(dir.path(), port),
+            dir,
+        };
+        server.restart();
+        server
+    }
+
+    /// A sentinel on its own port watching `master` as `mymaster`.
+    pub fn sentinel_for(master: &RedisServer) -> RedisServer {
+        let master_port = master.port;
+        Self::start_with(|dir, _| {
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                     sentinel down-after-milliseconds mymaster 5000\n"
+                ),
+            )
+            .expect("sentinel.conf");
+            vec![conf.display().to_string(), "--sentinel".into()]
+        })
+    }
+
+    /// Three cluster masters holding all slots; waits for `cluster_state:ok`.
+    pub fn cluster() -> Vec<RedisServer> {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                Self::start_with(|dir, _| {
+                    let dir = dir.display().to_string();
+                    ["--cluster-enabled", "yes", "--dir", &dir]
+                        .map(String::from)
+                        .to_vec()
+                })
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .arg("--cluster-yes")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create");
+        assert!(status.success(), "cluster create");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !nodes
+            .iter()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "cluster not ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nodes
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut command = Command::new("redis-server");
+        let (first, rest) = match self.extra.first() {
+            Some(conf) if !conf.starts_with("--") => (Some(conf.as_str()), &self.extra[1..]),
+            _ => (None, &self.extra[..]),
+        };
+        command.args(first);
+        let child = command
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(rest)
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.try_cli(&["PING"]).is_some_and(|o| o.trim() == "PONG") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs one command with `redis-cli` and returns its raw output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+    }
+
+    /// `INFO commandstats` as command → calls.
+    pub fn command_calls(&self) -> HashMap<String, u64> {
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((name.to_string(), calls))
+            })
+            .collect()
+    }
+
+    pub fn calls_of(&self, command: &str) -> u64 {
+        self.command_calls().get(command).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
