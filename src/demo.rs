@@ -47,13 +47,25 @@ pub async fn run_demo_runner(listener: TcpListener, api_key: String) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let expected = expected.clone();
-                async move { Ok::<_, Infallible>(runner(req, &expected)) }
+                async move { Ok::<_, Infallible>(runner(read_body(req).await, &expected)) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+/// Reads (and discards) a request body before answering, as a real app does; an upstream that
+/// answers without reading makes proxies see resets on kept-alive connections.
+async fn read_body(req: Request<Incoming>) -> Request<Incoming> {
+    use http_body_util::BodyExt;
+    if req.headers().contains_key(UPGRADE) {
+        return req;
+    }
+    let (parts, mut body) = req.into_parts();
+    while let Some(Ok(_)) = body.frame().await {}
+    Request::from_parts(parts, body)
 }
 
 fn runner(req: Request<Incoming>, expected: &HeaderValue) -> Response<Full<Bytes>> {

@@ -20,6 +20,7 @@ pub mod respond;
 pub mod route;
 pub mod server;
 pub mod tls;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,6 +107,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         activity: activity.clone(),
         forwarder: Forwarder::new(&config.proxy, relays.clone(), close_relays.clone()),
         auth: auth::Auth::from_config(&config).map_err(StartError::Config)?,
+        waker: wake::Waker::new(&config.registry.wake),
         access_log: config.log.access,
         request_ids: config.log.request_id,
     });

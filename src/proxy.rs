@@ -32,6 +32,8 @@ pub struct App {
     pub resolver: Resolver,
     /// Kept for reloads when the backend is the static registry.
     pub static_registry: Option<Arc<StaticRegistry>>,
+    /// Auto-wake hook for sandboxes that are not running.
+    pub waker: Option<Arc<crate::wake::Waker>>,
     /// TLS certificates, kept for reloads.
     pub certs: Option<Arc<crate::tls::CertResolver>>,
     pub activity: Arc<Activity>,

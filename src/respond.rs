@@ -19,8 +19,8 @@ pub enum ProxyError {
     NotFound,
     #[error("sandbox not found")]
     SandboxNotFound,
-    #[error("the sandbox is not running (state: {0}); start it and retry")]
-    SandboxNotRunning(Box<str>),
+    #[error("{}", not_running_message(state, *waking))]
+    SandboxNotRunning { state: Box<str>, waking: bool },
     #[error("{0}")]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -44,9 +44,9 @@ impl ProxyError {
         match self {
             ProxyError::Route(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotFound | ProxyError::SandboxNotFound => StatusCode::NOT_FOUND,
-            ProxyError::SandboxNotRunning(_) | ProxyError::ShuttingDown | ProxyError::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::SandboxNotRunning { .. }
+            | ProxyError::ShuttingDown
+            | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Registry(RegistryError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Registry(RegistryError::BadData { .. }) => StatusCode::BAD_GATEWAY,
             ProxyError::Auth(e) => e.status(),
@@ -64,7 +64,7 @@ impl ProxyError {
             ProxyError::Route(_) => "BAD_HOST",
             ProxyError::NotFound => "NOT_FOUND",
             ProxyError::SandboxNotFound => "SANDBOX_NOT_FOUND",
-            ProxyError::SandboxNotRunning(_) => "SANDBOX_NOT_RUNNING",
+            ProxyError::SandboxNotRunning { .. } => "SANDBOX_NOT_RUNNING",
             ProxyError::Registry(RegistryError::Unavailable(_)) => "REGISTRY_UNAVAILABLE",
             ProxyError::Registry(RegistryError::BadData { .. }) => "REGISTRY_BAD_DATA",
             ProxyError::Auth(e) => e.code(),
@@ -92,13 +92,21 @@ impl ProxyError {
 
     fn retry_after(&self) -> Option<u32> {
         match self {
-            ProxyError::SandboxNotRunning(_) => Some(5),
+            ProxyError::SandboxNotRunning { .. } => Some(5),
             ProxyError::Registry(RegistryError::Unavailable(_)) | ProxyError::ShuttingDown => {
                 Some(2)
             }
             ProxyError::Auth(e) => e.retry_after(),
             _ => None,
         }
+    }
+}
+
+fn not_running_message(state: &str, waking: bool) -> String {
+    if waking {
+        format!("the sandbox is not running (state: {state}); it is being started, retry in a few seconds")
+    } else {
+        format!("the sandbox is not running (state: {state}); start it and retry")
     }
 }
 
@@ -233,7 +241,14 @@ mod tests {
 
     #[test]
     fn not_running_says_when_to_retry() {
-        let r = error_response(&ProxyError::SandboxNotRunning("stopped".into()), "/", false);
+        let r = error_response(
+            &ProxyError::SandboxNotRunning {
+                state: "stopped".into(),
+                waking: false,
+            },
+            "/",
+            false,
+        );
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[RETRY_AFTER], "5");
     }

@@ -112,7 +112,11 @@ pub async fn admit(
         return Err(ProxyError::SandboxNotFound);
     };
     if !sandbox.is_running() {
-        return Err(ProxyError::SandboxNotRunning(sandbox.state.clone()));
+        let waking = app.waker.as_ref().is_some_and(|w| w.wake(&sandbox.id));
+        return Err(ProxyError::SandboxNotRunning {
+            state: sandbox.state.clone(),
+            waking,
+        });
     }
 
     if port.is_some() && uri.path() == oidc::SESSION_PATH && method == Method::GET {

@@ -210,7 +210,9 @@ impl Resolver {
         if self.slots.len() >= self.ttls.max_entries {
             self.evict_expired();
         }
-        let ttl = if value.is_some() {
+        // A sandbox that is not running may start any moment (auto-wake, a user): remember that
+        // only as long as a negative answer.
+        let ttl = if value.as_ref().is_some_and(|s| s.is_running()) {
             self.ttls.found
         } else {
             self.ttls.not_found
