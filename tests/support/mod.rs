@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +29,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub config_path: PathBuf,
     pub stderr_path: PathBuf,
+    stdout_lines: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -61,10 +63,22 @@ impl Proxy {
         }
         let mut child = command.spawn().expect("spawn sandgate");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read stdout");
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let collected = lines.clone();
+        std::thread::spawn(move || {
+            let mut first = Some(first_tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(line.clone());
+                }
+                collected.lock().unwrap().push(line);
+            }
+        });
+        let line = first_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_default();
         let Some(addr) = line.trim().strip_prefix("sandgate listening on http://") else {
             let _ = child.kill();
             let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
@@ -76,8 +90,35 @@ impl Proxy {
             addr,
             config_path,
             stderr_path,
+            stdout_lines: lines,
             _dir: dir,
         }
+    }
+
+    /// The address after `prefix` in a stdout line (`sandgate listening on https://`,
+    /// `sandgate admin on http://`), waiting up to 5 s for it.
+    pub fn announced(&self, prefix: &str) -> SocketAddr {
+        for _ in 0..250 {
+            let found = self
+                .stdout_lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix).map(|a| a.trim().to_string()));
+            if let Some(addr) = found {
+                return addr.parse().expect("announced address");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no stdout line starting with {prefix:?}");
+    }
+
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.announced("sandgate listening on https://")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.announced("sandgate admin on http://")
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,229 @@
+//! The operations surface: Prometheus metrics that move with traffic, the admin listener,
+//! slowloris and per-IP limits, access logs free of credentials, request ids.
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::runner::{sandboxes, Runner};
+use support::{get, send, Proxy};
+
+/// The value of one sample line (`name{labels} value`) in a Prometheus exposition.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().split(' ').next())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn scrape(admin: std::net::SocketAddr) -> String {
+    let reply = get(admin, "admin", "/metrics").await;
+    assert_eq!(reply.status, 200);
+    reply.text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(&format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+        sandboxes()
+    )));
+    let admin = proxy.admin_addr();
+    let ok = "sandgate_requests_total{kind=\"preview\",class=\"2xx\"}";
+    let not_found = "sandgate_requests_total{kind=\"preview\",class=\"4xx\"}";
+    let denied = "sandgate_auth_failures_total{code=\"AUTH_REQUIRED\"}";
+    let before = scrape(admin).await;
+    for _ in 0..3 {
+        assert_eq!(
+            get(proxy.addr, "3000-sbx-1.preview.localhost", "/")
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        get(proxy.addr, "3000-nope.preview.localhost", "/")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        get(proxy.addr, "3000-sbx-priv.preview.localhost", "/")
+            .await
+            .status,
+        401
+    );
+    let after = scrape(admin).await;
+    assert_eq!(sample(&after, ok) - sample(&before, ok), 3.0, "{after}");
+    assert_eq!(sample(&after, not_found) - sample(&before, not_found), 2.0);
+    assert_eq!(sample(&after, denied) - sample(&before, denied), 1.0);
+    assert!(sample(&after, "sandgate_route_cache_total{reason=\"hit\"}") >= 2.0);
+    assert!(sample(&after, "sandgate_request_duration_seconds_count") >= 5.0);
+    assert!(after.contains("sandgate_connections_active"));
+
+    assert_eq!(get(admin, "admin", "/health").await.status, 200);
+    assert_eq!(get(admin, "admin", "/ready").await.status, 200);
+    assert_eq!(get(admin, "admin", "/nope").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(&format!(
+        "{}[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\n",
+        sandboxes()
+    )));
+    let addr = proxy.addr;
+    let slow = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let started = Instant::now();
+        let head =
+            b"GET / HTTP/1.1\r\nHost: 3000-sbx-1.preview.localhost\r\nX-Slow: aaaaaaaaaaaaaaaa\r\n";
+        for byte in head.iter().cycle() {
+            if stream.write_all(&[*byte]).is_err() {
+                break;
+            }
+            let mut buf = [0u8; 256];
+            match stream.read(&mut buf) {
+                Ok(0) => break, // closed by the server
+                Ok(_) => break, // an error response, then close
+                Err(_) => {}    // read timeout: still open
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        started.elapsed()
+    });
+    // A normal client is served meanwhile.
+    for _ in 0..5 {
+        assert_eq!(
+            get(proxy.addr, "3000-sbx-1.preview.localhost", "/")
+                .await
+                .status,
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = tokio::task::spawn_blocking(move || slow.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        held >= Duration::from_millis(800),
+        "cut too early: {held:?}"
+    );
+    assert!(
+        held < Duration::from_secs(5),
+        "slow client held the connection for {held:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_connection_limit_holds() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(&format!(
+        "{}[server]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_ip = 2\n",
+        sandboxes()
+    )));
+    let request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let open = |n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = TcpStream::connect(proxy.addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                s.write_all(request).unwrap();
+                s
+            })
+            .collect()
+    };
+    let mut held = open(2);
+    for s in &mut held {
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    let mut third = open(1).pop().unwrap();
+    let mut buf = [0u8; 512];
+    let n = third.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the third connection from one IP is closed at accept");
+    drop(held);
+    // Slots free up when connections close.
+    let mut ok = false;
+    for _ in 0..50 {
+        let mut s = open(1).pop().unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap_or(0);
+        if String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200") {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "a slot frees up when a connection closes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_no_credentials_and_request_ids_flow() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start_with_env(&runner.config(sandboxes()), &[("RUST_LOG", "info")]);
+    let secret_query = "/p?DAYTONA_SANDBOX_AUTH_KEY=tok-secret&x=1";
+    let r = get(proxy.addr, "3000-sbx-priv.preview.localhost", secret_query).await;
+    assert_eq!(r.status, 200);
+    let r = send(
+        proxy.addr,
+        "GET",
+        "3000-sbx-priv.preview.localhost",
+        "/q",
+        &[
+            ("x-daytona-preview-token", "tok-secret"),
+            ("cookie", "daytona-sandbox-auth-sbx-priv=cookie-secret"),
+            ("x-request-id", "trace-abc-123"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-request-id"], "trace-abc-123");
+    assert_eq!(
+        runner.last().header("x-request-id").as_deref(),
+        Some("trace-abc-123")
+    );
+    let generated = get(proxy.addr, "3000-sbx-1.preview.localhost", "/").await;
+    let id = generated.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(id.len() >= 16);
+    assert_eq!(runner.last().header("x-request-id"), Some(id));
+
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = proxy.stderr();
+        if log.matches("sandgate::access").count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(log.matches("sandgate::access").count() >= 3, "{log}");
+    assert!(log.contains("trace-abc-123"));
+    for secret in [
+        "tok-secret",
+        "cookie-secret",
+        "DAYTONA_SANDBOX_AUTH_KEY",
+        "3000-sbx-priv.preview",
+    ] {
+        assert!(
+            !log.contains(secret),
+            "{secret} leaked into the log:\n{log}"
+        );
+    }
+}
