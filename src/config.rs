@@ -33,6 +33,8 @@ pub struct Config {
     /// The Daytona-compatible control-plane API (the `daytona` backend and activity sink).
     pub daytona: DaytonaConfig,
     pub log: LogConfig,
+    /// Credentials, cookies, browser login, CORS, preview warning (see `crate::auth`).
+    pub auth: crate::auth::AuthConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +135,32 @@ pub struct RegistryConfig {
     pub wake: crate::wake::WakeConfig,
     pub runners: Vec<RunnerEntry>,
     pub sandboxes: Vec<SandboxEntry>,
+    /// API keys (static backend): `key` or `key_sha256` (hex) → `organization`.
+    pub api_keys: Vec<ApiKeyEntry>,
+    /// Signed preview tokens (static backend).
+    pub signed_previews: Vec<SignedPreviewEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    pub organization: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedPreviewEntry {
+    /// 16 characters `[a-z0-9]`.
+    pub token: String,
+    pub port: u16,
+    pub sandbox: String,
+    /// Unix seconds; absent: no expiry.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
 }
 
 impl Default for RegistryConfig {
@@ -143,6 +171,8 @@ impl Default for RegistryConfig {
             wake: crate::wake::WakeConfig::default(),
             runners: Vec::new(),
             sandboxes: Vec::new(),
+            api_keys: Vec::new(),
+            signed_previews: Vec::new(),
         }
     }
 }
@@ -264,6 +294,9 @@ pub struct SandboxEntry {
     /// `started` (default), `stopped`, `starting`, ...
     #[serde(default = "default_state")]
     pub state: String,
+    /// Owning organisation: API keys and JWTs of this organisation open the sandbox.
+    #[serde(default)]
+    pub organization: Option<String>,
 }
 
 fn default_state() -> String {
@@ -389,6 +422,9 @@ impl Config {
         if uses_daytona && self.daytona.api_key.is_empty() {
             return invalid("daytona.api_key must be set".into());
         }
+        self.auth
+            .validate(&self.proxy.domains)
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

@@ -107,6 +107,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         certs: certs.clone(),
         activity: activity.clone(),
         forwarder: Forwarder::new(&config.proxy, relays.clone(), close_relays.clone()),
+        auth: auth::Auth::from_config(&config).map_err(StartError::Config)?,
         waker: wake::Waker::new(&config.registry.wake),
         max_requests_per_sandbox: config.proxy.max_requests_per_sandbox,
         access_log: config.log.access,

@@ -224,6 +224,7 @@ fn reload(app: &sandgate::proxy::App, path: Option<&std::path::Path>) {
         match registry.reload(&config.registry) {
             Ok(n) => {
                 app.resolver.invalidate(None);
+                app.auth.clear_cache();
                 tracing::info!(sandboxes = n, "static registry reloaded");
             }
             Err(e) => {

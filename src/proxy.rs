@@ -13,7 +13,8 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::activity::Activity;
-use crate::auth;
+use crate::auth::gate::{self, Admission};
+use crate::auth::Auth;
 use crate::body::ProxyBody;
 use crate::forward::{Destination, Forwarder, Target};
 use crate::metrics::{metrics, RouteKind};
@@ -39,6 +40,7 @@ pub struct App {
     pub forwarder: Forwarder,
     /// Most requests in flight per sandbox (0: no limit); beyond: 429.
     pub max_requests_per_sandbox: usize,
+    pub auth: Auth,
     /// Log one line per request (`sandgate::access` target).
     pub access_log: bool,
     /// Accept or generate `X-Request-Id`, forward it and return it.
@@ -158,7 +160,7 @@ async fn pipeline(
         .map_err(|_| RouteError::BadHost("Host is not ASCII"))?;
     let uri = req.uri().clone();
     let (sandbox_id, port, target) = match route::route(host_str, uri.path(), &app.domains)? {
-        Route::Own(own) => return own_host(app, own).await,
+        Route::Own(own) => return own_host(app, own, &req).await,
         Route::Preview { port, id_or_token } => {
             seen.kind = RouteKind::Preview;
             (id_or_token, Some(port), Target::Preview { port })
@@ -169,19 +171,13 @@ async fn pipeline(
         }
     };
 
-    let resolved = app.resolver.sandbox(&sandbox_id).await?;
-    let sandbox: Arc<SandboxRecord> = resolved.sandbox.ok_or(ProxyError::SandboxNotFound)?;
+    let entry = match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer.addr).await? {
+        Admission::Respond(response) => return Ok(response),
+        Admission::Enter(entry) => entry,
+    };
+    let sandbox = &entry.sandbox;
     seen.sandbox = Some(sandbox.clone());
-    if !sandbox.is_running() {
-        let waking = app.waker.as_ref().is_some_and(|w| w.wake(&sandbox.id));
-        return Err(ProxyError::SandboxNotRunning {
-            state: sandbox.state.clone(),
-            waking,
-        });
-    }
-
-    auth::authenticate(&app.resolver, &sandbox, port, req.headers(), uri.query()).await?;
-    let stripped_query = auth::strip_credentials(req.headers_mut(), uri.query());
+    let stripped_query = entry.query.as_deref();
 
     let skip_activity = req
         .headers_mut()
@@ -199,19 +195,20 @@ async fn pipeline(
 
     let inflight = match app.max_requests_per_sandbox {
         0 => None,
-        max => Some(InflightGuard::acquire(&sandbox, max).ok_or(ProxyError::SandboxBusy)?),
+        max => Some(InflightGuard::acquire(sandbox, max).ok_or(ProxyError::SandboxBusy)?),
     };
     let destination = Destination {
         inflight,
-        sandbox: &sandbox,
+        sandbox,
         target,
         original_host: &host,
         client_ip: &peer.ip_header,
         https: peer.https,
-        query: stripped_query.as_deref(),
+        query: stripped_query,
     };
     let mut response = app.forwarder.forward(req, destination, guard).await?;
-    if resolved.stale {
+    entry.decorate(&mut response);
+    if entry.stale {
         response
             .headers_mut()
             .insert(STALE_HEADER, HeaderValue::from_static("1"));
@@ -229,7 +226,11 @@ fn authority_value<B>(req: &Request<B>) -> Result<HeaderValue, RouteError> {
     }
 }
 
-async fn own_host(app: &App, path: OwnPath) -> Result<Response<ProxyBody>, ProxyError> {
+async fn own_host(
+    app: &App,
+    path: OwnPath,
+    req: &Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     match path {
         OwnPath::Health => Ok(json_ok(concat!(
             "{\"status\":\"ok\",\"version\":\"",
@@ -238,9 +239,8 @@ async fn own_host(app: &App, path: OwnPath) -> Result<Response<ProxyBody>, Proxy
         ))),
         OwnPath::Ready if app.resolver.ready().await => Ok(json_ok("{\"status\":\"ready\"}")),
         OwnPath::Ready => Err(ProxyError::NotReady),
-        OwnPath::Callback | OwnPath::AcceptPreviewWarning | OwnPath::NotFound => {
-            Err(ProxyError::NotFound)
-        }
+        OwnPath::Login | OwnPath::Callback => gate::own_host(app, path, req).await,
+        OwnPath::AcceptPreviewWarning | OwnPath::NotFound => Err(ProxyError::NotFound),
     }
 }
 

@@ -105,6 +105,7 @@ impl ProxyError {
             ProxyError::Registry(RegistryError::Unavailable(_)) | ProxyError::ShuttingDown => {
                 Some(2)
             }
+            ProxyError::Auth(e) => e.retry_after(),
             _ => None,
         }
     }
@@ -120,6 +121,9 @@ fn not_running_message(state: &str, waking: bool) -> String {
 
 /// True when the client is a browser navigating (it should get a page, not JSON).
 pub fn wants_html(headers: &HeaderMap) -> bool {
+    if headers.contains_key(http::header::UPGRADE) {
+        return false;
+    }
     if headers
         .get("sec-fetch-mode")
         .is_some_and(|v| v == "navigate")
@@ -160,6 +164,9 @@ pub fn error_response(error: &ProxyError, path: &str, html: bool) -> Response<Pr
                 http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
             );
+        }
+        if let Some(location) = auth.location().and_then(|l| HeaderValue::try_from(l).ok()) {
+            headers.insert(http::header::LOCATION, location);
         }
     }
     response

@@ -33,6 +33,8 @@ pub enum Route<'a> {
 pub enum OwnPath {
     Health,
     Ready,
+    /// `/login`: starts the OIDC browser login.
+    Login,
     Callback,
     AcceptPreviewWarning,
     NotFound,
@@ -238,6 +240,7 @@ fn own_host_route(path: &str) -> Result<Route<'_>, RouteError> {
     Ok(Route::Own(match path {
         "/health" => OwnPath::Health,
         "/ready" => OwnPath::Ready,
+        "/login" => OwnPath::Login,
         "/callback" => OwnPath::Callback,
         "/accept-daytona-preview-warning" => OwnPath::AcceptPreviewWarning,
         _ => OwnPath::NotFound,

@@ -59,6 +59,14 @@ pub trait Registry: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
+    /// An API key, by the SHA-256 of the key → who it belongs to.
+    fn api_key<'a>(
+        &'a self,
+        _sha256: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<Option<Principal>, RegistryError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// An SSH access token → the sandbox id.
     fn ssh_token<'a>(
         &'a self,
@@ -71,6 +79,12 @@ pub trait Registry: Send + Sync + 'static {
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async { true })
     }
+}
+
+/// Who a credential (API key, JWT) speaks for: it opens the sandboxes of its organisation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub organization: Box<str>,
 }
 
 #[derive(Debug)]

@@ -5,33 +5,44 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::{BoxFuture, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream};
+use super::{BoxFuture, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream};
 use crate::config::RegistryConfig;
 
 type Table = HashMap<Box<str>, Arc<SandboxRecord>>;
+/// (token, port) → (sandbox id, expiry in unix seconds).
+type SignedTable = HashMap<(Box<str>, u16), (Box<str>, Option<u64>)>;
+
+/// Everything the config lists, swapped as one.
+#[derive(Default)]
+struct Tables {
+    sandboxes: Table,
+    /// SHA-256 of the key → principal.
+    api_keys: HashMap<[u8; 32], Principal>,
+    signed: SignedTable,
+}
 
 /// Atomically replaceable, so a reload never blocks or drops requests.
 pub struct StaticRegistry {
-    table: ArcSwap<Table>,
+    table: ArcSwap<Tables>,
 }
 
 impl StaticRegistry {
     pub fn from_config(config: &RegistryConfig) -> Result<StaticRegistry, String> {
         Ok(StaticRegistry {
-            table: ArcSwap::from_pointee(build_table(config)?),
+            table: ArcSwap::from_pointee(build_tables(config)?),
         })
     }
 
     /// Swaps in a new table; on error the old one stays in force.
     pub fn reload(&self, config: &RegistryConfig) -> Result<usize, String> {
-        let table = build_table(config)?;
-        let n = table.len();
+        let table = build_tables(config)?;
+        let n = table.sandboxes.len();
         self.table.store(Arc::new(table));
         Ok(n)
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<SandboxRecord>> {
-        self.table.load().get(id).cloned()
+        self.table.load().sandboxes.get(id).cloned()
     }
 }
 
@@ -43,6 +54,86 @@ impl Registry for StaticRegistry {
         let found = self.get(id);
         Box::pin(async move { Ok(found) })
     }
+
+    fn api_key<'a>(
+        &'a self,
+        sha256: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<Option<Principal>, RegistryError>> {
+        let found = self.table.load().api_keys.get(sha256).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn signed_preview<'a>(
+        &'a self,
+        token: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+        let now = crate::auth::sign::now_unix();
+        let found = self
+            .table
+            .load()
+            .signed
+            .get(&(Box::from(token), port))
+            .filter(|(_, expires)| expires.is_none_or(|e| e > now))
+            .map(|(id, _)| id.clone());
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+fn build_tables(config: &RegistryConfig) -> Result<Tables, String> {
+    let sandboxes = build_table(config)?;
+    let mut api_keys = HashMap::new();
+    for (i, k) in config.api_keys.iter().enumerate() {
+        let hash = match (&k.key, &k.key_sha256) {
+            (Some(key), None) if !key.is_empty() => super::sha256(key),
+            (None, Some(hex_hash)) => {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(hex_hash, &mut out).map_err(|_| {
+                    format!("registry.api_keys[{i}]: key_sha256 must be 64 hex digits")
+                })?;
+                out
+            }
+            _ => {
+                return Err(format!(
+                    "registry.api_keys[{i}]: set exactly one of key or key_sha256"
+                ))
+            }
+        };
+        if k.organization.is_empty() {
+            return Err(format!("registry.api_keys[{i}]: organization is required"));
+        }
+        api_keys.insert(
+            hash,
+            Principal {
+                organization: k.organization.as_str().into(),
+            },
+        );
+    }
+    let mut signed = HashMap::new();
+    for s in &config.signed_previews {
+        let well_formed = s.token.len() == 16
+            && s.token
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !well_formed {
+            return Err(format!(
+                "registry.signed_previews: token {:?} must be 16 characters [a-z0-9]",
+                s.token
+            ));
+        }
+        if s.port == 0 {
+            return Err("registry.signed_previews: port must be 1..65535".into());
+        }
+        signed.insert(
+            (s.token.as_str().into(), s.port),
+            (s.sandbox.to_ascii_lowercase().into(), s.expires_at),
+        );
+    }
+    Ok(Tables {
+        sandboxes,
+        api_keys,
+        signed,
+    })
 }
 
 fn build_table(config: &RegistryConfig) -> Result<Table, String> {
@@ -89,7 +180,8 @@ fn build_table(config: &RegistryConfig) -> Result<Table, String> {
             return Err(format!("sandbox id {:?} must be [A-Za-z0-9_-]+", s.id));
         }
         let record =
-            SandboxRecord::new(&s.id, upstream, s.public, &s.state, s.auth_token.as_deref());
+            SandboxRecord::new(&s.id, upstream, s.public, &s.state, s.auth_token.as_deref())
+                .with_organization(s.organization.as_deref());
         if table
             .insert(s.id.to_ascii_lowercase().into(), Arc::new(record))
             .is_some()

@@ -2,7 +2,10 @@
 //! talk to it over real sockets.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod control_plane;
+pub mod oidc;
+pub mod recorder;
 pub mod redis;
 pub mod runner;
 

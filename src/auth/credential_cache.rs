@@ -1,0 +1,107 @@
+//! Credential verdicts cached per (sandbox, credential kind, SHA-256 of the credential): never
+//! the raw credential. Valid answers live 2 min (never past the token's own expiry), invalid
+//! ones 5 s. Bounded: cleared whole when full (rare, and only costs re-verification).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+
+use super::AuthError;
+
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Bearer,
+}
+
+type Key = (Box<str>, Kind, [u8; 32]);
+
+pub struct CredentialCache {
+    valid_ttl: Duration,
+    invalid_ttl: Duration,
+    map: DashMap<Key, (Result<(), AuthError>, Instant)>,
+}
+
+impl CredentialCache {
+    pub fn new(valid_ttl: Duration, invalid_ttl: Duration) -> Self {
+        CredentialCache {
+            valid_ttl,
+            invalid_ttl,
+            map: DashMap::new(),
+        }
+    }
+
+    pub fn get(&self, sandbox: &str, kind: Kind, hash: &[u8; 32]) -> Option<Result<(), AuthError>> {
+        let entry = self.map.get(&(Box::from(sandbox), kind, *hash))?;
+        (entry.1 > Instant::now()).then(|| entry.0.clone())
+    }
+
+    /// `expires_at`: the credential's own expiry (unix seconds), which caps a valid verdict.
+    pub fn put(
+        &self,
+        sandbox: &str,
+        kind: Kind,
+        hash: [u8; 32],
+        verdict: Result<(), AuthError>,
+        expires_at: Option<u64>,
+    ) {
+        let mut ttl = if verdict.is_ok() {
+            self.valid_ttl
+        } else {
+            self.invalid_ttl
+        };
+        if let Some(exp) = expires_at {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            ttl = ttl.min(Duration::from_secs(exp.saturating_sub(now)));
+        }
+        if ttl.is_zero() {
+            return;
+        }
+        if self.map.len() >= MAX_ENTRIES {
+            let now = Instant::now();
+            self.map.retain(|_, v| v.1 > now);
+            if self.map.len() >= MAX_ENTRIES {
+                self.map.clear();
+            }
+        }
+        self.map.insert(
+            (sandbox.into(), kind, hash),
+            (verdict, Instant::now() + ttl),
+        );
+    }
+
+    pub fn clear(&self) {
+        self.map.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_are_per_sandbox_and_expire() {
+        let c = CredentialCache::new(Duration::from_secs(120), Duration::from_millis(30));
+        let h = [7u8; 32];
+        c.put("a", Kind::Bearer, h, Ok(()), None);
+        c.put("b", Kind::Bearer, h, Err(AuthError::Forbidden), None);
+        assert_eq!(c.get("a", Kind::Bearer, &h), Some(Ok(())));
+        assert_eq!(
+            c.get("b", Kind::Bearer, &h),
+            Some(Err(AuthError::Forbidden))
+        );
+        assert_eq!(c.get("c", Kind::Bearer, &h), None);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(c.get("b", Kind::Bearer, &h), None);
+        c.put("d", Kind::Bearer, h, Ok(()), Some(0));
+        assert_eq!(
+            c.get("d", Kind::Bearer, &h),
+            None,
+            "capped by the token's expiry"
+        );
+    }
+}

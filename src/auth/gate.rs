@@ -1,0 +1,232 @@
+//! The auth gate of the pipeline: between route and forward, it answers CORS preflights,
+//! handles the proxy's own paths on preview hosts (warning accept, login session), resolves the
+//! sandbox (through a signed preview token when the host carries one), authenticates, shows the
+//! preview warning, and strips every credential before the request goes on.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, LOCATION, SET_COOKIE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::cors::{self, CorsDecision, DISABLE_CORS_HEADER};
+use super::{oidc, strip_credentials, warning, AuthError, AuthRequest};
+use crate::body::ProxyBody;
+use crate::proxy::App;
+use crate::registry::SandboxRecord;
+use crate::respond::{wants_html, ProxyError};
+use crate::route::{self, OwnPath, Route};
+
+const MAX_FORM_BYTES: usize = 8 * 1024;
+
+pub enum Admission {
+    /// The gate answered the request itself.
+    Respond(Response<ProxyBody>),
+    /// The request may enter the sandbox.
+    Enter(Entry),
+}
+
+pub struct Entry {
+    pub sandbox: Arc<SandboxRecord>,
+    /// The sandbox came from a stale cache entry.
+    pub stale: bool,
+    /// The query without the proxy's credential (`None`: unchanged).
+    pub query: Option<String>,
+    set_cookie: Option<HeaderValue>,
+    cors: CorsDecision,
+}
+
+impl Entry {
+    /// Adds the proxy's cookie and CORS headers to the sandbox's response.
+    pub fn decorate(&self, response: &mut Response<ProxyBody>) {
+        if let Some(c) = &self.set_cookie {
+            response.headers_mut().append(SET_COOKIE, c.clone());
+        }
+        cors::decorate(response.headers_mut(), &self.cors);
+    }
+}
+
+/// A 16-character `[a-z0-9]` label may be a signed preview token.
+pub fn is_signed_shape(label: &str) -> bool {
+    label.len() == 16
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+pub async fn admit(
+    app: &App,
+    req: &mut Request<Incoming>,
+    host: &str,
+    id_or_token: &str,
+    port: Option<u16>,
+    peer: SocketAddr,
+) -> Result<Admission, ProxyError> {
+    let auth = &app.auth;
+    let uri = req.uri().clone();
+    let method = req.method().clone();
+
+    let cors_disabled = req
+        .headers()
+        .get(DISABLE_CORS_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    let cors = auth.cors.decide(req.headers_mut());
+    if let Some(r) = auth
+        .cors
+        .preflight(&method, req.headers(), &cors, cors_disabled)
+    {
+        return Ok(Admission::Respond(r));
+    }
+
+    if port.is_some() && uri.path() == warning::ACCEPT_PATH && method == Method::POST {
+        let form = Limited::new(req.body_mut(), MAX_FORM_BYTES)
+            .collect()
+            .await
+            .map_err(|_| AuthError::Csrf)?
+            .to_bytes();
+        return warning::accept(&auth.signer, auth.flags, host, uri.query(), &form)
+            .map(Admission::Respond)
+            .ok_or_else(|| AuthError::Csrf.into());
+    }
+
+    let mut sandbox_id = Cow::Borrowed(id_or_token);
+    let mut signed = false;
+    if let Some(port) = port.filter(|_| is_signed_shape(id_or_token)) {
+        if let Err(seconds) = auth.limiter.check(peer.ip()) {
+            return Err(AuthError::RateLimited(seconds).into());
+        }
+        if let Some(id) = app.resolver.signed_preview(id_or_token, port).await? {
+            sandbox_id = Cow::Owned(id.into());
+            signed = true;
+        }
+    }
+    let resolved = app.resolver.sandbox(&sandbox_id).await?;
+    let Some(sandbox) = resolved.sandbox else {
+        if is_signed_shape(id_or_token) {
+            // Guessing signed tokens through the host counts as a failed credential.
+            auth.limiter.record_failure(peer.ip());
+        }
+        return Err(ProxyError::SandboxNotFound);
+    };
+    if !sandbox.is_running() {
+        let waking = app.waker.as_ref().is_some_and(|w| w.wake(&sandbox.id));
+        return Err(ProxyError::SandboxNotRunning {
+            state: sandbox.state.clone(),
+            waking,
+        });
+    }
+
+    if port.is_some() && uri.path() == oidc::SESSION_PATH && method == Method::GET {
+        return oidc::session(auth, host, uri.query(), &sandbox, id_or_token)
+            .map(Admission::Respond)
+            .map_err(Into::into);
+    }
+
+    let navigation = matches!(method, Method::GET | Method::HEAD) && wants_html(req.headers());
+    let granted = auth
+        .authenticate(
+            &app.resolver,
+            &AuthRequest {
+                sandbox: &sandbox,
+                port,
+                id_or_token,
+                signed,
+                headers: req.headers(),
+                query: uri.query(),
+                path: uri.path(),
+                host,
+                peer: peer.ip(),
+                navigation,
+            },
+        )
+        .await?;
+    if let Some(location) = &granted.redirect {
+        let mut response = Response::new(ProxyBody::Empty);
+        *response.status_mut() = StatusCode::FOUND;
+        if let Ok(v) = HeaderValue::try_from(location.as_str()) {
+            response.headers_mut().insert(LOCATION, v);
+        }
+        if let Some(c) = &granted.set_cookie {
+            response.headers_mut().insert(SET_COOKIE, c.clone());
+        }
+        response.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        return Ok(Admission::Respond(response));
+    }
+    if auth.preview_warning && navigation && warning::applies(port, &method, req.headers()) {
+        let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+        return Ok(Admission::Respond(warning::page(
+            &auth.signer,
+            host,
+            path_and_query,
+        )));
+    }
+
+    if granted.consumed_authorization {
+        req.headers_mut().remove(AUTHORIZATION);
+    }
+    let query = strip_credentials(req.headers_mut(), uri.query());
+    Ok(Admission::Enter(Entry {
+        sandbox,
+        stale: resolved.stale,
+        query,
+        set_cookie: granted.set_cookie,
+        cors,
+    }))
+}
+
+/// `/login` and `/callback` on the proxy's own host.
+pub async fn own_host(
+    app: &App,
+    path: OwnPath,
+    req: &Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Some(oidc) = &app.auth.oidc else {
+        return Err(ProxyError::NotFound);
+    };
+    let query = req.uri().query();
+    match path {
+        OwnPath::Login => {
+            let is_preview = |authority: &str| {
+                matches!(
+                    route::route(authority, "/", &app.domains),
+                    Ok(Route::Preview { .. })
+                )
+            };
+            Ok(oidc.login(&app.auth, query, is_preview).await?)
+        }
+        OwnPath::Callback => {
+            oidc.callback(&app.auth, req.headers(), query, |authority| async move {
+                resolve_preview_host(app, &authority).await
+            })
+            .await
+        }
+        _ => Err(ProxyError::NotFound),
+    }
+}
+
+/// The sandbox a preview authority (`<port>-<idOrToken>.<domain>[:port]`) names.
+async fn resolve_preview_host(
+    app: &App,
+    authority: &str,
+) -> Result<Arc<SandboxRecord>, ProxyError> {
+    let Route::Preview { port, id_or_token } = route::route(authority, "/", &app.domains)? else {
+        return Err(AuthError::BadLogin("returnTo must be a preview URL").into());
+    };
+    let mut id: Cow<'_, str> = Cow::Borrowed(&id_or_token);
+    if is_signed_shape(&id_or_token) {
+        if let Some(found) = app.resolver.signed_preview(&id_or_token, port).await? {
+            id = Cow::Owned(found.into());
+        }
+    }
+    app.resolver
+        .sandbox(&id)
+        .await?
+        .sandbox
+        .ok_or(ProxyError::SandboxNotFound)
+}

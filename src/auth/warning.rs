@@ -1,0 +1,218 @@
+//! The optional preview warning: an interstitial for browsers that have not accepted it yet,
+//! and the `POST /accept-daytona-preview-warning` handler (CSRF-checked) on the preview host.
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, USER_AGENT};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::cookie::{self, CookieFlags, WARNING_COOKIE};
+use super::return_to::same_host_path;
+use super::sign::{now_unix, Signer};
+use crate::body::ProxyBody;
+use crate::respond::escape_html;
+use crate::route::is_reserved_port;
+
+pub const ACCEPT_PATH: &str = "/accept-daytona-preview-warning";
+pub const SKIP_HEADER: HeaderName = HeaderName::from_static("x-daytona-skip-preview-warning");
+const CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'";
+const CSRF_PURPOSE: &str = "warning-csrf";
+const CSRF_TTL: u64 = 3600;
+const ACCEPTED_MAX_AGE: u64 = 86_400;
+
+#[derive(Serialize, Deserialize)]
+struct Csrf {
+    h: String,
+    e: u64,
+}
+
+/// Should this request get the interstitial? (Call after authentication.)
+pub fn applies(port: Option<u16>, method: &Method, headers: &HeaderMap) -> bool {
+    let Some(port) = port else { return false };
+    !is_reserved_port(port)
+        && method == Method::GET
+        && !headers.contains_key(http::header::UPGRADE)
+        && !headers
+            .get(SKIP_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+        && headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ua| ua.contains("Mozilla"))
+        && cookie::get(headers, WARNING_COOKIE) != Some("true")
+}
+
+/// The interstitial for `host`, returning to `path_and_query` once accepted.
+pub fn page(signer: &Signer, host: &str, path_and_query: &str) -> Response<ProxyBody> {
+    let csrf = signer
+        .sign(
+            CSRF_PURPOSE,
+            &Csrf {
+                h: host.to_ascii_lowercase(),
+                e: now_unix() + CSRF_TTL,
+            },
+        )
+        .unwrap_or_default();
+    let action = format!(
+        "{ACCEPT_PATH}?redirect={}",
+        super::http_client::encode(&same_host_path(path_and_query, host))
+    );
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>Preview warning</title>\
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#222}}\
+button{{font:inherit;padding:.4em 1.2em}}</style></head><body>\
+<h1>You are about to open a sandbox preview</h1>\
+<p><code>{host}</code> serves content from a development sandbox. It is not operated or vetted \
+by this platform: do not enter passwords or personal data unless you trust its owner.</p>\
+<form method=\"post\" action=\"{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<button type=\"submit\">Continue</button></form></body></html>",
+        host = escape_html(host),
+        action = escape_html(&action),
+        csrf = escape_html(&csrf),
+    );
+    let mut response = Response::new(ProxyBody::full(body));
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        http::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    );
+    response
+}
+
+/// Handles the accept form: `None` when the CSRF token is missing or not for this host.
+pub fn accept(
+    signer: &Signer,
+    flags: CookieFlags,
+    host: &str,
+    query: Option<&str>,
+    form: &[u8],
+) -> Option<Response<ProxyBody>> {
+    let form = std::str::from_utf8(form).ok()?;
+    let csrf = form.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "csrf").then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })?;
+    let token: Csrf = signer.verify(CSRF_PURPOSE, &csrf)?;
+    if !token.h.eq_ignore_ascii_case(host) || token.e <= now_unix() {
+        return None;
+    }
+    let raw = query
+        .and_then(|q| super::query_param(q, "redirect"))
+        .map(|r| {
+            percent_encoding::percent_decode_str(r)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_else(|| "/".into());
+    let location = same_host_path(&raw, host);
+    let mut response = Response::new(ProxyBody::Empty);
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::try_from(location) {
+        h.insert(LOCATION, v);
+    }
+    if let Some(c) = flags.set_cookie(WARNING_COOKIE, "true", ACCEPTED_MAX_AGE) {
+        h.insert(http::header::SET_COOKIE, c);
+    }
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn signer() -> Signer {
+        Signer::new(vec![b"w".repeat(32)])
+    }
+
+    #[test]
+    fn applies_to_browsers_only() {
+        let mut h = HeaderMap::new();
+        h.insert(USER_AGENT, "Mozilla/5.0".parse().unwrap());
+        assert!(applies(Some(3000), &Method::GET, &h));
+        assert!(!applies(Some(22222), &Method::GET, &h));
+        assert!(!applies(None, &Method::GET, &h));
+        assert!(!applies(Some(3000), &Method::POST, &h));
+        let mut skip = h.clone();
+        skip.insert(SKIP_HEADER, "true".parse().unwrap());
+        assert!(!applies(Some(3000), &Method::GET, &skip));
+        let mut ws = h.clone();
+        ws.insert(http::header::UPGRADE, "websocket".parse().unwrap());
+        assert!(!applies(Some(3000), &Method::GET, &ws));
+        let mut accepted = h.clone();
+        accepted.insert(
+            http::header::COOKIE,
+            "a=1; daytona-preview-page-accepted=true".parse().unwrap(),
+        );
+        assert!(!applies(Some(3000), &Method::GET, &accepted));
+        assert!(!applies(Some(3000), &Method::GET, &HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn page_escapes_and_accept_checks_csrf() {
+        let s = signer();
+        let host = "3000-sbx.preview.localhost";
+        let r = page(&s, host, "/\"><script>alert(1)</script>");
+        assert_eq!(r.headers()[http::header::CONTENT_SECURITY_POLICY], CSP);
+        let text =
+            String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(!text.contains("<script>"));
+        let csrf = text
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let flags = CookieFlags { secure: false };
+        let form = format!("csrf={csrf}");
+        let ok = accept(
+            &s,
+            flags,
+            host,
+            Some("redirect=%2Fapp%3Fx%3D1"),
+            form.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(ok.status(), 303);
+        assert_eq!(ok.headers()[LOCATION], "/app?x=1");
+        assert!(ok.headers()[http::header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .starts_with("daytona-preview-page-accepted=true; Max-Age=86400"));
+        let evil = accept(
+            &s,
+            flags,
+            host,
+            Some("redirect=%2F%2Fevil.com"),
+            form.as_bytes(),
+        );
+        assert_eq!(evil.unwrap().headers()[LOCATION], "/");
+        assert!(accept(
+            &s,
+            flags,
+            "3001-sbx.preview.localhost",
+            None,
+            form.as_bytes()
+        )
+        .is_none());
+        assert!(accept(&s, flags, host, None, b"csrf=forged.token").is_none());
+        assert!(accept(&s, flags, host, None, b"").is_none());
+    }
+}
