@@ -58,7 +58,8 @@ async fn stopped_sandbox_calls_the_start_hook_once_per_interval() {
         "[proxy]\ndomains = [\"preview.localhost\"]\n\
          [registry.wake]\nurl = \"http://{hook_addr}/api/sandbox/{{id}}/start\"\napi_key = \"wake-key\"\ninterval = \"1h\"\n\
          [[registry.sandboxes]]\nid = \"sleepy\"\naddress = \"127.0.0.1\"\npublic = true\nstate = \"stopped\"\n\
-         [[registry.sandboxes]]\nid = \"other\"\naddress = \"127.0.0.1\"\npublic = true\nstate = \"archived\"\n"
+         [[registry.sandboxes]]\nid = \"other\"\naddress = \"127.0.0.1\"\npublic = true\nstate = \"archived\"\n\
+         [[registry.sandboxes]]\nid = \"private\"\naddress = \"127.0.0.1\"\nauth_token = \"tok\"\nstate = \"stopped\"\n"
     ));
     for _ in 0..5 {
         let reply = get(proxy.addr, "3000-sleepy.preview.localhost", "/").await;
@@ -81,6 +82,10 @@ async fn stopped_sandbox_calls_the_start_hook_once_per_interval() {
     .await;
     assert_eq!(page.status, 503);
     assert!(page.text().contains("<html"), "browsers get a page");
+
+    // Without a credential, a private sandbox neither reveals its state nor wakes.
+    let anonymous = get(proxy.addr, "3000-private.preview.localhost", "/").await;
+    assert_eq!(anonymous.status, 401);
 
     for _ in 0..100 {
         if calls.lock().unwrap().len() >= 2 {

@@ -111,14 +111,6 @@ pub async fn admit(
         }
         return Err(ProxyError::SandboxNotFound);
     };
-    if !sandbox.is_running() {
-        let waking = app.waker.as_ref().is_some_and(|w| w.wake(&sandbox.id));
-        return Err(ProxyError::SandboxNotRunning {
-            state: sandbox.state.clone(),
-            waking,
-        });
-    }
-
     if port.is_some() && uri.path() == oidc::SESSION_PATH && method == Method::GET {
         return oidc::session(auth, host, uri.query(), &sandbox, id_or_token)
             .map(Admission::Respond)
@@ -157,6 +149,14 @@ pub async fn admit(
             HeaderValue::from_static("no-store"),
         );
         return Ok(Admission::Respond(response));
+    }
+    // Only a caller who may enter learns the state or wakes the sandbox.
+    if !sandbox.is_running() {
+        let waking = app.waker.as_ref().is_some_and(|w| w.wake(&sandbox.id));
+        return Err(ProxyError::SandboxNotRunning {
+            state: sandbox.state.clone(),
+            waking,
+        });
     }
     if auth.preview_warning && navigation && warning::applies(port, &method, req.headers()) {
         let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
