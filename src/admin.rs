@@ -48,6 +48,31 @@ pub enum RegistryCommand {
         #[arg(long)]
         auth_token: Option<String>,
     },
+    /// Store an API key (only its SHA-256): it opens the sandboxes of its organisation.
+    PutApiKey {
+        #[arg(
+            long,
+            required_unless_present = "key_sha256",
+            conflicts_with = "key_sha256"
+        )]
+        key: Option<String>,
+        /// The key's SHA-256 in hex, when the key itself should not pass through this machine.
+        #[arg(long)]
+        key_sha256: Option<String>,
+        #[arg(long)]
+        organization: String,
+    },
+    /// Revoke an API key (cached verdicts expire within `[registry.cache] ttl`).
+    RmApiKey {
+        #[arg(
+            long,
+            required_unless_present = "key_sha256",
+            conflicts_with = "key_sha256"
+        )]
+        key: Option<String>,
+        #[arg(long)]
+        key_sha256: Option<String>,
+    },
     /// Remove a sandbox or a runner.
     Rm {
         #[arg(long, required_unless_present = "runner", conflicts_with = "runner")]
@@ -233,6 +258,17 @@ fn shown(fields: &BTreeMap<String, String>) -> Value {
     Value::Object(out)
 }
 
+/// The hex SHA-256 of an API key, from the key or given directly.
+fn api_key_hash(key: Option<&str>, key_sha256: Option<&str>) -> Result<String> {
+    match (key, key_sha256) {
+        (Some(key), _) if !key.is_empty() => Ok(hex::encode(crate::registry::sha256(key))),
+        (None, Some(h)) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(h.to_ascii_lowercase())
+        }
+        _ => invalid("give --key or --key-sha256 (64 hex digits)"),
+    }
+}
+
 pub async fn registry(config: &Config, command: RegistryCommand) -> Result<String> {
     let admin = Admin::new(config)?;
     match command {
@@ -303,6 +339,31 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
             pipe.hset_multiple(&key, &fields).ignore();
             admin.write::<()>(pipe, Invalidation::Sandbox(&id)).await?;
             Ok(json!({"sandbox": id, "stored": true}).to_string())
+        }
+        RegistryCommand::PutApiKey {
+            key,
+            key_sha256,
+            organization,
+        } => {
+            let hash = api_key_hash(key.as_deref(), key_sha256.as_deref())?;
+            if organization.is_empty() {
+                return invalid("--organization must not be empty");
+            }
+            let mut pipe = admin.pipe();
+            pipe.set(admin.key("api-key", &hash), &organization)
+                .ignore();
+            admin.write::<()>(pipe, Invalidation::All).await?;
+            Ok(json!({"api_key_sha256": format!("{}…", &hash[..8]), "organization": organization, "stored": true}).to_string())
+        }
+        RegistryCommand::RmApiKey { key, key_sha256 } => {
+            let hash = api_key_hash(key.as_deref(), key_sha256.as_deref())?;
+            let mut pipe = admin.pipe();
+            pipe.del(admin.key("api-key", &hash));
+            let (removed,): (u32,) = admin.write(pipe, Invalidation::All).await?;
+            if removed == 0 {
+                return Err(AdminError::NotFound("no such API key".into()));
+            }
+            Ok(json!({"api_key_sha256": format!("{}…", &hash[..8]), "removed": true}).to_string())
         }
         RegistryCommand::Rm { sandbox, runner } => {
             let (kind, id) = match (sandbox, runner) {

@@ -492,3 +492,52 @@ async fn redis_down_falls_back_to_the_api() {
     }
     assert!(proxy.stderr().contains("Redis L2 reachable again"));
 }
+
+/// How Daytona SDKs authenticate: `Authorization: Bearer <user token>`, decided by the control
+/// plane's `GET /preview/{id}/access` (200 yes, 404 no, 401 bad token), and cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_bearers_are_checked_by_the_access_endpoint() {
+    let cp = control_plane().await;
+    cp.add_sandbox("priv-1", FakeSandbox::new("runner-1", false));
+    cp.world()
+        .users
+        .insert("user-ok".into(), vec!["priv-1".into()]);
+    cp.world()
+        .users
+        .insert("user-other".into(), vec!["elsewhere".into()]);
+    let proxy = Proxy::start(&proxy_config(&cp, ""));
+    let call = |bearer: &'static str| {
+        let addr = proxy.addr;
+        async move {
+            let auth = format!("Bearer {bearer}");
+            support::send(
+                addr,
+                "GET",
+                "127.0.0.1",
+                "/toolbox/priv-1/version",
+                &[("authorization", &auth)],
+                b"",
+            )
+            .await
+        }
+    };
+    let ok = call("user-ok").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["version"], "demo");
+    assert_eq!(call("user-ok").await.status, 200);
+    assert_eq!(
+        cp.calls(support::control_plane::ACCESS),
+        1,
+        "the verdict is cached"
+    );
+    let other = call("user-other").await;
+    assert_eq!(
+        (other.status, other.json()["code"].clone()),
+        (403, "FORBIDDEN".into())
+    );
+    let bad = call("nobody").await;
+    assert_eq!(
+        (bad.status, bad.json()["code"].clone()),
+        (401, "TOKEN_INVALID".into())
+    );
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::redis::RedisServer;
-use support::{get, Proxy, BIN};
+use support::{get, send, Proxy, BIN};
 
 /// A demo runner on a free port answering for `key`.
 async fn demo_runner(key: &str) -> SocketAddr {
@@ -787,4 +787,87 @@ async fn activity_marks_made_during_a_sink_outage_land_when_redis_returns() {
     .await;
     println!("latest mark landed {took:?} after a ~2s sink outage");
     assert!(proxy.stderr().contains("activity flush failed"));
+}
+
+/// API keys in Redis (`put-api-key` stores only the hash): a key opens the sandboxes of its
+/// organisation, another organisation's are 403, and the key never reaches the sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_open_their_organisation() {
+    let redis = RedisServer::start();
+    let cli = cli_config(&redis);
+    let runner = demo_runner("rk").await;
+    put_runner(&cli.path, "r1", runner, "rk");
+    put_sandbox(&cli.path, "mine", "r1", &["--organization", "org-a"]);
+    put_sandbox(&cli.path, "theirs", "r1", &["--organization", "org-b"]);
+    let stored = ok(
+        &cli.path,
+        &[
+            "registry",
+            "put-api-key",
+            "--key",
+            "sk-live-123",
+            "--organization",
+            "org-a",
+        ],
+    );
+    assert!(!stored.contains("sk-live-123"), "{stored}");
+    let raw_keys: Vec<String> = redis
+        .cli(&["KEYS", "*"])
+        .lines()
+        .map(String::from)
+        .collect();
+    assert!(
+        raw_keys.iter().all(|k| !k.contains("sk-live-123")),
+        "{raw_keys:?}"
+    );
+
+    let proxy = start_proxy(&redis_toml(&redis, ""));
+    let auth = [("authorization", "Bearer sk-live-123")];
+    let mine = send(
+        proxy.addr,
+        "GET",
+        "127.0.0.1",
+        "/toolbox/mine/version",
+        &auth,
+        b"",
+    )
+    .await;
+    assert_eq!(mine.status, 200, "{}", mine.text());
+    let theirs = send(
+        proxy.addr,
+        "GET",
+        "127.0.0.1",
+        "/toolbox/theirs/version",
+        &auth,
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (theirs.status, theirs.json()["code"].clone()),
+        (403, "FORBIDDEN".into())
+    );
+    let wrong = [("authorization", "Bearer sk-live-999")];
+    let unknown = send(
+        proxy.addr,
+        "GET",
+        "127.0.0.1",
+        "/toolbox/mine/version",
+        &wrong,
+        b"",
+    )
+    .await;
+    assert_eq!(unknown.status, 401);
+
+    ok(
+        &cli.path,
+        &["registry", "rm-api-key", "--key", "sk-live-123"],
+    );
+    let (removed_again, _, stderr) = sandgate(
+        &cli.path,
+        &["registry", "rm-api-key", "--key", "sk-live-123"],
+    );
+    assert!(
+        !removed_again && stderr.contains("no such API key"),
+        "{stderr}"
+    );
 }

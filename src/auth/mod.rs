@@ -34,6 +34,8 @@ use cookie::{CookieCheck, CookieFlags};
 use credential_cache::{CredentialCache, Kind};
 use http_client::HttpClient;
 use jwt::{JwtError, JwtVerifier};
+
+use crate::registry::BearerVerdict;
 use sign::Signer;
 
 pub const PREVIEW_TOKEN_HEADER: &str = "x-daytona-preview-token";
@@ -275,7 +277,10 @@ impl Auth {
         };
 
         if let Some(token) = bearer(req.headers) {
-            match self.check_bearer(resolver, sandbox, token).await? {
+            match self
+                .check_bearer(resolver, sandbox, token, req.peer)
+                .await?
+            {
                 Ok(()) => {
                     return Ok(Granted {
                         consumed_authorization: true,
@@ -357,7 +362,7 @@ impl Auth {
         let Some(token) = bearer(req.headers) else {
             return false;
         };
-        match self.check_bearer(resolver, sandbox, token).await {
+        match self.check_bearer(resolver, sandbox, token, req.peer).await {
             Ok(Ok(())) | Ok(Err(AuthError::Forbidden | AuthError::TokenExpired)) => true,
             Ok(Err(_)) => false,
             Err(_) => true,
@@ -371,6 +376,7 @@ impl Auth {
         resolver: &Resolver,
         sandbox: &SandboxRecord,
         token: &str,
+        peer: std::net::IpAddr,
     ) -> Result<Result<(), AuthError>, ProxyError> {
         let hash = crate::registry::sha256(token);
         if let Some(verdict) = self.cache.get(&sandbox.id, Kind::Bearer, &hash) {
@@ -400,6 +406,23 @@ impl Auth {
                 None => Err(AuthError::TokenInvalid),
             };
             (verdict, None)
+        };
+        // What local checks did not grant, a backend that knows users may (Daytona's
+        // `GET /preview/{id}/access` with the user's bearer).
+        let verdict = match verdict {
+            Err(AuthError::TokenInvalid | AuthError::Forbidden) => {
+                match resolver
+                    .backend()
+                    .bearer_access(&sandbox.id, token, peer)
+                    .await?
+                {
+                    Some(BearerVerdict::Allowed) => Ok(()),
+                    Some(BearerVerdict::Denied) => Err(AuthError::Forbidden),
+                    Some(BearerVerdict::Invalid) => Err(AuthError::TokenInvalid),
+                    None => verdict,
+                }
+            }
+            other => other,
         };
         self.cache
             .put(&sandbox.id, Kind::Bearer, hash, verdict.clone(), expires_at);

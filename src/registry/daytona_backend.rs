@@ -18,7 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 
-use super::{BoxFuture, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream};
+use super::{
+    BearerVerdict, BoxFuture, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream,
+};
 use crate::activity::{ActivitySink, PartialWrite, SinkError};
 use crate::config::{DaytonaConfig, RedisConfig};
 
@@ -97,13 +99,27 @@ impl DaytonaApi {
     /// `what` names the endpoint in errors and logs; paths may hold tokens, so they are never
     /// logged.
     async fn call(&self, method: Method, path: &str, what: &str) -> Result<Answer, RegistryError> {
+        self.call_as(method, path, what, &self.auth, None).await
+    }
+
+    /// [`Self::call`] with another bearer (a user's) and the client's address.
+    async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        what: &str,
+        auth: &HeaderValue,
+        forwarded_for: Option<&HeaderValue>,
+    ) -> Result<Answer, RegistryError> {
         let mut last = String::new();
         for attempt in 0..TRIES {
             if attempt > 0 {
                 tokio::time::sleep(BACKOFF[attempt - 1]).await;
             }
             let permit = self.in_flight.acquire().await;
-            let result = tokio::time::timeout(self.timeout, self.once(&method, path)).await;
+            let result =
+                tokio::time::timeout(self.timeout, self.once(&method, path, auth, forwarded_for))
+                    .await;
             drop(permit);
             match result {
                 Err(_) => last = format!("no answer within {:?}", self.timeout),
@@ -120,14 +136,23 @@ impl DaytonaApi {
         )))
     }
 
-    async fn once(&self, method: &Method, path: &str) -> Result<Answer, String> {
-        let request = Request::builder()
+    async fn once(
+        &self,
+        method: &Method,
+        path: &str,
+        auth: &HeaderValue,
+        forwarded_for: Option<&HeaderValue>,
+    ) -> Result<Answer, String> {
+        let mut request = Request::builder()
             .method(method.clone())
             .uri(format!("{}{path}", self.base))
-            .header(AUTHORIZATION, self.auth.clone())
+            .header(AUTHORIZATION, auth.clone())
             .header(USER_AGENT, concat!("sandgate/", env!("CARGO_PKG_VERSION")))
             .body(Empty::new())
             .map_err(|_| "request could not be built".to_string())?;
+        if let Some(ip) = forwarded_for {
+            request.headers_mut().insert("x-forwarded-for", ip.clone());
+        }
         let response = self
             .client
             .request(request)
@@ -412,6 +437,36 @@ impl Registry for DaytonaRegistry {
         })
     }
 
+    fn bearer_access<'a>(
+        &'a self,
+        sandbox_id: &'a str,
+        bearer: &'a str,
+        client_ip: std::net::IpAddr,
+    ) -> BoxFuture<'a, Result<Option<BearerVerdict>, RegistryError>> {
+        Box::pin(async move {
+            let Some(id) = segment(sandbox_id) else {
+                return Ok(Some(BearerVerdict::Denied));
+            };
+            let Ok(mut auth) = HeaderValue::try_from(format!("Bearer {bearer}")) else {
+                return Ok(Some(BearerVerdict::Invalid));
+            };
+            auth.set_sensitive(true);
+            let ip = HeaderValue::try_from(client_ip.to_string()).ok();
+            let what = "GET /preview/{id}/access";
+            let path = format!("/preview/{id}/access");
+            let answer = self
+                .api
+                .call_as(Method::GET, &path, what, &auth, ip.as_ref())
+                .await?;
+            match answer.status.as_u16() {
+                200..=299 => Ok(Some(BearerVerdict::Allowed)),
+                401 => Ok(Some(BearerVerdict::Invalid)),
+                403 | 404 => Ok(Some(BearerVerdict::Denied)),
+                _ => Err(unexpected(what, answer.status)),
+            }
+        })
+    }
+
     fn ssh_token<'a>(
         &'a self,
         token: &'a str,
@@ -450,7 +505,7 @@ impl Registry for DaytonaRegistry {
         Box::pin(async move {
             let timeout = self.api.timeout.min(READY_TIMEOUT);
             matches!(
-                tokio::time::timeout(timeout, self.api.once(&Method::GET, "/config")).await,
+                tokio::time::timeout(timeout, self.api.once(&Method::GET, "/config", &self.api.auth, None)).await,
                 Ok(Ok(answer)) if answer.status.is_success()
             )
         })

@@ -67,6 +67,17 @@ pub trait Registry: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
+    /// May the holder of `bearer` (a user's token or API key) enter this sandbox, as the backend
+    /// decides? `None`: this backend does not decide by bearer (local checks are final).
+    fn bearer_access<'a>(
+        &'a self,
+        _sandbox_id: &'a str,
+        _bearer: &'a str,
+        _client_ip: std::net::IpAddr,
+    ) -> BoxFuture<'a, Result<Option<BearerVerdict>, RegistryError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// An SSH access token → the sandbox id.
     fn ssh_token<'a>(
         &'a self,
@@ -82,6 +93,16 @@ pub trait Registry: Send + Sync + 'static {
 }
 
 /// Who a credential (API key, JWT) speaks for: it opens the sandboxes of its organisation.
+/// A backend's answer about a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerVerdict {
+    Allowed,
+    /// A valid token that may not enter this sandbox.
+    Denied,
+    /// Not a valid token.
+    Invalid,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub organization: Box<str>,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use redis::Value;
 
-use super::{BoxFuture, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream};
+use super::{BoxFuture, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream};
 use crate::redis_conn::{RedisFailure, RedisHandle};
 
 /// KEYS[1] = sandbox hash, ARGV[1] = key prefix.
@@ -263,6 +263,19 @@ impl Registry for RedisRegistry {
                 return Ok(None);
             }
             self.get_string(&signed_preview_key(port, token)).await
+        })
+    }
+
+    fn api_key<'a>(
+        &'a self,
+        sha256: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<Option<Principal>, RegistryError>> {
+        Box::pin(async move {
+            let key = format!("{}api-key:{}", self.prefix, hex::encode(sha256));
+            Ok(self
+                .get_string(&key)
+                .await?
+                .map(|organization| Principal { organization }))
         })
     }
 
