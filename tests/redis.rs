@@ -745,7 +745,7 @@ async fn sentinel_mode_round_trip() {
     assert!(keys.contains("sbx-a"), "written through the master: {keys}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activity_marks_made_during_a_sink_outage_land_when_redis_returns() {
     let mut redis = RedisServer::start();
     let runner = demo_runner("k").await;
@@ -769,23 +769,51 @@ async fn activity_marks_made_during_a_sink_outage_land_when_redis_returns() {
     })
     .await;
 
+    // 10 s of sink outage under steady load from 4 clients: every request is served and none
+    // waits on the sink (2 s is a hang detector, not a performance bound).
     redis.stop();
-    let mut last_request = 0;
-    for _ in 0..10 {
-        last_request = sandgate::activity::now_ms();
-        assert_eq!(get(proxy.addr, &host("busy"), "/").await.status, 200);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let outage = Instant::now();
+    let addr = proxy.addr;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while outage.elapsed() < Duration::from_secs(10) {
+                    let started = Instant::now();
+                    assert_eq!(get(addr, &host("busy"), "/").await.status, 200);
+                    latencies.push(started.elapsed());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for c in clients {
+        latencies.extend(c.await.unwrap());
     }
+    let last_request = sandgate::activity::now_ms();
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let max = *latencies.last().unwrap();
+    println!(
+        "{} requests during a 10 s sink outage: p99 {p99:?}, max {max:?}",
+        latencies.len()
+    );
+    assert!(
+        max < Duration::from_secs(2),
+        "a request waited on the sink: {max:?}"
+    );
     redis.restart(); // empty: no persistence
     let took = within(Duration::from_secs(5), "latest mark lands", || async {
         redis
             .cli(&["ZSCORE", "sandbox:activity", "busy"])
             .trim()
             .parse::<u64>()
-            .is_ok_and(|ms| ms >= last_request)
+            .is_ok_and(|ms| ms + 1000 >= last_request)
     })
     .await;
-    println!("latest mark landed {took:?} after a ~2s sink outage");
+    println!("latest mark landed {took:?} after the sink returned");
     assert!(proxy.stderr().contains("activity flush failed"));
 }
 
