@@ -38,7 +38,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     -h | --help)
-      sed -n '2,28p' "$0"
+      sed -n '2,27p' "$0"
       exit 0
       ;;
     *) die "unknown argument $arg" ;;
