@@ -166,14 +166,17 @@ impl Resolver {
         let mut led = false;
         let result = flight
             .get_or_init(|| async {
+                // However this ends (an answer, or the request going away mid-call), the flight
+                // leaves the map, so abandoned flights never pile up.
+                let _landed = Landed {
+                    flights: &self.flights,
+                    id,
+                };
                 // A flight that ended between our cache miss and joining it has stored a fresh
                 // answer: use it rather than asking the backend again.
                 if let Some(slot) = self.slots.get(id) {
                     if slot.expires > Instant::now() {
-                        let value = slot.value.clone();
-                        drop(slot);
-                        self.flights.remove(id);
-                        return Ok(value);
+                        return Ok(slot.value.clone());
                     }
                 }
                 led = true;
@@ -190,7 +193,6 @@ impl Resolver {
                         tracing::warn!(sandbox = id, error = %e, "registry lookup failed");
                     }
                 }
-                self.flights.remove(id);
                 result
             })
             .await;
@@ -265,6 +267,18 @@ impl Resolver {
     /// Forgets a signed preview token (revocation).
     pub fn invalidate_signed(&self, token: &str) {
         self.signed.remove(token);
+    }
+}
+
+/// Removes a flight from the map when dropped.
+struct Landed<'a> {
+    flights: &'a DashMap<Box<str>, Flight>,
+    id: &'a str,
+}
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        self.flights.remove(self.id);
     }
 }
 
@@ -361,6 +375,17 @@ mod tests {
         assert!(resolver.sandbox("missing").await.unwrap().sandbox.is_none());
         assert!(resolver.sandbox("missing").await.unwrap().sandbox.is_none());
         assert_eq!(backend.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_lookup_leaves_no_flight_behind() {
+        let (backend, resolver) = resolver(CacheTtls::default());
+        let abandoned =
+            tokio::time::timeout(Duration::from_millis(5), resolver.sandbox("gone")).await;
+        assert!(abandoned.is_err(), "the backend takes 20 ms");
+        assert_eq!(resolver.flights.len(), 0);
+        assert!(resolver.sandbox("gone").await.unwrap().sandbox.is_some());
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
