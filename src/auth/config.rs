@@ -28,6 +28,9 @@ pub struct AuthConfig {
     pub max_failures_per_minute: u32,
     pub jwt: JwtConfig,
     pub oidc: OidcConfig,
+    /// PEM file of CA certificates trusted (besides the public web roots) for HTTPS to the
+    /// identity provider and the JWKS URL, e.g. a private IdP's internal CA. Empty: none.
+    pub extra_ca_file: String,
 }
 
 impl Default for AuthConfig {
@@ -41,6 +44,7 @@ impl Default for AuthConfig {
             max_failures_per_minute: 20,
             jwt: JwtConfig::default(),
             oidc: OidcConfig::default(),
+            extra_ca_file: String::new(),
         }
     }
 }
@@ -126,7 +130,30 @@ impl OidcConfig {
     }
 }
 
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
 impl AuthConfig {
+    /// The certificates of `extra_ca_file` (none when it is empty).
+    pub fn extra_ca(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+        use rustls::pki_types::pem::PemObject;
+        if self.extra_ca_file.is_empty() {
+            return Ok(Vec::new());
+        }
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&self.extra_ca_file)
+            .map_err(|e| format!("{}: {e}", self.extra_ca_file))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", self.extra_ca_file))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{}: no certificate in the file",
+                self.extra_ca_file
+            ));
+        }
+        Ok(certs)
+    }
+
     /// `domains`: `proxy.domains` (the login host must not be a preview host).
     pub fn validate(&self, domains: &[String]) -> Result<(), String> {
         for key in &self.cookie_keys {
@@ -144,9 +171,11 @@ impl AuthConfig {
                 "auth.jwt.hs256_secret must be at least {MIN_KEY_BYTES} bytes"
             ));
         }
-        if !self.jwt.jwks_url.is_empty() && !self.jwt.jwks_url.starts_with("http://") {
-            return Err("auth.jwt.jwks_url must be an http:// URL".into());
+        if !self.jwt.jwks_url.is_empty() && !is_http_url(&self.jwt.jwks_url) {
+            return Err("auth.jwt.jwks_url must be an http(s):// URL".into());
         }
+        self.extra_ca()
+            .map_err(|e| format!("auth.extra_ca_file: {e}"))?;
         if self.jwt.organization_claim.is_empty() {
             return Err("auth.jwt.organization_claim must not be empty".into());
         }
@@ -161,8 +190,8 @@ impl AuthConfig {
         }
         let o = &self.oidc;
         if o.enabled() {
-            if !o.issuer.starts_with("http://") {
-                return Err("auth.oidc.issuer must be an http:// URL".into());
+            if !is_http_url(&o.issuer) {
+                return Err("auth.oidc.issuer must be an http(s):// URL".into());
             }
             if o.client_id.is_empty() || o.login_host.is_empty() {
                 return Err("auth.oidc: client_id and login_host are required".into());

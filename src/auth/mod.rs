@@ -218,7 +218,7 @@ impl Auth {
             preview_warning: a.preview_warning,
             limiter: ratelimit::FailureLimiter::new(a.max_failures_per_minute),
             cache: CredentialCache::new(Duration::from_secs(120), Duration::from_secs(5)),
-            http: HttpClient::new(Duration::from_secs(5)),
+            http: HttpClient::with_extra_ca(Duration::from_secs(5), &a.extra_ca()?),
             spent_tickets: dashmap::DashMap::new(),
         })
     }
