@@ -134,6 +134,8 @@ auth_token = "$token"
 state = "started"
 [activity]
 enabled = true
+[auth]
+cookie_keys = ["loadtest-cookie-key-0123456789abcdef0123"]
 [log]
 level = "warn"
 EOF

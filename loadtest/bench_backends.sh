@@ -186,6 +186,8 @@ key_prefix = "$prefix"
 enabled = $activity
 sink = "$sink"
 redis_key = "$activity_key"
+[auth]
+cookie_keys = ["loadtest-cookie-key-0123456789abcdef0123"]
 [log]
 level = "warn"
 EOF

@@ -137,6 +137,8 @@ auth_token = "$token"
 $([ -n "$sink_runner" ] && printf '%s\n' '[[registry.runners]]' 'id = "sink-runner"' \
   "url = \"http://$sink_runner\"" 'api_key = "unused"' '[[registry.sandboxes]]' \
   'id = "sbx-sink"' 'runner = "sink-runner"' 'public = false' "auth_token = \"$token\"")
+[auth]
+cookie_keys = ["loadtest-cookie-key-0123456789abcdef0123"]
 [log]
 level = "warn"
 TOML

@@ -74,6 +74,8 @@ id = "sbx-prof"
 runner = "r"
 public = false
 auth_token = "prof-token"
+[auth]
+cookie_keys = ["loadtest-cookie-key-0123456789abcdef0123"]
 [log]
 level = "warn"
 EOF
