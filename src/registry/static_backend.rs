@@ -248,3 +248,82 @@ fn build_table(config: &RegistryConfig) -> Result<Table, String> {
     }
     Ok(table)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(toml: &str) -> Result<StaticRegistry, String> {
+        let config = crate::config::Config::from_toml_str(toml).map_err(|e| e.to_string())?;
+        StaticRegistry::from_config(&config.registry)
+    }
+
+    #[tokio::test]
+    async fn ssh_tokens_by_value_or_hash_with_expiry() {
+        let hash = hex::encode(super::super::sha256("hashed-token"));
+        let r = registry(&format!(
+            r#"
+[[registry.runners]]
+id = "r1"
+url = "http://10.0.0.5:3003"
+api_key = "k"
+
+[[registry.sandboxes]]
+id = "Via-Runner"
+runner = "r1"
+
+[[registry.sandboxes]]
+id = "direct"
+address = "10.0.0.9"
+ssh_port = 2022
+
+[[registry.ssh_tokens]]
+token = "plain-token"
+sandbox = "Via-Runner"
+
+[[registry.ssh_tokens]]
+token_sha256 = "{hash}"
+sandbox = "direct"
+
+[[registry.ssh_tokens]]
+token = "expired-token"
+sandbox = "direct"
+expires_at = 1
+"#
+        ))
+        .unwrap();
+        assert_eq!(
+            r.ssh_token("plain-token").await.unwrap().as_deref(),
+            Some("via-runner")
+        );
+        assert_eq!(
+            r.ssh_token("hashed-token").await.unwrap().as_deref(),
+            Some("direct")
+        );
+        assert_eq!(r.ssh_token("expired-token").await.unwrap(), None);
+        assert_eq!(r.ssh_token("nope").await.unwrap(), None);
+        let runner = r.get("via-runner").unwrap();
+        assert_eq!(runner.ssh_target().as_deref(), Some("10.0.0.5:2220"));
+        let direct = r.get("direct").unwrap();
+        assert_eq!(direct.ssh_target().as_deref(), Some("10.0.0.9:2022"));
+    }
+
+    #[test]
+    fn ssh_token_entries_are_validated() {
+        let bad = r#"
+[[registry.ssh_tokens]]
+token = "t"
+token_sha256 = "00"
+sandbox = "x"
+"#;
+        assert!(registry(bad).err().unwrap().contains("exactly one"));
+        let bad_endpoint = r#"
+[[registry.runners]]
+id = "r1"
+url = "http://10.0.0.5:3003"
+api_key = "k"
+ssh_endpoint = "no-port"
+"#;
+        assert!(registry(bad_endpoint).err().unwrap().contains("host:port"));
+    }
+}
