@@ -35,6 +35,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Credentials, cookies, browser login, CORS, preview warning (see `crate::auth`).
     pub auth: crate::auth::AuthConfig,
+    /// The SSH gateway (`sandgate ssh-gateway`).
+    pub ssh: crate::ssh::SshConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,6 +141,21 @@ pub struct RegistryConfig {
     pub api_keys: Vec<ApiKeyEntry>,
     /// Signed preview tokens (static backend).
     pub signed_previews: Vec<SignedPreviewEntry>,
+    /// SSH access tokens (static backend): `token` or `token_sha256` (hex) → `sandbox`.
+    pub ssh_tokens: Vec<SshTokenEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshTokenEntry {
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    pub sandbox: String,
+    /// Unix seconds; absent: no expiry.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +190,7 @@ impl Default for RegistryConfig {
             sandboxes: Vec::new(),
             api_keys: Vec::new(),
             signed_previews: Vec::new(),
+            ssh_tokens: Vec::new(),
         }
     }
 }
@@ -274,6 +292,9 @@ pub struct RunnerEntry {
     pub url: String,
     /// Sent to the runner as `X-Daytona-Authorization: Bearer <api_key>`.
     pub api_key: String,
+    /// `host:port` of the runner's SSH endpoint (default: the url's host, port 2220).
+    #[serde(default)]
+    pub ssh_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -297,6 +318,13 @@ pub struct SandboxEntry {
     /// Owning organisation: API keys and JWTs of this organisation open the sandbox.
     #[serde(default)]
     pub organization: Option<String>,
+    /// Direct mode: the sandbox's sshd port, for the SSH gateway.
+    #[serde(default = "default_ssh_port")]
+    pub ssh_port: u16,
+}
+
+fn default_ssh_port() -> u16 {
+    22
 }
 
 fn default_state() -> String {
@@ -425,6 +453,7 @@ impl Config {
         self.auth
             .validate(&self.proxy.domains)
             .map_err(ConfigError::Invalid)?;
+        self.ssh.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

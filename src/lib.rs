@@ -20,6 +20,7 @@ pub mod relay;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod ssh;
 pub mod tls;
 pub mod wake;
 
@@ -86,14 +87,17 @@ impl Running {
 
 /// Builds the phases from `config`, binds the listener and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let redis = redis_handle(&config)?;
-    let (registry, static_registry) = build_registry(&config, redis.as_ref())?;
+    let Shared {
+        redis,
+        registry,
+        static_registry,
+        activity,
+        activity_sink,
+        sink,
+    } = Shared::build(&config)?;
     let shutdown = CancellationToken::new();
     let relays = TaskTracker::new();
     let close_relays = CancellationToken::new();
-    let activity = Activity::new(&config.activity);
-    let activity_sink = Arc::new(MemorySink::default());
-    let sink = build_activity_sink(&config, &activity_sink, redis.as_ref())?;
     let certs = match config.tls.enabled {
         true => Some(Arc::new(
             tls::CertResolver::new(&config.tls).map_err(StartError::Config)?,
@@ -185,7 +189,36 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+/// What the proxy and the SSH gateway build alike from one config: registry, activity, sink.
+pub(crate) struct Shared {
+    pub redis: Option<Arc<RedisHandle>>,
+    pub registry: Arc<dyn Registry>,
+    pub static_registry: Option<Arc<StaticRegistry>>,
+    pub activity: Arc<Activity>,
+    /// Where the `memory` sink writes.
+    pub activity_sink: Arc<MemorySink>,
+    pub sink: Arc<dyn ActivitySink>,
+}
+
+impl Shared {
+    pub fn build(config: &Config) -> Result<Shared, StartError> {
+        let redis = redis_handle(config)?;
+        let (registry, static_registry) = build_registry(config, redis.as_ref())?;
+        let activity = Activity::new(&config.activity);
+        let activity_sink = Arc::new(MemorySink::default());
+        let sink = build_activity_sink(config, &activity_sink, redis.as_ref())?;
+        Ok(Shared {
+            redis,
+            registry,
+            static_registry,
+            activity,
+            activity_sink,
+            sink,
+        })
+    }
+}
+
+pub(crate) fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
     let listener = server::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
     let bound = listener
         .local_addr()

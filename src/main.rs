@@ -66,10 +66,26 @@ enum Command {
         #[command(subcommand)]
         command: sandgate::admin::ActivityCommand,
     },
+    /// Run the SSH gateway (`[ssh]` of the config): `ssh -p 2222 <access token>@<gateway>`.
+    SshGateway {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<SshCommand>,
+    },
     /// Check a config file and print the effective configuration.
     CheckConfig {
         #[arg(long, short, env = "SANDGATE_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SshCommand {
+    /// Write a new Ed25519 key to --out (and its public key to --out.pub); never overwrites.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -157,6 +173,23 @@ async fn run(command: Command) -> Result<(), String> {
             let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             admin_output(sandgate::admin::activity(&loaded, command).await)
         }
+        Command::SshGateway {
+            command: Some(SshCommand::Keygen { out }),
+            ..
+        } => {
+            let public = sandgate::ssh::keygen(&out).map_err(|e| e.to_string())?;
+            let line = public.to_openssh().map_err(|e| e.to_string())?;
+            println!("wrote {} and {}.pub: {line}", out.display(), out.display());
+            Ok(())
+        }
+        Command::SshGateway {
+            config,
+            command: None,
+        } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            init_logging(&loaded.log);
+            ssh_gateway(loaded).await
+        }
         Command::CheckConfig { config } => {
             let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             let text = toml_text(&loaded)?;
@@ -207,6 +240,23 @@ async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
     shutdown.cancel();
     running.wait().await;
     tracing::info!("sandgate stopped");
+    Ok(())
+}
+
+async fn ssh_gateway(config: Config) -> Result<(), String> {
+    let running = sandgate::ssh::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stop = stop_signal();
+    println!("sandgate ssh gateway listening on {}", running.addr);
+    if let Some(addr) = running.admin_addr {
+        println!("sandgate admin on http://{addr}");
+    }
+    tracing::info!(addr = %running.addr, "sandgate ssh gateway listening");
+    let shutdown = running.shutdown_token();
+    stop.await;
+    shutdown.cancel();
+    running.wait().await;
     Ok(())
 }
 

@@ -60,6 +60,14 @@ pub struct Metrics {
     auth_failures: Family<CodeLabels, Counter>,
     pub tls_handshake_errors: Counter,
     pub connections_refused: Counter,
+    pub ssh_sessions_active: Gauge,
+    pub ssh_sessions_total: Counter,
+    pub ssh_auth_failures: Counter,
+    pub ssh_refused: Counter,
+    pub ssh_upstream_errors: Counter,
+    /// Channel payload bytes, client → sandbox and sandbox → client.
+    pub ssh_bytes_up: Counter,
+    pub ssh_bytes_down: Counter,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -140,6 +148,13 @@ impl Metrics {
             auth_failures: Family::default(),
             tls_handshake_errors: Counter::default(),
             connections_refused: Counter::default(),
+            ssh_sessions_active: Gauge::default(),
+            ssh_sessions_total: Counter::default(),
+            ssh_auth_failures: Counter::default(),
+            ssh_refused: Counter::default(),
+            ssh_upstream_errors: Counter::default(),
+            ssh_bytes_up: Counter::default(),
+            ssh_bytes_down: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -202,6 +217,41 @@ impl Metrics {
             "connections_refused",
             "Connections closed at accept by a limit",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "ssh_sessions_active",
+            "Open SSH gateway sessions (authenticated connections)",
+            m.ssh_sessions_active.clone(),
+        );
+        r.register(
+            "ssh_sessions",
+            "SSH gateway sessions accepted",
+            m.ssh_sessions_total.clone(),
+        );
+        r.register(
+            "ssh_auth_failures",
+            "SSH logins refused: invalid token, unknown or stopped sandbox",
+            m.ssh_auth_failures.clone(),
+        );
+        r.register(
+            "ssh_refused",
+            "SSH connections refused by a session limit or the auth timeout",
+            m.ssh_refused.clone(),
+        );
+        r.register(
+            "ssh_upstream_errors",
+            "SSH sessions whose sandbox sshd could not be reached or refused the gateway",
+            m.ssh_upstream_errors.clone(),
+        );
+        r.register(
+            "ssh_bytes_up",
+            "SSH channel bytes from clients to sandboxes",
+            m.ssh_bytes_up.clone(),
+        );
+        r.register(
+            "ssh_bytes_down",
+            "SSH channel bytes from sandboxes to clients",
+            m.ssh_bytes_down.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -314,6 +314,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// The admin listener: `/metrics` (Prometheus), `/health` (live), `/ready` (the registry
 /// answers, or the cache can serve). Runs until `shutdown` fires.
 pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+    serve_admin_with(Some(app), listener, shutdown).await
+}
+
+/// The admin listener of a process without the HTTP proxy (the SSH gateway): `/metrics`,
+/// `/health`, and `/ready` always ready.
+pub async fn serve_metrics_only(listener: TcpListener, shutdown: CancellationToken) {
+    serve_admin_with(None, listener, shutdown).await
+}
+
+async fn serve_admin_with(
+    app: Option<Arc<App>>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -329,7 +343,7 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: Cancell
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(admin(&app, req.uri().path()).await) }
+                async move { Ok::<_, Infallible>(admin(app.as_deref(), req.uri().path()).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -338,7 +352,11 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: Cancell
     }
 }
 
-async fn admin(app: &App, path: &str) -> Response<ProxyBody> {
+async fn admin(app: Option<&App>, path: &str) -> Response<ProxyBody> {
+    let ready = match app {
+        Some(app) => app.resolver.ready().await,
+        None => true,
+    };
     let (status, content_type, body) = match path {
         "/metrics" => (
             StatusCode::OK,
@@ -350,7 +368,7 @@ async fn admin(app: &App, path: &str) -> Response<ProxyBody> {
             "application/json",
             "{\"status\":\"ok\"}".into(),
         ),
-        "/ready" if app.resolver.ready().await => (
+        "/ready" if ready => (
             StatusCode::OK,
             "application/json",
             "{\"status\":\"ready\"}".into(),

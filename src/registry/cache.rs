@@ -72,6 +72,8 @@ pub struct Resolver {
     signed: DashMap<Box<str>, SignedEntry>,
     /// (sandbox id, SHA-256 of a preview token) → valid?; never the raw token.
     token_checks: DashMap<(Box<str>, [u8; 32]), (bool, Instant)>,
+    /// SHA-256 of an SSH access token → (sandbox id if valid, expiry).
+    ssh_tokens: DashMap<[u8; 32], (Option<Box<str>>, Instant)>,
 }
 
 impl Resolver {
@@ -83,6 +85,7 @@ impl Resolver {
             flights: DashMap::new(),
             signed: DashMap::new(),
             token_checks: DashMap::new(),
+            ssh_tokens: DashMap::new(),
         }
     }
 
@@ -116,6 +119,27 @@ impl Resolver {
         bounded(&self.signed, self.ttls.max_entries);
         self.signed
             .insert(token.into(), (port, sandbox.clone(), Instant::now() + ttl));
+        Ok(sandbox)
+    }
+
+    /// The sandbox an SSH access token opens, cached by the token's hash (valid: `found`,
+    /// invalid: `not_found`).
+    pub async fn ssh_token(&self, token: &str) -> Result<Option<Box<str>>, RegistryError> {
+        let key = super::sha256(token);
+        if let Some(entry) = self.ssh_tokens.get(&key) {
+            if entry.1 > Instant::now() {
+                return Ok(entry.0.clone());
+            }
+        }
+        let sandbox = self.backend.ssh_token(token).await?;
+        let ttl = if sandbox.is_some() {
+            self.ttls.found
+        } else {
+            self.ttls.not_found
+        };
+        bounded(&self.ssh_tokens, self.ttls.max_entries);
+        self.ssh_tokens
+            .insert(key, (sandbox.clone(), Instant::now() + ttl));
         Ok(sandbox)
     }
 
@@ -260,6 +284,7 @@ impl Resolver {
                 self.slots.clear();
                 self.signed.clear();
                 self.token_checks.clear();
+                self.ssh_tokens.clear();
             }
         }
     }

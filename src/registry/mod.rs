@@ -164,6 +164,8 @@ pub struct SandboxRecord {
     /// Kept on the cached record so counting costs one atomic, not a map lookup; a refreshed
     /// record starts a fresh count, which can admit a little more for one moment.
     pub inflight: std::sync::atomic::AtomicUsize,
+    /// Direct mode: the sandbox's sshd port (the SSH gateway's upstream is `address:ssh_port`).
+    pub ssh_port: u16,
 }
 
 /// One request in flight for a sandbox; released when dropped (end of body or relay).
@@ -211,6 +213,27 @@ impl SandboxRecord {
             organization: None,
             target_prefix: target_prefix.into(),
             inflight: Default::default(),
+            ssh_port: 22,
+        }
+    }
+
+    pub fn with_ssh_port(mut self, port: u16) -> Self {
+        self.ssh_port = port;
+        self
+    }
+
+    /// `host:port` of the sshd the SSH gateway connects to: the runner's SSH endpoint (default
+    /// its url's host, port 2220) or, in direct mode, `address:ssh_port`.
+    pub fn ssh_target(&self) -> Option<String> {
+        match &self.upstream {
+            Upstream::Runner(r) => match &r.ssh_endpoint {
+                Some(endpoint) => Some(endpoint.to_string()),
+                None => {
+                    let uri: http::Uri = r.url.parse().ok()?;
+                    Some(format!("{}:2220", uri.host()?))
+                }
+            },
+            Upstream::Direct { address } => Some(format!("{address}:{}", self.ssh_port)),
         }
     }
 

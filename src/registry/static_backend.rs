@@ -19,6 +19,8 @@ struct Tables {
     /// SHA-256 of the key → principal.
     api_keys: HashMap<[u8; 32], Principal>,
     signed: SignedTable,
+    /// SHA-256 of an SSH access token → (sandbox id, expiry in unix seconds).
+    ssh_tokens: HashMap<[u8; 32], (Box<str>, Option<u64>)>,
 }
 
 /// Atomically replaceable, so a reload never blocks or drops requests.
@@ -60,6 +62,22 @@ impl Registry for StaticRegistry {
         sha256: &'a [u8; 32],
     ) -> BoxFuture<'a, Result<Option<Principal>, RegistryError>> {
         let found = self.table.load().api_keys.get(sha256).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn ssh_token<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+        let now = crate::auth::sign::now_unix();
+        // A hash-keyed map lookup: equal hashes only for the equal token, and no raw token kept.
+        let found = self
+            .table
+            .load()
+            .ssh_tokens
+            .get(&super::sha256(token))
+            .filter(|(_, expires)| expires.is_none_or(|e| e > now))
+            .map(|(id, _)| id.clone());
         Box::pin(async move { Ok(found) })
     }
 
@@ -129,17 +147,52 @@ fn build_tables(config: &RegistryConfig) -> Result<Tables, String> {
             (s.sandbox.to_ascii_lowercase().into(), s.expires_at),
         );
     }
+    let mut ssh_tokens = HashMap::new();
+    for (i, t) in config.ssh_tokens.iter().enumerate() {
+        let hash = match (&t.token, &t.token_sha256) {
+            (Some(token), None) if !token.is_empty() => super::sha256(token),
+            (None, Some(hex_hash)) => {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(hex_hash, &mut out).map_err(|_| {
+                    format!("registry.ssh_tokens[{i}]: token_sha256 must be 64 hex digits")
+                })?;
+                out
+            }
+            _ => {
+                return Err(format!(
+                    "registry.ssh_tokens[{i}]: set exactly one of token or token_sha256"
+                ))
+            }
+        };
+        if t.sandbox.is_empty() {
+            return Err(format!("registry.ssh_tokens[{i}]: sandbox is required"));
+        }
+        ssh_tokens.insert(hash, (t.sandbox.to_ascii_lowercase().into(), t.expires_at));
+    }
     Ok(Tables {
         sandboxes,
         api_keys,
         signed,
+        ssh_tokens,
     })
 }
 
 fn build_table(config: &RegistryConfig) -> Result<Table, String> {
     let mut runners = HashMap::new();
     for r in &config.runners {
-        let record = RunnerRecord::new(&r.id, &r.url, &r.api_key)?;
+        let mut record = RunnerRecord::new(&r.id, &r.url, &r.api_key)?;
+        if let Some(endpoint) = &r.ssh_endpoint {
+            if endpoint
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(format!(
+                    "runner {}: ssh_endpoint {endpoint:?} must be host:port",
+                    r.id
+                ));
+            }
+            record.ssh_endpoint = Some(endpoint.as_str().into());
+        }
         if runners.insert(r.id.as_str(), Arc::new(record)).is_some() {
             return Err(format!("registry.runners: duplicate runner id {:?}", r.id));
         }
@@ -181,7 +234,8 @@ fn build_table(config: &RegistryConfig) -> Result<Table, String> {
         }
         let record =
             SandboxRecord::new(&s.id, upstream, s.public, &s.state, s.auth_token.as_deref())
-                .with_organization(s.organization.as_deref());
+                .with_organization(s.organization.as_deref())
+                .with_ssh_port(s.ssh_port);
         if table
             .insert(s.id.to_ascii_lowercase().into(), Arc::new(record))
             .is_some()
@@ -193,4 +247,83 @@ fn build_table(config: &RegistryConfig) -> Result<Table, String> {
         }
     }
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(toml: &str) -> Result<StaticRegistry, String> {
+        let config = crate::config::Config::from_toml_str(toml).map_err(|e| e.to_string())?;
+        StaticRegistry::from_config(&config.registry)
+    }
+
+    #[tokio::test]
+    async fn ssh_tokens_by_value_or_hash_with_expiry() {
+        let hash = hex::encode(super::super::sha256("hashed-token"));
+        let r = registry(&format!(
+            r#"
+[[registry.runners]]
+id = "r1"
+url = "http://10.0.0.5:3003"
+api_key = "k"
+
+[[registry.sandboxes]]
+id = "Via-Runner"
+runner = "r1"
+
+[[registry.sandboxes]]
+id = "direct"
+address = "10.0.0.9"
+ssh_port = 2022
+
+[[registry.ssh_tokens]]
+token = "plain-token"
+sandbox = "Via-Runner"
+
+[[registry.ssh_tokens]]
+token_sha256 = "{hash}"
+sandbox = "direct"
+
+[[registry.ssh_tokens]]
+token = "expired-token"
+sandbox = "direct"
+expires_at = 1
+"#
+        ))
+        .unwrap();
+        assert_eq!(
+            r.ssh_token("plain-token").await.unwrap().as_deref(),
+            Some("via-runner")
+        );
+        assert_eq!(
+            r.ssh_token("hashed-token").await.unwrap().as_deref(),
+            Some("direct")
+        );
+        assert_eq!(r.ssh_token("expired-token").await.unwrap(), None);
+        assert_eq!(r.ssh_token("nope").await.unwrap(), None);
+        let runner = r.get("via-runner").unwrap();
+        assert_eq!(runner.ssh_target().as_deref(), Some("10.0.0.5:2220"));
+        let direct = r.get("direct").unwrap();
+        assert_eq!(direct.ssh_target().as_deref(), Some("10.0.0.9:2022"));
+    }
+
+    #[test]
+    fn ssh_token_entries_are_validated() {
+        let bad = r#"
+[[registry.ssh_tokens]]
+token = "t"
+token_sha256 = "00"
+sandbox = "x"
+"#;
+        assert!(registry(bad).err().unwrap().contains("exactly one"));
+        let bad_endpoint = r#"
+[[registry.runners]]
+id = "r1"
+url = "http://10.0.0.5:3003"
+api_key = "k"
+ssh_endpoint = "no-port"
+"#;
+        assert!(registry(bad_endpoint).err().unwrap().contains("host:port"));
+    }
 }

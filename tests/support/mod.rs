@@ -8,6 +8,7 @@ pub mod oidc;
 pub mod recorder;
 pub mod redis;
 pub mod runner;
+pub mod sshd;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
