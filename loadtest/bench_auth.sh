@@ -22,8 +22,8 @@
 # Knobs (environment): SKIP_BUILD=1, SANDGATE_BIN (use this binary, no build), ROUNDS (5),
 # WRK_THREADS (2), WRK_CONNS (64), WRK_DURATION (5s), PROXY_CORE (1), LOAD_CORE (0), OUT (also
 # write the markdown report to this file).
-# Exit status 1 on a failed request (non-2xx, socket error), a wrong answer to a sanity check
-# (credential accepted / missing credential refused), or a sandgate WARN/ERROR log line;
+# Exit status 1 on a failed request (non-2xx, socket error), a failed sanity check (a credential
+# not accepted, a missing one not refused with 401), or a sandgate WARN/ERROR log line;
 # figures are reported, never asserted.
 set -euo pipefail
 
