@@ -29,20 +29,7 @@ prog=bench.sh
 # shellcheck source=loadtest/lib.sh
 . "$repo/loadtest/lib.sh"
 
-quick=0
-for arg in "$@"; do
-  case "$arg" in
-    --quick) quick=1 ;;
-    -h | --help)
-      sed -n '2,21p' "$0"
-      exit 0
-      ;;
-    *)
-      echo "bench.sh: unknown argument $arg" >&2
-      exit 2
-      ;;
-  esac
-done
+parse_args "$@" # sets quick=0|1; --help prints the header above
 
 if [ "$quick" = 1 ]; then
   RUNS=${RUNS:-1}

@@ -33,17 +33,7 @@ prog=bench_auth.sh
 # shellcheck source=loadtest/lib.sh
 . "$repo/loadtest/lib.sh"
 
-quick=0
-for arg in "$@"; do
-  case "$arg" in
-    --quick) quick=1 ;;
-    -h | --help)
-      sed -n '2,27p' "$0"
-      exit 0
-      ;;
-    *) die "unknown argument $arg" ;;
-  esac
-done
+parse_args "$@" # sets quick=0|1; --help prints the header above
 
 if [ "$quick" = 1 ]; then
   ROUNDS=${ROUNDS:-1}

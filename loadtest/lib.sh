@@ -135,3 +135,20 @@ median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "-"; else if (NR 
 
 # Reads one field of wrk's "BENCH k=v k=v ..." line (from the loadtest/wrk/*.lua scripts).
 bench_field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
+
+# The common arguments: --quick (CI smoke mode) sets quick=1; -h/--help prints the calling
+# script's header comment (everything up to the first line that is not a comment).
+parse_args() {
+  quick=0
+  local arg
+  for arg in "$@"; do
+    case "$arg" in
+      --quick) quick=1 ;;
+      -h | --help)
+        sed -n '2,/^[^#]/p' "$0" | sed '$d'
+        exit 0
+        ;;
+      *) die "unknown argument $arg" ;;
+    esac
+  done
+}
