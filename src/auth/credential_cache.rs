@@ -15,7 +15,31 @@ pub enum Kind {
     Bearer,
 }
 
-type Key = (Box<str>, Kind, [u8; 32]);
+/// `sandbox ‖ 0 ‖ kind ‖ hash` as one byte string: a lookup borrows it as `[u8]` from a stack
+/// buffer, so the hit path allocates nothing.
+type Key = Box<[u8]>;
+
+/// Sandbox ids are at most 128 bytes (route and registry enforce it); longer ones are not cached.
+const MAX_ID: usize = 128;
+const KEY_CAPACITY: usize = MAX_ID + 2 + 32;
+
+fn key<'b>(
+    buf: &'b mut [u8; KEY_CAPACITY],
+    sandbox: &str,
+    kind: Kind,
+    hash: &[u8; 32],
+) -> Option<&'b [u8]> {
+    let id = sandbox.as_bytes();
+    if id.len() > MAX_ID {
+        return None;
+    }
+    let n = id.len();
+    buf[..n].copy_from_slice(id);
+    buf[n] = 0;
+    buf[n + 1] = kind as u8;
+    buf[n + 2..n + 34].copy_from_slice(hash);
+    Some(&buf[..n + 34])
+}
 
 pub struct CredentialCache {
     valid_ttl: Duration,
@@ -33,7 +57,8 @@ impl CredentialCache {
     }
 
     pub fn get(&self, sandbox: &str, kind: Kind, hash: &[u8; 32]) -> Option<Result<(), AuthError>> {
-        let entry = self.map.get(&(Box::from(sandbox), kind, *hash))?;
+        let mut buf = [0u8; KEY_CAPACITY];
+        let entry = self.map.get(key(&mut buf, sandbox, kind, hash)?)?;
         (entry.1 > Instant::now()).then(|| entry.0.clone())
     }
 
@@ -68,10 +93,10 @@ impl CredentialCache {
                 self.map.clear();
             }
         }
-        self.map.insert(
-            (sandbox.into(), kind, hash),
-            (verdict, Instant::now() + ttl),
-        );
+        let mut buf = [0u8; KEY_CAPACITY];
+        if let Some(key) = key(&mut buf, sandbox, kind, &hash) {
+            self.map.insert(key.into(), (verdict, Instant::now() + ttl));
+        }
     }
 
     pub fn clear(&self) {
