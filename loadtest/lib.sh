@@ -81,12 +81,16 @@ wait_for_addr() {
   return 1
 }
 
-# A free loopback port: nothing accepts a connection on it.
+# A free loopback port. Picked below the kernel's ephemeral range (ip_local_port_range), so no
+# outgoing connection of this run can be holding it by the time a server binds it, and checked
+# by binding it (a connect probe misses ports held by sockets that do not listen).
 free_port() {
-  local port
+  local low=10000 high port
+  high=$(awk '{print $1 - 1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32767)
   while :; do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    port=$((low + RANDOM % (high - low)))
+    if python3 -c 'import socket,sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' \
+      "$port" 2>/dev/null; then
       echo "$port"
       return
     fi

@@ -28,7 +28,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+prog=ssh_bench.sh
+# shellcheck source=loadtest/lib.sh
+. loadtest/lib.sh
 
 "$BIN" ssh-gateway keygen --out "$dir/host_key" >/dev/null
 "$BIN" ssh-gateway keygen --out "$dir/upstream_key" >/dev/null
