@@ -29,6 +29,9 @@ pub enum RegistryCommand {
         /// host:port of the runner's SSH endpoint.
         #[arg(long)]
         ssh_endpoint: Option<String>,
+        /// How the runner speaks HTTP: http1 (default) or h2c (HTTP/2 prior knowledge).
+        #[arg(long)]
+        protocol: Option<String>,
     },
     /// Create or replace a sandbox (ids are stored lower-case).
     PutSandbox {
@@ -277,15 +280,24 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
             url,
             api_key,
             ssh_endpoint,
+            protocol,
         } => {
             let id = check_id("runner", &id)?;
             RunnerRecord::new(&id, &url, &api_key).map_err(AdminError::Invalid)?;
+            if let Some(protocol) = &protocol {
+                protocol
+                    .parse::<crate::upstream::Protocol>()
+                    .map_err(AdminError::Invalid)?;
+            }
             let key = admin.key("runner", &id);
             let mut pipe = admin.pipe();
             pipe.del(&key).ignore();
             let mut fields = vec![("url", url.trim_end_matches('/')), ("api_key", &api_key)];
             if let Some(ssh) = &ssh_endpoint {
                 fields.push(("ssh_endpoint", ssh));
+            }
+            if let Some(protocol) = &protocol {
+                fields.push(("protocol", protocol));
             }
             pipe.hset_multiple(&key, &fields).ignore();
             // A runner's sandboxes are not indexed: drop every cached sandbox.

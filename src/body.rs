@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 
 use crate::activity::StreamGuard;
 use crate::registry::InflightGuard;
+use crate::upstream::Lease;
 
 /// What a response body holds until it ends: the activity guard of a long-lived stream and the
 /// sandbox's in-flight slot.
@@ -22,9 +23,11 @@ pub enum ProxyBody {
     Empty,
     Full(Option<Bytes>),
     /// Streamed from upstream frame by frame (never buffered), holding its guards until the
-    /// body ends or the client goes away.
+    /// body ends or the client goes away. The upstream connection goes back to the pool when
+    /// the body has been read to its end.
     Upstream {
         body: Incoming,
+        lease: Option<Lease>,
         _guards: Guards,
     },
 }
@@ -34,9 +37,14 @@ impl ProxyBody {
         ProxyBody::Full(Some(bytes.into()))
     }
 
-    pub fn upstream(body: Incoming, guards: Guards) -> ProxyBody {
+    pub fn upstream(body: Incoming, guards: Guards, lease: Option<Lease>) -> ProxyBody {
+        let mut lease = lease;
+        if body.is_end_stream() {
+            release(&mut lease);
+        }
         ProxyBody::Upstream {
             body,
+            lease,
             _guards: guards,
         }
     }
@@ -55,7 +63,14 @@ impl Body for ProxyBody {
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             // An upstream error mid-stream propagates, so hyper aborts the client connection
             // instead of ending the body as if it were complete.
-            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            ProxyBody::Upstream { body, lease, .. } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                // hyper stops polling once `is_end_stream` says so: release on either sign.
+                if matches!(polled, Poll::Ready(None)) || body.is_end_stream() {
+                    release(lease);
+                }
+                polled
+            }
         }
     }
 
@@ -75,6 +90,12 @@ impl Body for ProxyBody {
             }
             ProxyBody::Upstream { body, .. } => body.size_hint(),
         }
+    }
+}
+
+fn release(lease: &mut Option<Lease>) {
+    if let Some(lease) = lease.take() {
+        lease.release();
     }
 }
 

@@ -295,6 +295,9 @@ pub struct RunnerEntry {
     /// `host:port` of the runner's SSH endpoint (default: the url's host, port 2220).
     #[serde(default)]
     pub ssh_endpoint: Option<String>,
+    /// `http1` (default) or `h2c`: HTTP/2 with prior knowledge, for gRPC apps in sandboxes.
+    #[serde(default)]
+    pub protocol: crate::upstream::Protocol,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

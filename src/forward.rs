@@ -1,15 +1,15 @@
-//! Forward phase: builds the upstream request, sends it through the shared pooled client, and
+//! Forward phase: builds the upstream request, sends it through the shared upstream pool, and
 //! streams the answer back (HTTP bodies frame by frame, WebSockets as a byte relay).
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderName, HeaderValue, CONNECTION, LOCATION, UPGRADE};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +21,7 @@ use crate::registry::{InflightGuard, SandboxRecord, Upstream};
 use crate::relay::relay;
 use crate::respond::ProxyError;
 use crate::route::TOOLBOX_PORT;
+use crate::upstream::{Pool, PoolSettings, Protocol, UpstreamError};
 
 pub const RUNNER_AUTH_HEADER: HeaderName = HeaderName::from_static("x-daytona-authorization");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -63,7 +64,7 @@ pub struct Destination<'a> {
 }
 
 pub struct Forwarder {
-    client: Client<HttpConnector, RequestBody>,
+    pool: Arc<Pool>,
     response_header_timeout: Duration,
     websocket_idle_timeout: Duration,
     toolbox_max_body_bytes: u64,
@@ -80,23 +81,18 @@ impl Forwarder {
         relays: TaskTracker,
         close_relays: CancellationToken,
     ) -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(connector);
+        let pool = Pool::new(PoolSettings {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            max_idle_per_host: config.pool_max_idle_per_host,
+        });
         let forwarded_proto = HeaderValue::from_static(if config.public_scheme == "https" {
             "https"
         } else {
             "http"
         });
         Forwarder {
-            client,
+            pool,
             response_header_timeout: config.response_header_timeout,
             websocket_idle_timeout: config.websocket_idle_timeout,
             toolbox_max_body_bytes: config.toolbox_max_body_bytes,
@@ -128,11 +124,13 @@ impl Forwarder {
         let uri = upstream_uri(sandbox, &target, req.uri().path(), query)?;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
+        let address = UpstreamAddress::of(sandbox, &target)?;
         let upgrade = wants_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         rewrite_request_headers(
             req.headers_mut(),
             sandbox,
+            &address.host_header,
             original_host,
             client_ip,
             proto,
@@ -141,9 +139,12 @@ impl Forwarder {
 
         let req = self.limit_body(req, &target)?;
         let started = std::time::Instant::now();
-        let sent =
-            tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await;
-        let mut response = match sent {
+        let sent = tokio::time::timeout(
+            self.response_header_timeout,
+            self.pool.send(&address.authority, address.protocol, req),
+        )
+        .await;
+        let (mut response, lease) = match sent {
             Err(_) => {
                 metrics().upstream_timeouts.inc();
                 return Err(ProxyError::UpstreamTimeout(self.response_header_timeout));
@@ -192,7 +193,7 @@ impl Forwarder {
             activity: stream_guard,
             inflight,
         };
-        Ok(response.map(|body| ProxyBody::upstream(body, guards)))
+        Ok(response.map(|body| ProxyBody::upstream(body, guards, lease)))
     }
 
     /// Toolbox bodies over `toolbox_max_body_bytes`: refused up front by `Content-Length`, or
@@ -275,7 +276,41 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     Guard(Some(f))
 }
 
-/// `{prefix}/proxy/{port}{path}?{query}` (runner) or `http://{address}:{port}{path}?{query}`.
+/// Where the request goes: the address to connect to, the `Host` it gets, the protocol.
+struct UpstreamAddress<'a> {
+    authority: Cow<'a, str>,
+    host_header: HeaderValue,
+    protocol: Protocol,
+}
+
+impl<'a> UpstreamAddress<'a> {
+    fn of(sandbox: &'a SandboxRecord, target: &Target<'_>) -> Result<Self, ProxyError> {
+        match &sandbox.upstream {
+            Upstream::Runner(runner) => Ok(UpstreamAddress {
+                authority: Cow::Borrowed(&runner.authority),
+                host_header: runner.host_header.clone(),
+                protocol: runner.protocol,
+            }),
+            Upstream::Direct { address } => {
+                let port = match target {
+                    Target::Preview { port } => *port,
+                    Target::Toolbox { .. } => TOOLBOX_PORT,
+                };
+                let authority = format!("{address}:{port}");
+                let host_header =
+                    HeaderValue::from_str(&authority).map_err(|_| ProxyError::UpstreamFailed)?;
+                Ok(UpstreamAddress {
+                    authority: Cow::Owned(authority),
+                    host_header,
+                    protocol: Protocol::Http1,
+                })
+            }
+        }
+    }
+}
+
+/// The origin-form request target: `{prefix}/proxy/{port}{path}?{query}` through a runner,
+/// `{path}?{query}` straight to the sandbox.
 fn upstream_uri(
     sandbox: &SandboxRecord,
     target: &Target<'_>,
@@ -283,26 +318,21 @@ fn upstream_uri(
     query: Option<&str>,
 ) -> Result<Uri, ProxyError> {
     let mut buf = BytesMut::with_capacity(
-        sandbox.target_prefix.len() + path.len() + query.map_or(0, str::len) + 24,
+        sandbox.path_prefix.len() + path.len() + query.map_or(0, str::len) + 16,
     );
-    buf.put_slice(sandbox.target_prefix.as_bytes());
+    buf.put_slice(sandbox.path_prefix.as_bytes());
     let direct = matches!(sandbox.upstream, Upstream::Direct { .. });
-    let path = match (target, direct) {
-        (Target::Preview { port }, false) => {
-            put_fmt(&mut buf, format_args!("/proxy/{port}"));
+    let path = match target {
+        Target::Preview { port } => {
+            if !direct {
+                buf.put_slice(b"/proxy/");
+                buf.put_slice(itoa::Buffer::new().format(*port).as_bytes());
+            }
             path
         }
-        (Target::Preview { port }, true) => {
-            put_fmt(&mut buf, format_args!(":{port}"));
-            path
-        }
-        (Target::Toolbox { rest }, false) => rest,
-        (Target::Toolbox { rest }, true) => {
-            put_fmt(&mut buf, format_args!(":{TOOLBOX_PORT}"));
-            rest
-        }
+        Target::Toolbox { rest } => rest,
     };
-    if path.is_empty() && direct {
+    if path.is_empty() && buf.is_empty() {
         buf.put_u8(b'/');
     }
     buf.put_slice(path.as_bytes());
@@ -311,11 +341,6 @@ fn upstream_uri(
         buf.put_slice(q.as_bytes());
     }
     Uri::from_maybe_shared(buf.freeze()).map_err(|_| ProxyError::UpstreamFailed)
-}
-
-fn put_fmt(buf: &mut BytesMut, args: std::fmt::Arguments<'_>) {
-    use std::fmt::Write;
-    let _ = buf.write_fmt(args);
 }
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
@@ -354,6 +379,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 fn rewrite_request_headers(
     headers: &mut HeaderMap,
     sandbox: &SandboxRecord,
+    upstream_host: &HeaderValue,
     original_host: &HeaderValue,
     client_ip: &HeaderValue,
     proto: &HeaderValue,
@@ -369,8 +395,8 @@ fn rewrite_request_headers(
         headers.insert(UPGRADE, value);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    // The client derives Host from the upstream URI; the original goes in X-Forwarded-Host.
-    headers.remove(header::HOST);
+    // The upstream's own authority; the original goes in X-Forwarded-Host.
+    headers.insert(header::HOST, upstream_host.clone());
     match sandbox.runner_auth() {
         Some(auth) => headers.insert(RUNNER_AUTH_HEADER, auth.clone()),
         None => headers.remove(RUNNER_AUTH_HEADER),
@@ -431,7 +457,7 @@ fn is_long_lived(headers: &HeaderMap) -> bool {
 }
 
 fn classify_client_error(
-    error: &hyper_util::client::legacy::Error,
+    error: &UpstreamError,
     sandbox: &SandboxRecord,
     target: &Target<'_>,
 ) -> ProxyError {
@@ -482,7 +508,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             uri,
-            "http://127.0.0.1:9000/sandboxes/sbx-1/toolbox/proxy/3000/a%2Fb/%E2%9C%93?x=%20&y"
+            "/sandboxes/sbx-1/toolbox/proxy/3000/a%2Fb/%E2%9C%93?x=%20&y"
         );
         let uri = upstream_uri(
             &s,
@@ -491,15 +517,22 @@ mod tests {
             Some("path=/"),
         )
         .unwrap();
-        assert_eq!(
-            uri,
-            "http://127.0.0.1:9000/sandboxes/sbx-1/toolbox/files?path=/"
-        );
+        assert_eq!(uri, "/sandboxes/sbx-1/toolbox/files?path=/");
         let d = direct_sandbox();
         let uri = upstream_uri(&d, &Target::Preview { port: 8080 }, "/", None).unwrap();
-        assert_eq!(uri, "http://10.1.2.3:8080/");
+        assert_eq!(uri, "/");
+        let address = UpstreamAddress::of(&d, &Target::Preview { port: 8080 }).unwrap();
+        assert_eq!(address.authority, "10.1.2.3:8080");
+        assert_eq!(address.host_header, "10.1.2.3:8080");
         let uri = upstream_uri(&d, &Target::Toolbox { rest: "" }, "/toolbox/sbx-2", None).unwrap();
-        assert_eq!(uri, "http://10.1.2.3:2280/");
+        assert_eq!(uri, "/");
+        let address = UpstreamAddress::of(&d, &Target::Toolbox { rest: "" }).unwrap();
+        assert_eq!(address.authority, "10.1.2.3:2280");
+        let address = UpstreamAddress::of(&s, &Target::Toolbox { rest: "" }).unwrap();
+        assert_eq!(
+            (&*address.authority, address.host_header.to_str().unwrap()),
+            ("127.0.0.1:9000", "127.0.0.1:9000")
+        );
     }
 
     #[test]
@@ -541,7 +574,8 @@ mod tests {
         let proto = HeaderValue::from_static("https");
         let host = HeaderValue::from_static("3000-sbx-1.preview.localhost");
         let ip = HeaderValue::from_static("127.0.0.9");
-        rewrite_request_headers(&mut h, &s, &host, &ip, &proto, false);
+        let upstream_host = HeaderValue::from_static("127.0.0.1:9000");
+        rewrite_request_headers(&mut h, &s, &upstream_host, &host, &ip, &proto, false);
         assert_eq!(h[RUNNER_AUTH_HEADER], "Bearer key");
         assert!(
             h.get("x-secret").is_none()
@@ -549,14 +583,22 @@ mod tests {
                 && h.get("keep-alive").is_none()
         );
         assert_eq!(h[header::TE], "trailers");
-        assert!(h.get(header::HOST).is_none());
+        assert_eq!(h[header::HOST], "127.0.0.1:9000");
         assert_eq!(h[X_FORWARDED_HOST], "3000-sbx-1.preview.localhost");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 127.0.0.9");
 
         let mut forged = HeaderMap::new();
         forged.insert(RUNNER_AUTH_HEADER, "Bearer forged".parse().unwrap());
-        rewrite_request_headers(&mut forged, &direct_sandbox(), &host, &ip, &proto, false);
+        rewrite_request_headers(
+            &mut forged,
+            &direct_sandbox(),
+            &upstream_host,
+            &host,
+            &ip,
+            &proto,
+            false,
+        );
         assert!(
             forged.get(RUNNER_AUTH_HEADER).is_none(),
             "direct mode never forwards a runner key"
@@ -575,7 +617,7 @@ mod tests {
             HeaderValue::from_static("h"),
             HeaderValue::from_static("127.0.0.1"),
         );
-        rewrite_request_headers(&mut h, &s, &host, &ip, &proto, true);
+        rewrite_request_headers(&mut h, &s, &host, &host, &ip, &proto, true);
         assert_eq!(h[UPGRADE], "websocket");
         assert_eq!(h[CONNECTION], "upgrade");
         assert_eq!(h["sec-websocket-protocol"], "chat, v2");

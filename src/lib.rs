@@ -22,6 +22,7 @@ pub mod route;
 pub mod server;
 pub mod ssh;
 pub mod tls;
+pub mod upstream;
 pub mod wake;
 
 use std::net::SocketAddr;

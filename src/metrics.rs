@@ -48,6 +48,7 @@ pub struct Metrics {
     pub upstream_connect_errors: Counter,
     pub upstream_timeouts: Counter,
     pub upstream_other_errors: Counter,
+    pub upstream_connects: Counter,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub cache_coalesced: Counter,
@@ -136,6 +137,7 @@ impl Metrics {
             upstream_connect_errors,
             upstream_timeouts,
             upstream_other_errors,
+            upstream_connects: Counter::default(),
             cache_hits,
             cache_misses,
             cache_coalesced,
@@ -167,6 +169,11 @@ impl Metrics {
             "upstream_duration_seconds",
             "Upstream time to response headers",
             m.upstream_duration.clone(),
+        );
+        r.register(
+            "upstream_connects",
+            "Upstream connections opened (a low rate means keep-alive reuse works)",
+            m.upstream_connects.clone(),
         );
         r.register(
             "connections_active",

@@ -736,10 +736,11 @@ mod tests {
         let theirs = r#"{"value":{"apiUrl":"http://10.0.0.5:3003","apiKey":"k"}}"#;
         let info: Envelope<L2RunnerInfo> = serde_json::from_str(theirs).unwrap();
         let record = record_from("sbx", &info.value, false, "started").unwrap();
-        assert_eq!(
-            &*record.target_prefix,
-            "http://10.0.0.5:3003/sandboxes/sbx/toolbox"
-        );
+        assert_eq!(&*record.path_prefix, "/sandboxes/sbx/toolbox");
+        let Upstream::Runner(runner) = &record.upstream else {
+            panic!("runner mode expected")
+        };
+        assert_eq!(&*runner.authority, "10.0.0.5:3003");
         let public: Envelope<bool> = serde_json::from_str(r#"{"value":true}"#).unwrap();
         assert!(public.value);
         // What we write carries Daytona's two fields under Daytona's names.

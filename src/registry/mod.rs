@@ -15,6 +15,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
+pub use crate::upstream::Protocol;
 pub use cache::{CacheTtls, Resolver};
 pub use daytona_backend::{DaytonaActivitySink, DaytonaRegistry};
 pub use static_backend::StaticRegistry;
@@ -117,6 +118,14 @@ pub struct RunnerRecord {
     pub auth_header: HeaderValue,
     /// `host:port` of the runner's SSH endpoint, for the SSH gateway.
     pub ssh_endpoint: Option<Box<str>>,
+    /// `host:port` to connect to (port 80 when the URL has none).
+    pub authority: Box<str>,
+    /// The `Host` header sent to the runner: the URL's authority as written.
+    pub host_header: HeaderValue,
+    /// The URL's path without the trailing slash (usually empty).
+    pub base_path: Box<str>,
+    /// HTTP/1.1 (default) or h2c with prior knowledge.
+    pub protocol: Protocol,
 }
 
 impl RunnerRecord {
@@ -128,6 +137,18 @@ impl RunnerRecord {
         if parsed.scheme_str() != Some("http") || parsed.authority().is_none() {
             return Err(format!("runner {id}: url {url:?} must be http://host:port"));
         }
+        let host = parsed
+            .authority()
+            .ok_or_else(|| format!("runner {id}: url {url:?} must be http://host:port"))?;
+        if parsed.query().is_some() {
+            return Err(format!("runner {id}: url {url:?} must not have a query"));
+        }
+        let authority = match host.port_u16() {
+            Some(_) => host.as_str().to_owned(),
+            None => format!("{}:80", host.as_str()),
+        };
+        let host_header = HeaderValue::from_str(host.as_str())
+            .map_err(|_| format!("runner {id}: url {url:?} has an invalid host"))?;
         let mut auth_header = HeaderValue::try_from(format!("Bearer {api_key}"))
             .map_err(|_| format!("runner {id}: api_key has characters not allowed in a header"))?;
         auth_header.set_sensitive(true);
@@ -136,7 +157,16 @@ impl RunnerRecord {
             url: url.into(),
             auth_header,
             ssh_endpoint: None,
+            authority: authority.into(),
+            host_header,
+            base_path: parsed.path().trim_end_matches('/').into(),
+            protocol: Protocol::Http1,
         })
+    }
+
+    pub fn with_protocol(mut self, protocol: Protocol) -> RunnerRecord {
+        self.protocol = protocol;
+        self
     }
 }
 
@@ -158,8 +188,9 @@ pub struct SandboxRecord {
     pub auth_token_sha256: Option<[u8; 32]>,
     /// The owning organisation (API keys and JWTs open the sandboxes of their organisation).
     pub organization: Option<Box<str>>,
-    /// `{runner url}/sandboxes/{id}/toolbox` or `http://{address}`, rendered once.
-    pub target_prefix: Box<str>,
+    /// The upstream path prefix, rendered once: `/sandboxes/{id}/toolbox` through a runner,
+    /// empty in direct mode.
+    pub path_prefix: Box<str>,
     /// Requests (and WebSockets) in flight through this replica, for the per-sandbox limit.
     /// Kept on the cached record so counting costs one atomic, not a map lookup; a refreshed
     /// record starts a fresh count, which can admit a little more for one moment.
@@ -200,9 +231,9 @@ impl SandboxRecord {
         state: &str,
         auth_token: Option<&str>,
     ) -> Self {
-        let target_prefix = match &upstream {
-            Upstream::Runner(r) => format!("{}/sandboxes/{id}/toolbox", r.url),
-            Upstream::Direct { address } => format!("http://{address}"),
+        let path_prefix = match &upstream {
+            Upstream::Runner(r) => format!("{}/sandboxes/{id}/toolbox", r.base_path),
+            Upstream::Direct { .. } => String::new(),
         };
         SandboxRecord {
             id: id.into(),
@@ -211,7 +242,7 @@ impl SandboxRecord {
             state: state.into(),
             auth_token_sha256: auth_token.map(sha256),
             organization: None,
-            target_prefix: target_prefix.into(),
+            path_prefix: path_prefix.into(),
             inflight: Default::default(),
             ssh_port: 22,
         }

@@ -211,6 +211,9 @@ fn parse(
             let mut record =
                 RunnerRecord::new(runner_id, field("url")?, field("api_key")?).map_err(&bad)?;
             record.ssh_endpoint = fields.get("ssh_endpoint").map(|s| s.as_str().into());
+            if let Some(protocol) = fields.get("protocol") {
+                record.protocol = protocol.parse().map_err(&bad)?;
+            }
             Upstream::Runner(Arc::new(record))
         }
         (None, Some(address), _) => {
@@ -438,10 +441,7 @@ mod tests {
         assert!(record.public && !record.is_running());
         assert!(record.token_matches("tok") && !record.token_matches("other"));
         assert_eq!(record.organization.as_deref(), Some("org"));
-        assert_eq!(
-            &*record.target_prefix,
-            "http://10.0.0.5:3003/sandboxes/sbx/toolbox"
-        );
+        assert_eq!(&*record.path_prefix, "/sandboxes/sbx/toolbox");
         let Upstream::Runner(r) = &record.upstream else {
             panic!("runner mode")
         };
@@ -452,7 +452,10 @@ mod tests {
     fn defaults_and_direct_mode() {
         let record = parse("p:", "sbx", &fields(&[("address", "10.0.0.7")]), None).unwrap();
         assert!(!record.public && record.is_running() && record.auth_token_sha256.is_none());
-        assert_eq!(&*record.target_prefix, "http://10.0.0.7");
+        assert_eq!(&*record.path_prefix, "");
+        assert!(
+            matches!(&record.upstream, Upstream::Direct { address } if &**address == "10.0.0.7")
+        );
     }
 
     #[test]

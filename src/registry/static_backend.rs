@@ -180,7 +180,7 @@ fn build_tables(config: &RegistryConfig) -> Result<Tables, String> {
 fn build_table(config: &RegistryConfig) -> Result<Table, String> {
     let mut runners = HashMap::new();
     for r in &config.runners {
-        let mut record = RunnerRecord::new(&r.id, &r.url, &r.api_key)?;
+        let mut record = RunnerRecord::new(&r.id, &r.url, &r.api_key)?.with_protocol(r.protocol);
         if let Some(endpoint) = &r.ssh_endpoint {
             if endpoint
                 .rsplit_once(':')

@@ -1,0 +1,341 @@
+//! The upstream connection pool, per upstream address (a runner, or a sandbox in direct mode):
+//! keep-alive HTTP/1.1 connections handed out one request at a time, or one multiplexed h2c
+//! connection for runners configured with `http2 = true`.
+//!
+//! Built on `hyper::client::conn` rather than hyper-util's pooled client: the hot path is a map
+//! read and a `Vec::pop` under a short lock, and a connection goes back to the pool when its
+//! response body has been read to the end (see [`Lease`]).
+
+use std::io;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+use crate::metrics::metrics;
+
+type FastMap<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {authority} failed: {source}")]
+    Connect {
+        authority: Box<str>,
+        source: io::Error,
+    },
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(Box<str>),
+    #[error("{0} is not a valid upstream address")]
+    BadAddress(Box<str>),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    /// No connection could be made (as opposed to a failure on an open connection).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::ConnectTimeout(_)
+            | UpstreamError::BadAddress(_) => true,
+            UpstreamError::Http(_) => false,
+        }
+    }
+}
+
+/// How an upstream speaks HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plaintext (gRPC apps); upgrades still use HTTP/1.1.
+    H2c,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Protocol, String> {
+        match s {
+            "http1" => Ok(Protocol::Http1),
+            "h2c" => Ok(Protocol::H2c),
+            other => Err(format!("protocol {other:?} must be \"http1\" or \"h2c\"")),
+        }
+    }
+}
+
+pub struct PoolSettings {
+    pub connect_timeout: Duration,
+    /// Idle connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept per upstream address; more are closed when they free up.
+    pub max_idle_per_host: usize,
+}
+
+pub struct Pool {
+    hosts: FastMap<Box<str>, Arc<HostPool>>,
+    settings: PoolSettings,
+}
+
+#[derive(Default)]
+struct HostPool {
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Held while an h2c connection is being opened, so concurrent first requests share it.
+    h2_connecting: tokio::sync::Mutex<()>,
+}
+
+impl HostPool {
+    fn open_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let h2 = self.h2.lock().ok()?;
+        h2.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+}
+
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// An HTTP/1.1 connection lent to one request; [`Lease::release`] returns it once the
+/// response body has been read to its end. Dropped instead, the connection closes (hyper cannot
+/// reuse a connection whose response was abandoned midway).
+pub struct Lease {
+    sender: http1::SendRequest<RequestBody>,
+    host: Arc<HostPool>,
+    max_idle: usize,
+}
+
+impl Lease {
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.host.idle.lock() {
+            if idle.len() < self.max_idle {
+                idle.push(Idle {
+                    sender: self.sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(settings: PoolSettings) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            hosts: FastMap::default(),
+            settings,
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep(Arc::downgrade(&pool)));
+        }
+        pool
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to `authority` (`host:port`). Returns the
+    /// response and, for HTTP/1.1, the connection to release when its body ends.
+    pub async fn send(
+        &self,
+        authority: &str,
+        protocol: Protocol,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+        let host = self.host(authority);
+        let upgrade = req.headers().contains_key(http::header::UPGRADE);
+        if protocol == Protocol::H2c && !upgrade {
+            return self.send_h2(&host, authority, req).await.map(|r| (r, None));
+        }
+        let mut req = req;
+        while let Some(mut sender) = self.checkout(&host) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, Some(self.lease(sender, host)))),
+                // Closed before the request went out: try the next connection.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let mut sender = self.connect_h1(authority).await?;
+        let response = sender.send_request(req).await?;
+        Ok((response, Some(self.lease(sender, host))))
+    }
+
+    fn host(&self, authority: &str) -> Arc<HostPool> {
+        if let Some(host) = self.hosts.get(authority) {
+            return host.clone();
+        }
+        self.hosts.entry(authority.into()).or_default().clone()
+    }
+
+    fn lease(&self, sender: http1::SendRequest<RequestBody>, host: Arc<HostPool>) -> Lease {
+        Lease {
+            sender,
+            host,
+            max_idle: self.settings.max_idle_per_host,
+        }
+    }
+
+    /// The most recently used idle connection that has not idled out.
+    fn checkout(&self, host: &HostPool) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = host.idle.lock().ok()?;
+        while let Some(candidate) = idle.pop() {
+            if candidate.since.elapsed() < self.settings.idle_timeout
+                && !candidate.sender.is_closed()
+            {
+                return Some(candidate.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect_h1(
+        &self,
+        authority: &str,
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let io = self.connect(authority).await?;
+        let (sender, connection) = http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2(
+        &self,
+        host: &HostPool,
+        authority: &str,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        // h2 carries the authority in the URI (`:authority`), not in a Host header.
+        req.headers_mut().remove(http::header::HOST);
+        *req.version_mut() = Version::HTTP_2;
+        *req.uri_mut() = absolute_uri(authority, req.uri())?;
+        let mut sender = match host.open_h2() {
+            Some(sender) => sender,
+            None => {
+                let _connecting = host.h2_connecting.lock().await;
+                match host.open_h2() {
+                    Some(sender) => sender,
+                    None => {
+                        let sender = self.connect_h2(authority).await?;
+                        if let Ok(mut h2) = host.h2.lock() {
+                            *h2 = Some(sender.clone());
+                        }
+                        sender
+                    }
+                }
+            }
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    async fn connect_h2(
+        &self,
+        authority: &str,
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        let io = self.connect(authority).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect(&self, authority: &str) -> Result<TokioIo<TcpStream>, UpstreamError> {
+        let attempt = async {
+            let mut last = None;
+            for addr in tokio::net::lookup_host(authority).await? {
+                match TcpStream::connect(addr).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
+        };
+        let stream = match tokio::time::timeout(self.settings.connect_timeout, attempt).await {
+            Err(_) => return Err(UpstreamError::ConnectTimeout(authority.into())),
+            Ok(Err(source)) => {
+                return Err(UpstreamError::Connect {
+                    authority: authority.into(),
+                    source,
+                })
+            }
+            Ok(Ok(stream)) => stream,
+        };
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        metrics().upstream_connects.inc();
+        Ok(TokioIo::new(stream))
+    }
+
+    /// Closes idle connections past the idle timeout and forgets addresses with nothing open.
+    fn sweep_once(&self) {
+        let timeout = self.settings.idle_timeout;
+        self.hosts.retain(|_, host| {
+            let idle_left = host.idle.lock().map_or(0, |mut idle| {
+                idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+                idle.len()
+            });
+            let h2_open = host.h2.lock().is_ok_and(|mut h2| {
+                if h2.as_ref().is_some_and(|s| s.is_closed()) {
+                    *h2 = None;
+                }
+                h2.is_some()
+            });
+            // Leased connections hold a reference: keep the entry for their return.
+            idle_left > 0 || h2_open || Arc::strong_count(host) > 1
+        });
+    }
+}
+
+async fn sweep(pool: Weak<Pool>) {
+    let period = match pool.upgrade() {
+        Some(pool) => (pool.settings.idle_timeout / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(15)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        match pool.upgrade() {
+            Some(pool) => pool.sweep_once(),
+            None => return,
+        }
+    }
+}
+
+fn absolute_uri(authority: &str, origin: &Uri) -> Result<Uri, UpstreamError> {
+    let path = origin
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|_| UpstreamError::BadAddress(authority.into()))
+}

@@ -1,0 +1,238 @@
+//! The upstream pool: keep-alive connections are reused (and only once their response is read
+//! to the end), a connection the upstream closed while idle is replaced without failing the
+//! request, and an h2c runner gets HTTP/2 on one multiplexed connection (WebSockets still over
+//! HTTP/1.1).
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+use support::runner::{sandboxes, Runner};
+use support::{get, runner_config, send, ws_connect, Proxy};
+
+const HOST: &str = "3000-sbx-1.preview.localhost";
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().split(' ').next())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn upstream_connects(proxy: &Proxy) -> f64 {
+    let reply = get(proxy.admin_addr(), "admin", "/metrics").await;
+    assert_eq!(reply.status, 200);
+    sample(&reply.text(), "sandgate_upstream_connects_total")
+}
+
+fn with_admin(config: String) -> String {
+    format!("{config}[admin]\nlisten = \"127.0.0.1:0\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_are_reused_once_the_body_is_read() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&with_admin(runner.config(sandboxes())));
+
+    // Sequential requests of every body shape share one upstream connection.
+    for path in ["/", "/bytes/65536", "/chunked/70000", "/status/204", "/"] {
+        let reply = get(proxy.addr, HOST, path).await;
+        assert!(reply.status < 300, "{path}: {}", reply.status);
+    }
+    let head = send(proxy.addr, "HEAD", HOST, "/bytes/100", &[], b"").await;
+    assert_eq!(head.status, 200);
+    let post = send(proxy.addr, "POST", HOST, "/upload", &[], &[7u8; 100_000]).await;
+    assert_eq!(post.json()["len"], 100_000);
+    assert_eq!(get(proxy.addr, HOST, "/").await.status, 200);
+    let connects = upstream_connects(&proxy).await;
+    // HEAD answers leave the body unread on hyper's side, which may cost one connection.
+    assert!((1.0..=2.0).contains(&connects), "{connects} connects");
+
+    // While one response is held open, another request gets its own connection.
+    let before = upstream_connects(&proxy).await;
+    let received = runner.seen().len();
+    let held = tokio::spawn(support::send_streaming(
+        proxy.addr,
+        support::request("GET", HOST, "/hold")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap(),
+    ));
+    runner.wait_requests(received + 1).await;
+    let quick = tokio::time::timeout(Duration::from_secs(5), get(proxy.addr, HOST, "/"))
+        .await
+        .expect("queued behind the held response");
+    assert_eq!(quick.status, 200);
+    runner.release();
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+    assert!(upstream_connects(&proxy).await - before <= 1.0);
+
+    // Many concurrent requests: never more connections than requests, all answered.
+    let before = upstream_connects(&proxy).await;
+    let replies =
+        futures_util::future::join_all((0..16).map(|_| get(proxy.addr, HOST, "/bytes/1000"))).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    assert!(upstream_connects(&proxy).await - before <= 16.0);
+}
+
+/// An HTTP/1.1 upstream that answers one request per connection with keep-alive headers, then
+/// closes the socket shortly after: the pooled connection is dead by the next request.
+async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_while_idle_is_replaced() {
+    let (upstream, accepted) = closing_upstream().await;
+    let proxy = Proxy::start(&runner_config(upstream, "k", sandboxes()));
+    for round in 0..5 {
+        let reply = get(proxy.addr, HOST, "/").await;
+        assert_eq!(
+            (round, reply.status, reply.text().as_str()),
+            (round, 200, "ok")
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+}
+
+/// What an h2c runner saw: (HTTP version, request target) per request, and connections.
+#[derive(Default)]
+struct H2Seen {
+    requests: Mutex<Vec<(http::Version, String)>>,
+    connections: AtomicUsize,
+}
+
+/// A runner speaking HTTP/1.1 and HTTP/2 prior knowledge (hyper-util's auto server): answers
+/// with its protocol version, and echoes WebSockets (HTTP/1.1 upgrades).
+async fn h2c_runner() -> (SocketAddr, Arc<H2Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(H2Seen::default());
+    let state = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            state.connections.fetch_add(1, Ordering::SeqCst);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(h2c_answer(req, &state)) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn h2c_answer(mut req: Request<Incoming>, seen: &H2Seen) -> Response<Full<Bytes>> {
+    let target = req.uri().path().to_string();
+    seen.requests
+        .lock()
+        .unwrap()
+        .push((req.version(), target.clone()));
+    if target.ends_with("/ws") {
+        let key = req.headers()["sec-websocket-key"].as_bytes().to_vec();
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_text() && ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+        return Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(Full::default())
+            .unwrap();
+    }
+    Response::new(Full::new(Bytes::from(format!("{:?}", req.version()))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_runners_get_http2_on_one_connection_and_websockets_over_http1() {
+    let (runner, seen) = h2c_runner().await;
+    let config = format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n\
+         [[registry.runners]]\nid = \"runner-1\"\nurl = \"http://{runner}\"\napi_key = \"k\"\n\
+         protocol = \"h2c\"\n{}",
+        sandboxes()
+    );
+    let proxy = Proxy::start(&config);
+    let replies = futures_util::future::join_all(
+        (0..12).map(|i| get(proxy.addr, HOST, if i % 2 == 0 { "/a?x=1" } else { "/b" })),
+    )
+    .await;
+    for reply in &replies {
+        assert_eq!((reply.status, reply.text().as_str()), (200, "HTTP/2.0"));
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    let requests = seen.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 12);
+    assert!(requests.iter().all(|(v, t)| *v == http::Version::HTTP_2
+        && t.starts_with("/sandboxes/sbx-1/toolbox/proxy/3000/")));
+
+    let (mut ws, _) = ws_connect(proxy.addr, HOST, "/ws", &[]).await.unwrap();
+    ws.send(Message::text("over h1")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, Message::text("over h1"));
+    let last = seen.requests.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.0, http::Version::HTTP_11);
+}
