@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+
+use crate::FastMap;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::metrics;
@@ -123,7 +125,7 @@ pub struct Activity {
     enabled: bool,
     throttle_ms: u64,
     heartbeat_ms: u64,
-    marks: DashMap<Arc<str>, Mark>,
+    marks: FastMap<Arc<str>, Mark>,
 }
 
 impl Activity {
@@ -132,7 +134,7 @@ impl Activity {
             enabled: config.enabled,
             throttle_ms: config.throttle.as_millis() as u64,
             heartbeat_ms: config.heartbeat.as_millis() as u64,
-            marks: DashMap::new(),
+            marks: FastMap::default(),
         })
     }
 

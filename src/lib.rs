@@ -25,6 +25,11 @@ pub mod tls;
 pub mod upstream;
 pub mod wake;
 
+/// A concurrent map with foldhash: several times cheaper than SipHash for the short keys of the
+/// hot path (sandbox ids), randomly seeded per map. The maps it backs are bounded or keyed by
+/// data the proxy already validated.
+pub type FastMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -10,7 +10,6 @@ use std::io;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -20,8 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
 use crate::metrics::metrics;
-
-type FastMap<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+use crate::FastMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {

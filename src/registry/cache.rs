@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+
+use crate::FastMap;
 use tokio::sync::OnceCell;
 
 use super::{Registry, RegistryError, SandboxRecord};
@@ -66,8 +68,8 @@ pub struct Resolved {
 pub struct Resolver {
     backend: Arc<dyn Registry>,
     ttls: CacheTtls,
-    slots: DashMap<Box<str>, Slot>,
-    flights: DashMap<Box<str>, Flight>,
+    slots: FastMap<Box<str>, Slot>,
+    flights: FastMap<Box<str>, Flight>,
     /// Signed preview token → (port, sandbox id); absent sandbox id = invalid token.
     signed: DashMap<Box<str>, SignedEntry>,
     /// (sandbox id, SHA-256 of a preview token) → valid?; never the raw token.
@@ -81,8 +83,8 @@ impl Resolver {
         Resolver {
             backend,
             ttls,
-            slots: DashMap::new(),
-            flights: DashMap::new(),
+            slots: FastMap::default(),
+            flights: FastMap::default(),
             signed: DashMap::new(),
             token_checks: DashMap::new(),
             ssh_tokens: DashMap::new(),
@@ -297,7 +299,7 @@ impl Resolver {
 
 /// Removes a flight from the map when dropped.
 struct Landed<'a> {
-    flights: &'a DashMap<Box<str>, Flight>,
+    flights: &'a FastMap<Box<str>, Flight>,
     id: &'a str,
 }
 
@@ -308,7 +310,10 @@ impl Drop for Landed<'_> {
 }
 
 /// Keeps a side cache within `max` entries (cleared whole when full: rare and bounded).
-fn bounded<K: Eq + std::hash::Hash, V>(map: &DashMap<K, V>, max: usize) {
+fn bounded<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher + Clone>(
+    map: &DashMap<K, V, S>,
+    max: usize,
+) {
     if map.len() >= max {
         map.clear();
     }
