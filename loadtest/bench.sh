@@ -14,6 +14,9 @@
 # check the X-Daytona-Preview-Token of a non-public sandbox and strip it, add
 # X-Daytona-Authorization and X-Forwarded-*, and reuse keep-alive upstream connections.
 #
+# BASE_BIN=path/to/older/sandgate adds a target "sandgate-base" (same config, same core), for
+# before/after ratios of an optimisation in one run.
+#
 # Knobs (environment): SKIP_BUILD=1, RUNS (3), WRK_THREADS (2), WRK_CONNS (64),
 # WRK_DURATION (10s), SIZES ("small 1024 65536": the demo app's /hello line, /bytes/<n>),
 # PROXY_CORE (1), LOAD_CORE (0), K6 (1: also compare k6 preview GETs direct vs sandgate),
@@ -129,6 +132,13 @@ EOF
 start_sandgate sandgate "$tmp/sandgate.toml" "$PROXY_CORE"
 sandgate_pid=$sg_pid
 sandgate_addr=$sg_addr
+BASE_BIN=${BASE_BIN:-}
+if [ -n "$BASE_BIN" ]; then
+  [ -x "$BASE_BIN" ] || die "BASE_BIN $BASE_BIN is not an executable"
+  start_sandgate sandgate-base "$tmp/sandgate.toml" "$PROXY_CORE" "$BASE_BIN"
+  base_pid=$sg_pid
+  base_addr=$sg_addr
+fi
 
 # nginx: one worker, keep-alive upstream pool, the same routing, token check and headers.
 nginx_port=$(free_port)
@@ -198,12 +208,17 @@ hname[direct]="X-Daytona-Authorization"
 hvalue[direct]="Bearer $runner_key"
 base[nginx]="http://127.0.0.1:$nginx_port"
 base[sandgate]="http://$sandgate_addr"
-for t in nginx sandgate; do
+targets=(direct nginx sandgate)
+if [ -n "$BASE_BIN" ]; then
+  base[sandgate-base]="http://$base_addr"
+  targets+=(sandgate-base)
+fi
+for t in "${targets[@]}"; do
+  [ "$t" = direct ] && continue
   host[$t]="$preview_host"
   hname[$t]="X-Daytona-Preview-Token"
   hvalue[$t]="$token"
 done
-targets=(direct nginx sandgate)
 
 path_for() {
   case "$1" in
@@ -248,6 +263,7 @@ declare -A cpu_pids
 cpu_pids[direct]=""
 cpu_pids[nginx]="$nginx_pid $nginx_workers"
 cpu_pids[sandgate]="$sandgate_pid"
+[ -n "$BASE_BIN" ] && cpu_pids[sandgate-base]="$base_pid"
 clk_tck=$(getconf CLK_TCK)
 
 # Runs wrk once; prints "rps p50_us p99_us errors_status errors_socket cpu_us_per_req

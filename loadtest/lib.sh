@@ -65,10 +65,11 @@ require_tools() {
   done
 }
 
-# Waits until FILE has a line matching "PREFIX http://ADDR" and prints ADDR.
+# Waits until FILE has a line matching "PREFIX http://ADDR" and prints ADDR (TRIES × 50 ms,
+# default 10 s).
 wait_for_addr() {
-  local file=$1 prefix=$2 pid=$3 i
-  for i in $(seq 1 200); do
+  local file=$1 prefix=$2 pid=$3 tries=${4:-200} i
+  for i in $(seq 1 "$tries"); do
     if grep -q "^$prefix http://" "$file" 2>/dev/null; then
       sed -n "s|^$prefix http://\([^ ]*\).*|\1|p" "$file" | head -n1
       return 0
@@ -111,8 +112,8 @@ start_runner() {
 # Starts `sandgate serve --config CONFIG` on CORE; NAME names its log files in $tmp. Sets
 # `sg_pid`, `sg_addr` and, when the config has an admin listener, `sg_admin` (else empty).
 start_sandgate() {
-  local name=$1 config=$2 core=$3
-  taskset -c "$core" "$bin" serve --config "$config" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  local name=$1 config=$2 core=$3 binary=${4:-$bin}
+  taskset -c "$core" "$binary" serve --config "$config" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   sg_pid=$!
   pids+=("$sg_pid")
   sg_addr=$(wait_for_addr "$tmp/$name.out" "sandgate listening on" "$sg_pid")

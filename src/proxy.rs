@@ -142,10 +142,22 @@ fn request_id(headers: &mut http::HeaderMap) -> HeaderValue {
     });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = HeaderValue::try_from(format!("{:016x}{n:010x}", *PREFIX))
-        .unwrap_or_else(|_| HeaderValue::from_static("0"));
+    // 16 hex digits of the per-process prefix, then 10 of the counter.
+    let mut id = [0u8; 26];
+    put_hex(&mut id[..16], *PREFIX);
+    put_hex(&mut id[16..], n);
+    let id = HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"));
     headers.insert(REQUEST_ID_HEADER, id.clone());
     id
+}
+
+/// Writes the low `out.len()` hex digits of `value` into `out`.
+fn put_hex(out: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 async fn pipeline(
@@ -258,5 +270,36 @@ fn log_error(error: &ProxyError, path: &str) {
         tracing::warn!(code = error.code(), %status, path, error = %error, "request failed");
     } else {
         tracing::debug!(code = error.code(), %status, path, "request refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_26_hex_digits_and_distinct() {
+        let first = request_id(&mut http::HeaderMap::new());
+        let second = request_id(&mut http::HeaderMap::new());
+        for id in [&first, &second] {
+            assert_eq!(id.len(), 26);
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
+        }
+        assert_ne!(first, second);
+        assert_eq!(
+            first.as_bytes()[..16],
+            second.as_bytes()[..16],
+            "one prefix"
+        );
+        let mut kept = http::HeaderMap::new();
+        kept.insert(REQUEST_ID_HEADER, HeaderValue::from_static("client-id-1"));
+        assert_eq!(request_id(&mut kept), "client-id-1");
+    }
+
+    #[test]
+    fn hex_digits_are_the_low_ones() {
+        let mut out = [0u8; 4];
+        put_hex(&mut out, 0x12abcd);
+        assert_eq!(&out, b"abcd");
     }
 }

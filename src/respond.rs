@@ -121,13 +121,11 @@ fn not_running_message(state: &str, waking: bool) -> String {
 
 /// True when the client is a browser navigating (it should get a page, not JSON).
 pub fn wants_html(headers: &HeaderMap) -> bool {
+    const SEC_FETCH_MODE: http::HeaderName = http::HeaderName::from_static("sec-fetch-mode");
     if headers.contains_key(http::header::UPGRADE) {
         return false;
     }
-    if headers
-        .get("sec-fetch-mode")
-        .is_some_and(|v| v == "navigate")
-    {
+    if headers.get(SEC_FETCH_MODE).is_some_and(|v| v == "navigate") {
         return true;
     }
     headers
