@@ -9,10 +9,11 @@
 # PROXY_CORE, wrk, k6 and the upstream (sandgate's demo runner) to LOAD_CORE, so each proxy gets
 # one whole core and the ranking reflects proxy CPU per request.
 #
-# Both proxies do the same work per request: route the preview host
+# Both proxies do the same work per request (configs in lib.sh): route the preview host
 # <port>-<sandbox>.preview.localhost to {runner}/sandboxes/<sandbox>/toolbox/proxy/<port><uri},
 # check the X-Daytona-Preview-Token of a non-public sandbox and strip it, add
 # X-Daytona-Authorization and X-Forwarded-*, and reuse keep-alive upstream connections.
+# HTTPS: loadtest/bench_tls.sh.
 #
 # BASE_BIN=path/to/older/sandgate adds a target "sandgate-base" (same config, same core), for
 # before/after ratios of an optimisation in one run.
@@ -95,40 +96,13 @@ cleanup_hook() {
   fi
 }
 
-runner_key="bench-runner-key"
-token="bench-token"
-sandbox="sbx-bench"
-app_port=3000
-preview_host="$app_port-$sandbox.preview.localhost"
+preview_names # runner_key, token, sandbox, app_port, preview_host
 
 # Upstream: sandgate's demo runner (hyper, answers from memory).
 start_runner "$LOAD_CORE" "$runner_key"
 
 # sandgate: static registry with one non-public sandbox (token auth on), activity on.
-cat >"$tmp/sandgate.toml" <<EOF
-[server]
-listen = "127.0.0.1:0"
-[proxy]
-domains = ["preview.localhost"]
-[registry]
-backend = "static"
-[[registry.runners]]
-id = "bench-runner"
-url = "http://$runner_addr"
-api_key = "$runner_key"
-[[registry.sandboxes]]
-id = "$sandbox"
-runner = "bench-runner"
-public = false
-auth_token = "$token"
-state = "started"
-[activity]
-enabled = true
-[auth]
-cookie_keys = ["loadtest-cookie-key-0123456789abcdef0123"]
-[log]
-level = "warn"
-EOF
+write_sandgate_preview_config "$tmp/sandgate.toml"
 start_sandgate sandgate "$tmp/sandgate.toml" "$PROXY_CORE"
 sandgate_pid=$sg_pid
 sandgate_addr=$sg_addr
@@ -141,63 +115,7 @@ if [ -n "$BASE_BIN" ]; then
 fi
 
 # nginx: one worker, keep-alive upstream pool, the same routing, token check and headers.
-nginx_port=$(free_port)
-mkdir -p "$tmp/nginx"
-cat >"$tmp/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log warn;
-$([ "$(id -u)" = 0 ] && echo "user root;")
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $tmp/nginx/body;
-  proxy_temp_path $tmp/nginx/proxy;
-  fastcgi_temp_path $tmp/nginx/fastcgi;
-  uwsgi_temp_path $tmp/nginx/uwsgi;
-  scgi_temp_path $tmp/nginx/scgi;
-  upstream runner {
-    server $runner_addr;
-    keepalive 64;
-  }
-  server {
-    listen 127.0.0.1:$nginx_port reuseport;
-    server_name ~^(?<app_port>[0-9]+)-(?<sandbox>[a-z0-9-]+)\.preview\.localhost\$;
-    location / {
-      if (\$http_x_daytona_preview_token != "$token") { return 401; }
-      proxy_pass http://runner/sandboxes/\$sandbox/toolbox/proxy/\$app_port\$request_uri;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$proxy_host;
-      proxy_set_header X-Daytona-Preview-Token "";
-      proxy_set_header X-Daytona-Authorization "Bearer $runner_key";
-      proxy_set_header X-Forwarded-Host \$host;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      # Buffered (nginx's default mode) but entirely in memory: with the default 8 x 4k
-      # buffers a 64 KiB answer spills into a temporary file, which would handicap nginx.
-      proxy_buffering on;
-      proxy_buffer_size 16k;
-      proxy_buffers 8 16k;
-      proxy_busy_buffers_size 32k;
-      proxy_max_temp_file_size 0;
-    }
-  }
-}
-EOF
-taskset -c "$PROXY_CORE" nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" \
-  >"$tmp/nginx.out" 2>&1 &
-pids+=($!)
-nginx_pid=$!
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null && break
-  kill -0 "$nginx_pid" 2>/dev/null || {
-    cat "$tmp/nginx.out" "$tmp/nginx/error.log" >&2 || true
-    exit 1
-  }
-  sleep 0.05
-done
+start_nginx_preview "$PROXY_CORE"
 
 # --- targets -------------------------------------------------------------------------------
 # Each target: base URL, Host header (empty: default), extra header name and value.
@@ -258,7 +176,6 @@ code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "Host: $preview_h
   exit 1
 }
 
-nginx_workers=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
 declare -A cpu_pids
 cpu_pids[direct]=""
 cpu_pids[nginx]="$nginx_pid $nginx_workers"
@@ -436,19 +353,10 @@ PY
   done
 fi
 
-# nginx must not have used disk buffers or logged errors (that would handicap it).
-if grep -qE '\[(warn|error|crit|alert|emerg)\]' "$tmp/nginx/error.log"; then
-  echo "bench.sh: nginx logged warnings/errors:" >&2
-  grep -E '\[(warn|error|crit|alert|emerg)\]' "$tmp/nginx/error.log" | head -n 5 >&2
-  failed=1
-fi
-
-# sandgate must still be healthy and have logged no warnings under load.
-if grep -qE 'WARN|ERROR' "$tmp/sandgate.err"; then
-  echo "bench.sh: sandgate logged warnings/errors:" >&2
-  grep -E 'WARN|ERROR' "$tmp/sandgate.err" | head -n 20 >&2
-  failed=1
-fi
+# nginx must not have used disk buffers or logged errors (that would handicap it); sandgate must
+# have logged no warnings under load.
+check_nginx_log || failed=1
+check_sandgate_log sandgate || failed=1
 
 cat "$report"
 [ -n "$OUT" ] && cp "$report" "$OUT"

@@ -8,12 +8,15 @@
 #   loadtest/instr.sh --quick              CI smoke: a short run; exits 0 with a SKIPPED line
 #                                          when valgrind or wrk is missing
 #
-# Each sandgate runs under callgrind with the same config as bench.sh (static registry, one
-# non-public sandbox with token auth, activity on), behind wrk -t1 -c4 keep-alive preview GETs
-# of the demo runner's /hello. After a warm-up the counters are zeroed, wrk runs DURATION, the
-# counters are dumped, and the total instruction count (Ir) is divided by the requests wrk
-# completed. Knobs: DURATION (10s; --quick 2s), OUT (append the markdown table to this file),
-# KEEP=DIR (keep the callgrind dumps there, for callgrind_annotate).
+# nginx (when installed; its worker process) and each sandgate run under callgrind with
+# bench.sh's configuration (static registry, one non-public sandbox with token auth, activity
+# on; nginx doing the same routing, token check and headers), behind wrk -t1 -c4 keep-alive
+# preview GETs of the demo runner's /hello. After a 2 s warm-up the counters are zeroed, wrk
+# runs DURATION, the counters are dumped, and the instruction count (Ir) is divided by the
+# requests wrk completed.
+#
+# Knobs: DURATION (10s; --quick 2s), OUT (append the markdown table to this file), KEEP=DIR
+# (keep the callgrind dumps there, for callgrind_annotate).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -31,7 +34,7 @@ fi
 OUT=${OUT:-}
 BASE_BIN=${BASE_BIN:-}
 
-for tool in valgrind callgrind_control wrk; do
+for tool in valgrind callgrind_control wrk taskset; do
   if ! command -v "$tool" >/dev/null; then
     [ "$quick" = 1 ] && {
       echo "instr.sh --quick: SKIPPED, $tool is not installed (apt-get install valgrind wrk)"
@@ -44,36 +47,9 @@ done
 resolve_bin
 lib_setup instr
 
-runner_key="bench-runner-key"
-token="bench-token"
-sandbox="sbx-bench"
-preview_host="3000-$sandbox.preview.localhost"
+preview_names
 start_runner 0 "$runner_key"
-
-cat >"$tmp/sandgate.toml" <<EOF
-[server]
-listen = "127.0.0.1:0"
-[proxy]
-domains = ["preview.localhost"]
-[registry]
-backend = "static"
-[[registry.runners]]
-id = "bench-runner"
-url = "http://$runner_addr"
-api_key = "$runner_key"
-[[registry.sandboxes]]
-id = "$sandbox"
-runner = "bench-runner"
-public = false
-auth_token = "$token"
-state = "started"
-[activity]
-enabled = true
-[auth]
-cookie_keys = ["loadtest-cookie-key-0123456789abcdef0123"]
-[log]
-level = "warn"
-EOF
+write_sandgate_preview_config "$tmp/sandgate.toml"
 
 # wrk against ADDR for DURATION; prints the number of completed requests.
 load() {
@@ -83,50 +59,77 @@ load() {
     sed -n 's/^BENCH requests=\([0-9]*\) .*/\1/p'
 }
 
-# Counts one binary; prints "requests instructions_per_request".
-count() {
-  local name=$1 binary=$2 pid addr requests ir
-  valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$name" --dump-instr=no \
-    "$binary" serve --config "$tmp/sandgate.toml" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  pid=$!
-  pids+=("$pid")
-  addr=$(wait_for_addr "$tmp/$name.out" "sandgate listening on" "$pid" 1200)
+# Ir of the first dump in FILE (callgrind names it FILE.1) divided by REQUESTS.
+per_request() {
+  local file=$1 requests=$2 ir
+  [ "${requests:-0}" -gt 0 ] || die "$file: wrk completed no request"
+  ir=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$file.1" 2>/dev/null)
+  [ -n "$ir" ] || die "no callgrind dump $file.1"
+  [ -n "${KEEP:-}" ] && cp "$file.1" "$KEEP/"
+  awk -v r="$requests" -v ir="$ir" 'BEGIN {printf "%d %.0f\n", r, ir / r}'
+}
+
+# Zeroes PID's counters after a warm-up, loads ADDR for DURATION, dumps; prints the requests.
+measure() {
+  local pid=$1 addr=$2 requests
   load "$addr" 2s >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   requests=$(load "$addr" "$DURATION")
   callgrind_control -d "$pid" >/dev/null 2>&1
-  [ -n "${KEEP:-}" ] && cp "$tmp"/cg."$name".* "$KEEP"/
+  echo "$requests"
+}
+
+# Counts one sandgate binary; prints "requests instructions_per_request".
+count_sandgate() {
+  local name=$1 binary=$2 pid addr requests
+  valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$name" --dump-instr=no \
+    "$binary" serve --config "$tmp/sandgate.toml" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  pid=$!
+  pids+=("$pid")
+  addr=$(wait_for_addr "$tmp/$name.out" "sandgate listening on" "$pid" http 1200)
+  requests=$(measure "$pid" "$addr")
   stop_pid "$pid"
-  [ "${requests:-0}" -gt 0 ] || die "$name: wrk completed no request"
-  # The dump after zeroing is cg.<name>.<n>; its "summary:" line is the total Ir since.
-  ir=$(grep -h '^summary:' "$tmp"/cg."$name".* 2>/dev/null | awk '{print $2}' | sort -n | head -n1)
-  [ -n "$ir" ] || die "$name: no callgrind dump"
-  awk -v r="$requests" -v ir="$ir" 'BEGIN {printf "%d %.0f\n", r, ir / r}'
+  per_request "$tmp/cg.$name" "$requests"
+}
+
+# Counts nginx's worker (same routing, token check and headers, see lib.sh).
+count_nginx() {
+  local requests
+  nginx_wrap=(valgrind --tool=callgrind --trace-children=yes --dump-instr=no
+    "--callgrind-out-file=$tmp/cg.nginx.%p")
+  start_nginx_preview 1
+  nginx_workers=${nginx_workers%% *}
+  requests=$(measure "$nginx_workers" "127.0.0.1:$nginx_port")
+  stop_pid "$nginx_pid"
+  per_request "$tmp/cg.nginx.$nginx_workers" "$requests"
 }
 
 declare -A result
-targets=(sandgate)
-result[sandgate]=$(count sandgate "$bin")
+targets=()
+if command -v nginx >/dev/null; then
+  targets+=(nginx)
+  result[nginx]=$(count_nginx)
+fi
+targets+=(sandgate)
+result[sandgate]=$(count_sandgate sandgate "$bin")
 if [ -n "$BASE_BIN" ]; then
   [ -x "$BASE_BIN" ] || die "BASE_BIN $BASE_BIN is not an executable"
   targets+=(sandgate-base)
-  result[sandgate-base]=$(count sandgate-base "$BASE_BIN")
+  result[sandgate-base]=$(count_sandgate sandgate-base "$BASE_BIN")
 fi
+ref=${result[nginx]:-${result[sandgate-base]:-${result[sandgate]}}}
+ref_name=$([ -n "${result[nginx]:-}" ] && echo nginx || { [ -n "$BASE_BIN" ] && echo sandgate-base || echo sandgate; })
 
 report="$tmp/report.md"
 {
   echo "callgrind, wrk -t1 -c4 -d$DURATION keep-alive preview GETs (token auth, activity on);"
   echo "$(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "| target | requests counted | instructions / request | vs base |"
+  echo "| target | requests counted | instructions / request | vs $ref_name |"
   echo "|---|---:|---:|---:|"
   for t in "${targets[@]}"; do
     read -r requests ipr <<<"${result[$t]}"
-    ratio="-"
-    if [ -n "$BASE_BIN" ]; then
-      ratio=$(awk -v a="$ipr" -v b="$(echo "${result[sandgate-base]}" | awk '{print $2}')" \
-        'BEGIN {printf "%.2f", a / b}')
-    fi
+    ratio=$(awk -v a="$ipr" -v b="$(echo "$ref" | awk '{print $2}')" 'BEGIN {printf "%.2f", a / b}')
     echo "| $t | $requests | $ipr | $ratio |"
   done
 } >"$report"

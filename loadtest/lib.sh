@@ -1,4 +1,5 @@
-# Helpers shared by the load scripts (bench.sh, bench_backends.sh). Sourced, not run.
+# Helpers shared by the load scripts (bench.sh, bench_tls.sh, bench_backends.sh, bench_auth.sh).
+# Sourced, not run.
 #
 # The caller sets `prog` (its name, for messages) and `repo` (the repository root) first, and
 # may define `cleanup_hook` (run by the EXIT trap after the background processes have stopped,
@@ -65,19 +66,19 @@ require_tools() {
   done
 }
 
-# Waits until FILE has a line matching "PREFIX http://ADDR" and prints ADDR (TRIES × 50 ms,
-# default 10 s).
+# Waits until FILE has a line matching "PREFIX SCHEME://ADDR" (SCHEME: http unless given) and
+# prints ADDR; gives up after TRIES × 50 ms (default 200: 10 s).
 wait_for_addr() {
-  local file=$1 prefix=$2 pid=$3 tries=${4:-200} i
+  local file=$1 prefix=$2 pid=$3 scheme=${4:-http} tries=${5:-200} i
   for i in $(seq 1 "$tries"); do
-    if grep -q "^$prefix http://" "$file" 2>/dev/null; then
-      sed -n "s|^$prefix http://\([^ ]*\).*|\1|p" "$file" | head -n1
+    if grep -q "^$prefix $scheme://" "$file" 2>/dev/null; then
+      sed -n "s|^$prefix $scheme://\([^ ]*\).*|\1|p" "$file" | head -n1
       return 0
     fi
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05
   done
-  echo "$prog: '$prefix' never appeared in $file" >&2
+  echo "$prog: '$prefix $scheme://' never appeared in $file" >&2
   cat "${file%.out}.err" >&2 2>/dev/null || true
   return 1
 }
@@ -110,16 +111,182 @@ start_runner() {
 }
 
 # Starts `sandgate serve --config CONFIG` on CORE; NAME names its log files in $tmp. Sets
-# `sg_pid`, `sg_addr` and, when the config has an admin listener, `sg_admin` (else empty).
+# `sg_pid`, `sg_addr`, `sg_tls` (the HTTPS listener when the config has a [tls] section, else
+# empty) and `sg_admin` (the admin listener when the config has one, else empty).
 start_sandgate() {
   local name=$1 config=$2 core=$3 binary=${4:-$bin}
   taskset -c "$core" "$binary" serve --config "$config" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   sg_pid=$!
   pids+=("$sg_pid")
   sg_addr=$(wait_for_addr "$tmp/$name.out" "sandgate listening on" "$sg_pid")
+  sg_tls=""
+  if grep -q '^\[tls\]' "$config"; then
+    sg_tls=$(wait_for_addr "$tmp/$name.out" "sandgate listening on" "$sg_pid" https)
+  fi
   sg_admin=""
   if grep -q '^\[admin\]' "$config"; then
     sg_admin=$(wait_for_addr "$tmp/$name.out" "sandgate admin on" "$sg_pid")
+  fi
+}
+
+# --- the side-by-side benchmarks (bench.sh, bench_tls.sh): sandgate vs nginx doing the same job
+# Both route the preview host <port>-<sandbox>.preview.localhost of one non-public sandbox to
+# {runner}/sandboxes/<sandbox>/toolbox/proxy/<port><uri>, check its X-Daytona-Preview-Token and
+# strip it, add X-Daytona-Authorization and X-Forwarded-*, and reuse keep-alive upstream
+# connections.
+
+# Sets the names both proxies and the load generator use: `runner_key`, `token`, `sandbox`,
+# `app_port`, `preview_host`.
+preview_names() {
+  runner_key="bench-runner-key"
+  token="bench-token"
+  sandbox="sbx-bench"
+  app_port=3000
+  preview_host="$app_port-$sandbox.preview.localhost"
+}
+
+# Writes sandgate's config to FILE: static registry with the one non-public sandbox on the runner
+# at `runner_addr`, activity on. With CERT and KEY (PEM files) it also serves HTTPS on a free
+# port with that pair (the default certificate for any SNI).
+write_sandgate_preview_config() {
+  local file=$1 cert=${2:-} key=${3:-}
+  cat >"$file" <<EOF
+[server]
+listen = "127.0.0.1:0"
+[proxy]
+domains = ["preview.localhost"]
+[registry]
+backend = "static"
+[[registry.runners]]
+id = "bench-runner"
+url = "http://$runner_addr"
+api_key = "$runner_key"
+[[registry.sandboxes]]
+id = "$sandbox"
+runner = "bench-runner"
+public = false
+auth_token = "$token"
+state = "started"
+[activity]
+enabled = true
+[auth]
+cookie_keys = ["loadtest-cookie-key-0123456789abcdef0123"]
+[log]
+level = "warn"
+EOF
+  if [ -n "$cert" ]; then
+    cat >>"$file" <<EOF
+[tls]
+enabled = true
+listen = "127.0.0.1:0"
+unknown_sni = "default"
+[[tls.certs]]
+cert = "$cert"
+key = "$key"
+EOF
+  fi
+}
+
+# Starts nginx on CORE with one worker, a keep-alive upstream pool to `runner_addr` and the same
+# routing, token check and headers as sandgate. With CERT and KEY it listens with TLS 1.2 + 1.3
+# (ALPN h2 and http/1.1, like sandgate) instead of plaintext, with session resumption on (a
+# shared session cache and tickets; sandgate's rustls resumes from its in-memory cache). Sets
+# `nginx_pid`, `nginx_port` and `nginx_workers` (the worker pids); logs in $tmp/nginx.
+start_nginx_preview() {
+  local core=$1 cert=${2:-} key=${3:-} listen tls=""
+  nginx_port=$(free_port)
+  listen="listen 127.0.0.1:$nginx_port reuseport;"
+  if [ -n "$cert" ]; then
+    listen="listen 127.0.0.1:$nginx_port ssl http2 reuseport;"
+    tls="ssl_certificate $cert;
+    ssl_certificate_key $key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_tickets on;"
+  fi
+  mkdir -p "$tmp/nginx"
+  cat >"$tmp/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/error.log warn;
+$([ "$(id -u)" = 0 ] && echo "user root;")
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $tmp/nginx/body;
+  proxy_temp_path $tmp/nginx/proxy;
+  fastcgi_temp_path $tmp/nginx/fastcgi;
+  uwsgi_temp_path $tmp/nginx/uwsgi;
+  scgi_temp_path $tmp/nginx/scgi;
+  upstream runner {
+    server $runner_addr;
+    keepalive 64;
+  }
+  server {
+    $listen
+    $tls
+    server_name ~^(?<app_port>[0-9]+)-(?<sandbox>[a-z0-9-]+)\.preview\.localhost\$;
+    location / {
+      if (\$http_x_daytona_preview_token != "$token") { return 401; }
+      proxy_pass http://runner/sandboxes/\$sandbox/toolbox/proxy/\$app_port\$request_uri;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$proxy_host;
+      proxy_set_header X-Daytona-Preview-Token "";
+      proxy_set_header X-Daytona-Authorization "Bearer $runner_key";
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      # Buffered (nginx's default mode) but entirely in memory: with the default 8 x 4k
+      # buffers a 64 KiB answer spills into a temporary file, which would handicap nginx.
+      proxy_buffering on;
+      proxy_buffer_size 16k;
+      proxy_buffers 8 16k;
+      proxy_busy_buffers_size 32k;
+      proxy_max_temp_file_size 0;
+    }
+  }
+}
+EOF
+  # nginx_wrap: an optional command prefix (instr.sh runs nginx under valgrind).
+  taskset -c "$core" ${nginx_wrap[@]+"${nginx_wrap[@]}"} nginx -p "$tmp/nginx" \
+    -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" >"$tmp/nginx.out" 2>&1 &
+  nginx_pid=$!
+  pids+=("$nginx_pid")
+  for _ in $(seq 1 400); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null && break
+    kill -0 "$nginx_pid" 2>/dev/null || {
+      cat "$tmp/nginx.out" "$tmp/nginx/error.log" >&2 || true
+      exit 1
+    }
+    sleep 0.05
+  done
+  # The port answers as soon as the master listens; the worker is forked after that.
+  nginx_workers=""
+  for _ in $(seq 1 400); do
+    nginx_workers=$(pgrep -P "$nginx_pid" | tr '\n' ' ') || true
+    [ -n "$nginx_workers" ] && break
+    sleep 0.05
+  done
+  [ -n "$nginx_workers" ] || die "nginx started no worker"
+}
+
+# Fails the run (returns 1) when nginx logged a warning or an error: that would handicap it.
+check_nginx_log() {
+  if grep -qE '\[(warn|error|crit|alert|emerg)\]' "$tmp/nginx/error.log"; then
+    echo "$prog: nginx logged warnings/errors:" >&2
+    grep -E '\[(warn|error|crit|alert|emerg)\]' "$tmp/nginx/error.log" | head -n 5 >&2
+    return 1
+  fi
+}
+
+# Fails the run (returns 1) when sandgate's log NAME.err in $tmp has a warning or an error.
+check_sandgate_log() {
+  if grep -qE 'WARN|ERROR' "$tmp/$1.err"; then
+    echo "$prog: sandgate logged warnings/errors:" >&2
+    grep -E 'WARN|ERROR' "$tmp/$1.err" | head -n 20 >&2
+    return 1
   fi
 }
 
