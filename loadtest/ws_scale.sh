@@ -60,7 +60,7 @@ OUT=${OUT:-}
 # The whole run is bounded: past TIME_LIMIT, `timeout` sends TERM and the EXIT trap stops
 # everything this script started.
 if [ -z "${WS_SCALE_TIMED:-}" ]; then
-  WS_SCALE_TIMED=1 exec timeout -k 20 "$TIME_LIMIT" "$0" "$@"
+  WS_SCALE_TIMED=1 exec timeout -k 20 "$TIME_LIMIT" "$repo/loadtest/ws_scale.sh" "$@"
 fi
 
 require_tools python3 curl awk
