@@ -17,6 +17,8 @@ use crate::upstream::Lease;
 pub struct Guards {
     pub activity: Option<StreamGuard>,
     pub inflight: Option<InflightGuard>,
+    /// The client connection's limit slots, for relays that outlive the HTTP connection.
+    pub connection: Option<crate::proxy::ConnectionSlots>,
 }
 
 pub enum ProxyBody {

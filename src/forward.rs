@@ -61,6 +61,8 @@ pub struct Destination<'a> {
     pub inflight: Option<InflightGuard>,
     /// Replaces the request's query when the auth phase removed a credential from it.
     pub query: Option<&'a str>,
+    /// The client connection's limit slots: a WebSocket relay holds them until it ends.
+    pub connection_slots: Option<&'a crate::proxy::ConnectionSlots>,
 }
 
 pub struct Forwarder {
@@ -118,6 +120,7 @@ impl Forwarder {
             https,
             query,
             inflight,
+            connection_slots,
         } = destination;
         let proto = if https { &HTTPS } else { &self.forwarded_proto };
         let query = effective_query(query, req.uri().query());
@@ -172,6 +175,7 @@ impl Forwarder {
                     let guards = Guards {
                         activity: guard(),
                         inflight,
+                        connection: connection_slots.cloned(),
                     };
                     Ok(self.relay_upgrade(client_upgrade, response, guards))
                 }
@@ -192,6 +196,7 @@ impl Forwarder {
         let guards = Guards {
             activity: stream_guard,
             inflight,
+            connection: None,
         };
         Ok(response.map(|body| ProxyBody::upstream(body, guards, lease)))
     }

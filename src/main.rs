@@ -358,8 +358,14 @@ async fn demo(
 
 fn init_logging(config: &LogConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
+    // rustls warns on every handshake whose SNI is an IP address (scanners, health checks):
+    // not the operator's problem, so its warnings stay out unless asked for.
+    let directives = if config.level.contains("rustls") {
+        config.level.clone()
+    } else {
+        format!("{},rustls=error", config.level)
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

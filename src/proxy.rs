@@ -47,12 +47,17 @@ pub struct App {
     pub request_ids: bool,
 }
 
+/// What a connection holds against the connection limits (global and per IP). Upgraded
+/// connections (WebSockets) keep holding it after the HTTP connection task ends.
+pub type ConnectionSlots = Arc<dyn std::any::Any + Send + Sync>;
+
 /// The client end of a connection, with its IP pre-rendered for `X-Forwarded-For`.
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip_header: HeaderValue,
     /// The connection came over TLS.
     pub https: bool,
+    pub slots: Option<ConnectionSlots>,
 }
 
 impl Peer {
@@ -63,7 +68,13 @@ impl Peer {
             addr,
             ip_header,
             https,
+            slots: None,
         }
+    }
+
+    pub fn with_slots(mut self, slots: ConnectionSlots) -> Peer {
+        self.slots = Some(slots);
+        self
     }
 }
 
@@ -217,6 +228,7 @@ async fn pipeline(
         client_ip: &peer.ip_header,
         https: peer.https,
         query: stripped_query,
+        connection_slots: peer.slots.as_ref(),
     };
     let mut response = app.forwarder.forward(req, destination, guard).await?;
     entry.decorate(&mut response);

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::ProxyBody;
 use crate::config::ServerConfig;
 use crate::metrics::metrics;
-use crate::proxy::{handle, App, Peer};
+use crate::proxy::{handle, App, ConnectionSlots, Peer};
 
 /// The HTTPS side: its listener, acceptor, and what plaintext does when it is on.
 pub struct TlsListener {
@@ -94,6 +94,7 @@ pub async fn serve(
             builder: builder.clone(),
             watcher: graceful.watcher(),
             peer,
+            slots: Arc::new((permit, ip_slot)),
         };
         let tls_side = over_tls
             .then(|| {
@@ -108,7 +109,6 @@ pub async fn serve(
                 None => connection.serve_plain(stream, redirect_to).await,
             }
             metrics().connections_active.dec();
-            drop((permit, ip_slot));
         });
     }
     drop(plain);
@@ -128,6 +128,8 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
     peer: SocketAddr,
+    /// Held for as long as the connection, or a WebSocket relayed from it, is open.
+    slots: ConnectionSlots,
 }
 
 impl Connection {
@@ -168,7 +170,7 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let app = self.app;
-        let client = Arc::new(Peer::new(self.peer, https));
+        let client = Arc::new(Peer::new(self.peer, https).with_slots(self.slots));
         let service = service_fn(move |req| {
             let app = app.clone();
             let client = client.clone();

@@ -172,6 +172,43 @@ async fn per_ip_connection_limit_holds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_websockets_keep_their_connection_slots() {
+    use futures_util::SinkExt;
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(&format!(
+        "{}[server]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_ip = 2\n",
+        sandboxes()
+    )));
+    let host = "3000-sbx-1.preview.localhost";
+    let (mut first, _) = support::ws_connect(proxy.addr, host, "/ws", &[])
+        .await
+        .unwrap();
+    let (second, _) = support::ws_connect(proxy.addr, host, "/ws", &[])
+        .await
+        .unwrap();
+    // The HTTP connections behind both WebSockets have ended; the relays still hold the slots.
+    let refused = support::raw(proxy.addr, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(refused.is_empty(), "a third connection got: {refused}");
+    first.close(None).await.unwrap();
+    drop(first);
+    let mut freed = false;
+    for _ in 0..100 {
+        let reply = support::raw(
+            proxy.addr,
+            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if reply.starts_with("HTTP/1.1 200") {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "closing a WebSocket frees its slot");
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_no_credentials_and_request_ids_flow() {
     let runner = Runner::start("k").await;
     let proxy = Proxy::start_with_env(&runner.config(sandboxes()), &[("RUST_LOG", "info")]);
