@@ -173,7 +173,6 @@ async fn per_ip_connection_limit_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_websockets_keep_their_connection_slots() {
-    use futures_util::SinkExt;
     let runner = Runner::start("k").await;
     let proxy = Proxy::start(&runner.config(&format!(
         "{}[server]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_ip = 2\n",
