@@ -102,6 +102,7 @@ enum CertsCommand {
 
 /// mimalloc: the proxy makes many small short-lived allocations per request, which its
 /// per-thread free lists serve faster than glibc's malloc (measured in loadtest/RESULTS.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
