@@ -295,3 +295,35 @@ impl SandboxRecord {
 pub fn sha256(data: &str) -> [u8; 32] {
     Sha256::digest(data.as_bytes()).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_urls_give_authority_host_and_base_path() {
+        let r = RunnerRecord::new("r", "http://runner.internal:3003/api/", "k").unwrap();
+        assert_eq!(
+            (
+                &*r.authority,
+                r.host_header.to_str().unwrap(),
+                &*r.base_path
+            ),
+            ("runner.internal:3003", "runner.internal:3003", "/api")
+        );
+        let r = RunnerRecord::new("r", "http://10.0.0.5", "k").unwrap();
+        assert_eq!(
+            (
+                &*r.authority,
+                r.host_header.to_str().unwrap(),
+                &*r.base_path
+            ),
+            ("10.0.0.5:80", "10.0.0.5", "")
+        );
+        let s = SandboxRecord::new("sbx", Upstream::Runner(Arc::new(r)), false, "started", None);
+        assert_eq!(&*s.path_prefix, "/sandboxes/sbx/toolbox");
+        assert!(RunnerRecord::new("r", "http://h:1/?x=1", "k").is_err());
+        assert!(RunnerRecord::new("r", "https://h:1", "k").is_err());
+        assert!(RunnerRecord::new("r", "h:1", "k").is_err());
+    }
+}

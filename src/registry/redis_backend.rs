@@ -449,6 +449,29 @@ mod tests {
     }
 
     #[test]
+    fn runner_protocol_is_read_and_checked() {
+        let sandbox = fields(&[("runner", "r1")]);
+        let with = |protocol: &str| {
+            Some(RunnerData::Hash(fields(&[
+                ("url", "http://10.0.0.5:3003"),
+                ("api_key", "k"),
+                ("protocol", protocol),
+            ])))
+        };
+        let record = parse("p:", "sbx", &sandbox, with("h2c")).unwrap();
+        let Upstream::Runner(r) = &record.upstream else {
+            panic!("runner mode")
+        };
+        assert_eq!(r.protocol, crate::upstream::Protocol::H2c);
+        assert!(parse("p:", "sbx", &sandbox, with("h3")).is_err());
+        let record = parse("p:", "sbx", &sandbox, runner()).unwrap();
+        let Upstream::Runner(r) = &record.upstream else {
+            panic!("runner mode")
+        };
+        assert_eq!(r.protocol, crate::upstream::Protocol::Http1, "default");
+    }
+
+    #[test]
     fn defaults_and_direct_mode() {
         let record = parse("p:", "sbx", &fields(&[("address", "10.0.0.7")]), None).unwrap();
         assert!(!record.public && record.is_running() && record.auth_token_sha256.is_none());
