@@ -58,6 +58,7 @@ pub struct Peer {
     /// The connection came over TLS.
     pub https: bool,
     pub slots: Option<ConnectionSlots>,
+    pub deadline_timer: crate::forward::DeadlineTimer,
 }
 
 impl Peer {
@@ -69,6 +70,7 @@ impl Peer {
             ip_header,
             https,
             slots: None,
+            deadline_timer: Default::default(),
         }
     }
 
@@ -229,6 +231,7 @@ async fn pipeline(
         https: peer.https,
         query: stripped_query,
         connection_slots: peer.slots.as_ref(),
+        deadline_timer: &peer.deadline_timer,
     };
     let mut response = app.forwarder.forward(req, destination, guard).await?;
     entry.decorate(&mut response);

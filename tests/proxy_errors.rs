@@ -282,6 +282,50 @@ async fn slow_runner_is_504_upstream_timeout() {
     assert_eq!(reply.status, 200);
 }
 
+/// The response-header deadline is one timer per client connection, moved for each request:
+/// after a timeout, and after idling past an old deadline, the next requests on the same
+/// connection still get their full time.
+#[tokio::test]
+async fn the_deadline_timer_is_reset_for_every_request_on_a_connection() {
+    let runner = Runner::start("runner-key").await;
+    let proxy = Proxy::start(&config(
+        runner.addr,
+        "runner-key",
+        "response_header_timeout = \"300ms\"",
+        sandboxes(),
+    ));
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut status_of_path = async |path: &str| {
+        sender.ready().await.unwrap();
+        let req = request("GET", PREVIEW, path)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    };
+    assert_eq!(status_of_path("/slow/10").await, 200);
+    assert_eq!(status_of_path("/slow/5000").await, 504);
+    assert_eq!(status_of_path("/slow/150").await, 200, "after a timeout");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        status_of_path("/slow/150").await,
+        200,
+        "after idling past a deadline"
+    );
+    assert_eq!(
+        status_of_path("/slow/5000").await,
+        504,
+        "and it still fires"
+    );
+}
+
 #[tokio::test]
 async fn mid_stream_upstream_failure_aborts_the_client_body() {
     let runner = Runner::start("runner-key").await;
