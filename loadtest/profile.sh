@@ -4,89 +4,42 @@
 # cpu-clock event, so it works in VMs without hardware counters) while wrk drives it, and
 # prints the top functions by self time and the inclusive time of the main phases.
 #
-#   loadtest/profile.sh            (SKIP_BUILD=1, PROFILE_SECONDS=8, PATH_SUFFIX=/hello,
-#                                   OUT_DIR=keep perf.data and reports there)
+#   loadtest/profile.sh            (SKIP_BUILD=1 or SANDGATE_BIN, PROFILE_SECONDS=8,
+#                                   PATH_SUFFIX=/hello, OUT_DIR=keep perf.data and reports there)
 # Needs perf (Debian: linux-perf) and wrk. Same pinning as bench.sh: sandgate on core 1, wrk and
 # the upstream on core 0.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+prog=profile.sh
+# shellcheck source=loadtest/lib.sh
+. "$repo/loadtest/lib.sh"
+parse_args "$@"
 PROFILE_SECONDS=${PROFILE_SECONDS:-8}
 PATH_SUFFIX=${PATH_SUFFIX:-/hello}
 PROXY_CORE=${PROXY_CORE:-1}
 LOAD_CORE=${LOAD_CORE:-0}
 
 for tool in perf wrk taskset; do
-  command -v "$tool" >/dev/null || {
-    echo "profile.sh: $tool is required (apt-get install linux-perf wrk)" >&2
-    exit 1
-  }
+  command -v "$tool" >/dev/null || die "$tool is required (apt-get install linux-perf wrk)"
 done
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --locked >&2
-fi
-bin="$repo/target/release/sandgate"
-
-tmp=$(mktemp -d -t sandgate-profile.XXXXXX)
+resolve_bin
+lib_setup profile
 out=${OUT_DIR:-$tmp}
 mkdir -p "$out"
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
-wait_for_addr() {
-  local file=$1 prefix=$2 i
-  for i in $(seq 1 200); do
-    if grep -q "^$prefix http://" "$file" 2>/dev/null; then
-      sed -n "s|^$prefix http://\([^ ]*\).*|\1|p" "$file" | head -n1
-      return 0
-    fi
-    sleep 0.05
-  done
-  echo "profile.sh: '$prefix' never appeared in $file" >&2
-  return 1
-}
-
-taskset -c "$LOAD_CORE" "$bin" demo --runner-only --runner-listen 127.0.0.1:0 --runner-key prof-key \
-  >"$tmp/runner.out" 2>&1 &
-pids+=($!)
-runner_addr=$(wait_for_addr "$tmp/runner.out" "demo runner listening on")
-cat >"$tmp/sandgate.toml" <<EOF
-[server]
-listen = "127.0.0.1:0"
-[proxy]
-domains = ["preview.localhost"]
-[registry]
-backend = "static"
-[[registry.runners]]
-id = "r"
-url = "http://$runner_addr"
-api_key = "prof-key"
-[[registry.sandboxes]]
-id = "sbx-prof"
-runner = "r"
-public = false
-auth_token = "prof-token"
-[auth]
-cookie_keys = ["loadtest-cookie-key-0123456789abcdef0123"]
-[log]
-level = "warn"
-EOF
-taskset -c "$PROXY_CORE" "$bin" serve --config "$tmp/sandgate.toml" >"$tmp/sandgate.out" 2>&1 &
-pids+=($!)
-sandgate_pid=$!
-sandgate_addr=$(wait_for_addr "$tmp/sandgate.out" "sandgate listening on")
+# The same upstream, sandbox and sandgate config as bench.sh.
+preview_names
+start_runner "$LOAD_CORE" "$runner_key"
+write_sandgate_preview_config "$tmp/sandgate.toml"
+start_sandgate sandgate "$tmp/sandgate.toml" "$PROXY_CORE"
+sandgate_pid=$sg_pid
+sandgate_addr=$sg_addr
 
 # Load for a little longer than the sampling window, so perf sees steady state only.
-BENCH_HOST="3000-sbx-prof.preview.localhost" BENCH_HEADER_NAME=X-Daytona-Preview-Token \
-  BENCH_HEADER_VALUE=prof-token timeout $((PROFILE_SECONDS + 30)) taskset -c "$LOAD_CORE" \
+BENCH_HOST="$preview_host" BENCH_HEADER_NAME=X-Daytona-Preview-Token \
+  BENCH_HEADER_VALUE="$token" timeout $((PROFILE_SECONDS + 30)) taskset -c "$LOAD_CORE" \
   wrk -t2 -c64 -d$((PROFILE_SECONDS + 3))s -s "$repo/loadtest/wrk/headers.lua" \
   "http://$sandgate_addr$PATH_SUFFIX" >"$out/wrk.txt" &
 pids+=($!)

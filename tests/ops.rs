@@ -7,18 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::runner::{sandboxes, Runner};
-use support::{get, send, Proxy};
-
-/// The value of one sample line (`name{labels} value`) in a Prometheus exposition.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().split(' ').next())
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
+use support::{get, sample, send, Proxy};
 
 async fn scrape(admin: std::net::SocketAddr) -> String {
     let reply = get(admin, "admin", "/metrics").await;

@@ -22,19 +22,9 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 use support::runner::{sandboxes, Runner};
-use support::{get, runner_config, send, ws_connect, Proxy};
+use support::{get, runner_config, sample, send, ws_connect, Proxy};
 
 const HOST: &str = "3000-sbx-1.preview.localhost";
-
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().split(' ').next())
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 async fn upstream_connects(proxy: &Proxy) -> f64 {
     let reply = get(proxy.admin_addr(), "admin", "/metrics").await;

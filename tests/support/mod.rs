@@ -178,6 +178,17 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The value of one sample line (`name{labels} value`) in a Prometheus exposition (0 if absent).
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().split(' ').next())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A free loopback port (bound then released; fine for fixtures started right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
