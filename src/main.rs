@@ -106,12 +106,27 @@ enum CertsCommand {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// One core available (a pinned proxy, a one-CPU container): a current-thread runtime, which
+/// skips the multi-thread scheduler's cross-thread hand-offs it could not use anyway.
+/// `SANDGATE_WORKER_THREADS` overrides the count (1: current-thread).
+fn runtime_builder() -> tokio::runtime::Builder {
+    let workers = std::env::var("SANDGATE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1);
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread();
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(workers);
+    builder
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sandgate: cannot start the runtime: {e}");

@@ -22,3 +22,31 @@ async fn preview_and_health_through_the_real_binary() {
     let health = get(proxy.addr, "127.0.0.1", "/health").await;
     assert_eq!(health.json()["status"], "ok");
 }
+
+/// On one core sandgate runs a current-thread runtime: the same traffic works there, including
+/// a WebSocket relayed while other requests are served, and SIGTERM drains it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_current_thread_runtime_serves_http_and_websockets() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let runner = support::runner::Runner::start("k").await;
+    let mut proxy = Proxy::start_with_env(
+        &runner.config(support::runner::sandboxes()),
+        &[("SANDGATE_WORKER_THREADS", "1")],
+    );
+    let host = "3000-sbx-1.preview.localhost";
+    let (mut ws, _) = support::ws_connect(proxy.addr, host, "/ws", &[])
+        .await
+        .unwrap();
+    let replies = futures_util::future::join_all((0..20).map(|_| get(proxy.addr, host, "/"))).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    ws.send(Message::text("one thread")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("one thread")
+    );
+    drop(ws);
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(std::time::Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
