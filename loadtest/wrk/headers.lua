@@ -2,6 +2,8 @@
 --   BENCH_HOST          Host header to send (empty: wrk's default, the URL's host)
 --   BENCH_HEADER_NAME   one extra header (the preview token, or the runner key when direct)
 --   BENCH_HEADER_VALUE  its value
+--   BENCH_DELAY_MS      pause this long before each request on a connection (paced load: the
+--                       same offered rate for every target, for latency at a fraction of the max)
 -- At the end it prints one machine-readable line for bench.sh:
 --   BENCH requests=N duration_us=N rps=F p50_us=N p99_us=N errors_status=N errors_socket=N
 local host = os.getenv("BENCH_HOST")
@@ -11,6 +13,12 @@ end
 local name = os.getenv("BENCH_HEADER_NAME")
 if name and name ~= "" then
   wrk.headers[name] = os.getenv("BENCH_HEADER_VALUE") or ""
+end
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if pause and pause > 0 then
+  function delay()
+    return pause
+  end
 end
 
 function done(summary, latency, requests)
