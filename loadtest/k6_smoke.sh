@@ -24,14 +24,9 @@ prog=k6_smoke.sh
 resolve_bin
 lib_setup k6
 
-runner_key="smoke-runner-key"
-token="smoke-token"
-sandbox="sbx-smoke"
-
-"$bin" demo --runner-only --runner-listen 127.0.0.1:0 --runner-key "$runner_key" \
-  >"$tmp/runner.out" 2>"$tmp/runner.err" &
-pids+=($!)
-runner_addr=$(wait_for_addr "$tmp/runner.out" "demo runner listening on" $!)
+all_cores="0-$(($(nproc) - 1))"
+preview_names # the bench scripts' runner key, token and non-public sandbox
+start_runner "$all_cores" "$runner_key"
 
 # The demo runner answers without reading request bodies and then closes the connection, so
 # the 64 KiB POSTs go to a second "runner": an nginx stub that reads and discards bodies.
@@ -78,33 +73,22 @@ else
   echo "k6_smoke.sh: nginx not installed: the 64 KiB POST runs are skipped"
 fi
 
-cat >"$tmp/sandgate.toml" <<TOML
-[server]
-listen = "127.0.0.1:0"
-[proxy]
-domains = ["preview.localhost"]
-[registry]
-backend = "static"
+write_sandgate_preview_config "$tmp/sandgate.toml"
+if [ -n "$sink_runner" ]; then
+  cat >>"$tmp/sandgate.toml" <<TOML
 [[registry.runners]]
-id = "smoke-runner"
-url = "http://$runner_addr"
-api_key = "$runner_key"
+id = "sink-runner"
+url = "http://$sink_runner"
+api_key = "unused"
 [[registry.sandboxes]]
-id = "$sandbox"
-runner = "smoke-runner"
+id = "sbx-sink"
+runner = "sink-runner"
 public = false
 auth_token = "$token"
-$([ -n "$sink_runner" ] && printf '%s\n' '[[registry.runners]]' 'id = "sink-runner"' \
-  "url = \"http://$sink_runner\"" 'api_key = "unused"' '[[registry.sandboxes]]' \
-  'id = "sbx-sink"' 'runner = "sink-runner"' 'public = false' "auth_token = \"$token\"")
-[auth]
-cookie_keys = ["loadtest-cookie-key-0123456789abcdef0123"]
-[log]
-level = "warn"
 TOML
-"$bin" serve --config "$tmp/sandgate.toml" >"$tmp/sandgate.out" 2>"$tmp/sandgate.err" &
-pids+=($!)
-sandgate_addr=$(wait_for_addr "$tmp/sandgate.out" "sandgate listening on" $!)
+fi
+start_sandgate sandgate "$tmp/sandgate.toml" "$all_cores"
+sandgate_addr=$sg_addr
 
 common=(-e "SANDBOX=$sandbox" -e "VUS=$VUS" -e "DURATION=$DURATION")
 proxy=(-e "TARGET=http://$sandgate_addr" -e "TOKEN=$token")
