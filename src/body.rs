@@ -67,8 +67,14 @@ impl Body for ProxyBody {
             // instead of ending the body as if it were complete.
             ProxyBody::Upstream { body, lease, .. } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                // hyper stops polling once `is_end_stream` says so: release on either sign.
-                if matches!(polled, Poll::Ready(None)) || body.is_end_stream() {
+                // hyper stops polling once `is_end_stream` says so, and after trailers (always
+                // the last frame): release on any of these signs.
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || body.is_end_stream(),
+                    _ => false,
+                };
+                if ended {
                     release(lease);
                 }
                 polled

@@ -174,7 +174,11 @@ impl Forwarder {
 
         let req = self.limit_body(req, &target)?;
         let started = Instant::now();
-        let mut deadline = deadline_timer.take(started + self.response_header_timeout);
+        let far = Duration::from_secs(86_400 * 365);
+        let deadline_at = started
+            .checked_add(self.response_header_timeout)
+            .unwrap_or_else(|| started + far);
+        let mut deadline = deadline_timer.take(deadline_at);
         let sent = tokio::select! {
             biased;
             sent = self.pool.send(&address.authority, address.protocol, req) => Ok(sent),
@@ -335,7 +339,10 @@ impl<'a> UpstreamAddress<'a> {
                     Target::Preview { port } => *port,
                     Target::Toolbox { .. } => TOOLBOX_PORT,
                 };
-                let authority = format!("{address}:{port}");
+                let authority = match address.parse::<std::net::Ipv6Addr>() {
+                    Ok(_) => format!("[{address}]:{port}"),
+                    Err(_) => format!("{address}:{port}"),
+                };
                 let host_header =
                     HeaderValue::from_str(&authority).map_err(|_| ProxyError::UpstreamFailed)?;
                 Ok(UpstreamAddress {
@@ -575,6 +582,20 @@ mod tests {
         assert_eq!(uri, "/");
         let address = UpstreamAddress::of(&d, &Target::Toolbox { rest: "" }).unwrap();
         assert_eq!(address.authority, "10.1.2.3:2280");
+        let v6 = SandboxRecord::new(
+            "sbx-3",
+            Upstream::Direct {
+                address: "fd00::7".into(),
+            },
+            false,
+            "started",
+            None,
+        );
+        let address = UpstreamAddress::of(&v6, &Target::Preview { port: 8080 }).unwrap();
+        assert_eq!(
+            (&*address.authority, address.host_header.to_str().unwrap()),
+            ("[fd00::7]:8080", "[fd00::7]:8080")
+        );
         let address = UpstreamAddress::of(&s, &Target::Toolbox { rest: "" }).unwrap();
         assert_eq!(
             (&*address.authority, address.host_header.to_str().unwrap()),

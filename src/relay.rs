@@ -26,6 +26,8 @@ const CLOSE_1001_TO_SERVER: [u8; 8] = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE9];
 /// Most bytes one read takes (one TLS record's worth of plaintext). Lives on the stack of the
 /// poll, never in the relay.
 const READ_CHUNK: usize = 16 * 1024;
+/// How long the 1001 close may take before the sockets are simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Copies `client` ⇄ `upstream` until both sides are done, `shutdown` fires, or nothing moved
 /// either way for `idle_timeout` (`Duration::ZERO`: no idle timeout).
@@ -71,10 +73,15 @@ pub async fn relay<C, U>(
     tracing::debug!(reason, "closing relay with 1001");
     // Frames may be mid-flight in either direction; the close is best effort and the sockets
     // are shut down right after it.
-    let _ = client.write_all(&CLOSE_1001_TO_CLIENT).await;
-    let _ = upstream.write_all(&CLOSE_1001_TO_SERVER).await;
-    let _ = client.shutdown().await;
-    let _ = upstream.shutdown().await;
+    // Bounded: a peer that stopped reading must not keep this task (and the connection
+    // slots it holds) forever.
+    let close = async {
+        let _ = client.write_all(&CLOSE_1001_TO_CLIENT).await;
+        let _ = upstream.write_all(&CLOSE_1001_TO_SERVER).await;
+        let _ = client.shutdown().await;
+        let _ = upstream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
 }
 
 /// Resolves once no read happened on either side for `timeout`; never when it is zero.

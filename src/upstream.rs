@@ -110,6 +110,7 @@ pub struct Lease {
     sender: http1::SendRequest<RequestBody>,
     host: Arc<HostPool>,
     max_idle: usize,
+    idle_timeout: Duration,
 }
 
 impl Lease {
@@ -117,6 +118,23 @@ impl Lease {
         if self.sender.is_closed() {
             return;
         }
+        if self.sender.is_ready() {
+            self.push();
+            return;
+        }
+        // The answer came before the whole request body went out (an early 4xx, say): the
+        // connection is free only once hyper has finished the upload. Pooling it now would make
+        // the next request wait behind that upload.
+        tokio::spawn(async move {
+            let mut lease = self;
+            let ready = tokio::time::timeout(lease.idle_timeout, lease.sender.ready()).await;
+            if matches!(ready, Ok(Ok(()))) {
+                lease.push();
+            }
+        });
+    }
+
+    fn push(self) {
         if let Ok(mut idle) = self.host.idle.lock() {
             if idle.len() < self.max_idle {
                 idle.push(Idle {
@@ -184,6 +202,7 @@ impl Pool {
             sender,
             host,
             max_idle: self.settings.max_idle_per_host,
+            idle_timeout: self.settings.idle_timeout,
         }
     }
 
@@ -252,6 +271,8 @@ impl Pool {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
+            // A runner that vanished without a reset is noticed while no request is open too.
+            .keep_alive_while_idle(true)
             .handshake(io)
             .await?;
         tokio::spawn(async move {

@@ -226,3 +226,64 @@ async fn h2c_runners_get_http2_on_one_connection_and_websockets_over_http1() {
     let last = seen.requests.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.0, http::Version::HTTP_11);
 }
+
+/// An HTTP/1.1 upstream that answers `/early` at once and reads the request body afterwards
+/// (keeping the connection), and answers anything else `ok`.
+async fn early_answer_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path().ends_with("/early") {
+                        tokio::spawn(async move {
+                            let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                        });
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_still_uploading_is_not_handed_to_the_next_request() {
+    let upstream = early_answer_upstream().await;
+    let config = runner_config(upstream, "k", sandboxes())
+        .replace("[proxy]\n", "[proxy]\nresponse_header_timeout = \"2s\"\n");
+    let proxy = Proxy::start(&config);
+    // The upload: one chunk now, the rest only after the second request is done.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
+    let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
+    let upload = support::send_streaming(
+        proxy.addr,
+        support::request("POST", HOST, "/early").body(body).unwrap(),
+    );
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"first"))))
+        .await
+        .unwrap();
+    let response = upload.await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The answer is complete; the upload is not. The next request must not wait behind it.
+    let started = std::time::Instant::now();
+    let next = get(proxy.addr, HOST, "/").await;
+    assert_eq!(
+        (next.status, next.text().as_str()),
+        (200, "ok"),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(tx);
+}
+
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

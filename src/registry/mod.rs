@@ -143,12 +143,18 @@ impl RunnerRecord {
         if parsed.query().is_some() {
             return Err(format!("runner {id}: url {url:?} must not have a query"));
         }
-        let authority = match host.port_u16() {
-            Some(_) => host.as_str().to_owned(),
-            None => format!("{}:80", host.as_str()),
-        };
-        let host_header = HeaderValue::from_str(host.as_str())
-            .map_err(|_| format!("runner {id}: url {url:?} has an invalid host"))?;
+        if host.as_str().contains('@') {
+            return Err(format!(
+                "runner {id}: url {url:?} must not carry credentials"
+            ));
+        }
+        // Connect to host:port (80 by default); send Host as a client would for that URL.
+        let authority = format!("{}:{}", host.host(), host.port_u16().unwrap_or(80));
+        let host_header = match host.port_u16() {
+            Some(port) => HeaderValue::try_from(format!("{}:{port}", host.host())),
+            None => HeaderValue::try_from(host.host()),
+        }
+        .map_err(|_| format!("runner {id}: url {url:?} has an invalid host"))?;
         let mut auth_header = HeaderValue::try_from(format!("Bearer {api_key}"))
             .map_err(|_| format!("runner {id}: api_key has characters not allowed in a header"))?;
         auth_header.set_sensitive(true);
@@ -325,5 +331,13 @@ mod tests {
         assert!(RunnerRecord::new("r", "http://h:1/?x=1", "k").is_err());
         assert!(RunnerRecord::new("r", "https://h:1", "k").is_err());
         assert!(RunnerRecord::new("r", "h:1", "k").is_err());
+        assert!(RunnerRecord::new("r", "http://user:pw@h:1", "k").is_err());
+        let r = RunnerRecord::new("r", "http://h:/", "k").unwrap();
+        assert_eq!(
+            (&*r.authority, r.host_header.to_str().unwrap()),
+            ("h:80", "h")
+        );
+        let r = RunnerRecord::new("r", "http://[::1]:9000", "k").unwrap();
+        assert_eq!(&*r.authority, "[::1]:9000");
     }
 }
