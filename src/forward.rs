@@ -179,9 +179,15 @@ impl Forwarder {
             .checked_add(self.response_header_timeout)
             .unwrap_or_else(|| started + far);
         let mut deadline = deadline_timer.take(deadline_at);
+        // Upgrades (WebSockets) go over HTTP/1.1 whatever the runner's protocol.
+        let protocol = if upgrade {
+            Protocol::Http1
+        } else {
+            address.protocol
+        };
         let sent = tokio::select! {
             biased;
-            sent = self.pool.send(&address.authority, address.protocol, req) => Ok(sent),
+            sent = self.pool.send(&address.authority, protocol, req) => Ok(sent),
             () = &mut deadline => Err(()),
         };
         deadline_timer.put_back(deadline);

@@ -159,7 +159,8 @@ impl Pool {
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `authority` (`host:port`). Returns the
-    /// response and, for HTTP/1.1, the connection to release when its body ends.
+    /// response and, for HTTP/1.1, the connection to release when its body ends. Upgrades
+    /// must be sent as `Protocol::Http1`.
     pub async fn send(
         &self,
         authority: &str,
@@ -167,8 +168,7 @@ impl Pool {
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
         let host = self.host(authority);
-        let upgrade = req.headers().contains_key(http::header::UPGRADE);
-        if protocol == Protocol::H2c && !upgrade {
+        if protocol == Protocol::H2c {
             return self.send_h2(&host, authority, req).await.map(|r| (r, None));
         }
         let mut req = req;
