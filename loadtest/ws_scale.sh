@@ -17,13 +17,15 @@
 # so every (source, destination) pair of addresses has its own ~28k ephemeral ports, both on the
 # client → sandgate side and on the sandgate → runner side.
 #
-# File descriptors: sandgate holds two sockets per WebSocket. The script raises its soft
-# `ulimit -n` to the hard limit; an N that needs more than that (2N + FD_SLACK) is not run: its row
-# says so and gives the largest N that fits. Raising the hard limit needs root with
-# CAP_SYS_RESOURCE (e.g. `prlimit`, limits.conf, or a container's --ulimit nofile=...).
+# File descriptors: sandgate holds two sockets per WebSocket, and one process may open at most
+# `ulimit -Hn` files (the script raises its soft limit to that). An N that does not fit in one
+# process is spread over PROXIES sandgate processes sharing one port with `server.reuse_port`
+# (SO_REUSEPORT: the kernel hands each a share of the connections), as an operator runs one per
+# core; RSS and `sandgate_websockets_active` are summed over them. PROXIES defaults to the fewest
+# processes that keep each under 85 % of the limit.
 #
-# Knobs (environment): COUNTS ("10000 50000"; quick "200"), SANDGATE_BIN (use this binary, no
-# build), SKIP_BUILD=1, PER_PROCESS (15000 connections per client process and per runner),
+# Knobs (environment): COUNTS ("10000 50000"; quick "200"), PROXIES (sandgate processes; auto),
+# SANDGATE_BIN (use this binary, no build), SKIP_BUILD=1, PER_PROCESS (15000 connections per client process and per runner),
 # CONCURRENCY (256 handshakes / echoes in flight per client process), WARMUP (200), SETTLE (3 s;
 # quick 1), FD_SLACK (200), TIME_LIMIT (1500 s; quick 60: the whole run, then everything is
 # stopped), OUT (also write the markdown report to this file).
@@ -75,11 +77,25 @@ runner_key="ws-scale-runner-key"
 app_port=3000
 failed=0
 
-rss_kib() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status"; }
+# Summed VmRSS (KiB) of the given processes.
+rss_kib() {
+  local pid sum=0
+  for pid in "$@"; do
+    sum=$((sum + $(awk '$1 == "VmRSS:" {print $2}' "/proc/$pid/status")))
+  done
+  echo "$sum"
+}
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 per_conn() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {printf "%.2f", (b - a) / n}'; }
+# Metric M summed over the admin listeners given after it.
 metric() {
-  curl -sS --max-time 5 "http://$1/metrics" | awk -v m="$2" '$1 == m {print $2; f = 1} END {if (!f) print 0}'
+  local m=$1 addr sum=0
+  shift
+  for addr in "$@"; do
+    sum=$((sum + $(curl -sS --max-time 5 "http://$addr/metrics" |
+      awk -v m="$m" '$1 == m {printf "%d", $2; f = 1} END {if (!f) print 0}')))
+  done
+  echo "$sum"
 }
 
 # Waits (bounded) until every client's output file has a line starting with WORD (or the client
@@ -115,22 +131,22 @@ report="$tmp/report.md"
   echo "$(awk '$1 == "MemTotal:" {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, $(uname -sr); $(date -u '+%Y-%m-%d %H:%M UTC'); open files limit $fd_limit;"
   echo "sandgate binary: ${bin#"$repo"/}; $(python3 --version) client."
   echo
-  echo "| N | runners / client processes | RSS baseline MiB | RSS N idle MiB | **KiB per idle WS** | echoed | RSS after echo MiB | KiB per WS after echo | RSS all closed MiB | open s | echo s |"
+  echo "| N | sandgate processes / runners / client processes | RSS baseline MiB | RSS N idle MiB | **KiB per idle WS** | echoed | RSS after echo MiB | KiB per WS after echo | RSS all closed MiB | open s | echo s |"
   echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 } >"$report"
 
 run_one() {
-  local n=$1 groups r c addr need
-  need=$((2 * n + FD_SLACK))
-  if [ "$need" -gt "$fd_limit" ]; then
-    local fit=$(((fd_limit - FD_SLACK) / 2))
-    echo "$prog: N=$n SKIPPED: sandgate needs ~$need open files (2 per WebSocket + $FD_SLACK), the limit here is $fd_limit (ulimit -Hn); the largest N that fits is $fit" >&2
-    echo "| $n | not run: needs ~$need open files in sandgate, \`ulimit -Hn\` is $fd_limit (largest N that fits: $fit) | | | | | | | | | |" >>"$report"
+  local n=$1 groups r c addr procs per_proc
+  procs=${PROXIES:-$(((2 * n + FD_SLACK + fd_limit * 85 / 100 - 1) / (fd_limit * 85 / 100)))}
+  per_proc=$(((n + procs - 1) / procs))
+  if [ $((2 * per_proc + FD_SLACK)) -gt "$fd_limit" ]; then
+    echo "$prog: N=$n SKIPPED: $procs sandgate process(es) would need ~$((2 * per_proc + FD_SLACK)) open files each, the limit is $fd_limit; raise PROXIES" >&2
+    echo "| $n | not run: $procs process(es) × ~$((2 * per_proc + FD_SLACK)) open files > \`ulimit -Hn\` $fd_limit | | | | | | | | | |" >>"$report"
     return 0
   fi
   groups=$(((n + PER_PROCESS - 1) / PER_PROCESS))
   [ "$groups" -le 80 ] || die "N=$n needs $groups address groups; raise PER_PROCESS"
-  echo "== N=$n: $groups runner(s), $groups client process(es)" >&2
+  echo "== N=$n: $procs sandgate process(es), $groups runner(s), $groups client process(es)" >&2
   local dir="$tmp/n$n"
   mkdir -p "$dir"
 
@@ -140,6 +156,7 @@ run_one() {
   cat >"$config" <<EOF
 [server]
 listen = "127.0.0.1:0"
+reuse_port = true
 max_connections = $((n + 1000))
 max_connections_per_ip = 0
 [admin]
@@ -175,13 +192,18 @@ EOF
     hosts+=(--host "$app_port-sbx-ws-$r.$domain")
   done
 
-  # --- sandgate --------------------------------------------------------------------------------
-  "$bin" serve --config "$config" >"$dir/sandgate.out" 2>"$dir/sandgate.err" &
-  local sg=$!
-  pids+=("$sg")
-  local sg_addr sg_admin
-  sg_addr=$(wait_for_addr "$dir/sandgate.out" "sandgate listening on" "$sg")
-  sg_admin=$(wait_for_addr "$dir/sandgate.out" "sandgate admin on" "$sg")
+  # --- sandgate: PROCS processes on one port (SO_REUSEPORT) -------------------------------------
+  local sgs=() admins=() sg_addr="" p listen
+  for p in $(seq 0 $((procs - 1))); do
+    listen=${sg_addr:-127.0.0.1:0}
+    SANDGATE_SERVER__LISTEN=$listen "$bin" serve --config "$config" \
+      >"$dir/sandgate$p.out" 2>"$dir/sandgate$p.err" &
+    sgs+=($!)
+    pids+=($!)
+    addr=$(wait_for_addr "$dir/sandgate$p.out" "sandgate listening on" "$!")
+    sg_addr=${sg_addr:-$addr}
+    admins+=("$(wait_for_addr "$dir/sandgate$p.out" "sandgate admin on" "$!")")
+  done
 
   # --- 1. warm-up and baseline -------------------------------------------------------------------
   if [ "$WARMUP" -gt 0 ]; then
@@ -194,7 +216,7 @@ EOF
     sleep 1
   fi
   local rss0
-  rss0=$(rss_kib "$sg")
+  rss0=$(rss_kib "${sgs[@]}")
 
   # --- 2. N idle WebSockets ------------------------------------------------------------------------
   local client_pids=() outs=() share left=$n
@@ -216,8 +238,8 @@ EOF
   open_secs=$(echo "$opened" | max_field secs)
   sleep "$SETTLE"
   local rss1 active
-  rss1=$(rss_kib "$sg")
-  active=$(metric "$sg_admin" sandgate_websockets_active)
+  rss1=$(rss_kib "${sgs[@]}")
+  active=$(metric sandgate_websockets_active "${admins[@]}")
   echo "  sandgate VmRSS ${rss0} KiB → ${rss1} KiB with $ok_open open; websockets_active $active" >&2
   if [ "$bad_open" != 0 ] || [ "$ok_open" != "$n" ] || [ "$active" != "$n" ]; then
     echo "$prog: N=$n: opened $ok_open, failed $bad_open, sandgate_websockets_active $active" >&2
@@ -238,7 +260,7 @@ EOF
   fi
   sleep "$SETTLE"
   local rss2
-  rss2=$(rss_kib "$sg")
+  rss2=$(rss_kib "${sgs[@]}")
 
   # --- 4. all closed -----------------------------------------------------------------------------
   for c in "${client_pids[@]}"; do kill -TERM "$c"; done
@@ -249,24 +271,26 @@ EOF
     }
   done
   for _ in $(seq 1 $((SETTLE * 10 + 50))); do
-    [ "$(metric "$sg_admin" sandgate_websockets_active)" = 0 ] && break
+    [ "$(metric sandgate_websockets_active "${admins[@]}")" = 0 ] && break
     sleep 0.1
   done
   local rss3
-  rss3=$(rss_kib "$sg")
+  rss3=$(rss_kib "${sgs[@]}")
   echo "  after echo ${rss2} KiB; all closed ${rss3} KiB" >&2
 
-  printf '| %s | %s / %s | %s | %s | **%s** | %s / %s | %s | %s | %s | %s | %s |\n' \
-    "$n" "$groups" "$groups" "$(mib "$rss0")" "$(mib "$rss1")" "$(per_conn "$rss0" "$rss1" "$n")" \
+  printf '| %s | %s / %s / %s | %s | %s | **%s** | %s / %s | %s | %s | %s | %s | %s |\n' \
+    "$n" "$procs" "$groups" "$groups" "$(mib "$rss0")" "$(mib "$rss1")" "$(per_conn "$rss0" "$rss1" "$n")" \
     "$ok_echo" "$n" "$(mib "$rss2")" "$(per_conn "$rss0" "$rss2" "$n")" "$(mib "$rss3")" \
     "$open_secs" "$echo_secs" >>"$report"
 
-  if grep -qE 'WARN|ERROR' "$dir/sandgate.err"; then
-    echo "$prog: sandgate logged warnings/errors:" >&2
-    grep -E 'WARN|ERROR' "$dir/sandgate.err" | head -n 20 >&2
-    failed=1
-  fi
-  stop_pid "$sg"
+  for p in "${!sgs[@]}"; do
+    if grep -qE 'WARN|ERROR' "$dir/sandgate$p.err"; then
+      echo "$prog: sandgate $p logged warnings/errors:" >&2
+      grep -E 'WARN|ERROR' "$dir/sandgate$p.err" | head -n 20 >&2
+      failed=1
+    fi
+    stop_pid "${sgs[$p]}"
+  done
   for r in "${runner_pids[@]}"; do stop_pid "$r"; done
 }
 

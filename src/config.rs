@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, in-flight requests and streams get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Bind the public listeners (plaintext and TLS) with `SO_REUSEPORT`, so several sandgate
+    /// processes (one per core, say) can share one port; the kernel spreads connections over them.
+    pub reuse_port: bool,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             max_connections: 50_000,
             max_connections_per_ip: 4096,
             shutdown_timeout: Duration::from_secs(30),
+            reuse_port: false,
         }
     }
 }

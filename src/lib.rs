@@ -123,10 +123,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         access_log: config.log.access,
         request_ids: config.log.request_id,
     });
-    let (listener, addr) = bind(config.server.listen)?;
+    let (listener, addr) = bind(config.server.listen, config.server.reuse_port)?;
     let (tls_listener, tls_addr) = match certs {
         Some(certs) => {
-            let (listener, addr) = bind(config.tls.listen)?;
+            let (listener, addr) = bind(config.tls.listen, config.server.reuse_port)?;
             let acceptor = tls::server_config(certs)
                 .map_err(StartError::Config)?
                 .into();
@@ -144,7 +144,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
     let admin_addr = match config.admin.listen.parse::<SocketAddr>() {
         Ok(admin) => {
-            let (listener, addr) = bind(admin)?;
+            let (listener, addr) = bind(admin, false)?;
             tasks.push(tokio::spawn(server::serve_admin(
                 app.clone(),
                 listener,
@@ -224,8 +224,12 @@ impl Shared {
     }
 }
 
-pub(crate) fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
-    let listener = server::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+pub(crate) fn bind(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let listener =
+        server::bind(addr, reuse_port).map_err(|source| StartError::Bind { addr, source })?;
     let bound = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;

@@ -302,13 +302,17 @@ impl Drop for IpSlot {
     }
 }
 
-/// Binds a listener with `SO_REUSEADDR` and a deep backlog.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds a listener with `SO_REUSEADDR` (and `SO_REUSEPORT` when `reuse_port`) and a deep
+/// backlog.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(4096)
 }

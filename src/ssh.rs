@@ -231,12 +231,12 @@ pub async fn start(config: Config) -> Result<RunningGateway, SshError> {
         nodelay: true,
         ..Default::default()
     });
-    let (listener, addr) = crate::bind(config.ssh.listen)?;
+    let (listener, addr) = crate::bind(config.ssh.listen, false)?;
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     let admin_addr = match config.admin.listen.parse::<SocketAddr>() {
         Ok(admin) => {
-            let (listener, addr) = crate::bind(admin)?;
+            let (listener, addr) = crate::bind(admin, false)?;
             tasks.push(tokio::spawn(crate::server::serve_metrics_only(
                 listener,
                 shutdown.clone(),

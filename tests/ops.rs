@@ -252,3 +252,53 @@ async fn access_log_has_no_credentials_and_request_ids_flow() {
         );
     }
 }
+
+/// `server.reuse_port`: two processes share one port and the kernel gives each a share of the
+/// connections; without it the second process cannot bind and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_lets_processes_share_a_port() {
+    let runner = Runner::start("k").await;
+    let config = |listen: &str, reuse: bool| {
+        runner.config(&format!(
+            "[server]\nlisten = \"{listen}\"\nreuse_port = {reuse}\n{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+            sandboxes()
+        ))
+    };
+    let first = Proxy::start(&config("127.0.0.1:0", true));
+    let shared = first.addr.to_string();
+    let second = Proxy::start(&config(&shared, true));
+    assert_eq!(second.addr, first.addr);
+
+    let request =
+        b"GET / HTTP/1.1\r\nHost: 3000-sbx-1.preview.localhost\r\nConnection: close\r\n\r\n";
+    for _ in 0..64 {
+        let raw = support::raw_exchange(first.addr, request, Duration::from_secs(10));
+        assert_eq!(support::status_of(&raw), 200, "{raw}");
+    }
+    let ok = "sandgate_requests_total{kind=\"preview\",class=\"2xx\"}";
+    let served = [
+        sample(&scrape(first.admin_addr()).await, ok),
+        sample(&scrape(second.admin_addr()).await, ok),
+    ];
+    assert_eq!(served[0] + served[1], 64.0, "{served:?}");
+    assert!(
+        served.iter().all(|&n| n > 0.0),
+        "one process got all: {served:?}"
+    );
+
+    // Without SO_REUSEPORT on the newcomer the port is taken: a clear start error.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sandgate.toml");
+    std::fs::write(&path, config(&shared, false)).unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&shared),
+        "the error names the address: {stderr}"
+    );
+}
