@@ -15,7 +15,10 @@
 # runs DURATION, the counters are dumped, and the instruction count (Ir) is divided by the
 # requests wrk completed.
 #
-# Knobs: DURATION (10s; --quick 2s), OUT (append the markdown table to this file), KEEP=DIR
+# Placement as in bench.sh: the proxies on PROXY_CORE (1), wrk and the runner on LOAD_CORE (0),
+# so sandgate sees one CPU and runs its current-thread runtime, as in the wrk benchmark.
+#
+# Knobs: DURATION (10s; --quick 2s), PROXY_CORE, LOAD_CORE, OUT (append the markdown table to this file), KEEP=DIR
 # (keep the callgrind dumps there, for callgrind_annotate).
 set -euo pipefail
 
@@ -33,6 +36,8 @@ else
 fi
 OUT=${OUT:-}
 BASE_BIN=${BASE_BIN:-}
+PROXY_CORE=${PROXY_CORE:-1}
+LOAD_CORE=${LOAD_CORE:-0}
 
 for tool in valgrind callgrind_control wrk taskset; do
   if ! command -v "$tool" >/dev/null; then
@@ -48,14 +53,14 @@ resolve_bin
 lib_setup instr
 
 preview_names
-start_runner 0 "$runner_key"
+start_runner "$LOAD_CORE" "$runner_key"
 write_sandgate_preview_config "$tmp/sandgate.toml"
 
 # wrk against ADDR for DURATION; prints the number of completed requests.
 load() {
   local addr=$1 duration=$2
   BENCH_HOST="$preview_host" BENCH_HEADER_NAME="X-Daytona-Preview-Token" BENCH_HEADER_VALUE="$token" \
-    timeout 120 wrk -t1 -c4 -d"$duration" -s "$repo/loadtest/wrk/headers.lua" "http://$addr/hello" |
+    timeout 120 taskset -c "$LOAD_CORE" wrk -t1 -c4 -d"$duration" -s "$repo/loadtest/wrk/headers.lua" "http://$addr/hello" |
     sed -n 's/^BENCH requests=\([0-9]*\) .*/\1/p'
 }
 
@@ -82,7 +87,7 @@ measure() {
 # Counts one sandgate binary; prints "requests instructions_per_request".
 count_sandgate() {
   local name=$1 binary=$2 pid addr requests
-  valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$name" --dump-instr=no \
+  taskset -c "$PROXY_CORE" valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$name" --dump-instr=no \
     "$binary" serve --config "$tmp/sandgate.toml" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   pid=$!
   pids+=("$pid")
@@ -97,7 +102,7 @@ count_nginx() {
   local requests
   nginx_wrap=(valgrind --tool=callgrind --trace-children=yes --dump-instr=no
     "--callgrind-out-file=$tmp/cg.nginx.%p")
-  start_nginx_preview 1
+  start_nginx_preview "$PROXY_CORE"
   nginx_workers=${nginx_workers%% *}
   requests=$(measure "$nginx_workers" "127.0.0.1:$nginx_port")
   stop_pid "$nginx_pid"

@@ -97,7 +97,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
         kind: RouteKind::Own,
         sandbox: None,
     };
-    let mut response = match pipeline(&app, req, peer, &mut seen).await {
+    let mut response = match pipeline(&app, req, peer, html, &mut seen).await {
         Ok(response) => response,
         Err(error) => {
             log_error(&error, uri.path());
@@ -177,6 +177,7 @@ async fn pipeline(
     app: &App,
     mut req: Request<Incoming>,
     peer: &Peer,
+    html: bool,
     seen: &mut Seen,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let host = authority_value(&req)?;
@@ -196,7 +197,7 @@ async fn pipeline(
         }
     };
 
-    let entry = match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer.addr).await? {
+    let entry = match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer.addr, html).await? {
         Admission::Respond(response) => return Ok(response),
         Admission::Enter(entry) => entry,
     };

@@ -75,20 +75,22 @@ impl Cors {
         })
     }
 
-    /// Decides for a request, removing `X-Daytona-Disable-CORS` (it never reaches the app).
-    pub fn decide(&self, headers: &mut HeaderMap) -> CorsDecision {
+    /// Decides for a request, removing `X-Daytona-Disable-CORS` (it never reaches the app);
+    /// the flag tells whether that header disabled CORS handling.
+    pub fn decide(&self, headers: &mut HeaderMap) -> (CorsDecision, bool) {
         let disabled = headers
             .remove(DISABLE_CORS_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         if disabled {
-            return CorsDecision::None;
+            return (CorsDecision::None, true);
         }
-        match headers.get(ORIGIN) {
+        let decision = match headers.get(ORIGIN) {
             Some(o) if o.to_str().is_ok_and(|s| self.origin_allowed(s)) => {
                 CorsDecision::Allow(o.clone())
             }
             _ => CorsDecision::None,
-        }
+        };
+        (decision, false)
     }
 
     /// The proxy's answer to a preflight, or `None` when it is not one (or CORS is disabled).
@@ -197,7 +199,7 @@ mod tests {
             ACCESS_CONTROL_REQUEST_HEADERS,
             "content-type, x-y".parse().unwrap(),
         );
-        let d = c.decide(&mut h);
+        let (d, _) = c.decide(&mut h);
         let r = c.preflight(&Method::OPTIONS, &h, &d, false).unwrap();
         assert_eq!(r.status(), 204);
         assert_eq!(
@@ -211,11 +213,11 @@ mod tests {
         assert_eq!(r.headers()[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
         assert!(c.preflight(&Method::GET, &h, &d, false).is_none());
         h.insert(ORIGIN, "http://evil.com".parse().unwrap());
-        let d = c.decide(&mut h);
+        let (d, _) = c.decide(&mut h);
         let r = c.preflight(&Method::OPTIONS, &h, &d, false).unwrap();
         assert!(r.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         h.insert(DISABLE_CORS_HEADER, "true".parse().unwrap());
-        assert!(matches!(c.decide(&mut h), CorsDecision::None));
+        assert!(matches!(c.decide(&mut h), (CorsDecision::None, true)));
         assert!(h.get(DISABLE_CORS_HEADER).is_none());
     }
 

@@ -12,12 +12,12 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::cors::{self, CorsDecision, DISABLE_CORS_HEADER};
+use super::cors::{self, CorsDecision};
 use super::{oidc, strip_credentials, warning, AuthError, AuthRequest};
 use crate::body::ProxyBody;
 use crate::proxy::App;
 use crate::registry::SandboxRecord;
-use crate::respond::{wants_html, ProxyError};
+use crate::respond::ProxyError;
 use crate::route::{self, OwnPath, Route};
 
 const MAX_FORM_BYTES: usize = 8 * 1024;
@@ -64,16 +64,13 @@ pub async fn admit(
     id_or_token: &str,
     port: Option<u16>,
     peer: SocketAddr,
+    html: bool,
 ) -> Result<Admission, ProxyError> {
     let auth = &app.auth;
     let uri = req.uri().clone();
     let method = req.method().clone();
 
-    let cors_disabled = req
-        .headers()
-        .get(DISABLE_CORS_HEADER)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-    let cors = auth.cors.decide(req.headers_mut());
+    let (cors, cors_disabled) = auth.cors.decide(req.headers_mut());
     if let Some(r) = auth
         .cors
         .preflight(&method, req.headers(), &cors, cors_disabled)
@@ -117,7 +114,7 @@ pub async fn admit(
             .map_err(Into::into);
     }
 
-    let navigation = matches!(method, Method::GET | Method::HEAD) && wants_html(req.headers());
+    let navigation = matches!(method, Method::GET | Method::HEAD) && html;
     let granted = auth
         .authenticate(
             &app.resolver,
