@@ -9,6 +9,8 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderName, HeaderValue, CONNECTION, LOCATION, UPGRADE};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, Sleep};
@@ -23,7 +25,7 @@ use crate::registry::{InflightGuard, SandboxRecord, Upstream};
 use crate::relay::relay;
 use crate::respond::ProxyError;
 use crate::route::TOOLBOX_PORT;
-use crate::upstream::{Pool, PoolSettings, Protocol, UpstreamError};
+use crate::upstream::{Lease, Pool, PoolSettings, Protocol, UpstreamError};
 
 pub const RUNNER_AUTH_HEADER: HeaderName = HeaderName::from_static("x-daytona-authorization");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -210,6 +212,7 @@ impl Forwarder {
             if response.status() == StatusCode::BAD_GATEWAY
                 && matches!(sandbox.upstream, Upstream::Runner(_))
             {
+                drain_in_background(response.into_body(), lease);
                 return Err(ProxyError::PortNotListening(port));
             }
         }
@@ -301,6 +304,34 @@ impl Forwarder {
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, ProxyBody::Empty)
     }
+}
+
+/// Reads the body of an answer the proxy replaces (the runner's 502 for a port nothing listens
+/// on) to its end off the request path, so the keep-alive connection goes back to the pool
+/// instead of closing: a client polling a port that is not up yet would otherwise cost a new
+/// upstream connection per request. Bounded in bytes and time; past either the connection closes.
+fn drain_in_background(body: Incoming, lease: Option<Lease>) {
+    const MAX_BYTES: usize = 64 * 1024;
+    const MAX_TIME: Duration = Duration::from_secs(5);
+    if lease.is_none() {
+        return; // HTTP/2: dropping the body resets just this stream
+    }
+    let mut body = ProxyBody::upstream(body, Guards::default(), lease);
+    if body.is_end_stream() {
+        return; // released already
+    }
+    tokio::spawn(async move {
+        let drain = async {
+            let mut read = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len());
+                if read > MAX_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(MAX_TIME, drain).await;
+    });
 }
 
 /// The query to forward: the client's, unless the auth phase stripped a credential from it; a

@@ -197,10 +197,11 @@ async fn pipeline(
         }
     };
 
-    let entry = match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer.addr, html).await? {
-        Admission::Respond(response) => return Ok(response),
-        Admission::Enter(entry) => entry,
-    };
+    let entry =
+        match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer.addr, html).await? {
+            Admission::Respond(response) => return Ok(response),
+            Admission::Enter(entry) => entry,
+        };
     let sandbox = &entry.sandbox;
     seen.sandbox = Some(sandbox.clone());
     let stripped_query = entry.query.as_deref();

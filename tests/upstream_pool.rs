@@ -287,3 +287,26 @@ fn tokio_stream_from<T>(
 ) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// The runner's 502 for a port nothing listens on becomes sandgate's PORT_NOT_LISTENING; its
+/// connection is drained and reused, so a client polling a port that is not up yet does not
+/// open an upstream connection per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_502_keeps_its_connection() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&with_admin(runner.config(sandboxes())));
+    for _ in 0..5 {
+        let reply = get(proxy.addr, HOST, "/status/502").await;
+        assert_eq!(reply.status, 502);
+        assert_eq!(
+            reply.json()["code"],
+            "PORT_NOT_LISTENING",
+            "{}",
+            reply.text()
+        );
+        // The drain runs beside the answer: give it a moment before the next request.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(proxy.addr, HOST, "/").await.status, 200);
+    assert_eq!(upstream_connects(&proxy).await, 1.0);
+}
