@@ -107,8 +107,10 @@ fn release(lease: &mut Option<Lease>) {
     }
 }
 
-/// The request body sent upstream: the client's, or the client's behind a size limit.
+/// The request body sent upstream: the client's, or the client's behind a size limit; empty
+/// when a bodiless request is sent again (see `upstream`).
 pub enum RequestBody {
+    Empty,
     Streamed(Incoming),
     Limited(http_body_util::Limited<Incoming>),
 }
@@ -124,6 +126,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
             RequestBody::Streamed(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             RequestBody::Limited(body) => Pin::new(body).poll_frame(cx),
         }
@@ -131,6 +134,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            RequestBody::Empty => true,
             RequestBody::Streamed(body) => body.is_end_stream(),
             RequestBody::Limited(body) => body.is_end_stream(),
         }
@@ -138,6 +142,7 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Streamed(body) => body.size_hint(),
             RequestBody::Limited(body) => body.size_hint(),
         }

@@ -1,6 +1,6 @@
 //! The upstream connection pool, per upstream address (a runner, or a sandbox in direct mode):
 //! keep-alive HTTP/1.1 connections handed out one request at a time, or one multiplexed h2c
-//! connection for runners configured with `http2 = true`.
+//! connection for runners configured with `protocol = "h2c"`.
 //!
 //! Built on `hyper::client::conn` rather than hyper-util's pooled client: the hot path is a map
 //! read and a `Vec::pop` under a short lock, and a connection goes back to the pool when its
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -32,6 +33,9 @@ pub enum UpstreamError {
     ConnectTimeout(Box<str>),
     #[error("{0} is not a valid upstream address")]
     BadAddress(Box<str>),
+    /// Another request's attempt at the shared h2c connection failed while this one waited.
+    #[error("{0} (an attempt this request waited for)")]
+    SharedConnectFailed(Box<str>),
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -42,7 +46,8 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { .. }
             | UpstreamError::ConnectTimeout(_)
-            | UpstreamError::BadAddress(_) => true,
+            | UpstreamError::BadAddress(_)
+            | UpstreamError::SharedConnectFailed(_) => true,
             UpstreamError::Http(_) => false,
         }
     }
@@ -89,12 +94,36 @@ struct HostPool {
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// Held while an h2c connection is being opened, so concurrent first requests share it.
     h2_connecting: tokio::sync::Mutex<()>,
+    /// When the last h2c connect failed, and why.
+    h2_failed: Mutex<Option<(Instant, String)>>,
 }
 
 impl HostPool {
     fn open_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
         let h2 = self.h2.lock().ok()?;
         h2.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// Stops handing out the cached connection (it is going away); its open streams go on.
+    fn forget_h2(&self) {
+        if let Ok(mut h2) = self.h2.lock() {
+            *h2 = None;
+        }
+    }
+
+    fn forget_h2_if_closed(&self) {
+        if let Ok(mut h2) = self.h2.lock() {
+            if h2.as_ref().is_some_and(|s| s.is_closed()) {
+                *h2 = None;
+            }
+        }
+    }
+
+    /// The failure of a connect attempt that ended after `since`, as an error of its own.
+    fn h2_failure_since(&self, since: Instant) -> Option<UpstreamError> {
+        let failed = self.h2_failed.lock().ok()?;
+        let (_, why) = failed.as_ref().filter(|(at, _)| *at >= since)?;
+        Some(UpstreamError::SharedConnectFailed(why.as_str().into()))
     }
 }
 
@@ -243,24 +272,82 @@ impl Pool {
         req.headers_mut().remove(http::header::HOST);
         *req.version_mut() = Version::HTTP_2;
         *req.uri_mut() = absolute_uri(authority, req.uri())?;
-        let mut sender = match host.open_h2() {
-            Some(sender) => sender,
-            None => {
-                let _connecting = host.h2_connecting.lock().await;
-                match host.open_h2() {
-                    Some(sender) => sender,
-                    None => {
-                        let sender = self.connect_h2(authority).await?;
-                        if let Ok(mut h2) = host.h2.lock() {
-                            *h2 = Some(sender.clone());
+        // A bodiless request the runner provably never processed (a stream it refused, or one
+        // above the last id of its GOAWAY while it restarts) is sent once more, over a fresh
+        // connection after a GOAWAY; so is any request a connection that died since it was
+        // cached hands back unsent.
+        let replay = req.body().is_end_stream().then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+            )
+        });
+        let mut retried = false;
+        loop {
+            let mut sender = self.h2_sender(host, authority).await?;
+            let failure = match sender.ready().await {
+                Err(e) => e,
+                Ok(()) => match sender.try_send_request(req).await {
+                    Ok(response) => return Ok(response),
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        let error = e.into_error();
+                        match (unsent, &replay, unprocessed(&error)) {
+                            (Some(unsent), _, _) => req = unsent,
+                            (None, Some((method, uri, headers)), Some(going_away)) if !retried => {
+                                if going_away {
+                                    host.forget_h2();
+                                }
+                                req = rebuild(method, uri, headers);
+                            }
+                            _ => return Err(error.into()),
                         }
-                        sender
+                        error
                     }
-                }
+                },
+            };
+            host.forget_h2_if_closed();
+            if retried {
+                return Err(failure.into());
             }
-        };
-        sender.ready().await?;
-        Ok(sender.send_request(req).await?)
+            retried = true;
+        }
+    }
+
+    /// The runner's shared h2c connection, opened by the first request that needs one. Requests
+    /// queued behind a connect that failed get that failure at once instead of each trying (and
+    /// timing out) in turn.
+    async fn h2_sender(
+        &self,
+        host: &HostPool,
+        authority: &str,
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        if let Some(sender) = host.open_h2() {
+            return Ok(sender);
+        }
+        let queued_at = Instant::now();
+        let _connecting = host.h2_connecting.lock().await;
+        if let Some(sender) = host.open_h2() {
+            return Ok(sender);
+        }
+        if let Some(failure) = host.h2_failure_since(queued_at) {
+            return Err(failure);
+        }
+        match self.connect_h2(authority).await {
+            Ok(sender) => {
+                if let Ok(mut h2) = host.h2.lock() {
+                    *h2 = Some(sender.clone());
+                }
+                Ok(sender)
+            }
+            Err(e) => {
+                if let Ok(mut failed) = host.h2_failed.lock() {
+                    *failed = Some((Instant::now(), e.to_string()));
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn connect_h2(
@@ -344,6 +431,29 @@ async fn sweep(pool: Weak<Pool>) {
             None => return,
         }
     }
+}
+
+/// `Some` when `error` proves the runner never processed the request: `Some(true)` for a stream
+/// above the last id of the runner's GOAWAY (the connection is going away), `Some(false)` for a
+/// stream it refused (RFC 9113 §8.7).
+fn unprocessed(error: &hyper::Error) -> Option<bool> {
+    let h2 = std::error::Error::source(error)?.downcast_ref::<h2::Error>()?;
+    if !h2.is_remote() {
+        return None;
+    }
+    if h2.is_go_away() {
+        return Some(true);
+    }
+    (h2.reason() == Some(h2::Reason::REFUSED_STREAM)).then_some(false)
+}
+
+fn rebuild(method: &http::Method, uri: &Uri, headers: &http::HeaderMap) -> Request<RequestBody> {
+    let mut req = Request::new(RequestBody::Empty);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri.clone();
+    *req.version_mut() = Version::HTTP_2;
+    *req.headers_mut() = headers.clone();
+    req
 }
 
 fn absolute_uri(authority: &str, origin: &Uri) -> Result<Uri, UpstreamError> {

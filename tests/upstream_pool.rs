@@ -1,7 +1,8 @@
 //! The upstream pool: keep-alive connections are reused (and only once their response is read
 //! to the end), a connection the upstream closed while idle is replaced without failing the
 //! request, and an h2c runner gets HTTP/2 on one multiplexed connection (WebSockets still over
-//! HTTP/1.1).
+//! HTTP/1.1), a stream the runner refused is sent again, requests queued behind a failed h2c
+//! connect share its failure, and a runner 502 leaves its connection in the pool.
 mod support;
 
 use std::convert::Infallible;
@@ -309,4 +310,93 @@ async fn a_runner_502_keeps_its_connection() {
     }
     assert_eq!(get(proxy.addr, HOST, "/").await.status, 200);
     assert_eq!(upstream_connects(&proxy).await, 1.0);
+}
+
+/// An h2c runner that refuses the first stream of every connection (`REFUSED_STREAM`: never
+/// processed, RFC 9113 §8.7) and answers the others with the request's method.
+async fn refusing_h2c_runner() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                let mut refused = false;
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    if !refused {
+                        refused = true;
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let head = Response::new(());
+                    if let Ok(mut body) = respond.send_response(head, false) {
+                        let _ = body.send_data(Bytes::from(req.method().to_string()), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, answered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_stream_the_runner_refused_is_sent_again_when_it_has_no_body() {
+    let (runner, answered) = refusing_h2c_runner().await;
+    let config = format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n\
+         [[registry.runners]]\nid = \"runner-1\"\nurl = \"http://{runner}\"\napi_key = \"k\"\n\
+         protocol = \"h2c\"\n{}",
+        sandboxes()
+    );
+    let proxy = Proxy::start(&config);
+    // The first stream is refused; the GET goes again on the same connection and is answered.
+    let reply = get(proxy.addr, HOST, "/").await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "GET"));
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+
+    // A request with a body is never replayed: once refused, the client gets 502.
+    let proxy = Proxy::start(&config);
+    let reply = send(proxy.addr, "POST", HOST, "/", &[], b"payload").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+}
+
+/// A listener whose accept queue is full and never drained: further connects hang (the kernel
+/// drops their SYNs) until the connector gives up.
+fn blackhole() -> (std::net::TcpListener, std::net::TcpStream) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let filler = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    (listener, filler)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_behind_a_failed_h2c_connect_fail_with_it() {
+    let (listener, _filler) = blackhole();
+    let runner = listener.local_addr().unwrap();
+    let config = format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\nconnect_timeout = \"300ms\"\n\
+         [[registry.runners]]\nid = \"runner-1\"\nurl = \"http://{runner}\"\napi_key = \"k\"\n\
+         protocol = \"h2c\"\n{}",
+        sandboxes()
+    );
+    let proxy = Proxy::start(&config);
+    let replies = futures_util::future::join_all((0..4).map(|_| get(proxy.addr, HOST, "/"))).await;
+    assert!(replies.iter().all(|r| r.status == 502 || r.status == 504));
+    // One request tried (and timed out); the three queued behind it got its failure instead of
+    // each waiting out a connect timeout of their own in turn.
+    let log = proxy.stderr();
+    let tried = log.matches("ConnectTimeout(").count();
+    let shared = log.matches("SharedConnectFailed(").count();
+    assert_eq!((tried, shared), (1, 3), "{log}");
 }
