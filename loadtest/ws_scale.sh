@@ -77,23 +77,29 @@ runner_key="ws-scale-runner-key"
 app_port=3000
 failed=0
 
-# Summed VmRSS (KiB) of the given processes.
+# Summed VmRSS (KiB) of the given processes; fails the run when one of them is gone.
 rss_kib() {
-  local pid sum=0
+  local pid kib sum=0
   for pid in "$@"; do
-    sum=$((sum + $(awk '$1 == "VmRSS:" {print $2}' "/proc/$pid/status")))
+    kib=$(awk '$1 == "VmRSS:" {print $2}' "/proc/$pid/status" 2>/dev/null) || true
+    [ -n "$kib" ] || die "sandgate (pid $pid) is not running"
+    sum=$((sum + kib))
   done
   echo "$sum"
 }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 per_conn() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {printf "%.2f", (b - a) / n}'; }
-# Metric M summed over the admin listeners given after it.
+# Metric M summed over the admin listeners given after it; "unreachable" when one does not
+# answer.
 metric() {
-  local m=$1 addr sum=0
+  local m=$1 addr page sum=0
   shift
   for addr in "$@"; do
-    sum=$((sum + $(curl -sS --max-time 5 "http://$addr/metrics" |
-      awk -v m="$m" '$1 == m {printf "%d", $2; f = 1} END {if (!f) print 0}')))
+    page=$(curl -fsS --max-time 5 "http://$addr/metrics") || {
+      echo unreachable
+      return 0
+    }
+    sum=$((sum + $(awk -v m="$m" '$1 == m {printf "%d", $2; f = 1} END {if (!f) print 0}' <<<"$page")))
   done
   echo "$sum"
 }
@@ -136,8 +142,12 @@ report="$tmp/report.md"
 } >"$report"
 
 run_one() {
-  local n=$1 groups r c addr procs per_proc
-  procs=${PROXIES:-$(((2 * n + FD_SLACK + fd_limit * 85 / 100 - 1) / (fd_limit * 85 / 100)))}
+  local n=$1 groups r c addr procs per_proc usable
+  # Each process: 2 sockets per WebSocket plus FD_SLACK, under 85 % of the limit (SO_REUSEPORT
+  # spreads connections by hash, not evenly).
+  usable=$((fd_limit * 85 / 100 - FD_SLACK))
+  procs=${PROXIES:-$(((2 * n + usable - 1) / usable))}
+  [[ "$procs" =~ ^[1-9][0-9]*$ ]] || die "PROXIES must be a positive number (got '$procs')"
   per_proc=$(((n + procs - 1) / procs))
   if [ $((2 * per_proc + FD_SLACK)) -gt "$fd_limit" ]; then
     echo "$prog: N=$n SKIPPED: $procs sandgate process(es) would need ~$((2 * per_proc + FD_SLACK)) open files each, the limit is $fd_limit; raise PROXIES" >&2
@@ -156,7 +166,7 @@ run_one() {
   cat >"$config" <<EOF
 [server]
 listen = "127.0.0.1:0"
-reuse_port = true
+$([ "$procs" -gt 1 ] && echo "reuse_port = true")
 max_connections = $((n + 1000))
 max_connections_per_ip = 0
 [admin]

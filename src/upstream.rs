@@ -91,7 +91,9 @@ pub struct Pool {
 #[derive(Default)]
 struct HostPool {
     idle: Mutex<Vec<Idle>>,
-    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// The shared h2c connection, numbered so a request forgets only the one it used.
+    h2: Mutex<Option<(u64, http2::SendRequest<RequestBody>)>>,
+    h2_opened: std::sync::atomic::AtomicU64,
     /// Held while an h2c connection is being opened, so concurrent first requests share it.
     h2_connecting: tokio::sync::Mutex<()>,
     /// When the last h2c connect failed, and why.
@@ -99,21 +101,24 @@ struct HostPool {
 }
 
 impl HostPool {
-    fn open_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+    fn open_h2(&self) -> Option<(u64, http2::SendRequest<RequestBody>)> {
         let h2 = self.h2.lock().ok()?;
-        h2.as_ref().filter(|s| !s.is_closed()).cloned()
+        h2.as_ref().filter(|(_, s)| !s.is_closed()).cloned()
     }
 
-    /// Stops handing out the cached connection (it is going away); its open streams go on.
-    fn forget_h2(&self) {
+    /// Stops handing out connection `number` (it is going away; its open streams go on), unless
+    /// another request has replaced it already.
+    fn forget_h2(&self, number: u64) {
         if let Ok(mut h2) = self.h2.lock() {
-            *h2 = None;
+            if h2.as_ref().is_some_and(|(n, _)| *n == number) {
+                *h2 = None;
+            }
         }
     }
 
     fn forget_h2_if_closed(&self) {
         if let Ok(mut h2) = self.h2.lock() {
-            if h2.as_ref().is_some_and(|s| s.is_closed()) {
+            if h2.as_ref().is_some_and(|(_, s)| s.is_closed()) {
                 *h2 = None;
             }
         }
@@ -272,10 +277,12 @@ impl Pool {
         req.headers_mut().remove(http::header::HOST);
         *req.version_mut() = Version::HTTP_2;
         *req.uri_mut() = absolute_uri(authority, req.uri())?;
-        // A bodiless request the runner provably never processed (a stream it refused, or one
-        // above the last id of its GOAWAY while it restarts) is sent once more, over a fresh
-        // connection after a GOAWAY; so is any request a connection that died since it was
-        // cached hands back unsent.
+        // A bodiless request the runner provably never processed is sent once more: a stream it
+        // refused (any method), or, for idempotent methods only, one above the last id of its
+        // GOAWAY while it restarts (over a fresh connection). hyper can report a graceful
+        // GOAWAY to a request whose HEADERS still go out afterwards, so a POST is not replayed
+        // on that evidence. Any request a connection that died since it was cached hands back
+        // unsent goes again too.
         let replay = req.body().is_end_stream().then(|| {
             (
                 req.method().clone(),
@@ -285,7 +292,7 @@ impl Pool {
         });
         let mut retried = false;
         loop {
-            let mut sender = self.h2_sender(host, authority).await?;
+            let (number, mut sender) = self.h2_sender(host, authority).await?;
             let failure = match sender.ready().await {
                 Err(e) => e,
                 Ok(()) => match sender.try_send_request(req).await {
@@ -295,9 +302,11 @@ impl Pool {
                         let error = e.into_error();
                         match (unsent, &replay, unprocessed(&error)) {
                             (Some(unsent), _, _) => req = unsent,
-                            (None, Some((method, uri, headers)), Some(going_away)) if !retried => {
+                            (None, Some((method, uri, headers)), Some(going_away))
+                                if !retried && (!going_away || method.is_idempotent()) =>
+                            {
                                 if going_away {
-                                    host.forget_h2();
+                                    host.forget_h2(number);
                                 }
                                 req = rebuild(method, uri, headers);
                             }
@@ -322,24 +331,27 @@ impl Pool {
         &self,
         host: &HostPool,
         authority: &str,
-    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
-        if let Some(sender) = host.open_h2() {
-            return Ok(sender);
+    ) -> Result<(u64, http2::SendRequest<RequestBody>), UpstreamError> {
+        if let Some(open) = host.open_h2() {
+            return Ok(open);
         }
         let queued_at = Instant::now();
         let _connecting = host.h2_connecting.lock().await;
-        if let Some(sender) = host.open_h2() {
-            return Ok(sender);
+        if let Some(open) = host.open_h2() {
+            return Ok(open);
         }
         if let Some(failure) = host.h2_failure_since(queued_at) {
             return Err(failure);
         }
         match self.connect_h2(authority).await {
             Ok(sender) => {
+                let number = host
+                    .h2_opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Ok(mut h2) = host.h2.lock() {
-                    *h2 = Some(sender.clone());
+                    *h2 = Some((number, sender.clone()));
                 }
-                Ok(sender)
+                Ok((number, sender))
             }
             Err(e) => {
                 if let Ok(mut failed) = host.h2_failed.lock() {
@@ -407,7 +419,7 @@ impl Pool {
                 idle.len()
             });
             let h2_open = host.h2.lock().is_ok_and(|mut h2| {
-                if h2.as_ref().is_some_and(|s| s.is_closed()) {
+                if h2.as_ref().is_some_and(|(_, s)| s.is_closed()) {
                     *h2 = None;
                 }
                 h2.is_some()

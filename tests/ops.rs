@@ -290,13 +290,32 @@ async fn reuse_port_lets_processes_share_a_port() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sandgate.toml");
     std::fs::write(&path, config(&shared, false)).unwrap();
-    let out = std::process::Command::new(support::BIN)
+    let mut child = std::process::Command::new(support::BIN)
         .args(["serve", "--config"])
         .arg(&path)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sandgate started on a port another process holds");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "{stderr}");
     assert!(
         stderr.contains(&shared),
         "the error names the address: {stderr}"

@@ -306,7 +306,7 @@ async fn a_runner_502_keeps_its_connection() {
             reply.text()
         );
         // The drain runs beside the answer: give it a moment before the next request.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(get(proxy.addr, HOST, "/").await.status, 200);
     assert_eq!(upstream_connects(&proxy).await, 1.0);
@@ -367,8 +367,9 @@ async fn an_h2c_stream_the_runner_refused_is_sent_again_when_it_has_no_body() {
     assert_eq!(answered.load(Ordering::SeqCst), 1);
 }
 
-/// A listener whose accept queue is full and never drained: further connects hang (the kernel
-/// drops their SYNs) until the connector gives up.
+/// A listener whose accept queue is full and never drained: further connects hang until the
+/// connector gives up (Linux drops the SYNs of a listener whose backlog is full; `listen(0)`
+/// leaves room for the one filler connection).
 fn blackhole() -> (std::net::TcpListener, std::net::TcpStream) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket
@@ -385,7 +386,7 @@ async fn requests_queued_behind_a_failed_h2c_connect_fail_with_it() {
     let (listener, _filler) = blackhole();
     let runner = listener.local_addr().unwrap();
     let config = format!(
-        "[proxy]\ndomains = [\"preview.localhost\"]\nconnect_timeout = \"300ms\"\n\
+        "[proxy]\ndomains = [\"preview.localhost\"]\nconnect_timeout = \"2s\"\n\
          [[registry.runners]]\nid = \"runner-1\"\nurl = \"http://{runner}\"\napi_key = \"k\"\n\
          protocol = \"h2c\"\n{}",
         sandboxes()
