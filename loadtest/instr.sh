@@ -18,7 +18,11 @@
 # Placement as in bench.sh: the proxies on PROXY_CORE (1), wrk and the runner on LOAD_CORE (0),
 # so sandgate sees one CPU and runs its current-thread runtime, as in the wrk benchmark.
 #
-# Knobs: DURATION (10s; --quick 2s), PROXY_CORE, LOAD_CORE, OUT (append the markdown table to this file), KEEP=DIR
+# DELAY_MS=N paces wrk (each connection waits N ms before each request): the proxy idles between
+# requests, so the count includes the cost of going to sleep and waking up per request (the
+# partial-load case), not only the saturated one.
+#
+# Knobs: DURATION (10s; --quick 2s), DELAY_MS (0), PROXY_CORE, LOAD_CORE, OUT (append the markdown table to this file), KEEP=DIR
 # (keep the callgrind dumps there, for callgrind_annotate).
 set -euo pipefail
 
@@ -60,6 +64,7 @@ write_sandgate_preview_config "$tmp/sandgate.toml"
 load() {
   local addr=$1 duration=$2
   BENCH_HOST="$preview_host" BENCH_HEADER_NAME="X-Daytona-Preview-Token" BENCH_HEADER_VALUE="$token" \
+    BENCH_DELAY_MS="${DELAY_MS:-0}" \
     timeout 120 taskset -c "$LOAD_CORE" wrk -t1 -c4 -d"$duration" -s "$repo/loadtest/wrk/headers.lua" "http://$addr/hello" |
     sed -n 's/^BENCH requests=\([0-9]*\) .*/\1/p'
 }
@@ -127,7 +132,7 @@ ref_name=$([ -n "${result[nginx]:-}" ] && echo nginx || { [ -n "$BASE_BIN" ] && 
 
 report="$tmp/report.md"
 {
-  echo "callgrind, wrk -t1 -c4 -d$DURATION keep-alive preview GETs (token auth, activity on);"
+  echo "callgrind, wrk -t1 -c4 -d$DURATION${DELAY_MS:+, paced $DELAY_MS ms,} keep-alive preview GETs (token auth, activity on);"
   echo "$(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "| target | requests counted | instructions / request | vs $ref_name |"

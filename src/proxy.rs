@@ -59,6 +59,7 @@ pub struct Peer {
     pub https: bool,
     pub slots: Option<ConnectionSlots>,
     pub deadline_timer: crate::forward::DeadlineTimer,
+    pub token_memo: crate::auth::TokenMemo,
 }
 
 impl Peer {
@@ -71,6 +72,7 @@ impl Peer {
             https,
             slots: None,
             deadline_timer: Default::default(),
+            token_memo: Default::default(),
         }
     }
 
@@ -197,11 +199,10 @@ async fn pipeline(
         }
     };
 
-    let entry =
-        match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer.addr, html).await? {
-            Admission::Respond(response) => return Ok(response),
-            Admission::Enter(entry) => entry,
-        };
+    let entry = match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer, html).await? {
+        Admission::Respond(response) => return Ok(response),
+        Admission::Enter(entry) => entry,
+    };
     let sandbox = &entry.sandbox;
     seen.sandbox = Some(sandbox.clone());
     let stripped_query = entry.query.as_deref();

@@ -850,3 +850,63 @@ async fn preview_warning_interstitial_with_csrf_and_same_host_redirects() {
     assert_eq!(r.json()["path"], "/app");
     assert_no_credentials(&r.json(), &[]);
 }
+
+/// Sends `requests` one after the other on one keep-alive connection; returns each status.
+fn statuses_on_one_connection(addr: SocketAddr, requests: &[String]) -> Vec<u16> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut statuses = Vec::new();
+    for request in requests {
+        writer.write_all(request.as_bytes()).unwrap();
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).unwrap();
+        statuses.push(support::status_of(&status_line));
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+    }
+    statuses
+}
+
+/// A connection that entered with the preview token gets no pass for later requests with
+/// another token (sandgate remembers the accepted token per connection to skip re-hashing it).
+#[tokio::test]
+async fn a_keep_alive_connection_is_checked_on_every_request() {
+    let (proxy, _rec, rp) = setup("").await;
+    let h = host(rp, "priv");
+    let request = |token: &str| {
+        format!("GET / HTTP/1.1\r\nHost: {h}\r\nX-Daytona-Preview-Token: {token}\r\n\r\n")
+    };
+    let no_token = format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n");
+    let prefix = &TOKEN[..TOKEN.len() - 1];
+    let longer = format!("{TOKEN}0");
+    let requests = [
+        request(TOKEN),
+        request(TOKEN),
+        request("nope"),
+        request(prefix),
+        request(&longer),
+        no_token,
+        request(TOKEN),
+    ];
+    let addr = proxy.addr;
+    let statuses = tokio::task::spawn_blocking(move || statuses_on_one_connection(addr, &requests))
+        .await
+        .unwrap();
+    assert_eq!(statuses, [200, 200, 401, 401, 401, 401, 200]);
+}

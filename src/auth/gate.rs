@@ -4,7 +4,6 @@
 //! preview warning, and strips every credential before the request goes on.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{AUTHORIZATION, LOCATION, SET_COOKIE};
@@ -15,7 +14,7 @@ use hyper::body::Incoming;
 use super::cors::{self, CorsDecision};
 use super::{oidc, strip_credentials, warning, AuthError, AuthRequest};
 use crate::body::ProxyBody;
-use crate::proxy::App;
+use crate::proxy::{App, Peer};
 use crate::registry::SandboxRecord;
 use crate::respond::ProxyError;
 use crate::route::{self, OwnPath, Route};
@@ -63,10 +62,11 @@ pub async fn admit(
     host: &str,
     id_or_token: &str,
     port: Option<u16>,
-    peer: SocketAddr,
+    client: &Peer,
     html: bool,
 ) -> Result<Admission, ProxyError> {
     let auth = &app.auth;
+    let peer = client.addr;
     let uri = req.uri().clone();
     let method = req.method().clone();
 
@@ -129,6 +129,7 @@ pub async fn admit(
                 host,
                 peer: peer.ip(),
                 navigation,
+                memo: Some(&client.token_memo),
             },
         )
         .await?;

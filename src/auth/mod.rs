@@ -20,6 +20,7 @@ pub mod sign;
 pub mod warning;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{AUTHORIZATION, COOKIE};
@@ -150,9 +151,39 @@ pub struct Granted {
     pub redirect: Option<String>,
 }
 
+/// The preview token one client connection last entered a sandbox with, and the sandbox
+/// record it was checked against: the connection's next requests with the same token skip the
+/// SHA-256 (a constant-time comparison of the bytes instead). A new record (refresh, token
+/// rotation, revocation) is another `Arc` and misses, so nothing outlives what it was checked
+/// against. Only tokens checked locally against the record's hash are remembered.
+#[derive(Default)]
+pub struct TokenMemo(std::sync::Mutex<Option<RememberedToken>>);
+
+type RememberedToken = (Arc<SandboxRecord>, Box<[u8]>);
+
+impl TokenMemo {
+    fn matches(&self, sandbox: &Arc<SandboxRecord>, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let Ok(memo) = self.0.lock() else {
+            return false;
+        };
+        memo.as_ref().is_some_and(|(record, known)| {
+            Arc::ptr_eq(record, sandbox)
+                && known.len() == token.len()
+                && bool::from(known.as_ref().ct_eq(token.as_bytes()))
+        })
+    }
+
+    fn remember(&self, sandbox: &Arc<SandboxRecord>, token: &str) {
+        if let Ok(mut memo) = self.0.lock() {
+            *memo = Some((sandbox.clone(), token.as_bytes().into()));
+        }
+    }
+}
+
 /// The request facts authentication looks at.
 pub struct AuthRequest<'a> {
-    pub sandbox: &'a SandboxRecord,
+    pub sandbox: &'a Arc<SandboxRecord>,
     /// `None` for toolbox traffic (always authenticated).
     pub port: Option<u16>,
     /// The host label (sandbox id or signed token) or the toolbox sandbox id: names the cookie.
@@ -166,6 +197,8 @@ pub struct AuthRequest<'a> {
     pub peer: IpAddr,
     /// A browser navigation (`GET`/`HEAD` wanting HTML, not an upgrade).
     pub navigation: bool,
+    /// The client connection's last accepted preview token.
+    pub memo: Option<&'a TokenMemo>,
 }
 
 /// Authentication state shared by every request.
@@ -292,7 +325,13 @@ impl Auth {
         }
         if let Some(value) = req.headers.get(PREVIEW_TOKEN_HEADER) {
             match value.to_str() {
+                Ok(token) if req.memo.is_some_and(|m| m.matches(req.sandbox, token)) => {
+                    return Ok(granted(Access::PreviewToken));
+                }
                 Ok(token) if resolver.preview_token_valid(sandbox, token).await? => {
+                    if let Some(memo) = req.memo.filter(|_| sandbox.auth_token_sha256.is_some()) {
+                        memo.remember(req.sandbox, token);
+                    }
                     return Ok(granted(Access::PreviewToken));
                 }
                 _ => note(AuthError::TokenInvalid),
@@ -531,7 +570,7 @@ mod tests {
     }
 
     async fn check(
-        s: &SandboxRecord,
+        s: &Arc<SandboxRecord>,
         port: Option<u16>,
         h: &HeaderMap,
         q: Option<&str>,
@@ -548,6 +587,7 @@ mod tests {
             host: "3000-sbx.preview.localhost",
             peer: "127.0.0.1".parse().unwrap(),
             navigation: false,
+            memo: None,
         };
         auth.authenticate(&resolver, &req)
             .await
@@ -558,7 +598,11 @@ mod tests {
             })
     }
 
-    fn sandbox(public: bool) -> SandboxRecord {
+    fn sandbox(public: bool) -> Arc<SandboxRecord> {
+        Arc::new(record(public))
+    }
+
+    fn record(public: bool) -> SandboxRecord {
         SandboxRecord::new(
             "sbx",
             Upstream::Direct {
@@ -636,7 +680,7 @@ mod tests {
         )
         .with_organization(Some("org-b"));
         assert_eq!(
-            check(&other_org, None, &key, None).await,
+            check(&Arc::new(other_org), None, &key, None).await,
             Err("FORBIDDEN".into())
         );
         let app_auth = headers(&[
@@ -670,6 +714,7 @@ mod tests {
             host: "3000-sbx.preview.localhost",
             peer: "127.0.0.1".parse().unwrap(),
             navigation: true,
+            memo: None,
         };
         let g = auth.authenticate(&resolver, &req).await.unwrap();
         assert_eq!(g.redirect.as_deref(), Some("/p?b=%2F&a=1"));
@@ -716,5 +761,54 @@ mod tests {
         let mut only_ours = headers(&[("cookie", "daytona-sandbox-auth-x=1")]);
         strip_credentials(&mut only_ours, None);
         assert!(only_ours.get(COOKIE).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connection_remembers_its_preview_token_for_that_record_only() {
+        let (auth, resolver) = setup();
+        let s = sandbox(false);
+        let memo = TokenMemo::default();
+        let good = headers(&[(PREVIEW_TOKEN_HEADER, "tok-123")]);
+        let bad = headers(&[(PREVIEW_TOKEN_HEADER, "tok-124")]);
+        let ask = |sandbox, h| AuthRequest {
+            sandbox,
+            port: Some(3000),
+            id_or_token: "sbx",
+            signed: false,
+            headers: h,
+            query: None,
+            path: "/",
+            host: "3000-sbx.preview.localhost",
+            peer: "127.0.0.1".parse().unwrap(),
+            navigation: false,
+            memo: Some(&memo),
+        };
+        assert!(!memo.matches(&s, "tok-123"));
+        let first = auth.authenticate(&resolver, &ask(&s, &good)).await.unwrap();
+        assert_eq!(first.access, Some(Access::PreviewToken));
+        assert!(
+            memo.matches(&s, "tok-123"),
+            "remembered after a local check"
+        );
+        assert!(!memo.matches(&s, "tok-12"), "a prefix is not the token");
+        assert!(!memo.matches(&s, "tok-124"));
+        // A wrong token is still checked (and refused), and does not replace the memo.
+        let refused = auth.authenticate(&resolver, &ask(&s, &bad)).await;
+        assert!(matches!(refused, Err(ProxyError::Auth(_))));
+        assert!(memo.matches(&s, "tok-123"));
+        // The same sandbox as a new record (a refresh, a rotated token) is checked afresh.
+        let refreshed = sandbox(false);
+        assert!(!memo.matches(&refreshed, "tok-123"));
+        let rotated = Arc::new(SandboxRecord::new(
+            "sbx",
+            Upstream::Direct {
+                address: "127.0.0.1".into(),
+            },
+            false,
+            "started",
+            Some("tok-new"),
+        ));
+        let old_token = auth.authenticate(&resolver, &ask(&rotated, &good)).await;
+        assert!(matches!(old_token, Err(ProxyError::Auth(_))), "rotated out");
     }
 }
