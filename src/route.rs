@@ -168,8 +168,7 @@ fn strip_port(authority: &str) -> Result<&str, RouteError> {
     if host.is_empty() {
         return Err(RouteError::BadHost("empty host"));
     }
-    let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
-    if !host.starts_with('[') && !host.bytes().all(valid) {
+    if !host.starts_with('[') && !host.bytes().all(|b| HOST_BYTES[b as usize]) {
         return Err(RouteError::BadHost(
             "host has characters not allowed in a DNS name",
         ));
@@ -218,8 +217,29 @@ fn parse_port(text: &str) -> Result<u16, RouteError> {
 }
 
 fn is_id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+    ID_BYTES[b as usize]
 }
+
+/// Byte classes as tables: one load per byte on the hot path instead of a chain of range checks.
+const fn byte_table(extra: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
+/// Bytes of a DNS host name as sandgate accepts it.
+static HOST_BYTES: [bool; 256] = byte_table(b"-._");
+/// Bytes of a sandbox id.
+static ID_BYTES: [bool; 256] = byte_table(b"-_");
 
 fn own_host_route(path: &str) -> Result<Route<'_>, RouteError> {
     if let Some(after) = path.strip_prefix("/toolbox/") {
