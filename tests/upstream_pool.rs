@@ -33,6 +33,16 @@ async fn upstream_connects(proxy: &Proxy) -> f64 {
     sample(&reply.text(), "sandgate_upstream_connects_total")
 }
 
+/// The test sandboxes on one runner at `runner` that speaks h2c; `proxy_extra` goes in `[proxy]`.
+fn h2c_config(runner: SocketAddr, proxy_extra: &str) -> String {
+    format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n{proxy_extra}\
+         [[registry.runners]]\nid = \"runner-1\"\nurl = \"http://{runner}\"\napi_key = \"k\"\n\
+         protocol = \"h2c\"\n{}",
+        sandboxes()
+    )
+}
+
 fn with_admin(config: String) -> String {
     format!("{config}[admin]\nlisten = \"127.0.0.1:0\"\n")
 }
@@ -196,12 +206,7 @@ fn h2c_answer(mut req: Request<Incoming>, seen: &H2Seen) -> Response<Full<Bytes>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_runners_get_http2_on_one_connection_and_websockets_over_http1() {
     let (runner, seen) = h2c_runner().await;
-    let config = format!(
-        "[proxy]\ndomains = [\"preview.localhost\"]\n\
-         [[registry.runners]]\nid = \"runner-1\"\nurl = \"http://{runner}\"\napi_key = \"k\"\n\
-         protocol = \"h2c\"\n{}",
-        sandboxes()
-    );
+    let config = h2c_config(runner, "");
     let proxy = Proxy::start(&config);
     let replies = futures_util::future::join_all(
         (0..12).map(|i| get(proxy.addr, HOST, if i % 2 == 0 { "/a?x=1" } else { "/b" })),
@@ -348,12 +353,7 @@ async fn refusing_h2c_runner() -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_stream_the_runner_refused_is_sent_again_when_it_has_no_body() {
     let (runner, answered) = refusing_h2c_runner().await;
-    let config = format!(
-        "[proxy]\ndomains = [\"preview.localhost\"]\n\
-         [[registry.runners]]\nid = \"runner-1\"\nurl = \"http://{runner}\"\napi_key = \"k\"\n\
-         protocol = \"h2c\"\n{}",
-        sandboxes()
-    );
+    let config = h2c_config(runner, "");
     let proxy = Proxy::start(&config);
     // The first stream is refused; the GET goes again on the same connection and is answered.
     let reply = get(proxy.addr, HOST, "/").await;
@@ -385,12 +385,7 @@ fn blackhole() -> (std::net::TcpListener, std::net::TcpStream) {
 async fn requests_queued_behind_a_failed_h2c_connect_fail_with_it() {
     let (listener, _filler) = blackhole();
     let runner = listener.local_addr().unwrap();
-    let config = format!(
-        "[proxy]\ndomains = [\"preview.localhost\"]\nconnect_timeout = \"2s\"\n\
-         [[registry.runners]]\nid = \"runner-1\"\nurl = \"http://{runner}\"\napi_key = \"k\"\n\
-         protocol = \"h2c\"\n{}",
-        sandboxes()
-    );
+    let config = h2c_config(runner, "connect_timeout = \"2s\"\n");
     let proxy = Proxy::start(&config);
     let replies = futures_util::future::join_all((0..4).map(|_| get(proxy.addr, HOST, "/"))).await;
     assert!(replies.iter().all(|r| r.status == 502 || r.status == 504));
