@@ -283,7 +283,7 @@ impl Pool {
         // GOAWAY to a request whose HEADERS still go out afterwards, so a POST is not replayed
         // on that evidence. Any request a connection that died since it was cached hands back
         // unsent goes again too.
-        let replay = req.body().is_end_stream().then(|| {
+        let mut replay = req.body().is_end_stream().then(|| {
             (
                 req.method().clone(),
                 req.uri().clone(),
@@ -300,18 +300,22 @@ impl Pool {
                     Err(mut e) => {
                         let unsent = e.take_message();
                         let error = e.into_error();
-                        match (unsent, &replay, unprocessed(&error)) {
-                            (Some(unsent), _, _) => req = unsent,
-                            (None, Some((method, uri, headers)), Some(going_away))
-                                if !retried && (!going_away || method.is_idempotent()) =>
-                            {
-                                if going_away {
+                        req = match unsent {
+                            Some(unsent) => unsent,
+                            None => {
+                                let going_away = unprocessed(&error);
+                                let again = replay.take().filter(|(method, _, _)| {
+                                    going_away.is_some_and(|away| !away || method.is_idempotent())
+                                });
+                                let Some(parts) = again else {
+                                    return Err(error.into());
+                                };
+                                if going_away == Some(true) {
                                     host.forget_h2(number);
                                 }
-                                req = rebuild(method, uri, headers);
+                                rebuild(parts)
                             }
-                            _ => return Err(error.into()),
-                        }
+                        };
                         error
                     }
                 },
@@ -459,12 +463,13 @@ fn unprocessed(error: &hyper::Error) -> Option<bool> {
     (h2.reason() == Some(h2::Reason::REFUSED_STREAM)).then_some(false)
 }
 
-fn rebuild(method: &http::Method, uri: &Uri, headers: &http::HeaderMap) -> Request<RequestBody> {
+/// The bodiless request to send again, from its kept method, URI and headers.
+fn rebuild((method, uri, headers): (http::Method, Uri, http::HeaderMap)) -> Request<RequestBody> {
     let mut req = Request::new(RequestBody::Empty);
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = uri.clone();
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_2;
-    *req.headers_mut() = headers.clone();
+    *req.headers_mut() = headers;
     req
 }
 
