@@ -66,7 +66,8 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::Route(RouteError::BadToolboxPath(_)) => "BAD_REQUEST",
-            ProxyError::Route(RouteError::AbsoluteForm) => "BAD_REQUEST",
+            ProxyError::Route(RouteError::AbsoluteForm | RouteError::AsteriskForm) => "BAD_REQUEST",
+            ProxyError::Route(RouteError::BadPath(_)) => "BAD_PATH",
             ProxyError::Route(_) => "BAD_HOST",
             ProxyError::NotFound => "NOT_FOUND",
             ProxyError::SandboxNotFound => "SANDBOX_NOT_FOUND",
