@@ -35,7 +35,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the non-standard ones seen in the wild.
 /// `Trailer` is not one of them: it declares the trailer fields end to end, and hyper only sends
 /// the trailer fields a message's `Trailer` header declares, so removing it drops the trailers.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -43,6 +43,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHORIZATION,
     header::TRANSFER_ENCODING,
     UPGRADE,
+    // Belongs to an `Upgrade: h2c` request, which is never relayed (RFC 7540 §3.2.1).
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Where one request goes, decided by route + resolve.
@@ -426,13 +428,16 @@ fn upstream_uri(
     Uri::from_maybe_shared(buf.freeze()).map_err(|_| ProxyError::UpstreamFailed)
 }
 
+/// Only WebSocket upgrades are relayed; any other `Upgrade` token (`h2c`, ...) is dropped with
+/// the hop-by-hop headers and the request goes on as a plain one.
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(UPGRADE) && connection_has(req.headers(), "upgrade")
+    has_token(req.headers(), UPGRADE, "websocket")
+        && has_token(req.headers(), CONNECTION, "upgrade")
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
-        .get_all(CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -476,14 +481,9 @@ fn rewrite_request_headers(
     proto: &HeaderValue,
     upgrade: bool,
 ) {
-    let upgrade_value = if upgrade {
-        headers.get(UPGRADE).cloned()
-    } else {
-        None
-    };
     remove_hop_by_hop(headers);
-    if let Some(value) = upgrade_value {
-        headers.insert(UPGRADE, value);
+    if upgrade {
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
     // The upstream's own authority; the original goes in X-Forwarded-Host.

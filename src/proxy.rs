@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use http_body::Body;
 
-use http::header::{CONTENT_TYPE, HOST};
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::header::{ALLOW, CONTENT_TYPE, HOST};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::activity::Activity;
@@ -187,6 +187,9 @@ async fn pipeline(
         .to_str()
         .map_err(|_| RouteError::BadHost("Host is not ASCII"))?;
     let uri = req.uri().clone();
+    if uri.path() == "*" {
+        return asterisk_form(req.method());
+    }
     let (sandbox_id, port, target) = match route::route(host_str, uri.path(), &app.domains)? {
         Route::Own(own) => return own_host(app, own, &req).await,
         Route::Preview { port, id_or_token } => {
@@ -272,6 +275,20 @@ async fn own_host(
         OwnPath::Login | OwnPath::Callback => gate::own_host(app, path, req).await,
         OwnPath::AcceptPreviewWarning | OwnPath::NotFound => Err(ProxyError::NotFound),
     }
+}
+
+/// `OPTIONS *` asks about the server, not a resource: the proxy answers it (there is no sandbox
+/// path to forward it to); any other method with the asterisk-form target is malformed.
+fn asterisk_form(method: &Method) -> Result<Response<ProxyBody>, ProxyError> {
+    if method != Method::OPTIONS {
+        return Err(RouteError::AsteriskForm.into());
+    }
+    let mut response = Response::new(ProxyBody::Empty);
+    response.headers_mut().insert(
+        ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    Ok(response)
 }
 
 fn json_ok(body: &'static str) -> Response<ProxyBody> {
