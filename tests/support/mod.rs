@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod control_plane;
+pub mod nginx;
 pub mod oidc;
 pub mod recorder;
 pub mod redis;
@@ -368,4 +369,47 @@ pub async fn raw(addr: SocketAddr, request: impl Into<Vec<u8>>) -> String {
 /// The body of a raw HTTP/1.1 response (after the head).
 pub fn body_of(raw: &str) -> &str {
     raw.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// Writes raw bytes on a fresh connection and reads until the server closes or sends nothing
+/// for `idle`: for pipelined or smuggled requests, where the number of answers is the question.
+pub async fn raw_until_idle(
+    addr: SocketAddr,
+    request: impl Into<Vec<u8>>,
+    idle: Duration,
+) -> String {
+    let request = request.into();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(idle)).unwrap();
+        stream.write_all(&request).expect("write");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+/// The statuses of the HTTP/1.1 responses in `raw`, in order (bodies framed by
+/// `Content-Length`; parsing stops at a response without one).
+pub fn statuses(raw: &str) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while let Some((head, after)) = rest.split_once("\r\n\r\n") {
+        out.push(status_of(head));
+        let length = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        });
+        match length {
+            Some(n) if after.len() >= n => rest = &after[n..],
+            _ => break,
+        }
+    }
+    out
 }
