@@ -44,15 +44,11 @@ fn with_headers(method_target: &str, host: &str, headers: &str) -> String {
 
 const WS_KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
 
+const CLOSE: &str = "Connection: close\r\n";
+
 #[tokio::test]
-async fn asterisk_form_and_upgrade_tokens() {
-    let runner = Runner::start("runner-key").await;
-    let proxy = Proxy::start(&runner.config(
-        "[[registry.sandboxes]]\nid = \"attacker\"\nrunner = \"runner-1\"\npublic = true\n\
-         [[registry.sandboxes]]\nid = \"victim\"\nrunner = \"runner-1\"\nauth_token = \"tok-victim\"\n",
-    ));
-    let close = "Connection: close\r\n";
-    let h2c = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n";
+async fn asterisk_form_is_answered_by_the_proxy() {
+    let close = CLOSE;
     let rows = vec![
         row(
             "OPTIONS * on a preview host",
@@ -93,6 +89,15 @@ async fn asterisk_form_and_upgrade_tokens() {
             None,
             None,
         ),
+    ];
+    run(rows).await;
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_are_relayed() {
+    let close = CLOSE;
+    let h2c = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n";
+    let rows = vec![
         row(
             "Upgrade: h2c",
             with_headers("GET /echo", ATTACKER, &format!("{h2c}{close}")),
@@ -156,6 +161,15 @@ async fn asterisk_form_and_upgrade_tokens() {
             Some("websocket"),
         ),
     ];
+    run(rows).await;
+}
+
+async fn run(rows: Vec<Row>) {
+    let runner = Runner::start("runner-key").await;
+    let proxy = Proxy::start(&runner.config(
+        "[[registry.sandboxes]]\nid = \"attacker\"\nrunner = \"runner-1\"\npublic = true\n\
+         [[registry.sandboxes]]\nid = \"victim\"\nrunner = \"runner-1\"\nauth_token = \"tok-victim\"\n",
+    ));
     for row in rows {
         let before = runner.seen().len();
         let answer = raw_until_idle(proxy.addr, row.request, Duration::from_millis(500)).await;
