@@ -251,3 +251,45 @@ async fn nothing_leaves_the_sandbox_through_a_normalising_hop() {
         ["/sandboxes/victim/toolbox/proxy/3000/secret"]
     );
 }
+
+/// Over HTTP/2 (h2c prior knowledge) the path arrives as `:path`: the same rule.
+#[tokio::test]
+async fn http2_paths_get_the_same_rule() {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    let runner = Runner::start("runner-key").await;
+    let setup = start(runner.addr, "runner-key", runner.addr);
+    let stream = tokio::net::TcpStream::connect(setup.proxy.addr)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let rows: Vec<(&str, u16)> = ATTACKS
+        .iter()
+        .map(|p| (*p, 400))
+        .chain(ORDINARY.iter().map(|p| (*p, 200)))
+        .collect();
+    for (path, status) in rows {
+        let uri = format!("http://3000-attacker.preview.localhost{path}");
+        let request = http::Request::get(&uri)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let before = runner.seen().len();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), status, "{path:?}");
+        let seen: Vec<String> = runner.seen()[before..]
+            .iter()
+            .map(|s| s.target.clone())
+            .collect();
+        let expected: Vec<String> = (status == 200)
+            .then(|| format!("{PREVIEW_PREFIX}{path}"))
+            .into_iter()
+            .collect();
+        assert_eq!(seen, expected, "{path:?}");
+    }
+}
