@@ -777,7 +777,10 @@ mod tests {
         let ours = serde_json::to_value(Envelope { value: info.value }).unwrap();
         assert_eq!(ours["value"]["apiUrl"], "http://10.0.0.5:3003");
         assert_eq!(ours["value"]["apiKey"], "k");
-        assert!(ours["value"].get("cors").is_none(), "managed is not written");
+        assert!(
+            ours["value"].get("cors").is_none(),
+            "managed is not written"
+        );
         assert_eq!(record.cors, CorsMode::Managed, "absent: managed");
     }
 
@@ -788,7 +791,10 @@ mod tests {
         };
         let cases = [
             ("{}", CorsMode::Managed),
-            (r#"{"sandgate.io/cors":"passthrough"}"#, CorsMode::Passthrough),
+            (
+                r#"{"sandgate.io/cors":"passthrough"}"#,
+                CorsMode::Passthrough,
+            ),
             (r#"{"sandgate.io/cors":"managed"}"#, CorsMode::Managed),
             (r#"{"sandgate.io/cors":"PASSTHROUGH"}"#, CorsMode::Managed),
         ];

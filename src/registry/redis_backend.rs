@@ -484,12 +484,12 @@ mod tests {
         assert!(!record.public && record.is_running() && record.auth_token_sha256.is_none());
         assert_eq!(record.cors, CorsMode::Managed);
         assert_eq!(&*record.path_prefix, "");
-        let passthrough = fields(&[("address", "h"), ("cors", "passthrough")]);
-        let record = parse("p:", "sbx", &passthrough, None).unwrap();
-        assert_eq!(record.cors, CorsMode::Passthrough);
         assert!(
             matches!(&record.upstream, Upstream::Direct { address } if &**address == "10.0.0.7")
         );
+        let passthrough = fields(&[("address", "h"), ("cors", "passthrough")]);
+        let record = parse("p:", "sbx", &passthrough, None).unwrap();
+        assert_eq!(record.cors, CorsMode::Passthrough);
     }
 
     #[test]
