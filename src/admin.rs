@@ -50,6 +50,9 @@ pub enum RegistryCommand {
         /// The preview token; only its SHA-256 is stored.
         #[arg(long)]
         auth_token: Option<String>,
+        /// Who handles CORS: managed (default, the proxy) or passthrough (the app).
+        #[arg(long)]
+        cors: Option<String>,
     },
     /// Store an API key (only its SHA-256): it opens the sandboxes of its organisation.
     PutApiKey {
@@ -312,9 +315,15 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
             state,
             organization,
             auth_token,
+            cors,
         } => {
             let id = check_id("sandbox", &id)?;
             let mut fields: Vec<(&str, String)> = Vec::new();
+            if let Some(cors) = cors {
+                cors.parse::<crate::registry::CorsMode>()
+                    .map_err(AdminError::Invalid)?;
+                fields.push(("cors", cors));
+            }
             if let Some(runner) = runner {
                 let runner = check_id("runner", &runner)?;
                 let exists: bool = admin

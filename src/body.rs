@@ -125,11 +125,17 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            RequestBody::Empty => Poll::Ready(None),
+        let mut polled = match self.get_mut() {
+            RequestBody::Empty => return Poll::Ready(None),
             RequestBody::Streamed(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             RequestBody::Limited(body) => Pin::new(body).poll_frame(cx),
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled {
+            if let Some(trailers) = frame.trailers_mut() {
+                crate::forward::scrub_trailers(trailers);
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

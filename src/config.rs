@@ -328,6 +328,9 @@ pub struct SandboxEntry {
     /// Direct mode: the sandbox's sshd port, for the SSH gateway.
     #[serde(default = "default_ssh_port")]
     pub ssh_port: u16,
+    /// `managed` (default: the proxy handles CORS) or `passthrough` (the app does).
+    #[serde(default)]
+    pub cors: crate::registry::CorsMode,
 }
 
 fn default_ssh_port() -> u16 {

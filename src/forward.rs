@@ -472,6 +472,32 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Names a client trailer never carries to the sandbox: the proxy's and the runner's
+/// credentials (an `Authorization` trailer is dropped whatever it holds: trailers are not
+/// authenticated, so the platform's could not be told from the app's) and the fields the proxy
+/// sets itself.
+const TRAILER_DENY: [HeaderName; 9] = [
+    header::AUTHORIZATION,
+    RUNNER_AUTH_HEADER,
+    HeaderName::from_static(crate::auth::PREVIEW_TOKEN_HEADER),
+    header::HOST,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    header::TE,
+    header::TRAILER,
+];
+
+/// Filters client request trailers as the headers are: credentials, the proxy's cookies and
+/// hop-by-hop names never reach the sandbox.
+pub fn scrub_trailers(trailers: &mut HeaderMap) {
+    remove_hop_by_hop(trailers);
+    for name in &TRAILER_DENY {
+        trailers.remove(name);
+    }
+    crate::auth::strip_proxy_cookies(trailers);
+}
+
 fn rewrite_request_headers(
     headers: &mut HeaderMap,
     sandbox: &SandboxRecord,
@@ -650,6 +676,32 @@ mod tests {
         );
         assert_eq!(effective_query(Some("a=1"), Some("a=1&K=t")), Some("a=1"));
         assert_eq!(effective_query(Some(""), Some("K=t")), None);
+    }
+
+    #[test]
+    fn client_trailers_lose_credentials_and_hop_by_hop_names() {
+        let mut t = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer apikey"),
+            ("authorization", "Basic dTpw"),
+            ("x-daytona-authorization", "Bearer forged"),
+            ("x-daytona-preview-token", "tok"),
+            ("proxy-authorization", "Basic x"),
+            ("connection", "x-named"),
+            ("x-named", "1"),
+            ("x-forwarded-host", "evil"),
+            ("cookie", "app=1; daytona-sandbox-auth-sbx=sig"),
+            ("x-checksum", "abc"),
+        ] {
+            t.append(name, value.parse().unwrap());
+        }
+        scrub_trailers(&mut t);
+        let mut left: Vec<_> = t
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        left.sort();
+        assert_eq!(left, [("cookie", "app=1"), ("x-checksum", "abc")]);
     }
 
     #[test]

@@ -232,7 +232,7 @@ async fn pipeline(
         inflight,
         sandbox,
         target,
-        original_host: &host,
+        original_host: entry.forwarded_host.as_ref().unwrap_or(&host),
         client_ip: &peer.ip_header,
         https: peer.https,
         query: stripped_query,

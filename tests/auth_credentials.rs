@@ -656,7 +656,8 @@ async fn repeated_failures_get_429_before_any_check() {
 async fn cors_preflights_are_answered_before_auth_for_allowed_origins_only() {
     let (proxy, _rec, rp) = setup("").await;
     let h = host(rp, "priv");
-    let origin = format!("http://{}", host(rp, "web"));
+    // The same sandbox on another port (a sibling sandbox's origin is never allowed).
+    let origin = format!("http://{}", host(5173, "priv"));
     let preflight = |origin: String, extra: Vec<(&'static str, &'static str)>, h: String| {
         let addr = proxy.addr;
         async move {

@@ -16,8 +16,8 @@ pub struct AuthConfig {
     /// Lifetime of the sandbox cookie.
     #[serde(with = "humantime_serde")]
     pub cookie_max_age: Duration,
-    /// Origins allowed to make credentialed CORS requests (e.g. `https://app.example.com`).
-    /// Empty: origins whose host is under one of `proxy.domains`.
+    /// Origins allowed to make credentialed CORS requests to every sandbox (e.g. the platform's
+    /// dashboard, `https://app.example.com`), besides each sandbox's own preview origins.
     pub cors_allowed_origins: Vec<String>,
     /// `Access-Control-Max-Age` of answered preflights.
     #[serde(with = "humantime_serde")]

@@ -1,6 +1,12 @@
 //! CORS by the proxy: preflights answered before auth (they carry no credentials), credentialed
 //! CORS headers only for allowed origins, never duplicated when the app sets its own, and
-//! hands-off when the request says `X-Daytona-Disable-CORS: true`.
+//! hands-off when the request says `X-Daytona-Disable-CORS: true` or the sandbox's mode is
+//! `passthrough`.
+//!
+//! Allowed origins: the *same sandbox's* previews (`http(s)://<anyPort>-<label>.<domain>[:port]`
+//! where `<label>` is the request host's label or the sandbox id) and the configured
+//! `auth.cors_allowed_origins`. Every sibling sandbox is another tenant's origin on the same
+//! site, so it is never allowed by default.
 
 use std::time::Duration;
 
@@ -12,6 +18,7 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 
 use crate::body::ProxyBody;
+use crate::registry::CorsMode;
 
 pub const DISABLE_CORS_HEADER: HeaderName = HeaderName::from_static("x-daytona-disable-cors");
 /// Longest `Access-Control-Request-Headers` echoed back.
@@ -20,7 +27,7 @@ const MAX_ECHO_BYTES: usize = 1024;
 /// What CORS means for one request.
 #[derive(Debug, Clone, Default)]
 pub enum CorsDecision {
-    /// No `Origin`, a disallowed origin, or CORS disabled by the request: touch nothing.
+    /// No `Origin`, a disallowed origin, or CORS left to the app: touch nothing.
     #[default]
     None,
     /// An allowed origin: reflect it.
@@ -28,7 +35,7 @@ pub enum CorsDecision {
 }
 
 pub struct Cors {
-    /// Explicit allow-list (lower-case, no trailing slash); empty = under `domains`.
+    /// Configured origins (lower-case, no trailing slash), allowed for every sandbox.
     allowed: Vec<String>,
     domains: Vec<String>,
     max_age: HeaderValue,
@@ -49,43 +56,52 @@ impl Cors {
         }
     }
 
-    pub fn origin_allowed(&self, origin: &str) -> bool {
-        let origin = origin.to_ascii_lowercase();
-        if !self.allowed.is_empty() {
-            return self.allowed.contains(&origin);
-        }
-        let Some(rest) = origin
-            .strip_prefix("https://")
-            .or_else(|| origin.strip_prefix("http://"))
-        else {
-            return false;
-        };
-        if rest.contains(['/', '@', '?', '#']) {
-            return false;
+    /// `own`: the preview labels of the requested sandbox (empty for toolbox requests, which
+    /// only configured origins may call).
+    pub fn origin_allowed(&self, origin: &str, own: &[&str]) -> bool {
+        self.allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+            || self
+                .preview_label(origin)
+                .is_some_and(|label| own.iter().any(|o| o.eq_ignore_ascii_case(label)))
+    }
+
+    /// The `<idOrToken>` of a `http(s)://<port>-<idOrToken>.<domain>[:port]` origin.
+    fn preview_label<'o>(&self, origin: &'o str) -> Option<&'o str> {
+        let rest =
+            strip_prefix_ci(origin, "https://").or_else(|| strip_prefix_ci(origin, "http://"))?;
+        if rest.contains(['/', '@', '?', '#', '\\']) {
+            return None;
         }
         let host = match rest.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
             _ => rest,
         };
-        self.domains.iter().any(|d| {
-            host == d
-                || host
-                    .strip_suffix(d.as_str())
-                    .is_some_and(|h| h.ends_with('.'))
-        })
+        let (label, domain) = host.split_once('.')?;
+        if !self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+            return None;
+        }
+        let (port, id) = label.split_once('-')?;
+        (!port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !id.is_empty())
+            .then_some(id)
     }
 
     /// Decides for a request, removing `X-Daytona-Disable-CORS` (it never reaches the app);
-    /// the flag tells whether that header disabled CORS handling.
-    pub fn decide(&self, headers: &mut HeaderMap) -> (CorsDecision, bool) {
+    /// the flag tells whether the proxy keeps its hands off (that header, or a `passthrough`
+    /// sandbox): no preflight answer, no headers added.
+    pub fn decide(
+        &self,
+        headers: &mut HeaderMap,
+        mode: CorsMode,
+        own: &[&str],
+    ) -> (CorsDecision, bool) {
         let disabled = headers
             .remove(DISABLE_CORS_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        if disabled {
+        if disabled || mode == CorsMode::Passthrough {
             return (CorsDecision::None, true);
         }
         let decision = match headers.get(ORIGIN) {
-            Some(o) if o.to_str().is_ok_and(|s| self.origin_allowed(s)) => {
+            Some(o) if o.to_str().is_ok_and(|s| self.origin_allowed(s, own)) => {
                 CorsDecision::Allow(o.clone())
             }
             _ => CorsDecision::None,
@@ -113,7 +129,8 @@ impl Cors {
         let out = response.headers_mut();
         out.insert(VARY, HeaderValue::from_static("Origin"));
         let CorsDecision::Allow(origin) = decision else {
-            // Disallowed origin: no CORS headers, the browser blocks the real request.
+            // Disallowed origin: a 204 without `Access-Control-Allow-Origin` fails the browser's
+            // CORS check, so the real request is never sent; the app never sees the preflight.
             return Some(response);
         };
         out.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
@@ -154,6 +171,12 @@ pub fn decorate(headers: &mut HeaderMap, decision: &CorsDecision) {
     headers.append(VARY, HeaderValue::from_static("Origin"));
 }
 
+fn strip_prefix_ci<'s>(s: &'s str, prefix: &str) -> Option<&'s str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
 /// A bounded, comma-separated list of HTTP tokens (safe to echo).
 fn is_token_list(v: &[u8]) -> bool {
     !v.is_empty()
@@ -170,54 +193,74 @@ mod tests {
         let allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
         Cors::new(
             &allowed,
-            &["preview.localhost".into()],
+            &["preview.localhost".into(), "alt.example".into()],
             Duration::from_secs(600),
         )
     }
 
     #[test]
-    fn default_origins_are_under_the_preview_domains() {
-        let c = cors(&[]);
-        assert!(c.origin_allowed("http://3000-sbx.preview.localhost:8080"));
-        assert!(c.origin_allowed("https://preview.localhost"));
-        assert!(!c.origin_allowed("https://evilpreview.localhost"));
-        assert!(!c.origin_allowed("https://preview.localhost.evil.com"));
-        assert!(!c.origin_allowed("null"));
-        assert!(!c.origin_allowed("https://a.preview.localhost@evil.com"));
-        let listed = cors(&["https://app.example.com/"]);
-        assert!(listed.origin_allowed("https://APP.example.com"));
-        assert!(!listed.origin_allowed("http://3000-sbx.preview.localhost"));
+    fn only_the_same_sandbox_and_listed_origins_are_allowed() {
+        let c = cors(&["https://dash.example.com/"]);
+        let own = ["sbx", "sbx-id"];
+        let cases = [
+            ("http://3000-sbx.preview.localhost:8080", true),
+            ("https://8080-SBX.preview.localhost", true),
+            ("https://5173-sbx-id.alt.example", true),
+            ("https://DASH.example.com", true),
+            ("https://3000-other.preview.localhost", false),
+            ("https://3000-sbx.evil.preview.localhost", false),
+            ("https://3000-sbx.preview.localhost.evil.com", false),
+            ("https://preview.localhost", false),
+            ("https://x-sbx.preview.localhost", false),
+            ("https://3000-sbx.preview.localhost/", false),
+            ("https://a@3000-sbx.preview.localhost", false),
+            ("https://dash.example.com.evil.com", false),
+            ("null", false),
+            ("", false),
+        ];
+        for (origin, allowed) in cases {
+            assert_eq!(c.origin_allowed(origin, &own), allowed, "{origin}");
+        }
+        assert!(!c.origin_allowed("http://3000-sbx.preview.localhost", &[]));
+        assert!(c.origin_allowed("https://dash.example.com", &[]));
     }
 
     #[test]
     fn preflights_reflect_allowed_origins_only() {
         let c = cors(&[]);
+        let own = ["a"];
         let mut h = HeaderMap::new();
-        h.insert(ORIGIN, "http://a.preview.localhost".parse().unwrap());
+        h.insert(ORIGIN, "http://1-a.preview.localhost".parse().unwrap());
         h.insert(ACCESS_CONTROL_REQUEST_METHOD, "PUT".parse().unwrap());
         h.insert(
             ACCESS_CONTROL_REQUEST_HEADERS,
             "content-type, x-y".parse().unwrap(),
         );
-        let (d, _) = c.decide(&mut h);
-        let r = c.preflight(&Method::OPTIONS, &h, &d, false).unwrap();
+        let (d, off) = c.decide(&mut h, CorsMode::Managed, &own);
+        let r = c.preflight(&Method::OPTIONS, &h, &d, off).unwrap();
         assert_eq!(r.status(), 204);
         assert_eq!(
             r.headers()[ACCESS_CONTROL_ALLOW_ORIGIN],
-            "http://a.preview.localhost"
+            "http://1-a.preview.localhost"
         );
         assert_eq!(
             r.headers()[ACCESS_CONTROL_ALLOW_HEADERS],
             "content-type, x-y"
         );
         assert_eq!(r.headers()[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
-        assert!(c.preflight(&Method::GET, &h, &d, false).is_none());
-        h.insert(ORIGIN, "http://evil.com".parse().unwrap());
-        let (d, _) = c.decide(&mut h);
-        let r = c.preflight(&Method::OPTIONS, &h, &d, false).unwrap();
+        assert!(c.preflight(&Method::GET, &h, &d, off).is_none());
+        let (d, off) = c.decide(&mut h, CorsMode::Passthrough, &own);
+        assert!(matches!(d, CorsDecision::None) && off);
+        assert!(c.preflight(&Method::OPTIONS, &h, &d, off).is_none());
+        h.insert(ORIGIN, "http://1-b.preview.localhost".parse().unwrap());
+        let (d, off) = c.decide(&mut h, CorsMode::Managed, &own);
+        let r = c.preflight(&Method::OPTIONS, &h, &d, off).unwrap();
         assert!(r.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         h.insert(DISABLE_CORS_HEADER, "true".parse().unwrap());
-        assert!(matches!(c.decide(&mut h), (CorsDecision::None, true)));
+        assert!(matches!(
+            c.decide(&mut h, CorsMode::Managed, &own),
+            (CorsDecision::None, true)
+        ));
         assert!(h.get(DISABLE_CORS_HEADER).is_none());
     }
 

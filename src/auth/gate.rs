@@ -1,12 +1,13 @@
-//! The auth gate of the pipeline: between route and forward, it answers CORS preflights,
-//! handles the proxy's own paths on preview hosts (warning accept, login session), resolves the
-//! sandbox (through a signed preview token when the host carries one), authenticates, shows the
-//! preview warning, and strips every credential before the request goes on.
+//! The auth gate of the pipeline: between route and forward, it handles the proxy's own paths on
+//! preview hosts (warning accept, login session), resolves the sandbox (through a signed preview
+//! token when the host carries one), answers CORS preflights by the sandbox's mode,
+//! authenticates, shows the preview warning, and strips every credential before the request
+//! goes on.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::header::{AUTHORIZATION, LOCATION, SET_COOKIE};
+use http::header::{LOCATION, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -17,7 +18,7 @@ use crate::body::ProxyBody;
 use crate::proxy::{App, Peer};
 use crate::registry::SandboxRecord;
 use crate::respond::ProxyError;
-use crate::route::{self, OwnPath, Route};
+use crate::route::{self, OwnPath, Route, RouteError};
 
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
@@ -36,6 +37,9 @@ pub struct Entry {
     pub query: Option<String>,
     set_cookie: Option<HeaderValue>,
     cors: CorsDecision,
+    /// `X-Forwarded-Host` when it must not be the request's host (a signed preview host:
+    /// its token never reaches the app).
+    pub forwarded_host: Option<HeaderValue>,
 }
 
 impl Entry {
@@ -46,6 +50,13 @@ impl Entry {
         }
         cors::decorate(response.headers_mut(), &self.cors);
     }
+}
+
+/// `<port>-<sandboxId>.<domain>[:port]` for the host `<port>-<token>.<domain>[:port]`.
+fn canonical_host(host: &str, sandbox_id: &str) -> Option<HeaderValue> {
+    let (label, rest) = host.split_once('.')?;
+    let (port, _token) = label.split_once('-')?;
+    HeaderValue::try_from(format!("{port}-{sandbox_id}.{rest}")).ok()
 }
 
 /// A 16-character `[a-z0-9]` label may be a signed preview token.
@@ -69,14 +80,6 @@ pub async fn admit(
     let peer = client.addr;
     let uri = req.uri().clone();
     let method = req.method().clone();
-
-    let (cors, cors_disabled) = auth.cors.decide(req.headers_mut());
-    if let Some(r) = auth
-        .cors
-        .preflight(&method, req.headers(), &cors, cors_disabled)
-    {
-        return Ok(Admission::Respond(r));
-    }
 
     if port.is_some() && uri.path() == warning::ACCEPT_PATH && method == Method::POST {
         let form = Limited::new(req.body_mut(), MAX_FORM_BYTES)
@@ -108,6 +111,17 @@ pub async fn admit(
         }
         return Err(ProxyError::SandboxNotFound);
     };
+    // After resolving: the mode is the sandbox's, and a preflight carries no credentials, so
+    // the proxy answers it before authenticating (passthrough ones go on to the app).
+    let own: [&str; 2] = [id_or_token, &sandbox.id];
+    let own = if port.is_some() { &own[..] } else { &[] };
+    let (cors, hands_off) = auth.cors.decide(req.headers_mut(), sandbox.cors, own);
+    if let Some(r) = auth
+        .cors
+        .preflight(&method, req.headers(), &cors, hands_off)
+    {
+        return Ok(Admission::Respond(r));
+    }
     if port.is_some() && uri.path() == oidc::SESSION_PATH && method == Method::GET {
         return oidc::session(auth, host, uri.query(), &sandbox, id_or_token)
             .map(Admission::Respond)
@@ -165,16 +179,27 @@ pub async fn admit(
         )));
     }
 
-    if granted.consumed_authorization {
-        req.headers_mut().remove(AUTHORIZATION);
-    }
+    auth.remove_platform_authorization(
+        &app.resolver,
+        &sandbox,
+        req.headers_mut(),
+        granted.consumed_authorization,
+        peer.ip(),
+    )
+    .await;
     let query = strip_credentials(req.headers_mut(), uri.query());
+    let forwarded_host = if signed {
+        Some(canonical_host(host, &sandbox.id).ok_or(RouteError::BadHost("preview host"))?)
+    } else {
+        None
+    };
     Ok(Admission::Enter(Entry {
         sandbox,
         stale: resolved.stale,
         query,
         set_cookie: granted.set_cookie,
         cors,
+        forwarded_host,
     }))
 }
 

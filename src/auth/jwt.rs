@@ -21,6 +21,10 @@ pub enum JwtError {
     Expired,
     #[error("token invalid: {0}")]
     Invalid(&'static str),
+    /// Signed with one of our keys, but its claims do not admit it here (issuer, audience,
+    /// validity period): still the platform's credential.
+    #[error("token rejected: {0}")]
+    Rejected(&'static str),
     #[error("signing keys unavailable")]
     KeysUnavailable,
     /// No key with this `kid`/algorithm (yet): perhaps a rotation the JWKS refetch has not
@@ -125,10 +129,12 @@ impl JwtVerifier {
         let data = decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
+                // jsonwebtoken checks the signature before any claim.
                 ErrorKind::ExpiredSignature => JwtError::Expired,
-                ErrorKind::InvalidIssuer => JwtError::Invalid("wrong issuer"),
-                ErrorKind::InvalidAudience => JwtError::Invalid("wrong audience"),
-                ErrorKind::ImmatureSignature => JwtError::Invalid("not yet valid"),
+                ErrorKind::InvalidIssuer => JwtError::Rejected("wrong issuer"),
+                ErrorKind::InvalidAudience => JwtError::Rejected("wrong audience"),
+                ErrorKind::ImmatureSignature => JwtError::Rejected("not yet valid"),
+                ErrorKind::MissingRequiredClaim(_) => JwtError::Rejected("missing claim"),
                 ErrorKind::InvalidSignature => JwtError::Invalid("bad signature"),
                 _ => JwtError::Invalid("rejected"),
             }
@@ -321,7 +327,7 @@ mod tests {
         let t = token(Algorithm::HS256, wrong_aud, SECRET.as_bytes());
         assert_eq!(
             v.verify(&t, &http).await.unwrap_err(),
-            JwtError::Invalid("wrong audience")
+            JwtError::Rejected("wrong audience")
         );
         let mut wrong_iss = good.clone();
         wrong_iss["iss"] = "x".into();

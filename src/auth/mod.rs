@@ -55,6 +55,11 @@ pub enum AuthError {
     Required,
     #[error("the credential is not valid for this sandbox")]
     TokenInvalid,
+    /// Answered like `TokenInvalid`, but the credential is (or may be) the platform's: a JWT
+    /// signed with our keys whose claims are wrong here, or one checked while the keys were
+    /// unavailable. It never reaches a sandbox.
+    #[error("the credential is not valid for this sandbox")]
+    PlatformTokenInvalid,
     #[error("the credential has expired")]
     TokenExpired,
     #[error("authenticated, but this principal may not access this sandbox")]
@@ -74,9 +79,10 @@ pub enum AuthError {
 impl AuthError {
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::Required | AuthError::TokenInvalid | AuthError::TokenExpired => {
-                StatusCode::UNAUTHORIZED
-            }
+            AuthError::Required
+            | AuthError::TokenInvalid
+            | AuthError::PlatformTokenInvalid
+            | AuthError::TokenExpired => StatusCode::UNAUTHORIZED,
             AuthError::Forbidden | AuthError::Csrf => StatusCode::FORBIDDEN,
             AuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             AuthError::Login(_) => StatusCode::FOUND,
@@ -88,7 +94,7 @@ impl AuthError {
     pub fn code(&self) -> &'static str {
         match self {
             AuthError::Required => "AUTH_REQUIRED",
-            AuthError::TokenInvalid => "TOKEN_INVALID",
+            AuthError::TokenInvalid | AuthError::PlatformTokenInvalid => "TOKEN_INVALID",
             AuthError::TokenExpired => "TOKEN_EXPIRED",
             AuthError::Forbidden => "FORBIDDEN",
             AuthError::RateLimited(_) => "RATE_LIMITED",
@@ -123,7 +129,10 @@ impl AuthError {
     fn is_failure(&self) -> bool {
         matches!(
             self,
-            AuthError::TokenInvalid | AuthError::TokenExpired | AuthError::Forbidden
+            AuthError::TokenInvalid
+                | AuthError::PlatformTokenInvalid
+                | AuthError::TokenExpired
+                | AuthError::Forbidden
         )
     }
 }
@@ -143,7 +152,7 @@ pub enum Access {
 #[derive(Debug, Default)]
 pub struct Granted {
     pub access: Option<Access>,
-    /// The `Authorization` header was the proxy's credential: remove it before forwarding.
+    /// The first `Authorization` header was the proxy's credential (it granted access).
     pub consumed_authorization: bool,
     /// `Set-Cookie` for the sandbox cookie.
     pub set_cookie: Option<HeaderValue>,
@@ -296,10 +305,7 @@ impl Auth {
         let sandbox = req.sandbox;
         let needs_auth = !sandbox.public || req.port.is_none_or(is_reserved_port);
         if !needs_auth {
-            return Ok(Granted {
-                consumed_authorization: self.is_platform_bearer(resolver, sandbox, req).await,
-                ..granted(Access::Public)
-            });
+            return Ok(granted(Access::Public));
         }
         if let Err(seconds) = self.limiter.check(req.peer) {
             return Err(AuthError::RateLimited(seconds).into());
@@ -389,21 +395,63 @@ impl Auth {
         Err(failure.unwrap_or(AuthError::Required).into())
     }
 
-    /// On a public sandbox nothing is checked, but a Bearer that is one of the platform's own
-    /// credentials (valid signature or known key, any organisation) must still not reach the
-    /// sandbox app; the app's own tokens are forwarded. Backend errors strip (fail closed).
+    /// Removes every `Authorization` header carrying a platform credential (an API key the
+    /// registry knows or a JWT signed with our keys, of any organisation, valid or not), whether
+    /// it granted access, was refused or was not needed; the app's own ones (any other scheme,
+    /// or a bearer the platform does not know) pass byte for byte, in order. Verdicts come from
+    /// the credential cache; a backend error strips (fail closed).
+    pub async fn remove_platform_authorization(
+        &self,
+        resolver: &Resolver,
+        sandbox: &SandboxRecord,
+        headers: &mut HeaderMap,
+        first_is_platform: bool,
+        peer: IpAddr,
+    ) {
+        let mut values = headers.get_all(AUTHORIZATION).iter();
+        if values.next().is_none() {
+            return;
+        }
+        if first_is_platform && values.next().is_none() {
+            headers.remove(AUTHORIZATION);
+            return;
+        }
+        let mut kept = Vec::new();
+        let mut removed = false;
+        for (i, value) in headers.get_all(AUTHORIZATION).iter().enumerate() {
+            let platform = (i == 0 && first_is_platform)
+                || match bearer_of(value) {
+                    Some(token) => {
+                        self.is_platform_bearer(resolver, sandbox, token, peer)
+                            .await
+                    }
+                    None => false,
+                };
+            if platform {
+                removed = true;
+            } else {
+                kept.push(value.clone());
+            }
+        }
+        if removed {
+            headers.remove(AUTHORIZATION);
+            for value in kept {
+                headers.append(AUTHORIZATION, value);
+            }
+        }
+    }
+
+    /// Is `token` one of the platform's credentials? Only a bearer nobody on the platform
+    /// knows (`TokenInvalid`) is the app's own.
     async fn is_platform_bearer(
         &self,
         resolver: &Resolver,
         sandbox: &SandboxRecord,
-        req: &AuthRequest<'_>,
+        token: &str,
+        peer: IpAddr,
     ) -> bool {
-        let Some(token) = bearer(req.headers) else {
-            return false;
-        };
-        match self.check_bearer(resolver, sandbox, token, req.peer).await {
-            Ok(Ok(())) | Ok(Err(AuthError::Forbidden | AuthError::TokenExpired)) => true,
-            Ok(Err(_)) => false,
+        match self.check_bearer(resolver, sandbox, token, peer).await {
+            Ok(verdict) => !matches!(verdict, Err(AuthError::TokenInvalid)),
             Err(_) => true,
         }
     }
@@ -431,11 +479,17 @@ impl Auth {
                         tracing::debug!(why, "bearer JWT rejected");
                         (Err(AuthError::TokenInvalid), None)
                     }
-                    // Possibly not the token's fault (keys unreachable, or a rotation not
-                    // fetched yet): refuse now, but don't cache the verdict.
-                    Err(JwtError::KeysUnavailable | JwtError::UnknownKey) => {
-                        return Ok(Err(AuthError::TokenInvalid))
+                    Err(JwtError::Rejected(why)) => {
+                        tracing::debug!(why, "bearer JWT rejected");
+                        (Err(AuthError::PlatformTokenInvalid), None)
                     }
+                    // Possibly not the token's fault (keys unreachable, or a rotation not
+                    // fetched yet): refuse now, but don't cache the verdict. Without keys it
+                    // may be ours (fail closed); a kid still unknown after the refetch is not.
+                    Err(JwtError::KeysUnavailable) => {
+                        return Ok(Err(AuthError::PlatformTokenInvalid))
+                    }
+                    Err(JwtError::UnknownKey) => return Ok(Err(AuthError::TokenInvalid)),
                 },
             }
         } else {
@@ -484,10 +538,13 @@ fn org_access(organization: Option<&str>, sandbox: &SandboxRecord) -> Result<(),
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
+/// The token of the first `Authorization: Bearer <token>` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+    bearer_of(headers.get(AUTHORIZATION)?)
+}
+
+fn bearer_of(value: &HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
@@ -522,7 +579,7 @@ fn is_proxy_cookie(name: &str) -> bool {
     PROXY_COOKIE_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-fn strip_proxy_cookies(headers: &mut HeaderMap) {
+pub(crate) fn strip_proxy_cookies(headers: &mut HeaderMap) {
     let has_ours = headers.get_all(COOKIE).iter().any(|v| {
         v.to_str()
             .map(|s| s.split(';').any(|c| is_proxy_cookie(c.trim_start())))

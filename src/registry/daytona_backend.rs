@@ -19,7 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BearerVerdict, BoxFuture, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream,
+    BearerVerdict, BoxFuture, CorsMode, Registry, RegistryError, RunnerRecord, SandboxRecord,
+    Upstream,
 };
 use crate::activity::{ActivitySink, PartialWrite, SinkError};
 use crate::config::{DaytonaConfig, RedisConfig};
@@ -230,6 +231,26 @@ struct SandboxDto {
     state: String,
     #[serde(default)]
     organization_id: Option<String>,
+    /// The sandbox's labels; [`CORS_LABEL`] chooses its CORS mode.
+    #[serde(default)]
+    labels: std::collections::HashMap<String, String>,
+}
+
+/// The sandbox label that sets the CORS mode (`managed` when absent).
+const CORS_LABEL: &str = "sandgate.io/cors";
+
+impl SandboxDto {
+    /// The CORS mode of the label; a value that is not a mode falls back to `managed` (the
+    /// proxy's protection stays on) with a warning.
+    fn cors(&self, id: &str) -> CorsMode {
+        let Some(value) = self.labels.get(CORS_LABEL) else {
+            return CorsMode::Managed;
+        };
+        value.parse().unwrap_or_else(|why: String| {
+            tracing::warn!(sandbox = id, label = CORS_LABEL, %why, "ignoring the label");
+            CorsMode::Managed
+        })
+    }
 }
 
 /// `GET /sandbox/ssh-access/validate`.
@@ -260,6 +281,13 @@ struct L2RunnerInfo {
     domain: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     organization_id: Option<String>,
+    /// Entries Daytona wrote lack it: `managed`.
+    #[serde(default, skip_serializing_if = "is_managed")]
+    cors: CorsMode,
+}
+
+fn is_managed(mode: &CorsMode) -> bool {
+    *mode == CorsMode::Managed
 }
 
 pub struct DaytonaRegistry {
@@ -328,6 +356,7 @@ impl DaytonaRegistry {
             api_key: runner.api_key,
             id: Some(runner.id),
             domain: runner.domain,
+            cors: sandbox.cors(id),
             organization_id: sandbox.organization_id,
         };
         let record = record_from(id, &info, public, &sandbox.state)?;
@@ -354,7 +383,8 @@ fn record_from(
         .map(|d| format!("{d}:{RUNNER_SSH_PORT}").into());
     let upstream = Upstream::Runner(Arc::new(runner));
     Ok(SandboxRecord::new(id, upstream, public, state, None)
-        .with_organization(info.organization_id.as_deref()))
+        .with_organization(info.organization_id.as_deref())
+        .with_cors(info.cors))
 }
 
 impl Registry for DaytonaRegistry {
@@ -747,5 +777,35 @@ mod tests {
         let ours = serde_json::to_value(Envelope { value: info.value }).unwrap();
         assert_eq!(ours["value"]["apiUrl"], "http://10.0.0.5:3003");
         assert_eq!(ours["value"]["apiKey"], "k");
+        assert!(
+            ours["value"].get("cors").is_none(),
+            "managed is not written"
+        );
+        assert_eq!(record.cors, CorsMode::Managed, "absent: managed");
+    }
+
+    #[test]
+    fn the_cors_label_picks_the_mode_and_bad_values_stay_managed() {
+        let dto = |labels: &str| -> SandboxDto {
+            serde_json::from_str(&format!(r#"{{"state":"started","labels":{labels}}}"#)).unwrap()
+        };
+        let cases = [
+            ("{}", CorsMode::Managed),
+            (
+                r#"{"sandgate.io/cors":"passthrough"}"#,
+                CorsMode::Passthrough,
+            ),
+            (r#"{"sandgate.io/cors":"managed"}"#, CorsMode::Managed),
+            (r#"{"sandgate.io/cors":"PASSTHROUGH"}"#, CorsMode::Managed),
+        ];
+        for (labels, mode) in cases {
+            assert_eq!(dto(labels).cors("sbx"), mode, "{labels}");
+        }
+        let info: L2RunnerInfo = serde_json::from_str(
+            r#"{"apiUrl":"http://10.0.0.5:3003","apiKey":"k","cors":"passthrough"}"#,
+        )
+        .unwrap();
+        let record = record_from("sbx", &info, false, "started").unwrap();
+        assert_eq!(record.cors, CorsMode::Passthrough, "kept through the L2");
     }
 }

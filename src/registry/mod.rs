@@ -176,6 +176,33 @@ impl RunnerRecord {
     }
 }
 
+/// Who handles CORS for a sandbox's previews.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorsMode {
+    /// The proxy answers preflights and allows credentialed CORS only for the sandbox's own
+    /// origins (any port) and the configured `auth.cors_allowed_origins`.
+    #[default]
+    Managed,
+    /// The proxy adds and answers nothing: preflights reach the app (after authentication, like
+    /// any request) and the app's own CORS headers reach the client untouched.
+    Passthrough,
+}
+
+impl std::str::FromStr for CorsMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<CorsMode, String> {
+        match s {
+            "managed" => Ok(CorsMode::Managed),
+            "passthrough" => Ok(CorsMode::Passthrough),
+            other => Err(format!(
+                "cors {other:?} must be \"managed\" or \"passthrough\""
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Upstream {
     /// Through the runner's proxy: `{url}/sandboxes/{id}/toolbox/...`.
@@ -203,6 +230,7 @@ pub struct SandboxRecord {
     pub inflight: std::sync::atomic::AtomicUsize,
     /// Direct mode: the sandbox's sshd port (the SSH gateway's upstream is `address:ssh_port`).
     pub ssh_port: u16,
+    pub cors: CorsMode,
 }
 
 /// One request in flight for a sandbox; released when dropped (end of body or relay).
@@ -251,7 +279,13 @@ impl SandboxRecord {
             path_prefix: path_prefix.into(),
             inflight: Default::default(),
             ssh_port: 22,
+            cors: CorsMode::Managed,
         }
+    }
+
+    pub fn with_cors(mut self, cors: CorsMode) -> Self {
+        self.cors = cors;
+        self
     }
 
     pub fn with_ssh_port(mut self, port: u16) -> Self {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use redis::Value;
 
-use super::{BoxFuture, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream};
+use super::{
+    BoxFuture, CorsMode, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream,
+};
 use crate::redis_conn::{RedisFailure, RedisHandle};
 
 /// KEYS[1] = sandbox hash, ARGV[1] = key prefix.
@@ -232,8 +234,13 @@ fn parse(
         Some(other) => return Err(bad(format!("public must be true or false, not {other:?}"))),
     };
     let state = sandbox.get("state").map_or("started", String::as_str);
+    let cors = match sandbox.get("cors") {
+        None => CorsMode::Managed,
+        Some(mode) => mode.parse().map_err(&bad)?,
+    };
     let mut record = SandboxRecord::new(id, upstream, public, state, None)
-        .with_organization(sandbox.get("organization").map(String::as_str));
+        .with_organization(sandbox.get("organization").map(String::as_str))
+        .with_cors(cors);
     if let Some(hex_hash) = sandbox.get("auth_token_sha256") {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(hex_hash, &mut hash)
@@ -475,10 +482,14 @@ mod tests {
     fn defaults_and_direct_mode() {
         let record = parse("p:", "sbx", &fields(&[("address", "10.0.0.7")]), None).unwrap();
         assert!(!record.public && record.is_running() && record.auth_token_sha256.is_none());
+        assert_eq!(record.cors, CorsMode::Managed);
         assert_eq!(&*record.path_prefix, "");
         assert!(
             matches!(&record.upstream, Upstream::Direct { address } if &**address == "10.0.0.7")
         );
+        let passthrough = fields(&[("address", "h"), ("cors", "passthrough")]);
+        let record = parse("p:", "sbx", &passthrough, None).unwrap();
+        assert_eq!(record.cors, CorsMode::Passthrough);
     }
 
     #[test]
@@ -510,6 +521,11 @@ mod tests {
                 fields(&[("address", "h"), ("auth_token_sha256", "abc")]),
                 None,
                 "hex",
+            ),
+            (
+                fields(&[("address", "h"), ("cors", "Passthrough ")]),
+                None,
+                "managed",
             ),
         ];
         for (sandbox, runner, expect) in cases {

@@ -235,7 +235,8 @@ fn build_table(config: &RegistryConfig) -> Result<Table, String> {
         let record =
             SandboxRecord::new(&s.id, upstream, s.public, &s.state, s.auth_token.as_deref())
                 .with_organization(s.organization.as_deref())
-                .with_ssh_port(s.ssh_port);
+                .with_ssh_port(s.ssh_port)
+                .with_cors(s.cors);
         if table
             .insert(s.id.to_ascii_lowercase().into(), Arc::new(record))
             .is_some()

@@ -19,8 +19,9 @@
 //! | `/redirect` | 302 with `Location` taken from the request header `x-location` |
 //! | `/status/{code}` | answers that status |
 //! | `/trailers` | a body then trailers `x-checksum: abc` (if the request had `TE: trailers`) |
+//! | `/cors` | the app's own CORS: `Access-Control-Allow-Origin: https://app-chosen.example`, and an `OPTIONS` answered 204 with `X-App-Preflight: 1` |
 //! | `/ws` | WebSocket echo (text/binary, pongs; `close:<code>` makes it close with that code) |
-//! | anything else | echo: JSON of method, raw target, query, headers, body length and sha256 |
+//! | anything else | echo: JSON of method, raw target, query, headers, body length and sha256, and request trailers |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -311,17 +312,51 @@ async fn app(
             r
         }
         "/ws" => websocket(req, state),
+        "/cors" => app_cors(req.method() == http::Method::OPTIONS),
         _ => echo(req, target).await,
     }
 }
 
+/// An app that does CORS itself (one origin, credentials), preflights included.
+fn app_cors(preflight: bool) -> Response<RespBody> {
+    let mut r = full(StatusCode::OK, "text/plain", "app cors");
+    if preflight {
+        r = Response::new(empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r.headers_mut()
+            .insert("x-app-preflight", HeaderValue::from_static("1"));
+        r.headers_mut().insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static("PUT"),
+        );
+    }
+    let h = r.headers_mut();
+    h.insert(
+        "access-control-allow-origin",
+        HeaderValue::from_static("https://app-chosen.example"),
+    );
+    h.insert(
+        "access-control-allow-credentials",
+        HeaderValue::from_static("true"),
+    );
+    r
+}
+
 async fn echo(req: Request<Incoming>, target: &str) -> Response<RespBody> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
+    let collected = body.collect().await.ok();
+    let trailers: Vec<serde_json::Value> = collected
+        .as_ref()
+        .and_then(|c| c.trailers())
+        .map(|t| {
+            t.iter()
+                .map(|(n, v)| {
+                    serde_json::json!([n.as_str(), String::from_utf8_lossy(v.as_bytes())])
+                })
+                .collect()
+        })
         .unwrap_or_default();
+    let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
     let headers: Vec<serde_json::Value> = parts
         .headers
         .iter()
@@ -335,6 +370,7 @@ async fn echo(req: Request<Incoming>, target: &str) -> Response<RespBody> {
         "headers": headers,
         "body_len": body.len(),
         "body_sha256": hex::encode(Sha256::digest(&body)),
+        "trailers": trailers,
     });
     full(StatusCode::OK, "application/json", json.to_string())
 }
