@@ -41,7 +41,8 @@ use sign::Signer;
 
 pub const PREVIEW_TOKEN_HEADER: &str = "x-daytona-preview-token";
 pub const PREVIEW_TOKEN_QUERY: &str = "DAYTONA_SANDBOX_AUTH_KEY";
-const PROXY_COOKIE_PREFIXES: [&str; 3] = [
+/// Also with a `__Host-`/`__Secure-` prefix, in any case: [`cookie::is_reserved_name`].
+pub(crate) const PROXY_COOKIE_PREFIXES: [&str; 3] = [
     "daytona-sandbox-auth-",
     "daytona-preview-page-accepted",
     "sandgate-",
@@ -358,13 +359,19 @@ impl Auth {
             }
             note(AuthError::TokenInvalid);
         }
-        let name = cookie::sandbox_cookie_name(req.id_or_token);
-        if let Some(value) = cookie::get(req.headers, &name) {
+        // Every cookie of the name: a sibling sandbox may have planted one sorted first.
+        let mut cookie_failure = None;
+        for value in cookie::sandbox_cookie_values(req.headers, req.id_or_token) {
             match cookie::check(&self.signer, &sandbox.id, req.id_or_token, value) {
                 CookieCheck::Valid => return Ok(granted(Access::Cookie)),
-                CookieCheck::Expired => note(AuthError::TokenExpired),
-                CookieCheck::Invalid => note(AuthError::TokenInvalid),
+                CookieCheck::Expired => cookie_failure = Some(AuthError::TokenExpired),
+                CookieCheck::Invalid => {
+                    cookie_failure.get_or_insert(AuthError::TokenInvalid);
+                }
             }
+        }
+        if let Some(e) = cookie_failure {
+            note(e);
         }
         if req.signed {
             let mut g = granted(Access::SignedPreview);
@@ -519,7 +526,7 @@ pub fn remove_query_param(query: &str, name: &str) -> Option<String> {
 }
 
 fn is_proxy_cookie(name: &str) -> bool {
-    PROXY_COOKIE_PREFIXES.iter().any(|p| name.starts_with(p))
+    cookie::is_reserved_name(name.as_bytes())
 }
 
 fn strip_proxy_cookies(headers: &mut HeaderMap) {
@@ -753,7 +760,10 @@ mod tests {
                 "cookie",
                 "app=1; daytona-sandbox-auth-sbx=sig; daytona-preview-page-accepted=true; sandgate-oidc=x",
             ),
-            ("cookie", "other=2"),
+            (
+                "cookie",
+                "__Host-daytona-sandbox-auth-sbx=sig; other=2; __Host-Daytona-Preview-Page-Accepted=true",
+            ),
         ]);
         strip_credentials(&mut h, None);
         assert!(h.get(PREVIEW_TOKEN_HEADER).is_none());
