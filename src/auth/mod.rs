@@ -196,8 +196,10 @@ pub struct AuthRequest<'a> {
     pub path: &'a str,
     pub host: &'a str,
     pub peer: IpAddr,
-    /// A browser navigation (`GET`/`HEAD` wanting HTML, not an upgrade).
+    /// A browser navigation, any method ([`warning::is_navigation`]).
     pub navigation: bool,
+    /// `GET` or `HEAD`: a redirect replays it (a `POST` body would be lost).
+    pub safe_method: bool,
     /// The client connection's last accepted preview token.
     pub memo: Option<&'a TokenMemo>,
 }
@@ -341,7 +343,7 @@ impl Auth {
         if let Some(token) = req.query.and_then(|q| query_param(q, PREVIEW_TOKEN_QUERY)) {
             if resolver.preview_token_valid(sandbox, token).await? {
                 let mut g = granted(Access::PreviewToken);
-                if req.navigation {
+                if req.navigation && req.safe_method {
                     let rest = req
                         .query
                         .and_then(|q| remove_query_param(q, PREVIEW_TOKEN_QUERY))
@@ -594,6 +596,7 @@ mod tests {
             host: "3000-sbx.preview.localhost",
             peer: "127.0.0.1".parse().unwrap(),
             navigation: false,
+            safe_method: true,
             memo: None,
         };
         auth.authenticate(&resolver, &req)
@@ -721,6 +724,7 @@ mod tests {
             host: "3000-sbx.preview.localhost",
             peer: "127.0.0.1".parse().unwrap(),
             navigation: true,
+            safe_method: true,
             memo: None,
         };
         let g = auth.authenticate(&resolver, &req).await.unwrap();
@@ -791,6 +795,7 @@ mod tests {
             host: "3000-sbx.preview.localhost",
             peer: "127.0.0.1".parse().unwrap(),
             navigation: false,
+            safe_method: true,
             memo: Some(&memo),
         };
         assert!(!memo.matches(&s, "tok-123"));
