@@ -6,6 +6,8 @@
 //! cookie of the proxy's name still gets in, and under https the proxy's cookies are `__Host-`.
 mod support;
 
+use support::browser::{split_url, Browser};
+use support::oidc::Idp;
 use support::runner::{sandboxes, Runner};
 use support::{send, Proxy, Reply};
 
@@ -336,4 +338,48 @@ async fn a_planted_cookie_of_the_same_name_does_not_lock_the_victim_out() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_planted_login_cookie_does_not_break_the_oidc_callback() {
+    let idp = Idp::start("sandgate-client").await;
+    let proxy = Proxy::start(&format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n\
+         [auth]\ncookie_keys = [\"{KEY}\"]\nmax_failures_per_minute = 1000\n\
+         [auth.oidc]\nissuer = \"{}\"\nclient_id = \"sandgate-client\"\n\
+         login_host = \"login.localhost\"\n\
+         [[registry.sandboxes]]\nid = \"priv\"\naddress = \"127.0.0.1\"\norganization = \"org-1\"\n",
+        idp.issuer()
+    ));
+    let mut b = Browser::new(proxy.addr);
+    b.route(&idp.addr.to_string(), idp.addr);
+    let mut url = "http://3000-priv.preview.localhost/app".to_string();
+    // preview → /login (sets the login cookie) → the provider → back to /callback
+    for _ in 0..3 {
+        let reply = b.get(&url).await;
+        assert_eq!(reply.status, 302, "{url}: {}", reply.text());
+        url = reply.headers["location"].to_str().unwrap().to_string();
+    }
+    let (authority, callback) = split_url(&url);
+    assert!(callback.starts_with("/callback?code="), "{url}");
+    let real = b
+        .cookie("login.localhost", "sandgate-oidc")
+        .expect("login cookie");
+    // A sibling planted its own login cookie for the login host, sorted first.
+    let cookie = format!("sandgate-oidc=planted.garbage; sandgate-oidc={real}");
+    let reply = send(
+        proxy.addr,
+        "GET",
+        &authority,
+        &callback,
+        &[("cookie", &cookie)],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 302, "{}", reply.text());
+    let location = reply.headers["location"].to_str().unwrap();
+    assert!(
+        location.contains("/__sandgate/session?ticket="),
+        "{location}"
+    );
 }
