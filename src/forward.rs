@@ -218,6 +218,9 @@ impl Forwarder {
                 return Err(ProxyError::PortNotListening(port));
             }
         }
+        // Whatever the status (101s, redirects and errors included): no cookie for the parent
+        // domain or under the proxy's names from a sandbox.
+        crate::auth::cookie::filter_response_cookies(response.headers_mut());
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match client_upgrade {
                 Some(client_upgrade) => {

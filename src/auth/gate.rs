@@ -128,7 +128,8 @@ pub async fn admit(
             .map_err(Into::into);
     }
 
-    let navigation = matches!(method, Method::GET | Method::HEAD) && html;
+    let navigation = warning::is_navigation(req.headers(), html);
+    let safe_method = matches!(method, Method::GET | Method::HEAD);
     let granted = auth
         .authenticate(
             &app.resolver,
@@ -143,6 +144,7 @@ pub async fn admit(
                 host,
                 peer: peer.ip(),
                 navigation,
+                safe_method,
                 memo: Some(&client.token_memo),
             },
         )
@@ -170,12 +172,13 @@ pub async fn admit(
             waking,
         });
     }
-    if auth.preview_warning && navigation && warning::applies(port, &method, req.headers()) {
+    if auth.preview_warning && navigation && warning::applies(port, req.headers(), auth.flags) {
         let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
         return Ok(Admission::Respond(warning::page(
             &auth.signer,
             host,
             path_and_query,
+            safe_method,
         )));
     }
 

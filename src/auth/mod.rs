@@ -41,7 +41,8 @@ use sign::Signer;
 
 pub const PREVIEW_TOKEN_HEADER: &str = "x-daytona-preview-token";
 pub const PREVIEW_TOKEN_QUERY: &str = "DAYTONA_SANDBOX_AUTH_KEY";
-const PROXY_COOKIE_PREFIXES: [&str; 3] = [
+/// Also with a `__Host-`/`__Secure-` prefix, in any case: [`cookie::is_reserved_name`].
+pub(crate) const PROXY_COOKIE_PREFIXES: [&str; 3] = [
     "daytona-sandbox-auth-",
     "daytona-preview-page-accepted",
     "sandgate-",
@@ -204,8 +205,10 @@ pub struct AuthRequest<'a> {
     pub path: &'a str,
     pub host: &'a str,
     pub peer: IpAddr,
-    /// A browser navigation (`GET`/`HEAD` wanting HTML, not an upgrade).
+    /// A browser navigation, any method ([`warning::is_navigation`]).
     pub navigation: bool,
+    /// `GET` or `HEAD`: a redirect replays it (a `POST` body would be lost).
+    pub safe_method: bool,
     /// The client connection's last accepted preview token.
     pub memo: Option<&'a TokenMemo>,
 }
@@ -346,7 +349,7 @@ impl Auth {
         if let Some(token) = req.query.and_then(|q| query_param(q, PREVIEW_TOKEN_QUERY)) {
             if resolver.preview_token_valid(sandbox, token).await? {
                 let mut g = granted(Access::PreviewToken);
-                if req.navigation {
+                if req.navigation && req.safe_method {
                     let rest = req
                         .query
                         .and_then(|q| remove_query_param(q, PREVIEW_TOKEN_QUERY))
@@ -364,13 +367,19 @@ impl Auth {
             }
             note(AuthError::TokenInvalid);
         }
-        let name = cookie::sandbox_cookie_name(req.id_or_token);
-        if let Some(value) = cookie::get(req.headers, &name) {
+        // Every cookie of the name: a sibling sandbox may have planted one sorted first.
+        let mut cookie_failure = None;
+        for value in cookie::sandbox_cookie_values(req.headers, req.id_or_token) {
             match cookie::check(&self.signer, &sandbox.id, req.id_or_token, value) {
                 CookieCheck::Valid => return Ok(granted(Access::Cookie)),
-                CookieCheck::Expired => note(AuthError::TokenExpired),
-                CookieCheck::Invalid => note(AuthError::TokenInvalid),
+                CookieCheck::Expired => cookie_failure = Some(AuthError::TokenExpired),
+                CookieCheck::Invalid => {
+                    cookie_failure.get_or_insert(AuthError::TokenInvalid);
+                }
             }
+        }
+        if let Some(e) = cookie_failure {
+            note(e);
         }
         if req.signed {
             let mut g = granted(Access::SignedPreview);
@@ -576,7 +585,7 @@ pub fn remove_query_param(query: &str, name: &str) -> Option<String> {
 }
 
 fn is_proxy_cookie(name: &str) -> bool {
-    PROXY_COOKIE_PREFIXES.iter().any(|p| name.starts_with(p))
+    cookie::is_reserved_name(name.as_bytes())
 }
 
 pub(crate) fn strip_proxy_cookies(headers: &mut HeaderMap) {
@@ -644,6 +653,7 @@ mod tests {
             host: "3000-sbx.preview.localhost",
             peer: "127.0.0.1".parse().unwrap(),
             navigation: false,
+            safe_method: true,
             memo: None,
         };
         auth.authenticate(&resolver, &req)
@@ -771,6 +781,7 @@ mod tests {
             host: "3000-sbx.preview.localhost",
             peer: "127.0.0.1".parse().unwrap(),
             navigation: true,
+            safe_method: true,
             memo: None,
         };
         let g = auth.authenticate(&resolver, &req).await.unwrap();
@@ -810,7 +821,10 @@ mod tests {
                 "cookie",
                 "app=1; daytona-sandbox-auth-sbx=sig; daytona-preview-page-accepted=true; sandgate-oidc=x",
             ),
-            ("cookie", "other=2"),
+            (
+                "cookie",
+                "__Host-daytona-sandbox-auth-sbx=sig; other=2; __Host-Daytona-Preview-Page-Accepted=true",
+            ),
         ]);
         strip_credentials(&mut h, None);
         assert!(h.get(PREVIEW_TOKEN_HEADER).is_none());
@@ -838,6 +852,7 @@ mod tests {
             host: "3000-sbx.preview.localhost",
             peer: "127.0.0.1".parse().unwrap(),
             navigation: false,
+            safe_method: true,
             memo: Some(&memo),
         };
         assert!(!memo.matches(&s, "tok-123"));

@@ -3,6 +3,7 @@
 //!
 //! 1. preview host, navigation without credentials → `{scheme}://{login_host}/login?returnTo=<url>`
 //! 2. `/login` → signed `state` {nonce, returnTo, expiry} + signed `sandgate-oidc` cookie
+//!    (`__Host-sandgate-oidc` under https)
 //!    {nonce, PKCE verifier, expiry} on the login host → the issuer's authorize endpoint (S256)
 //! 3. `/callback` → state checked against the cookie, code exchanged with the verifier, ID token
 //!    verified via JWKS (iss, aud = client_id, exp), organisation checked against the sandbox →
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::config::{AuthConfig, OidcConfig};
-use super::cookie::{self, OIDC_COOKIE};
+use super::cookie::OIDC_COOKIE;
 use super::http_client::{encode, HttpClient};
 use super::jwt::{Jwks, JwtVerifier};
 use super::return_to::{same_host_path, split_absolute};
@@ -221,19 +222,26 @@ impl Oidc {
         let code = decoded_param(query, "code").ok_or(AuthError::BadLogin("missing code"))?;
         let state_raw =
             decoded_param(query, "state").ok_or(AuthError::BadLogin("missing state"))?;
-        let pkce: Pkce = cookie::get(headers, OIDC_COOKIE)
-            .and_then(|c| auth.signer.verify(PKCE_PURPOSE, c))
-            .ok_or(AuthError::BadLogin(
-                "login session missing or expired; start again",
-            ))?;
+        // Every login cookie: one planted for the login host may be sorted first.
+        let sessions: Vec<Pkce> = auth
+            .flags
+            .values(headers, OIDC_COOKIE)
+            .filter_map(|c| auth.signer.verify(PKCE_PURPOSE, c))
+            .collect();
+        if sessions.is_empty() {
+            return Err(
+                AuthError::BadLogin("login session missing or expired; start again").into(),
+            );
+        }
         let state: State = auth
             .signer
             .verify(STATE_PURPOSE, &state_raw)
             .ok_or(AuthError::BadLogin("invalid state"))?;
         let now = now_unix();
-        if !ct_eq(&state.n, &pkce.n) || state.e <= now || pkce.e <= now {
+        let pkce = sessions.into_iter().find(|p| ct_eq(&state.n, &p.n));
+        let Some(pkce) = pkce.filter(|p| state.e > now && p.e > now) else {
             return Err(AuthError::BadLogin("state does not match this browser's login").into());
-        }
+        };
         let discovered = self.discover(&auth.http).await?;
         let redirect_uri = self.redirect_uri();
         let mut form = vec![

@@ -1,11 +1,11 @@
 //! The optional preview warning: an interstitial for browsers that have not accepted it yet,
 //! and the `POST /accept-daytona-preview-warning` handler (CSRF-checked) on the preview host.
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, USER_AGENT};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, UPGRADE, USER_AGENT};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::cookie::{self, CookieFlags, WARNING_COOKIE};
+use super::cookie::{CookieFlags, WARNING_COOKIE};
 use super::return_to::same_host_path;
 use super::sign::{now_unix, Signer};
 use crate::body::ProxyBody;
@@ -19,6 +19,8 @@ const CSP: &str =
 const CSRF_PURPOSE: &str = "warning-csrf";
 const CSRF_TTL: u64 = 3600;
 const ACCEPTED_MAX_AGE: u64 = 86_400;
+const NOT_SENT: &str = "<p>The form you submitted was not sent: after you continue, the page \
+opens and you can submit it again.</p>";
 
 #[derive(Serialize, Deserialize)]
 struct Csrf {
@@ -26,12 +28,33 @@ struct Csrf {
     e: u64,
 }
 
-/// Should this request get the interstitial? (Call after authentication.)
-pub fn applies(port: Option<u16>, method: &Method, headers: &HeaderMap) -> bool {
+const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
+
+/// A browser navigation, whatever the method (a cross-site form `POST` is one): by
+/// `Sec-Fetch-Mode: navigate`, else by `Sec-Fetch-Dest: document|iframe|frame`; from a browser
+/// that sends neither, by `html` (it asks for HTML). Never a WebSocket upgrade.
+pub fn is_navigation(headers: &HeaderMap, html: bool) -> bool {
+    if headers.contains_key(UPGRADE) {
+        return false;
+    }
+    if let Some(mode) = headers.get(SEC_FETCH_MODE) {
+        return mode.as_bytes().eq_ignore_ascii_case(b"navigate");
+    }
+    if let Some(dest) = headers.get(SEC_FETCH_DEST) {
+        let dest = dest.as_bytes();
+        return [&b"document"[..], b"iframe", b"frame"]
+            .iter()
+            .any(|d| dest.eq_ignore_ascii_case(d));
+    }
+    html
+}
+
+/// Should this navigation get the interstitial? (Call after authentication.)
+pub fn applies(port: Option<u16>, headers: &HeaderMap, flags: CookieFlags) -> bool {
     let Some(port) = port else { return false };
     !is_reserved_port(port)
-        && method == Method::GET
-        && !headers.contains_key(http::header::UPGRADE)
+        && !headers.contains_key(UPGRADE)
         && !headers
             .get(SKIP_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
@@ -39,11 +62,22 @@ pub fn applies(port: Option<u16>, method: &Method, headers: &HeaderMap) -> bool 
             .get(USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ua| ua.contains("Mozilla"))
-        && cookie::get(headers, WARNING_COOKIE) != Some("true")
+        && !accepted(headers, flags)
 }
 
-/// The interstitial for `host`, returning to `path_and_query` once accepted.
-pub fn page(signer: &Signer, host: &str, path_and_query: &str) -> Response<ProxyBody> {
+/// Any accepted cookie counts (a planted one sorted first does not hide the real one).
+fn accepted(headers: &HeaderMap, flags: CookieFlags) -> bool {
+    flags.values(headers, WARNING_COOKIE).any(|v| v == "true")
+}
+
+/// The interstitial for `host`, returning to `path_and_query` (with `GET`) once accepted.
+/// `replayable`: the navigation was a `GET`/`HEAD`; else the page says its form was not sent.
+pub fn page(
+    signer: &Signer,
+    host: &str,
+    path_and_query: &str,
+    replayable: bool,
+) -> Response<ProxyBody> {
     let csrf = signer
         .sign(
             CSRF_PURPOSE,
@@ -64,10 +98,11 @@ pub fn page(signer: &Signer, host: &str, path_and_query: &str) -> Response<Proxy
 button{{font:inherit;padding:.4em 1.2em}}</style></head><body>\
 <h1>You are about to open a sandbox preview</h1>\
 <p><code>{host}</code> serves content from a development sandbox. It is not operated or vetted \
-by this platform: do not enter passwords or personal data unless you trust its owner.</p>\
+by this platform: do not enter passwords or personal data unless you trust its owner.</p>{resend}\
 <form method=\"post\" action=\"{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
 <button type=\"submit\">Continue</button></form></body></html>",
         host = escape_html(host),
+        resend = if replayable { "" } else { NOT_SENT },
         action = escape_html(&action),
         csrf = escape_html(&csrf),
     );
@@ -141,34 +176,84 @@ mod tests {
         Signer::new(vec![b"w".repeat(32)])
     }
 
+    fn with(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
     #[test]
     fn applies_to_browsers_only() {
-        let mut h = HeaderMap::new();
-        h.insert(USER_AGENT, "Mozilla/5.0".parse().unwrap());
-        assert!(applies(Some(3000), &Method::GET, &h));
-        assert!(!applies(Some(22222), &Method::GET, &h));
-        assert!(!applies(None, &Method::GET, &h));
-        assert!(!applies(Some(3000), &Method::POST, &h));
+        let http = CookieFlags { secure: false };
+        let h = with(&[("user-agent", "Mozilla/5.0")]);
+        assert!(applies(Some(3000), &h, http));
+        assert!(!applies(Some(22222), &h, http));
+        assert!(!applies(None, &h, http));
         let mut skip = h.clone();
         skip.insert(SKIP_HEADER, "true".parse().unwrap());
-        assert!(!applies(Some(3000), &Method::GET, &skip));
+        assert!(!applies(Some(3000), &skip, http));
         let mut ws = h.clone();
-        ws.insert(http::header::UPGRADE, "websocket".parse().unwrap());
-        assert!(!applies(Some(3000), &Method::GET, &ws));
+        ws.insert(UPGRADE, "websocket".parse().unwrap());
+        assert!(!applies(Some(3000), &ws, http));
         let mut accepted = h.clone();
         accepted.insert(
             http::header::COOKIE,
-            "a=1; daytona-preview-page-accepted=true".parse().unwrap(),
+            "daytona-preview-page-accepted=no; a=1; daytona-preview-page-accepted=true"
+                .parse()
+                .unwrap(),
         );
-        assert!(!applies(Some(3000), &Method::GET, &accepted));
-        assert!(!applies(Some(3000), &Method::GET, &HeaderMap::new()));
+        assert!(!applies(Some(3000), &accepted, http));
+        let https = CookieFlags { secure: true };
+        assert!(applies(Some(3000), &accepted, https), "plantable name");
+        let mut host_only = h.clone();
+        host_only.insert(
+            http::header::COOKIE,
+            "__Host-daytona-preview-page-accepted=true".parse().unwrap(),
+        );
+        assert!(!applies(Some(3000), &host_only, https));
+        assert!(!applies(Some(3000), &HeaderMap::new(), http));
+    }
+
+    #[test]
+    fn navigations_by_fetch_metadata_then_by_accept() {
+        type Headers = &'static [(&'static str, &'static str)];
+        // (request headers, wants HTML, is a navigation)
+        let rows: &[(Headers, bool, bool)] = &[
+            (&[("sec-fetch-mode", "navigate")], false, true),
+            (&[("sec-fetch-mode", "cors")], true, false),
+            (
+                &[("sec-fetch-mode", "no-cors"), ("sec-fetch-dest", "iframe")],
+                true,
+                false,
+            ),
+            (&[("sec-fetch-dest", "document")], false, true),
+            (&[("sec-fetch-dest", "iframe")], false, true),
+            (&[("sec-fetch-dest", "frame")], false, true),
+            (&[("sec-fetch-dest", "image")], true, false),
+            (&[], true, true),
+            (&[], false, false),
+            (
+                &[("upgrade", "websocket"), ("sec-fetch-mode", "navigate")],
+                true,
+                false,
+            ),
+        ];
+        for (headers, html, navigation) in rows {
+            assert_eq!(
+                is_navigation(&with(headers), *html),
+                *navigation,
+                "{headers:?} {html}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn page_escapes_and_accept_checks_csrf() {
         let s = signer();
         let host = "3000-sbx.preview.localhost";
-        let r = page(&s, host, "/\"><script>alert(1)</script>");
+        let r = page(&s, host, "/\"><script>alert(1)</script>", true);
         assert_eq!(r.headers()[http::header::CONTENT_SECURITY_POLICY], CSP);
         let text =
             String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();

@@ -21,7 +21,11 @@
 //! | `/trailers` | a body then trailers `x-checksum: abc` (if the request had `TE: trailers`) |
 //! | `/cors` | the app's own CORS: `Access-Control-Allow-Origin: https://app-chosen.example`, and an `OPTIONS` answered 204 with `X-App-Preflight: 1` |
 //! | `/ws` | WebSocket echo (text/binary, pongs; `close:<code>` makes it close with that code) |
-//! | anything else | echo: JSON of method, raw target, query, headers, body length and sha256, and request trailers |
+//! | anything else | echo: JSON of method, raw target, query, headers, body length and sha256 |
+//!
+//! Every answer of an app endpoint (redirects, errors and `101`s included) also carries, as
+//! `<name>`, each request header `x-reply-<name>`: a test chooses what the sandbox answers with
+//! (e.g. `x-reply-set-cookie: a=1; Domain=…` for a planted cookie).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -239,7 +243,23 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<RespBody>
         // Direct mode: the app itself, no runner key.
         path.clone()
     };
-    app(req, &app_path, &target, state).await
+    let replies = reply_headers(req.headers());
+    let mut response = app(req, &app_path, &target, state).await;
+    for (name, value) in replies {
+        response.headers_mut().append(name, value);
+    }
+    response
+}
+
+/// The `x-reply-<name>: value` request headers, as `(<name>, value)` in order.
+fn reply_headers(headers: &HeaderMap) -> Vec<(http::HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = name.as_str().strip_prefix("x-reply-")?;
+            Some((http::HeaderName::try_from(name).ok()?, value.clone()))
+        })
+        .collect()
 }
 
 async fn app(
