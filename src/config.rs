@@ -497,6 +497,19 @@ mod tests {
     #[test]
     fn the_example_config_is_valid() {
         let text = include_str!("../config/example.toml");
-        Config::from_toml_str(text).unwrap();
+        let config = Config::from_toml_str(text).unwrap();
+        assert_eq!(
+            config.server.lingering_bytes,
+            ServerConfig::default().lingering_bytes
+        );
+    }
+
+    #[test]
+    fn lingering_is_bounded() {
+        let error = Config::from_toml_str("[server]\nlingering_timeout = \"2m\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("server.lingering_timeout"), "{error}");
     }
 }

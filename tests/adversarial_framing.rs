@@ -503,3 +503,42 @@ async fn lingering_after_early_refusals_is_bounded() {
     );
     drop(stream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_failing_after_the_answer_started_is_not_the_runners_fault() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(&format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+        sandboxes()
+    )));
+    let admin = proxy.admin_addr();
+    let before = scrape(admin).await;
+    let warned = warnings(&proxy).len();
+    // `/sse` answers at once (first event) without reading the request body.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "POST /sse HTTP/1.1\r\nHost: {PREVIEW}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("data: first") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the first event")
+            .unwrap();
+        assert_ne!(n, 0, "{}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    stream.write_all(b"zz\r\n").await.unwrap();
+    let (_, end) = read_to_end_or_error(stream).await;
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "the cut response body ends in a reset"
+    );
+    let after = scrape(admin).await;
+    assert_eq!(upstream_errors(&after), upstream_errors(&before));
+    assert_eq!(warnings(&proxy)[warned..], [] as [String; 0]);
+    runner.release();
+}
