@@ -1,6 +1,8 @@
 //! The one response body type: streamed from upstream, or a small body the proxy made itself.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -8,6 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::activity::StreamGuard;
+use crate::client_io::ConnectionEnd;
 use crate::registry::InflightGuard;
 use crate::upstream::Lease;
 
@@ -31,6 +34,8 @@ pub enum ProxyBody {
         body: Incoming,
         lease: Option<Lease>,
         _guards: Guards,
+        /// The client connection to reset if this body fails (HTTP/1).
+        reset_on_error: Option<Arc<ConnectionEnd>>,
     },
 }
 
@@ -48,6 +53,20 @@ impl ProxyBody {
             body,
             lease,
             _guards: guards,
+            reset_on_error: None,
+        }
+    }
+
+    /// Made by the proxy rather than streamed from upstream.
+    pub fn is_generated(&self) -> bool {
+        !matches!(self, ProxyBody::Upstream { .. })
+    }
+
+    /// If this upstream body fails midway, the client connection is reset: on HTTP/1 nothing
+    /// else tells a client reading to the end of the connection that the body is incomplete.
+    pub fn reset_connection_on_error(&mut self, end: &Arc<ConnectionEnd>) {
+        if let ProxyBody::Upstream { reset_on_error, .. } = self {
+            *reset_on_error = Some(end.clone());
         }
     }
 }
@@ -65,8 +84,16 @@ impl Body for ProxyBody {
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             // An upstream error mid-stream propagates, so hyper aborts the client connection
             // instead of ending the body as if it were complete.
-            ProxyBody::Upstream { body, lease, .. } => {
+            ProxyBody::Upstream {
+                body,
+                lease,
+                reset_on_error,
+                ..
+            } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let (Poll::Ready(Some(Err(_))), Some(end)) = (&polled, reset_on_error) {
+                    end.reset();
+                }
                 // hyper stops polling once `is_end_stream` says so, and after trailers (always
                 // the last frame): release on any of these signs.
                 let ended = match &polled {
@@ -108,14 +135,61 @@ fn release(lease: &mut Option<Lease>) {
 }
 
 /// The request body sent upstream: the client's, or the client's behind a size limit; empty
-/// when a bodiless request is sent again (see `upstream`).
+/// when a bodiless request is sent again (see `upstream`). A client body that fails records why
+/// in its [`ClientBodyWatch`], so a failed upstream call can be blamed on the right side.
 pub enum RequestBody {
     Empty,
-    Streamed(Incoming),
-    Limited(http_body_util::Limited<Incoming>),
+    Streamed(Incoming, Option<Arc<ClientBodyWatch>>),
+    Limited(
+        http_body_util::Limited<Incoming>,
+        Option<Arc<ClientBodyWatch>>,
+    ),
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How the client's side of a request body failed, if it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyFault {
+    /// Malformed framing, or the client went away mid-body.
+    Broken,
+    /// Over the configured size limit.
+    TooLarge,
+}
+
+/// Shared by a request body and the forward phase that sent it.
+#[derive(Default)]
+pub struct ClientBodyWatch(AtomicU8);
+
+impl ClientBodyWatch {
+    /// A watch for `body`, unless it is complete already (then nothing of it can fail).
+    pub fn of(body: &Incoming) -> Option<Arc<ClientBodyWatch>> {
+        (!body.is_end_stream()).then(Default::default)
+    }
+
+    pub fn fault(watch: Option<&ClientBodyWatch>) -> Option<ClientBodyFault> {
+        match watch?.0.load(Ordering::Acquire) {
+            BROKEN => Some(ClientBodyFault::Broken),
+            TOO_LARGE => Some(ClientBodyFault::TooLarge),
+            _ => None,
+        }
+    }
+
+    fn record(watch: &Option<Arc<ClientBodyWatch>>, error: BoxError) -> BoxError {
+        if let Some(watch) = watch {
+            let fault = if is_length_limit(&*error) {
+                TOO_LARGE
+            } else {
+                BROKEN
+            };
+            watch.0.store(fault, Ordering::Release);
+        }
+        error
+    }
+}
+
+const BROKEN: u8 = 1;
+const TOO_LARGE: u8 = 2;
 
 impl Body for RequestBody {
     type Data = Bytes;
@@ -127,8 +201,12 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut polled = match self.get_mut() {
             RequestBody::Empty => return Poll::Ready(None),
-            RequestBody::Streamed(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            RequestBody::Limited(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Streamed(body, watch) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| ClientBodyWatch::record(watch, e.into())),
+            RequestBody::Limited(body, watch) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| ClientBodyWatch::record(watch, e)),
         };
         if let Poll::Ready(Some(Ok(frame))) = &mut polled {
             if let Some(trailers) = frame.trailers_mut() {
@@ -141,16 +219,16 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
-            RequestBody::Streamed(body) => body.is_end_stream(),
-            RequestBody::Limited(body) => body.is_end_stream(),
+            RequestBody::Streamed(body, _) => body.is_end_stream(),
+            RequestBody::Limited(body, _) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Streamed(body) => body.size_hint(),
-            RequestBody::Limited(body) => body.size_hint(),
+            RequestBody::Streamed(body, _) => body.size_hint(),
+            RequestBody::Limited(body, _) => body.size_hint(),
         }
     }
 }

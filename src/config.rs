@@ -63,6 +63,13 @@ pub struct ServerConfig {
     /// Bind the public listeners (plaintext and TLS) with `SO_REUSEPORT`, so several sandgate
     /// processes (one per core, say) can share one port; the kernel spreads connections over them.
     pub reuse_port: bool,
+    /// After an answer sent before the request body was read (a 401 to an upload, say), the
+    /// connection closes only once the client stopped sending, or after this many more bytes
+    /// (0: close at once), so the client can read the answer instead of a reset.
+    pub lingering_bytes: u64,
+    /// ... or after this long (at most 60s), whichever comes first.
+    #[serde(with = "humantime_serde")]
+    pub lingering_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +83,8 @@ impl Default for ServerConfig {
             max_connections_per_ip: 4096,
             shutdown_timeout: Duration::from_secs(30),
             reuse_port: false,
+            lingering_bytes: 16 << 20,
+            lingering_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -415,6 +424,9 @@ impl Config {
         if self.server.max_header_bytes < 8192 {
             return invalid("server.max_header_bytes must be at least 8192".into());
         }
+        if self.server.lingering_timeout > Duration::from_secs(60) {
+            return invalid("server.lingering_timeout must be at most 60s".into());
+        }
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
             return invalid(format!(
                 "admin.listen {:?} is not an address",
@@ -488,6 +500,19 @@ mod tests {
     #[test]
     fn the_example_config_is_valid() {
         let text = include_str!("../config/example.toml");
-        Config::from_toml_str(text).unwrap();
+        let config = Config::from_toml_str(text).unwrap();
+        assert_eq!(
+            config.server.lingering_bytes,
+            ServerConfig::default().lingering_bytes
+        );
+    }
+
+    #[test]
+    fn lingering_is_bounded() {
+        let error = Config::from_toml_str("[server]\nlingering_timeout = \"2m\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("server.lingering_timeout"), "{error}");
     }
 }

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::StreamGuard;
-use crate::body::{is_length_limit, Guards, ProxyBody, RequestBody};
+use crate::body::{
+    is_length_limit, ClientBodyFault, ClientBodyWatch, Guards, ProxyBody, RequestBody,
+};
 use crate::config::ProxyConfig;
 use crate::metrics::metrics;
 use crate::registry::{InflightGuard, SandboxRecord, Upstream};
@@ -176,7 +178,8 @@ impl Forwarder {
             upgrade,
         );
 
-        let req = self.limit_body(req, &target)?;
+        let watch = ClientBodyWatch::of(req.body());
+        let req = self.limit_body(req, &target, watch.clone())?;
         let started = Instant::now();
         let far = Duration::from_secs(86_400 * 365);
         let deadline_at = started
@@ -200,10 +203,7 @@ impl Forwarder {
                 metrics().upstream_timeouts.inc();
                 return Err(ProxyError::UpstreamTimeout(self.response_header_timeout));
             }
-            Ok(Err(e)) if is_length_limit(&e) => {
-                return Err(ProxyError::BodyTooLarge(self.toolbox_max_body_bytes))
-            }
-            Ok(Err(e)) => return Err(classify_client_error(&e, sandbox, &target)),
+            Ok(Err(e)) => return Err(self.failure(&e, watch.as_deref(), sandbox, &target)),
             Ok(Ok(response)) => response,
         };
         metrics()
@@ -253,16 +253,39 @@ impl Forwarder {
         Ok(response.map(|body| ProxyBody::upstream(body, guards, lease)))
     }
 
+    /// Why the upstream call failed: the client's body (malformed, cut short, too large) is the
+    /// client's fault (4xx, not an upstream error); anything else is the upstream's.
+    fn failure(
+        &self,
+        error: &UpstreamError,
+        watch: Option<&ClientBodyWatch>,
+        sandbox: &SandboxRecord,
+        target: &Target<'_>,
+    ) -> ProxyError {
+        match ClientBodyWatch::fault(watch) {
+            Some(ClientBodyFault::TooLarge) => {
+                ProxyError::BodyTooLarge(self.toolbox_max_body_bytes)
+            }
+            Some(ClientBodyFault::Broken) => {
+                tracing::debug!(error = ?error, sandbox = %sandbox.id, "the client's request body failed");
+                ProxyError::BadRequestBody
+            }
+            None if is_length_limit(error) => ProxyError::BodyTooLarge(self.toolbox_max_body_bytes),
+            None => classify_client_error(error, sandbox, target),
+        }
+    }
+
     /// Toolbox bodies over `toolbox_max_body_bytes`: refused up front by `Content-Length`, or
     /// cut while streaming (the upload is aborted and the client gets 413).
     fn limit_body(
         &self,
         req: Request<Incoming>,
         target: &Target<'_>,
+        watch: Option<Arc<ClientBodyWatch>>,
     ) -> Result<Request<RequestBody>, ProxyError> {
         let max = self.toolbox_max_body_bytes;
         if max == 0 || matches!(target, Target::Preview { .. }) {
-            return Ok(req.map(RequestBody::Streamed));
+            return Ok(req.map(|body| RequestBody::Streamed(body, watch)));
         }
         let declared = req
             .headers()
@@ -273,7 +296,7 @@ impl Forwarder {
             return Err(ProxyError::BodyTooLarge(max));
         }
         let limit = usize::try_from(max).unwrap_or(usize::MAX);
-        Ok(req.map(|body| RequestBody::Limited(http_body_util::Limited::new(body, limit))))
+        Ok(req.map(|body| RequestBody::Limited(http_body_util::Limited::new(body, limit), watch)))
     }
 
     fn relay_upgrade(

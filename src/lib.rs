@@ -9,6 +9,7 @@ pub mod activity_redis;
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod client_io;
 pub mod config;
 pub mod demo;
 pub mod forward;

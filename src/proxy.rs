@@ -8,14 +8,15 @@ use std::time::Instant;
 
 use http_body::Body;
 
-use http::header::{ALLOW, CONTENT_TYPE, HOST};
-use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HOST};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::activity::Activity;
 use crate::auth::gate::{self, Admission};
 use crate::auth::Auth;
 use crate::body::ProxyBody;
+use crate::client_io::ConnectionEnd;
 use crate::forward::{Destination, Forwarder, Target};
 use crate::metrics::{metrics, RouteKind};
 use crate::registry::{InflightGuard, Resolver, SandboxRecord, StaticRegistry};
@@ -60,6 +61,8 @@ pub struct Peer {
     pub slots: Option<ConnectionSlots>,
     pub deadline_timer: crate::forward::DeadlineTimer,
     pub token_memo: crate::auth::TokenMemo,
+    /// How the connection closes (lingering after early answers, reset after cut bodies).
+    pub end: Arc<ConnectionEnd>,
 }
 
 impl Peer {
@@ -73,7 +76,13 @@ impl Peer {
             slots: None,
             deadline_timer: Default::default(),
             token_memo: Default::default(),
+            end: Default::default(),
         }
+    }
+
+    pub fn with_end(mut self, end: Arc<ConnectionEnd>) -> Peer {
+        self.end = end;
+        self
     }
 
     pub fn with_slots(mut self, slots: ConnectionSlots) -> Peer {
@@ -94,6 +103,8 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
     let uri = req.uri().clone();
     let method = req.method().clone();
     let html = wants_html(req.headers());
+    let http1 = req.version() <= Version::HTTP_11;
+    let body_pending = http1 && !req.body().is_end_stream();
     let request_id = app.request_ids.then(|| request_id(req.headers_mut()));
     let mut seen = Seen {
         kind: RouteKind::Own,
@@ -109,6 +120,9 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
             error_response(&error, uri.path(), html)
         }
     };
+    if http1 {
+        end_connection_properly(&mut response, body_pending, &peer.end);
+    }
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     metrics().request(seen.kind, status, elapsed);
@@ -131,6 +145,25 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
         );
     }
     response
+}
+
+/// An HTTP/1 connection whose response body fails is reset, not closed as if the body were whole.
+/// One that answers without reading the request body (every answer the proxy makes itself) says
+/// `Connection: close` and, closing, drains what the client still uploads (bounded), so the
+/// client reads the answer instead of a broken pipe.
+fn end_connection_properly(
+    response: &mut Response<ProxyBody>,
+    body_pending: bool,
+    end: &Arc<ConnectionEnd>,
+) {
+    if !response.body().is_generated() {
+        response.body_mut().reset_connection_on_error(end);
+    } else if body_pending && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        end.linger();
+    }
 }
 
 const KIND_NAMES: [&str; 3] = ["preview", "toolbox", "own"];

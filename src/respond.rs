@@ -41,12 +41,14 @@ pub enum ProxyError {
     SandboxBusy,
     #[error("the request body is larger than {0} bytes")]
     BodyTooLarge(u64),
+    #[error("the request body is malformed or incomplete")]
+    BadRequestBody,
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Route(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Route(_) | ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
             ProxyError::NotFound | ProxyError::SandboxNotFound => StatusCode::NOT_FOUND,
             ProxyError::SandboxNotRunning { .. }
             | ProxyError::ShuttingDown
@@ -83,6 +85,7 @@ impl ProxyError {
             ProxyError::NotReady => "NOT_READY",
             ProxyError::SandboxBusy => "SANDBOX_BUSY",
             ProxyError::BodyTooLarge(_) => "BODY_TOO_LARGE",
+            ProxyError::BadRequestBody => "BAD_REQUEST_BODY",
         }
     }
 

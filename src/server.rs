@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
+use crate::client_io::{ClientStream, ConnectionEnd, LingerLimits};
 use crate::config::ServerConfig;
 use crate::metrics::metrics;
 use crate::proxy::{handle, App, ConnectionSlots, Peer};
@@ -57,6 +58,10 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let per_ip = Arc::new(PerIpLimit::new(config.max_connections_per_ip));
+    let linger = LingerLimits {
+        bytes: config.lingering_bytes,
+        timeout: config.lingering_timeout,
+    };
     let redirect_to = tls
         .as_ref()
         .filter(|t| t.redirect_plaintext)
@@ -89,12 +94,15 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let end = Arc::new(ConnectionEnd::default());
+        let stream = ClientStream::new(stream, end.clone(), linger);
         let connection = Connection {
             app: app.clone(),
             builder: builder.clone(),
             watcher: graceful.watcher(),
             peer,
             slots: Arc::new((permit, ip_slot)),
+            end,
         };
         let tls_side = over_tls
             .then(|| {
@@ -130,10 +138,12 @@ struct Connection {
     peer: SocketAddr,
     /// Held for as long as the connection, or a WebSocket relayed from it, is open.
     slots: ConnectionSlots,
+    /// How the connection's socket is to be closed, as its requests decided.
+    end: Arc<ConnectionEnd>,
 }
 
 impl Connection {
-    async fn serve_tls(self, stream: TcpStream, acceptor: TlsAcceptor, timeout: Duration) {
+    async fn serve_tls(self, stream: ClientStream, acceptor: TlsAcceptor, timeout: Duration) {
         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => self.serve(tls, true).await,
             Ok(Err(e)) => {
@@ -147,7 +157,7 @@ impl Connection {
         }
     }
 
-    async fn serve_plain(self, stream: TcpStream, redirect_to_port: Option<u16>) {
+    async fn serve_plain(self, stream: ClientStream, redirect_to_port: Option<u16>) {
         match redirect_to_port {
             Some(port) => {
                 let service = service_fn(move |req| async move {
@@ -170,7 +180,11 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let app = self.app;
-        let client = Arc::new(Peer::new(self.peer, https).with_slots(self.slots));
+        let client = Arc::new(
+            Peer::new(self.peer, https)
+                .with_slots(self.slots)
+                .with_end(self.end),
+        );
         let service = service_fn(move |req| {
             let app = app.clone();
             let client = client.clone();
