@@ -63,6 +63,12 @@ pub struct ServerConfig {
     /// Bind the public listeners (plaintext and TLS) with `SO_REUSEPORT`, so several sandgate
     /// processes (one per core, say) can share one port; the kernel spreads connections over them.
     pub reuse_port: bool,
+    /// CIDRs (or addresses) of the load balancers in front: only from these peers are
+    /// `X-Forwarded-For`/`Forwarded` believed and the PROXY protocol accepted.
+    pub trusted_proxies: Vec<String>,
+    /// `listen` expects a PROXY protocol header (v1 or v2) first on every connection, from a
+    /// trusted proxy; connections without one, or from anyone else, are closed.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +82,8 @@ impl Default for ServerConfig {
             max_connections_per_ip: 4096,
             shutdown_timeout: Duration::from_secs(30),
             reuse_port: false,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -417,6 +425,18 @@ impl Config {
                 "admin.listen {:?} is not an address",
                 self.admin.listen
             ));
+        }
+        crate::client_addr::TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(ConfigError::Invalid)?;
+        for (key, on) in [
+            ("server.proxy_protocol", self.server.proxy_protocol),
+            ("tls.proxy_protocol", self.tls.proxy_protocol),
+        ] {
+            if on && self.server.trusted_proxies.is_empty() {
+                return invalid(format!(
+                    "{key} needs server.trusted_proxies: PROXY headers are accepted only from them"
+                ));
+            }
         }
         if self.tls.enabled && self.tls.certs.is_empty() {
             return invalid("tls.enabled needs at least one [[tls.certs]] pair".into());

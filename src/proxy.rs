@@ -16,6 +16,7 @@ use crate::activity::Activity;
 use crate::auth::gate::{self, Admission};
 use crate::auth::Auth;
 use crate::body::ProxyBody;
+use crate::client_addr::{ClientAddr, FORWARDED};
 use crate::forward::{Destination, Forwarder, Target};
 use crate::metrics::{metrics, RouteKind};
 use crate::registry::{InflightGuard, Resolver, SandboxRecord, StaticRegistry};
@@ -45,13 +46,16 @@ pub struct App {
     pub access_log: bool,
     /// Accept or generate `X-Request-Id`, forward it and return it.
     pub request_ids: bool,
+    /// Peers whose `X-Forwarded-For`/`Forwarded` (and PROXY headers) are believed.
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
 }
 
 /// What a connection holds against the connection limits (global and per IP). Upgraded
 /// connections (WebSockets) keep holding it after the HTTP connection task ends.
 pub type ConnectionSlots = Arc<dyn std::any::Any + Send + Sync>;
 
-/// The client end of a connection, with its IP pre-rendered for `X-Forwarded-For`.
+/// The client end of a connection (the TCP peer, or the PROXY protocol's source address), with
+/// its IP pre-rendered for `X-Forwarded-For`.
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip_header: HeaderValue,
@@ -94,12 +98,13 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
     let uri = req.uri().clone();
     let method = req.method().clone();
     let html = wants_html(req.headers());
+    let client = app.trusted_proxies.client(peer.addr.ip(), req.headers());
     let request_id = app.request_ids.then(|| request_id(req.headers_mut()));
     let mut seen = Seen {
         kind: RouteKind::Own,
         sandbox: None,
     };
-    let mut response = match pipeline(&app, req, peer, html, &mut seen).await {
+    let mut response = match pipeline(&app, req, peer, &client, html, &mut seen).await {
         Ok(response) => response,
         Err(error) => {
             log_error(&error, uri.path());
@@ -127,7 +132,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
             bytes = response.body().size_hint().exact(),
             sandbox = seen.sandbox.as_ref().map(|s| &*s.id),
             request_id = request_id.as_ref().and_then(|v| v.to_str().ok()),
-            peer = %peer.addr.ip(),
+            peer = %client.ip,
         );
     }
     response
@@ -179,6 +184,7 @@ async fn pipeline(
     app: &App,
     mut req: Request<Incoming>,
     peer: &Peer,
+    client: &ClientAddr,
     html: bool,
     seen: &mut Seen,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -199,10 +205,23 @@ async fn pipeline(
         }
     };
 
-    let entry = match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer, html).await? {
+    let entry = gate::admit(
+        app,
+        &mut req,
+        host_str,
+        &sandbox_id,
+        port,
+        (peer, client.ip),
+        html,
+    );
+    let entry = match entry.await? {
         Admission::Respond(response) => return Ok(response),
         Admission::Enter(entry) => entry,
     };
+    if !client.via_trusted_proxy {
+        // Only a trusted proxy's `Forwarded` goes on; a client's own would be a forgery.
+        req.headers_mut().remove(FORWARDED);
+    }
     let sandbox = &entry.sandbox;
     seen.sandbox = Some(sandbox.clone());
     let stripped_query = entry.query.as_deref();
@@ -230,7 +249,7 @@ async fn pipeline(
         sandbox,
         target,
         original_host: &host,
-        client_ip: &peer.ip_header,
+        client_ip: client.forwarded_for.as_ref().unwrap_or(&peer.ip_header),
         https: peer.https,
         query: stripped_query,
         connection_slots: peer.slots.as_ref(),

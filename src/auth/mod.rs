@@ -194,6 +194,7 @@ pub struct AuthRequest<'a> {
     pub query: Option<&'a str>,
     pub path: &'a str,
     pub host: &'a str,
+    /// The client's address (behind trusted proxies: the one they vouch for); keys the limiter.
     pub peer: IpAddr,
     /// A browser navigation (`GET`/`HEAD` wanting HTML, not an upgrade).
     pub navigation: bool,
@@ -301,9 +302,6 @@ impl Auth {
                 ..granted(Access::Public)
             });
         }
-        if let Err(seconds) = self.limiter.check(req.peer) {
-            return Err(AuthError::RateLimited(seconds).into());
-        }
         let mut failure: Option<AuthError> = None;
         let mut note = |e: AuthError| {
             failure.get_or_insert(e);
@@ -372,10 +370,12 @@ impl Auth {
             return Ok(g);
         }
 
-        if let Some(e) = &failure {
-            if e.is_failure() {
-                self.limiter.record_failure(req.peer);
-            }
+        // Only now, when every credential presented has failed, may the limiter refuse: a valid
+        // credential is never refused, whatever else came from the same address.
+        if failure.as_ref().is_some_and(AuthError::is_failure) {
+            self.limiter
+                .fail(req.peer)
+                .map_err(AuthError::RateLimited)?;
         }
         if req.navigation {
             if let Some(oidc) = &self.oidc {
