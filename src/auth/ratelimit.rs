@@ -1,4 +1,6 @@
-//! Brute-force guard: failed credential checks per client IP, as a token bucket in a bounded map.
+//! Brute-force guard: failed credential checks per client address, as a token bucket in a bounded
+//! map. Only failed attempts reach it (the credential is checked first), so it never refuses a
+//! valid one.
 
 use std::net::IpAddr;
 use std::time::Instant;
