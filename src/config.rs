@@ -70,6 +70,12 @@ pub struct ServerConfig {
     /// ... or after this long (at most 60s), whichever comes first.
     #[serde(with = "humantime_serde")]
     pub lingering_timeout: Duration,
+    /// CIDRs (or addresses) of the load balancers in front: only from these peers are
+    /// `X-Forwarded-For`/`Forwarded` believed and the PROXY protocol accepted.
+    pub trusted_proxies: Vec<String>,
+    /// `listen` expects a PROXY protocol header (v1 or v2) first on every connection, from a
+    /// trusted proxy; connections without one, or from anyone else, are closed.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +91,8 @@ impl Default for ServerConfig {
             reuse_port: false,
             lingering_bytes: 16 << 20,
             lingering_timeout: Duration::from_secs(5),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -432,6 +440,18 @@ impl Config {
                 "admin.listen {:?} is not an address",
                 self.admin.listen
             ));
+        }
+        crate::client_addr::TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(ConfigError::Invalid)?;
+        for (key, on) in [
+            ("server.proxy_protocol", self.server.proxy_protocol),
+            ("tls.proxy_protocol", self.tls.proxy_protocol),
+        ] {
+            if on && self.server.trusted_proxies.is_empty() {
+                return invalid(format!(
+                    "{key} needs server.trusted_proxies: PROXY headers are accepted only from them"
+                ));
+            }
         }
         if self.tls.enabled && self.tls.certs.is_empty() {
             return invalid("tls.enabled needs at least one [[tls.certs]] pair".into());

@@ -61,7 +61,9 @@ pub struct Destination<'a> {
     pub target: Target<'a>,
     /// The one authority of the request (sent as `X-Forwarded-Host`).
     pub original_host: &'a HeaderValue,
-    /// The client's IP, rendered once per connection (appended to `X-Forwarded-For`).
+    /// The whole `X-Forwarded-For` to send: the peer's IP (rendered once per connection), or a
+    /// trusted proxy's chain with the peer appended (`crate::client_addr`). A client's own
+    /// `X-Forwarded-For` is replaced, never appended to: it could forge any address.
     pub client_ip: &'a HeaderValue,
     /// The client connection is TLS (`X-Forwarded-Proto: https` whatever the configured scheme).
     pub https: bool,
@@ -546,24 +548,7 @@ fn rewrite_request_headers(
     };
     headers.insert(X_FORWARDED_HOST, original_host.clone());
     headers.insert(X_FORWARDED_PROTO, proto.clone());
-    append_forwarded_for(headers, client_ip);
-}
-
-fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
-    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if prior.peek().is_none() {
-        headers.insert(X_FORWARDED_FOR, client_ip.clone());
-        return;
-    }
-    let mut value = Vec::with_capacity(64);
-    for v in prior {
-        value.extend_from_slice(v.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(client_ip.as_bytes());
-    if let Ok(v) = HeaderValue::from_bytes(&value) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    headers.insert(X_FORWARDED_FOR, client_ip.clone());
 }
 
 /// A relative redirect from the toolbox gets the `/toolbox/<id>` prefix back. Absolute URLs and
@@ -769,7 +754,10 @@ mod tests {
         assert_eq!(h[header::HOST], "127.0.0.1:9000");
         assert_eq!(h[X_FORWARDED_HOST], "3000-sbx-1.preview.localhost");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
-        assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 127.0.0.9");
+        assert_eq!(
+            h[X_FORWARDED_FOR], "127.0.0.9",
+            "replaced: the client's own list could be forged"
+        );
 
         let mut forged = HeaderMap::new();
         forged.insert(RUNNER_AUTH_HEADER, "Bearer forged".parse().unwrap());

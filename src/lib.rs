@@ -9,6 +9,7 @@ pub mod activity_redis;
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod client_addr;
 pub mod client_io;
 pub mod config;
 pub mod demo;
@@ -123,6 +124,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_requests_per_sandbox: config.proxy.max_requests_per_sandbox,
         access_log: config.log.access,
         request_ids: config.log.request_id,
+        trusted_proxies: client_addr::TrustedProxies::parse(&config.server.trusted_proxies)
+            .map_err(StartError::Config)?,
     });
     let (listener, addr) = bind(config.server.listen, config.server.reuse_port)?;
     let (tls_listener, tls_addr) = match certs {
@@ -137,6 +140,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 handshake_timeout: config.tls.handshake_timeout,
                 redirect_plaintext: config.tls.redirect_plaintext,
                 port: addr.port(),
+                proxy_protocol: config.tls.proxy_protocol,
             };
             (Some(tls_listener), Some(addr))
         }

@@ -16,6 +16,7 @@ use crate::activity::Activity;
 use crate::auth::gate::{self, Admission};
 use crate::auth::Auth;
 use crate::body::ProxyBody;
+use crate::client_addr::{ClientAddr, FORWARDED};
 use crate::client_io::ConnectionEnd;
 use crate::forward::{Destination, Forwarder, Target};
 use crate::metrics::{metrics, RouteKind};
@@ -46,13 +47,16 @@ pub struct App {
     pub access_log: bool,
     /// Accept or generate `X-Request-Id`, forward it and return it.
     pub request_ids: bool,
+    /// Peers whose `X-Forwarded-For`/`Forwarded` (and PROXY headers) are believed.
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
 }
 
 /// What a connection holds against the connection limits (global and per IP). Upgraded
 /// connections (WebSockets) keep holding it after the HTTP connection task ends.
 pub type ConnectionSlots = Arc<dyn std::any::Any + Send + Sync>;
 
-/// The client end of a connection, with its IP pre-rendered for `X-Forwarded-For`.
+/// The client end of a connection (the TCP peer, or the PROXY protocol's source address), with
+/// its IP pre-rendered for `X-Forwarded-For`.
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip_header: HeaderValue,
@@ -105,12 +109,13 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
     let html = wants_html(req.headers());
     let http1 = req.version() <= Version::HTTP_11;
     let body_pending = http1 && !req.body().is_end_stream();
+    let client = app.trusted_proxies.client(peer.addr.ip(), req.headers());
     let request_id = app.request_ids.then(|| request_id(req.headers_mut()));
     let mut seen = Seen {
         kind: RouteKind::Own,
         sandbox: None,
     };
-    let mut response = match pipeline(&app, req, peer, html, &mut seen).await {
+    let mut response = match pipeline(&app, req, peer, &client, html, &mut seen).await {
         Ok(response) => response,
         Err(error) => {
             log_error(&error, uri.path());
@@ -141,7 +146,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
             bytes = response.body().size_hint().exact(),
             sandbox = seen.sandbox.as_ref().map(|s| &*s.id),
             request_id = request_id.as_ref().and_then(|v| v.to_str().ok()),
-            peer = %peer.addr.ip(),
+            peer = %client.ip,
         );
     }
     response
@@ -212,6 +217,7 @@ async fn pipeline(
     app: &App,
     mut req: Request<Incoming>,
     peer: &Peer,
+    client: &ClientAddr,
     html: bool,
     seen: &mut Seen,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -235,10 +241,23 @@ async fn pipeline(
         }
     };
 
-    let entry = match gate::admit(app, &mut req, host_str, &sandbox_id, port, peer, html).await? {
+    let entry = gate::admit(
+        app,
+        &mut req,
+        host_str,
+        &sandbox_id,
+        port,
+        (peer, client.ip),
+        html,
+    );
+    let entry = match entry.await? {
         Admission::Respond(response) => return Ok(response),
         Admission::Enter(entry) => entry,
     };
+    if !client.via_trusted_proxy {
+        // Only a trusted proxy's `Forwarded` goes on; a client's own would be a forgery.
+        req.headers_mut().remove(FORWARDED);
+    }
     let sandbox = &entry.sandbox;
     seen.sandbox = Some(sandbox.clone());
     let stripped_query = entry.query.as_deref();
@@ -266,7 +285,7 @@ async fn pipeline(
         sandbox,
         target,
         original_host: entry.forwarded_host.as_ref().unwrap_or(&host),
-        client_ip: &peer.ip_header,
+        client_ip: client.forwarded_for.as_ref().unwrap_or(&peer.ip_header),
         https: peer.https,
         query: stripped_query,
         connection_slots: peer.slots.as_ref(),

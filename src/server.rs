@@ -36,6 +36,8 @@ pub struct TlsListener {
     /// Plaintext requests get a redirect to `https://host:<port>` (except `/health`).
     pub redirect_plaintext: bool,
     pub port: u16,
+    /// Every connection starts with a PROXY protocol header from a trusted proxy.
+    pub proxy_protocol: bool,
 }
 
 /// What a draining server still has open.
@@ -88,22 +90,15 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(ip_slot) = per_ip.acquire(peer.ip()) else {
-            metrics().connections_refused.inc();
-            tracing::debug!(%peer, "per-IP connection limit reached");
-            continue;
+        let proxy_protocol = match &tls {
+            Some(t) if over_tls => t.proxy_protocol,
+            _ => config.proxy_protocol,
         };
-        let _ = stream.set_nodelay(true);
-        let end = Arc::new(ConnectionEnd::default());
-        let stream = ClientStream::new(stream, end.clone(), linger);
-        let connection = Connection {
-            app: app.clone(),
-            builder: builder.clone(),
-            watcher: graceful.watcher(),
-            peer,
-            slots: Arc::new((permit, ip_slot)),
-            end,
-        };
+        let per_ip = per_ip.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let header_timeout = config.header_read_timeout;
         let tls_side = over_tls
             .then(|| {
                 tls.as_ref()
@@ -111,6 +106,31 @@ pub async fn serve(
             })
             .flatten();
         tokio::spawn(async move {
+            let mut stream = stream;
+            let peer = match proxy_protocol {
+                true => match proxied_peer(&app, &mut stream, peer, header_timeout).await {
+                    Some(client) => client,
+                    None => return,
+                },
+                false => peer,
+            };
+            // Per TCP peer, or per PROXY protocol source address.
+            let Some(ip_slot) = per_ip.acquire(peer.ip()) else {
+                metrics().connections_refused.inc();
+                tracing::debug!(%peer, "per-IP connection limit reached");
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            let end = Arc::new(ConnectionEnd::default());
+            let stream = ClientStream::new(stream, end.clone(), linger);
+            let connection = Connection {
+                app,
+                builder,
+                watcher,
+                peer,
+                slots: Arc::new((permit, ip_slot)),
+                end,
+            };
             metrics().connections_active.inc();
             match tls_side {
                 Some((acceptor, timeout)) => connection.serve_tls(stream, acceptor, timeout).await,
@@ -122,6 +142,30 @@ pub async fn serve(
     drop(plain);
     drop(tls);
     drain_connections(graceful, config.shutdown_timeout, drain).await;
+}
+
+/// The client address a trusted proxy's PROXY header names (the TCP peer for `LOCAL`/`UNKNOWN`
+/// health checks); `None`, and the connection is dropped, for a peer that is not a trusted
+/// proxy or a missing, malformed or slow header.
+async fn proxied_peer(
+    app: &App,
+    stream: &mut TcpStream,
+    tcp_peer: SocketAddr,
+    timeout: Duration,
+) -> Option<SocketAddr> {
+    if !app.trusted_proxies.contains(tcp_peer.ip()) {
+        metrics().connections_refused.inc();
+        tracing::debug!(peer = %tcp_peer, "PROXY protocol listener: peer is not a trusted proxy");
+        return None;
+    }
+    match crate::client_addr::read_proxy_header(stream, timeout).await {
+        Ok(source) => Some(source.unwrap_or(tcp_peer)),
+        Err(error) => {
+            metrics().connections_refused.inc();
+            tracing::debug!(peer = %tcp_peer, %error, "PROXY protocol header refused");
+            None
+        }
+    }
 }
 
 async fn accept_tls(tls: Option<&TlsListener>) -> std::io::Result<(TcpStream, SocketAddr)> {

@@ -29,6 +29,9 @@ pub struct TlsConfig {
     pub handshake_timeout: Duration,
     /// The plaintext listener (`server.listen`) redirects to HTTPS (except `/health`).
     pub redirect_plaintext: bool,
+    /// `listen` expects a PROXY protocol header first, from a trusted proxy (see
+    /// `server.proxy_protocol`).
+    pub proxy_protocol: bool,
 }
 
 impl Default for TlsConfig {
@@ -40,6 +43,7 @@ impl Default for TlsConfig {
             unknown_sni: "default".into(),
             handshake_timeout: Duration::from_secs(10),
             redirect_plaintext: false,
+            proxy_protocol: false,
         }
     }
 }

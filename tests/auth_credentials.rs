@@ -611,7 +611,7 @@ async fn signed_preview_tokens_are_port_bound_expiring_and_revocable() {
 }
 
 #[tokio::test]
-async fn repeated_failures_get_429_before_any_check() {
+async fn repeated_failures_get_429_but_valid_credentials_still_pass() {
     let rec = recorder::start().await;
     let rp = rec.port();
     let proxy = Proxy::start(&config(rp, 1, "", "").replace(
@@ -640,11 +640,37 @@ async fn repeated_failures_get_429_before_any_check() {
         b"",
     )
     .await;
+    assert_eq!(
+        r.status,
+        200,
+        "a valid credential is never refused: {}",
+        r.text()
+    );
+    let r = send(
+        proxy.addr,
+        "GET",
+        &h,
+        "/",
+        &[("x-daytona-preview-token", "guess")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.json()["code"], "RATE_LIMITED");
     let retry: u32 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
-    let r = send(proxy.addr, "GET", &h, "/", &[("accept", "text/html")], b"").await;
+    let r = send(
+        proxy.addr,
+        "GET",
+        &h,
+        "/",
+        &[
+            ("accept", "text/html"),
+            ("x-daytona-preview-token", "guess"),
+        ],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 429);
     assert!(r.text().contains("<!doctype html>"));
     // Public sandboxes need no credential check: still open.

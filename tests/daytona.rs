@@ -223,8 +223,14 @@ async fn signed_preview_ssh_tokens_and_readiness_through_the_library() {
     let id = registry
         .signed_preview("abcdefgh12345678", 3000)
         .await
+        .unwrap()
         .unwrap();
-    assert_eq!(id.as_deref(), Some("sbx-1"));
+    assert_eq!(&*id.sandbox, "sbx-1");
+    assert_eq!(
+        id.lifetime,
+        sandgate::registry::Lifetime::Unknown,
+        "the API does not say when a token expires"
+    );
     assert_eq!(
         registry
             .signed_preview("abcdefgh12345678", 3001)

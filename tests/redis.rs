@@ -403,7 +403,7 @@ fn library_handle(redis: &RedisServer) -> Arc<sandgate::redis_conn::RedisHandle>
 
 #[tokio::test]
 async fn signed_preview_tokens_are_port_bound_expire_and_revoke() {
-    use sandgate::registry::Registry;
+    use sandgate::registry::{Lifetime, Registry};
     let redis = RedisServer::start();
     let cli = cli_config(&redis);
     let registry = sandgate::registry::redis_backend::RedisRegistry::new(library_handle(&redis));
@@ -443,13 +443,12 @@ async fn signed_preview_tokens_are_port_bound_expire_and_revoke() {
         .unwrap();
     assert!(ttl > 0 && ttl <= 1000, "{ttl}");
 
-    assert_eq!(
-        registry
-            .signed_preview(token, 3000)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("sbx-9")
+    let found = registry.signed_preview(token, 3000).await.unwrap().unwrap();
+    assert_eq!(&*found.sandbox, "sbx-9");
+    assert!(
+        matches!(found.lifetime, Lifetime::Remaining(left) if left <= Duration::from_secs(1)),
+        "the key's TTL comes along: {:?}",
+        found.lifetime
     );
     assert_eq!(registry.signed_preview(token, 3001).await.unwrap(), None);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -475,14 +474,8 @@ async fn signed_preview_tokens_are_port_bound_expire_and_revoke() {
         "{url}"
     );
     let token = &url["http://8080-".len().."http://8080-".len() + 16];
-    assert_eq!(
-        registry
-            .signed_preview(token, 8080)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("sbx-9")
-    );
+    let found = registry.signed_preview(token, 8080).await.unwrap().unwrap();
+    assert_eq!(&*found.sandbox, "sbx-9");
     ok(
         &cli.path,
         &["preview-url", "revoke", "--token", token, "--port", "8080"],

@@ -77,11 +77,11 @@ impl CredentialCache {
             self.invalid_ttl
         };
         if let Some(exp) = expires_at {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            ttl = ttl.min(Duration::from_secs(exp.saturating_sub(now)));
+            // To the instant, not the second: a verdict must not outlive the token.
+            let left = (UNIX_EPOCH + Duration::from_secs(exp))
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            ttl = ttl.min(left);
         }
         if ttl.is_zero() {
             return;
@@ -127,6 +127,20 @@ mod tests {
             c.get("d", Kind::Bearer, &h),
             None,
             "capped by the token's expiry"
+        );
+        // Capped to the instant of expiry, not to the end of a whole second.
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 1;
+        c.put("e", Kind::Bearer, h, Ok(()), Some(exp));
+        let expiry = UNIX_EPOCH + Duration::from_secs(exp);
+        std::thread::sleep(expiry.duration_since(SystemTime::now()).unwrap_or_default());
+        assert_eq!(
+            c.get("e", Kind::Bearer, &h),
+            None,
+            "gone when the token expires"
         );
     }
 }

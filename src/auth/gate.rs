@@ -5,6 +5,7 @@
 //! goes on.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{LOCATION, SET_COOKIE};
@@ -73,11 +74,10 @@ pub async fn admit(
     host: &str,
     id_or_token: &str,
     port: Option<u16>,
-    client: &Peer,
+    (client, client_ip): (&Peer, IpAddr),
     html: bool,
 ) -> Result<Admission, ProxyError> {
     let auth = &app.auth;
-    let peer = client.addr;
     let uri = req.uri().clone();
     let method = req.method().clone();
 
@@ -95,9 +95,6 @@ pub async fn admit(
     let mut sandbox_id = Cow::Borrowed(id_or_token);
     let mut signed = false;
     if let Some(port) = port.filter(|_| is_signed_shape(id_or_token)) {
-        if let Err(seconds) = auth.limiter.check(peer.ip()) {
-            return Err(AuthError::RateLimited(seconds).into());
-        }
         if let Some(id) = app.resolver.signed_preview(id_or_token, port).await? {
             sandbox_id = Cow::Owned(id.into());
             signed = true;
@@ -106,8 +103,11 @@ pub async fn admit(
     let resolved = app.resolver.sandbox(&sandbox_id).await?;
     let Some(sandbox) = resolved.sandbox else {
         if is_signed_shape(id_or_token) {
-            // Guessing signed tokens through the host counts as a failed credential.
-            auth.limiter.record_failure(peer.ip());
+            // Guessing signed tokens through the host counts as a failed credential; a valid
+            // token never gets here, so the limiter never refuses one.
+            auth.limiter
+                .fail(client_ip)
+                .map_err(AuthError::RateLimited)?;
         }
         return Err(ProxyError::SandboxNotFound);
     };
@@ -142,7 +142,7 @@ pub async fn admit(
                 query: uri.query(),
                 path: uri.path(),
                 host,
-                peer: peer.ip(),
+                peer: client_ip,
                 navigation,
                 safe_method,
                 memo: Some(&client.token_memo),
@@ -187,7 +187,7 @@ pub async fn admit(
         &sandbox,
         req.headers_mut(),
         granted.consumed_authorization,
-        peer.ip(),
+        client_ip,
     )
     .await;
     let query = strip_credentials(req.headers_mut(), uri.query());

@@ -204,6 +204,7 @@ pub struct AuthRequest<'a> {
     pub query: Option<&'a str>,
     pub path: &'a str,
     pub host: &'a str,
+    /// The client's address (behind trusted proxies: the one they vouch for); keys the limiter.
     pub peer: IpAddr,
     /// A browser navigation, any method ([`warning::is_navigation`]).
     pub navigation: bool,
@@ -310,9 +311,6 @@ impl Auth {
         if !needs_auth {
             return Ok(granted(Access::Public));
         }
-        if let Err(seconds) = self.limiter.check(req.peer) {
-            return Err(AuthError::RateLimited(seconds).into());
-        }
         let mut failure: Option<AuthError> = None;
         let mut note = |e: AuthError| {
             failure.get_or_insert(e);
@@ -387,10 +385,12 @@ impl Auth {
             return Ok(g);
         }
 
-        if let Some(e) = &failure {
-            if e.is_failure() {
-                self.limiter.record_failure(req.peer);
-            }
+        // Only now, when every credential presented has failed, may the limiter refuse: a valid
+        // credential is never refused, whatever else came from the same address.
+        if failure.as_ref().is_some_and(AuthError::is_failure) {
+            self.limiter
+                .fail(req.peer)
+                .map_err(AuthError::RateLimited)?;
         }
         if req.navigation {
             if let Some(oidc) = &self.oidc {

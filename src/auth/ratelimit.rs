@@ -1,4 +1,6 @@
-//! Brute-force guard: failed credential checks per client IP, as a token bucket in a bounded map.
+//! Brute-force guard: failed credential checks per client address, as a token bucket in a bounded
+//! map. Only failed attempts reach it (the credential is checked first), so it never refuses a
+//! valid one.
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -32,25 +34,12 @@ impl FailureLimiter {
         bucket.last = now;
     }
 
-    /// `Err(seconds)` when `ip` has used up its failures: retry after that many seconds.
-    pub fn check(&self, ip: IpAddr) -> Result<(), u32> {
+    /// Counts one failed attempt from `ip`. `Err(seconds)` when `ip` had no failures left: this
+    /// attempt is refused (429, retry after that many seconds) and not counted again. Only
+    /// failed attempts reach the limiter, so it never refuses a valid credential.
+    pub fn fail(&self, ip: IpAddr) -> Result<(), u32> {
         if self.per_minute <= 0.0 {
             return Ok(());
-        }
-        let Some(mut bucket) = self.buckets.get_mut(&ip) else {
-            return Ok(());
-        };
-        self.refill(&mut bucket, Instant::now());
-        if bucket.tokens >= 1.0 {
-            return Ok(());
-        }
-        let wait = (1.0 - bucket.tokens) * 60.0 / self.per_minute;
-        Err(wait.ceil().max(1.0) as u32)
-    }
-
-    pub fn record_failure(&self, ip: IpAddr) {
-        if self.per_minute <= 0.0 {
-            return;
         }
         if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(&ip) {
             self.evict();
@@ -61,7 +50,12 @@ impl FailureLimiter {
             last: now,
         });
         self.refill(&mut bucket, now);
-        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = (1.0 - bucket.tokens) * 60.0 / self.per_minute;
+        Err(wait.ceil().max(1.0) as u32)
     }
 
     /// Drops buckets that have refilled (they carry no information); if that is not enough,
@@ -88,12 +82,12 @@ mod tests {
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..3 {
-            assert!(l.check(a).is_ok());
-            l.record_failure(a);
+            assert!(l.fail(a).is_ok());
         }
-        let wait = l.check(a).unwrap_err();
+        let wait = l.fail(a).unwrap_err();
         assert!((1..=20).contains(&wait), "{wait}");
-        assert!(l.check(b).is_ok());
-        assert!(FailureLimiter::new(0).check(a).is_ok());
+        assert!(l.fail(b).is_ok());
+        let off = FailureLimiter::new(0);
+        assert!((0..10).all(|_| off.fail(a).is_ok()));
     }
 }

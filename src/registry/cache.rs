@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use crate::FastMap;
 use tokio::sync::OnceCell;
 
-use super::{Registry, RegistryError, SandboxRecord};
+use super::{Lifetime, Registry, RegistryError, SandboxRecord};
 use crate::metrics::metrics;
 
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +47,10 @@ impl Default for CacheTtls {
         }
     }
 }
+
+/// How long a valid credential whose backend does not say when it expires (Daytona's
+/// `/preview/{token}/{port}/sandbox-id`) is trusted without asking again.
+pub const UNKNOWN_EXPIRY_TTL: Duration = Duration::from_secs(10);
 
 type Lookup = Option<Arc<SandboxRecord>>;
 type Flight = Arc<OnceCell<Result<Lookup, RegistryError>>>;
@@ -99,8 +103,8 @@ impl Resolver {
         self.backend.ready().await
     }
 
-    /// The sandbox a signed preview token opens on `port`, cached (valid: `found`, invalid:
-    /// `not_found`). A token bound to another port opens nothing.
+    /// The sandbox a signed preview token opens on `port`, cached (valid: `found` but never past
+    /// the token's expiry, invalid: `not_found`). A token bound to another port opens nothing.
     pub async fn signed_preview(
         &self,
         token: &str,
@@ -112,15 +116,20 @@ impl Resolver {
                 return Ok(sandbox.clone());
             }
         }
-        let sandbox = self.backend.signed_preview(token, port).await?;
-        let ttl = if sandbox.is_some() {
-            self.ttls.found
-        } else {
-            self.ttls.not_found
+        let found = self.backend.signed_preview(token, port).await?;
+        // A valid token's answer never outlives the token.
+        let ttl = match found.as_ref().map(|f| f.lifetime) {
+            None => self.ttls.not_found,
+            Some(Lifetime::Unlimited) => self.ttls.found,
+            Some(Lifetime::Remaining(left)) => self.ttls.found.min(left),
+            Some(Lifetime::Unknown) => self.ttls.found.min(UNKNOWN_EXPIRY_TTL),
         };
-        bounded(&self.signed, self.ttls.max_entries);
-        self.signed
-            .insert(token.into(), (port, sandbox.clone(), Instant::now() + ttl));
+        let sandbox = found.map(|f| f.sandbox);
+        if !ttl.is_zero() {
+            bounded(&self.signed, self.ttls.max_entries);
+            self.signed
+                .insert(token.into(), (port, sandbox.clone(), Instant::now() + ttl));
+        }
         Ok(sandbox)
     }
 
@@ -337,9 +346,26 @@ mod tests {
     struct Counting {
         calls: AtomicUsize,
         fail: Mutex<bool>,
+        /// What `signed_preview` says of every token's lifetime.
+        signed_lifetime: Mutex<Lifetime>,
     }
 
     impl Registry for Counting {
+        fn signed_preview<'a>(
+            &'a self,
+            _token: &'a str,
+            _port: u16,
+        ) -> BoxFuture<'a, Result<Option<crate::registry::SignedPreview>, RegistryError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let lifetime = *self.signed_lifetime.lock().unwrap();
+            Box::pin(async move {
+                Ok(Some(crate::registry::SignedPreview {
+                    sandbox: "sbx".into(),
+                    lifetime,
+                }))
+            })
+        }
+
         fn sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Lookup, RegistryError>> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::SeqCst);
@@ -360,6 +386,7 @@ mod tests {
         let backend = Arc::new(Counting {
             calls: AtomicUsize::new(0),
             fail: Mutex::new(false),
+            signed_lifetime: Mutex::new(Lifetime::Unlimited),
         });
         (backend.clone(), Arc::new(Resolver::new(backend, ttls)))
     }
@@ -431,5 +458,65 @@ mod tests {
         let resolved = resolver.sandbox("sbx").await.unwrap();
         assert!(resolved.stale && resolved.sandbox.is_some());
         assert!(resolver.sandbox("other").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_signed_token_is_cached_no_longer_than_it_lives() {
+        let (backend, resolver) = resolver(CacheTtls::default());
+        let expiry_of = |token: &str| resolver.signed.get(token).map(|e| e.value().2);
+        let cases = [
+            (Lifetime::Unlimited, CacheTtls::default().found),
+            (Lifetime::Unknown, UNKNOWN_EXPIRY_TTL),
+            (
+                Lifetime::Remaining(Duration::from_secs(3)),
+                Duration::from_secs(3),
+            ),
+            (
+                Lifetime::Remaining(Duration::from_secs(600)),
+                CacheTtls::default().found,
+            ),
+        ];
+        for (i, (lifetime, most)) in cases.into_iter().enumerate() {
+            *backend.signed_lifetime.lock().unwrap() = lifetime;
+            let token = format!("token{i:011}");
+            let before = Instant::now();
+            let found = resolver.signed_preview(&token, 3000).await.unwrap();
+            let after = Instant::now();
+            assert_eq!(found.as_deref(), Some("sbx"));
+            let expires = expiry_of(&token).unwrap();
+            assert!(expires <= after + most, "{lifetime:?}: cached too long");
+            assert!(
+                expires + Duration::from_secs(1) > before + most,
+                "{lifetime:?}"
+            );
+        }
+        // An expired token is not cached at all; a nearly expired one goes with its expiry.
+        *backend.signed_lifetime.lock().unwrap() = Lifetime::Remaining(Duration::ZERO);
+        resolver
+            .signed_preview("expiresnow000000", 3000)
+            .await
+            .unwrap();
+        assert!(expiry_of("expiresnow000000").is_none());
+        *backend.signed_lifetime.lock().unwrap() = Lifetime::Remaining(Duration::from_millis(30));
+        let calls = backend.calls.load(Ordering::SeqCst);
+        resolver
+            .signed_preview("shortlived000000", 3000)
+            .await
+            .unwrap();
+        resolver
+            .signed_preview("shortlived000000", 3000)
+            .await
+            .unwrap();
+        assert_eq!(backend.calls.load(Ordering::SeqCst), calls + 1, "a hit");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        resolver
+            .signed_preview("shortlived000000", 3000)
+            .await
+            .unwrap();
+        assert_eq!(
+            backend.calls.load(Ordering::SeqCst),
+            calls + 2,
+            "asked again once the token expired"
+        );
     }
 }

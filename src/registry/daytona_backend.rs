@@ -19,8 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BearerVerdict, BoxFuture, CorsMode, Registry, RegistryError, RunnerRecord, SandboxRecord,
-    Upstream,
+    BearerVerdict, BoxFuture, CorsMode, Lifetime, Registry, RegistryError, RunnerRecord,
+    SandboxRecord, SignedPreview, Upstream,
 };
 use crate::activity::{ActivitySink, PartialWrite, SinkError};
 use crate::config::{DaytonaConfig, RedisConfig};
@@ -435,7 +435,7 @@ impl Registry for DaytonaRegistry {
         &'a self,
         token: &'a str,
         port: u16,
-    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<SignedPreview>, RegistryError>> {
         Box::pin(async move {
             let Some(token) = segment(token) else {
                 return Ok(None);
@@ -459,7 +459,11 @@ impl Registry for DaytonaRegistry {
                             "answer is not a sandbox id",
                         )
                     })?;
-                    Ok(Some(id.into()))
+                    // The API does not say when the token expires.
+                    Ok(Some(SignedPreview {
+                        sandbox: id.into(),
+                        lifetime: Lifetime::Unknown,
+                    }))
                 }
                 status if status.is_client_error() => Ok(None),
                 status => Err(unexpected(what, status)),

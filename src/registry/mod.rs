@@ -11,6 +11,7 @@ mod static_backend;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
@@ -50,13 +51,13 @@ pub trait Registry: Send + Sync + 'static {
         Box::pin(async move { Ok(valid) })
     }
 
-    /// A signed preview token (`<port>-<token>.<domain>`) → the sandbox id, if the token
-    /// exists, has not expired and is bound to `port`.
+    /// A signed preview token (`<port>-<token>.<domain>`) → the sandbox id and how long the
+    /// token stays valid, if it exists, has not expired and is bound to `port`.
     fn signed_preview<'a>(
         &'a self,
         _token: &'a str,
         _port: u16,
-    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<SignedPreview>, RegistryError>> {
         Box::pin(async { Ok(None) })
     }
 
@@ -90,6 +91,39 @@ pub trait Registry: Send + Sync + 'static {
     /// Can the backend answer right now? (Readiness; the cache may serve when it cannot.)
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async { true })
+    }
+}
+
+/// What a valid signed preview token opens, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedPreview {
+    pub sandbox: Box<str>,
+    pub lifetime: Lifetime,
+}
+
+/// How long a credential stays valid, as its backend knows it: bounds how long its verdict may
+/// be cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// It has no expiry.
+    Unlimited,
+    /// It expires after this much longer.
+    Remaining(Duration),
+    /// The backend does not say: cache it only briefly.
+    Unknown,
+}
+
+impl Lifetime {
+    /// Until `expires_at` (unix seconds), or unlimited.
+    pub fn until_unix(expires_at: Option<u64>) -> Lifetime {
+        match expires_at {
+            None => Lifetime::Unlimited,
+            Some(secs) => Lifetime::Remaining(
+                (UNIX_EPOCH + Duration::from_secs(secs))
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            ),
+        }
     }
 }
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use redis::Value;
 
 use super::{
-    BoxFuture, CorsMode, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream,
+    BoxFuture, CorsMode, Lifetime, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord,
+    SignedPreview, Upstream,
 };
 use crate::redis_conn::{RedisFailure, RedisHandle};
 
@@ -143,6 +144,27 @@ impl RedisRegistry {
             .map_err(|e| unavailable(key, e))
     }
 
+    /// A string key and its remaining TTL, in one round trip (`GET` + `PTTL`).
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<SignedPreview>, RegistryError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        let (value, pttl): (Option<String>, i64) = self
+            .redis
+            .pipe(&pipe)
+            .await
+            .map_err(|e| unavailable(key, e))?;
+        let lifetime = match u64::try_from(pttl) {
+            Ok(ms) => Lifetime::Remaining(std::time::Duration::from_millis(ms)),
+            // -1: no expiry; -2: it expired between the two commands.
+            Err(_) if pttl == -1 => Lifetime::Unlimited,
+            Err(_) => return Ok(None),
+        };
+        Ok(value.map(|v| SignedPreview {
+            sandbox: v.trim().to_ascii_lowercase().into_boxed_str(),
+            lifetime,
+        }))
+    }
+
     async fn get_string(&self, key: &str) -> Result<Option<Box<str>>, RegistryError> {
         let value: Option<String> = self
             .redis
@@ -267,12 +289,12 @@ impl Registry for RedisRegistry {
         &'a self,
         token: &'a str,
         port: u16,
-    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<SignedPreview>, RegistryError>> {
         Box::pin(async move {
             if !is_signed_token(token) {
                 return Ok(None);
             }
-            self.get_string(&signed_preview_key(port, token)).await
+            self.get_with_ttl(&signed_preview_key(port, token)).await
         })
     }
 

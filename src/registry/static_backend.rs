@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::{BoxFuture, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord, Upstream};
+use super::{
+    BoxFuture, Lifetime, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord,
+    SignedPreview, Upstream,
+};
 use crate::config::RegistryConfig;
 
 type Table = HashMap<Box<str>, Arc<SandboxRecord>>;
@@ -85,7 +88,7 @@ impl Registry for StaticRegistry {
         &'a self,
         token: &'a str,
         port: u16,
-    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<SignedPreview>, RegistryError>> {
         let now = crate::auth::sign::now_unix();
         let found = self
             .table
@@ -93,7 +96,10 @@ impl Registry for StaticRegistry {
             .signed
             .get(&(Box::from(token), port))
             .filter(|(_, expires)| expires.is_none_or(|e| e > now))
-            .map(|(id, _)| id.clone());
+            .map(|(id, expires)| SignedPreview {
+                sandbox: id.clone(),
+                lifetime: Lifetime::until_unix(*expires),
+            });
         Box::pin(async move { Ok(found) })
     }
 }
