@@ -253,7 +253,12 @@ async fn signed_preview_ssh_tokens_and_readiness_through_the_library() {
     assert_eq!(cp.calls(SIGNED), calls, "odd tokens never reach the API");
 
     assert_eq!(
-        registry.ssh_token("sshtoken1").await.unwrap().as_deref(),
+        registry
+            .ssh_token("sshtoken1")
+            .await
+            .unwrap()
+            .map(|g| g.sandbox)
+            .as_deref(),
         Some("sbx-1")
     );
     assert_eq!(registry.ssh_token("sshtoken2").await.unwrap(), None);

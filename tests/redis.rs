@@ -517,7 +517,12 @@ async fn signed_preview_tokens_are_port_bound_expire_and_revoke() {
         "60",
     ]);
     assert_eq!(
-        registry.ssh_token("ssh-secret").await.unwrap().as_deref(),
+        registry
+            .ssh_token("ssh-secret")
+            .await
+            .unwrap()
+            .map(|g| g.sandbox)
+            .as_deref(),
         Some("sbx-9")
     );
     assert_eq!(registry.ssh_token("other").await.unwrap(), None);

@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use crate::FastMap;
 use tokio::sync::OnceCell;
 
-use super::{Lifetime, Registry, RegistryError, SandboxRecord};
+use super::{Lifetime, Registry, RegistryError, SandboxRecord, TokenGrant};
 use crate::metrics::metrics;
 
 #[derive(Debug, Clone, Copy)]
@@ -117,13 +117,7 @@ impl Resolver {
             }
         }
         let found = self.backend.signed_preview(token, port).await?;
-        // A valid token's answer never outlives the token.
-        let ttl = match found.as_ref().map(|f| f.lifetime) {
-            None => self.ttls.not_found,
-            Some(Lifetime::Unlimited) => self.ttls.found,
-            Some(Lifetime::Remaining(left)) => self.ttls.found.min(left),
-            Some(Lifetime::Unknown) => self.ttls.found.min(UNKNOWN_EXPIRY_TTL),
-        };
+        let ttl = self.grant_ttl(found.as_ref());
         let sandbox = found.map(|f| f.sandbox);
         if !ttl.is_zero() {
             bounded(&self.signed, self.ttls.max_entries);
@@ -133,8 +127,18 @@ impl Resolver {
         Ok(sandbox)
     }
 
-    /// The sandbox an SSH access token opens, cached by the token's hash (valid: `found`,
-    /// invalid: `not_found`).
+    /// How long a token's answer may be cached: a valid token's never outlives the token.
+    fn grant_ttl(&self, found: Option<&TokenGrant>) -> Duration {
+        match found.map(|f| f.lifetime) {
+            None => self.ttls.not_found,
+            Some(Lifetime::Unlimited) => self.ttls.found,
+            Some(Lifetime::Remaining(left)) => self.ttls.found.min(left),
+            Some(Lifetime::Unknown) => self.ttls.found.min(UNKNOWN_EXPIRY_TTL),
+        }
+    }
+
+    /// The sandbox an SSH access token opens, cached by the token's hash (valid: `found` but
+    /// never past the token's expiry, invalid: `not_found`).
     pub async fn ssh_token(&self, token: &str) -> Result<Option<Box<str>>, RegistryError> {
         let key = super::sha256(token);
         if let Some(entry) = self.ssh_tokens.get(&key) {
@@ -142,15 +146,14 @@ impl Resolver {
                 return Ok(entry.0.clone());
             }
         }
-        let sandbox = self.backend.ssh_token(token).await?;
-        let ttl = if sandbox.is_some() {
-            self.ttls.found
-        } else {
-            self.ttls.not_found
-        };
-        bounded(&self.ssh_tokens, self.ttls.max_entries);
-        self.ssh_tokens
-            .insert(key, (sandbox.clone(), Instant::now() + ttl));
+        let found = self.backend.ssh_token(token).await?;
+        let ttl = self.grant_ttl(found.as_ref());
+        let sandbox = found.map(|f| f.sandbox);
+        if !ttl.is_zero() {
+            bounded(&self.ssh_tokens, self.ttls.max_entries);
+            self.ssh_tokens
+                .insert(key, (sandbox.clone(), Instant::now() + ttl));
+        }
         Ok(sandbox)
     }
 
@@ -355,15 +358,22 @@ mod tests {
             &'a self,
             _token: &'a str,
             _port: u16,
-        ) -> BoxFuture<'a, Result<Option<crate::registry::SignedPreview>, RegistryError>> {
+        ) -> BoxFuture<'a, Result<Option<crate::registry::TokenGrant>, RegistryError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let lifetime = *self.signed_lifetime.lock().unwrap();
             Box::pin(async move {
-                Ok(Some(crate::registry::SignedPreview {
+                Ok(Some(crate::registry::TokenGrant {
                     sandbox: "sbx".into(),
                     lifetime,
                 }))
             })
+        }
+
+        fn ssh_token<'a>(
+            &'a self,
+            token: &'a str,
+        ) -> BoxFuture<'a, Result<Option<crate::registry::TokenGrant>, RegistryError>> {
+            self.signed_preview(token, 22)
         }
 
         fn sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Lookup, RegistryError>> {
@@ -513,6 +523,31 @@ mod tests {
             .signed_preview("shortlived000000", 3000)
             .await
             .unwrap();
+        assert_eq!(
+            backend.calls.load(Ordering::SeqCst),
+            calls + 2,
+            "asked again once the token expired"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ssh_token_is_cached_no_longer_than_it_lives() {
+        let (backend, resolver) = resolver(CacheTtls::default());
+        *backend.signed_lifetime.lock().unwrap() = Lifetime::Remaining(Duration::ZERO);
+        resolver.ssh_token("expired").await.unwrap();
+        assert!(
+            resolver.ssh_tokens.is_empty(),
+            "an expired token is not cached"
+        );
+        *backend.signed_lifetime.lock().unwrap() = Lifetime::Remaining(Duration::from_millis(30));
+        let calls = backend.calls.load(Ordering::SeqCst);
+        for _ in 0..2 {
+            let found = resolver.ssh_token("short-lived").await.unwrap();
+            assert_eq!(found.as_deref(), Some("sbx"));
+        }
+        assert_eq!(backend.calls.load(Ordering::SeqCst), calls + 1, "a hit");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        resolver.ssh_token("short-lived").await.unwrap();
         assert_eq!(
             backend.calls.load(Ordering::SeqCst),
             calls + 2,

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BearerVerdict, BoxFuture, CorsMode, Lifetime, Registry, RegistryError, RunnerRecord,
-    SandboxRecord, SignedPreview, Upstream,
+    SandboxRecord, TokenGrant, Upstream,
 };
 use crate::activity::{ActivitySink, PartialWrite, SinkError};
 use crate::config::{DaytonaConfig, RedisConfig};
@@ -435,7 +435,7 @@ impl Registry for DaytonaRegistry {
         &'a self,
         token: &'a str,
         port: u16,
-    ) -> BoxFuture<'a, Result<Option<SignedPreview>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
         Box::pin(async move {
             let Some(token) = segment(token) else {
                 return Ok(None);
@@ -460,7 +460,7 @@ impl Registry for DaytonaRegistry {
                         )
                     })?;
                     // The API does not say when the token expires.
-                    Ok(Some(SignedPreview {
+                    Ok(Some(TokenGrant {
                         sandbox: id.into(),
                         lifetime: Lifetime::Unknown,
                     }))
@@ -504,7 +504,7 @@ impl Registry for DaytonaRegistry {
     fn ssh_token<'a>(
         &'a self,
         token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
         Box::pin(async move {
             let Some(token) = segment(token) else {
                 return Ok(None);
@@ -527,7 +527,11 @@ impl Registry for DaytonaRegistry {
                         .then_some(dto.sandbox_id)
                         .flatten()
                         .filter(|id| segment(id).is_some())
-                        .map(Into::into))
+                        // The API does not say when the token expires.
+                        .map(|id| TokenGrant {
+                            sandbox: id.into(),
+                            lifetime: Lifetime::Unknown,
+                        }))
                 }
                 status if status.is_client_error() => Ok(None),
                 status => Err(unexpected(what, status)),

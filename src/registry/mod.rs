@@ -57,7 +57,7 @@ pub trait Registry: Send + Sync + 'static {
         &'a self,
         _token: &'a str,
         _port: u16,
-    ) -> BoxFuture<'a, Result<Option<SignedPreview>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
         Box::pin(async { Ok(None) })
     }
 
@@ -80,11 +80,11 @@ pub trait Registry: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
-    /// An SSH access token → the sandbox id.
+    /// An SSH access token → the sandbox id, and how long the token stays valid.
     fn ssh_token<'a>(
         &'a self,
         _token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
         Box::pin(async { Ok(None) })
     }
 
@@ -94,9 +94,9 @@ pub trait Registry: Send + Sync + 'static {
     }
 }
 
-/// What a valid signed preview token opens, and for how long.
+/// What a valid token (a signed preview token, an SSH access token) opens, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedPreview {
+pub struct TokenGrant {
     pub sandbox: Box<str>,
     pub lifetime: Lifetime,
 }

@@ -10,7 +10,7 @@ use redis::Value;
 
 use super::{
     BoxFuture, CorsMode, Lifetime, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord,
-    SignedPreview, Upstream,
+    TokenGrant, Upstream,
 };
 use crate::redis_conn::{RedisFailure, RedisHandle};
 
@@ -145,7 +145,7 @@ impl RedisRegistry {
     }
 
     /// A string key and its remaining TTL, in one round trip (`GET` + `PTTL`).
-    async fn get_with_ttl(&self, key: &str) -> Result<Option<SignedPreview>, RegistryError> {
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<TokenGrant>, RegistryError> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
         let (value, pttl): (Option<String>, i64) = self
@@ -159,7 +159,7 @@ impl RedisRegistry {
             Err(_) if pttl == -1 => Lifetime::Unlimited,
             Err(_) => return Ok(None),
         };
-        Ok(value.map(|v| SignedPreview {
+        Ok(value.map(|v| TokenGrant {
             sandbox: v.trim().to_ascii_lowercase().into_boxed_str(),
             lifetime,
         }))
@@ -289,7 +289,7 @@ impl Registry for RedisRegistry {
         &'a self,
         token: &'a str,
         port: u16,
-    ) -> BoxFuture<'a, Result<Option<SignedPreview>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
         Box::pin(async move {
             if !is_signed_token(token) {
                 return Ok(None);
@@ -314,14 +314,14 @@ impl Registry for RedisRegistry {
     fn ssh_token<'a>(
         &'a self,
         token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
         Box::pin(async move {
             let key = format!(
                 "{}ssh-token:{}",
                 self.prefix,
                 hex::encode(super::sha256(token))
             );
-            self.get_string(&key).await
+            self.get_with_ttl(&key).await
         })
     }
 

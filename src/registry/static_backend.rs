@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 
 use super::{
     BoxFuture, Lifetime, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord,
-    SignedPreview, Upstream,
+    TokenGrant, Upstream,
 };
 use crate::config::RegistryConfig;
 
@@ -71,7 +71,7 @@ impl Registry for StaticRegistry {
     fn ssh_token<'a>(
         &'a self,
         token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Box<str>>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
         let now = crate::auth::sign::now_unix();
         // A hash-keyed map lookup: equal hashes only for the equal token, and no raw token kept.
         let found = self
@@ -80,7 +80,10 @@ impl Registry for StaticRegistry {
             .ssh_tokens
             .get(&super::sha256(token))
             .filter(|(_, expires)| expires.is_none_or(|e| e > now))
-            .map(|(id, _)| id.clone());
+            .map(|(id, expires)| TokenGrant {
+                sandbox: id.clone(),
+                lifetime: Lifetime::until_unix(*expires),
+            });
         Box::pin(async move { Ok(found) })
     }
 
@@ -88,7 +91,7 @@ impl Registry for StaticRegistry {
         &'a self,
         token: &'a str,
         port: u16,
-    ) -> BoxFuture<'a, Result<Option<SignedPreview>, RegistryError>> {
+    ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
         let now = crate::auth::sign::now_unix();
         let found = self
             .table
@@ -96,7 +99,7 @@ impl Registry for StaticRegistry {
             .signed
             .get(&(Box::from(token), port))
             .filter(|(_, expires)| expires.is_none_or(|e| e > now))
-            .map(|(id, expires)| SignedPreview {
+            .map(|(id, expires)| TokenGrant {
                 sandbox: id.clone(),
                 lifetime: Lifetime::until_unix(*expires),
             });
@@ -300,11 +303,19 @@ expires_at = 1
         ))
         .unwrap();
         assert_eq!(
-            r.ssh_token("plain-token").await.unwrap().as_deref(),
+            r.ssh_token("plain-token")
+                .await
+                .unwrap()
+                .map(|g| g.sandbox)
+                .as_deref(),
             Some("via-runner")
         );
         assert_eq!(
-            r.ssh_token("hashed-token").await.unwrap().as_deref(),
+            r.ssh_token("hashed-token")
+                .await
+                .unwrap()
+                .map(|g| g.sandbox)
+                .as_deref(),
             Some("direct")
         );
         assert_eq!(r.ssh_token("expired-token").await.unwrap(), None);
