@@ -206,6 +206,17 @@ async fn no_platform_credential_reaches_the_sandbox() {
         ),
         case("signed host", SIGNED, vec![]),
         case(
+            "signed host, the browser's Origin and Referer name it",
+            SIGNED,
+            vec![
+                ("origin", format!("http://3000-{SIGNED}.preview.localhost")),
+                (
+                    "referer",
+                    format!("http://3000-{SIGNED}.preview.localhost/page?x=1"),
+                ),
+            ],
+        ),
+        case(
             "X-Daytona-Authorization from the client",
             "victim",
             vec![("x-daytona-authorization", "Bearer forged".into()), token()],

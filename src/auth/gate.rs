@@ -60,6 +60,38 @@ fn canonical_host(host: &str, sandbox_id: &str) -> Option<HeaderValue> {
     HeaderValue::try_from(format!("{port}-{sandbox_id}.{rest}")).ok()
 }
 
+/// The browser names the signed host in `Origin` and `Referer` too: there the token becomes the
+/// canonical host as well, so it never reaches the app and the app's same-origin checks agree
+/// with `X-Forwarded-Host`.
+fn unsign_origins(headers: &mut http::HeaderMap, host: &str, canonical: &HeaderValue) {
+    for name in [http::header::ORIGIN, http::header::REFERER] {
+        let Some(value) = headers.get(&name) else {
+            continue;
+        };
+        if let Some(rewritten) = replace_authority(value.as_bytes(), host, canonical.as_bytes()) {
+            headers.insert(name, rewritten);
+        }
+    }
+}
+
+/// `scheme://<host><rest>` → `scheme://<canonical><rest>` when the URL's authority is `host`.
+fn replace_authority(url: &[u8], host: &str, canonical: &[u8]) -> Option<HeaderValue> {
+    let scheme_end = url.windows(3).position(|w| w == b"://")? + 3;
+    let after = &url[scheme_end..];
+    let authority_end = after
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(after.len());
+    if !after[..authority_end].eq_ignore_ascii_case(host.as_bytes()) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(url.len());
+    out.extend_from_slice(&url[..scheme_end]);
+    out.extend_from_slice(canonical);
+    out.extend_from_slice(&after[authority_end..]);
+    HeaderValue::from_bytes(&out).ok()
+}
+
 /// A 16-character `[a-z0-9]` label may be a signed preview token.
 pub fn is_signed_shape(label: &str) -> bool {
     label.len() == 16
@@ -192,7 +224,10 @@ pub async fn admit(
     .await;
     let query = strip_credentials(req.headers_mut(), uri.query());
     let forwarded_host = if signed {
-        Some(canonical_host(host, &sandbox.id).ok_or(RouteError::BadHost("preview host"))?)
+        let canonical =
+            canonical_host(host, &sandbox.id).ok_or(RouteError::BadHost("preview host"))?;
+        unsign_origins(req.headers_mut(), host, &canonical);
+        Some(canonical)
     } else {
         None
     };
@@ -255,4 +290,36 @@ async fn resolve_preview_host(
         .await?
         .sandbox
         .ok_or(ProxyError::SandboxNotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_hosts_token_leaves_origin_and_referer() {
+        let host = "3000-abcdefgh12345678.preview.localhost:8080";
+        let canonical = "3000-sbx-1.preview.localhost:8080";
+        let cases: [(&str, Option<&str>); 6] = [
+            (
+                "https://3000-abcdefgh12345678.preview.localhost:8080",
+                Some("https://3000-sbx-1.preview.localhost:8080"),
+            ),
+            (
+                "http://3000-ABCDEFGH12345678.preview.localhost:8080/p?q=1#f",
+                Some("http://3000-sbx-1.preview.localhost:8080/p?q=1#f"),
+            ),
+            ("https://dashboard.example.com/x", None),
+            (
+                "https://3000-abcdefgh12345678.preview.localhost:8080.evil/",
+                None,
+            ),
+            ("https://3000-abcdefgh12345678.preview.localhost", None),
+            ("null", None),
+        ];
+        for (url, expected) in cases {
+            let got = replace_authority(url.as_bytes(), host, canonical.as_bytes());
+            assert_eq!(got.as_ref().map(|v| v.to_str().unwrap()), expected, "{url}");
+        }
+    }
 }
