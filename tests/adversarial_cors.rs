@@ -86,199 +86,49 @@ const fn row(
     }
 }
 
+#[rustfmt::skip]
 const CASES: &[Case] = &[
     // managed (the default): the same sandbox on another port, and the dashboard.
-    row(
-        "same sandbox",
-        "victim",
-        Kind::Preflight,
-        SAME_SANDBOX,
-        204,
-        Some(SAME_SANDBOX),
-        false,
-    ),
-    row(
-        "same sandbox",
-        "victim",
-        Kind::Actual,
-        SAME_SANDBOX,
-        200,
-        Some(SAME_SANDBOX),
-        true,
-    ),
-    row(
-        "dashboard",
-        "victim",
-        Kind::Preflight,
-        DASHBOARD,
-        204,
-        Some(DASHBOARD),
-        false,
-    ),
-    row(
-        "dashboard",
-        "victim",
-        Kind::Actual,
-        DASHBOARD,
-        200,
-        Some(DASHBOARD),
-        true,
-    ),
+    row("same sandbox", "victim", Kind::Preflight, SAME_SANDBOX, 204, Some(SAME_SANDBOX), false),
+    row("same sandbox", "victim", Kind::Actual, SAME_SANDBOX, 200, Some(SAME_SANDBOX), true),
+    row("dashboard", "victim", Kind::Preflight, DASHBOARD, 204, Some(DASHBOARD), false),
+    row("dashboard", "victim", Kind::Actual, DASHBOARD, 200, Some(DASHBOARD), true),
     // ... and nothing else: another tenant's preview, null, a look-alike host.
-    row(
-        "sibling sandbox",
-        "victim",
-        Kind::Preflight,
-        SIBLING,
-        204,
-        None,
-        false,
-    ),
-    row(
-        "sibling sandbox",
-        "victim",
-        Kind::Actual,
-        SIBLING,
-        200,
-        None,
-        true,
-    ),
-    row(
-        "sibling, public",
-        "pub",
-        Kind::Actual,
-        SIBLING,
-        200,
-        None,
-        true,
-    ),
+    row("sibling sandbox", "victim", Kind::Preflight, SIBLING, 204, None, false),
+    row("sibling sandbox", "victim", Kind::Actual, SIBLING, 200, None, true),
+    row("sibling, public", "pub", Kind::Actual, SIBLING, 200, None, true),
     row("null", "victim", Kind::Preflight, "null", 204, None, false),
     row("null", "victim", Kind::Actual, "null", 200, None, true),
-    row(
-        "look-alike",
-        "victim",
-        Kind::Preflight,
-        LOOK_ALIKE,
-        204,
-        None,
-        false,
-    ),
-    row(
-        "look-alike",
-        "victim",
-        Kind::Actual,
-        LOOK_ALIKE,
-        200,
-        None,
-        true,
-    ),
+    row("look-alike", "victim", Kind::Preflight, LOOK_ALIKE, 204, None, false),
+    row("look-alike", "victim", Kind::Actual, LOOK_ALIKE, 200, None, true),
     // passthrough: the app's own answers, once; the proxy adds nothing, even for its own origins.
     Case {
         path: "/cors",
-        ..row(
-            "passthrough preflight",
-            "pt",
-            Kind::Preflight,
-            SIBLING,
-            204,
-            Some(APP_ORIGIN),
-            true,
-        )
+        ..row("passthrough preflight", "pt", Kind::Preflight, SIBLING, 204, Some(APP_ORIGIN), true)
     },
     Case {
         path: "/cors",
-        ..row(
-            "passthrough",
-            "pt",
-            Kind::Actual,
-            SAME_SANDBOX,
-            200,
-            Some(APP_ORIGIN),
-            true,
-        )
+        ..row("passthrough", "pt", Kind::Actual, SAME_SANDBOX, 200, Some(APP_ORIGIN), true)
     },
-    row(
-        "passthrough, app silent",
-        "pt",
-        Kind::Actual,
-        "http://1-pt.preview.localhost",
-        200,
-        None,
-        true,
-    ),
+    row("passthrough, app silent", "pt", Kind::Actual, "http://1-pt.preview.localhost", 200, None, true),
     // A preflight carries no credential: a private passthrough sandbox refuses it unseen.
-    row(
-        "passthrough private preflight",
-        "ptpriv",
-        Kind::Preflight,
-        SIBLING,
-        401,
-        None,
-        false,
-    ),
+    row("passthrough private preflight", "ptpriv", Kind::Preflight, SIBLING, 401, None, false),
     // X-Daytona-Disable-CORS: the preflight goes to the app, the proxy adds nothing.
     Case {
         path: "/cors",
         extra: &[("x-daytona-disable-cors", "true")],
-        ..row(
-            "disable-CORS header",
-            "pub",
-            Kind::Preflight,
-            SAME_SANDBOX,
-            204,
-            Some(APP_ORIGIN),
-            true,
-        )
+        ..row("disable-CORS header", "pub", Kind::Preflight, SAME_SANDBOX, 204, Some(APP_ORIGIN), true)
     },
 ];
 
 /// Without an allow-list (the default the issue found open): siblings still get nothing.
+#[rustfmt::skip]
 const NO_LIST_CASES: &[Case] = &[
-    row(
-        "same sandbox",
-        "victim",
-        Kind::Preflight,
-        SAME_SANDBOX,
-        204,
-        Some(SAME_SANDBOX),
-        false,
-    ),
-    row(
-        "sibling sandbox",
-        "victim",
-        Kind::Preflight,
-        SIBLING,
-        204,
-        None,
-        false,
-    ),
-    row(
-        "sibling sandbox",
-        "victim",
-        Kind::Actual,
-        SIBLING,
-        200,
-        None,
-        true,
-    ),
-    row(
-        "sibling, public",
-        "pub",
-        Kind::Actual,
-        SIBLING,
-        200,
-        None,
-        true,
-    ),
-    row(
-        "dashboard",
-        "victim",
-        Kind::Actual,
-        DASHBOARD,
-        200,
-        None,
-        true,
-    ),
+    row("same sandbox", "victim", Kind::Preflight, SAME_SANDBOX, 204, Some(SAME_SANDBOX), false),
+    row("sibling sandbox", "victim", Kind::Preflight, SIBLING, 204, None, false),
+    row("sibling sandbox", "victim", Kind::Actual, SIBLING, 200, None, true),
+    row("sibling, public", "pub", Kind::Actual, SIBLING, 200, None, true),
+    row("dashboard", "victim", Kind::Actual, DASHBOARD, 200, None, true),
 ];
 
 #[tokio::test]

@@ -11,14 +11,12 @@ mod support;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use support::runner::{sandboxes, Runner};
 use support::{get, sample, Proxy, BIN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::client::TlsStream;
 
 const PREVIEW: &str = "3000-sbx-1.preview.localhost";
 const UPSTREAM_ERRORS: [&str; 3] = [
@@ -245,25 +243,8 @@ fn dev_certs(dir: &Path) -> (String, String, String) {
     )
 }
 
-async fn tls_connect(
-    addr: SocketAddr,
-    ca: &str,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    connector
-        .connect(ServerName::try_from(PREVIEW.to_string()).unwrap(), stream)
+async fn tls_connect(addr: SocketAddr, ca: &str) -> TlsStream<tokio::net::TcpStream> {
+    support::tls_client::connect(addr, PREVIEW, &[Path::new(ca)], b"http/1.1")
         .await
         .unwrap()
 }

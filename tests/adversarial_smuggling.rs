@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::runner::Runner;
+use support::runner::{Runner, ATTACKER_AND_VICTIM};
 use support::{raw_until_idle, statuses, Proxy};
 
 const ATTACKER: &str = "3000-attacker.preview.localhost";
@@ -74,10 +74,7 @@ fn get(target: &str, host_lines: &str) -> String {
 
 async fn run(rows: Vec<Row>) {
     let runner = Runner::start("runner-key").await;
-    let proxy = Proxy::start(&runner.config(
-        "[[registry.sandboxes]]\nid = \"attacker\"\nrunner = \"runner-1\"\npublic = true\n\
-         [[registry.sandboxes]]\nid = \"victim\"\nrunner = \"runner-1\"\nauth_token = \"tok-victim\"\n",
-    ));
+    let proxy = Proxy::start(&runner.config(ATTACKER_AND_VICTIM));
     for row in rows {
         let before = runner.seen().len();
         let answer = raw_until_idle(proxy.addr, row.request, Duration::from_millis(700)).await;

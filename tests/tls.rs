@@ -4,16 +4,14 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use support::runner::{sandboxes, Runner};
+use support::tls_client::connect;
 use support::{Proxy, BIN};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -47,32 +45,6 @@ fn tls_config(pairs: &[(&PathBuf, &PathBuf)], unknown_sni: &str) -> String {
         ));
     }
     toml
-}
-
-async fn connect(
-    addr: std::net::SocketAddr,
-    sni: &str,
-    cas: &[&Path],
-    alpn: &[u8],
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in cas {
-        for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let stream = TcpStream::connect(addr).await?;
-    connector
-        .connect(ServerName::try_from(sni.to_string()).unwrap(), stream)
-        .await
 }
 
 fn served_leaf(stream: &TlsStream<TcpStream>) -> Vec<u8> {

@@ -175,6 +175,11 @@ pub fn sandboxes() -> &'static str {
      [[registry.sandboxes]]\nid = \"sbx-priv\"\nrunner = \"runner-1\"\nauth_token = \"tok-secret\"\n"
 }
 
+/// Two tenants on `runner-1`: a public `attacker` and a private `victim` (token `tok-victim`).
+pub const ATTACKER_AND_VICTIM: &str =
+    "[[registry.sandboxes]]\nid = \"attacker\"\nrunner = \"runner-1\"\npublic = true\n\
+     [[registry.sandboxes]]\nid = \"victim\"\nrunner = \"runner-1\"\nauth_token = \"tok-victim\"\n";
+
 async fn serve(listener: TcpListener, state: Arc<State>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
