@@ -20,7 +20,9 @@ for target in $targets; do
   log=$(mktemp)
   if ! cargo "${toolchain[@]}" fuzz run -O "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 \
       -print_final_stats=1 >"$log" 2>&1; then
-    echo "fuzz $target: FAILED"; tail -40 "$log"; status=1
+    echo "fuzz $target: FAILED (the input is under fuzz/artifacts/$target/)"
+    grep -m1 -A20 -E "panicked|ERROR: libFuzzer" "$log" || tail -40 "$log"
+    status=1
   fi
   execs=$(grep -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}')
   echo "fuzz $target: ${execs:-?} executions in ${seconds}s, corpus $(ls "corpus/$target" | wc -l) inputs"

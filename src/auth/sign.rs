@@ -36,12 +36,15 @@ impl Signer {
         Ok(Signer::new(vec![random_bytes::<32>()?.to_vec()]))
     }
 
+    /// `None` when the token would be longer than [`Signer::verify`] accepts: the proxy never
+    /// hands out a token it would then refuse (found by the `sandbox_cookie` fuzz target).
     pub fn sign<T: Serialize>(&self, purpose: &str, payload: &T) -> Option<String> {
         let key = self.keys.first()?;
         let json = serde_json::to_vec(payload).ok()?;
         let body = URL_SAFE_NO_PAD.encode(json);
         let mac = mac(key, purpose, &body)?.finalize().into_bytes();
-        Some(format!("{body}.{}", URL_SAFE_NO_PAD.encode(mac)))
+        let token = format!("{body}.{}", URL_SAFE_NO_PAD.encode(mac));
+        (token.len() <= MAX_TOKEN_BYTES).then_some(token)
     }
 
     /// The payload when `token` was signed by one of the keys for `purpose` (constant-time).
@@ -125,6 +128,16 @@ mod tests {
         assert!(new.verify::<P>("cookie", body).is_none());
         let other = Signer::new(vec![b"z".repeat(32)]);
         assert!(other.verify::<P>("cookie", &t).is_none());
+    }
+
+    #[test]
+    fn tokens_longer_than_verify_accepts_are_never_issued() {
+        let s = Signer::new(vec![b"k".repeat(32)]);
+        // 3,000 control characters are 18,000 bytes of JSON escapes.
+        assert_eq!(s.sign("p", &"\u{15}".repeat(3000)), None);
+        let fits = "a".repeat(2900);
+        let token = s.sign("p", &fits).unwrap();
+        assert_eq!(s.verify::<String>("p", &token), Some(fits));
     }
 
     #[test]
