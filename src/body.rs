@@ -21,7 +21,7 @@ pub struct Guards {
     pub activity: Option<StreamGuard>,
     pub inflight: Option<InflightGuard>,
     /// The client connection's limit slots, for relays that outlive the HTTP connection.
-    pub connection: Option<crate::proxy::ConnectionSlots>,
+    pub connection: Option<crate::base::ConnectionSlots>,
 }
 
 pub enum ProxyBody {

@@ -72,7 +72,7 @@ pub struct Destination<'a> {
     /// Replaces the request's query when the auth phase removed a credential from it.
     pub query: Option<&'a str>,
     /// The client connection's limit slots: a WebSocket relay holds them until it ends.
-    pub connection_slots: Option<&'a crate::proxy::ConnectionSlots>,
+    pub connection_slots: Option<&'a crate::base::ConnectionSlots>,
     /// The client connection's response-header deadline timer.
     pub deadline_timer: &'a DeadlineTimer,
 }

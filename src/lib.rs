@@ -8,6 +8,7 @@ pub mod activity;
 pub mod activity_redis;
 pub mod admin;
 pub mod auth;
+pub mod base;
 pub mod body;
 pub mod client_addr;
 pub mod client_io;
@@ -27,10 +28,7 @@ pub mod tls;
 pub mod upstream;
 pub mod wake;
 
-/// A concurrent map with foldhash: several times cheaper than SipHash for the short keys of the
-/// hot path (sandbox ids), randomly seeded per map. The maps it backs are bounded or keyed by
-/// data the proxy already validated.
-pub type FastMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
+pub use crate::base::FastMap;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

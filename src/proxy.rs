@@ -51,9 +51,7 @@ pub struct App {
     pub trusted_proxies: crate::client_addr::TrustedProxies,
 }
 
-/// What a connection holds against the connection limits (global and per IP). Upgraded
-/// connections (WebSockets) keep holding it after the HTTP connection task ends.
-pub type ConnectionSlots = Arc<dyn std::any::Any + Send + Sync>;
+pub use crate::base::ConnectionSlots;
 
 /// The client end of a connection (the TCP peer, or the PROXY protocol's source address), with
 /// its IP pre-rendered for `X-Forwarded-For`.
@@ -186,11 +184,7 @@ fn request_id(headers: &mut http::HeaderMap) -> HeaderValue {
     static PREFIX: LazyLock<u64> = LazyLock::new(|| {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
+        h.write_u128(crate::base::clock::now_nanos());
         h.finish()
     });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
