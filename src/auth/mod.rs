@@ -10,7 +10,6 @@ pub mod config;
 pub mod cookie;
 pub mod cors;
 mod credential_cache;
-pub mod gate;
 pub mod http_client;
 pub mod jwt;
 pub mod oidc;
@@ -28,9 +27,9 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 pub use config::AuthConfig;
 
+use crate::http::respond::ProxyError;
+use crate::http::route::is_reserved_port;
 use crate::registry::{Resolver, SandboxRecord};
-use crate::respond::ProxyError;
-use crate::route::is_reserved_port;
 use cookie::{CookieCheck, CookieFlags};
 use credential_cache::{CredentialCache, Kind};
 use http_client::HttpClient;

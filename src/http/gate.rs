@@ -13,13 +13,13 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::cors::{self, CorsDecision};
-use super::{oidc, strip_credentials, warning, AuthError, AuthRequest};
-use crate::body::ProxyBody;
-use crate::proxy::{App, Peer};
+use super::pipeline::{App, Peer};
+use crate::auth::cors::{self, CorsDecision};
+use crate::auth::{oidc, strip_credentials, warning, AuthError, AuthRequest};
+use crate::http::body::ProxyBody;
+use crate::http::respond::ProxyError;
+use crate::http::route::{self, OwnPath, Route, RouteError};
 use crate::registry::SandboxRecord;
-use crate::respond::ProxyError;
-use crate::route::{self, OwnPath, Route, RouteError};
 
 const MAX_FORM_BYTES: usize = 8 * 1024;
 

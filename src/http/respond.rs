@@ -7,9 +7,9 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::auth::AuthError;
-use crate::body::ProxyBody;
+use crate::http::body::ProxyBody;
+use crate::http::route::RouteError;
 use crate::registry::RegistryError;
-use crate::route::RouteError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

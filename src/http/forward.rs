@@ -18,16 +18,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::StreamGuard;
-use crate::body::{
+use crate::config::ProxyConfig;
+use crate::http::body::{
     is_length_limit, ClientBodyFault, ClientBodyWatch, Guards, ProxyBody, RequestBody,
 };
-use crate::config::ProxyConfig;
+use crate::http::relay::relay;
+use crate::http::respond::ProxyError;
+use crate::http::route::TOOLBOX_PORT;
+use crate::http::upstream::{Lease, Pool, PoolSettings, Protocol, UpstreamError};
 use crate::metrics::metrics;
 use crate::registry::{InflightGuard, SandboxRecord, Upstream};
-use crate::relay::relay;
-use crate::respond::ProxyError;
-use crate::route::TOOLBOX_PORT;
-use crate::upstream::{Lease, Pool, PoolSettings, Protocol, UpstreamError};
 
 pub const RUNNER_AUTH_HEADER: HeaderName = HeaderName::from_static("x-daytona-authorization");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -62,7 +62,7 @@ pub struct Destination<'a> {
     /// The one authority of the request (sent as `X-Forwarded-Host`).
     pub original_host: &'a HeaderValue,
     /// The whole `X-Forwarded-For` to send: the peer's IP (rendered once per connection), or a
-    /// trusted proxy's chain with the peer appended (`crate::client_addr`). A client's own
+    /// trusted proxy's chain with the peer appended (`crate::http::client_addr`). A client's own
     /// `X-Forwarded-For` is replaced, never appended to: it could forge any address.
     pub client_ip: &'a HeaderValue,
     /// The client connection is TLS (`X-Forwarded-Proto: https` whatever the configured scheme).

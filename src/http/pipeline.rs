@@ -1,7 +1,6 @@
 //! One request, one straight path: route → authenticate → resolve → activity → forward, with
 //! every error turned into a response by `respond`.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
@@ -12,86 +11,21 @@ use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HOST};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::activity::Activity;
-use crate::auth::gate::{self, Admission};
-use crate::auth::Auth;
-use crate::body::ProxyBody;
-use crate::client_addr::{ClientAddr, FORWARDED};
-use crate::client_io::ConnectionEnd;
-use crate::forward::{Destination, Forwarder, Target};
+use super::body::ProxyBody;
+use super::client_addr::{ClientAddr, FORWARDED};
+use super::client_io::ConnectionEnd;
+use super::forward::{Destination, Target};
+use super::gate::{self, Admission};
+use super::respond::{error_response, wants_html, ProxyError};
+use super::route::{self, OwnPath, Route, RouteError};
 use crate::metrics::{metrics, RouteKind};
-use crate::registry::{InflightGuard, Resolver, SandboxRecord, StaticRegistry};
-use crate::respond::{error_response, wants_html, ProxyError};
-use crate::route::{self, Domains, OwnPath, Route, RouteError};
+use crate::registry::{InflightGuard, SandboxRecord};
+
+pub use super::{App, ConnectionSlots, Peer};
 
 const SKIP_ACTIVITY_HEADER: HeaderName =
     HeaderName::from_static("x-daytona-skip-last-activity-update");
 const STALE_HEADER: HeaderName = HeaderName::from_static("x-sandgate-stale");
-
-/// Shared state of the proxy; built once by `main`, read by every request.
-pub struct App {
-    pub domains: Domains,
-    pub resolver: Resolver,
-    /// Kept for reloads when the backend is the static registry.
-    pub static_registry: Option<Arc<StaticRegistry>>,
-    /// Auto-wake hook for sandboxes that are not running.
-    pub waker: Option<Arc<crate::wake::Waker>>,
-    /// TLS certificates, kept for reloads.
-    pub certs: Option<Arc<crate::tls::CertResolver>>,
-    pub activity: Arc<Activity>,
-    pub forwarder: Forwarder,
-    /// Most requests in flight per sandbox (0: no limit); beyond: 429.
-    pub max_requests_per_sandbox: usize,
-    pub auth: Auth,
-    /// Log one line per request (`sandgate::access` target).
-    pub access_log: bool,
-    /// Accept or generate `X-Request-Id`, forward it and return it.
-    pub request_ids: bool,
-    /// Peers whose `X-Forwarded-For`/`Forwarded` (and PROXY headers) are believed.
-    pub trusted_proxies: crate::client_addr::TrustedProxies,
-}
-
-pub use crate::base::ConnectionSlots;
-
-/// The client end of a connection (the TCP peer, or the PROXY protocol's source address), with
-/// its IP pre-rendered for `X-Forwarded-For`.
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub ip_header: HeaderValue,
-    /// The connection came over TLS.
-    pub https: bool,
-    pub slots: Option<ConnectionSlots>,
-    pub deadline_timer: crate::forward::DeadlineTimer,
-    pub token_memo: crate::auth::TokenMemo,
-    /// How the connection closes (lingering after early answers, reset after cut bodies).
-    pub end: Arc<ConnectionEnd>,
-}
-
-impl Peer {
-    pub fn new(addr: SocketAddr, https: bool) -> Peer {
-        let ip_header = HeaderValue::try_from(addr.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer {
-            addr,
-            ip_header,
-            https,
-            slots: None,
-            deadline_timer: Default::default(),
-            token_memo: Default::default(),
-            end: Default::default(),
-        }
-    }
-
-    pub fn with_end(mut self, end: Arc<ConnectionEnd>) -> Peer {
-        self.end = end;
-        self
-    }
-
-    pub fn with_slots(mut self, slots: ConnectionSlots) -> Peer {
-        self.slots = Some(slots);
-        self
-    }
-}
 
 /// What the phases learned about a request, for the access log and metrics.
 struct Seen {

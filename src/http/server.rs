@@ -22,11 +22,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::ProxyBody;
-use crate::client_io::{ClientStream, ConnectionEnd, LingerLimits};
 use crate::config::ServerConfig;
+use crate::http::body::ProxyBody;
+use crate::http::client_io::{ClientStream, ConnectionEnd, LingerLimits};
+use crate::http::pipeline::{handle, App, ConnectionSlots, Peer};
 use crate::metrics::metrics;
-use crate::proxy::{handle, App, ConnectionSlots, Peer};
 
 /// The HTTPS side: its listener, acceptor, and what plaintext does when it is on.
 pub struct TlsListener {
@@ -158,7 +158,7 @@ async fn proxied_peer(
         tracing::debug!(peer = %tcp_peer, "PROXY protocol listener: peer is not a trusted proxy");
         return None;
     }
-    match crate::client_addr::read_proxy_header(stream, timeout).await {
+    match crate::http::client_addr::read_proxy_header(stream, timeout).await {
         Ok(source) => Some(source.unwrap_or(tcp_peer)),
         Err(error) => {
             metrics().connections_refused.inc();
