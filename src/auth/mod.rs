@@ -23,13 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{AUTHORIZATION, COOKIE};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue};
 
 pub use config::AuthConfig;
 
-use crate::http::respond::ProxyError;
 use crate::http::route::is_reserved_port;
-use crate::registry::{Resolver, SandboxRecord};
+use crate::registry::{RegistryError, Resolver, SandboxRecord};
 use cookie::{CookieCheck, CookieFlags};
 use credential_cache::{CredentialCache, Kind};
 use http_client::HttpClient;
@@ -77,54 +76,6 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AuthError::Required
-            | AuthError::TokenInvalid
-            | AuthError::PlatformTokenInvalid
-            | AuthError::TokenExpired => StatusCode::UNAUTHORIZED,
-            AuthError::Forbidden | AuthError::Csrf => StatusCode::FORBIDDEN,
-            AuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            AuthError::Login(_) => StatusCode::FOUND,
-            AuthError::BadLogin(_) => StatusCode::BAD_REQUEST,
-            AuthError::IdpUnavailable => StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            AuthError::Required => "AUTH_REQUIRED",
-            AuthError::TokenInvalid | AuthError::PlatformTokenInvalid => "TOKEN_INVALID",
-            AuthError::TokenExpired => "TOKEN_EXPIRED",
-            AuthError::Forbidden => "FORBIDDEN",
-            AuthError::RateLimited(_) => "RATE_LIMITED",
-            AuthError::Login(_) => "LOGIN_REQUIRED",
-            AuthError::BadLogin(_) => "LOGIN_FAILED",
-            AuthError::IdpUnavailable => "IDP_UNAVAILABLE",
-            AuthError::Csrf => "CSRF_INVALID",
-        }
-    }
-
-    pub fn challenge(&self) -> Option<&'static str> {
-        (self.status() == StatusCode::UNAUTHORIZED).then_some("Bearer")
-    }
-
-    /// `Retry-After` seconds, for 429.
-    pub fn retry_after(&self) -> Option<u32> {
-        match self {
-            AuthError::RateLimited(s) => Some(*s),
-            _ => None,
-        }
-    }
-
-    /// `Location`, for the login redirect.
-    pub fn location(&self) -> Option<&str> {
-        match self {
-            AuthError::Login(url) => Some(url),
-            _ => None,
-        }
-    }
-
     /// A presented credential was wrong (counts against the brute-force guard).
     fn is_failure(&self) -> bool {
         matches!(
@@ -135,6 +86,16 @@ impl AuthError {
                 | AuthError::Forbidden
         )
     }
+}
+
+/// Why authentication did not let a request in: the credential's fault ([`AuthError`]), or the
+/// registry could not be asked. `http::respond` turns either into the response.
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 /// Who is entering.
@@ -304,7 +265,7 @@ impl Auth {
         &self,
         resolver: &Resolver,
         req: &AuthRequest<'_>,
-    ) -> Result<Granted, ProxyError> {
+    ) -> Result<Granted, Denied> {
         let sandbox = req.sandbox;
         let needs_auth = !sandbox.public || req.port.is_none_or(is_reserved_port);
         if !needs_auth {
@@ -472,7 +433,7 @@ impl Auth {
         sandbox: &SandboxRecord,
         token: &str,
         peer: std::net::IpAddr,
-    ) -> Result<Result<(), AuthError>, ProxyError> {
+    ) -> Result<Result<(), AuthError>, RegistryError> {
         let hash = crate::registry::sha256(token);
         if let Some(verdict) = self.cache.get(&sandbox.id, Kind::Bearer, &hash) {
             return Ok(verdict);
@@ -659,7 +620,7 @@ mod tests {
             .await
             .map(|g| g.access.unwrap())
             .map_err(|e| match e {
-                ProxyError::Auth(a) => a.code().to_string(),
+                Denied::Auth(a) => crate::http::respond::auth_code(&a).to_string(),
                 other => other.to_string(),
             })
     }
@@ -865,7 +826,7 @@ mod tests {
         assert!(!memo.matches(&s, "tok-124"));
         // A wrong token is still checked (and refused), and does not replace the memo.
         let refused = auth.authenticate(&resolver, &ask(&s, &bad)).await;
-        assert!(matches!(refused, Err(ProxyError::Auth(_))));
+        assert!(matches!(refused, Err(Denied::Auth(_))));
         assert!(memo.matches(&s, "tok-123"));
         // The same sandbox as a new record (a refresh, a rotated token) is checked afresh.
         let refreshed = sandbox(false);
@@ -880,6 +841,6 @@ mod tests {
             Some("tok-new"),
         ));
         let old_token = auth.authenticate(&resolver, &ask(&rotated, &good)).await;
-        assert!(matches!(old_token, Err(ProxyError::Auth(_))), "rotated out");
+        assert!(matches!(old_token, Err(Denied::Auth(_))), "rotated out");
     }
 }

@@ -16,7 +16,7 @@ use super::client_addr::{ClientAddr, FORWARDED};
 use super::client_io::ConnectionEnd;
 use super::forward::{Destination, Target};
 use super::gate::{self, Admission};
-use super::respond::{error_response, wants_html, ProxyError};
+use super::respond::{auth_code, error_response, wants_html, ProxyError};
 use super::route::{self, OwnPath, Route, RouteError};
 use crate::metrics::{metrics, RouteKind};
 use crate::registry::{InflightGuard, SandboxRecord};
@@ -52,7 +52,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
         Err(error) => {
             log_error(&error, uri.path());
             if let ProxyError::Auth(auth) = &error {
-                metrics().auth_failure(auth.code());
+                metrics().auth_failure(auth_code(auth));
             }
             error_response(&error, uri.path(), html)
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Denied};
 use crate::http::body::ProxyBody;
 use crate::http::route::RouteError;
 use crate::registry::RegistryError;
@@ -55,7 +55,7 @@ impl ProxyError {
             | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Registry(RegistryError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Registry(RegistryError::BadData { .. }) => StatusCode::BAD_GATEWAY,
-            ProxyError::Auth(e) => e.status(),
+            ProxyError::Auth(e) => auth_status(e),
             ProxyError::RunnerUnreachable
             | ProxyError::PortNotListening(_)
             | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
@@ -76,7 +76,7 @@ impl ProxyError {
             ProxyError::SandboxNotRunning { .. } => "SANDBOX_NOT_RUNNING",
             ProxyError::Registry(RegistryError::Unavailable(_)) => "REGISTRY_UNAVAILABLE",
             ProxyError::Registry(RegistryError::BadData { .. }) => "REGISTRY_BAD_DATA",
-            ProxyError::Auth(e) => e.code(),
+            ProxyError::Auth(e) => auth_code(e),
             ProxyError::RunnerUnreachable => "RUNNER_UNREACHABLE",
             ProxyError::PortNotListening(_) => "PORT_NOT_LISTENING",
             ProxyError::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
@@ -109,9 +109,48 @@ impl ProxyError {
             ProxyError::Registry(RegistryError::Unavailable(_)) | ProxyError::ShuttingDown => {
                 Some(2)
             }
-            ProxyError::Auth(e) => e.retry_after(),
+            ProxyError::Auth(AuthError::RateLimited(seconds)) => Some(*seconds),
             _ => None,
         }
+    }
+}
+
+impl From<Denied> for ProxyError {
+    fn from(denied: Denied) -> ProxyError {
+        match denied {
+            Denied::Auth(e) => ProxyError::Auth(e),
+            Denied::Registry(e) => ProxyError::Registry(e),
+        }
+    }
+}
+
+fn auth_status(error: &AuthError) -> StatusCode {
+    match error {
+        AuthError::Required
+        | AuthError::TokenInvalid
+        | AuthError::PlatformTokenInvalid
+        | AuthError::TokenExpired => StatusCode::UNAUTHORIZED,
+        AuthError::Forbidden | AuthError::Csrf => StatusCode::FORBIDDEN,
+        AuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        AuthError::Login(_) => StatusCode::FOUND,
+        AuthError::BadLogin(_) => StatusCode::BAD_REQUEST,
+        AuthError::IdpUnavailable => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// The machine code of an authentication refusal (also the `reason` label of the auth-failure
+/// metric).
+pub fn auth_code(error: &AuthError) -> &'static str {
+    match error {
+        AuthError::Required => "AUTH_REQUIRED",
+        AuthError::TokenInvalid | AuthError::PlatformTokenInvalid => "TOKEN_INVALID",
+        AuthError::TokenExpired => "TOKEN_EXPIRED",
+        AuthError::Forbidden => "FORBIDDEN",
+        AuthError::RateLimited(_) => "RATE_LIMITED",
+        AuthError::Login(_) => "LOGIN_REQUIRED",
+        AuthError::BadLogin(_) => "LOGIN_FAILED",
+        AuthError::IdpUnavailable => "IDP_UNAVAILABLE",
+        AuthError::Csrf => "CSRF_INVALID",
     }
 }
 
@@ -161,14 +200,16 @@ pub fn error_response(error: &ProxyError, path: &str, html: bool) -> Response<Pr
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
     if let ProxyError::Auth(auth) = error {
-        if let Some(challenge) = auth.challenge() {
+        if auth_status(auth) == StatusCode::UNAUTHORIZED {
             headers.insert(
                 http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
+                HeaderValue::from_static("Bearer"),
             );
         }
-        if let Some(location) = auth.location().and_then(|l| HeaderValue::try_from(l).ok()) {
-            headers.insert(http::header::LOCATION, location);
+        if let AuthError::Login(url) = auth {
+            if let Ok(location) = HeaderValue::try_from(url.as_str()) {
+                headers.insert(http::header::LOCATION, location);
+            }
         }
     }
     response
