@@ -289,13 +289,7 @@ impl Oidc {
         let authority = authority.to_ascii_lowercase();
         let path = same_host_path(path, &authority);
         let sandbox = resolve(authority.clone()).await?;
-        let allowed = matches!(
-            (&verified.organization, &sandbox.organization),
-            (Some(a), Some(b)) if a.as_str() == &**b
-        );
-        if !allowed {
-            return Err(AuthError::Forbidden.into());
-        }
+        super::org_access(verified.organization.as_deref(), &sandbox)?;
         let ticket = auth
             .signer
             .sign(
