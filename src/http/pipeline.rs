@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use http_body::Body;
 
-use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HOST};
+use http::header::{ALLOW, CONNECTION, HOST};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
@@ -16,7 +16,7 @@ use super::client_addr::{ClientAddr, FORWARDED};
 use super::client_io::ConnectionEnd;
 use super::forward::{Destination, Target};
 use super::gate::{self, Admission};
-use super::respond::{auth_code, error_response, wants_html, ProxyError};
+use super::respond::{auth_code, error_response, health, wants_html, ProxyError};
 use super::route::{self, OwnPath, Route, RouteError};
 use crate::metrics::{metrics, RouteKind};
 use crate::registry::{InflightGuard, SandboxRecord};
@@ -71,7 +71,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
         tracing::info!(
             target: "sandgate::access",
             %method,
-            kind = KIND_NAMES[seen.kind as usize],
+            kind = seen.kind.name(),
             path = uri.path(),
             status,
             micros = elapsed.as_micros() as u64,
@@ -103,7 +103,6 @@ fn end_connection_properly(
     }
 }
 
-const KIND_NAMES: [&str; 3] = ["preview", "toolbox", "own"];
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The client's `X-Request-Id` when it is sane, else a new one; set on the request so it is
@@ -245,12 +244,8 @@ async fn own_host(
     req: &Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     match path {
-        OwnPath::Health => Ok(json_ok(concat!(
-            "{\"status\":\"ok\",\"version\":\"",
-            env!("CARGO_PKG_VERSION"),
-            "\"}"
-        ))),
-        OwnPath::Ready if app.resolver.ready().await => Ok(json_ok("{\"status\":\"ready\"}")),
+        OwnPath::Health => Ok(health::json_ok(health::OK_WITH_VERSION)),
+        OwnPath::Ready if app.resolver.ready().await => Ok(health::json_ok(health::READY)),
         OwnPath::Ready => Err(ProxyError::NotReady),
         OwnPath::Login | OwnPath::Callback => gate::own_host(app, path, req).await,
         OwnPath::AcceptPreviewWarning | OwnPath::NotFound => Err(ProxyError::NotFound),
@@ -269,14 +264,6 @@ fn asterisk_form(method: &Method) -> Result<Response<ProxyBody>, ProxyError> {
         HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
     );
     Ok(response)
-}
-
-fn json_ok(body: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(body));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }
 
 fn log_error(error: &ProxyError, path: &str) {

@@ -162,6 +162,37 @@ fn not_running_message(state: &str, waking: bool) -> String {
     }
 }
 
+/// The health and readiness bodies of the proxy's own host, the admin listener and the
+/// plaintext redirector, in one place.
+pub mod health {
+    use http::header::CONTENT_TYPE;
+    use http::{HeaderValue, Response};
+
+    use crate::http::body::ProxyBody;
+
+    /// `/health` on the admin listener and the HTTPS redirector.
+    pub const OK: &str = "{\"status\":\"ok\"}";
+    /// `/health` on the proxy's own host.
+    pub const OK_WITH_VERSION: &str = concat!(
+        "{\"status\":\"ok\",\"version\":\"",
+        env!("CARGO_PKG_VERSION"),
+        "\"}"
+    );
+    pub const READY: &str = "{\"status\":\"ready\"}";
+    pub const NOT_READY: &str =
+        "{\"status\":\"not ready\",\"reason\":\"the registry backend is not reachable\"}";
+    pub const NOT_FOUND: &str = "{\"status\":\"not found\"}";
+
+    /// `200` with a JSON body.
+    pub fn json_ok(body: &'static str) -> Response<ProxyBody> {
+        let mut response = Response::new(ProxyBody::full(body));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
 /// True when the client is a browser navigating (it should get a page, not JSON).
 pub fn wants_html(headers: &HeaderMap) -> bool {
     const SEC_FETCH_MODE: http::HeaderName = http::HeaderName::from_static("sec-fetch-mode");
