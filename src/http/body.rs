@@ -210,7 +210,7 @@ impl Body for RequestBody {
         };
         if let Poll::Ready(Some(Ok(frame))) = &mut polled {
             if let Some(trailers) = frame.trailers_mut() {
-                crate::http::forward::scrub_trailers(trailers);
+                crate::http::headers::scrub_trailers(trailers);
             }
         }
         polled
