@@ -33,7 +33,7 @@ pub use memo::TokenMemo;
 pub(crate) use strip::strip_proxy_cookies;
 pub use strip::{bearer, query_param, remove_query_param, strip_credentials};
 
-use crate::http::route::is_reserved_port;
+use crate::base::ports::is_reserved_port;
 use crate::registry::{RegistryError, Resolver, SandboxRecord};
 use cookie::{CookieCheck, CookieFlags};
 use credential_cache::{CredentialCache, Kind};

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use super::cookie::{CookieFlags, WARNING_COOKIE};
 use super::return_to::same_host_path;
 use super::sign::{now_unix, Signer};
+use crate::base::html::escape_html;
+use crate::base::ports::is_reserved_port;
 use crate::http::body::ProxyBody;
-use crate::http::respond::escape_html;
-use crate::http::route::is_reserved_port;
 
 pub const ACCEPT_PATH: &str = "/accept-daytona-preview-warning";
 pub const SKIP_HEADER: HeaderName = HeaderName::from_static("x-daytona-skip-preview-warning");

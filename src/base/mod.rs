@@ -2,6 +2,8 @@
 //! ours (checked by `tests/layers.rs`).
 
 pub mod clock;
+pub mod html;
+pub mod ports;
 
 use std::future::Future;
 use std::pin::Pin;

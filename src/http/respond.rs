@@ -7,6 +7,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::auth::{AuthError, Denied};
+pub use crate::base::html::escape_html;
 use crate::http::body::ProxyBody;
 use crate::http::route::RouteError;
 use crate::registry::RegistryError;
@@ -278,21 +279,6 @@ code{{background:#f3f3f3;padding:0 .3em}}small{{color:#777}}</style></head><body
         path = escape_html(path),
         time = timestamp(),
     )
-}
-
-pub fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
