@@ -1,5 +1,5 @@
-//! One request, one straight path: route → authenticate → resolve → activity → forward, with
-//! every error turned into a response by `respond`.
+//! One request, one straight path: route → resolve → admit (both in `gate`) → activity →
+//! forward, with every error turned into a response by `respond`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
