@@ -168,12 +168,17 @@ async fn pipeline(
         }
     };
 
+    if let Some(answer) = gate::preview_own_path(app, &mut req, host_str, port).await {
+        return answer;
+    }
+    let resolution = gate::resolve(app, &sandbox_id, port, client.ip).await?;
     let entry = gate::admit(
         app,
         &mut req,
         host_str,
         &sandbox_id,
         port,
+        resolution,
         (peer, client.ip),
         html,
     );
