@@ -11,11 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
-use crate::FastMap;
+use crate::base::FastMap;
 use serde::{Deserialize, Serialize};
 
+use crate::base::BoxFuture;
 use crate::metrics::metrics;
-use crate::registry::BoxFuture;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

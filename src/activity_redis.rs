@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use crate::activity::{ActivityConfig, ActivitySink, SinkError};
+use crate::base::BoxFuture;
 use crate::redis_conn::RedisHandle;
-use crate::registry::BoxFuture;
 
 /// Members per ZADD (and per script call): keeps single commands bounded.
 const CHUNK: usize = 1000;

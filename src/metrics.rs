@@ -19,7 +19,15 @@ pub enum RouteKind {
     Own = 2,
 }
 
+/// The `kind` label values (and the access log's `kind` field), indexed by [`RouteKind`].
 const KINDS: [&str; 3] = ["preview", "toolbox", "own"];
+
+impl RouteKind {
+    /// The name in metrics labels and the access log.
+    pub fn name(self) -> &'static str {
+        KINDS[self as usize]
+    }
+}
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

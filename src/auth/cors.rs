@@ -17,7 +17,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 
-use crate::body::ProxyBody;
+use crate::http::body::ProxyBody;
 use crate::registry::CorsMode;
 
 pub const DISABLE_CORS_HEADER: HeaderName = HeaderName::from_static("x-daytona-disable-cors");

@@ -4,13 +4,13 @@
 //! Credentials, in order (the first that succeeds wins; a failing one does not stop the next):
 //! `Authorization: Bearer` (JWT or API key), `X-Daytona-Preview-Token`, the
 //! `DAYTONA_SANDBOX_AUTH_KEY` query parameter, the sandbox cookie, a signed preview token in the
-//! host. [`gate`] wires this module into the request pipeline.
+//! host. `http::gate` wires this module into the request pipeline; `http::respond` turns its
+//! refusals into responses.
 
 pub mod config;
 pub mod cookie;
 pub mod cors;
 mod credential_cache;
-pub mod gate;
 pub mod http_client;
 pub mod jwt;
 pub mod oidc;
@@ -19,18 +19,22 @@ pub mod return_to;
 pub mod sign;
 pub mod warning;
 
+mod memo;
+mod strip;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, COOKIE};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue};
 
 pub use config::AuthConfig;
+pub use memo::TokenMemo;
+pub(crate) use strip::strip_proxy_cookies;
+pub use strip::{bearer, query_param, remove_query_param, strip_credentials};
 
-use crate::registry::{Resolver, SandboxRecord};
-use crate::respond::ProxyError;
-use crate::route::is_reserved_port;
+use crate::base::ports::is_reserved_port;
+use crate::registry::{RegistryError, Resolver, SandboxRecord};
 use cookie::{CookieCheck, CookieFlags};
 use credential_cache::{CredentialCache, Kind};
 use http_client::HttpClient;
@@ -78,54 +82,6 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AuthError::Required
-            | AuthError::TokenInvalid
-            | AuthError::PlatformTokenInvalid
-            | AuthError::TokenExpired => StatusCode::UNAUTHORIZED,
-            AuthError::Forbidden | AuthError::Csrf => StatusCode::FORBIDDEN,
-            AuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            AuthError::Login(_) => StatusCode::FOUND,
-            AuthError::BadLogin(_) => StatusCode::BAD_REQUEST,
-            AuthError::IdpUnavailable => StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            AuthError::Required => "AUTH_REQUIRED",
-            AuthError::TokenInvalid | AuthError::PlatformTokenInvalid => "TOKEN_INVALID",
-            AuthError::TokenExpired => "TOKEN_EXPIRED",
-            AuthError::Forbidden => "FORBIDDEN",
-            AuthError::RateLimited(_) => "RATE_LIMITED",
-            AuthError::Login(_) => "LOGIN_REQUIRED",
-            AuthError::BadLogin(_) => "LOGIN_FAILED",
-            AuthError::IdpUnavailable => "IDP_UNAVAILABLE",
-            AuthError::Csrf => "CSRF_INVALID",
-        }
-    }
-
-    pub fn challenge(&self) -> Option<&'static str> {
-        (self.status() == StatusCode::UNAUTHORIZED).then_some("Bearer")
-    }
-
-    /// `Retry-After` seconds, for 429.
-    pub fn retry_after(&self) -> Option<u32> {
-        match self {
-            AuthError::RateLimited(s) => Some(*s),
-            _ => None,
-        }
-    }
-
-    /// `Location`, for the login redirect.
-    pub fn location(&self) -> Option<&str> {
-        match self {
-            AuthError::Login(url) => Some(url),
-            _ => None,
-        }
-    }
-
     /// A presented credential was wrong (counts against the brute-force guard).
     fn is_failure(&self) -> bool {
         matches!(
@@ -136,6 +92,16 @@ impl AuthError {
                 | AuthError::Forbidden
         )
     }
+}
+
+/// Why authentication did not let a request in: the credential's fault ([`AuthError`]), or the
+/// registry could not be asked. `http::respond` turns either into the response.
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 /// Who is entering.
@@ -159,36 +125,6 @@ pub struct Granted {
     pub set_cookie: Option<HeaderValue>,
     /// A browser logged in by query token: redirect here (same URL without the token).
     pub redirect: Option<String>,
-}
-
-/// The preview token one client connection last entered a sandbox with, and the sandbox
-/// record it was checked against: the connection's next requests with the same token skip the
-/// SHA-256 (a constant-time comparison of the bytes instead). A new record (refresh, token
-/// rotation, revocation) is another `Arc` and misses, so nothing outlives what it was checked
-/// against. Only tokens checked locally against the record's hash are remembered.
-#[derive(Default)]
-pub struct TokenMemo(std::sync::Mutex<Option<RememberedToken>>);
-
-type RememberedToken = (Arc<SandboxRecord>, Box<[u8]>);
-
-impl TokenMemo {
-    fn matches(&self, sandbox: &Arc<SandboxRecord>, token: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        let Ok(memo) = self.0.lock() else {
-            return false;
-        };
-        memo.as_ref().is_some_and(|(record, known)| {
-            Arc::ptr_eq(record, sandbox)
-                && known.len() == token.len()
-                && bool::from(known.as_ref().ct_eq(token.as_bytes()))
-        })
-    }
-
-    fn remember(&self, sandbox: &Arc<SandboxRecord>, token: &str) {
-        if let Ok(mut memo) = self.0.lock() {
-            *memo = Some((sandbox.clone(), token.as_bytes().into()));
-        }
-    }
 }
 
 /// The request facts authentication looks at.
@@ -305,7 +241,7 @@ impl Auth {
         &self,
         resolver: &Resolver,
         req: &AuthRequest<'_>,
-    ) -> Result<Granted, ProxyError> {
+    ) -> Result<Granted, Denied> {
         let sandbox = req.sandbox;
         let needs_auth = !sandbox.public || req.port.is_none_or(is_reserved_port);
         if !needs_auth {
@@ -404,67 +340,6 @@ impl Auth {
         Err(failure.unwrap_or(AuthError::Required).into())
     }
 
-    /// Removes every `Authorization` header carrying a platform credential (an API key the
-    /// registry knows or a JWT signed with our keys, of any organisation, valid or not), whether
-    /// it granted access, was refused or was not needed; the app's own ones (any other scheme,
-    /// or a bearer the platform does not know) pass byte for byte, in order. Verdicts come from
-    /// the credential cache; a backend error strips (fail closed).
-    pub async fn remove_platform_authorization(
-        &self,
-        resolver: &Resolver,
-        sandbox: &SandboxRecord,
-        headers: &mut HeaderMap,
-        first_is_platform: bool,
-        peer: IpAddr,
-    ) {
-        let mut values = headers.get_all(AUTHORIZATION).iter();
-        if values.next().is_none() {
-            return;
-        }
-        if first_is_platform && values.next().is_none() {
-            headers.remove(AUTHORIZATION);
-            return;
-        }
-        let mut kept = Vec::new();
-        let mut removed = false;
-        for (i, value) in headers.get_all(AUTHORIZATION).iter().enumerate() {
-            let platform = (i == 0 && first_is_platform)
-                || match bearer_of(value) {
-                    Some(token) => {
-                        self.is_platform_bearer(resolver, sandbox, token, peer)
-                            .await
-                    }
-                    None => false,
-                };
-            if platform {
-                removed = true;
-            } else {
-                kept.push(value.clone());
-            }
-        }
-        if removed {
-            headers.remove(AUTHORIZATION);
-            for value in kept {
-                headers.append(AUTHORIZATION, value);
-            }
-        }
-    }
-
-    /// Is `token` one of the platform's credentials? Only a bearer nobody on the platform
-    /// knows (`TokenInvalid`) is the app's own.
-    async fn is_platform_bearer(
-        &self,
-        resolver: &Resolver,
-        sandbox: &SandboxRecord,
-        token: &str,
-        peer: IpAddr,
-    ) -> bool {
-        match self.check_bearer(resolver, sandbox, token, peer).await {
-            Ok(verdict) => !matches!(verdict, Err(AuthError::TokenInvalid)),
-            Err(_) => true,
-        }
-    }
-
     /// A Bearer token: a JWT verified locally, else an API key looked up by its SHA-256.
     /// Cached per (sandbox, kind, hash of the token). The outer error is a backend failure.
     async fn check_bearer(
@@ -473,7 +348,7 @@ impl Auth {
         sandbox: &SandboxRecord,
         token: &str,
         peer: std::net::IpAddr,
-    ) -> Result<Result<(), AuthError>, ProxyError> {
+    ) -> Result<Result<(), AuthError>, RegistryError> {
         let hash = crate::registry::sha256(token);
         if let Some(verdict) = self.cache.get(&sandbox.id, Kind::Bearer, &hash) {
             return Ok(verdict);
@@ -539,7 +414,8 @@ fn granted(access: Access) -> Granted {
     }
 }
 
-/// A principal of `organization` may enter sandboxes of that organisation only.
+/// A principal of `organization` may enter sandboxes of that organisation only (compared in
+/// constant time). The one organisation check: bearer tokens and OIDC logins alike.
 fn org_access(organization: Option<&str>, sandbox: &SandboxRecord) -> Result<(), AuthError> {
     match (organization, sandbox.organization.as_deref()) {
         (Some(a), Some(b)) if sign::ct_eq(a, b) => Ok(()),
@@ -547,340 +423,5 @@ fn org_access(organization: Option<&str>, sandbox: &SandboxRecord) -> Result<(),
     }
 }
 
-/// The token of the first `Authorization: Bearer <token>` header.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    bearer_of(headers.get(AUTHORIZATION)?)
-}
-
-fn bearer_of(value: &HeaderValue) -> Option<&str> {
-    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// Removes every credential the proxy consumes from the headers, and returns the query without
-/// the token parameter (`None` when the query needs no change).
-pub fn strip_credentials(headers: &mut HeaderMap, query: Option<&str>) -> Option<String> {
-    headers.remove(PREVIEW_TOKEN_HEADER);
-    strip_proxy_cookies(headers);
-    query.and_then(|q| remove_query_param(q, PREVIEW_TOKEN_QUERY))
-}
-
-/// The raw value of the first `name=value` pair in a query string (no decoding).
-pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then_some(value)
-    })
-}
-
-/// The query without any `name` parameter; other parameters keep their bytes and order.
-pub fn remove_query_param(query: &str, name: &str) -> Option<String> {
-    let is_target = |pair: &&str| pair.split_once('=').map_or(*pair, |(k, _)| k) == name;
-    if !query.split('&').any(|p| is_target(&p)) {
-        return None;
-    }
-    let kept: Vec<&str> = query.split('&').filter(|p| !is_target(p)).collect();
-    Some(kept.join("&"))
-}
-
-fn is_proxy_cookie(name: &str) -> bool {
-    cookie::is_reserved_name(name.as_bytes())
-}
-
-pub(crate) fn strip_proxy_cookies(headers: &mut HeaderMap) {
-    let has_ours = headers.get_all(COOKIE).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(';').any(|c| is_proxy_cookie(c.trim_start())))
-            .unwrap_or(false)
-    });
-    if !has_ours {
-        return;
-    }
-    let kept: Vec<String> = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && !is_proxy_cookie(c))
-        .map(str::to_owned)
-        .collect();
-    headers.remove(COOKIE);
-    if !kept.is_empty() {
-        if let Ok(value) = HeaderValue::try_from(kept.join("; ")) {
-            headers.insert(COOKIE, value);
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::registry::{CacheTtls, StaticRegistry, Upstream};
-    use std::sync::Arc;
-
-    fn setup() -> (Auth, Resolver) {
-        let mut config = crate::config::Config::default();
-        config.auth.cookie_keys = vec!["k".repeat(32)];
-        config.registry.api_keys = vec![crate::config::ApiKeyEntry {
-            key: Some("key-org-a".into()),
-            key_sha256: None,
-            organization: "org-a".into(),
-        }];
-        let backend = StaticRegistry::from_config(&config.registry).unwrap();
-        (
-            Auth::from_config(&config).unwrap(),
-            Resolver::new(Arc::new(backend), CacheTtls::default()),
-        )
-    }
-
-    async fn check(
-        s: &Arc<SandboxRecord>,
-        port: Option<u16>,
-        h: &HeaderMap,
-        q: Option<&str>,
-    ) -> Result<Access, String> {
-        let (auth, resolver) = setup();
-        let req = AuthRequest {
-            sandbox: s,
-            port,
-            id_or_token: "sbx",
-            signed: false,
-            headers: h,
-            query: q,
-            path: "/",
-            host: "3000-sbx.preview.localhost",
-            peer: "127.0.0.1".parse().unwrap(),
-            navigation: false,
-            safe_method: true,
-            memo: None,
-        };
-        auth.authenticate(&resolver, &req)
-            .await
-            .map(|g| g.access.unwrap())
-            .map_err(|e| match e {
-                ProxyError::Auth(a) => a.code().to_string(),
-                other => other.to_string(),
-            })
-    }
-
-    fn sandbox(public: bool) -> Arc<SandboxRecord> {
-        Arc::new(record(public))
-    }
-
-    fn record(public: bool) -> SandboxRecord {
-        SandboxRecord::new(
-            "sbx",
-            Upstream::Direct {
-                address: "127.0.0.1".into(),
-            },
-            public,
-            "started",
-            Some("tok-123"),
-        )
-        .with_organization(Some("org-a"))
-    }
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, v.parse().unwrap());
-        }
-        h
-    }
-
-    #[tokio::test]
-    async fn public_sandboxes_are_open_except_reserved_ports_and_toolbox() {
-        let s = sandbox(true);
-        let none = headers(&[]);
-        assert_eq!(check(&s, Some(3000), &none, None).await, Ok(Access::Public));
-        assert_eq!(
-            check(&s, Some(22222), &none, None).await,
-            Err("AUTH_REQUIRED".into())
-        );
-        assert_eq!(
-            check(&s, None, &none, None).await,
-            Err("AUTH_REQUIRED".into())
-        );
-    }
-
-    #[tokio::test]
-    async fn preview_token_by_header_or_query() {
-        let s = sandbox(false);
-        let good = headers(&[(PREVIEW_TOKEN_HEADER, "tok-123")]);
-        assert_eq!(
-            check(&s, Some(3000), &good, None).await,
-            Ok(Access::PreviewToken)
-        );
-        let bad = headers(&[(PREVIEW_TOKEN_HEADER, "tok-124")]);
-        assert_eq!(
-            check(&s, Some(3000), &bad, None).await,
-            Err("TOKEN_INVALID".into())
-        );
-        let none = headers(&[]);
-        let q = Some("a=1&DAYTONA_SANDBOX_AUTH_KEY=tok-123");
-        assert_eq!(
-            check(&s, Some(3000), &none, q).await,
-            Ok(Access::PreviewToken)
-        );
-        let other = Some("x=tok-123");
-        assert_eq!(
-            check(&s, Some(3000), &none, other).await,
-            Err("AUTH_REQUIRED".into())
-        );
-    }
-
-    #[tokio::test]
-    async fn api_keys_open_their_organisation_and_a_bad_bearer_falls_through() {
-        let s = sandbox(false);
-        let key = headers(&[("authorization", "Bearer key-org-a")]);
-        assert_eq!(check(&s, None, &key, None).await, Ok(Access::Bearer));
-        let other_org = SandboxRecord::new(
-            "sbx",
-            Upstream::Direct {
-                address: "127.0.0.1".into(),
-            },
-            false,
-            "started",
-            None,
-        )
-        .with_organization(Some("org-b"));
-        assert_eq!(
-            check(&Arc::new(other_org), None, &key, None).await,
-            Err("FORBIDDEN".into())
-        );
-        let app_auth = headers(&[
-            ("authorization", "Bearer the-apps-own-token"),
-            (PREVIEW_TOKEN_HEADER, "tok-123"),
-        ]);
-        assert_eq!(
-            check(&s, Some(3000), &app_auth, None).await,
-            Ok(Access::PreviewToken)
-        );
-        let basic = headers(&[("authorization", "Basic dXNlcjpwdw==")]);
-        assert_eq!(
-            check(&s, Some(3000), &basic, None).await,
-            Err("AUTH_REQUIRED".into())
-        );
-    }
-
-    #[tokio::test]
-    async fn navigations_by_query_token_get_a_cookie_and_a_clean_redirect() {
-        let (auth, resolver) = setup();
-        let s = sandbox(false);
-        let h = headers(&[]);
-        let req = AuthRequest {
-            sandbox: &s,
-            port: Some(3000),
-            id_or_token: "sbx",
-            signed: false,
-            headers: &h,
-            query: Some("b=%2F&DAYTONA_SANDBOX_AUTH_KEY=tok-123&a=1"),
-            path: "/p",
-            host: "3000-sbx.preview.localhost",
-            peer: "127.0.0.1".parse().unwrap(),
-            navigation: true,
-            safe_method: true,
-            memo: None,
-        };
-        let g = auth.authenticate(&resolver, &req).await.unwrap();
-        assert_eq!(g.redirect.as_deref(), Some("/p?b=%2F&a=1"));
-        let cookie = g.set_cookie.unwrap();
-        let cookie = cookie.to_str().unwrap();
-        assert!(cookie.starts_with("daytona-sandbox-auth-sbx="), "{cookie}");
-        let value = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
-        let with_cookie = headers(&[("cookie", &format!("daytona-sandbox-auth-sbx={value}"))]);
-        let again = AuthRequest {
-            headers: &with_cookie,
-            query: None,
-            ..req
-        };
-        let g = auth.authenticate(&resolver, &again).await.unwrap();
-        assert_eq!(g.access, Some(Access::Cookie));
-    }
-
-    #[test]
-    fn stripping_keeps_other_params_and_cookies_exactly() {
-        assert_eq!(
-            remove_query_param(
-                "b=%2F&DAYTONA_SANDBOX_AUTH_KEY=t&a=1&a=2",
-                PREVIEW_TOKEN_QUERY
-            )
-            .as_deref(),
-            Some("b=%2F&a=1&a=2")
-        );
-        assert_eq!(
-            remove_query_param("DAYTONA_SANDBOX_AUTH_KEY=t", PREVIEW_TOKEN_QUERY).as_deref(),
-            Some("")
-        );
-        assert_eq!(remove_query_param("a=1", PREVIEW_TOKEN_QUERY), None);
-        let mut h = headers(&[
-            (PREVIEW_TOKEN_HEADER, "t"),
-            (
-                "cookie",
-                "app=1; daytona-sandbox-auth-sbx=sig; daytona-preview-page-accepted=true; sandgate-oidc=x",
-            ),
-            (
-                "cookie",
-                "__Host-daytona-sandbox-auth-sbx=sig; other=2; __Host-Daytona-Preview-Page-Accepted=true",
-            ),
-        ]);
-        strip_credentials(&mut h, None);
-        assert!(h.get(PREVIEW_TOKEN_HEADER).is_none());
-        assert_eq!(h.get(COOKIE).unwrap(), "app=1; other=2");
-        let mut only_ours = headers(&[("cookie", "daytona-sandbox-auth-x=1")]);
-        strip_credentials(&mut only_ours, None);
-        assert!(only_ours.get(COOKIE).is_none());
-    }
-
-    #[tokio::test]
-    async fn a_connection_remembers_its_preview_token_for_that_record_only() {
-        let (auth, resolver) = setup();
-        let s = sandbox(false);
-        let memo = TokenMemo::default();
-        let good = headers(&[(PREVIEW_TOKEN_HEADER, "tok-123")]);
-        let bad = headers(&[(PREVIEW_TOKEN_HEADER, "tok-124")]);
-        let ask = |sandbox, h| AuthRequest {
-            sandbox,
-            port: Some(3000),
-            id_or_token: "sbx",
-            signed: false,
-            headers: h,
-            query: None,
-            path: "/",
-            host: "3000-sbx.preview.localhost",
-            peer: "127.0.0.1".parse().unwrap(),
-            navigation: false,
-            safe_method: true,
-            memo: Some(&memo),
-        };
-        assert!(!memo.matches(&s, "tok-123"));
-        let first = auth.authenticate(&resolver, &ask(&s, &good)).await.unwrap();
-        assert_eq!(first.access, Some(Access::PreviewToken));
-        assert!(
-            memo.matches(&s, "tok-123"),
-            "remembered after a local check"
-        );
-        assert!(!memo.matches(&s, "tok-12"), "a prefix is not the token");
-        assert!(!memo.matches(&s, "tok-124"));
-        // A wrong token is still checked (and refused), and does not replace the memo.
-        let refused = auth.authenticate(&resolver, &ask(&s, &bad)).await;
-        assert!(matches!(refused, Err(ProxyError::Auth(_))));
-        assert!(memo.matches(&s, "tok-123"));
-        // The same sandbox as a new record (a refresh, a rotated token) is checked afresh.
-        let refreshed = sandbox(false);
-        assert!(!memo.matches(&refreshed, "tok-123"));
-        let rotated = Arc::new(SandboxRecord::new(
-            "sbx",
-            Upstream::Direct {
-                address: "127.0.0.1".into(),
-            },
-            false,
-            "started",
-            Some("tok-new"),
-        ));
-        let old_token = auth.authenticate(&resolver, &ask(&rotated, &good)).await;
-        assert!(matches!(old_token, Err(ProxyError::Auth(_))), "rotated out");
-    }
-}
+mod tests;

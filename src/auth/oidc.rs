@@ -29,7 +29,7 @@ use super::jwt::{Jwks, JwtVerifier};
 use super::return_to::{same_host_path, split_absolute};
 use super::sign::{ct_eq, now_unix, random_token};
 use super::{query_param, Auth, AuthError};
-use crate::body::ProxyBody;
+use crate::http::body::ProxyBody;
 use crate::registry::SandboxRecord;
 
 pub const SESSION_PATH: &str = "/__sandgate/session";
@@ -211,10 +211,12 @@ impl Oidc {
         headers: &HeaderMap,
         query: Option<&str>,
         resolve: F,
-    ) -> Result<Response<ProxyBody>, crate::respond::ProxyError>
+    ) -> Result<Response<ProxyBody>, crate::http::respond::ProxyError>
     where
         F: FnOnce(String) -> Fut,
-        Fut: std::future::Future<Output = Result<Arc<SandboxRecord>, crate::respond::ProxyError>>,
+        Fut: std::future::Future<
+            Output = Result<Arc<SandboxRecord>, crate::http::respond::ProxyError>,
+        >,
     {
         if query_param(query.unwrap_or(""), "error").is_some() {
             return Err(AuthError::BadLogin("the identity provider refused the login").into());
@@ -287,13 +289,7 @@ impl Oidc {
         let authority = authority.to_ascii_lowercase();
         let path = same_host_path(path, &authority);
         let sandbox = resolve(authority.clone()).await?;
-        let allowed = matches!(
-            (&verified.organization, &sandbox.organization),
-            (Some(a), Some(b)) if a.as_str() == &**b
-        );
-        if !allowed {
-            return Err(AuthError::Forbidden.into());
-        }
+        super::org_access(verified.organization.as_deref(), &sandbox)?;
         let ticket = auth
             .signer
             .sign(

@@ -85,12 +85,7 @@ pub fn random_token() -> Result<String, String> {
     Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
 }
 
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::base::clock::now_unix;
 
 /// Constant-time string equality.
 pub fn ct_eq(a: &str, b: &str) -> bool {

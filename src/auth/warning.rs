@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use super::cookie::{CookieFlags, WARNING_COOKIE};
 use super::return_to::same_host_path;
 use super::sign::{now_unix, Signer};
-use crate::body::ProxyBody;
-use crate::respond::escape_html;
-use crate::route::is_reserved_port;
+use crate::base::html::escape_html;
+use crate::base::ports::is_reserved_port;
+use crate::http::body::ProxyBody;
 
 pub const ACCEPT_PATH: &str = "/accept-daytona-preview-warning";
 pub const SKIP_HEADER: HeaderName = HeaderName::from_static("x-daytona-skip-preview-warning");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use crate::FastMap;
+use crate::base::FastMap;
 use tokio::sync::OnceCell;
 
 use super::{Lifetime, Registry, RegistryError, SandboxRecord, TokenGrant};

@@ -8,8 +8,6 @@ mod daytona_backend;
 pub mod redis_backend;
 mod static_backend;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +19,7 @@ pub use cache::{CacheTtls, Resolver};
 pub use daytona_backend::{DaytonaActivitySink, DaytonaRegistry};
 pub use static_backend::StaticRegistry;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::base::BoxFuture;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {

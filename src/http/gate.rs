@@ -1,8 +1,8 @@
-//! The auth gate of the pipeline: between route and forward, it handles the proxy's own paths on
-//! preview hosts (warning accept, login session), resolves the sandbox (through a signed preview
-//! token when the host carries one), answers CORS preflights by the sandbox's mode,
-//! authenticates, shows the preview warning, and strips every credential before the request
-//! goes on.
+//! The resolve and admit phases of the pipeline, between route and forward: the proxy's own
+//! paths on preview hosts (warning accept, login session), resolving the sandbox (through a
+//! signed preview token when the host carries one), CORS preflights by the sandbox's mode,
+//! authentication (`auth`), wake, the preview warning, and stripping every credential before
+//! the request goes on.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -13,13 +13,13 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::cors::{self, CorsDecision};
-use super::{oidc, strip_credentials, warning, AuthError, AuthRequest};
-use crate::body::ProxyBody;
-use crate::proxy::{App, Peer};
+use super::pipeline::{App, Peer};
+use crate::auth::cors::{self, CorsDecision};
+use crate::auth::{oidc, strip_credentials, warning, AuthError, AuthRequest};
+use crate::http::body::ProxyBody;
+use crate::http::respond::ProxyError;
+use crate::http::route::{self, OwnPath, Route, RouteError};
 use crate::registry::SandboxRecord;
-use crate::respond::ProxyError;
-use crate::route::{self, OwnPath, Route, RouteError};
 
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
@@ -100,30 +100,46 @@ pub fn is_signed_shape(label: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
-pub async fn admit(
+/// The proxy's own path on preview hosts that comes before the sandbox is known: the preview
+/// warning's accept form (`POST`). `None`: not that path.
+pub async fn preview_own_path(
     app: &App,
     req: &mut Request<Incoming>,
     host: &str,
-    id_or_token: &str,
     port: Option<u16>,
-    (client, client_ip): (&Peer, IpAddr),
-    html: bool,
-) -> Result<Admission, ProxyError> {
+) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+    if port.is_none() || req.uri().path() != warning::ACCEPT_PATH || req.method() != Method::POST {
+        return None;
+    }
     let auth = &app.auth;
     let uri = req.uri().clone();
-    let method = req.method().clone();
+    let form = match Limited::new(req.body_mut(), MAX_FORM_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Some(Err(AuthError::Csrf.into())),
+    };
+    Some(
+        warning::accept(&auth.signer, auth.flags, host, uri.query(), &form)
+            .ok_or_else(|| AuthError::Csrf.into()),
+    )
+}
 
-    if port.is_some() && uri.path() == warning::ACCEPT_PATH && method == Method::POST {
-        let form = Limited::new(req.body_mut(), MAX_FORM_BYTES)
-            .collect()
-            .await
-            .map_err(|_| AuthError::Csrf)?
-            .to_bytes();
-        return warning::accept(&auth.signer, auth.flags, host, uri.query(), &form)
-            .map(Admission::Respond)
-            .ok_or_else(|| AuthError::Csrf.into());
-    }
+/// What the resolve phase found: the sandbox the host or path names.
+pub struct Resolution {
+    pub sandbox: Arc<SandboxRecord>,
+    /// The sandbox came from a stale cache entry.
+    pub stale: bool,
+    /// The host's signed preview token named it.
+    pub signed: bool,
+}
 
+/// Resolve phase: the sandbox behind `id_or_token` (through a signed preview token when the
+/// host label has that shape), from the registry's cache.
+pub async fn resolve(
+    app: &App,
+    id_or_token: &str,
+    port: Option<u16>,
+    client_ip: IpAddr,
+) -> Result<Resolution, ProxyError> {
     let mut sandbox_id = Cow::Borrowed(id_or_token);
     let mut signed = false;
     if let Some(port) = port.filter(|_| is_signed_shape(id_or_token)) {
@@ -137,12 +153,41 @@ pub async fn admit(
         if is_signed_shape(id_or_token) {
             // Guessing signed tokens through the host counts as a failed credential; a valid
             // token never gets here, so the limiter never refuses one.
-            auth.limiter
+            app.auth
+                .limiter
                 .fail(client_ip)
                 .map_err(AuthError::RateLimited)?;
         }
         return Err(ProxyError::SandboxNotFound);
     };
+    Ok(Resolution {
+        sandbox,
+        stale: resolved.stale,
+        signed,
+    })
+}
+
+/// Admit phase: CORS preflight, the OIDC session hand-off, authentication, wake, the preview
+/// warning, and stripping every credential before the request goes on.
+#[allow(clippy::too_many_arguments)]
+pub async fn admit(
+    app: &App,
+    req: &mut Request<Incoming>,
+    host: &str,
+    id_or_token: &str,
+    port: Option<u16>,
+    resolution: Resolution,
+    (client, client_ip): (&Peer, IpAddr),
+    html: bool,
+) -> Result<Admission, ProxyError> {
+    let auth = &app.auth;
+    let uri = req.uri().clone();
+    let method = req.method().clone();
+    let Resolution {
+        sandbox,
+        stale,
+        signed,
+    } = resolution;
     // After resolving: the mode is the sandbox's, and a preflight carries no credentials, so
     // the proxy answers it before authenticating (passthrough ones go on to the app).
     let own: [&str; 2] = [id_or_token, &sandbox.id];
@@ -233,7 +278,7 @@ pub async fn admit(
     };
     Ok(Admission::Enter(Entry {
         sandbox,
-        stale: resolved.stale,
+        stale,
         query,
         set_cookie: granted.set_cookie,
         cors,

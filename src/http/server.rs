@@ -22,11 +22,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::ProxyBody;
-use crate::client_io::{ClientStream, ConnectionEnd, LingerLimits};
 use crate::config::ServerConfig;
+use crate::http::body::ProxyBody;
+use crate::http::client_io::{ClientStream, ConnectionEnd, LingerLimits};
+use crate::http::pipeline::{handle, App, ConnectionSlots, Peer};
+use crate::http::respond::health;
 use crate::metrics::metrics;
-use crate::proxy::{handle, App, ConnectionSlots, Peer};
 
 /// The HTTPS side: its listener, acceptor, and what plaintext does when it is on.
 pub struct TlsListener {
@@ -158,7 +159,7 @@ async fn proxied_peer(
         tracing::debug!(peer = %tcp_peer, "PROXY protocol listener: peer is not a trusted proxy");
         return None;
     }
-    match crate::client_addr::read_proxy_header(stream, timeout).await {
+    match crate::http::client_addr::read_proxy_header(stream, timeout).await {
         Ok(source) => Some(source.unwrap_or(tcp_peer)),
         Err(error) => {
             metrics().connections_refused.inc();
@@ -248,11 +249,7 @@ impl Connection {
 fn redirect_to_https(req: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::Empty);
     if req.uri().path() == "/health" {
-        *response.body_mut() = ProxyBody::full("{\"status\":\"ok\"}");
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        return response;
+        return health::json_ok(health::OK);
     }
     let host = req
         .headers()
@@ -427,26 +424,17 @@ async fn admin(app: Option<&App>, path: &str) -> Response<ProxyBody> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics().render(),
         ),
-        "/health" => (
-            StatusCode::OK,
-            "application/json",
-            "{\"status\":\"ok\"}".into(),
-        ),
-        "/ready" if ready => (
-            StatusCode::OK,
-            "application/json",
-            "{\"status\":\"ready\"}".into(),
-        ),
+        "/health" => (StatusCode::OK, "application/json", health::OK.into()),
+        "/ready" if ready => (StatusCode::OK, "application/json", health::READY.into()),
         "/ready" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "application/json",
-            "{\"status\":\"not ready\",\"reason\":\"the registry backend is not reachable\"}"
-                .into(),
+            health::NOT_READY.into(),
         ),
         _ => (
             StatusCode::NOT_FOUND,
             "application/json",
-            "{\"status\":\"not found\"}".into(),
+            health::NOT_FOUND.into(),
         ),
     };
     let mut response = Response::new(ProxyBody::full(body));

@@ -10,9 +10,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::activity::StreamGuard;
-use crate::client_io::ConnectionEnd;
+use crate::http::client_io::ConnectionEnd;
+use crate::http::upstream::Lease;
 use crate::registry::InflightGuard;
-use crate::upstream::Lease;
 
 /// What a response body holds until it ends: the activity guard of a long-lived stream and the
 /// sandbox's in-flight slot.
@@ -21,7 +21,7 @@ pub struct Guards {
     pub activity: Option<StreamGuard>,
     pub inflight: Option<InflightGuard>,
     /// The client connection's limit slots, for relays that outlive the HTTP connection.
-    pub connection: Option<crate::proxy::ConnectionSlots>,
+    pub connection: Option<crate::base::ConnectionSlots>,
 }
 
 pub enum ProxyBody {
@@ -210,7 +210,7 @@ impl Body for RequestBody {
         };
         if let Poll::Ready(Some(Ok(frame))) = &mut polled {
             if let Some(trailers) = frame.trailers_mut() {
-                crate::forward::scrub_trailers(trailers);
+                crate::http::headers::scrub_trailers(trailers);
             }
         }
         polled

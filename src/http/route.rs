@@ -5,16 +5,9 @@ use std::borrow::Cow;
 
 use http::{header::HOST, HeaderMap, Uri, Version};
 
-/// The sandbox daemon's own port: toolbox traffic goes here in direct mode.
-pub const TOOLBOX_PORT: u16 = 2280;
-/// Ports that always require authentication and never get the preview warning.
-pub const RESERVED_PORTS: [u16; 3] = [TOOLBOX_PORT, 22222, 33333];
+pub use crate::base::ports::{is_reserved_port, RESERVED_PORTS, TOOLBOX_PORT};
 const MAX_LABEL_BYTES: usize = 63;
 const MAX_HOST_BYTES: usize = 253;
-
-pub fn is_reserved_port(port: u16) -> bool {
-    RESERVED_PORTS.contains(&port)
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {

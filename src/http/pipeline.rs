@@ -1,99 +1,31 @@
-//! One request, one straight path: route → authenticate → resolve → activity → forward, with
-//! every error turned into a response by `respond`.
+//! One request, one straight path: route → resolve → admit (both in `gate`) → activity →
+//! forward, with every error turned into a response by `respond`.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use http_body::Body;
 
-use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HOST};
+use http::header::{ALLOW, CONNECTION, HOST};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::activity::Activity;
-use crate::auth::gate::{self, Admission};
-use crate::auth::Auth;
-use crate::body::ProxyBody;
-use crate::client_addr::{ClientAddr, FORWARDED};
-use crate::client_io::ConnectionEnd;
-use crate::forward::{Destination, Forwarder, Target};
+use super::body::ProxyBody;
+use super::client_addr::{ClientAddr, FORWARDED};
+use super::client_io::ConnectionEnd;
+use super::forward::{Destination, Target};
+use super::gate::{self, Admission};
+use super::respond::{auth_code, error_response, health, wants_html, ProxyError};
+use super::route::{self, OwnPath, Route, RouteError};
 use crate::metrics::{metrics, RouteKind};
-use crate::registry::{InflightGuard, Resolver, SandboxRecord, StaticRegistry};
-use crate::respond::{error_response, wants_html, ProxyError};
-use crate::route::{self, Domains, OwnPath, Route, RouteError};
+use crate::registry::{InflightGuard, SandboxRecord};
+
+pub use super::{App, ConnectionSlots, Peer};
 
 const SKIP_ACTIVITY_HEADER: HeaderName =
     HeaderName::from_static("x-daytona-skip-last-activity-update");
 const STALE_HEADER: HeaderName = HeaderName::from_static("x-sandgate-stale");
-
-/// Shared state of the proxy; built once by `main`, read by every request.
-pub struct App {
-    pub domains: Domains,
-    pub resolver: Resolver,
-    /// Kept for reloads when the backend is the static registry.
-    pub static_registry: Option<Arc<StaticRegistry>>,
-    /// Auto-wake hook for sandboxes that are not running.
-    pub waker: Option<Arc<crate::wake::Waker>>,
-    /// TLS certificates, kept for reloads.
-    pub certs: Option<Arc<crate::tls::CertResolver>>,
-    pub activity: Arc<Activity>,
-    pub forwarder: Forwarder,
-    /// Most requests in flight per sandbox (0: no limit); beyond: 429.
-    pub max_requests_per_sandbox: usize,
-    pub auth: Auth,
-    /// Log one line per request (`sandgate::access` target).
-    pub access_log: bool,
-    /// Accept or generate `X-Request-Id`, forward it and return it.
-    pub request_ids: bool,
-    /// Peers whose `X-Forwarded-For`/`Forwarded` (and PROXY headers) are believed.
-    pub trusted_proxies: crate::client_addr::TrustedProxies,
-}
-
-/// What a connection holds against the connection limits (global and per IP). Upgraded
-/// connections (WebSockets) keep holding it after the HTTP connection task ends.
-pub type ConnectionSlots = Arc<dyn std::any::Any + Send + Sync>;
-
-/// The client end of a connection (the TCP peer, or the PROXY protocol's source address), with
-/// its IP pre-rendered for `X-Forwarded-For`.
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub ip_header: HeaderValue,
-    /// The connection came over TLS.
-    pub https: bool,
-    pub slots: Option<ConnectionSlots>,
-    pub deadline_timer: crate::forward::DeadlineTimer,
-    pub token_memo: crate::auth::TokenMemo,
-    /// How the connection closes (lingering after early answers, reset after cut bodies).
-    pub end: Arc<ConnectionEnd>,
-}
-
-impl Peer {
-    pub fn new(addr: SocketAddr, https: bool) -> Peer {
-        let ip_header = HeaderValue::try_from(addr.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer {
-            addr,
-            ip_header,
-            https,
-            slots: None,
-            deadline_timer: Default::default(),
-            token_memo: Default::default(),
-            end: Default::default(),
-        }
-    }
-
-    pub fn with_end(mut self, end: Arc<ConnectionEnd>) -> Peer {
-        self.end = end;
-        self
-    }
-
-    pub fn with_slots(mut self, slots: ConnectionSlots) -> Peer {
-        self.slots = Some(slots);
-        self
-    }
-}
 
 /// What the phases learned about a request, for the access log and metrics.
 struct Seen {
@@ -120,7 +52,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
         Err(error) => {
             log_error(&error, uri.path());
             if let ProxyError::Auth(auth) = &error {
-                metrics().auth_failure(auth.code());
+                metrics().auth_failure(auth_code(auth));
             }
             error_response(&error, uri.path(), html)
         }
@@ -139,7 +71,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
         tracing::info!(
             target: "sandgate::access",
             %method,
-            kind = KIND_NAMES[seen.kind as usize],
+            kind = seen.kind.name(),
             path = uri.path(),
             status,
             micros = elapsed.as_micros() as u64,
@@ -171,7 +103,6 @@ fn end_connection_properly(
     }
 }
 
-const KIND_NAMES: [&str; 3] = ["preview", "toolbox", "own"];
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The client's `X-Request-Id` when it is sane, else a new one; set on the request so it is
@@ -186,11 +117,7 @@ fn request_id(headers: &mut http::HeaderMap) -> HeaderValue {
     static PREFIX: LazyLock<u64> = LazyLock::new(|| {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
+        h.write_u128(crate::base::clock::now_nanos());
         h.finish()
     });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -241,12 +168,17 @@ async fn pipeline(
         }
     };
 
+    if let Some(answer) = gate::preview_own_path(app, &mut req, host_str, port).await {
+        return answer;
+    }
+    let resolution = gate::resolve(app, &sandbox_id, port, client.ip).await?;
     let entry = gate::admit(
         app,
         &mut req,
         host_str,
         &sandbox_id,
         port,
+        resolution,
         (peer, client.ip),
         html,
     );
@@ -317,12 +249,8 @@ async fn own_host(
     req: &Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     match path {
-        OwnPath::Health => Ok(json_ok(concat!(
-            "{\"status\":\"ok\",\"version\":\"",
-            env!("CARGO_PKG_VERSION"),
-            "\"}"
-        ))),
-        OwnPath::Ready if app.resolver.ready().await => Ok(json_ok("{\"status\":\"ready\"}")),
+        OwnPath::Health => Ok(health::json_ok(health::OK_WITH_VERSION)),
+        OwnPath::Ready if app.resolver.ready().await => Ok(health::json_ok(health::READY)),
         OwnPath::Ready => Err(ProxyError::NotReady),
         OwnPath::Login | OwnPath::Callback => gate::own_host(app, path, req).await,
         OwnPath::AcceptPreviewWarning | OwnPath::NotFound => Err(ProxyError::NotFound),
@@ -341,14 +269,6 @@ fn asterisk_form(method: &Method) -> Result<Response<ProxyBody>, ProxyError> {
         HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
     );
     Ok(response)
-}
-
-fn json_ok(body: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(body));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }
 
 fn log_error(error: &ProxyError, path: &str) {

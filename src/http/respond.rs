@@ -6,10 +6,11 @@ use std::time::{Duration, SystemTime};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
-use crate::auth::AuthError;
-use crate::body::ProxyBody;
+use crate::auth::{AuthError, Denied};
+pub use crate::base::html::escape_html;
+use crate::http::body::ProxyBody;
+use crate::http::route::RouteError;
 use crate::registry::RegistryError;
-use crate::route::RouteError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -55,7 +56,7 @@ impl ProxyError {
             | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Registry(RegistryError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Registry(RegistryError::BadData { .. }) => StatusCode::BAD_GATEWAY,
-            ProxyError::Auth(e) => e.status(),
+            ProxyError::Auth(e) => auth_status(e),
             ProxyError::RunnerUnreachable
             | ProxyError::PortNotListening(_)
             | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
@@ -76,7 +77,7 @@ impl ProxyError {
             ProxyError::SandboxNotRunning { .. } => "SANDBOX_NOT_RUNNING",
             ProxyError::Registry(RegistryError::Unavailable(_)) => "REGISTRY_UNAVAILABLE",
             ProxyError::Registry(RegistryError::BadData { .. }) => "REGISTRY_BAD_DATA",
-            ProxyError::Auth(e) => e.code(),
+            ProxyError::Auth(e) => auth_code(e),
             ProxyError::RunnerUnreachable => "RUNNER_UNREACHABLE",
             ProxyError::PortNotListening(_) => "PORT_NOT_LISTENING",
             ProxyError::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
@@ -109,9 +110,48 @@ impl ProxyError {
             ProxyError::Registry(RegistryError::Unavailable(_)) | ProxyError::ShuttingDown => {
                 Some(2)
             }
-            ProxyError::Auth(e) => e.retry_after(),
+            ProxyError::Auth(AuthError::RateLimited(seconds)) => Some(*seconds),
             _ => None,
         }
+    }
+}
+
+impl From<Denied> for ProxyError {
+    fn from(denied: Denied) -> ProxyError {
+        match denied {
+            Denied::Auth(e) => ProxyError::Auth(e),
+            Denied::Registry(e) => ProxyError::Registry(e),
+        }
+    }
+}
+
+fn auth_status(error: &AuthError) -> StatusCode {
+    match error {
+        AuthError::Required
+        | AuthError::TokenInvalid
+        | AuthError::PlatformTokenInvalid
+        | AuthError::TokenExpired => StatusCode::UNAUTHORIZED,
+        AuthError::Forbidden | AuthError::Csrf => StatusCode::FORBIDDEN,
+        AuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        AuthError::Login(_) => StatusCode::FOUND,
+        AuthError::BadLogin(_) => StatusCode::BAD_REQUEST,
+        AuthError::IdpUnavailable => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// The machine code of an authentication refusal (also the `reason` label of the auth-failure
+/// metric).
+pub fn auth_code(error: &AuthError) -> &'static str {
+    match error {
+        AuthError::Required => "AUTH_REQUIRED",
+        AuthError::TokenInvalid | AuthError::PlatformTokenInvalid => "TOKEN_INVALID",
+        AuthError::TokenExpired => "TOKEN_EXPIRED",
+        AuthError::Forbidden => "FORBIDDEN",
+        AuthError::RateLimited(_) => "RATE_LIMITED",
+        AuthError::Login(_) => "LOGIN_REQUIRED",
+        AuthError::BadLogin(_) => "LOGIN_FAILED",
+        AuthError::IdpUnavailable => "IDP_UNAVAILABLE",
+        AuthError::Csrf => "CSRF_INVALID",
     }
 }
 
@@ -120,6 +160,37 @@ fn not_running_message(state: &str, waking: bool) -> String {
         format!("the sandbox is not running (state: {state}); it is being started, retry in a few seconds")
     } else {
         format!("the sandbox is not running (state: {state}); start it and retry")
+    }
+}
+
+/// The health and readiness bodies of the proxy's own host, the admin listener and the
+/// plaintext redirector, in one place.
+pub mod health {
+    use http::header::CONTENT_TYPE;
+    use http::{HeaderValue, Response};
+
+    use crate::http::body::ProxyBody;
+
+    /// `/health` on the admin listener and the HTTPS redirector.
+    pub const OK: &str = "{\"status\":\"ok\"}";
+    /// `/health` on the proxy's own host.
+    pub const OK_WITH_VERSION: &str = concat!(
+        "{\"status\":\"ok\",\"version\":\"",
+        env!("CARGO_PKG_VERSION"),
+        "\"}"
+    );
+    pub const READY: &str = "{\"status\":\"ready\"}";
+    pub const NOT_READY: &str =
+        "{\"status\":\"not ready\",\"reason\":\"the registry backend is not reachable\"}";
+    pub const NOT_FOUND: &str = "{\"status\":\"not found\"}";
+
+    /// `200` with a JSON body.
+    pub fn json_ok(body: &'static str) -> Response<ProxyBody> {
+        let mut response = Response::new(ProxyBody::full(body));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
     }
 }
 
@@ -161,14 +232,16 @@ pub fn error_response(error: &ProxyError, path: &str, html: bool) -> Response<Pr
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
     if let ProxyError::Auth(auth) = error {
-        if let Some(challenge) = auth.challenge() {
+        if auth_status(auth) == StatusCode::UNAUTHORIZED {
             headers.insert(
                 http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
+                HeaderValue::from_static("Bearer"),
             );
         }
-        if let Some(location) = auth.location().and_then(|l| HeaderValue::try_from(l).ok()) {
-            headers.insert(http::header::LOCATION, location);
+        if let AuthError::Login(url) = auth {
+            if let Ok(location) = HeaderValue::try_from(url.as_str()) {
+                headers.insert(http::header::LOCATION, location);
+            }
         }
     }
     response
@@ -206,21 +279,6 @@ code{{background:#f3f3f3;padding:0 .3em}}small{{color:#777}}</style></head><body
         path = escape_html(path),
         time = timestamp(),
     )
-}
-
-pub fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

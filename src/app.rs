@@ -1,0 +1,321 @@
+//! The composition root: builds the shared state from a [`Config`], binds the listeners, starts
+//! the server, the admin listener, the activity flusher and the invalidation subscriber, and
+//! hands back [`Running`]. Nothing below imports this module.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::activity::{Activity, ActivitySink, MemorySink};
+use crate::activity_redis::RedisActivitySink;
+use crate::config::Config;
+use crate::http::forward::Forwarder;
+use crate::http::{client_addr, route, server, App};
+use crate::redis_conn::RedisHandle;
+use crate::registry::redis_backend::RedisRegistry;
+use crate::registry::{CacheTtls, Registry, Resolver, StaticRegistry};
+use crate::{auth, registry, tls, wake};
+
+/// Why the proxy could not start. Each error names the config key at fault; the message is the
+/// one the operator sees (unchanged by the key, which is for callers and tests).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A config section could not be turned into its runtime part.
+    #[error("{message}")]
+    Config {
+        /// The config key (or section) at fault, e.g. `tls`, `registry.backend`.
+        key: &'static str,
+        message: String,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The listen key (`server.listen`, `tls.listen`, `admin.listen`), when known.
+        key: Option<&'static str>,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// The config key at fault, when one is.
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            StartError::Config { key, .. } => Some(key),
+            StartError::Bind { key, .. } => *key,
+        }
+    }
+}
+
+/// `map_err` helper: a `String` error of the part built from config `key`.
+fn at(key: &'static str) -> impl FnOnce(String) -> StartError {
+    move |message| StartError::Config { key, message }
+}
+
+/// A running proxy: its address, the way to stop it, and its state (for reloads and tests).
+pub struct Running {
+    pub addr: SocketAddr,
+    /// The HTTPS listener, when `tls.enabled`.
+    pub tls_addr: Option<SocketAddr>,
+    /// The admin listener (`/metrics`, `/health`, `/ready`), when `admin.listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    pub app: Arc<App>,
+    pub activity_sink: Arc<MemorySink>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts the graceful drain and waits for it to finish.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server has stopped (after [`Running::shutdown_token`] fired).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Builds the phases from `config`, binds the listener and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let Shared {
+        redis,
+        registry,
+        static_registry,
+        activity,
+        activity_sink,
+        sink,
+    } = Shared::build(&config)?;
+    let shutdown = CancellationToken::new();
+    let relays = TaskTracker::new();
+    let close_relays = CancellationToken::new();
+    let certs = match config.tls.enabled {
+        true => Some(Arc::new(
+            tls::CertResolver::new(&config.tls).map_err(at("tls"))?,
+        )),
+        false => None,
+    };
+    let app = Arc::new(App {
+        domains: route::Domains::new(&config.proxy.domains),
+        resolver: Resolver::new(registry, CacheTtls::from(&config.registry.cache)),
+        static_registry,
+        certs: certs.clone(),
+        activity: activity.clone(),
+        forwarder: Forwarder::new(&config.proxy, relays.clone(), close_relays.clone()),
+        auth: auth::Auth::from_config(&config).map_err(at("auth"))?,
+        waker: wake::Waker::new(&config.registry.wake),
+        max_requests_per_sandbox: config.proxy.max_requests_per_sandbox,
+        access_log: config.log.access,
+        request_ids: config.log.request_id,
+        trusted_proxies: client_addr::TrustedProxies::parse(&config.server.trusted_proxies)
+            .map_err(at("server.trusted_proxies"))?,
+    });
+    let (listener, addr) = bind_key(
+        "server.listen",
+        config.server.listen,
+        config.server.reuse_port,
+    )?;
+    let (tls_listener, tls_addr) = match certs {
+        Some(certs) => {
+            let (listener, addr) =
+                bind_key("tls.listen", config.tls.listen, config.server.reuse_port)?;
+            let acceptor = tls::server_config(certs).map_err(at("tls"))?.into();
+            let tls_listener = server::TlsListener {
+                listener,
+                acceptor,
+                handshake_timeout: config.tls.handshake_timeout,
+                redirect_plaintext: config.tls.redirect_plaintext,
+                port: addr.port(),
+                proxy_protocol: config.tls.proxy_protocol,
+            };
+            (Some(tls_listener), Some(addr))
+        }
+        None => (None, None),
+    };
+    let mut tasks = Vec::new();
+    let admin_addr = match config.admin.listen.parse::<SocketAddr>() {
+        Ok(admin) => {
+            let (listener, addr) = bind_key("admin.listen", admin, false)?;
+            tasks.push(tokio::spawn(server::serve_admin(
+                app.clone(),
+                listener,
+                shutdown.clone(),
+            )));
+            Some(addr)
+        }
+        Err(_) => None,
+    };
+
+    let flusher_stop = CancellationToken::new();
+    tasks.push(tokio::spawn(activity.run_flusher(
+        sink,
+        config.activity.flush_interval,
+        flusher_stop.clone(),
+    )));
+    let server_task = {
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        let server_config = config.server.clone();
+        let drain = server::Drain {
+            relays,
+            close_relays,
+        };
+        tokio::spawn(async move {
+            server::serve(app, listener, tls_listener, &server_config, shutdown, drain).await;
+            flusher_stop.cancel();
+        })
+    };
+    tasks.insert(0, server_task);
+    if let (Some(redis), "redis") = (&redis, config.registry.backend.as_str()) {
+        tasks.push(tokio::spawn(
+            registry::redis_backend::run_invalidation_subscriber(
+                redis.clone(),
+                Arc::downgrade(&app),
+                shutdown.clone(),
+            ),
+        ));
+    }
+    Ok(Running {
+        addr,
+        tls_addr,
+        admin_addr,
+        app,
+        activity_sink,
+        shutdown,
+        tasks,
+    })
+}
+
+/// What the proxy and the SSH gateway build alike from one config: registry, activity, sink.
+pub(crate) struct Shared {
+    pub redis: Option<Arc<RedisHandle>>,
+    pub registry: Arc<dyn Registry>,
+    pub static_registry: Option<Arc<StaticRegistry>>,
+    pub activity: Arc<Activity>,
+    /// Where the `memory` sink writes.
+    pub activity_sink: Arc<MemorySink>,
+    pub sink: Arc<dyn ActivitySink>,
+}
+
+impl Shared {
+    pub fn build(config: &Config) -> Result<Shared, StartError> {
+        let redis = redis_handle(config)?;
+        let (registry, static_registry) = build_registry(config, redis.as_ref())?;
+        let activity = Activity::new(&config.activity);
+        let activity_sink = Arc::new(MemorySink::default());
+        let sink = build_activity_sink(config, &activity_sink, redis.as_ref())?;
+        Ok(Shared {
+            redis,
+            registry,
+            static_registry,
+            activity,
+            activity_sink,
+            sink,
+        })
+    }
+}
+
+pub(crate) fn bind(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    bind_at(None, addr, reuse_port)
+}
+
+fn bind_key(
+    key: &'static str,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    bind_at(Some(key), addr, reuse_port)
+}
+
+fn bind_at(
+    key: Option<&'static str>,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let fail = |source| StartError::Bind { key, addr, source };
+    let listener = server::bind(addr, reuse_port).map_err(fail)?;
+    let bound = listener.local_addr().map_err(fail)?;
+    Ok((listener, bound))
+}
+
+type Backends = (Arc<dyn Registry>, Option<Arc<StaticRegistry>>);
+
+/// The shared Redis handle, when the registry or the activity sink uses Redis. Does not
+/// connect: Redis may be down at start.
+fn redis_handle(config: &Config) -> Result<Option<Arc<RedisHandle>>, StartError> {
+    if config.registry.backend != "redis" && config.activity.sink != "redis" {
+        return Ok(None);
+    }
+    let handle = RedisHandle::new(&config.redis).map_err(at("redis"))?;
+    Ok(Some(Arc::new(handle)))
+}
+
+/// The registry backend named by `registry.backend`.
+fn build_registry(
+    config: &Config,
+    redis: Option<&Arc<RedisHandle>>,
+) -> Result<Backends, StartError> {
+    match config.registry.backend.as_str() {
+        "static" => {
+            let registry =
+                Arc::new(StaticRegistry::from_config(&config.registry).map_err(at("registry"))?);
+            Ok((registry.clone(), Some(registry)))
+        }
+        "daytona" => {
+            let redis = config.daytona.l2_redis.then_some(&config.redis);
+            let registry =
+                registry::DaytonaRegistry::new(&config.daytona, redis).map_err(at("daytona"))?;
+            Ok((Arc::new(registry), None))
+        }
+        "redis" => {
+            let redis = redis.ok_or_else(|| at("redis")("redis: not configured".into()))?;
+            Ok((Arc::new(RedisRegistry::new(redis.clone())), None))
+        }
+        other => Err(at("registry.backend")(format!(
+            "registry.backend {other:?} is not available yet"
+        ))),
+    }
+}
+
+/// The activity sink named by `activity.sink` (`memory` writes into `memory`).
+fn build_activity_sink(
+    config: &Config,
+    memory: &Arc<MemorySink>,
+    redis: Option<&Arc<RedisHandle>>,
+) -> Result<Arc<dyn ActivitySink>, StartError> {
+    match config.activity.sink.as_str() {
+        "memory" => Ok(memory.clone()),
+        "daytona" => Ok(Arc::new(
+            registry::DaytonaActivitySink::new(
+                &config.daytona,
+                config.activity.daytona_concurrency,
+            )
+            .map_err(at("daytona"))?,
+        )),
+        "redis" => {
+            let redis = redis.ok_or_else(|| at("redis")("redis: not configured".into()))?;
+            Ok(Arc::new(RedisActivitySink::new(
+                redis.clone(),
+                &config.activity,
+            )))
+        }
+        other => Err(at("activity.sink")(format!(
+            "activity.sink {other:?} is not available yet"
+        ))),
+    }
+}
