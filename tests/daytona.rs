@@ -8,9 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sandgate::activity::daytona::DaytonaActivitySink;
 use sandgate::activity::{Activity, ActivityConfig, ActivitySink};
 use sandgate::config::DaytonaConfig;
-use sandgate::registry::{DaytonaActivitySink, DaytonaRegistry, Registry, RegistryError};
+use sandgate::registry::{DaytonaRegistry, Registry, RegistryError};
 use support::control_plane::{
     ControlPlane, FakeSandbox, Fault, LAST_ACTIVITY, PUBLIC, RUNNER_BY_SANDBOX, SANDBOX, SIGNED,
     VALIDATE,

@@ -17,6 +17,7 @@ use super::cors::{self, CorsDecision};
 use super::{oidc, strip_credentials, warning, AuthError, AuthRequest};
 use crate::body::ProxyBody;
 use crate::proxy::{App, Peer};
+use crate::registry::signed_preview::is_signed_token as is_signed_shape;
 use crate::registry::SandboxRecord;
 use crate::respond::ProxyError;
 use crate::route::{self, OwnPath, Route, RouteError};
@@ -90,14 +91,6 @@ fn replace_authority(url: &[u8], host: &str, canonical: &[u8]) -> Option<HeaderV
     out.extend_from_slice(canonical);
     out.extend_from_slice(&after[authority_end..]);
     HeaderValue::from_bytes(&out).ok()
-}
-
-/// A 16-character `[a-z0-9]` label may be a signed preview token.
-pub fn is_signed_shape(label: &str) -> bool {
-    label.len() == 16
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 pub async fn admit(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::activity::{ActivityConfig, ActivitySink, SinkError};
-use crate::redis_conn::RedisHandle;
+use crate::registry::redis::RedisHandle;
 use crate::registry::BoxFuture;
 
 /// Members per ZADD (and per script call): keeps single commands bounded.
