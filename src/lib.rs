@@ -5,13 +5,12 @@
 //! [`respond`]. [`proxy`] wires them; [`server`] owns listeners and connections.
 
 pub mod activity;
-pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod cli;
 pub mod client_addr;
 pub mod client_io;
 pub mod config;
-pub mod demo;
 pub mod forward;
 pub mod metrics;
 pub mod proxy;

@@ -15,7 +15,7 @@ use support::{get, send, Proxy, BIN};
 async fn demo_runner(key: &str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(sandgate::demo::run_demo_runner(listener, key.into()));
+    tokio::spawn(sandgate::cli::demo::run_demo_runner(listener, key.into()));
     addr
 }
 
