@@ -6,6 +6,7 @@
 mod cache;
 pub mod daytona;
 pub mod redis;
+mod side_cache;
 pub mod signed_preview;
 mod static_backend;
 
