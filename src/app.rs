@@ -9,13 +9,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::redis::RedisActivitySink;
 use crate::activity::{Activity, ActivitySink, MemorySink};
-use crate::activity_redis::RedisActivitySink;
 use crate::config::Config;
 use crate::http::forward::Forwarder;
 use crate::http::{client_addr, route, server, App};
-use crate::redis_conn::RedisHandle;
-use crate::registry::redis_backend::RedisRegistry;
+use crate::registry::redis::{RedisHandle, RedisRegistry};
 use crate::registry::{CacheTtls, Registry, Resolver, StaticRegistry};
 use crate::{auth, registry, tls, wake};
 
@@ -179,13 +178,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     tasks.insert(0, server_task);
     if let (Some(redis), "redis") = (&redis, config.registry.backend.as_str()) {
-        tasks.push(tokio::spawn(
-            registry::redis_backend::run_invalidation_subscriber(
-                redis.clone(),
-                Arc::downgrade(&app),
-                shutdown.clone(),
-            ),
-        ));
+        let live = Arc::downgrade(&app);
+        let apply = move |m: &registry::redis::Invalidation| {
+            live.upgrade().map(|app| m.apply(&app.resolver)).is_some()
+        };
+        tasks.push(tokio::spawn(registry::redis::invalidation::run_subscriber(
+            redis.clone(),
+            apply,
+            shutdown.clone(),
+        )));
     }
     Ok(Running {
         addr,
@@ -301,7 +302,7 @@ fn build_activity_sink(
     match config.activity.sink.as_str() {
         "memory" => Ok(memory.clone()),
         "daytona" => Ok(Arc::new(
-            registry::DaytonaActivitySink::new(
+            crate::activity::daytona::DaytonaActivitySink::new(
                 &config.daytona,
                 config.activity.daytona_concurrency,
             )

@@ -9,16 +9,13 @@
 //! route → resolve → admit → activity → forward → respond.
 
 pub mod activity;
-pub mod activity_redis;
-pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod base;
+pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod http;
 pub mod metrics;
-pub mod redis_conn;
 pub mod registry;
 pub mod ssh;
 pub mod tls;

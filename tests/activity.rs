@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 async fn demo_runner() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(sandgate::demo::run_demo_runner(listener, "k".into()));
+    tokio::spawn(sandgate::cli::demo::run_demo_runner(listener, "k".into()));
     addr
 }
 

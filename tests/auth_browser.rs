@@ -109,7 +109,7 @@ async fn chromium_logs_in_by_query_token_then_uses_only_the_cookie() {
     }
     let runner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let runner_addr = runner.local_addr().unwrap();
-    tokio::spawn(sandgate::demo::run_demo_runner(runner, "k".into()));
+    tokio::spawn(sandgate::cli::demo::run_demo_runner(runner, "k".into()));
     let proxy = Proxy::start(&runner_config(
         runner_addr,
         "k",

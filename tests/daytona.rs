@@ -8,9 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sandgate::activity::daytona::DaytonaActivitySink;
 use sandgate::activity::{Activity, ActivityConfig, ActivitySink};
 use sandgate::config::DaytonaConfig;
-use sandgate::registry::{DaytonaActivitySink, DaytonaRegistry, Registry, RegistryError};
+use sandgate::registry::{DaytonaRegistry, Registry, RegistryError};
 use support::control_plane::{
     ControlPlane, FakeSandbox, Fault, LAST_ACTIVITY, PUBLIC, RUNNER_BY_SANDBOX, SANDBOX, SIGNED,
     VALIDATE,
@@ -24,7 +25,10 @@ const RUNNER_KEY: &str = "runner-key-1";
 async fn control_plane() -> ControlPlane {
     let runner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let runner_addr = runner.local_addr().unwrap();
-    tokio::spawn(sandgate::demo::run_demo_runner(runner, RUNNER_KEY.into()));
+    tokio::spawn(sandgate::cli::demo::run_demo_runner(
+        runner,
+        RUNNER_KEY.into(),
+    ));
     let cp = ControlPlane::start(SERVICE_KEY).await;
     cp.add_runner("runner-1", &format!("http://{runner_addr}"), RUNNER_KEY);
     cp

@@ -15,7 +15,7 @@ use support::{get, send, Proxy, BIN};
 async fn demo_runner(key: &str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(sandgate::demo::run_demo_runner(listener, key.into()));
+    tokio::spawn(sandgate::cli::demo::run_demo_runner(listener, key.into()));
     addr
 }
 
@@ -396,9 +396,9 @@ async fn bad_data_is_a_502_for_that_sandbox_only() {
     assert_eq!(get(proxy.addr, &host("unknown"), "/").await.status, 404);
 }
 
-fn library_handle(redis: &RedisServer) -> Arc<sandgate::redis_conn::RedisHandle> {
+fn library_handle(redis: &RedisServer) -> Arc<sandgate::registry::redis::RedisHandle> {
     let config = sandgate::config::Config::from_toml_str(&redis_toml(redis, "")).unwrap();
-    Arc::new(sandgate::redis_conn::RedisHandle::new(&config.redis).unwrap())
+    Arc::new(sandgate::registry::redis::RedisHandle::new(&config.redis).unwrap())
 }
 
 #[tokio::test]
@@ -406,7 +406,7 @@ async fn signed_preview_tokens_are_port_bound_expire_and_revoke() {
     use sandgate::registry::{Lifetime, Registry};
     let redis = RedisServer::start();
     let cli = cli_config(&redis);
-    let registry = sandgate::registry::redis_backend::RedisRegistry::new(library_handle(&redis));
+    let registry = sandgate::registry::redis::RedisRegistry::new(library_handle(&redis));
 
     let url = ok(
         &cli.path,
@@ -544,8 +544,8 @@ fn activity_config(dedupe: bool) -> sandgate::activity::ActivityConfig {
 
 #[tokio::test]
 async fn activity_sink_writes_one_batch_and_survives_an_outage() {
+    use sandgate::activity::redis::RedisActivitySink;
     use sandgate::activity::Activity;
-    use sandgate::activity_redis::RedisActivitySink;
     let mut redis = RedisServer::start();
     let sink = RedisActivitySink::new(library_handle(&redis), &activity_config(false));
     let activity = Activity::new(&activity_config(false));

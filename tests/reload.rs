@@ -26,7 +26,7 @@ async fn eventually_status(proxy: &Proxy, host: &str, status: u16) -> bool {
 async fn sighup_reloads_the_static_registry_and_keeps_connections() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let runner = listener.local_addr().unwrap();
-    tokio::spawn(sandgate::demo::run_demo_runner(listener, "k".into()));
+    tokio::spawn(sandgate::cli::demo::run_demo_runner(listener, "k".into()));
     let proxy = Proxy::start(&runner_config(runner, "k", &sandbox("a")));
     assert_eq!(
         get(proxy.addr, "3000-a.preview.localhost", "/")

@@ -7,7 +7,7 @@ use support::{get, runner_config, Proxy};
 async fn preview_and_health_through_the_real_binary() {
     let runner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let runner_addr = runner.local_addr().unwrap();
-    tokio::spawn(sandgate::demo::run_demo_runner(runner, "k".into()));
+    tokio::spawn(sandgate::cli::demo::run_demo_runner(runner, "k".into()));
     let proxy = Proxy::start(&runner_config(
         runner_addr,
         "k",

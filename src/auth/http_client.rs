@@ -160,7 +160,8 @@ pub fn encode(s: &str) -> String {
 #[cfg(test)]
 mod https_tests {
     use super::*;
-    use crate::tls::{generate_dev_certs, server_config, CertPair, CertResolver, TlsConfig};
+    use crate::cli::certs::generate_dev_certs;
+    use crate::tls::{server_config, CertPair, CertResolver, TlsConfig};
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     use std::sync::Arc;

@@ -19,6 +19,7 @@ use crate::auth::{oidc, strip_credentials, warning, AuthError, AuthRequest};
 use crate::http::body::ProxyBody;
 use crate::http::respond::ProxyError;
 use crate::http::route::{self, OwnPath, Route, RouteError};
+use crate::registry::signed_preview::is_signed_token as is_signed_shape;
 use crate::registry::SandboxRecord;
 
 const MAX_FORM_BYTES: usize = 8 * 1024;
@@ -90,14 +91,6 @@ fn replace_authority(url: &[u8], host: &str, canonical: &[u8]) -> Option<HeaderV
     out.extend_from_slice(canonical);
     out.extend_from_slice(&after[authority_end..]);
     HeaderValue::from_bytes(&out).ok()
-}
-
-/// A 16-character `[a-z0-9]` label may be a signed preview token.
-pub fn is_signed_shape(label: &str) -> bool {
-    label.len() == 16
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// The proxy's own path on preview hosts that comes before the sandbox is known: the preview

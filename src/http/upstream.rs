@@ -18,6 +18,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+pub use crate::registry::Protocol;
+
 use crate::http::body::RequestBody;
 use crate::metrics::metrics;
 use crate::FastMap;
@@ -49,28 +51,6 @@ impl UpstreamError {
             | UpstreamError::BadAddress(_)
             | UpstreamError::SharedConnectFailed(_) => true,
             UpstreamError::Http(_) => false,
-        }
-    }
-}
-
-/// How an upstream speaks HTTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    #[default]
-    Http1,
-    /// HTTP/2 with prior knowledge over plaintext (gRPC apps); upgrades still use HTTP/1.1.
-    H2c,
-}
-
-impl std::str::FromStr for Protocol {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Protocol, String> {
-        match s {
-            "http1" => Ok(Protocol::Http1),
-            "h2c" => Ok(Protocol::H2c),
-            other => Err(format!("protocol {other:?} must be \"http1\" or \"h2c\"")),
         }
     }
 }

@@ -9,11 +9,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-
 use crate::base::FastMap;
 use tokio::sync::OnceCell;
 
+use super::side_cache::SideCache;
 use super::{Lifetime, Registry, RegistryError, SandboxRecord, TokenGrant};
 use crate::metrics::metrics;
 
@@ -55,9 +54,6 @@ pub const UNKNOWN_EXPIRY_TTL: Duration = Duration::from_secs(10);
 type Lookup = Option<Arc<SandboxRecord>>;
 type Flight = Arc<OnceCell<Result<Lookup, RegistryError>>>;
 
-/// A cached signed-token answer: (bound port, sandbox id if valid, expiry).
-type SignedEntry = (u16, Option<Box<str>>, Instant);
-
 struct Slot {
     value: Lookup,
     expires: Instant,
@@ -74,12 +70,12 @@ pub struct Resolver {
     ttls: CacheTtls,
     slots: FastMap<Box<str>, Slot>,
     flights: FastMap<Box<str>, Flight>,
-    /// Signed preview token → (port, sandbox id); absent sandbox id = invalid token.
-    signed: DashMap<Box<str>, SignedEntry>,
+    /// Signed preview token → (bound port, sandbox id); absent sandbox id = invalid token.
+    signed: SideCache<Box<str>, (u16, Option<Box<str>>)>,
     /// (sandbox id, SHA-256 of a preview token) → valid?; never the raw token.
-    token_checks: DashMap<(Box<str>, [u8; 32]), (bool, Instant)>,
-    /// SHA-256 of an SSH access token → (sandbox id if valid, expiry).
-    ssh_tokens: DashMap<[u8; 32], (Option<Box<str>>, Instant)>,
+    token_checks: SideCache<(Box<str>, [u8; 32]), bool>,
+    /// SHA-256 of an SSH access token → sandbox id if valid.
+    ssh_tokens: SideCache<[u8; 32], Option<Box<str>>>,
 }
 
 impl Resolver {
@@ -89,9 +85,9 @@ impl Resolver {
             ttls,
             slots: FastMap::default(),
             flights: FastMap::default(),
-            signed: DashMap::new(),
-            token_checks: DashMap::new(),
-            ssh_tokens: DashMap::new(),
+            signed: SideCache::new(ttls.max_entries),
+            token_checks: SideCache::new(ttls.max_entries),
+            ssh_tokens: SideCache::new(ttls.max_entries),
         }
     }
 
@@ -110,19 +106,17 @@ impl Resolver {
         token: &str,
         port: u16,
     ) -> Result<Option<Box<str>>, RegistryError> {
-        if let Some(entry) = self.signed.get(token) {
-            let (bound_port, sandbox, expires) = entry.value();
-            if *expires > Instant::now() && *bound_port == port {
-                return Ok(sandbox.clone());
+        if let Some((bound_port, sandbox)) = self.signed.get(token) {
+            if bound_port == port {
+                return Ok(sandbox);
             }
         }
         let found = self.backend.signed_preview(token, port).await?;
         let ttl = self.grant_ttl(found.as_ref());
         let sandbox = found.map(|f| f.sandbox);
         if !ttl.is_zero() {
-            bounded(&self.signed, self.ttls.max_entries);
             self.signed
-                .insert(token.into(), (port, sandbox.clone(), Instant::now() + ttl));
+                .insert(token.into(), (port, sandbox.clone()), ttl);
         }
         Ok(sandbox)
     }
@@ -141,18 +135,14 @@ impl Resolver {
     /// never past the token's expiry, invalid: `not_found`).
     pub async fn ssh_token(&self, token: &str) -> Result<Option<Box<str>>, RegistryError> {
         let key = super::sha256(token);
-        if let Some(entry) = self.ssh_tokens.get(&key) {
-            if entry.1 > Instant::now() {
-                return Ok(entry.0.clone());
-            }
+        if let Some(sandbox) = self.ssh_tokens.get(&key) {
+            return Ok(sandbox);
         }
         let found = self.backend.ssh_token(token).await?;
         let ttl = self.grant_ttl(found.as_ref());
         let sandbox = found.map(|f| f.sandbox);
         if !ttl.is_zero() {
-            bounded(&self.ssh_tokens, self.ttls.max_entries);
-            self.ssh_tokens
-                .insert(key, (sandbox.clone(), Instant::now() + ttl));
+            self.ssh_tokens.insert(key, sandbox.clone(), ttl);
         }
         Ok(sandbox)
     }
@@ -168,10 +158,8 @@ impl Resolver {
             return Ok(sandbox.token_matches(token));
         }
         let key = (sandbox.id.clone(), super::sha256(token));
-        if let Some(entry) = self.token_checks.get(&key) {
-            if entry.1 > Instant::now() {
-                return Ok(entry.0);
-            }
+        if let Some(valid) = self.token_checks.get(&key) {
+            return Ok(valid);
         }
         let valid = self.backend.preview_token_valid(sandbox, token).await?;
         let ttl = if valid {
@@ -179,8 +167,7 @@ impl Resolver {
         } else {
             self.ttls.not_found
         };
-        bounded(&self.token_checks, self.ttls.max_entries);
-        self.token_checks.insert(key, (valid, Instant::now() + ttl));
+        self.token_checks.insert(key, valid, ttl);
         Ok(valid)
     }
 
@@ -318,16 +305,6 @@ struct Landed<'a> {
 impl Drop for Landed<'_> {
     fn drop(&mut self) {
         self.flights.remove(self.id);
-    }
-}
-
-/// Keeps a side cache within `max` entries (cleared whole when full: rare and bounded).
-fn bounded<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher + Clone>(
-    map: &DashMap<K, V, S>,
-    max: usize,
-) {
-    if map.len() >= max {
-        map.clear();
     }
 }
 
@@ -473,7 +450,7 @@ mod tests {
     #[tokio::test]
     async fn a_signed_token_is_cached_no_longer_than_it_lives() {
         let (backend, resolver) = resolver(CacheTtls::default());
-        let expiry_of = |token: &str| resolver.signed.get(token).map(|e| e.value().2);
+        let expiry_of = |token: &str| resolver.signed.expiry(token);
         let cases = [
             (Lifetime::Unlimited, CacheTtls::default().found),
             (Lifetime::Unknown, UNKNOWN_EXPIRY_TTL),

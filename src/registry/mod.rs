@@ -4,8 +4,10 @@
 //! them, so the hot path is a map read.
 
 mod cache;
-mod daytona_backend;
-pub mod redis_backend;
+pub mod daytona;
+pub mod redis;
+mod side_cache;
+pub mod signed_preview;
 mod static_backend;
 
 use std::sync::Arc;
@@ -14,9 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
-pub use crate::upstream::Protocol;
 pub use cache::{CacheTtls, Resolver};
-pub use daytona_backend::{DaytonaActivitySink, DaytonaRegistry};
+pub use daytona::DaytonaRegistry;
 pub use static_backend::StaticRegistry;
 
 pub use crate::base::BoxFuture;
@@ -27,6 +28,28 @@ pub enum RegistryError {
     Unavailable(String),
     #[error("registry holds invalid data for {key}: {reason}")]
     BadData { key: String, reason: String },
+}
+
+/// How an upstream speaks HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plaintext (gRPC apps); upgrades still use HTTP/1.1.
+    H2c,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Protocol, String> {
+        match s {
+            "http1" => Ok(Protocol::Http1),
+            "h2c" => Ok(Protocol::H2c),
+            other => Err(format!("protocol {other:?} must be \"http1\" or \"h2c\"")),
+        }
+    }
 }
 
 /// A registry backend: the source of truth for where sandboxes run.

@@ -5,6 +5,9 @@
 //! flusher re-marks every sandbox with open streams once per heartbeat. There is no timer per
 //! connection, so none can leak: dropping the guard is the whole close path.
 
+pub mod daytona;
+pub mod redis;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

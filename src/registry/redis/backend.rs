@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use redis::Value;
 
-use super::{
+use super::conn::{RedisFailure, RedisHandle};
+use crate::registry::signed_preview::{is_signed_token, signed_preview_key};
+use crate::registry::{
     BoxFuture, CorsMode, Lifetime, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord,
     TokenGrant, Upstream,
 };
-use crate::redis_conn::{RedisFailure, RedisHandle};
 
 /// KEYS[1] = sandbox hash, ARGV[1] = key prefix.
 /// → nil (unknown) | {sandbox type} | {"hash", fields} | {"hash", fields, runner type[, fields]}
@@ -29,18 +30,6 @@ local rt = redis.call('TYPE', rk)['ok']
 if rt ~= 'hash' then return {t, s, rt} end
 return {t, s, rt, redis.call('HGETALL', rk)}
 ";
-
-/// The Daytona-compatible signed preview key (no prefix: Daytona's API writes it).
-pub fn signed_preview_key(port: u16, token: &str) -> String {
-    format!("sandbox:signed-preview-url-token:{port}:{token}")
-}
-
-pub fn is_signed_token(token: &str) -> bool {
-    token.len() == 16
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-}
 
 pub struct RedisRegistry {
     redis: Arc<RedisHandle>,
@@ -319,7 +308,7 @@ impl Registry for RedisRegistry {
             let key = format!(
                 "{}ssh-token:{}",
                 self.prefix,
-                hex::encode(super::sha256(token))
+                hex::encode(crate::registry::sha256(token))
             );
             self.get_with_ttl(&key).await
         })
@@ -327,113 +316,6 @@ impl Registry for RedisRegistry {
 
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(self.redis.ping())
-    }
-}
-
-/// A message on `[redis] invalidation_channel`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Invalidation<'a> {
-    Sandbox(&'a str),
-    Signed(&'a str),
-    All,
-}
-
-impl<'a> Invalidation<'a> {
-    /// `sandbox:<id>`, `signed:<token>`, `all`; anything else (including `runner:<id>`, whose
-    /// sandboxes are not indexed) means everything, the safe answer.
-    pub fn parse(message: &'a str) -> Invalidation<'a> {
-        if let Some(id) = message.strip_prefix("sandbox:") {
-            Invalidation::Sandbox(id)
-        } else if let Some(token) = message.strip_prefix("signed:") {
-            Invalidation::Signed(token)
-        } else {
-            Invalidation::All
-        }
-    }
-
-    pub fn message(&self) -> String {
-        match self {
-            Invalidation::Sandbox(id) => format!("sandbox:{id}"),
-            Invalidation::Signed(token) => format!("signed:{token}"),
-            Invalidation::All => "all".into(),
-        }
-    }
-
-    pub fn apply(&self, resolver: &super::Resolver) {
-        match self {
-            Invalidation::Sandbox(id) => resolver.invalidate(Some(id)),
-            Invalidation::Signed(token) => resolver.invalidate_signed(token),
-            Invalidation::All => resolver.invalidate(None),
-        }
-    }
-}
-
-/// Keeps a dedicated pub/sub connection subscribed to the invalidation channel and applies
-/// every message to the resolver of `app`. After each (re)subscription everything is
-/// invalidated, since messages may have been missed while disconnected. Ends when `stop` fires
-/// or the app is gone.
-pub async fn run_invalidation_subscriber(
-    redis: Arc<RedisHandle>,
-    app: std::sync::Weak<crate::proxy::App>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    use futures_util::StreamExt;
-    let channel = redis.config().invalidation_channel.clone();
-    let timeout = redis.config().timeout;
-    let mut backoff = std::time::Duration::from_millis(50);
-    let mut failing = false;
-    while !stop.is_cancelled() {
-        let subscribe = async {
-            let client = redis.pubsub_client().await?;
-            let mut pubsub = redis.timed(client.get_async_pubsub()).await?;
-            redis.timed(pubsub.subscribe(&channel)).await?;
-            Ok::<_, RedisFailure>(pubsub)
-        };
-        match subscribe.await {
-            Ok(pubsub) => {
-                let Some(live) = app.upgrade() else { return };
-                live.resolver.invalidate(None);
-                drop(live);
-                tracing::info!(%channel, "subscribed to cache invalidations");
-                failing = false;
-                backoff = std::time::Duration::from_millis(50);
-                let (mut sink, mut messages) = pubsub.split();
-                let mut ping = tokio::time::interval(std::time::Duration::from_secs(10));
-                ping.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        message = messages.next() => {
-                            let Some(message) = message else { break };
-                            let Ok(text) = message.get_payload::<String>() else { continue };
-                            let Some(app) = app.upgrade() else { return };
-                            let invalidation = Invalidation::parse(&text);
-                            tracing::debug!(?invalidation, "cache invalidation");
-                            invalidation.apply(&app.resolver);
-                        }
-                        _ = ping.tick() => {
-                            // A half-open socket never ends the stream; a missed ping does.
-                            let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
-                            if !matches!(pong, Ok(Ok(_))) {
-                                break;
-                            }
-                        }
-                    }
-                }
-                tracing::warn!(%channel, "invalidation subscription lost; reconnecting");
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "cannot subscribe to cache invalidations; retrying");
-                    failing = true;
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
     }
 }
 
@@ -491,13 +373,13 @@ mod tests {
         let Upstream::Runner(r) = &record.upstream else {
             panic!("runner mode")
         };
-        assert_eq!(r.protocol, crate::upstream::Protocol::H2c);
+        assert_eq!(r.protocol, crate::registry::Protocol::H2c);
         assert!(parse("p:", "sbx", &sandbox, with("h3")).is_err());
         let record = parse("p:", "sbx", &sandbox, runner()).unwrap();
         let Upstream::Runner(r) = &record.upstream else {
             panic!("runner mode")
         };
-        assert_eq!(r.protocol, crate::upstream::Protocol::Http1, "default");
+        assert_eq!(r.protocol, crate::registry::Protocol::Http1, "default");
     }
 
     #[test]
@@ -559,27 +441,5 @@ mod tests {
                 other => panic!("{sandbox:?}: {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn invalidation_messages_round_trip() {
-        for m in [
-            Invalidation::Sandbox("a"),
-            Invalidation::Signed("t"),
-            Invalidation::All,
-        ] {
-            assert_eq!(Invalidation::parse(&m.message()), m);
-        }
-        assert_eq!(Invalidation::parse("runner:r1"), Invalidation::All);
-    }
-
-    #[test]
-    fn signed_tokens_are_16_lowercase_alphanumerics() {
-        assert!(is_signed_token("abcdefgh12345678"));
-        assert!(!is_signed_token("ABCDEFGH12345678"));
-        assert!(!is_signed_token("abc"));
-        assert!(!is_signed_token("abcdefgh1234567:"));
-        let token = crate::admin::new_signed_token();
-        assert!(is_signed_token(&token), "{token}");
     }
 }

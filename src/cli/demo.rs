@@ -220,3 +220,39 @@ auth_token = "demo-token"
 "#
     )
 }
+
+/// `sandgate demo`: the demo runner, and the proxy in front of it unless `runner_only`.
+pub async fn run(
+    listen: SocketAddr,
+    runner_listen: SocketAddr,
+    runner_only: bool,
+    runner_key: String,
+) -> Result<(), String> {
+    let runner = tokio::net::TcpListener::bind(runner_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {runner_listen}: {e}"))?;
+    let runner_addr = runner.local_addr().map_err(|e| e.to_string())?;
+    let runner_task = tokio::spawn(run_demo_runner(runner, runner_key));
+    if runner_only {
+        println!("demo runner listening on http://{runner_addr}");
+        super::serve::stop_signal().await;
+        runner_task.abort();
+        return Ok(());
+    }
+    let config = crate::config::Config::from_toml_str(&demo_config(listen, runner_addr))
+        .map_err(|e| e.to_string())?;
+    let running = crate::start(config).await.map_err(|e| e.to_string())?;
+    let port = running.addr.port();
+    println!("sandgate demo is running.");
+    println!("  open        http://3000-demo.preview.localhost:{port}/");
+    println!("  or          curl http://3000-demo.preview.localhost:{port}/hello");
+    println!("  toolbox     curl -H 'X-Daytona-Preview-Token: demo-token' http://127.0.0.1:{port}/toolbox/demo/version");
+    println!("  health      curl http://127.0.0.1:{port}/health");
+    println!("Ctrl-C stops it.");
+    let shutdown = running.shutdown_token();
+    super::serve::stop_signal().await;
+    shutdown.cancel();
+    running.wait().await;
+    runner_task.abort();
+    Ok(())
+}

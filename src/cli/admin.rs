@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
-use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::redis_conn::{RedisFailure, RedisHandle};
-use crate::registry::redis_backend::{is_signed_token, signed_preview_key, Invalidation};
+use crate::registry::redis::{Invalidation, RedisFailure, RedisHandle};
+use crate::registry::signed_preview::{is_signed_token, new_signed_token, signed_preview_key};
 use crate::registry::RunnerRecord;
 
 #[derive(Subcommand, Debug)]
@@ -432,15 +431,6 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
             Ok(json!({"id": id, "fields": shown(&fields), "runner": runner}).to_string())
         }
     }
-}
-
-/// 16 characters `[a-z0-9]` from the OS-seeded CSPRNG (`rand::rng()` is ChaCha-based).
-pub fn new_signed_token() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    (0..16)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }
 
 pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<String> {

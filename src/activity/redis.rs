@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::activity::{ActivityConfig, ActivitySink, SinkError};
 use crate::base::BoxFuture;
-use crate::redis_conn::RedisHandle;
+use crate::registry::redis::RedisHandle;
 
 /// Members per ZADD (and per script call): keeps single commands bounded.
 const CHUNK: usize = 1000;

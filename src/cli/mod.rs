@@ -1,0 +1,234 @@
+//! The binary's side: the command line (`sandgate <command>`) and what each command does. The
+//! admin verbs ([`admin`]), `certs dev` ([`certs`]) and the demo ([`demo`]) live here, above
+//! the library they drive.
+
+pub mod admin;
+pub mod certs;
+pub mod demo;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::{Config, LogConfig};
+use clap::{Parser, Subcommand};
+
+/// sandgate: the front door to sandboxes. Routes preview URLs (`https://<port>-<sandboxId>.<domain>/`)
+/// and toolbox calls (`/toolbox/<sandboxId>/...`) to the runner hosting each sandbox, with
+/// authentication, WebSockets, streaming and activity recording.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a config file (every key can be overridden by SANDGATE_<SECTION>__<KEY>,
+    /// e.g. SANDGATE_SERVER__LISTEN=0.0.0.0:8080). SIGHUP reloads the static registry.
+    Serve {
+        /// The TOML config file (see config/example.toml).
+        #[arg(long, short, env = "SANDGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run the proxy with a built-in demo runner: open http://3000-demo.preview.localhost:8080/
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the demo runner listens (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        runner_listen: SocketAddr,
+        /// Run only the demo runner (an upstream for benchmarks), not the proxy.
+        #[arg(long)]
+        runner_only: bool,
+        /// The runner's API key (what the proxy must send as X-Daytona-Authorization).
+        #[arg(long, default_value = "demo-runner-key")]
+        runner_key: String,
+    },
+    /// Generate a local CA and a wildcard certificate for HTTPS previews during development.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Manage runners and sandboxes in the Redis registry (`[redis]` of the config).
+    Registry {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: admin::RegistryCommand,
+    },
+    /// Mint or revoke signed preview URLs (Redis).
+    PreviewUrl {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: admin::PreviewUrlCommand,
+    },
+    /// Query recorded activity (the Redis sorted set `[activity] redis_key`).
+    Activity {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: admin::ActivityCommand,
+    },
+    /// Run the SSH gateway (`[ssh]` of the config): `ssh -p 2222 <access token>@<gateway>`.
+    SshGateway {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<SshCommand>,
+    },
+    /// Check a config file and print the effective configuration.
+    CheckConfig {
+        #[arg(long, short, env = "SANDGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SshCommand {
+    /// Write a new Ed25519 key to --out (and its public key to --out.pub); never overwrites.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write dev-ca.pem, <domain>.pem and <domain>.key (for <domain> and *.<domain>) into --dir.
+    Dev {
+        #[arg(long, default_value = "preview.localhost")]
+        domain: String,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+}
+
+/// One core available (a pinned proxy, a one-CPU container): a current-thread runtime, which
+/// skips the multi-thread scheduler's cross-thread hand-offs it could not use anyway.
+/// `SANDGATE_WORKER_THREADS` overrides the count (1: current-thread).
+fn runtime_builder() -> tokio::runtime::Builder {
+    let workers = std::env::var("SANDGATE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1);
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread();
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(workers);
+    builder
+}
+
+/// Runs one command line to its end: the runtime, the command, the exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match runtime_builder().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sandgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("sandgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve { config } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            init_logging(&loaded.log);
+            serve::serve(loaded, config).await
+        }
+        Command::Demo {
+            listen,
+            runner_listen,
+            runner_only,
+            runner_key,
+        } => {
+            init_logging(&LogConfig::default());
+            demo::run(listen, runner_listen, runner_only, runner_key).await
+        }
+        Command::Certs {
+            command: CertsCommand::Dev { domain, dir },
+        } => certs::dev(&dir, &domain),
+        Command::Registry { config, command } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            admin_output(admin::registry(&loaded, command).await)
+        }
+        Command::PreviewUrl { config, command } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            admin_output(admin::preview_url(&loaded, command).await)
+        }
+        Command::Activity { config, command } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            admin_output(admin::activity(&loaded, command).await)
+        }
+        Command::SshGateway {
+            command: Some(SshCommand::Keygen { out }),
+            ..
+        } => {
+            let public = crate::ssh::keygen(&out).map_err(|e| e.to_string())?;
+            let line = public.to_openssh().map_err(|e| e.to_string())?;
+            println!("wrote {} and {}.pub: {line}", out.display(), out.display());
+            Ok(())
+        }
+        Command::SshGateway {
+            config,
+            command: None,
+        } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            init_logging(&loaded.log);
+            serve::ssh_gateway(loaded).await
+        }
+        Command::CheckConfig { config } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let text = toml_text(&loaded)?;
+            println!("{text}");
+            Ok(())
+        }
+    }
+}
+
+fn admin_output(result: Result<String, admin::AdminError>) -> Result<(), String> {
+    let text = result.map_err(|e| e.to_string())?;
+    if !text.is_empty() {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn toml_text(config: &Config) -> Result<String, String> {
+    serde_json::to_string_pretty(config).map_err(|e| e.to_string())
+}
+
+fn init_logging(config: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    // rustls warns on every handshake whose SNI is an IP address (scanners, health checks):
+    // not the operator's problem, so its warnings stay out unless asked for.
+    let directives = if config.level.contains("rustls") {
+        config.level.clone()
+    } else {
+        format!("{},rustls=error", config.level)
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

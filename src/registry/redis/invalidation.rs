@@ -1,0 +1,134 @@
+//! Cache invalidation over Redis pub/sub: the messages on `[redis] invalidation_channel` and
+//! the subscriber that applies them. The subscriber knows nothing of the proxy: the composition
+//! root hands it a callback that applies a message to the live resolver.
+
+use std::sync::Arc;
+
+use super::conn::{RedisFailure, RedisHandle};
+use crate::registry::Resolver;
+
+/// A message on `[redis] invalidation_channel`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Invalidation<'a> {
+    Sandbox(&'a str),
+    Signed(&'a str),
+    All,
+}
+
+impl<'a> Invalidation<'a> {
+    /// `sandbox:<id>`, `signed:<token>`, `all`; anything else (including `runner:<id>`, whose
+    /// sandboxes are not indexed) means everything, the safe answer.
+    pub fn parse(message: &'a str) -> Invalidation<'a> {
+        if let Some(id) = message.strip_prefix("sandbox:") {
+            Invalidation::Sandbox(id)
+        } else if let Some(token) = message.strip_prefix("signed:") {
+            Invalidation::Signed(token)
+        } else {
+            Invalidation::All
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Invalidation::Sandbox(id) => format!("sandbox:{id}"),
+            Invalidation::Signed(token) => format!("signed:{token}"),
+            Invalidation::All => "all".into(),
+        }
+    }
+
+    pub fn apply(&self, resolver: &Resolver) {
+        match self {
+            Invalidation::Sandbox(id) => resolver.invalidate(Some(id)),
+            Invalidation::Signed(token) => resolver.invalidate_signed(token),
+            Invalidation::All => resolver.invalidate(None),
+        }
+    }
+}
+
+/// Keeps a dedicated pub/sub connection subscribed to the invalidation channel and hands every
+/// message to `apply` (the composition root's callback: it applies the message to the live
+/// resolver, and answers `false` once that resolver is gone). After each (re)subscription
+/// everything is invalidated, since messages may have been missed while disconnected. Ends when
+/// `stop` fires or `apply` answers `false`.
+pub async fn run_subscriber(
+    redis: Arc<RedisHandle>,
+    apply: impl Fn(&Invalidation<'_>) -> bool + Send + Sync + 'static,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use futures_util::StreamExt;
+    let channel = redis.config().invalidation_channel.clone();
+    let timeout = redis.config().timeout;
+    let mut backoff = std::time::Duration::from_millis(50);
+    let mut failing = false;
+    while !stop.is_cancelled() {
+        let subscribe = async {
+            let client = redis.pubsub_client().await?;
+            let mut pubsub = redis.timed(client.get_async_pubsub()).await?;
+            redis.timed(pubsub.subscribe(&channel)).await?;
+            Ok::<_, RedisFailure>(pubsub)
+        };
+        match subscribe.await {
+            Ok(pubsub) => {
+                if !apply(&Invalidation::All) {
+                    return;
+                }
+                tracing::info!(%channel, "subscribed to cache invalidations");
+                failing = false;
+                backoff = std::time::Duration::from_millis(50);
+                let (mut sink, mut messages) = pubsub.split();
+                let mut ping = tokio::time::interval(std::time::Duration::from_secs(10));
+                ping.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        message = messages.next() => {
+                            let Some(message) = message else { break };
+                            let Ok(text) = message.get_payload::<String>() else { continue };
+                            let invalidation = Invalidation::parse(&text);
+                            tracing::debug!(?invalidation, "cache invalidation");
+                            if !apply(&invalidation) {
+                                return;
+                            }
+                        }
+                        _ = ping.tick() => {
+                            // A half-open socket never ends the stream; a missed ping does.
+                            let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
+                            if !matches!(pong, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                tracing::warn!(%channel, "invalidation subscription lost; reconnecting");
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot subscribe to cache invalidations; retrying");
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_messages_round_trip() {
+        for m in [
+            Invalidation::Sandbox("a"),
+            Invalidation::Signed("t"),
+            Invalidation::All,
+        ] {
+            assert_eq!(Invalidation::parse(&m.message()), m);
+        }
+        assert_eq!(Invalidation::parse("runner:r1"), Invalidation::All);
+    }
+}
