@@ -4,6 +4,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// `activity.sink`: where activity marks are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sink {
+    /// In this process only (read by tests and the embedded use).
+    #[default]
+    Memory,
+    /// A sorted set in Redis.
+    Redis,
+    /// `POST /sandbox/{id}/last-activity` on the control-plane API.
+    Daytona,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActivityConfig {
@@ -19,7 +32,7 @@ pub struct ActivityConfig {
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
     /// `memory` (embedded default), `redis` (`ZADD {redis_key} <epoch-ms> <id>`) or `daytona`.
-    pub sink: String,
+    pub sink: Sink,
     /// `daytona` sink: most `last-activity` calls in flight at once.
     pub daytona_concurrency: usize,
     /// Sorted set the `redis` sink writes (Daytona's own is `sandbox:activity`).
@@ -35,7 +48,7 @@ impl Default for ActivityConfig {
             throttle: Duration::from_secs(10),
             flush_interval: Duration::from_secs(1),
             heartbeat: Duration::from_secs(30),
-            sink: "memory".into(),
+            sink: Sink::Memory,
             daytona_concurrency: 16,
             redis_key: "sandbox:activity".into(),
             dedupe_across_replicas: false,

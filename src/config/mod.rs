@@ -101,22 +101,11 @@ impl Config {
                 return invalid(format!("proxy.domains: {d:?} is not a domain name"));
             }
         }
-        if !matches!(self.proxy.public_scheme.as_str(), "http" | "https") {
-            return invalid("proxy.public_scheme must be http or https".into());
-        }
         if self.server.max_header_bytes < 8192 {
             return invalid("server.max_header_bytes must be at least 8192".into());
         }
         if self.server.lingering_timeout > Duration::from_secs(60) {
             return invalid("server.lingering_timeout must be at most 60s".into());
-        }
-        if !self.admin.listen.is_empty()
-            && self.admin.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return invalid(format!(
-                "admin.listen {:?} is not an address",
-                self.admin.listen
-            ));
         }
         server::parse_trusted_proxies(&self.server.trusted_proxies)
             .map_err(ConfigError::Invalid)?;
@@ -143,22 +132,8 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid("log.format must be text or json".into());
         }
-        if !matches!(
-            self.registry.backend.as_str(),
-            "static" | "redis" | "daytona"
-        ) {
-            return invalid(format!(
-                "registry.backend {:?} is not supported (static, redis or daytona)",
-                self.registry.backend
-            ));
-        }
-        if !matches!(self.activity.sink.as_str(), "memory" | "redis" | "daytona") {
-            return invalid(format!(
-                "activity.sink {:?} is not supported (memory, redis or daytona)",
-                self.activity.sink
-            ));
-        }
-        let uses_daytona = self.registry.backend == "daytona" || self.activity.sink == "daytona";
+        let uses_daytona = self.registry.backend == registry::Backend::Daytona
+            || self.activity.sink == activity::Sink::Daytona;
         let api_url = self.daytona.api_url.trim_end_matches('/');
         if uses_daytona && !(api_url.starts_with("http://") && api_url.ends_with("/api")) {
             return invalid(format!(
@@ -179,6 +154,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     #[test]
@@ -211,5 +188,50 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(error.contains("server.lingering_timeout"), "{error}");
+    }
+
+    fn error_of(toml: &str) -> String {
+        Config::from_toml_str(toml)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn typed_values_are_checked_at_load_and_errors_name_the_key() {
+        for (toml, key) in [
+            ("[registry]\nbackend = \"etcd\"\n", "registry.backend"),
+            ("[activity]\nsink = \"kafka\"\n", "activity.sink"),
+            ("[proxy]\npublic_scheme = \"ftp\"\n", "proxy.public_scheme"),
+            ("[admin]\nlisten = \"localhost\"\n", "admin.listen"),
+        ] {
+            let error = error_of(toml);
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+        let config = Config::from_toml_str(
+            "[registry]\nbackend = \"redis\"\n[activity]\nsink = \"daytona\"\n\
+             [daytona]\napi_key = \"k\"\n[proxy]\npublic_scheme = \"https\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.registry.backend, registry::Backend::Redis);
+        assert_eq!(config.activity.sink, activity::Sink::Daytona);
+        assert_eq!(config.proxy.public_scheme, server::Scheme::Https);
+    }
+
+    #[test]
+    fn admin_listen_is_an_address_or_empty_for_off() {
+        assert_eq!(Config::default().admin.listen, None);
+        assert_eq!(
+            Config::from_toml_str("[admin]\nlisten = \"\"\n")
+                .unwrap()
+                .admin
+                .listen,
+            None
+        );
+        let on = Config::from_toml_str("[admin]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        assert_eq!(
+            on.admin.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9000)))
+        );
     }
 }

@@ -10,7 +10,7 @@ use super::WakeConfig;
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// `static` (the runners and sandboxes listed below), `redis` or `daytona`.
-    pub backend: String,
+    pub backend: Backend,
     pub cache: CacheConfig,
     /// Optional start hook for sandboxes that are not running (off by default).
     pub wake: WakeConfig,
@@ -62,7 +62,7 @@ pub struct SignedPreviewEntry {
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
-            backend: "static".into(),
+            backend: Backend::Static,
             cache: CacheConfig::default(),
             wake: WakeConfig::default(),
             runners: Vec::new(),
@@ -74,8 +74,21 @@ impl Default for RegistryConfig {
     }
 }
 
-/// The in-process cache in front of every registry backend.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `registry.backend`: where sandboxes, runners and credentials are looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The runners, sandboxes and credentials listed in the config file.
+    #[default]
+    Static,
+    /// Daytona-compatible keys in Redis.
+    Redis,
+    /// The Daytona-compatible control-plane API.
+    Daytona,
+}
+
+/// The in-process cache in front of every registry backend (`registry::Resolver`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// How long a found sandbox (and a valid token) is served from memory. Absolute: hits

@@ -68,8 +68,9 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Address of the admin listener; empty: no admin listener.
-    pub listen: String,
+    /// Address of the admin listener; empty (`None`): no admin listener.
+    #[serde(with = "empty_is_off")]
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,7 +79,7 @@ pub struct ProxyConfig {
     /// Preview domains: `<port>-<sandboxId>.<domain>`.
     pub domains: Vec<String>,
     /// Scheme clients use to reach the proxy (`http` or `https`); sets `X-Forwarded-Proto`.
-    pub public_scheme: String,
+    pub public_scheme: Scheme,
     /// Upstream TCP connect timeout.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -103,7 +104,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             domains: vec!["preview.localhost".into()],
-            public_scheme: "http".into(),
+            public_scheme: Scheme::Http,
             connect_timeout: Duration::from_secs(3),
             response_header_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
@@ -137,6 +138,49 @@ impl Default for LogConfig {
             access: true,
             request_id: true,
         }
+    }
+}
+
+/// `proxy.public_scheme`: the scheme clients use to reach the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// `admin.listen` is an address, or empty for "no admin listener".
+mod empty_is_off {
+    use std::net::SocketAddr;
+
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("admin.listen {text:?} is not an address")))
     }
 }
 

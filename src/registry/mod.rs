@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
-pub use cache::{CacheTtls, Resolver};
+pub use cache::Resolver;
 pub use daytona::DaytonaRegistry;
 pub use static_backend::StaticRegistry;
 
