@@ -11,11 +11,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::activity::redis::RedisActivitySink;
 use crate::activity::{Activity, ActivitySink, MemorySink};
+use crate::config::activity::Sink;
+use crate::config::registry::Backend;
 use crate::config::Config;
 use crate::http::forward::Forwarder;
 use crate::http::{client_addr, route, server, App};
 use crate::registry::redis::{RedisHandle, RedisRegistry};
-use crate::registry::{CacheTtls, Registry, Resolver, StaticRegistry};
+use crate::registry::{Registry, Resolver, StaticRegistry};
 use crate::{auth, registry, tls, wake};
 
 /// Why the proxy could not start. Each error names the config key at fault; the message is the
@@ -108,7 +110,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let app = Arc::new(App {
         domains: route::Domains::new(&config.proxy.domains),
-        resolver: Resolver::new(registry, CacheTtls::from(&config.registry.cache)),
+        resolver: Resolver::new(registry, config.registry.cache),
         static_registry,
         certs: certs.clone(),
         activity: activity.clone(),
@@ -144,8 +146,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => (None, None),
     };
     let mut tasks = Vec::new();
-    let admin_addr = match config.admin.listen.parse::<SocketAddr>() {
-        Ok(admin) => {
+    let admin_addr = match config.admin.listen {
+        Some(admin) => {
             let (listener, addr) = bind_key("admin.listen", admin, false)?;
             tasks.push(tokio::spawn(server::serve_admin(
                 app.clone(),
@@ -154,7 +156,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             )));
             Some(addr)
         }
-        Err(_) => None,
+        None => None,
     };
 
     let flusher_stop = CancellationToken::new();
@@ -177,7 +179,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         })
     };
     tasks.insert(0, server_task);
-    if let (Some(redis), "redis") = (&redis, config.registry.backend.as_str()) {
+    if let (Some(redis), Backend::Redis) = (&redis, config.registry.backend) {
         let live = Arc::downgrade(&app);
         let apply = move |m: &registry::redis::Invalidation| {
             live.upgrade().map(|app| m.apply(&app.resolver)).is_some()
@@ -259,7 +261,7 @@ type Backends = (Arc<dyn Registry>, Option<Arc<StaticRegistry>>);
 /// The shared Redis handle, when the registry or the activity sink uses Redis. Does not
 /// connect: Redis may be down at start.
 fn redis_handle(config: &Config) -> Result<Option<Arc<RedisHandle>>, StartError> {
-    if config.registry.backend != "redis" && config.activity.sink != "redis" {
+    if config.registry.backend != Backend::Redis && config.activity.sink != Sink::Redis {
         return Ok(None);
     }
     let handle = RedisHandle::new(&config.redis).map_err(at("redis"))?;
@@ -271,25 +273,22 @@ fn build_registry(
     config: &Config,
     redis: Option<&Arc<RedisHandle>>,
 ) -> Result<Backends, StartError> {
-    match config.registry.backend.as_str() {
-        "static" => {
+    match config.registry.backend {
+        Backend::Static => {
             let registry =
                 Arc::new(StaticRegistry::from_config(&config.registry).map_err(at("registry"))?);
             Ok((registry.clone(), Some(registry)))
         }
-        "daytona" => {
+        Backend::Daytona => {
             let redis = config.daytona.l2_redis.then_some(&config.redis);
             let registry =
                 registry::DaytonaRegistry::new(&config.daytona, redis).map_err(at("daytona"))?;
             Ok((Arc::new(registry), None))
         }
-        "redis" => {
+        Backend::Redis => {
             let redis = redis.ok_or_else(|| at("redis")("redis: not configured".into()))?;
             Ok((Arc::new(RedisRegistry::new(redis.clone())), None))
         }
-        other => Err(at("registry.backend")(format!(
-            "registry.backend {other:?} is not available yet"
-        ))),
     }
 }
 
@@ -299,24 +298,21 @@ fn build_activity_sink(
     memory: &Arc<MemorySink>,
     redis: Option<&Arc<RedisHandle>>,
 ) -> Result<Arc<dyn ActivitySink>, StartError> {
-    match config.activity.sink.as_str() {
-        "memory" => Ok(memory.clone()),
-        "daytona" => Ok(Arc::new(
+    match config.activity.sink {
+        Sink::Memory => Ok(memory.clone()),
+        Sink::Daytona => Ok(Arc::new(
             crate::activity::daytona::DaytonaActivitySink::new(
                 &config.daytona,
                 config.activity.daytona_concurrency,
             )
             .map_err(at("daytona"))?,
         )),
-        "redis" => {
+        Sink::Redis => {
             let redis = redis.ok_or_else(|| at("redis")("redis: not configured".into()))?;
             Ok(Arc::new(RedisActivitySink::new(
                 redis.clone(),
                 &config.activity,
             )))
         }
-        other => Err(at("activity.sink")(format!(
-            "activity.sink {other:?} is not available yet"
-        ))),
     }
 }

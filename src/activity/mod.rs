@@ -15,49 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 
 use crate::base::FastMap;
-use serde::{Deserialize, Serialize};
 
 use crate::base::BoxFuture;
+pub use crate::config::ActivityConfig;
 use crate::metrics::metrics;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ActivityConfig {
-    /// Record activity at all.
-    pub enabled: bool,
-    /// At most one write per sandbox per this interval (per replica).
-    #[serde(with = "humantime_serde")]
-    pub throttle: Duration,
-    /// How often pending marks are flushed.
-    #[serde(with = "humantime_serde")]
-    pub flush_interval: Duration,
-    /// Open WebSockets and streams re-mark their sandbox this often.
-    #[serde(with = "humantime_serde")]
-    pub heartbeat: Duration,
-    /// `memory` (embedded default), `redis` (`ZADD {redis_key} <epoch-ms> <id>`) or `daytona`.
-    pub sink: String,
-    /// `daytona` sink: most `last-activity` calls in flight at once.
-    pub daytona_concurrency: usize,
-    /// Sorted set the `redis` sink writes (Daytona's own is `sandbox:activity`).
-    pub redis_key: String,
-    /// `redis` sink: replicas share the throttle through `SET {prefix}activity-lock:{id} NX PX`.
-    pub dedupe_across_replicas: bool,
-}
-
-impl Default for ActivityConfig {
-    fn default() -> Self {
-        ActivityConfig {
-            enabled: true,
-            throttle: Duration::from_secs(10),
-            flush_interval: Duration::from_secs(1),
-            heartbeat: Duration::from_secs(30),
-            sink: "memory".into(),
-            daytona_concurrency: 16,
-            redis_key: "sandbox:activity".into(),
-            dedupe_across_replicas: false,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("activity sink: {0}")]

@@ -7,7 +7,6 @@
 //! host. `http::gate` wires this module into the request pipeline; `http::respond` turns its
 //! refusals into responses.
 
-pub mod config;
 pub mod cookie;
 pub mod cors;
 mod credential_cache;
@@ -28,7 +27,9 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 
-pub use config::AuthConfig;
+// The `[auth]` section (old path `auth::config`).
+pub use crate::config::auth as config;
+pub use crate::config::AuthConfig;
 pub use memo::TokenMemo;
 pub(crate) use strip::strip_proxy_cookies;
 pub use strip::{bearer, query_param, remove_query_param, strip_credentials};

@@ -1,7 +1,8 @@
 //! Authentication decisions, end to end over a static registry.
 
 use super::*;
-use crate::registry::{CacheTtls, StaticRegistry, Upstream};
+use crate::config::CacheConfig;
+use crate::registry::{StaticRegistry, Upstream};
 use std::sync::Arc;
 
 fn setup() -> (Auth, Resolver) {
@@ -15,7 +16,7 @@ fn setup() -> (Auth, Resolver) {
     let backend = StaticRegistry::from_config(&config.registry).unwrap();
     (
         Auth::from_config(&config).unwrap(),
-        Resolver::new(Arc::new(backend), CacheTtls::default()),
+        Resolver::new(Arc::new(backend), CacheConfig::default()),
     )
 }
 

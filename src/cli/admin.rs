@@ -447,7 +447,7 @@ pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<
             if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(24 * 3600) {
                 return invalid("--ttl must be between 1s and 24h");
             }
-            let scheme = scheme.unwrap_or_else(|| config.proxy.public_scheme.clone());
+            let scheme = scheme.unwrap_or_else(|| config.proxy.public_scheme.as_str().to_string());
             if !matches!(scheme.as_str(), "http" | "https") {
                 return invalid("--scheme must be http or https");
             }

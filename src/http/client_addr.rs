@@ -36,24 +36,7 @@ pub struct ClientAddr {
 impl TrustedProxies {
     /// Parses CIDRs (`10.0.0.0/8`, `fd00::/8`) or single addresses; errors name the key.
     pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
-        entries
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| {
-                let entry = entry.trim();
-                entry
-                    .parse::<IpNet>()
-                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                    .map(|net| net.trunc())
-                    .map_err(|_| {
-                        format!(
-                            "server.trusted_proxies[{i}]: {entry:?} is not a CIDR (e.g. \
-                             \"10.0.0.0/8\") or an IP address"
-                        )
-                    })
-            })
-            .collect::<Result<_, _>>()
-            .map(TrustedProxies)
+        crate::config::server::parse_trusted_proxies(entries).map(TrustedProxies)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -112,11 +112,7 @@ impl Forwarder {
             idle_timeout: config.pool_idle_timeout,
             max_idle_per_host: config.pool_max_idle_per_host,
         });
-        let forwarded_proto = HeaderValue::from_static(if config.public_scheme == "https" {
-            "https"
-        } else {
-            "http"
-        });
+        let forwarded_proto = HeaderValue::from_static(config.public_scheme.as_str());
         Forwarder {
             pool,
             response_header_timeout: config.response_header_timeout,

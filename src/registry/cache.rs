@@ -14,38 +14,8 @@ use tokio::sync::OnceCell;
 
 use super::side_cache::SideCache;
 use super::{Lifetime, Registry, RegistryError, SandboxRecord, TokenGrant};
+use crate::config::CacheConfig;
 use crate::metrics::metrics;
-
-#[derive(Debug, Clone, Copy)]
-pub struct CacheTtls {
-    pub found: Duration,
-    pub not_found: Duration,
-    /// How long past expiry an entry may still serve while the backend is failing.
-    pub stale_if_error: Duration,
-    pub max_entries: usize,
-}
-
-impl From<&crate::config::CacheConfig> for CacheTtls {
-    fn from(c: &crate::config::CacheConfig) -> Self {
-        CacheTtls {
-            found: c.ttl,
-            not_found: c.negative_ttl,
-            stale_if_error: c.stale_if_error,
-            max_entries: c.max_entries,
-        }
-    }
-}
-
-impl Default for CacheTtls {
-    fn default() -> Self {
-        CacheTtls {
-            found: Duration::from_secs(120),
-            not_found: Duration::from_secs(5),
-            stale_if_error: Duration::from_secs(600),
-            max_entries: 100_000,
-        }
-    }
-}
 
 /// How long a valid credential whose backend does not say when it expires (Daytona's
 /// `/preview/{token}/{port}/sandbox-id`) is trusted without asking again.
@@ -67,7 +37,7 @@ pub struct Resolved {
 
 pub struct Resolver {
     backend: Arc<dyn Registry>,
-    ttls: CacheTtls,
+    ttls: CacheConfig,
     slots: FastMap<Box<str>, Slot>,
     flights: FastMap<Box<str>, Flight>,
     /// Signed preview token → (bound port, sandbox id); absent sandbox id = invalid token.
@@ -79,7 +49,7 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(backend: Arc<dyn Registry>, ttls: CacheTtls) -> Resolver {
+    pub fn new(backend: Arc<dyn Registry>, ttls: CacheConfig) -> Resolver {
         Resolver {
             backend,
             ttls,
@@ -124,10 +94,10 @@ impl Resolver {
     /// How long a token's answer may be cached: a valid token's never outlives the token.
     fn grant_ttl(&self, found: Option<&TokenGrant>) -> Duration {
         match found.map(|f| f.lifetime) {
-            None => self.ttls.not_found,
-            Some(Lifetime::Unlimited) => self.ttls.found,
-            Some(Lifetime::Remaining(left)) => self.ttls.found.min(left),
-            Some(Lifetime::Unknown) => self.ttls.found.min(UNKNOWN_EXPIRY_TTL),
+            None => self.ttls.negative_ttl,
+            Some(Lifetime::Unlimited) => self.ttls.ttl,
+            Some(Lifetime::Remaining(left)) => self.ttls.ttl.min(left),
+            Some(Lifetime::Unknown) => self.ttls.ttl.min(UNKNOWN_EXPIRY_TTL),
         }
     }
 
@@ -163,9 +133,9 @@ impl Resolver {
         }
         let valid = self.backend.preview_token_valid(sandbox, token).await?;
         let ttl = if valid {
-            self.ttls.found
+            self.ttls.ttl
         } else {
-            self.ttls.not_found
+            self.ttls.negative_ttl
         };
         self.token_checks.insert(key, valid, ttl);
         Ok(valid)
@@ -240,9 +210,9 @@ impl Resolver {
         // A sandbox that is not running may start any moment (auto-wake, a user): remember that
         // only as long as a negative answer.
         let ttl = if value.as_ref().is_some_and(|s| s.is_running()) {
-            self.ttls.found
+            self.ttls.ttl
         } else {
-            self.ttls.not_found
+            self.ttls.negative_ttl
         };
         self.slots.insert(
             id.into(),
@@ -369,7 +339,7 @@ mod tests {
         }
     }
 
-    fn resolver(ttls: CacheTtls) -> (Arc<Counting>, Arc<Resolver>) {
+    fn resolver(ttls: CacheConfig) -> (Arc<Counting>, Arc<Resolver>) {
         let backend = Arc::new(Counting {
             calls: AtomicUsize::new(0),
             fail: Mutex::new(false),
@@ -380,7 +350,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_misses_share_one_backend_call() {
-        let (backend, resolver) = resolver(CacheTtls::default());
+        let (backend, resolver) = resolver(CacheConfig::default());
         let tasks: Vec<_> = (0..200)
             .map(|_| {
                 let r = resolver.clone();
@@ -401,9 +371,9 @@ mod tests {
 
     #[tokio::test]
     async fn expiry_is_absolute_and_negative_answers_are_cached() {
-        let ttls = CacheTtls {
-            found: Duration::from_millis(100),
-            ..CacheTtls::default()
+        let ttls = CacheConfig {
+            ttl: Duration::from_millis(100),
+            ..CacheConfig::default()
         };
         let (backend, resolver) = resolver(ttls);
         resolver.sandbox("sbx").await.unwrap();
@@ -423,7 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_lookup_leaves_no_flight_behind() {
-        let (backend, resolver) = resolver(CacheTtls::default());
+        let (backend, resolver) = resolver(CacheConfig::default());
         let abandoned =
             tokio::time::timeout(Duration::from_millis(5), resolver.sandbox("gone")).await;
         assert!(abandoned.is_err(), "the backend takes 20 ms");
@@ -434,9 +404,9 @@ mod tests {
 
     #[tokio::test]
     async fn stale_entries_serve_while_the_backend_fails() {
-        let ttls = CacheTtls {
-            found: Duration::from_millis(10),
-            ..CacheTtls::default()
+        let ttls = CacheConfig {
+            ttl: Duration::from_millis(10),
+            ..CacheConfig::default()
         };
         let (backend, resolver) = resolver(ttls);
         resolver.sandbox("sbx").await.unwrap();
@@ -449,10 +419,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_signed_token_is_cached_no_longer_than_it_lives() {
-        let (backend, resolver) = resolver(CacheTtls::default());
+        let (backend, resolver) = resolver(CacheConfig::default());
         let expiry_of = |token: &str| resolver.signed.expiry(token);
         let cases = [
-            (Lifetime::Unlimited, CacheTtls::default().found),
+            (Lifetime::Unlimited, CacheConfig::default().ttl),
             (Lifetime::Unknown, UNKNOWN_EXPIRY_TTL),
             (
                 Lifetime::Remaining(Duration::from_secs(3)),
@@ -460,7 +430,7 @@ mod tests {
             ),
             (
                 Lifetime::Remaining(Duration::from_secs(600)),
-                CacheTtls::default().found,
+                CacheConfig::default().ttl,
             ),
         ];
         for (i, (lifetime, most)) in cases.into_iter().enumerate() {
@@ -509,7 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ssh_token_is_cached_no_longer_than_it_lives() {
-        let (backend, resolver) = resolver(CacheTtls::default());
+        let (backend, resolver) = resolver(CacheConfig::default());
         *backend.signed_lifetime.lock().unwrap() = Lifetime::Remaining(Duration::ZERO);
         resolver.ssh_token("expired").await.unwrap();
         assert!(

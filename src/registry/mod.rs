@@ -16,11 +16,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
-pub use cache::{CacheTtls, Resolver};
+pub use cache::Resolver;
 pub use daytona::DaytonaRegistry;
 pub use static_backend::StaticRegistry;
 
 pub use crate::base::BoxFuture;
+// The record values a config file spells (`protocol`, `cors`) are defined with the config.
+pub use crate::config::{CorsMode, Protocol};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
@@ -28,28 +30,6 @@ pub enum RegistryError {
     Unavailable(String),
     #[error("registry holds invalid data for {key}: {reason}")]
     BadData { key: String, reason: String },
-}
-
-/// How an upstream speaks HTTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    #[default]
-    Http1,
-    /// HTTP/2 with prior knowledge over plaintext (gRPC apps); upgrades still use HTTP/1.1.
-    H2c,
-}
-
-impl std::str::FromStr for Protocol {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Protocol, String> {
-        match s {
-            "http1" => Ok(Protocol::Http1),
-            "h2c" => Ok(Protocol::H2c),
-            other => Err(format!("protocol {other:?} must be \"http1\" or \"h2c\"")),
-        }
-    }
 }
 
 /// A registry backend: the source of truth for where sandboxes run.
@@ -228,33 +208,6 @@ impl RunnerRecord {
     pub fn with_protocol(mut self, protocol: Protocol) -> RunnerRecord {
         self.protocol = protocol;
         self
-    }
-}
-
-/// Who handles CORS for a sandbox's previews.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CorsMode {
-    /// The proxy answers preflights and allows credentialed CORS only for the sandbox's own
-    /// origins (any port) and the configured `auth.cors_allowed_origins`.
-    #[default]
-    Managed,
-    /// The proxy adds and answers nothing: preflights reach the app (after authentication, like
-    /// any request) and the app's own CORS headers reach the client untouched.
-    Passthrough,
-}
-
-impl std::str::FromStr for CorsMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<CorsMode, String> {
-        match s {
-            "managed" => Ok(CorsMode::Managed),
-            "passthrough" => Ok(CorsMode::Passthrough),
-            other => Err(format!(
-                "cors {other:?} must be \"managed\" or \"passthrough\""
-            )),
-        }
     }
 }
 

@@ -18,7 +18,7 @@ use super::session::{Conn, ConnShared, Gateway};
 use super::SshError;
 use crate::config::Config;
 use crate::metrics::metrics;
-use crate::registry::{CacheTtls, Resolver};
+use crate::registry::Resolver;
 
 /// Clients that send nothing for this long get a keepalive probe; three unanswered close them.
 pub(super) const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -56,7 +56,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, SshError> {
     };
     let shared = crate::Shared::build(&config)?;
     let gateway = Arc::new(Gateway {
-        resolver: Resolver::new(shared.registry, CacheTtls::from(&config.registry.cache)),
+        resolver: Resolver::new(shared.registry, config.registry.cache),
         activity: shared.activity.clone(),
         upstream_key: Arc::new(upstream_key),
         upstream_pin,
@@ -82,8 +82,8 @@ pub async fn start(config: Config) -> Result<RunningGateway, SshError> {
     let (listener, addr) = crate::bind(config.ssh.listen, false)?;
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
-    let admin_addr = match config.admin.listen.parse::<SocketAddr>() {
-        Ok(admin) => {
+    let admin_addr = match config.admin.listen {
+        Some(admin) => {
             let (listener, addr) = crate::bind(admin, false)?;
             tasks.push(tokio::spawn(crate::server::serve_metrics_only(
                 listener,
@@ -91,7 +91,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, SshError> {
             )));
             Some(addr)
         }
-        Err(_) => None,
+        None => None,
     };
     let flusher_stop = CancellationToken::new();
     tasks.push(tokio::spawn(shared.activity.run_flusher(

@@ -11,7 +11,6 @@
 //! (`session`, `direct-tcpip`) is mirrored there; channel requests, data, EOF, exit status and
 //! close are relayed both ways, and request replies are relayed in order.
 
-mod config;
 mod gateway;
 mod keys;
 mod relay;
@@ -21,7 +20,7 @@ use std::path::PathBuf;
 
 use crate::StartError;
 
-pub use config::SshConfig;
+pub use crate::config::SshConfig;
 pub use gateway::{start, RunningGateway};
 pub use keys::keygen;
 

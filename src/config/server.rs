@@ -1,0 +1,207 @@
+//! `[server]`, `[admin]`, `[proxy]` and `[log]`: the listeners and the HTTP proxy.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the public listener.
+    pub listen: SocketAddr,
+    /// Largest request head (request line + headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// Most headers accepted in one request.
+    pub max_headers: usize,
+    /// Time a client gets to send a whole request head, counted from the connection's start or
+    /// the end of the previous response: it bounds slow senders (slowloris) and idle HTTP/1.1
+    /// keep-alive connections alike (hyper uses one timer for both).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections beyond this many wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Open connections one client IP may hold (0: no limit); more are closed at accept.
+    pub max_connections_per_ip: usize,
+    /// On SIGTERM/SIGINT, in-flight requests and streams get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Bind the public listeners (plaintext and TLS) with `SO_REUSEPORT`, so several sandgate
+    /// processes (one per core, say) can share one port; the kernel spreads connections over them.
+    pub reuse_port: bool,
+    /// After an answer sent before the request body was read (a 401 to an upload, say), the
+    /// connection closes only once the client stopped sending, or after this many more bytes
+    /// (0: close at once), so the client can read the answer instead of a reset.
+    pub lingering_bytes: u64,
+    /// ... or after this long (at most 60s), whichever comes first.
+    #[serde(with = "humantime_serde")]
+    pub lingering_timeout: Duration,
+    /// CIDRs (or addresses) of the load balancers in front: only from these peers are
+    /// `X-Forwarded-For`/`Forwarded` believed and the PROXY protocol accepted.
+    pub trusted_proxies: Vec<String>,
+    /// `listen` expects a PROXY protocol header (v1 or v2) first on every connection, from a
+    /// trusted proxy; connections without one, or from anyone else, are closed.
+    pub proxy_protocol: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 50_000,
+            max_connections_per_ip: 4096,
+            shutdown_timeout: Duration::from_secs(30),
+            reuse_port: false,
+            lingering_bytes: 16 << 20,
+            lingering_timeout: Duration::from_secs(5),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+        }
+    }
+}
+
+/// The operations listener: `/metrics`, `/health`, `/ready`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener; empty (`None`): no admin listener.
+    #[serde(with = "empty_is_off")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Preview domains: `<port>-<sandboxId>.<domain>`.
+    pub domains: Vec<String>,
+    /// Scheme clients use to reach the proxy (`http` or `https`); sets `X-Forwarded-Proto`.
+    pub public_scheme: Scheme,
+    /// Upstream TCP connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time the upstream gets to send response headers (504 after).
+    #[serde(with = "humantime_serde")]
+    pub response_header_timeout: Duration,
+    /// Idle upstream connections are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Idle upstream connections kept per runner.
+    pub pool_max_idle_per_host: usize,
+    /// Requests and WebSockets in flight per sandbox on this replica (0: no limit); beyond: 429.
+    pub max_requests_per_sandbox: usize,
+    /// A proxied WebSocket with no traffic either way for this long is closed (0s: never).
+    #[serde(with = "humantime_serde")]
+    pub websocket_idle_timeout: Duration,
+    /// Largest toolbox request body in bytes (0: no limit); beyond: 413. Previews have no limit.
+    pub toolbox_max_body_bytes: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            domains: vec!["preview.localhost".into()],
+            public_scheme: Scheme::Http,
+            connect_timeout: Duration::from_secs(3),
+            response_header_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+            max_requests_per_sandbox: 10_000,
+            websocket_idle_timeout: Duration::from_secs(3600),
+            toolbox_max_body_bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `sandgate=debug`. `RUST_LOG` wins when set.
+    pub level: String,
+    /// One line per request (method, route kind, path without query, status, duration, bytes,
+    /// sandbox, request id); never hosts, queries, tokens or cookies.
+    pub access: bool,
+    /// Accept a sane `X-Request-Id` or generate one; forward it and return it.
+    pub request_id: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+            access: true,
+            request_id: true,
+        }
+    }
+}
+
+/// `proxy.public_scheme`: the scheme clients use to reach the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// `admin.listen` is an address, or empty for "no admin listener".
+mod empty_is_off {
+    use std::net::SocketAddr;
+
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("admin.listen {text:?} is not an address")))
+    }
+}
+
+/// `server.trusted_proxies`: CIDRs (`10.0.0.0/8`, `fd00::/8`) or single addresses; errors name
+/// the key.
+pub fn parse_trusted_proxies(entries: &[String]) -> Result<Vec<IpNet>, String> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let entry = entry.trim();
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    format!(
+                        "server.trusted_proxies[{i}]: {entry:?} is not a CIDR (e.g. \
+                         \"10.0.0.0/8\") or an IP address"
+                    )
+                })
+        })
+        .collect()
+}
