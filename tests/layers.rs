@@ -51,8 +51,6 @@ const ALLOWED: &[(&str, &str)] = &[
     ("src/ssh/gateway.rs", "app"),
     ("src/ssh/gateway.rs", "http"),
     ("src/ssh/mod.rs", "app"),
-    // The static backend reads the clock through auth.
-    ("src/registry/static_backend.rs", "auth"),
     // auth still builds the responses of CORS preflights, the OIDC flow and the warning page
     // (they become values that http/respond renders).
     ("src/auth/cors.rs", "http"),
