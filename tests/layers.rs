@@ -30,7 +30,7 @@ fn resolve(name: &str) -> &str {
         "body" | "client_addr" | "client_io" | "forward" | "relay" | "respond" | "route"
         | "server" | "upstream" | "proxy" => "http",
         "FastMap" => "base",
-        "start" | "Running" | "StartError" | "Shared" | "bind" => "app",
+        "start" | "Running" | "StartError" => "app",
         other => other,
     }
 }
@@ -47,10 +47,6 @@ const ALLOWED: &[(&str, &str)] = &[
     ("src/config.rs", "ssh"),
     ("src/config.rs", "tls"),
     ("src/config.rs", "wake"),
-    // The SSH gateway builds the shared state and the metrics listener itself (moves to app).
-    ("src/ssh/gateway.rs", "app"),
-    ("src/ssh/gateway.rs", "http"),
-    ("src/ssh/mod.rs", "app"),
     // auth still builds the responses of CORS preflights, the OIDC flow and the warning page
     // (they become values that http/respond renders).
     ("src/auth/cors.rs", "http"),

@@ -19,10 +19,8 @@ mod session;
 
 use std::path::PathBuf;
 
-use crate::StartError;
-
 pub use config::SshConfig;
-pub use gateway::{start, RunningGateway};
+pub use gateway::{GatewayKeys, SshGateway};
 pub use keys::keygen;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +29,4 @@ pub enum SshError {
     Key { path: PathBuf, reason: String },
     #[error("{path} already exists; refusing to overwrite a key")]
     Exists { path: PathBuf },
-    #[error(transparent)]
-    Start(#[from] StartError),
 }
