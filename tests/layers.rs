@@ -47,11 +47,6 @@ const ALLOWED: &[(&str, &str)] = &[
     ("src/config.rs", "ssh"),
     ("src/config.rs", "tls"),
     ("src/config.rs", "wake"),
-    // auth still builds the responses of CORS preflights, the OIDC flow and the warning page
-    // (they become values that http/respond renders).
-    ("src/auth/cors.rs", "http"),
-    ("src/auth/oidc.rs", "http"),
-    ("src/auth/warning.rs", "http"),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -7,6 +7,7 @@
 //! host. `http::gate` wires this module into the request pipeline; `http::respond` turns its
 //! refusals into responses.
 
+pub mod answer;
 pub mod config;
 pub mod cookie;
 pub mod cors;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 
+pub use answer::Answer;
 pub use config::AuthConfig;
 pub use memo::TokenMemo;
 pub(crate) use strip::strip_proxy_cookies;
