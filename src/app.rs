@@ -18,6 +18,7 @@ use crate::http::forward::Forwarder;
 use crate::http::{client_addr, route, server, App};
 use crate::registry::redis::{RedisHandle, RedisRegistry};
 use crate::registry::{Registry, Resolver, StaticRegistry};
+use crate::ssh::{GatewayKeys, SshError, SshGateway};
 use crate::{auth, registry, tls, wake};
 
 /// Why the proxy could not start. Each error names the config key at fault; the message is the
@@ -31,6 +32,9 @@ pub enum StartError {
         key: &'static str,
         message: String,
     },
+    /// The SSH gateway's keys (`ssh.host_key`, `ssh.upstream_key`, `ssh.upstream_host_key`).
+    #[error(transparent)]
+    Ssh(#[from] SshError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The listen key (`server.listen`, `tls.listen`, `admin.listen`), when known.
@@ -45,6 +49,7 @@ impl StartError {
     pub fn key(&self) -> Option<&'static str> {
         match self {
             StartError::Config { key, .. } => Some(key),
+            StartError::Ssh(_) => Some("ssh"),
             StartError::Bind { key, .. } => *key,
         }
     }
@@ -201,8 +206,74 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
+/// A running SSH gateway: its address and the way to stop it.
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/health`, `/ready`), when `admin.listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the gateway has stopped (after [`RunningGateway::shutdown_token`] fired).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// `sandgate ssh-gateway`: loads the keys, builds the registry and activity sink like the
+/// proxy does, binds and serves (with the metrics-only admin listener when `admin.listen` is
+/// set).
+pub async fn start_ssh_gateway(config: Config) -> Result<RunningGateway, StartError> {
+    let keys = GatewayKeys::load(&config.ssh)?;
+    let shared = Shared::build(&config)?;
+    let resolver = Resolver::new(shared.registry, config.registry.cache);
+    let gateway = SshGateway::new(keys, &config.ssh, resolver, shared.activity.clone());
+    let (listener, addr) = bind_key("ssh.listen", config.ssh.listen, false)?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let admin_addr = match config.admin.listen {
+        Some(admin) => {
+            let (listener, addr) = bind_key("admin.listen", admin, false)?;
+            tasks.push(tokio::spawn(server::serve_metrics_only(
+                listener,
+                shutdown.clone(),
+            )));
+            Some(addr)
+        }
+        None => None,
+    };
+    let flusher_stop = CancellationToken::new();
+    tasks.push(tokio::spawn(shared.activity.run_flusher(
+        shared.sink,
+        config.activity.flush_interval,
+        flusher_stop.clone(),
+    )));
+    let stop = shutdown.clone();
+    tasks.insert(
+        0,
+        tokio::spawn(async move {
+            gateway.serve(listener, stop).await;
+            flusher_stop.cancel();
+        }),
+    );
+    Ok(RunningGateway {
+        addr,
+        admin_addr,
+        shutdown,
+        tasks,
+    })
+}
+
 /// What the proxy and the SSH gateway build alike from one config: registry, activity, sink.
-pub(crate) struct Shared {
+struct Shared {
     pub redis: Option<Arc<RedisHandle>>,
     pub registry: Arc<dyn Registry>,
     pub static_registry: Option<Arc<StaticRegistry>>,
@@ -213,7 +284,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn build(config: &Config) -> Result<Shared, StartError> {
+    fn build(config: &Config) -> Result<Shared, StartError> {
         let redis = redis_handle(config)?;
         let (registry, static_registry) = build_registry(config, redis.as_ref())?;
         let activity = Activity::new(&config.activity);
@@ -230,27 +301,16 @@ impl Shared {
     }
 }
 
-pub(crate) fn bind(
-    addr: SocketAddr,
-    reuse_port: bool,
-) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
-    bind_at(None, addr, reuse_port)
-}
-
 fn bind_key(
     key: &'static str,
     addr: SocketAddr,
     reuse_port: bool,
 ) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
-    bind_at(Some(key), addr, reuse_port)
-}
-
-fn bind_at(
-    key: Option<&'static str>,
-    addr: SocketAddr,
-    reuse_port: bool,
-) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
-    let fail = |source| StartError::Bind { key, addr, source };
+    let fail = |source| StartError::Bind {
+        key: Some(key),
+        addr,
+        source,
+    };
     let listener = server::bind(addr, reuse_port).map_err(fail)?;
     let bound = listener.local_addr().map_err(fail)?;
     Ok((listener, bound))

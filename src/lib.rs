@@ -21,7 +21,6 @@ pub mod ssh;
 pub mod tls;
 pub mod wake;
 
-pub(crate) use crate::app::{bind, Shared};
 pub use crate::app::{start, Running, StartError};
 pub use crate::base::FastMap;
 // The old top-level paths of the modules now under `http/` (other modules and the fuzz targets

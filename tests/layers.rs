@@ -30,27 +30,10 @@ fn resolve(name: &str) -> &str {
         "body" | "client_addr" | "client_io" | "forward" | "relay" | "respond" | "route"
         | "server" | "upstream" | "proxy" => "http",
         "FastMap" => "base",
-        "start" | "Running" | "StartError" | "Shared" | "bind" => "app",
+        "start" | "Running" | "StartError" => "app",
         other => other,
     }
 }
-
-/// Edges that break the layering today, each waiting for a move outside this change. The lead
-/// removes these at merge, as the edge files move (`ssh/`, `cli/`, `registry/` splits, typed
-/// config); nothing may be added here.
-const ALLOWED: &[(&str, &str)] = &[
-    // The SSH gateway builds the shared state and the metrics listener itself (moves to app).
-    ("src/ssh/gateway.rs", "app"),
-    ("src/ssh/gateway.rs", "http"),
-    ("src/ssh/mod.rs", "app"),
-    // The static backend reads the clock through auth.
-    ("src/registry/static_backend.rs", "auth"),
-    // auth still builds the responses of CORS preflights, the OIDC flow and the warning page
-    // (they become values that http/respond renders).
-    ("src/auth/cors.rs", "http"),
-    ("src/auth/oidc.rs", "http"),
-    ("src/auth/warning.rs", "http"),
-];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -132,9 +115,7 @@ fn imports_point_down_and_top_level_modules_form_no_cycle() {
     let mut files = Vec::new();
     rust_files(&root.join("src"), &mut files);
     files.sort();
-    let allowed: BTreeSet<(&str, &str)> = ALLOWED.iter().copied().collect();
     let mut violations = Vec::new();
-    let mut used: BTreeSet<(String, String)> = BTreeSet::new();
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for path in &files {
         let relative = path
@@ -162,24 +143,12 @@ fn imports_point_down_and_top_level_modules_form_no_cycle() {
                 violations.push(format!("{relative}: `crate::{name}` is in no known layer"));
                 continue;
             };
-            if allowed.contains(&(relative.as_str(), to.as_str())) {
-                used.insert((relative.clone(), to));
-                continue;
-            }
             if to_layer > from_layer {
                 violations.push(format!(
                     "{relative}: `{from}` (layer {from_layer}) imports `crate::{name}` (`{to}`, layer {to_layer}), a layer above it"
                 ));
             }
             graph.entry(from.clone()).or_default().insert(to);
-        }
-    }
-    // An exception that nothing needs any more goes, so it cannot hide a new upward import.
-    for (file, to) in ALLOWED {
-        if !used.contains(&(file.to_string(), to.to_string())) {
-            violations.push(format!(
-                "ALLOWED ({file}, {to}) is no longer needed: remove it"
-            ));
         }
     }
     if let Some(cycle) = find_cycle(&graph) {

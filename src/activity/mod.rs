@@ -10,12 +10,13 @@ pub mod redis;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dashmap::DashMap;
 
 use crate::base::FastMap;
 
+pub use crate::base::clock::now_ms;
 use crate::base::BoxFuture;
 pub use crate::config::ActivityConfig;
 use crate::metrics::metrics;
@@ -241,12 +242,6 @@ impl Drop for StreamGuard {
             mark.seen_ms.fetch_max(now_ms(), Ordering::Relaxed);
         }
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

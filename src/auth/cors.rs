@@ -15,9 +15,9 @@ use http::header::{
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
     ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
 };
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
-use crate::http::body::ProxyBody;
+use super::Answer;
 use crate::registry::CorsMode;
 
 pub const DISABLE_CORS_HEADER: HeaderName = HeaderName::from_static("x-daytona-disable-cors");
@@ -109,14 +109,15 @@ impl Cors {
         (decision, false)
     }
 
-    /// The proxy's answer to a preflight, or `None` when it is not one (or CORS is disabled).
+    /// The proxy's answer to a preflight (a `204`), or `None` when it is not one (or CORS is
+    /// disabled).
     pub fn preflight(
         &self,
         method: &Method,
         headers: &HeaderMap,
         decision: &CorsDecision,
         disabled: bool,
-    ) -> Option<Response<ProxyBody>> {
+    ) -> Option<Answer> {
         if disabled
             || method != Method::OPTIONS
             || !headers.contains_key(ORIGIN)
@@ -124,14 +125,12 @@ impl Cors {
         {
             return None;
         }
-        let mut response = Response::new(ProxyBody::Empty);
-        *response.status_mut() = StatusCode::NO_CONTENT;
-        let out = response.headers_mut();
+        let mut out = HeaderMap::new();
         out.insert(VARY, HeaderValue::from_static("Origin"));
         let CorsDecision::Allow(origin) = decision else {
             // Disallowed origin: a 204 without `Access-Control-Allow-Origin` fails the browser's
             // CORS check, so the real request is never sent; the app never sees the preflight.
-            return Some(response);
+            return Some(Answer::empty(StatusCode::NO_CONTENT, out));
         };
         out.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         out.insert(
@@ -151,7 +150,7 @@ impl Cors {
             out.insert(ACCESS_CONTROL_ALLOW_HEADERS, h.clone());
         }
         out.insert(ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
-        Some(response)
+        Some(Answer::empty(StatusCode::NO_CONTENT, out))
     }
 }
 
@@ -238,16 +237,13 @@ mod tests {
         );
         let (d, off) = c.decide(&mut h, CorsMode::Managed, &own);
         let r = c.preflight(&Method::OPTIONS, &h, &d, off).unwrap();
-        assert_eq!(r.status(), 204);
+        assert_eq!(r.status, 204);
         assert_eq!(
-            r.headers()[ACCESS_CONTROL_ALLOW_ORIGIN],
+            r.headers[ACCESS_CONTROL_ALLOW_ORIGIN],
             "http://1-a.preview.localhost"
         );
-        assert_eq!(
-            r.headers()[ACCESS_CONTROL_ALLOW_HEADERS],
-            "content-type, x-y"
-        );
-        assert_eq!(r.headers()[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        assert_eq!(r.headers[ACCESS_CONTROL_ALLOW_HEADERS], "content-type, x-y");
+        assert_eq!(r.headers[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
         assert!(c.preflight(&Method::GET, &h, &d, off).is_none());
         let (d, off) = c.decide(&mut h, CorsMode::Passthrough, &own);
         assert!(matches!(d, CorsDecision::None) && off);
@@ -255,7 +251,7 @@ mod tests {
         h.insert(ORIGIN, "http://1-b.preview.localhost".parse().unwrap());
         let (d, off) = c.decide(&mut h, CorsMode::Managed, &own);
         let r = c.preflight(&Method::OPTIONS, &h, &d, off).unwrap();
-        assert!(r.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+        assert!(r.headers.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         h.insert(DISABLE_CORS_HEADER, "true".parse().unwrap());
         assert!(matches!(
             c.decide(&mut h, CorsMode::Managed, &own),

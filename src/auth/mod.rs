@@ -7,6 +7,7 @@
 //! host. `http::gate` wires this module into the request pipeline; `http::respond` turns its
 //! refusals into responses.
 
+pub mod answer;
 pub mod cookie;
 pub mod cors;
 mod credential_cache;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 
+pub use answer::Answer;
 // The `[auth]` section (old path `auth::config`).
 pub use crate::config::auth as config;
 pub use crate::config::AuthConfig;

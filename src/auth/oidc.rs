@@ -17,8 +17,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use http::header::{CACHE_CONTROL, LOCATION, SET_COOKIE};
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -28,8 +27,7 @@ use super::http_client::{encode, HttpClient};
 use super::jwt::{Jwks, JwtVerifier};
 use super::return_to::{same_host_path, split_absolute};
 use super::sign::{ct_eq, now_unix, random_token};
-use super::{query_param, Auth, AuthError};
-use crate::http::body::ProxyBody;
+use super::{query_param, Answer, Auth, AuthError};
 use crate::registry::SandboxRecord;
 
 pub const SESSION_PATH: &str = "/__sandgate/session";
@@ -147,7 +145,7 @@ impl Oidc {
         auth: &Auth,
         query: Option<&str>,
         is_preview_host: impl Fn(&str) -> bool,
-    ) -> Result<Response<ProxyBody>, AuthError> {
+    ) -> Result<Answer, AuthError> {
         let return_to = decoded_param(query, "returnTo").unwrap_or_default();
         let Some((authority, _)) = split_absolute(&return_to) else {
             return Err(AuthError::BadLogin("returnTo must be a preview URL"));
@@ -196,27 +194,25 @@ impl Oidc {
             url.push_str("&audience=");
             url.push_str(&encode(&self.cfg.audience));
         }
-        let mut response = redirect(&url)?;
-        if let Some(c) = auth.flags.set_lax_cookie(OIDC_COOKIE, &pkce, LOGIN_TTL) {
-            response.headers_mut().insert(SET_COOKIE, c);
-        }
-        Ok(response)
+        redirect(
+            &url,
+            auth.flags.set_lax_cookie(OIDC_COOKIE, &pkce, LOGIN_TTL),
+        )
     }
 
     /// `GET /callback?code&state` on the login host. `resolve` maps the preview authority of
-    /// `returnTo` to its sandbox.
-    pub async fn callback<F, Fut>(
+    /// `returnTo` to its sandbox; its error type `E` (the caller's) carries auth's refusals too.
+    pub async fn callback<F, Fut, E>(
         &self,
         auth: &Auth,
         headers: &HeaderMap,
         query: Option<&str>,
         resolve: F,
-    ) -> Result<Response<ProxyBody>, crate::http::respond::ProxyError>
+    ) -> Result<Answer, E>
     where
         F: FnOnce(String) -> Fut,
-        Fut: std::future::Future<
-            Output = Result<Arc<SandboxRecord>, crate::http::respond::ProxyError>,
-        >,
+        Fut: std::future::Future<Output = Result<Arc<SandboxRecord>, E>>,
+        E: From<AuthError>,
     {
         if query_param(query.unwrap_or(""), "error").is_some() {
             return Err(AuthError::BadLogin("the identity provider refused the login").into());
@@ -303,15 +299,15 @@ impl Oidc {
                 },
             )
             .ok_or(AuthError::IdpUnavailable)?;
-        let mut response = redirect(&format!(
-            "{}://{authority}{SESSION_PATH}?ticket={}",
-            self.scheme,
-            encode(&ticket)
-        ))?;
-        if let Some(c) = auth.flags.set_lax_cookie(OIDC_COOKIE, "", 0) {
-            response.headers_mut().insert(SET_COOKIE, c);
-        }
-        Ok(response)
+        redirect(
+            &format!(
+                "{}://{authority}{SESSION_PATH}?ticket={}",
+                self.scheme,
+                encode(&ticket)
+            ),
+            auth.flags.set_lax_cookie(OIDC_COOKIE, "", 0),
+        )
+        .map_err(E::from)
     }
 }
 
@@ -323,7 +319,7 @@ pub fn session(
     query: Option<&str>,
     sandbox: &SandboxRecord,
     id_or_token: &str,
-) -> Result<Response<ProxyBody>, AuthError> {
+) -> Result<Answer, AuthError> {
     let raw = decoded_param(query, "ticket").ok_or(AuthError::TokenInvalid)?;
     let ticket: Ticket = auth
         .signer
@@ -338,11 +334,10 @@ pub fn session(
     if !auth.spend_ticket(&raw, ticket.e) {
         return Err(AuthError::TokenInvalid);
     }
-    let mut response = redirect(&same_host_path(&ticket.p, host))?;
-    if let Some(c) = auth.sandbox_cookie(&sandbox.id, id_or_token) {
-        response.headers_mut().insert(SET_COOKIE, c);
-    }
-    Ok(response)
+    redirect(
+        &same_host_path(&ticket.p, host),
+        auth.sandbox_cookie(&sandbox.id, id_or_token),
+    )
 }
 
 /// The `nonce` sent to the provider: derived from the login's secret nonce (which stays in the
@@ -353,15 +348,11 @@ fn token_nonce(login_nonce: &str) -> String {
     ))
 }
 
-fn redirect(location: &str) -> Result<Response<ProxyBody>, AuthError> {
-    let mut response = Response::new(ProxyBody::Empty);
-    *response.status_mut() = StatusCode::FOUND;
+/// A `302` to `location` (never cached) setting `cookie`; a location that is no header value is
+/// a failed login.
+fn redirect(location: &str, cookie: Option<HeaderValue>) -> Result<Answer, AuthError> {
     let value = HeaderValue::try_from(location).map_err(|_| AuthError::BadLogin("bad redirect"))?;
-    response.headers_mut().insert(LOCATION, value);
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(Answer::redirect(value, cookie))
 }
 
 fn decoded_param(query: Option<&str>, name: &str) -> Option<String> {

@@ -2,15 +2,15 @@
 //! and the `POST /accept-daytona-preview-warning` handler (CSRF-checked) on the preview host.
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, UPGRADE, USER_AGENT};
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::cookie::{CookieFlags, WARNING_COOKIE};
 use super::return_to::same_host_path;
 use super::sign::{now_unix, Signer};
+use super::Answer;
 use crate::base::html::escape_html;
 use crate::base::ports::is_reserved_port;
-use crate::http::body::ProxyBody;
 
 pub const ACCEPT_PATH: &str = "/accept-daytona-preview-warning";
 pub const SKIP_HEADER: HeaderName = HeaderName::from_static("x-daytona-skip-preview-warning");
@@ -72,12 +72,7 @@ fn accepted(headers: &HeaderMap, flags: CookieFlags) -> bool {
 
 /// The interstitial for `host`, returning to `path_and_query` (with `GET`) once accepted.
 /// `replayable`: the navigation was a `GET`/`HEAD`; else the page says its form was not sent.
-pub fn page(
-    signer: &Signer,
-    host: &str,
-    path_and_query: &str,
-    replayable: bool,
-) -> Response<ProxyBody> {
+pub fn page(signer: &Signer, host: &str, path_and_query: &str, replayable: bool) -> Answer {
     let csrf = signer
         .sign(
             CSRF_PURPOSE,
@@ -106,8 +101,7 @@ by this platform: do not enter passwords or personal data unless you trust its o
         action = escape_html(&action),
         csrf = escape_html(&csrf),
     );
-    let mut response = Response::new(ProxyBody::full(body));
-    let h = response.headers_mut();
+    let mut h = HeaderMap::new();
     h.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
@@ -121,7 +115,11 @@ by this platform: do not enter passwords or personal data unless you trust its o
         http::header::X_FRAME_OPTIONS,
         HeaderValue::from_static("DENY"),
     );
-    response
+    Answer {
+        status: StatusCode::OK,
+        headers: h,
+        body: Some(body),
+    }
 }
 
 /// Handles the accept form: `None` when the CSRF token is missing or not for this host.
@@ -131,7 +129,7 @@ pub fn accept(
     host: &str,
     query: Option<&str>,
     form: &[u8],
-) -> Option<Response<ProxyBody>> {
+) -> Option<Answer> {
     let form = std::str::from_utf8(form).ok()?;
     let csrf = form.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
@@ -154,9 +152,7 @@ pub fn accept(
         })
         .unwrap_or_else(|| "/".into());
     let location = same_host_path(&raw, host);
-    let mut response = Response::new(ProxyBody::Empty);
-    *response.status_mut() = StatusCode::SEE_OTHER;
-    let h = response.headers_mut();
+    let mut h = HeaderMap::new();
     if let Ok(v) = HeaderValue::try_from(location) {
         h.insert(LOCATION, v);
     }
@@ -164,13 +160,12 @@ pub fn accept(
         h.insert(http::header::SET_COOKIE, c);
     }
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Some(response)
+    Some(Answer::empty(StatusCode::SEE_OTHER, h))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
     fn signer() -> Signer {
         Signer::new(vec![b"w".repeat(32)])
@@ -249,14 +244,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn page_escapes_and_accept_checks_csrf() {
+    #[test]
+    fn page_escapes_and_accept_checks_csrf() {
         let s = signer();
         let host = "3000-sbx.preview.localhost";
         let r = page(&s, host, "/\"><script>alert(1)</script>", true);
-        assert_eq!(r.headers()[http::header::CONTENT_SECURITY_POLICY], CSP);
-        let text =
-            String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert_eq!(r.headers[http::header::CONTENT_SECURITY_POLICY], CSP);
+        let text = r.body.unwrap();
         assert!(!text.contains("<script>"));
         let csrf = text
             .split("name=\"csrf\" value=\"")
@@ -275,9 +269,9 @@ mod tests {
             form.as_bytes(),
         )
         .unwrap();
-        assert_eq!(ok.status(), 303);
-        assert_eq!(ok.headers()[LOCATION], "/app?x=1");
-        assert!(ok.headers()[http::header::SET_COOKIE]
+        assert_eq!(ok.status, 303);
+        assert_eq!(ok.headers[LOCATION], "/app?x=1");
+        assert!(ok.headers[http::header::SET_COOKIE]
             .to_str()
             .unwrap()
             .starts_with("daytona-preview-page-accepted=true; Max-Age=86400"));
@@ -288,7 +282,7 @@ mod tests {
             Some("redirect=%2F%2Fevil.com"),
             form.as_bytes(),
         );
-        assert_eq!(evil.unwrap().headers()[LOCATION], "/");
+        assert_eq!(evil.unwrap().headers[LOCATION], "/");
         assert!(accept(
             &s,
             flags,

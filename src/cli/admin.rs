@@ -4,11 +4,12 @@
 //! text for activity); raw tokens are never printed back and token hashes only shortened.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Subcommand;
 use serde_json::{json, Value};
 
+use crate::base::clock::now_ms;
 use crate::config::Config;
 use crate::registry::redis::{Invalidation, RedisFailure, RedisHandle};
 use crate::registry::signed_preview::{is_signed_token, new_signed_token, signed_preview_key};
@@ -490,12 +491,6 @@ pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<
 
 fn iso(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn activity_entry(id: &str, ms: u64, now: u64) -> (Value, String) {

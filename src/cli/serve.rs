@@ -41,7 +41,9 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> 
 
 /// `sandgate ssh-gateway`: runs the SSH gateway until SIGTERM/SIGINT.
 pub async fn ssh_gateway(config: Config) -> Result<(), String> {
-    let running = crate::ssh::start(config).await.map_err(|e| e.to_string())?;
+    let running = crate::app::start_ssh_gateway(config)
+        .await
+        .map_err(|e| e.to_string())?;
     let stop = stop_signal();
     println!("sandgate ssh gateway listening on {}", running.addr);
     if let Some(addr) = running.admin_addr {

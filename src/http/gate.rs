@@ -17,7 +17,7 @@ use super::pipeline::{App, Peer};
 use crate::auth::cors::{self, CorsDecision};
 use crate::auth::{oidc, strip_credentials, warning, AuthError, AuthRequest};
 use crate::http::body::ProxyBody;
-use crate::http::respond::ProxyError;
+use crate::http::respond::{self, ProxyError};
 use crate::http::route::{self, OwnPath, Route, RouteError};
 use crate::registry::signed_preview::is_signed_token as is_signed_shape;
 use crate::registry::SandboxRecord;
@@ -112,6 +112,7 @@ pub async fn preview_own_path(
     };
     Some(
         warning::accept(&auth.signer, auth.flags, host, uri.query(), &form)
+            .map(respond::answer)
             .ok_or_else(|| AuthError::Csrf.into()),
     )
 }
@@ -190,11 +191,11 @@ pub async fn admit(
         .cors
         .preflight(&method, req.headers(), &cors, hands_off)
     {
-        return Ok(Admission::Respond(r));
+        return Ok(Admission::Respond(respond::answer(r)));
     }
     if port.is_some() && uri.path() == oidc::SESSION_PATH && method == Method::GET {
         return oidc::session(auth, host, uri.query(), &sandbox, id_or_token)
-            .map(Admission::Respond)
+            .map(|answer| Admission::Respond(respond::answer(answer)))
             .map_err(Into::into);
     }
 
@@ -244,12 +245,12 @@ pub async fn admit(
     }
     if auth.preview_warning && navigation && warning::applies(port, req.headers(), auth.flags) {
         let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-        return Ok(Admission::Respond(warning::page(
+        return Ok(Admission::Respond(respond::answer(warning::page(
             &auth.signer,
             host,
             path_and_query,
             safe_method,
-        )));
+        ))));
     }
 
     auth.remove_platform_authorization(
@@ -297,14 +298,16 @@ pub async fn own_host(
                     Ok(Route::Preview { .. })
                 )
             };
-            Ok(oidc.login(&app.auth, query, is_preview).await?)
+            Ok(respond::answer(
+                oidc.login(&app.auth, query, is_preview).await?,
+            ))
         }
-        OwnPath::Callback => {
-            oidc.callback(&app.auth, req.headers(), query, |authority| async move {
+        OwnPath::Callback => oidc
+            .callback(&app.auth, req.headers(), query, |authority| async move {
                 resolve_preview_host(app, &authority).await
             })
             .await
-        }
+            .map(respond::answer),
         _ => Err(ProxyError::NotFound),
     }
 }

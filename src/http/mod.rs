@@ -7,6 +7,7 @@ pub mod client_io;
 pub mod forward;
 pub mod gate;
 pub mod headers;
+pub mod path;
 pub mod pipeline;
 pub mod relay;
 pub mod respond;

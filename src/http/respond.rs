@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
-use crate::auth::{AuthError, Denied};
+use crate::auth::{Answer, AuthError, Denied};
 pub use crate::base::html::escape_html;
 use crate::http::body::ProxyBody;
 use crate::http::route::RouteError;
@@ -244,6 +244,19 @@ pub fn error_response(error: &ProxyError, path: &str, html: bool) -> Response<Pr
             }
         }
     }
+    response
+}
+
+/// Renders what auth answered by itself (a CORS preflight, the preview warning page or its
+/// accept form, a login redirect): its status and headers as they are, its body if it has one.
+pub fn answer(answer: Answer) -> Response<ProxyBody> {
+    let body = match answer.body {
+        Some(body) => ProxyBody::full(body),
+        None => ProxyBody::Empty,
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
     response
 }
 

@@ -72,7 +72,7 @@ impl Registry for StaticRegistry {
         &'a self,
         token: &'a str,
     ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
-        let now = crate::auth::sign::now_unix();
+        let now = crate::base::clock::now_unix();
         // A hash-keyed map lookup: equal hashes only for the equal token, and no raw token kept.
         let found = self
             .table
@@ -92,7 +92,7 @@ impl Registry for StaticRegistry {
         token: &'a str,
         port: u16,
     ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
-        let now = crate::auth::sign::now_unix();
+        let now = crate::base::clock::now_unix();
         let found = self
             .table
             .load()

@@ -1,5 +1,6 @@
-//! The gateway: start (keys, registry, activity, listener), the accept loop, and each
-//! connection's limits and lifetime.
+//! The gateway: its keys, the accept loop, and each connection's limits and lifetime. The
+//! composition root (`app::start_ssh_gateway`) builds the registry and activity, binds, and
+//! runs the admin listener.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use russh::keys::PublicKey;
+use russh::keys::{PrivateKey, PublicKey};
 use russh::server;
 use russh::{client, Disconnect};
 use tokio::net::TcpStream;
@@ -15,104 +16,89 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::load_key;
 use super::session::{Conn, ConnShared, Gateway};
-use super::SshError;
-use crate::config::Config;
+use super::{SshConfig, SshError};
+use crate::activity::Activity;
 use crate::metrics::metrics;
 use crate::registry::Resolver;
 
 /// Clients that send nothing for this long get a keepalive probe; three unanswered close them.
 pub(super) const KEEPALIVE: Duration = Duration::from_secs(15);
 
-/// A running gateway: its address and the way to stop it.
-pub struct RunningGateway {
-    pub addr: SocketAddr,
-    pub admin_addr: Option<SocketAddr>,
-    pub(super) shutdown: CancellationToken,
-    pub(super) tasks: Vec<tokio::task::JoinHandle<()>>,
+/// The gateway's keys, loaded (and checked) before anything else starts.
+pub struct GatewayKeys {
+    host: PrivateKey,
+    upstream: PrivateKey,
+    upstream_pin: Option<PublicKey>,
 }
 
-impl RunningGateway {
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
-    pub async fn wait(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
+impl GatewayKeys {
+    /// The host key, the upstream key and the pinned sandbox host key, from `ssh.*`.
+    pub fn load(config: &SshConfig) -> Result<GatewayKeys, SshError> {
+        let host = load_key(&config.host_key, "host key")?;
+        let upstream = load_key(&config.upstream_key, "upstream key")?;
+        let upstream_pin = match config.upstream_host_key.as_str() {
+            "" => None,
+            line => Some(PublicKey::from_openssh(line).map_err(|e| SshError::Key {
+                path: "ssh.upstream_host_key".into(),
+                reason: e.to_string(),
+            })?),
+        };
+        Ok(GatewayKeys {
+            host,
+            upstream,
+            upstream_pin,
+        })
     }
 }
 
-/// Loads the keys, builds the registry and activity sink like the proxy does, binds and serves.
-pub async fn start(config: Config) -> Result<RunningGateway, SshError> {
-    let host_key = load_key(&config.ssh.host_key, "host key")?;
-    let upstream_key = load_key(&config.ssh.upstream_key, "upstream key")?;
-    let upstream_pin = match config.ssh.upstream_host_key.as_str() {
-        "" => None,
-        line => Some(PublicKey::from_openssh(line).map_err(|e| SshError::Key {
-            path: "ssh.upstream_host_key".into(),
-            reason: e.to_string(),
-        })?),
-    };
-    let shared = crate::Shared::build(&config)?;
-    let gateway = Arc::new(Gateway {
-        resolver: Resolver::new(shared.registry, config.registry.cache),
-        activity: shared.activity.clone(),
-        upstream_key: Arc::new(upstream_key),
-        upstream_pin,
-        client_config: Arc::new(client::Config {
-            inactivity_timeout: None,
+/// A gateway ready to accept connections; the composition root (`app`) hands it the resolver
+/// and the activity it built like the proxy's, and a bound listener to [`SshGateway::serve`].
+pub struct SshGateway {
+    gateway: Arc<Gateway>,
+    server_config: Arc<server::Config>,
+}
+
+impl SshGateway {
+    pub fn new(
+        keys: GatewayKeys,
+        config: &SshConfig,
+        resolver: Resolver,
+        activity: Arc<Activity>,
+    ) -> SshGateway {
+        let gateway = Arc::new(Gateway {
+            resolver,
+            activity,
+            upstream_key: Arc::new(keys.upstream),
+            upstream_pin: keys.upstream_pin,
+            client_config: Arc::new(client::Config {
+                inactivity_timeout: None,
+                nodelay: true,
+                ..Default::default()
+            }),
+            config: config.clone(),
+            sessions: AtomicUsize::new(0),
+            per_token: DashMap::new(),
+        });
+        let server_config = Arc::new(server::Config {
+            keys: vec![keys.host],
+            methods: russh::MethodSet::from(&[russh::MethodKind::None][..]),
+            auth_rejection_time: Duration::ZERO,
+            inactivity_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
+            keepalive_interval: Some(KEEPALIVE),
+            keepalive_max: 3,
             nodelay: true,
             ..Default::default()
-        }),
-        config: config.ssh.clone(),
-        sessions: AtomicUsize::new(0),
-        per_token: DashMap::new(),
-    });
-    let server_config = Arc::new(server::Config {
-        keys: vec![host_key],
-        methods: russh::MethodSet::from(&[russh::MethodKind::None][..]),
-        auth_rejection_time: Duration::ZERO,
-        inactivity_timeout: (!config.ssh.idle_timeout.is_zero()).then_some(config.ssh.idle_timeout),
-        keepalive_interval: Some(KEEPALIVE),
-        keepalive_max: 3,
-        nodelay: true,
-        ..Default::default()
-    });
-    let (listener, addr) = crate::bind(config.ssh.listen, false)?;
-    let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
-    let admin_addr = match config.admin.listen {
-        Some(admin) => {
-            let (listener, addr) = crate::bind(admin, false)?;
-            tasks.push(tokio::spawn(crate::server::serve_metrics_only(
-                listener,
-                shutdown.clone(),
-            )));
-            Some(addr)
+        });
+        SshGateway {
+            gateway,
+            server_config,
         }
-        None => None,
-    };
-    let flusher_stop = CancellationToken::new();
-    tasks.push(tokio::spawn(shared.activity.run_flusher(
-        shared.sink,
-        config.activity.flush_interval,
-        flusher_stop.clone(),
-    )));
-    let stop = shutdown.clone();
-    tasks.insert(
-        0,
-        tokio::spawn(async move {
-            accept_loop(gateway, server_config, listener, stop).await;
-            flusher_stop.cancel();
-        }),
-    );
-    Ok(RunningGateway {
-        addr,
-        admin_addr,
-        shutdown,
-        tasks,
-    })
+    }
+
+    /// Accepts connections on `listener` until `shutdown`; open sessions are cut then.
+    pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: CancellationToken) {
+        accept_loop(self.gateway, self.server_config, listener, shutdown).await;
+    }
 }
 
 pub(super) async fn accept_loop(

@@ -18,10 +18,8 @@ mod session;
 
 use std::path::PathBuf;
 
-use crate::StartError;
-
 pub use crate::config::SshConfig;
-pub use gateway::{start, RunningGateway};
+pub use gateway::{GatewayKeys, SshGateway};
 pub use keys::keygen;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +28,4 @@ pub enum SshError {
     Key { path: PathBuf, reason: String },
     #[error("{path} already exists; refusing to overwrite a key")]
     Exists { path: PathBuf },
-    #[error(transparent)]
-    Start(#[from] StartError),
 }
