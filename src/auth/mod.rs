@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod oidc;
 pub mod ratelimit;
 pub mod return_to;
+pub mod set_cookie;
 pub mod sign;
 pub mod warning;
 
