@@ -172,7 +172,7 @@ async fn pipeline(
         return answer;
     }
     let resolution = gate::resolve(app, &sandbox_id, port, client.ip).await?;
-    let entry = gate::admit(
+    let admission = gate::admit(
         app,
         &mut req,
         host_str,
@@ -182,32 +182,46 @@ async fn pipeline(
         (peer, client.ip),
         html,
     );
-    let entry = match entry.await? {
+    let entry = match admission.await? {
         Admission::Respond(response) => return Ok(response),
         Admission::Enter(entry) => entry,
     };
+    seen.sandbox = Some(entry.sandbox.clone());
+    let marked = record_activity(app, &mut req, &entry.sandbox);
+    forward(app, req, (peer, client), &host, entry, target, marked).await
+}
+
+/// Activity phase: marks the sandbox unless the client asked not to (the header is consumed);
+/// `true` when the response's stream should keep marking it while open.
+fn record_activity(app: &App, req: &mut Request<Incoming>, sandbox: &SandboxRecord) -> bool {
+    let skip = req
+        .headers_mut()
+        .remove(SKIP_ACTIVITY_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    if !skip {
+        app.activity.mark(&sandbox.id);
+    }
+    !skip
+}
+
+/// Forward phase: the request goes to the sandbox's upstream within the sandbox's in-flight
+/// limit; the admitted entry decorates the response (the proxy's cookie, CORS, staleness).
+async fn forward(
+    app: &App,
+    mut req: Request<Incoming>,
+    (peer, client): (&Peer, &ClientAddr),
+    host: &HeaderValue,
+    entry: gate::Entry,
+    target: Target<'_>,
+    marked: bool,
+) -> Result<Response<ProxyBody>, ProxyError> {
     if !client.via_trusted_proxy {
         // Only a trusted proxy's `Forwarded` goes on; a client's own would be a forgery.
         req.headers_mut().remove(FORWARDED);
     }
     let sandbox = &entry.sandbox;
-    seen.sandbox = Some(sandbox.clone());
-    let stripped_query = entry.query.as_deref();
-
-    let skip_activity = req
-        .headers_mut()
-        .remove(SKIP_ACTIVITY_HEADER)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-    if !skip_activity {
-        app.activity.mark(&sandbox.id);
-    }
     let activity = &app.activity;
-    let guard = || {
-        (!skip_activity)
-            .then(|| activity.stream(&sandbox.id))
-            .flatten()
-    };
-
+    let guard = || marked.then(|| activity.stream(&sandbox.id)).flatten();
     let inflight = match app.max_requests_per_sandbox {
         0 => None,
         max => Some(InflightGuard::acquire(sandbox, max).ok_or(ProxyError::SandboxBusy)?),
@@ -216,10 +230,10 @@ async fn pipeline(
         inflight,
         sandbox,
         target,
-        original_host: entry.forwarded_host.as_ref().unwrap_or(&host),
+        original_host: entry.forwarded_host.as_ref().unwrap_or(host),
         client_ip: client.forwarded_for.as_ref().unwrap_or(&peer.ip_header),
         https: peer.https,
-        query: stripped_query,
+        query: entry.query.as_deref(),
         connection_slots: peer.slots.as_ref(),
         deadline_timer: &peer.deadline_timer,
     };
