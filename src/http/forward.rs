@@ -455,17 +455,17 @@ fn classify_client_error(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::registry::RunnerRecord;
     use std::sync::Arc;
 
-    fn runner_sandbox() -> SandboxRecord {
+    pub(in crate::http) fn runner_sandbox() -> SandboxRecord {
         let runner = Arc::new(RunnerRecord::new("r", "http://127.0.0.1:9000/", "key").unwrap());
         SandboxRecord::new("sbx-1", Upstream::Runner(runner), false, "started", None)
     }
 
-    fn direct_sandbox() -> SandboxRecord {
+    pub(in crate::http) fn direct_sandbox() -> SandboxRecord {
         SandboxRecord::new(
             "sbx-2",
             Upstream::Direct {

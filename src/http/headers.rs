@@ -157,25 +157,7 @@ pub(super) fn is_long_lived(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{RunnerRecord, Upstream};
-    use std::sync::Arc;
-
-    fn runner_sandbox() -> SandboxRecord {
-        let runner = Arc::new(RunnerRecord::new("r", "http://127.0.0.1:9000/", "key").unwrap());
-        SandboxRecord::new("sbx-1", Upstream::Runner(runner), false, "started", None)
-    }
-
-    fn direct_sandbox() -> SandboxRecord {
-        SandboxRecord::new(
-            "sbx-2",
-            Upstream::Direct {
-                address: "10.1.2.3".into(),
-            },
-            false,
-            "started",
-            None,
-        )
-    }
+    use crate::http::forward::tests::{direct_sandbox, runner_sandbox};
 
     #[test]
     fn client_trailers_lose_credentials_and_hop_by_hop_names() {

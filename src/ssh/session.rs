@@ -99,6 +99,20 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// The logged-in session and the channel's reply handle, or `None` after refusing the
+    /// channel (no session, no channels).
+    async fn live_or_refuse(&self, reply: ChannelOpenHandle) -> Option<(&Live, ChannelOpenHandle)> {
+        match &self.live {
+            Some(live) => Some((live, reply)),
+            None => {
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                None
+            }
+        }
+    }
+
     async fn login(&mut self, token: &str) -> Result<Live, String> {
         let gateway = &self.gateway;
         let token_hash = crate::registry::sha256(token);
@@ -250,10 +264,7 @@ impl server::Handler for Conn {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(live) = &self.live else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
+        let Some((live, reply)) = self.live_or_refuse(reply).await else {
             return Ok(());
         };
         let upstream = live.upstream.clone();
@@ -284,10 +295,7 @@ impl server::Handler for Conn {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(live) = &self.live else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
+        let Some((live, reply)) = self.live_or_refuse(reply).await else {
             return Ok(());
         };
         let upstream = live.upstream.clone();
