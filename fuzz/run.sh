@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-30}"
+# Instrumented builds share nothing with the main target dir (other RUSTFLAGS); a target dir that
+# outlives the checkout lets a second run on the same machine rebuild only sandgate itself.
+export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-${TMPDIR:-/var/tmp}/sandgate-fuzz-target}"
 if rustup run nightly rustc --version >/dev/null 2>&1; then
   toolchain=(+nightly)
 else
