@@ -11,6 +11,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use support::browser::Browser;
 use support::recorder::{self, assert_no_credentials};
+use support::table::*;
 use support::{send, Proxy};
 
 const KEY: &str = "test-cookie-key-0123456789abcdef0123";
@@ -97,192 +98,59 @@ async fn every_credential_opens_a_private_sandbox_and_none_reaches_it() {
     let (proxy, _rec, rp) = setup("").await;
     let h = host(rp, "priv");
     let secrets = [TOKEN, "apikey-org-1", "apikey-org-2"];
-
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/a?x=1",
-        &[("x-daytona-preview-token", TOKEN), ("cookie", "app=1")],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let seen = r.json();
-    assert_no_credentials(&seen, &secrets);
-    assert_eq!(seen["headers"]["cookie"][0], "app=1");
-    assert_eq!(seen["query"], "x=1");
-
-    let q = format!("/a?b=%2F&DAYTONA_SANDBOX_AUTH_KEY={TOKEN}&a=1&a=2");
-    let r = send(proxy.addr, "GET", &h, &q, &[], b"").await;
-    assert_eq!(r.status, 200, "non-browsers just proceed: {}", r.text());
-    assert_eq!(
-        r.json()["query"],
-        "b=%2F&a=1&a=2",
-        "other params keep bytes and order"
-    );
-    assert_no_credentials(&r.json(), &secrets);
-
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/",
-        &[("authorization", "Bearer apikey-org-1")],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(
-        r.json()["headers"].get("authorization").is_none(),
-        "consumed Bearer is removed"
-    );
-    assert_no_credentials(&r.json(), &secrets);
-
-    let r = send(
-        proxy.addr,
-        "GET",
-        &host(rp, "other"),
-        "/",
-        &[("authorization", "Bearer apikey-org-2")],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 200, "key_sha256 entries work: {}", r.text());
-
+    let query_login = format!("/a?b=%2F&DAYTONA_SANDBOX_AUTH_KEY={TOKEN}&a=1&a=2");
     let cookie = format!(
         "daytona-sandbox-auth-priv={}; app=2",
         craft_cookie("priv", "priv", now() + 600)
     );
-    let r = send(proxy.addr, "GET", &h, "/", &[("cookie", &cookie)], b"").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["headers"]["cookie"][0], "app=2");
-    assert_no_credentials(&r.json(), &secrets);
-
-    // Signed token in the host: opens that port, sets the cookie for that host.
-    let r = send(
-        proxy.addr,
-        "GET",
-        &host(rp, "signedtoken00001"),
-        "/s",
-        &[],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let set: Vec<_> = r
-        .headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect();
-    assert!(
-        set.iter()
-            .any(|c| c.starts_with("daytona-sandbox-auth-signedtoken00001=")),
-        "{set:?}"
-    );
-    assert!(
-        set.iter().any(|c| c == "app=1; Path=/"),
-        "the app's own cookies survive: {set:?}"
-    );
-    assert_no_credentials(&r.json(), &secrets);
-
-    // Toolbox traffic with an API key passes auth (nothing listens on 2280: 502, not 401).
-    let r = send(
-        proxy.addr,
-        "GET",
-        "127.0.0.1",
-        "/toolbox/priv/version",
-        &[("authorization", "Bearer apikey-org-1")],
-        b"",
-    )
-    .await;
-    assert_ne!(r.status, 401, "{}", r.text());
-    assert_ne!(r.status, 403, "{}", r.text());
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("preview token header", &h, "/a?x=1", &[("x-daytona-preview-token", TOKEN), ("cookie", "app=1")],
+            [status(200), no_credentials(&secrets), sent("cookie", ["app=1"]), query("x=1")]),
+        Row::get("query token: non-browsers just proceed, other params keep bytes and order", &h, &query_login, &[],
+            [status(200), query("b=%2F&a=1&a=2"), no_credentials(&secrets)]),
+        Row::get("API key of the organisation: consumed Bearer is removed", &h, "/", &[("authorization", "Bearer apikey-org-1")],
+            [status(200), not_sent("authorization"), no_credentials(&secrets)]),
+        Row::get("key_sha256 entries work", &host(rp, "other"), "/", &[("authorization", "Bearer apikey-org-2")],
+            [status(200)]),
+        Row::get("sandbox cookie", &h, "/", &[("cookie", &cookie)],
+            [status(200), sent("cookie", ["app=2"]), no_credentials(&secrets)]),
+        // Signed token in the host: opens that port, sets the cookie for that host.
+        Row::get("signed token host: the app's own cookies survive", &host(rp, "signedtoken00001"), "/s", &[],
+            [status(200), some_header("set-cookie", "daytona-sandbox-auth-signedtoken00001=*"),
+             some_header("set-cookie", "app=1; Path=/"), no_credentials(&secrets)]),
+        // Toolbox traffic with an API key passes auth (nothing listens on 2280: 502, not 401).
+        Row::get("toolbox with an API key", "127.0.0.1", "/toolbox/priv/version", &[("authorization", "Bearer apikey-org-1")],
+            [status_not(401), status_not(403)]),
+    ];
+    run(proxy.addr, Upstream::Recorder, rows).await;
 }
 
 #[tokio::test]
 async fn failures_answer_json_codes_and_the_apps_authorization_is_forwarded() {
     let (proxy, _rec, rp) = setup("").await;
     let h = host(rp, "priv");
-    let code = |r: &support::Reply| r.json()["code"].as_str().unwrap().to_string();
-
-    let r = send(proxy.addr, "GET", &h, "/", &[], b"").await;
-    assert_eq!((r.status, code(&r)), (401, "AUTH_REQUIRED".into()));
-    assert_eq!(r.headers["www-authenticate"], "Bearer");
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/",
-        &[("x-daytona-preview-token", "nope")],
-        b"",
-    )
-    .await;
-    assert_eq!((r.status, code(&r)), (401, "TOKEN_INVALID".into()));
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/?DAYTONA_SANDBOX_AUTH_KEY=nope",
-        &[],
-        b"",
-    )
-    .await;
-    assert_eq!((r.status, code(&r)), (401, "TOKEN_INVALID".into()));
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/",
-        &[("authorization", "Bearer apikey-org-2")],
-        b"",
-    )
-    .await;
-    assert_eq!((r.status, code(&r)), (403, "FORBIDDEN".into()));
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/",
-        &[("authorization", "Bearer tok-other")],
-        b"",
-    )
-    .await;
-    assert_eq!((r.status, code(&r)), (401, "TOKEN_INVALID".into()));
-
-    // A browser navigation without credentials (no OIDC configured): a readable 401 page.
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/",
-        &[("accept", "text/html"), ("sec-fetch-mode", "navigate")],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 401);
-    assert!(r.text().contains("<!doctype html>"), "{}", r.text());
-
-    // The app's own Authorization on a private sandbox is not consumed: it is forwarded.
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/",
-        &[
-            ("authorization", "Bearer app-own-token"),
-            ("x-daytona-preview-token", TOKEN),
-        ],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(
-        r.json()["headers"]["authorization"][0],
-        "Bearer app-own-token"
-    );
-    assert!(r.json()["headers"].get("x-daytona-preview-token").is_none());
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("no credential", &h, "/", &[],
+            [status(401), code("AUTH_REQUIRED"), header("www-authenticate", "Bearer")]),
+        Row::get("wrong preview token", &h, "/", &[("x-daytona-preview-token", "nope")],
+            [status(401), code("TOKEN_INVALID")]),
+        Row::get("wrong query token", &h, "/?DAYTONA_SANDBOX_AUTH_KEY=nope", &[],
+            [status(401), code("TOKEN_INVALID")]),
+        Row::get("API key of another organisation", &h, "/", &[("authorization", "Bearer apikey-org-2")],
+            [status(403), code("FORBIDDEN")]),
+        Row::get("another sandbox's token as Bearer", &h, "/", &[("authorization", "Bearer tok-other")],
+            [status(401), code("TOKEN_INVALID")]),
+        // A browser navigation without credentials (no OIDC configured): a readable 401 page.
+        Row::get("browser navigation without credentials", &h, "/", &[("accept", "text/html"), ("sec-fetch-mode", "navigate")],
+            [status(401), body_has("<!doctype html>")]),
+        // The app's own Authorization on a private sandbox is not consumed: it is forwarded.
+        Row::get("the app's own Authorization beside a preview token", &h, "/",
+            &[("authorization", "Bearer app-own-token"), ("x-daytona-preview-token", TOKEN)],
+            [status(200), sent("authorization", ["Bearer app-own-token"]), not_sent("x-daytona-preview-token")]),
+    ];
+    run(proxy.addr, Upstream::Recorder, rows).await;
 
     // WebSocket upgrade with bad credentials: 401 JSON, never a redirect or a page.
     let raw = support::raw_exchange(
@@ -300,46 +168,22 @@ async fn failures_answer_json_codes_and_the_apps_authorization_is_forwarded() {
 #[tokio::test]
 async fn public_sandboxes_are_open_except_reserved_ports_and_toolbox() {
     let (proxy, _rec, rp) = setup("").await;
-    let r = send(
-        proxy.addr,
-        "GET",
-        &host(rp, "pub"),
-        "/",
-        &[("authorization", "Bearer app-token")],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["headers"]["authorization"][0], "Bearer app-token");
-    // A platform API key (any organisation) never reaches even a public sandbox.
-    for key in ["apikey-org-1", "apikey-org-2"] {
-        let bearer = format!("Bearer {key}");
-        let r = send(
-            proxy.addr,
-            "GET",
-            &host(rp, "pub"),
-            "/",
-            &[("authorization", &bearer)],
-            b"",
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(r.json()["headers"].get("authorization").is_none(), "{key}");
-    }
-    for port in [2280, 22222, 33333] {
-        let r = send(proxy.addr, "GET", &host(port, "pub"), "/", &[], b"").await;
-        assert_eq!(r.status, 401, "reserved port {port}: {}", r.text());
-    }
-    let r = send(
-        proxy.addr,
-        "GET",
-        "127.0.0.1",
-        "/toolbox/pub/version",
-        &[],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 401, "{}", r.text());
+    let public = host(rp, "pub");
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("the app's own Bearer", &public, "/", &[("authorization", "Bearer app-token")],
+            [status(200), sent("authorization", ["Bearer app-token"])]),
+        // A platform API key (any organisation) never reaches even a public sandbox.
+        Row::get("API key of the organisation", &public, "/", &[("authorization", "Bearer apikey-org-1")],
+            [status(200), not_sent("authorization")]),
+        Row::get("API key of another organisation", &public, "/", &[("authorization", "Bearer apikey-org-2")],
+            [status(200), not_sent("authorization")]),
+        Row::get("reserved port 2280", &host(2280, "pub"), "/", &[], [status(401)]),
+        Row::get("reserved port 22222", &host(22222, "pub"), "/", &[], [status(401)]),
+        Row::get("reserved port 33333", &host(33333, "pub"), "/", &[], [status(401)]),
+        Row::get("toolbox", "127.0.0.1", "/toolbox/pub/version", &[], [status(401)]),
+    ];
+    run(proxy.addr, Upstream::Recorder, rows).await;
 }
 
 #[tokio::test]
@@ -421,11 +265,13 @@ async fn query_login_never_redirects_off_host() {
     let (proxy, _rec, rp) = setup("").await;
     let h = host(rp, "priv");
     // A backslash path is refused outright (400 BAD_PATH, tests/adversarial_paths.rs).
-    for (path, status) in [
+    let rows = [
         ("//evil.com", 302),
         ("//evil.com/x", 302),
         ("/\\evil.com", 400),
-    ] {
+    ];
+    let mut failures = Vec::new();
+    for (path, status) in rows {
         let raw = support::raw_exchange(
             proxy.addr,
             format!("GET {path}?DAYTONA_SANDBOX_AUTH_KEY={TOKEN} HTTP/1.1\r\nHost: {h}\r\nAccept: text/html\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -435,65 +281,44 @@ async fn query_login_never_redirects_off_host() {
             .lines()
             .find_map(|l| l.strip_prefix("location: "))
             .unwrap_or("");
-        assert_eq!(support::status_of(&raw), status, "{path}: {raw}");
-        assert!(status != 302 || location == "/", "{path}: {raw}");
+        let got = support::status_of(&raw);
+        if got != status || (status == 302 && location != "/") {
+            failures.push(format!(
+                "{path:?}: status {got} (expected {status}), location {location:?} (expected \"/\" on a redirect): {raw}"
+            ));
+        }
     }
+    report(rows.len(), &failures);
 }
 
 #[tokio::test]
 async fn tampered_expired_and_foreign_cookies_are_rejected() {
     let (proxy, _rec, rp) = setup("").await;
     let h = host(rp, "priv");
-    let code = |r: &support::Reply| r.json()["code"].as_str().unwrap().to_string();
     let good = craft_cookie("priv", "priv", now() + 600);
-    let try_cookie = |value: String| {
-        let h = h.clone();
-        let addr = proxy.addr;
-        async move {
-            send(
-                addr,
-                "GET",
-                &h,
-                "/",
-                &[("cookie", &format!("daytona-sandbox-auth-priv={value}"))],
-                b"",
-            )
-            .await
-        }
-    };
-    assert_eq!(try_cookie(good.clone()).await.status, 200);
     let mut tampered = good.clone();
     tampered.replace_range(0..1, if good.starts_with('e') { "f" } else { "e" });
-    let r = try_cookie(tampered).await;
-    assert_eq!((r.status, code(&r)), (401, "TOKEN_INVALID".into()));
-    let r = try_cookie(craft_cookie("priv", "priv", now() - 1)).await;
-    assert_eq!((r.status, code(&r)), (401, "TOKEN_EXPIRED".into()));
-    let r = try_cookie(craft_cookie("other", "priv", now() + 600)).await;
-    assert_eq!(
-        (r.status, code(&r)),
-        (401, "TOKEN_INVALID".into()),
-        "foreign sandbox"
-    );
-    let r = try_cookie(craft_cookie("priv", "signedtoken00001", now() + 600)).await;
-    assert_eq!(
-        (r.status, code(&r)),
-        (401, "TOKEN_INVALID".into()),
-        "other label"
-    );
-    // A bad cookie does not stop a valid preview token.
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/",
-        &[
-            ("cookie", "daytona-sandbox-auth-priv=x.y"),
-            ("x-daytona-preview-token", TOKEN),
-        ],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    let cookie = |value: &str| format!("daytona-sandbox-auth-priv={value}");
+    let [good, tampered, expired, foreign, other_label] = [
+        good,
+        tampered,
+        craft_cookie("priv", "priv", now() - 1),
+        craft_cookie("other", "priv", now() + 600),
+        craft_cookie("priv", "signedtoken00001", now() + 600),
+    ]
+    .map(|value| cookie(&value));
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("good cookie", &h, "/", &[("cookie", &good)], [status(200)]),
+        Row::get("tampered", &h, "/", &[("cookie", &tampered)], [status(401), code("TOKEN_INVALID")]),
+        Row::get("expired", &h, "/", &[("cookie", &expired)], [status(401), code("TOKEN_EXPIRED")]),
+        Row::get("foreign sandbox", &h, "/", &[("cookie", &foreign)], [status(401), code("TOKEN_INVALID")]),
+        Row::get("other label", &h, "/", &[("cookie", &other_label)], [status(401), code("TOKEN_INVALID")]),
+        // A bad cookie does not stop a valid preview token.
+        Row::get("bad cookie beside a valid preview token", &h, "/",
+            &[("cookie", "daytona-sandbox-auth-priv=x.y"), ("x-daytona-preview-token", TOKEN)], [status(200)]),
+    ];
+    run(proxy.addr, Upstream::Recorder, rows).await;
 }
 
 #[tokio::test]
@@ -502,52 +327,16 @@ async fn signed_preview_tokens_are_port_bound_expiring_and_revocable() {
     let rec2 = recorder::start().await;
     let rp = rec.port();
     let proxy = Proxy::start(&config(rp, rec2.port(), "", ""));
-    let r = send(
-        proxy.addr,
-        "GET",
-        &host(rp, "signedtoken00001"),
-        "/",
-        &[],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    // Bound to rp: on another port it is only a (nonexistent) sandbox id.
-    let r = send(
-        proxy.addr,
-        "GET",
-        &host(rec2.port(), "signedtoken00001"),
-        "/",
-        &[],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 404, "{}", r.text());
-    let r = send(
-        proxy.addr,
-        "GET",
-        &host(rec2.port(), "signedtoken00002"),
-        "/",
-        &[],
-        b"",
-    )
-    .await;
-    assert_eq!(
-        r.status,
-        200,
-        "token 2 is bound to the second port: {}",
-        r.text()
-    );
-    let r = send(
-        proxy.addr,
-        "GET",
-        &host(rp, "expiredtoken0001"),
-        "/",
-        &[],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 404, "expired: {}", r.text());
+    let port2 = rec2.port();
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("signed token on its port", &host(rp, "signedtoken00001"), "/", &[], [status(200)]),
+        // Bound to rp: on another port it is only a (nonexistent) sandbox id.
+        Row::get("signed token on another port", &host(port2, "signedtoken00001"), "/", &[], [status(404)]),
+        Row::get("token 2 is bound to the second port", &host(port2, "signedtoken00002"), "/", &[], [status(200)]),
+        Row::get("expired", &host(rp, "expiredtoken0001"), "/", &[], [status(404)]),
+    ];
+    run(proxy.addr, Upstream::Recorder, rows).await;
     // The cookie a signed token set does not open the sandbox on a sandbox-id host.
     let set = send(
         proxy.addr,
@@ -619,63 +408,21 @@ async fn repeated_failures_get_429_but_valid_credentials_still_pass() {
         "max_failures_per_minute = 3",
     ));
     let h = host(rp, "priv");
-    for _ in 0..3 {
-        let r = send(
-            proxy.addr,
-            "GET",
-            &h,
-            "/",
-            &[("x-daytona-preview-token", "guess")],
-            b"",
-        )
-        .await;
-        assert_eq!(r.status, 401);
-    }
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/",
-        &[("x-daytona-preview-token", TOKEN)],
-        b"",
-    )
-    .await;
-    assert_eq!(
-        r.status,
-        200,
-        "a valid credential is never refused: {}",
-        r.text()
-    );
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/",
-        &[("x-daytona-preview-token", "guess")],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 429, "{}", r.text());
-    assert_eq!(r.json()["code"], "RATE_LIMITED");
-    let retry: u32 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry));
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/",
-        &[
-            ("accept", "text/html"),
-            ("x-daytona-preview-token", "guess"),
-        ],
-        b"",
-    )
-    .await;
-    assert_eq!(r.status, 429);
-    assert!(r.text().contains("<!doctype html>"));
-    // Public sandboxes need no credential check: still open.
-    let r = send(proxy.addr, "GET", &host(rp, "pub"), "/", &[], b"").await;
-    assert_eq!(r.status, 200);
+    let guess = [("x-daytona-preview-token", "guess")];
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("failure 1", &h, "/", &guess, [status(401)]),
+        Row::get("failure 2", &h, "/", &guess, [status(401)]),
+        Row::get("failure 3", &h, "/", &guess, [status(401)]),
+        Row::get("a valid credential is never refused", &h, "/", &[("x-daytona-preview-token", TOKEN)], [status(200)]),
+        Row::get("failure 4: limited", &h, "/", &guess,
+            [status(429), code("RATE_LIMITED"), header_number_in("retry-after", 1, 60)]),
+        Row::get("failure 5 from a browser: limited, a page", &h, "/", &[("accept", "text/html"), guess[0]],
+            [status(429), body_has("<!doctype html>")]),
+        // Public sandboxes need no credential check: still open.
+        Row::get("public sandbox", &host(rp, "pub"), "/", &[], [status(200)]),
+    ];
+    run(proxy.addr, Upstream::Recorder, rows).await;
 }
 
 #[tokio::test]
@@ -684,85 +431,41 @@ async fn cors_preflights_are_answered_before_auth_for_allowed_origins_only() {
     let h = host(rp, "priv");
     // The same sandbox on another port (a sibling sandbox's origin is never allowed).
     let origin = format!("http://{}", host(5173, "priv"));
-    let preflight = |origin: String, extra: Vec<(&'static str, &'static str)>, h: String| {
-        let addr = proxy.addr;
-        async move {
-            let mut headers = vec![
-                ("origin", origin.as_str()),
-                ("access-control-request-method", "PUT"),
-                ("access-control-request-headers", "content-type,x-custom"),
-            ];
-            headers.extend(extra);
-            send(addr, "OPTIONS", &h, "/api", &headers, b"").await
-        }
+    let preflight = |origin| {
+        [
+            ("origin", origin),
+            ("access-control-request-method", "PUT"),
+            ("access-control-request-headers", "content-type,x-custom"),
+        ]
     };
-    let r = preflight(origin.clone(), vec![], h.clone()).await;
-    assert_eq!(r.status, 204, "no credentials needed: {}", r.text());
-    assert_eq!(r.headers["access-control-allow-origin"], origin.as_str());
-    assert_eq!(r.headers["access-control-allow-credentials"], "true");
-    assert_eq!(r.headers["access-control-allow-methods"], "PUT");
-    assert_eq!(
-        r.headers["access-control-allow-headers"],
-        "content-type,x-custom"
-    );
-    assert_eq!(r.headers["vary"], "Origin");
-    assert!(r.headers.contains_key("access-control-max-age"));
-
-    let r = preflight("https://evil.example".into(), vec![], h.clone()).await;
-    assert!(r.headers.get("access-control-allow-origin").is_none());
-
-    // Normal responses: headers added for allowed origins, unless the app set its own.
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/x",
-        &[("origin", &origin), ("x-daytona-preview-token", TOKEN)],
-        b"",
-    )
-    .await;
-    assert_eq!(r.headers["access-control-allow-origin"], origin.as_str());
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/own-cors",
-        &[("origin", &origin), ("x-daytona-preview-token", TOKEN)],
-        b"",
-    )
-    .await;
-    let all: Vec<_> = r
-        .headers
-        .get_all("access-control-allow-origin")
-        .iter()
-        .collect();
-    assert_eq!(all, vec!["https://app-chosen.example"]);
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/x",
-        &[
-            ("origin", "https://evil.example"),
-            ("x-daytona-preview-token", TOKEN),
-        ],
-        b"",
-    )
-    .await;
-    assert!(r.headers.get("access-control-allow-origin").is_none());
-
-    // X-Daytona-Disable-CORS: the preflight goes to the app, header removed.
-    let r = preflight(
-        origin.clone(),
-        vec![("x-daytona-disable-cors", "true")],
-        host(rp, "pub"),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let seen = r.json();
-    assert_eq!(seen["method"], "OPTIONS");
-    assert!(seen["headers"].get("x-daytona-disable-cors").is_none());
-    assert!(r.headers.get("access-control-allow-origin").is_none());
+    let [allowed, evil] = [origin.as_str(), "https://evil.example"].map(preflight);
+    let disable = [
+        allowed[0],
+        allowed[1],
+        allowed[2],
+        ("x-daytona-disable-cors", "true"),
+    ];
+    let acao = "access-control-allow-origin";
+    #[rustfmt::skip]
+    let rows = [
+        Row::new("allowed preflight: no credentials needed", "OPTIONS", &h, "/api", &allowed,
+            [status(204), header(acao, &origin), header("access-control-allow-credentials", "true"),
+             header("access-control-allow-methods", "PUT"),
+             header("access-control-allow-headers", "content-type,x-custom"),
+             header("vary", "Origin"), has_header("access-control-max-age")]),
+        Row::new("foreign preflight", "OPTIONS", &h, "/api", &evil, [no_header(acao)]),
+        // Normal responses: headers added for allowed origins, unless the app set its own.
+        Row::get("allowed origin", &h, "/x", &[("origin", &origin), ("x-daytona-preview-token", TOKEN)],
+            [header(acao, &origin)]),
+        Row::get("allowed origin, the app's own CORS", &h, "/own-cors", &[("origin", &origin), ("x-daytona-preview-token", TOKEN)],
+            [header_values(acao, ["https://app-chosen.example"])]),
+        Row::get("foreign origin", &h, "/x", &[("origin", "https://evil.example"), ("x-daytona-preview-token", TOKEN)],
+            [no_header(acao)]),
+        // X-Daytona-Disable-CORS: the preflight goes to the app, header removed.
+        Row::new("preflight with X-Daytona-Disable-CORS", "OPTIONS", &host(rp, "pub"), "/api", &disable,
+            [status(200), method("OPTIONS"), not_sent("x-daytona-disable-cors"), no_header(acao)]),
+    ];
+    run(proxy.addr, Upstream::Recorder, rows).await;
 }
 
 #[tokio::test]
@@ -799,86 +502,45 @@ async fn preview_warning_interstitial_with_csrf_and_same_host_redirects() {
         "{action}"
     );
 
-    // Non-browsers, the skip header and WebSocket-ish requests are not interrupted.
-    let r = send(proxy.addr, "GET", &h, "/", &[("accept", "text/html")], b"").await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json()["path"], "/");
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/",
-        &[
-            ("accept", "text/html"),
-            ("user-agent", "Mozilla/5.0"),
-            ("x-daytona-skip-preview-warning", "true"),
-        ],
-        b"",
-    )
-    .await;
-    assert_eq!(r.json()["path"], "/");
-
     let form = |token: &str| format!("csrf={token}");
-    let post = |path: String, body: String| {
-        let h = h.clone();
-        let addr = proxy.addr;
-        async move {
-            send(
-                addr,
-                "POST",
-                &h,
-                &path,
-                &[
-                    ("content-type", "application/x-www-form-urlencoded"),
-                    ("user-agent", "Mozilla/5.0"),
-                ],
-                body.as_bytes(),
-            )
-            .await
-        }
+    let (forged, accepted) = (form("forged.token"), form(&csrf));
+    let browser = [("user-agent", "Mozilla/5.0")];
+    let form_post = [
+        ("content-type", "application/x-www-form-urlencoded"),
+        browser[0],
+    ];
+    let post = |name: &str, path: &str, body: &str, expect: Vec<Expect>| {
+        Row::new(name, "POST", &h, path, &form_post, expect).body(body)
     };
-    let r = post(action.clone(), form("forged.token")).await;
-    assert_eq!(r.status, 403, "{}", r.text());
-    let other_host_csrf = post(action.clone(), String::new()).await;
-    assert_eq!(other_host_csrf.status, 403);
-    let r = post(action.clone(), form(&csrf)).await;
-    assert_eq!(r.status, 303, "{}", r.text());
-    assert_eq!(r.headers["location"], "/app?x=%3Cb%3E");
-    let set = r.headers["set-cookie"].to_str().unwrap();
-    assert!(
-        set.starts_with("daytona-preview-page-accepted=true; Max-Age=86400"),
-        "{set}"
-    );
-    for evil in [
-        "%2F%2Fevil.com",
-        "https%3A%2F%2Fevil.com",
-        "%2F%5Cevil.com",
-        "%5C%5Cevil.com",
-        "%2F%252F%252Fevil.com",
-    ] {
-        let r = post(
-            format!("/accept-daytona-preview-warning?redirect={evil}"),
-            form(&csrf),
+    let evil = |to: &str| {
+        let path = format!("/accept-daytona-preview-warning?redirect={to}");
+        post(
+            &format!("redirect to {to}"),
+            &path,
+            &accepted,
+            vec![header("location", "/")],
         )
-        .await;
-        assert_eq!(r.headers["location"], "/", "{evil}");
-    }
-    // With the cookie: through to the app, which never sees the cookie.
-    let r = send(
-        proxy.addr,
-        "GET",
-        &h,
-        "/app",
-        &[
-            ("accept", "text/html"),
-            ("user-agent", "Mozilla/5.0"),
-            ("cookie", "daytona-preview-page-accepted=true; a=b"),
-        ],
-        b"",
-    )
-    .await;
-    assert_eq!(r.json()["path"], "/app");
-    assert_no_credentials(&r.json(), &[]);
+    };
+    #[rustfmt::skip]
+    let rows = [
+        // Non-browsers, the skip header and WebSocket-ish requests are not interrupted.
+        Row::get("not a browser", &h, "/", &[("accept", "text/html")], [status(200), path("/")]),
+        Row::get("the skip header", &h, "/", &[("accept", "text/html"), browser[0], ("x-daytona-skip-preview-warning", "true")],
+            [path("/")]),
+        post("forged CSRF token", &action, &forged, vec![status(403)]),
+        post("no CSRF token", &action, "", vec![status(403)]),
+        post("the page's CSRF token", &action, &accepted, vec![status(303), header("location", "/app?x=%3Cb%3E"),
+            header_starts("set-cookie", "daytona-preview-page-accepted=true; Max-Age=86400")]),
+        evil("%2F%2Fevil.com"),
+        evil("https%3A%2F%2Fevil.com"),
+        evil("%2F%5Cevil.com"),
+        evil("%5C%5Cevil.com"),
+        evil("%2F%252F%252Fevil.com"),
+        // With the cookie: through to the app, which never sees the cookie.
+        Row::get("accepted", &h, "/app", &[("accept", "text/html"), browser[0], ("cookie", "daytona-preview-page-accepted=true; a=b")],
+            [path("/app"), no_credentials(&[])]),
+    ];
+    run(proxy.addr, Upstream::Recorder, rows).await;
 }
 
 /// Sends `requests` one after the other on one keep-alive connection; returns each status.

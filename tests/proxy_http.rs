@@ -7,7 +7,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
 use support::runner::{sandboxes, Runner};
-use support::{body_of, raw, request, send, send_streaming, status_of, Proxy};
+use support::table::*;
+use support::{body_of, raw, request, send_streaming, status_of, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PREVIEW: &str = "3000-sbx-1.preview.localhost";
@@ -22,70 +23,41 @@ async fn setup() -> (Runner, Proxy) {
 #[tokio::test]
 async fn methods_and_bodies_reach_the_sandbox() {
     let (runner, proxy) = setup().await;
-    for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
-        let body = format!("body of a {method} request").repeat(100);
-        // OPTIONS without preflight headers is the app's business, not the proxy's.
-        let reply = send(proxy.addr, method, PREVIEW, "/echo", &[], body.as_bytes()).await;
-        assert_eq!(reply.status, 200, "{method}: {}", reply.text());
-        let echo = reply.json();
-        assert_eq!(echo["method"], method);
-        assert_eq!(echo["body_len"], body.len());
-        assert_eq!(
-            echo["body_sha256"],
-            hex::encode(Sha256::digest(body.as_bytes()))
-        );
-        let seen = runner.last();
-        assert_eq!(seen.method, method);
-        assert_eq!(seen.target, format!("{PREFIX}/echo"));
-    }
-    let head = send(proxy.addr, "HEAD", PREVIEW, "/echo", &[], b"").await;
-    assert_eq!(head.status, 200);
-    assert!(head.body.is_empty());
-    assert_eq!(runner.last().method, "HEAD");
+    let echo = format!("{PREFIX}/echo");
+    let mut rows: Vec<Row> = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+        .into_iter()
+        .map(|m| {
+            let body = format!("body of a {m} request").repeat(100);
+            let sha256 = hex::encode(Sha256::digest(body.as_bytes()));
+            // OPTIONS without preflight headers is the app's business, not the proxy's.
+            #[rustfmt::skip]
+            let row = Row::new(m, m, PREVIEW, "/echo", &[],
+                [status(200), json("/method", m), json("/body_len", body.len()), json("/body_sha256", sha256),
+                 method(m), target(&echo)]);
+            row.body(body)
+        })
+        .collect();
+    #[rustfmt::skip]
+    rows.push(Row::new("HEAD", "HEAD", PREVIEW, "/echo", &[], [status(200), empty_body(), method("HEAD")]));
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
 }
 
 #[tokio::test]
 async fn toolbox_path_goes_to_the_runner_toolbox() {
     let (runner, proxy) = setup().await;
     let token = [("x-daytona-preview-token", "tok-secret")];
-    let reply = send(
-        proxy.addr,
-        "POST",
-        "127.0.0.1",
-        "/toolbox/sbx-priv/process/execute?cwd=/tmp",
-        &token,
-        br#"{"command":"ls"}"#,
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.json()["body_len"], 16);
-    assert_eq!(
-        runner.last().target,
-        "/sandboxes/sbx-priv/toolbox/process/execute?cwd=/tmp"
-    );
-    // No rest at all: the toolbox root.
-    let reply = send(
-        proxy.addr,
-        "GET",
-        "localhost",
-        "/toolbox/sbx-priv",
-        &token,
-        b"",
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(runner.last().target, "/sandboxes/sbx-priv/toolbox");
-    // Toolbox traffic always needs a credential, even on a public sandbox.
-    let reply = send(
-        proxy.addr,
-        "GET",
-        "localhost",
-        "/toolbox/sbx-1/version",
-        &[],
-        b"",
-    )
-    .await;
-    assert_eq!(reply.status, 401, "{}", reply.text());
+    #[rustfmt::skip]
+    let rows = [
+        Row::new("toolbox call", "POST", "127.0.0.1", "/toolbox/sbx-priv/process/execute?cwd=/tmp", &token,
+            [status(200), json("/body_len", 16), target("/sandboxes/sbx-priv/toolbox/process/execute?cwd=/tmp")])
+            .body(r#"{"command":"ls"}"#),
+        // No rest at all: the toolbox root.
+        Row::get("the toolbox root", "localhost", "/toolbox/sbx-priv", &token,
+            [status(200), target("/sandboxes/sbx-priv/toolbox")]),
+        // Toolbox traffic always needs a credential, even on a public sandbox.
+        Row::get("no credential, public sandbox", "localhost", "/toolbox/sbx-1/version", &[], [status(401)]),
+    ];
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
 }
 
 #[tokio::test]
@@ -97,25 +69,15 @@ async fn direct_mode_goes_straight_to_the_address() {
          [[registry.sandboxes]]\nid = \"sbx-d\"\naddress = \"127.0.0.1\"\npublic = true\n",
     );
     let host = format!("{port}-sbx-d.preview.localhost");
-    let reply = send(
-        proxy.addr,
-        "PUT",
-        &host,
-        "/echo/a%20b?x=1",
-        &[("x-daytona-authorization", "Bearer forged")],
-        b"direct",
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let seen = app.last();
-    assert_eq!(seen.method, "PUT");
-    assert_eq!(seen.target, "/echo/a%20b?x=1");
-    assert_eq!(
-        seen.header("x-daytona-authorization"),
-        None,
-        "direct mode never sends a runner key, nor the client's"
-    );
-    assert_eq!(seen.header("x-forwarded-host").as_deref(), Some(&*host));
+    #[rustfmt::skip]
+    let rows = [
+        Row::new("direct mode", "PUT", &host, "/echo/a%20b?x=1", &[("x-daytona-authorization", "Bearer forged")],
+            [status(200), method("PUT"), target("/echo/a%20b?x=1"),
+             // Direct mode never sends a runner key, nor the client's.
+             not_sent("x-daytona-authorization"), sent("x-forwarded-host", [host.as_str()])])
+            .body("direct"),
+    ];
+    run(proxy.addr, Upstream::Runner(&app), rows).await;
 }
 
 #[tokio::test]
@@ -132,19 +94,15 @@ async fn encoded_paths_and_queries_are_forwarded_byte_exact() {
         "/q?",
         "/?DAYTONA_SANDBOX_AUTH_KEYX=keep&x=%2F",
     ];
-    for path in cases {
-        let reply = send(proxy.addr, "GET", PREVIEW, path, &[], b"").await;
-        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
-        assert_eq!(runner.last().target, format!("{PREFIX}{path}"), "{path}");
-    }
     let token = [("x-daytona-preview-token", "tok-secret")];
     let path = "/toolbox/sbx-priv/files/a%3Fb?path=%2Ftmp%2Fx%20y&z=%E2%9C%93";
-    let reply = send(proxy.addr, "GET", "localhost", path, &token, b"").await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(
-        runner.last().target,
-        "/sandboxes/sbx-priv/toolbox/files/a%3Fb?path=%2Ftmp%2Fx%20y&z=%E2%9C%93"
-    );
+    let to = "/sandboxes/sbx-priv/toolbox/files/a%3Fb?path=%2Ftmp%2Fx%20y&z=%E2%9C%93";
+    #[rustfmt::skip]
+    let rows = cases
+        .into_iter()
+        .map(|p| Row::get(p, PREVIEW, p, &[], [status(200), target(&format!("{PREFIX}{p}"))]))
+        .chain([Row::get(path, "localhost", path, &token, [status(200), target(to)])]);
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
 
     // Raw UTF-8 bytes in the request target (hyper and `http` accept them): passed as they are.
     let mut head = b"GET /caf\xc3\xa9/\xe2\x9c\x93?n=\xc3\xa9 HTTP/1.1\r\nHost: ".to_vec();
@@ -202,17 +160,11 @@ async fn runner_key_injected_hop_by_hop_removed_forwarded_headers_set() {
     assert_eq!(seen.all("x-app"), ["kept"]);
 
     // `TE: trailers` is the one TE value that passes.
-    let reply = send(
-        proxy.addr,
-        "GET",
-        PREVIEW,
-        "/echo",
-        &[("te", "trailers")],
-        b"",
-    )
-    .await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(runner.last().all("te"), ["trailers"]);
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("TE: trailers", PREVIEW, "/echo", &[("te", "trailers")], [status(200), sent("te", ["trailers"])]),
+    ];
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
 }
 
 #[tokio::test]
@@ -221,97 +173,46 @@ async fn credentials_never_reach_the_sandbox() {
     let host = "3000-sbx-priv.preview.localhost";
     let cookie =
         "app=1; daytona-sandbox-auth-sbx-priv=sig; daytona-preview-page-accepted=true; b=2";
-    // By header.
-    let reply = send(
-        proxy.addr,
-        "GET",
-        host,
-        "/echo?x=1",
-        &[
-            ("x-daytona-preview-token", "tok-secret"),
-            ("cookie", cookie),
-        ],
-        b"",
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let seen = runner.last();
-    assert_eq!(
-        seen.target,
-        "/sandboxes/sbx-priv/toolbox/proxy/3000/echo?x=1"
-    );
-    assert_eq!(seen.header("x-daytona-preview-token"), None);
-    assert_eq!(seen.all("cookie"), ["app=1; b=2"]);
-
-    // By query parameter: removed, the others keep their bytes and order.
-    let reply = send(
-        proxy.addr,
-        "GET",
-        host,
-        "/echo?b=%2F&DAYTONA_SANDBOX_AUTH_KEY=tok-secret&a=1&a=2&c",
-        &[("cookie", "daytona-sandbox-auth-sbx-priv=sig")],
-        b"",
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let seen = runner.last();
-    assert_eq!(
-        seen.target,
-        "/sandboxes/sbx-priv/toolbox/proxy/3000/echo?b=%2F&a=1&a=2&c"
-    );
-    assert_eq!(seen.header("cookie"), None, "only proxy cookies were sent");
-
-    // On a public sandbox the token is not needed, and still never forwarded.
-    let reply = send(
-        proxy.addr,
-        "GET",
-        PREVIEW,
-        "/echo?DAYTONA_SANDBOX_AUTH_KEY=tok-public",
-        &[("x-daytona-preview-token", "tok-public")],
-        b"",
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let seen = runner.last();
-    assert_eq!(seen.target, format!("{PREFIX}/echo"));
-    assert_eq!(seen.header("x-daytona-preview-token"), None);
+    let echo = format!("{PREFIX}/echo");
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("by header", host, "/echo?x=1", &[("x-daytona-preview-token", "tok-secret"), ("cookie", cookie)],
+            [status(200), target("/sandboxes/sbx-priv/toolbox/proxy/3000/echo?x=1"),
+             not_sent("x-daytona-preview-token"), sent("cookie", ["app=1; b=2"])]),
+        // By query parameter: removed, the others keep their bytes and order.
+        Row::get("by query parameter, only proxy cookies", host, "/echo?b=%2F&DAYTONA_SANDBOX_AUTH_KEY=tok-secret&a=1&a=2&c",
+            &[("cookie", "daytona-sandbox-auth-sbx-priv=sig")],
+            [status(200), target("/sandboxes/sbx-priv/toolbox/proxy/3000/echo?b=%2F&a=1&a=2&c"), not_sent("cookie")]),
+        // On a public sandbox the token is not needed, and still never forwarded.
+        Row::get("public sandbox", PREVIEW, "/echo?DAYTONA_SANDBOX_AUTH_KEY=tok-public", &[("x-daytona-preview-token", "tok-public")],
+            [status(200), target(&echo), not_sent("x-daytona-preview-token")]),
+    ];
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
 }
 
 #[tokio::test]
 async fn toolbox_redirects_get_the_toolbox_prefix() {
-    let (_runner, proxy) = setup().await;
+    let (runner, proxy) = setup().await;
     let token = ("x-daytona-preview-token", "tok-secret");
-    let cases = [
-        ("/files?path=/", "/toolbox/sbx-priv/files?path=/"),
-        ("/toolbox/sbx-priv/files", "/toolbox/sbx-priv/files"),
-        ("http://elsewhere.example/x", "http://elsewhere.example/x"),
-        ("//elsewhere.example/x", "//elsewhere.example/x"),
-    ];
-    for (location, expected) in cases {
-        let reply = send(
-            proxy.addr,
-            "GET",
+    let toolbox = |location: &str, expected: &str| {
+        Row::get(
+            location,
             "localhost",
             "/toolbox/sbx-priv/redirect",
             &[token, ("x-location", location)],
-            b"",
+            [status(302), header("location", expected)],
         )
-        .await;
-        assert_eq!(reply.status, 302, "{}", reply.text());
-        assert_eq!(reply.headers["location"], expected, "{location}");
-    }
-    // Previews are the app's own URLs: not rewritten.
-    let reply = send(
-        proxy.addr,
-        "GET",
-        PREVIEW,
-        "/redirect",
-        &[("x-location", "/files")],
-        b"",
-    )
-    .await;
-    assert_eq!(reply.status, 302);
-    assert_eq!(reply.headers["location"], "/files");
+    };
+    #[rustfmt::skip]
+    let rows = [
+        toolbox("/files?path=/", "/toolbox/sbx-priv/files?path=/"),
+        toolbox("/toolbox/sbx-priv/files", "/toolbox/sbx-priv/files"),
+        toolbox("http://elsewhere.example/x", "http://elsewhere.example/x"),
+        toolbox("//elsewhere.example/x", "//elsewhere.example/x"),
+        // Previews are the app's own URLs: not rewritten.
+        Row::get("preview", PREVIEW, "/redirect", &[("x-location", "/files")], [status(302), header("location", "/files")]),
+    ];
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
 }
 
 #[tokio::test]
@@ -413,56 +314,39 @@ async fn h2_authority_differing_from_host_is_refused() {
 #[tokio::test]
 async fn preview_hosts_are_case_insensitive_and_ignore_the_port() {
     let (runner, proxy) = setup().await;
-    let reply = send(
-        proxy.addr,
-        "GET",
-        "3000-SBX-1.Preview.LOCALHOST:8443",
-        "/echo",
-        &[],
-        b"",
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(runner.last().target, format!("{PREFIX}/echo"));
-    assert_eq!(
-        runner.last().all("x-forwarded-host"),
-        ["3000-SBX-1.Preview.LOCALHOST:8443"]
-    );
+    let host = "3000-SBX-1.Preview.LOCALHOST:8443";
+    let echo = format!("{PREFIX}/echo");
+    #[rustfmt::skip]
+    let rows = [
+        Row::get(host, host, "/echo", &[], [status(200), target(&echo), sent("x-forwarded-host", [host])]),
+    ];
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
 }
 
 #[tokio::test]
 async fn reserved_ports_need_a_credential_even_on_public_sandboxes() {
     let (runner, proxy) = setup().await;
+    let token = [("x-daytona-preview-token", "tok-public")];
+    let mut rows = Vec::new();
     for port in [2280, 22222, 33333] {
         let host = format!("{port}-sbx-1.preview.localhost");
-        let reply = send(proxy.addr, "GET", &host, "/", &[], b"").await;
-        assert_eq!(reply.status, 401, "{port}: {}", reply.text());
-        assert_eq!(reply.json()["code"], "AUTH_REQUIRED");
-        let token = [("x-daytona-preview-token", "tok-public")];
-        let reply = send(proxy.addr, "GET", &host, "/", &token, b"").await;
-        assert_eq!(reply.status, 200, "{port}: {}", reply.text());
-        assert_eq!(
-            runner.last().target,
-            format!("/sandboxes/sbx-1/toolbox/proxy/{port}/")
-        );
+        let to = format!("/sandboxes/sbx-1/toolbox/proxy/{port}/");
+        #[rustfmt::skip]
+        rows.extend([
+            Row::get(format!("{port} without a credential"), &host, "/", &[], [status(401), code("AUTH_REQUIRED")]),
+            Row::get(format!("{port} with the token"), &host, "/", &token, [status(200), target(&to)]),
+        ]);
     }
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
 }
 
 #[tokio::test]
 async fn skip_activity_header_is_consumed() {
     let (runner, proxy) = setup().await;
-    let reply = send(
-        proxy.addr,
-        "GET",
-        PREVIEW,
-        "/echo",
-        &[("x-daytona-skip-last-activity-update", "true")],
-        b"",
-    )
-    .await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(
-        runner.last().header("x-daytona-skip-last-activity-update"),
-        None
-    );
+    let skip = "x-daytona-skip-last-activity-update";
+    #[rustfmt::skip]
+    let rows = [
+        Row::get(skip, PREVIEW, "/echo", &[(skip, "true")], [status(200), not_sent(skip)]),
+    ];
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
 }

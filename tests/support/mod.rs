@@ -10,6 +10,7 @@ pub mod recorder;
 pub mod redis;
 pub mod runner;
 pub mod sshd;
+pub mod table;
 pub mod tls_client;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -80,6 +80,27 @@ impl Seen {
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .collect()
     }
+
+    /// This request in the shape `support::recorder` answers with (method, path, query,
+    /// headers as name → [values]), for checks shared by both upstreams.
+    pub fn record(&self) -> serde_json::Value {
+        let (path, query) = match self.target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (self.target.as_str(), None),
+        };
+        let mut headers = serde_json::Map::new();
+        for (name, _) in &self.headers {
+            headers
+                .entry(name.clone())
+                .or_insert_with(|| self.all(name).into());
+        }
+        serde_json::json!({
+            "method": self.method,
+            "path": path,
+            "query": query,
+            "headers": headers,
+        })
+    }
 }
 
 struct State {
