@@ -75,8 +75,6 @@ pub enum AuthError {
     Forbidden,
     #[error("too many failed authentication attempts; retry in {0} s")]
     RateLimited(u32),
-    #[error("sign-in required")]
-    Login(String),
     #[error("login failed: {0}")]
     BadLogin(&'static str),
     #[error("the identity provider is unavailable")]
@@ -117,6 +115,16 @@ pub enum Access {
     PreviewToken,
     Cookie,
     SignedPreview,
+}
+
+/// What authentication decided, short of a refusal.
+#[derive(Debug)]
+pub enum Authenticated {
+    /// The request may enter (or first gets a cookie and a clean redirect).
+    Granted(Granted),
+    /// A browser without a working credential goes to the identity provider first: the
+    /// login URL.
+    Login(String),
 }
 
 /// The outcome of a successful authentication and what the proxy must do about it.
@@ -240,16 +248,17 @@ impl Auth {
         )
     }
 
-    /// Decides access (see the module docs for the order of credentials).
-    pub async fn authenticate(
+    /// The credentials in order (see the module docs): `Ok(granted)` for the first that opens
+    /// the sandbox, else `Err` with the first failure (`None`: no credential was presented).
+    async fn try_credentials(
         &self,
         resolver: &Resolver,
         req: &AuthRequest<'_>,
-    ) -> Result<Granted, Denied> {
+    ) -> Result<Result<Granted, Option<AuthError>>, Denied> {
         let sandbox = req.sandbox;
         let needs_auth = !sandbox.public || req.port.is_none_or(is_reserved_port);
         if !needs_auth {
-            return Ok(granted(Access::Public));
+            return Ok(Ok(granted(Access::Public)));
         }
         let mut failure: Option<AuthError> = None;
         let mut note = |e: AuthError| {
@@ -262,10 +271,10 @@ impl Auth {
                 .await?
             {
                 Ok(()) => {
-                    return Ok(Granted {
+                    return Ok(Ok(Granted {
                         consumed_authorization: true,
                         ..granted(Access::Bearer)
-                    })
+                    }))
                 }
                 Err(e) => note(e),
             }
@@ -273,13 +282,13 @@ impl Auth {
         if let Some(value) = req.headers.get(PREVIEW_TOKEN_HEADER) {
             match value.to_str() {
                 Ok(token) if req.memo.is_some_and(|m| m.matches(req.sandbox, token)) => {
-                    return Ok(granted(Access::PreviewToken));
+                    return Ok(Ok(granted(Access::PreviewToken)));
                 }
                 Ok(token) if resolver.preview_token_valid(sandbox, token).await? => {
                     if let Some(memo) = req.memo.filter(|_| sandbox.auth_token_sha256.is_some()) {
                         memo.remember(req.sandbox, token);
                     }
-                    return Ok(granted(Access::PreviewToken));
+                    return Ok(Ok(granted(Access::PreviewToken)));
                 }
                 _ => note(AuthError::TokenInvalid),
             }
@@ -301,7 +310,7 @@ impl Auth {
                     g.redirect = Some(return_to::same_host_path(&target, req.host));
                     g.set_cookie = self.sandbox_cookie(&sandbox.id, req.id_or_token);
                 }
-                return Ok(g);
+                return Ok(Ok(g));
             }
             note(AuthError::TokenInvalid);
         }
@@ -309,7 +318,7 @@ impl Auth {
         let mut cookie_failure = None;
         for value in cookie::sandbox_cookie_values(req.headers, req.id_or_token) {
             match cookie::check(&self.signer, &sandbox.id, req.id_or_token, value) {
-                CookieCheck::Valid => return Ok(granted(Access::Cookie)),
+                CookieCheck::Valid => return Ok(Ok(granted(Access::Cookie))),
                 CookieCheck::Expired => cookie_failure = Some(AuthError::TokenExpired),
                 CookieCheck::Invalid => {
                     cookie_failure.get_or_insert(AuthError::TokenInvalid);
@@ -322,9 +331,22 @@ impl Auth {
         if req.signed {
             let mut g = granted(Access::SignedPreview);
             g.set_cookie = self.sandbox_cookie(&sandbox.id, req.id_or_token);
-            return Ok(g);
+            return Ok(Ok(g));
         }
+        Ok(Err(failure))
+    }
 
+    /// Decides access: a grant, a login first (a browser navigation without a working
+    /// credential, when OIDC is configured), or a refusal.
+    pub async fn authenticate(
+        &self,
+        resolver: &Resolver,
+        req: &AuthRequest<'_>,
+    ) -> Result<Authenticated, Denied> {
+        let failure = match self.try_credentials(resolver, req).await? {
+            Ok(granted) => return Ok(Authenticated::Granted(granted)),
+            Err(failure) => failure,
+        };
         // Only now, when every credential presented has failed, may the limiter refuse: a valid
         // credential is never refused, whatever else came from the same address.
         if failure.as_ref().is_some_and(AuthError::is_failure) {
@@ -338,7 +360,9 @@ impl Auth {
                     Some(q) => format!("{}?{q}", req.path),
                     None => req.path.to_string(),
                 };
-                return Err(AuthError::Login(oidc.login_url(req.host, &path_and_query)).into());
+                return Ok(Authenticated::Login(
+                    oidc.login_url(req.host, &path_and_query),
+                ));
             }
         }
         Err(failure.unwrap_or(AuthError::Required).into())

@@ -43,7 +43,7 @@ async fn check(
     };
     auth.authenticate(&resolver, &req)
         .await
-        .map(|g| g.access.unwrap())
+        .map(|a| grant(a).access.unwrap())
         .map_err(|e| match e {
             Denied::Auth(a) => crate::http::respond::auth_code(&a).to_string(),
             other => other.to_string(),
@@ -169,7 +169,7 @@ async fn navigations_by_query_token_get_a_cookie_and_a_clean_redirect() {
         safe_method: true,
         memo: None,
     };
-    let g = auth.authenticate(&resolver, &req).await.unwrap();
+    let g = grant(auth.authenticate(&resolver, &req).await.unwrap());
     assert_eq!(g.redirect.as_deref(), Some("/p?b=%2F&a=1"));
     let cookie = g.set_cookie.unwrap();
     let cookie = cookie.to_str().unwrap();
@@ -181,7 +181,7 @@ async fn navigations_by_query_token_get_a_cookie_and_a_clean_redirect() {
         query: None,
         ..req
     };
-    let g = auth.authenticate(&resolver, &again).await.unwrap();
+    let g = grant(auth.authenticate(&resolver, &again).await.unwrap());
     assert_eq!(g.access, Some(Access::Cookie));
 }
 
@@ -207,7 +207,7 @@ async fn a_connection_remembers_its_preview_token_for_that_record_only() {
         memo: Some(&memo),
     };
     assert!(!memo.matches(&s, "tok-123"));
-    let first = auth.authenticate(&resolver, &ask(&s, &good)).await.unwrap();
+    let first = grant(auth.authenticate(&resolver, &ask(&s, &good)).await.unwrap());
     assert_eq!(first.access, Some(Access::PreviewToken));
     assert!(
         memo.matches(&s, "tok-123"),
@@ -233,4 +233,12 @@ async fn a_connection_remembers_its_preview_token_for_that_record_only() {
     ));
     let old_token = auth.authenticate(&resolver, &ask(&rotated, &good)).await;
     assert!(matches!(old_token, Err(Denied::Auth(_))), "rotated out");
+}
+
+/// The grant of an authentication that must have granted.
+fn grant(decided: Authenticated) -> Granted {
+    match decided {
+        Authenticated::Granted(granted) => granted,
+        other => panic!("not granted: {other:?}"),
+    }
 }

@@ -15,10 +15,11 @@ use hyper::body::Incoming;
 
 use super::pipeline::{App, Peer};
 use crate::auth::cors::{self, CorsDecision};
-use crate::auth::{oidc, strip_credentials, warning, AuthError, AuthRequest};
+use crate::auth::{oidc, strip_credentials, warning, AuthError, AuthRequest, Authenticated};
 use crate::http::body::ProxyBody;
 use crate::http::respond::{self, ProxyError};
 use crate::http::route::{self, OwnPath, Route, RouteError};
+use crate::metrics::metrics;
 use crate::registry::signed_preview::is_signed_token as is_signed_shape;
 use crate::registry::SandboxRecord;
 
@@ -201,7 +202,7 @@ pub async fn admit(
 
     let navigation = warning::is_navigation(req.headers(), html);
     let safe_method = matches!(method, Method::GET | Method::HEAD);
-    let granted = auth
+    let authenticated = auth
         .authenticate(
             &app.resolver,
             &AuthRequest {
@@ -220,6 +221,17 @@ pub async fn admit(
             },
         )
         .await?;
+    let granted = match authenticated {
+        Authenticated::Granted(granted) => granted,
+        Authenticated::Login(location) => {
+            metrics().auth_failure(respond::LOGIN_REQUIRED);
+            return Ok(Admission::Respond(respond::login_redirect(
+                &location,
+                uri.path(),
+                html,
+            )));
+        }
+    };
     if let Some(location) = &granted.redirect {
         let mut response = Response::new(ProxyBody::Empty);
         *response.status_mut() = StatusCode::FOUND;

@@ -133,7 +133,6 @@ fn auth_status(error: &AuthError) -> StatusCode {
         | AuthError::TokenExpired => StatusCode::UNAUTHORIZED,
         AuthError::Forbidden | AuthError::Csrf => StatusCode::FORBIDDEN,
         AuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-        AuthError::Login(_) => StatusCode::FOUND,
         AuthError::BadLogin(_) => StatusCode::BAD_REQUEST,
         AuthError::IdpUnavailable => StatusCode::BAD_GATEWAY,
     }
@@ -148,7 +147,6 @@ pub fn auth_code(error: &AuthError) -> &'static str {
         AuthError::TokenExpired => "TOKEN_EXPIRED",
         AuthError::Forbidden => "FORBIDDEN",
         AuthError::RateLimited(_) => "RATE_LIMITED",
-        AuthError::Login(_) => "LOGIN_REQUIRED",
         AuthError::BadLogin(_) => "LOGIN_FAILED",
         AuthError::IdpUnavailable => "IDP_UNAVAILABLE",
         AuthError::Csrf => "CSRF_INVALID",
@@ -238,11 +236,36 @@ pub fn error_response(error: &ProxyError, path: &str, html: bool) -> Response<Pr
                 HeaderValue::from_static("Bearer"),
             );
         }
-        if let AuthError::Login(url) = auth {
-            if let Ok(location) = HeaderValue::try_from(url.as_str()) {
-                headers.insert(http::header::LOCATION, location);
-            }
-        }
+    }
+    response
+}
+
+/// The machine code of a login redirect (also the `reason` label of the auth-failure metric).
+pub const LOGIN_REQUIRED: &str = "LOGIN_REQUIRED";
+
+/// A browser without a working credential goes to the identity provider: `302` to `location`,
+/// with the same facts as an error page for whoever does not follow it.
+pub fn login_redirect(location: &str, path: &str, html: bool) -> Response<ProxyBody> {
+    let status = StatusCode::FOUND;
+    let message = "sign-in required";
+    let (body, content_type) = if html {
+        (
+            html_page(status, LOGIN_REQUIRED, message, path),
+            "text/html; charset=utf-8",
+        )
+    } else {
+        (
+            json_body(status, LOGIN_REQUIRED, message, path),
+            "application/json",
+        )
+    };
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(location) = HeaderValue::try_from(location) {
+        headers.insert(http::header::LOCATION, location);
     }
     response
 }
