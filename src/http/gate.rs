@@ -46,14 +46,22 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Adds the proxy's cookie and CORS headers to the sandbox's response.
-    pub fn decorate(&self, response: &mut Response<ProxyBody>) {
+    /// The sandbox's response with what admission adds: the proxy's cookie, CORS headers, and
+    /// `X-Sandgate-Stale: 1` when the sandbox came from a stale cache entry.
+    pub fn finish(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+        let headers = response.headers_mut();
         if let Some(c) = &self.set_cookie {
-            response.headers_mut().append(SET_COOKIE, c.clone());
+            headers.append(SET_COOKIE, c.clone());
         }
-        cors::decorate(response.headers_mut(), &self.cors);
+        cors::decorate(headers, &self.cors);
+        if self.stale {
+            headers.insert(STALE_HEADER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
+
+const STALE_HEADER: http::HeaderName = http::HeaderName::from_static("x-sandgate-stale");
 
 /// `<port>-<sandboxId>.<domain>[:port]` for the host `<port>-<token>.<domain>[:port]`.
 fn canonical_host(host: &str, sandbox_id: &str) -> Option<HeaderValue> {

@@ -25,7 +25,6 @@ pub use super::{App, ConnectionSlots, Peer};
 
 const SKIP_ACTIVITY_HEADER: HeaderName =
     HeaderName::from_static("x-daytona-skip-last-activity-update");
-const STALE_HEADER: HeaderName = HeaderName::from_static("x-sandgate-stale");
 
 /// What the phases learned about a request, for the access log and metrics.
 struct Seen {
@@ -188,7 +187,11 @@ async fn pipeline(
     };
     seen.sandbox = Some(entry.sandbox.clone());
     let marked = record_activity(app, &mut req, &entry.sandbox);
-    forward(app, req, (peer, client), &host, entry, target, marked).await
+    let destination = destination(app, &mut req, (peer, client), &host, &entry, target)?;
+    let activity = &app.activity;
+    let guard = || marked.then(|| activity.stream(&entry.sandbox.id)).flatten();
+    let response = app.forwarder.forward(req, destination, guard).await?;
+    Ok(entry.finish(response))
 }
 
 /// Activity phase: marks the sandbox unless the client asked not to (the header is consumed);
@@ -204,29 +207,27 @@ fn record_activity(app: &App, req: &mut Request<Incoming>, sandbox: &SandboxReco
     !skip
 }
 
-/// Forward phase: the request goes to the sandbox's upstream within the sandbox's in-flight
-/// limit; the admitted entry decorates the response (the proxy's cookie, CORS, staleness).
-async fn forward(
+/// Forward phase, before the upstream call: where the request goes and with what, within the
+/// sandbox's in-flight limit. (Plain function, not a future of its own: the hot path keeps one
+/// state machine.)
+fn destination<'a>(
     app: &App,
-    mut req: Request<Incoming>,
-    (peer, client): (&Peer, &ClientAddr),
-    host: &HeaderValue,
-    entry: gate::Entry,
-    target: Target<'_>,
-    marked: bool,
-) -> Result<Response<ProxyBody>, ProxyError> {
+    req: &mut Request<Incoming>,
+    (peer, client): (&'a Peer, &'a ClientAddr),
+    host: &'a HeaderValue,
+    entry: &'a gate::Entry,
+    target: Target<'a>,
+) -> Result<Destination<'a>, ProxyError> {
     if !client.via_trusted_proxy {
         // Only a trusted proxy's `Forwarded` goes on; a client's own would be a forgery.
         req.headers_mut().remove(FORWARDED);
     }
     let sandbox = &entry.sandbox;
-    let activity = &app.activity;
-    let guard = || marked.then(|| activity.stream(&sandbox.id)).flatten();
     let inflight = match app.max_requests_per_sandbox {
         0 => None,
         max => Some(InflightGuard::acquire(sandbox, max).ok_or(ProxyError::SandboxBusy)?),
     };
-    let destination = Destination {
+    Ok(Destination {
         inflight,
         sandbox,
         target,
@@ -236,15 +237,7 @@ async fn forward(
         query: entry.query.as_deref(),
         connection_slots: peer.slots.as_ref(),
         deadline_timer: &peer.deadline_timer,
-    };
-    let mut response = app.forwarder.forward(req, destination, guard).await?;
-    entry.decorate(&mut response);
-    if entry.stale {
-        response
-            .headers_mut()
-            .insert(STALE_HEADER, HeaderValue::from_static("1"));
-    }
-    Ok(response)
+    })
 }
 
 /// The authority as an owned header value (a cheap clone for HTTP/1).
