@@ -69,28 +69,37 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     pub activity_sink: Arc<MemorySink>,
+    tasks: Tasks,
+}
+
+/// What a running server owns: the token that stops it and the tasks that end when it has.
+struct Tasks {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl Tasks {
+    async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 impl Running {
     /// Starts the graceful drain and waits for it to finish.
     pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        self.tasks.shutdown.cancel();
+        self.tasks.wait().await;
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.tasks.shutdown.clone()
     }
 
     /// Waits until the server has stopped (after [`Running::shutdown_token`] fired).
     pub async fn wait(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        self.tasks.wait().await;
     }
 }
 
@@ -201,8 +210,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         app,
         activity_sink,
-        shutdown,
-        tasks,
+        tasks: Tasks { shutdown, tasks },
     })
 }
 
@@ -211,20 +219,17 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     /// The admin listener (`/metrics`, `/health`, `/ready`), when `admin.listen` is set.
     pub admin_addr: Option<SocketAddr>,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Tasks,
 }
 
 impl RunningGateway {
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.tasks.shutdown.clone()
     }
 
     /// Waits until the gateway has stopped (after [`RunningGateway::shutdown_token`] fired).
     pub async fn wait(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        self.tasks.wait().await;
     }
 }
 
@@ -267,8 +272,7 @@ pub async fn start_ssh_gateway(config: Config) -> Result<RunningGateway, StartEr
     Ok(RunningGateway {
         addr,
         admin_addr,
-        shutdown,
-        tasks,
+        tasks: Tasks { shutdown, tasks },
     })
 }
 
