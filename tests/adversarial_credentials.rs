@@ -279,7 +279,7 @@ async fn client_trailers_lose_credentials_and_hop_by_hop_names() {
         "POST /echo HTTP/1.1\r\nHost: 3000-victim.preview.localhost\r\n\
          X-Daytona-Preview-Token: {TOKEN}\r\nTransfer-Encoding: chunked\r\n\
          Trailer: x-checksum, authorization, x-daytona-authorization, x-daytona-preview-token, \
-         cookie, proxy-authorization, x-forwarded-host\r\nConnection: close\r\n\r\n\
+         cookie, proxy-authorization, x-forwarded-host, forwarded\r\nConnection: close\r\n\r\n\
          4\r\nbody\r\n0\r\n\
          x-checksum: abc\r\n\
          authorization: Bearer apikey-org-1\r\n\
@@ -287,7 +287,8 @@ async fn client_trailers_lose_credentials_and_hop_by_hop_names() {
          x-daytona-preview-token: {TOKEN}\r\n\
          cookie: app=1; daytona-sandbox-auth-victim=stolen\r\n\
          proxy-authorization: Basic eDp5\r\n\
-         x-forwarded-host: 3000-other.preview.localhost\r\n\r\n"
+         x-forwarded-host: 3000-other.preview.localhost\r\n\
+         forwarded: for=10.9.9.9;host=3000-other.preview.localhost\r\n\r\n"
     );
     let reply = tokio::time::timeout(Duration::from_secs(20), raw(proxy.addr, request))
         .await

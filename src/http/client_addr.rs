@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use tokio::io::AsyncReadExt;
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// `server.trusted_proxies`, parsed once.
@@ -37,10 +37,6 @@ impl TrustedProxies {
     /// Parses CIDRs (`10.0.0.0/8`, `fd00::/8`) or single addresses; errors name the key.
     pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
         crate::config::server::parse_trusted_proxies(entries).map(TrustedProxies)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {

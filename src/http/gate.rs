@@ -8,14 +8,16 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{LOCATION, SET_COOKIE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{AUTHORIZATION, SET_COOKIE};
+use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::pipeline::{App, Peer};
 use crate::auth::cors::{self, CorsDecision};
-use crate::auth::{oidc, strip_credentials, warning, AuthError, AuthRequest, Authenticated};
+use crate::auth::{
+    oidc, strip_credentials, warning, Answer, AuthError, AuthRequest, Authenticated,
+};
 use crate::http::body::ProxyBody;
 use crate::http::respond::{self, ProxyError};
 use crate::http::route::{self, OwnPath, Route, RouteError};
@@ -240,20 +242,11 @@ pub async fn admit(
             )));
         }
     };
-    if let Some(location) = &granted.redirect {
-        let mut response = Response::new(ProxyBody::Empty);
-        *response.status_mut() = StatusCode::FOUND;
-        if let Ok(v) = HeaderValue::try_from(location.as_str()) {
-            response.headers_mut().insert(LOCATION, v);
-        }
-        if let Some(c) = &granted.set_cookie {
-            response.headers_mut().insert(SET_COOKIE, c.clone());
-        }
-        response.headers_mut().insert(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        );
-        return Ok(Admission::Respond(response));
+    if let Some(location) = granted.redirect {
+        // Built by `same_host_path`: always a header value; a redirect without it is a refusal.
+        let location = HeaderValue::try_from(location).map_err(|_| AuthError::TokenInvalid)?;
+        let answer = Answer::redirect(location, granted.set_cookie);
+        return Ok(Admission::Respond(respond::answer(answer)));
     }
     // Only a caller who may enter learns the state or wakes the sandbox.
     if !sandbox.is_running() {
@@ -273,14 +266,16 @@ pub async fn admit(
         ))));
     }
 
-    auth.remove_platform_authorization(
-        &app.resolver,
-        &sandbox,
-        req.headers_mut(),
-        granted.consumed_authorization,
-        client_ip,
-    )
-    .await;
+    if req.headers().contains_key(AUTHORIZATION) {
+        auth.remove_platform_authorization(
+            &app.resolver,
+            &sandbox,
+            req.headers_mut(),
+            granted.consumed_authorization,
+            client_ip,
+        )
+        .await;
+    }
     let query = strip_credentials(req.headers_mut(), uri.query());
     let forwarded_host = if signed {
         let canonical =

@@ -7,7 +7,7 @@ use http::{HeaderMap, Request};
 use crate::registry::SandboxRecord;
 
 pub const RUNNER_AUTH_HEADER: HeaderName = HeaderName::from_static("x-daytona-authorization");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+use super::client_addr::{FORWARDED, X_FORWARDED_FOR};
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(super) const HTTPS: HeaderValue = HeaderValue::from_static("https");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -74,12 +74,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// credentials (an `Authorization` trailer is dropped whatever it holds: trailers are not
 /// authenticated, so the platform's could not be told from the app's) and the fields the proxy
 /// sets itself.
-const TRAILER_DENY: [HeaderName; 9] = [
+const TRAILER_DENY: [HeaderName; 10] = [
     header::AUTHORIZATION,
     RUNNER_AUTH_HEADER,
     HeaderName::from_static(crate::auth::PREVIEW_TOKEN_HEADER),
     header::HOST,
     X_FORWARDED_FOR,
+    FORWARDED,
     X_FORWARDED_HOST,
     X_FORWARDED_PROTO,
     header::TE,

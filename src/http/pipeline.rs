@@ -218,8 +218,9 @@ fn destination<'a>(
     entry: &'a gate::Entry,
     target: Target<'a>,
 ) -> Result<Destination<'a>, ProxyError> {
-    if !client.via_trusted_proxy {
-        // Only a trusted proxy's `Forwarded` goes on; a client's own would be a forgery.
+    if !client.via_trusted_proxy || entry.forwarded_host.is_some() {
+        // Only a trusted proxy's `Forwarded` goes on (a client's own would be a forgery), and
+        // not on a signed preview host, whose token it may name.
         req.headers_mut().remove(FORWARDED);
     }
     let sandbox = &entry.sandbox;
