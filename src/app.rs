@@ -13,7 +13,8 @@ use crate::activity::redis::RedisActivitySink;
 use crate::activity::{Activity, ActivitySink, MemorySink};
 use crate::config::activity::Sink;
 use crate::config::registry::Backend;
-use crate::config::Config;
+use crate::config::{Config, LogConfig};
+use crate::http::access_log::AccessLog;
 use crate::http::forward::Forwarder;
 use crate::http::{client_addr, route, server, App};
 use crate::registry::redis::{RedisHandle, RedisRegistry};
@@ -86,11 +87,39 @@ impl Tasks {
     }
 }
 
+/// The access log when `log.access` is on and the log filter lets `sandgate::access` through
+/// at `info` (so `level = "warn"` or `RUST_LOG=warn` turn it off, as they always have).
+fn access_log(config: &LogConfig) -> Result<Option<AccessLog>, StartError> {
+    if !config.access || !tracing::enabled!(target: "sandgate::access", tracing::Level::INFO) {
+        return Ok(None);
+    }
+    AccessLog::start(config)
+        .map(Some)
+        .map_err(|e| StartError::Config {
+            key: "log.access_output",
+            message: format!("log.access_output: cannot open the access log: {e}"),
+        })
+}
+
+/// Writes out the buffered access lines once nothing logs any more.
+async fn close_access_log(app: &Arc<App>) {
+    if app.access_log.is_some() {
+        let app = app.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(log) = &app.access_log {
+                log.close();
+            }
+        })
+        .await;
+    }
+}
+
 impl Running {
     /// Starts the graceful drain and waits for it to finish.
     pub async fn shutdown(self) {
         self.tasks.shutdown.cancel();
         self.tasks.wait().await;
+        close_access_log(&self.app).await;
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -100,6 +129,7 @@ impl Running {
     /// Waits until the server has stopped (after [`Running::shutdown_token`] fired).
     pub async fn wait(self) {
         self.tasks.wait().await;
+        close_access_log(&self.app).await;
     }
 }
 
@@ -132,7 +162,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         auth: auth::Auth::from_config(&config).map_err(at("auth"))?,
         waker: wake::Waker::new(&config.registry.wake),
         max_requests_per_sandbox: config.proxy.max_requests_per_sandbox,
-        access_log: config.log.access,
+        access_log: access_log(&config.log)?,
         request_ids: config.log.request_id,
         trusted_proxies: client_addr::TrustedProxies::parse(&config.server.trusted_proxies)
             .map_err(at("server.trusted_proxies"))?,

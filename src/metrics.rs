@@ -66,6 +66,7 @@ pub struct Metrics {
     pub activity_writes: Counter,
     pub activity_flush_errors: Counter,
     pub activity_drops: Counter,
+    pub access_log_dropped: Counter,
     auth_failures: Family<CodeLabels, Counter>,
     pub tls_handshake_errors: Counter,
     pub connections_refused: Counter,
@@ -155,6 +156,7 @@ impl Metrics {
             activity_writes: Counter::default(),
             activity_flush_errors: Counter::default(),
             activity_drops: Counter::default(),
+            access_log_dropped: Counter::default(),
             auth_failures: Family::default(),
             tls_handshake_errors: Counter::default(),
             connections_refused: Counter::default(),
@@ -217,6 +219,11 @@ impl Metrics {
             "activity_drops",
             "Activity marks dropped",
             m.activity_drops.clone(),
+        );
+        r.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind (log.access_overflow = drop)",
+            m.access_log_dropped.clone(),
         );
         r.register(
             "auth_failures",

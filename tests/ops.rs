@@ -231,7 +231,8 @@ async fn access_log_has_no_credentials_and_request_ids_flow() {
     assert_eq!(runner.last().header("x-request-id"), Some(id));
 
     let mut log = String::new();
-    for _ in 0..50 {
+    // Access lines are written by a background writer at least every second (`log.access_flush`).
+    for _ in 0..250 {
         log = proxy.stderr();
         if log.matches("sandgate::access").count() >= 3 {
             break;

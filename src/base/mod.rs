@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod html;
+pub mod log_buffer;
 pub mod ports;
 
 use std::future::Future;

@@ -6,13 +6,15 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 
-/// `sandgate serve`: runs the proxy until SIGTERM/SIGINT; SIGHUP reloads.
+/// `sandgate serve`: runs the proxy until SIGTERM/SIGINT; SIGHUP reloads; SIGUSR1 reopens the
+/// access log file (logrotate).
 pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     // Handle the signals before saying we listen: a SIGTERM or SIGHUP sent right after that line
     // would otherwise hit the default action and kill the process (no drain, no reload).
     let stop = stop_signal();
     let hangup = signal(SignalKind::hangup());
+    let reopen = signal(SignalKind::user_defined1());
     // Scripts and tests read this line to learn the bound port (`listen = "127.0.0.1:0"`).
     println!("sandgate listening on http://{}", running.addr);
     if let Some(addr) = running.tls_addr {
@@ -30,6 +32,17 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> 
         };
         while hangup.recv().await.is_some() {
             reload(&app, path.as_deref());
+        }
+    });
+    let app = running.app.clone();
+    tokio::spawn(async move {
+        let Ok(mut reopen) = reopen else {
+            return;
+        };
+        while reopen.recv().await.is_some() {
+            if let Some(log) = &app.access_log {
+                log.reopen();
+            }
         }
     });
     stop.await;

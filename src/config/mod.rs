@@ -129,9 +129,7 @@ impl Config {
             .wake
             .validate()
             .map_err(ConfigError::Invalid)?;
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return invalid("log.format must be text or json".into());
-        }
+        self.log.validate().map_err(ConfigError::Invalid)?;
         let uses_daytona = self.registry.backend == registry::Backend::Daytona
             || self.activity.sink == activity::Sink::Daytona;
         let api_url = self.daytona.api_url.trim_end_matches('/');

@@ -125,7 +125,21 @@ pub struct LogConfig {
     pub level: String,
     /// One line per request (method, route kind, path without query, status, duration, bytes,
     /// sandbox, request id); never hosts, queries, tokens or cookies.
+    /// Written only when `level` (or `RUST_LOG`) lets `sandgate::access` log at `info`.
     pub access: bool,
+    /// Where access lines go: `stderr` (with the other logs), `stdout`, or a file path (appended,
+    /// created if missing, reopened on SIGUSR1 after logrotate moved it).
+    pub access_output: AccessOutput,
+    /// Bytes of access lines buffered per worker thread before the background writer must have
+    /// written them; the writer wakes when a buffer is half full.
+    pub access_buffer: usize,
+    /// Longest time a line waits in a buffer before it is written.
+    #[serde(with = "humantime_serde")]
+    pub access_flush: Duration,
+    /// When the writer falls behind (full disk, stuck pipe): `wait` (requests wait for buffer
+    /// room, no line is lost) or `drop` (never wait; lines dropped are counted in
+    /// `sandgate_access_log_dropped_total`).
+    pub access_overflow: Overflow,
     /// Accept a sane `X-Request-Id` or generate one; forward it and return it.
     pub request_id: bool,
 }
@@ -136,9 +150,69 @@ impl Default for LogConfig {
             format: "text".into(),
             level: "info".into(),
             access: true,
+            access_output: AccessOutput::Stderr,
+            access_buffer: 64 * 1024,
+            access_flush: Duration::from_secs(1),
+            access_overflow: Overflow::Wait,
             request_id: true,
         }
     }
+}
+
+impl LogConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !matches!(self.format.as_str(), "text" | "json") {
+            return Err("log.format must be text or json".into());
+        }
+        if !(4096..=64 << 20).contains(&self.access_buffer) {
+            return Err("log.access_buffer must be between 4096 and 67108864 bytes".into());
+        }
+        if self.access_flush.is_zero() || self.access_flush > Duration::from_secs(60) {
+            return Err("log.access_flush must be more than 0s and at most 60s".into());
+        }
+        Ok(())
+    }
+}
+
+/// `log.access_output`: `stdout`, `stderr` or a file path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum AccessOutput {
+    Stdout,
+    Stderr,
+    File(std::path::PathBuf),
+}
+
+impl TryFrom<String> for AccessOutput {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Ok(match text.as_str() {
+            "stdout" => AccessOutput::Stdout,
+            "stderr" => AccessOutput::Stderr,
+            "" => return Err("log.access_output must be stdout, stderr or a file path".into()),
+            _ => AccessOutput::File(text.into()),
+        })
+    }
+}
+
+impl From<AccessOutput> for String {
+    fn from(output: AccessOutput) -> String {
+        match output {
+            AccessOutput::Stdout => "stdout".into(),
+            AccessOutput::Stderr => "stderr".into(),
+            AccessOutput::File(path) => path.to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// `log.access_overflow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    #[default]
+    Wait,
+    Drop,
 }
 
 /// `proxy.public_scheme`: the scheme clients use to reach the proxy.

@@ -1,6 +1,7 @@
 //! The HTTP side: the server (listeners, connections, limits) and the request pipeline with its
 //! phases, each in its own file. [`pipeline`] is the order of the phases and nothing else.
 
+pub mod access_log;
 pub mod body;
 pub mod client_addr;
 pub mod client_io;
@@ -43,8 +44,9 @@ pub struct App {
     /// Most requests in flight per sandbox (0: no limit); beyond: 429.
     pub max_requests_per_sandbox: usize,
     pub auth: Auth,
-    /// Log one line per request (`sandgate::access` target).
-    pub access_log: bool,
+    /// One line per request, when `log.access` is on and the log level lets
+    /// `sandgate::access` through.
+    pub access_log: Option<access_log::AccessLog>,
     /// Accept or generate `X-Request-Id`, forward it and return it.
     pub request_ids: bool,
     /// Peers whose `X-Forwarded-For`/`Forwarded` (and PROXY headers) are believed.

@@ -11,6 +11,7 @@ use http::header::{ALLOW, CONNECTION, HOST};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use super::access_log;
 use super::body::ProxyBody;
 use super::client_addr::{ClientAddr, FORWARDED};
 use super::client_io::ConnectionEnd;
@@ -65,20 +66,22 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
     if let Some(id) = &request_id {
         response.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
     }
-    if app.access_log {
-        // Path only: queries and hosts can carry tokens (signed preview hosts, auth parameters).
-        tracing::info!(
-            target: "sandgate::access",
-            %method,
-            kind = seen.kind.name(),
-            path = uri.path(),
+    if let Some(log) = &app.access_log {
+        let line = access_log::Line {
+            method: &method,
+            kind: seen.kind,
+            path: uri.path(),
             status,
-            micros = elapsed.as_micros() as u64,
-            bytes = response.body().size_hint().exact(),
-            sandbox = seen.sandbox.as_ref().map(|s| &*s.id),
-            request_id = request_id.as_ref().and_then(|v| v.to_str().ok()),
-            peer = %client.ip,
-        );
+            elapsed,
+            bytes: response.body().size_hint().exact(),
+            sandbox: seen.sandbox.as_ref().map(|s| &*s.id),
+            request_id: request_id.as_ref(),
+            peer_text: (client.ip == peer.addr.ip()).then(|| peer.ip_header.as_bytes()),
+            client_ip: client.ip,
+        };
+        if let Some(waiting) = log.record(&line) {
+            log.wait_for_room(waiting).await;
+        }
     }
     response
 }
