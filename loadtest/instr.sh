@@ -22,7 +22,7 @@
 # requests, so the count includes the cost of going to sleep and waking up per request (the
 # partial-load case), not only the saturated one.
 #
-# Knobs: DURATION (10s; --quick 2s), DELAY_MS (0), PROXY_CORE, LOAD_CORE, OUT (append the markdown table to this file), KEEP=DIR
+# Knobs: DURATION (10s; --quick 2s), DELAY_MS (0), ACCESS_LOG (0; 1: access logs on in both), PROXY_CORE, LOAD_CORE, OUT (append the markdown table to this file), KEEP=DIR
 # (keep the callgrind dumps there, for callgrind_annotate).
 set -euo pipefail
 
@@ -58,6 +58,13 @@ lib_setup instr
 
 preview_names
 start_runner "$LOAD_CORE" "$runner_key"
+# ACCESS_LOG=1: both proxies log every request as users run them: sandgate with its defaults
+# (level info, access log on, to stderr, which goes to a file here), nginx to a file with a 64 KiB
+# buffer.
+if [ "${ACCESS_LOG:-0}" = 1 ]; then
+  export SANDGATE_LOG_LEVEL=info
+  export NGINX_ACCESS_LOG="$tmp/nginx/access.log combined buffer=64k"
+fi
 write_sandgate_preview_config "$tmp/sandgate.toml"
 
 # wrk against ADDR for DURATION; prints the number of completed requests.

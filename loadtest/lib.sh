@@ -172,7 +172,7 @@ enabled = true
 [auth]
 cookie_keys = ["loadtest-cookie-key-0123456789abcdef0123"]
 [log]
-level = "warn"
+level = "${SANDGATE_LOG_LEVEL:-warn}"
 EOF
   if [ -n "$cert" ]; then
     cat >>"$file" <<EOF
@@ -213,7 +213,7 @@ error_log $tmp/nginx/error.log warn;
 $([ "$(id -u)" = 0 ] && echo "user root;")
 events { worker_connections 4096; }
 http {
-  access_log off;
+  access_log ${NGINX_ACCESS_LOG:-off};
   client_body_temp_path $tmp/nginx/body;
   proxy_temp_path $tmp/nginx/proxy;
   fastcgi_temp_path $tmp/nginx/fastcgi;

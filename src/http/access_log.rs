@@ -174,8 +174,21 @@ fn number(out: &mut Vec<u8>, n: u64) {
 /// Copies `text`, escaping what would let a client forge a field or a line: quotes,
 /// backslashes and control bytes, as JSON string escapes (valid in both formats).
 fn escaped(out: &mut Vec<u8>, text: &[u8]) {
-    let needs = |b: &u8| *b == b'"' || *b == b'\\' || *b < 0x20 || *b == 0x7f;
-    if !text.iter().any(needs) {
+    const NEEDS: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = b < 0x20 || b == 0x7f || b == b'"' as usize || b == b'\\' as usize;
+            b += 1;
+        }
+        table
+    };
+    // Without an early exit this check vectorises (16 bytes per step).
+    let clean = !text
+        .iter()
+        .map(|&b| b < 0x20 || b == 0x7f || b == b'"' || b == b'\\')
+        .fold(false, |any, needs| any | needs);
+    if clean {
         out.extend_from_slice(text);
         return;
     }
@@ -183,7 +196,7 @@ fn escaped(out: &mut Vec<u8>, text: &[u8]) {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            b if needs(&b) => {
+            b if NEEDS[b as usize] => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[(b >> 4) as usize]);
