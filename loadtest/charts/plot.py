@@ -144,7 +144,7 @@ def plot(directory):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     footer = ""
     run_txt = os.path.join(directory, "run.txt")
@@ -184,15 +184,22 @@ def plot(directory):
                 ax.xaxis.set_major_locator(FixedLocator(xs))
                 ax.xaxis.set_minor_locator(NullLocator())
                 ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_count(int(round(v)))))
+            if name == "sizes" and metric in ("rps", "cpu_us_per_req"):
+                yscale = "log"  # 0 B to 1 MiB spans two orders of magnitude
+                ax.set_title(title.replace(")", ", log)") if ")" in title else title + " (log)",
+                             fontsize=11)
             if yscale == "log":
                 ax.set_yscale("log")
-                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+                ax.yaxis.set_minor_formatter(NullFormatter())
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
             else:
                 ax.set_ylim(bottom=0)
-                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 100 else f"{v:g}"))
             ax.set_xlabel(spec["xlabel"])
             ax.set_ylabel(ylabel)
-            ax.set_title(title, fontsize=11)
+            if not ax.get_title():
+                ax.set_title(title, fontsize=11)
             ax.grid(True, which="major", alpha=0.3)
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6),
