@@ -32,9 +32,9 @@
 # ("64 256 1000 4000 10000"), SIZES ("0 1024 4096 16384 65536 262144 1048576"), WRK_THREADS
 # (2), WRK_CONNS (64, for the count and size curves), PROXY_CORE (1), LOAD_CORE (0), CHARTS_DIR,
 # PLOT (1; 0: no PNGs).
-# The script raises its soft open-file limit (ulimit -n) for 10,000 connections (wrk, the proxy
-# and its upstream connections each need one descriptor per connection); points it cannot
-# serve are dropped with a note. Exit status 1 on a failed request or a sandgate WARN/ERROR.
+# The script raises its soft open-file limit (ulimit -n) for 10,000 connections (wrk needs one
+# descriptor per connection, a proxy two: both open an upstream connection per request in
+# flight); a point beyond the hard limit becomes the largest round thousand that fits, noted. Exit status 1 on a failed request or a sandgate WARN/ERROR.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -93,28 +93,39 @@ if [ "$PROXY_CORE" -ge "$ncores" ] || [ "$LOAD_CORE" -ge "$ncores" ]; then
   die "only $ncores core(s); set PROXY_CORE/LOAD_CORE"
 fi
 
-# Open files: wrk holds one per connection, the proxy two (client + upstream), plus slack.
+# Open files: wrk holds one per connection, a proxy two (each proxy opens an upstream connection
+# per request in flight: with C connections waiting on the upstream, up to C of them), plus slack.
+# Only CAP_SYS_RESOURCE raises the hard limit; a point that needs more is replaced by the
+# largest round thousand that fits, with a note.
 max_conns=$(tr ' ' '\n' <<<"$CONNS $WRK_CONNS" | sort -n | tail -n1)
 need=$((max_conns * 2 + 1024))
 if [ "$(ulimit -Sn)" != unlimited ] && [ "$(ulimit -Sn)" -lt "$need" ]; then
-  ulimit -Hn "$need" 2>/dev/null || true # root may raise the hard limit too
+  ulimit -Hn "$need" 2>/dev/null || true
   ulimit -Sn "$need" 2>/dev/null || ulimit -Sn "$(ulimit -Hn)"
 fi
 nofile=$(ulimit -Sn)
 if [ "$nofile" != unlimited ] && [ "$nofile" -lt "$need" ]; then
-  kept=""
+  kept="" fit=$(((nofile - 1024) / 2 / 1000 * 1000)) top=0
   for c in $CONNS; do
     if [ $((c * 2 + 1024)) -le "$nofile" ]; then
       kept+="$c "
+      top=$c
+    elif [ "$fit" -gt "$top" ]; then
+      echo "$prog: ulimit -n $nofile (hard limit): the $c-connection point becomes $fit" >&2
+      kept+="$fit "
+      top=$fit
     else
-      echo "$prog: ulimit -n $nofile: dropping the $c-connection point" >&2
+      echo "$prog: ulimit -n $nofile (hard limit): dropping the $c-connection point" >&2
     fi
   done
   CONNS=$kept
   max_conns=$(tr ' ' '\n' <<<"$CONNS $WRK_CONNS" | sort -n | tail -n1)
 fi
-nginx_worker_connections=$((max_conns * 2 + 1024 > 4096 ? max_conns * 2 + 1024 : 4096))
-
+# nginx counts client and upstream connections; its workers may not open more than the limit.
+nginx_worker_connections=$(nofile_cap $((max_conns * 2 + 1024)))
+[ "$nginx_worker_connections" -lt 4096 ] && nginx_worker_connections=4096
+[ "$nofile" != unlimited ] && [ "$nginx_worker_connections" -gt $((nofile - 64)) ] &&
+  nginx_worker_connections=$((nofile - 64))
 resolve_bin
 lib_setup curves
 if [ "$quick" = 1 ]; then

@@ -200,6 +200,13 @@ EOF
 #                           and X-Daytona-Authorization themselves): no routing, token or headers
 #   nginx_worker_processes  (1; "auto": one per core)
 #   nginx_worker_connections (4096)
+# N, or the hard open-file limit when that is lower (raising past it needs CAP_SYS_RESOURCE).
+nofile_cap() {
+  local hard
+  hard=$(ulimit -Hn)
+  if [ "$hard" != unlimited ] && [ "$hard" -lt "$1" ]; then echo "$hard"; else echo "$1"; fi
+}
+
 start_nginx_preview() {
   local core=$1 cert=${2:-} key=${3:-} listen tls="" location
   local name=${nginx_name:-nginx} access=${nginx_access_log:-off} plain=${nginx_plain:-0}
@@ -239,7 +246,7 @@ start_nginx_preview() {
   cat >"$dir/nginx.conf" <<EOF
 daemon off;
 worker_processes $nworkers;
-$([ "$nconns" -gt 4096 ] && echo "worker_rlimit_nofile $((nconns * 2 + 64));")
+$([ "$nconns" -gt 4096 ] && echo "worker_rlimit_nofile $(nofile_cap $((nconns * 2 + 64)));")
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 $([ "$(id -u)" = 0 ] && echo "user root;")
