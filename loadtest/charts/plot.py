@@ -202,7 +202,7 @@ def plot(directory):
                 ax.set_title(title, fontsize=11)
             ax.grid(True, which="major", alpha=0.3)
         handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6),
+        fig.legend(handles, labels, loc="upper center", ncol=3 if len(labels) > 4 else len(labels),
                    bbox_to_anchor=(0.5, 0.955), fontsize=10, frameon=False)
         fig.suptitle(f"sandgate vs nginx — {spec['title']}", fontsize=13, y=0.995)
         if footer:
