@@ -10,7 +10,7 @@
 # the medians (summary.md) and, when matplotlib is installed, PNGs drawn by
 # loadtest/charts/plot.py (pip install matplotlib; without it the plots are skipped with a note).
 #
-#   loadtest/curves.sh          full run (~8 min: points of 5 s, 1 run each)
+#   loadtest/curves.sh          full run (~6 min: points of 5 s, 1 run each)
 #   loadtest/curves.sh --quick  CI smoke (< 60 s): a few points of 1 s, output in a temporary
 #                               directory; exits 0 with a skip message without wrk or nginx
 #
@@ -452,12 +452,14 @@ wall=$(($(date +%s) - started))
 } >"$CHARTS_DIR/run.txt"
 python3 "$repo/loadtest/charts/plot.py" --tables "$CHARTS_DIR" >"$CHARTS_DIR/summary.md"
 cat "$CHARTS_DIR/summary.md"
+drawn=""
 if [ "$PLOT" = 1 ]; then
   if python3 -c 'import matplotlib' 2>/dev/null; then
     python3 "$repo/loadtest/charts/plot.py" "$CHARTS_DIR"
+    drawn=" and PNGs"
   else
     echo "$prog: matplotlib not installed (pip install matplotlib): no PNGs drawn" >&2
   fi
 fi
-echo "$prog: wall time ${wall} s; CSVs$([ "$PLOT" = 1 ] && echo " and PNGs") in $CHARTS_DIR" >&2
+echo "$prog: wall time ${wall} s; CSVs$drawn in $CHARTS_DIR" >&2
 exit "$failed"
