@@ -63,7 +63,7 @@ start_runner "$LOAD_CORE" "$runner_key"
 # buffer.
 if [ "${ACCESS_LOG:-0}" = 1 ]; then
   export SANDGATE_LOG_LEVEL=info
-  export NGINX_ACCESS_LOG="$tmp/nginx/access.log combined buffer=64k"
+  nginx_access_log="$tmp/nginx/access.log combined buffer=64k"
 fi
 write_sandgate_preview_config "$tmp/sandgate.toml"
 

@@ -191,9 +191,27 @@ EOF
 # routing, token check and headers as sandgate. With CERT and KEY it listens with TLS 1.2 + 1.3
 # (ALPN h2 and http/1.1, like sandgate) instead of plaintext, with session resumption on (a
 # shared session cache and tickets; sandgate's rustls resumes from its in-memory cache). Sets
-# `nginx_pid`, `nginx_port` and `nginx_workers` (the worker pids); logs in $tmp/nginx.
+# `nginx_pid`, `nginx_port` and `nginx_workers` (the worker pids); logs in $tmp/NAME.
+# Optional settings (variables, read at the call):
+#   nginx_name              NAME of its directory and log files in $tmp (nginx)
+#   nginx_access_log        the access_log directive's arguments (off), e.g.
+#                           "$tmp/nginx-log/access.log combined buffer=64k"
+#   nginx_plain=1           a plain `proxy_pass http://runner;` (clients send the upstream's path
+#                           and X-Daytona-Authorization themselves): no routing, token or headers
+#   nginx_worker_processes  (1; "auto": one per core)
+#   nginx_worker_connections (4096)
+# N, or the hard open-file limit when that is lower (raising past it needs CAP_SYS_RESOURCE).
+nofile_cap() {
+  local hard
+  hard=$(ulimit -Hn)
+  if [ "$hard" != unlimited ] && [ "$hard" -lt "$1" ]; then echo "$hard"; else echo "$1"; fi
+}
+
 start_nginx_preview() {
-  local core=$1 cert=${2:-} key=${3:-} listen tls=""
+  local core=$1 cert=${2:-} key=${3:-} listen tls="" location
+  local name=${nginx_name:-nginx} access=${nginx_access_log:-off} plain=${nginx_plain:-0}
+  local nworkers=${nginx_worker_processes:-1} nconns=${nginx_worker_connections:-4096} want
+  local dir=$tmp/$name
   nginx_port=$(free_port)
   listen="listen 127.0.0.1:$nginx_port reuseport;"
   if [ -n "$cert" ]; then
@@ -204,21 +222,42 @@ start_nginx_preview() {
     ssl_session_cache shared:SSL:10m;
     ssl_session_tickets on;"
   fi
-  mkdir -p "$tmp/nginx"
-  cat >"$tmp/nginx/nginx.conf" <<EOF
+  if [ "$plain" = 1 ]; then
+    location="server_name _;
+    location / {
+      proxy_pass http://runner;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";"
+  else
+    location="server_name ~^(?<app_port>[0-9]+)-(?<sandbox>[a-z0-9-]+)\\.preview\\.localhost\$;
+    location / {
+      if (\$http_x_daytona_preview_token != \"$token\") { return 401; }
+      proxy_pass http://runner/sandboxes/\$sandbox/toolbox/proxy/\$app_port\$request_uri;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host \$proxy_host;
+      proxy_set_header X-Daytona-Preview-Token \"\";
+      proxy_set_header X-Daytona-Authorization \"Bearer $runner_key\";
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;"
+  fi
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
 daemon off;
-worker_processes 1;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log warn;
+worker_processes $nworkers;
+$([ "$nconns" -gt 4096 ] && echo "worker_rlimit_nofile $(nofile_cap $((nconns * 2 + 64)));")
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 $([ "$(id -u)" = 0 ] && echo "user root;")
-events { worker_connections 4096; }
+events { worker_connections $nconns; }
 http {
-  access_log ${NGINX_ACCESS_LOG:-off};
-  client_body_temp_path $tmp/nginx/body;
-  proxy_temp_path $tmp/nginx/proxy;
-  fastcgi_temp_path $tmp/nginx/fastcgi;
-  uwsgi_temp_path $tmp/nginx/uwsgi;
-  scgi_temp_path $tmp/nginx/scgi;
+  access_log $access;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
   upstream runner {
     server $runner_addr;
     keepalive 64;
@@ -226,18 +265,7 @@ http {
   server {
     $listen
     $tls
-    server_name ~^(?<app_port>[0-9]+)-(?<sandbox>[a-z0-9-]+)\.preview\.localhost\$;
-    location / {
-      if (\$http_x_daytona_preview_token != "$token") { return 401; }
-      proxy_pass http://runner/sandboxes/\$sandbox/toolbox/proxy/\$app_port\$request_uri;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$proxy_host;
-      proxy_set_header X-Daytona-Preview-Token "";
-      proxy_set_header X-Daytona-Authorization "Bearer $runner_key";
-      proxy_set_header X-Forwarded-Host \$host;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    $location
       # Buffered (nginx's default mode) but entirely in memory: with the default 8 x 4k
       # buffers a 64 KiB answer spills into a temporary file, which would handicap nginx.
       proxy_buffering on;
@@ -250,33 +278,37 @@ http {
 }
 EOF
   # nginx_wrap: an optional command prefix (instr.sh runs nginx under valgrind).
-  taskset -c "$core" ${nginx_wrap[@]+"${nginx_wrap[@]}"} nginx -p "$tmp/nginx" \
-    -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" >"$tmp/nginx.out" 2>&1 &
+  taskset -c "$core" ${nginx_wrap[@]+"${nginx_wrap[@]}"} nginx -p "$dir" \
+    -c "$dir/nginx.conf" -e "$dir/error.log" >"$tmp/$name.out" 2>&1 &
   nginx_pid=$!
   pids+=("$nginx_pid")
   for _ in $(seq 1 400); do
     (exec 3<>"/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null && break
     kill -0 "$nginx_pid" 2>/dev/null || {
-      cat "$tmp/nginx.out" "$tmp/nginx/error.log" >&2 || true
+      cat "$tmp/$name.out" "$dir/error.log" >&2 || true
       exit 1
     }
     sleep 0.05
   done
-  # The port answers as soon as the master listens; the worker is forked after that.
+  # The port answers as soon as the master listens; the workers are forked after that.
+  want=$nworkers
+  [ "$want" = auto ] && want=$(nproc)
   nginx_workers=""
   for _ in $(seq 1 400); do
     nginx_workers=$(pgrep -P "$nginx_pid" | tr '\n' ' ') || true
-    [ -n "$nginx_workers" ] && break
+    [ "$(wc -w <<<"$nginx_workers")" -ge "$want" ] && break
     sleep 0.05
   done
   [ -n "$nginx_workers" ] || die "nginx started no worker"
 }
 
-# Fails the run (returns 1) when nginx logged a warning or an error: that would handicap it.
+# Fails the run (returns 1) when nginx (NAME: its directory in $tmp, default nginx) logged a
+# warning or an error: that would handicap it.
 check_nginx_log() {
-  if grep -qE '\[(warn|error|crit|alert|emerg)\]' "$tmp/nginx/error.log"; then
-    echo "$prog: nginx logged warnings/errors:" >&2
-    grep -E '\[(warn|error|crit|alert|emerg)\]' "$tmp/nginx/error.log" | head -n 5 >&2
+  local log=$tmp/${1:-nginx}/error.log
+  if grep -qE '\[(warn|error|crit|alert|emerg)\]' "$log"; then
+    echo "$prog: ${1:-nginx} logged warnings/errors:" >&2
+    grep -E '\[(warn|error|crit|alert|emerg)\]' "$log" | head -n 5 >&2
     return 1
   fi
 }
