@@ -223,8 +223,11 @@ fn init_logging(config: &LogConfig) {
         format!("{},rustls=error", config.level)
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
+    // Colours only for a terminal: in a file or a pipe the escapes are noise for every reader.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = if config.format == "json" {
         builder.json().try_init()
