@@ -16,7 +16,7 @@ use crate::config::registry::Backend;
 use crate::config::{Config, LogConfig};
 use crate::http::access_log::AccessLog;
 use crate::http::forward::Forwarder;
-use crate::http::{client_addr, route, server, App};
+use crate::http::{client_addr, route, server, workers, App};
 use crate::registry::redis::{RedisHandle, RedisRegistry};
 use crate::registry::{Registry, Resolver, StaticRegistry};
 use crate::ssh::{GatewayKeys, SshError, SshGateway};
@@ -167,27 +167,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         trusted_proxies: client_addr::TrustedProxies::parse(&config.server.trusted_proxies)
             .map_err(at("server.trusted_proxies"))?,
     });
-    let (listener, addr) = bind_key(
+    let threads = serving_threads(&config.server);
+    let (plain, addr) = bind_serving(
         "server.listen",
         config.server.listen,
         config.server.reuse_port,
+        threads,
     )?;
-    let (tls_listener, tls_addr) = match certs {
+    let (listeners, tls_settings, tls_addr) = match certs {
         Some(certs) => {
-            let (listener, addr) =
-                bind_key("tls.listen", config.tls.listen, config.server.reuse_port)?;
-            let acceptor = tls::server_config(certs).map_err(at("tls"))?.into();
-            let tls_listener = server::TlsListener {
-                listener,
-                acceptor,
+            let (tls, addr) = bind_serving(
+                "tls.listen",
+                config.tls.listen,
+                config.server.reuse_port,
+                threads,
+            )?;
+            let settings = workers::TlsSettings {
+                acceptor: tls::server_config(certs).map_err(at("tls"))?.into(),
                 handshake_timeout: config.tls.handshake_timeout,
                 redirect_plaintext: config.tls.redirect_plaintext,
                 port: addr.port(),
                 proxy_protocol: config.tls.proxy_protocol,
             };
-            (Some(tls_listener), Some(addr))
+            let pairs = plain.into_iter().zip(tls.into_iter().map(Some)).collect();
+            (pairs, Some(settings), Some(addr))
         }
-        None => (None, None),
+        None => (plain.into_iter().map(|p| (p, None)).collect(), None, None),
     };
     let mut tasks = Vec::new();
     let admin_addr = match config.admin.listen {
@@ -210,15 +215,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         flusher_stop.clone(),
     )));
     let server_task = {
-        let app = app.clone();
-        let shutdown = shutdown.clone();
-        let server_config = config.server.clone();
-        let drain = server::Drain {
-            relays,
-            close_relays,
-        };
+        let serving = workers::start(
+            app.clone(),
+            listeners,
+            tls_settings,
+            config.server.clone(),
+            shutdown.clone(),
+            server::Drain {
+                relays,
+                close_relays,
+            },
+        );
         tokio::spawn(async move {
-            server::serve(app, listener, tls_listener, &server_config, shutdown, drain).await;
+            let _ = serving.await;
             flusher_stop.cancel();
         })
     };
@@ -348,6 +357,28 @@ fn bind_key(
     let listener = server::bind(addr, reuse_port).map_err(fail)?;
     let bound = listener.local_addr().map_err(fail)?;
     Ok((listener, bound))
+}
+
+/// Binds `addr` once per serving thread; errors name the listen key.
+fn bind_serving(
+    key: &'static str,
+    addr: SocketAddr,
+    reuse_port: bool,
+    threads: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
+    workers::bind(addr, reuse_port, threads).map_err(|source| StartError::Bind {
+        key: Some(key),
+        addr,
+        source,
+    })
+}
+
+/// `server.threads`, with 0 meaning one per CPU this process may run on.
+fn serving_threads(config: &crate::config::ServerConfig) -> usize {
+    match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
 }
 
 type Backends = (Arc<dyn Registry>, Option<Arc<StaticRegistry>>);

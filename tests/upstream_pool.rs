@@ -296,11 +296,15 @@ fn tokio_stream_from<T>(
 
 /// The runner's 502 for a port nothing listens on becomes sandgate's PORT_NOT_LISTENING; its
 /// connection is drained and reused, so a client polling a port that is not up yet does not
-/// open an upstream connection per request.
+/// open an upstream connection per request. (Each serving thread keeps its own upstream
+/// connections: with two threads, six requests on new client connections open at most two.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_502_keeps_its_connection() {
     let runner = Runner::start("k").await;
-    let proxy = Proxy::start(&with_admin(runner.config(sandboxes())));
+    let config = with_admin(runner.config(sandboxes()));
+    let proxy = Proxy::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 2\n{config}"
+    ));
     for _ in 0..5 {
         let reply = get(proxy.addr, HOST, "/status/502").await;
         assert_eq!(reply.status, 502);
@@ -314,7 +318,7 @@ async fn a_runner_502_keeps_its_connection() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(get(proxy.addr, HOST, "/").await.status, 200);
-    assert_eq!(upstream_connects(&proxy).await, 1.0);
+    assert!(upstream_connects(&proxy).await <= 2.0);
 }
 
 /// An h2c runner that refuses the first stream of every connection (`REFUSED_STREAM`: never

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod html;
 pub mod log_buffer;
 pub mod ports;
+pub mod thread_slot;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -112,10 +112,7 @@ enum CertsCommand {
 /// skips the multi-thread scheduler's cross-thread hand-offs it could not use anyway.
 /// `SANDGATE_WORKER_THREADS` overrides the count (1: current-thread).
 fn runtime_builder() -> tokio::runtime::Builder {
-    let workers = std::env::var("SANDGATE_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
+    let workers = worker_threads()
         .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
         .unwrap_or(1);
     if workers == 1 {
@@ -124,6 +121,14 @@ fn runtime_builder() -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(workers);
     builder
+}
+
+/// `SANDGATE_WORKER_THREADS`: the main runtime's workers and `server.threads`.
+fn worker_threads() -> Option<usize> {
+    std::env::var("SANDGATE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
 }
 
 /// Runs one command line to its end: the runtime, the command, the exit code.
@@ -147,7 +152,10 @@ pub fn main(cli: Cli) -> ExitCode {
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve { config } => {
-            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let mut loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            if let Some(threads) = worker_threads() {
+                loaded.server.threads = threads;
+            }
             init_logging(&loaded.log);
             serve::serve(loaded, config).await
         }

@@ -104,6 +104,9 @@ impl Config {
         if self.server.max_header_bytes < 8192 {
             return invalid("server.max_header_bytes must be at least 8192".into());
         }
+        if self.server.threads > 1024 {
+            return invalid("server.threads must be at most 1024 (0: one per CPU)".into());
+        }
         if self.server.lingering_timeout > Duration::from_secs(60) {
             return invalid("server.lingering_timeout must be at most 60s".into());
         }

@@ -30,6 +30,11 @@ pub struct ServerConfig {
     /// Bind the public listeners (plaintext and TLS) with `SO_REUSEPORT`, so several sandgate
     /// processes (one per core, say) can share one port; the kernel spreads connections over them.
     pub reuse_port: bool,
+    /// Serving threads, each with its own single-threaded runtime and its own `SO_REUSEPORT`
+    /// listener on `listen` (and `tls.listen`), the kernel spreading connections over them, as
+    /// nginx's workers do (0: one per CPU this process may run on; 1: serve on the main
+    /// runtime). `SANDGATE_WORKER_THREADS` overrides it.
+    pub threads: usize,
     /// After an answer sent before the request body was read (a 401 to an upload, say), the
     /// connection closes only once the client stopped sending, or after this many more bytes
     /// (0: close at once), so the client can read the answer instead of a reset.
@@ -56,6 +61,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: 4096,
             shutdown_timeout: Duration::from_secs(30),
             reuse_port: false,
+            threads: 0,
             lingering_bytes: 16 << 20,
             lingering_timeout: Duration::from_secs(5),
             trusted_proxies: Vec::new(),

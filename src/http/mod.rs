@@ -15,6 +15,7 @@ pub mod respond;
 pub mod route;
 pub mod server;
 pub mod upstream;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

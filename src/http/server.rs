@@ -42,25 +42,42 @@ pub struct TlsListener {
 }
 
 /// What a draining server still has open.
+#[derive(Clone)]
 pub struct Drain {
     pub relays: TaskTracker,
     pub close_relays: CancellationToken,
+}
+
+/// The connection limits (`server.max_connections`, `server.max_connections_per_ip`), shared by
+/// every serving thread.
+pub struct Limits {
+    permits: Arc<Semaphore>,
+    per_ip: Arc<PerIpLimit>,
+}
+
+impl Limits {
+    pub fn new(config: &ServerConfig) -> Arc<Limits> {
+        Arc::new(Limits {
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+            per_ip: Arc::new(PerIpLimit::new(config.max_connections_per_ip)),
+        })
+    }
 }
 
 /// Serves until `shutdown` fires, then drains: stops accepting, lets in-flight requests,
 /// streams and WebSockets finish for up to `shutdown_timeout`, then closes WebSockets with 1001.
 pub async fn serve(
     app: Arc<App>,
-    plain: TcpListener,
-    tls: Option<TlsListener>,
+    (plain, tls): (TcpListener, Option<TlsListener>),
     config: &ServerConfig,
+    limits: Arc<Limits>,
     shutdown: CancellationToken,
     drain: Drain,
 ) {
     let builder = Arc::new(connection_builder(config));
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(config.max_connections));
-    let per_ip = Arc::new(PerIpLimit::new(config.max_connections_per_ip));
+    let permits = limits.permits.clone();
+    let per_ip = limits.per_ip.clone();
     let linger = LingerLimits {
         bytes: config.lingering_bytes,
         timeout: config.lingering_timeout,

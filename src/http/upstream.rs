@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 pub use crate::registry::Protocol;
 
+use crate::base::thread_slot;
 use crate::http::body::RequestBody;
 use crate::metrics::metrics;
 use crate::FastMap;
@@ -115,6 +116,9 @@ impl HostPool {
 struct Idle {
     sender: http1::SendRequest<RequestBody>,
     since: Instant,
+    /// The serving thread whose runtime drives the connection: only that thread takes it, so a
+    /// request never hands its bytes to another core.
+    slot: usize,
 }
 
 /// An HTTP/1.1 connection lent to one request; [`Lease::release`] returns it once the
@@ -125,6 +129,7 @@ pub struct Lease {
     host: Arc<HostPool>,
     max_idle: usize,
     idle_timeout: Duration,
+    slot: usize,
 }
 
 impl Lease {
@@ -154,6 +159,7 @@ impl Lease {
                 idle.push(Idle {
                     sender: self.sender,
                     since: Instant::now(),
+                    slot: self.slot,
                 });
             }
         }
@@ -217,13 +223,16 @@ impl Pool {
             host,
             max_idle: self.settings.max_idle_per_host,
             idle_timeout: self.settings.idle_timeout,
+            slot: thread_slot::current(),
         }
     }
 
-    /// The most recently used idle connection that has not idled out.
+    /// The most recently used idle connection of this serving thread that has not idled out.
     fn checkout(&self, host: &HostPool) -> Option<http1::SendRequest<RequestBody>> {
+        let slot = thread_slot::current();
         let mut idle = host.idle.lock().ok()?;
-        while let Some(candidate) = idle.pop() {
+        while let Some(at) = idle.iter().rposition(|c| c.slot == slot) {
+            let candidate = idle.remove(at);
             if candidate.since.elapsed() < self.settings.idle_timeout
                 && !candidate.sender.is_closed()
             {

@@ -1,0 +1,139 @@
+//! Serving threads, as nginx has workers: each thread runs its own single-threaded runtime and
+//! accepts on its own `SO_REUSEPORT` listener, the kernel spreading connections over them. A
+//! connection, its requests and the upstream connections they use stay on one thread: no task
+//! hand-off between cores, no work-stealing. State that must be shared (caches, limits,
+//! metrics) is shared as before.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::server::{self, Drain, Limits, TlsListener};
+use super::App;
+use crate::config::ServerConfig;
+
+/// What every HTTPS listener shares.
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub acceptor: TlsAcceptor,
+    pub handshake_timeout: Duration,
+    pub redirect_plaintext: bool,
+    pub port: u16,
+    pub proxy_protocol: bool,
+}
+
+/// One serving thread's listeners: plaintext, and HTTPS when TLS is on.
+pub type Listeners = (std::net::TcpListener, Option<std::net::TcpListener>);
+
+/// Binds `addr` `count` times (with `SO_REUSEPORT` when more than once), the later sockets on
+/// the port the first one got (`:0` picks one). Returns the sockets and the bound address.
+///
+/// Several threads need `SO_REUSEPORT` even when `reuse_port` is off; the port is then first
+/// bound once without it, so a port another process holds is still an error, as it is with one
+/// thread, instead of a silent share.
+pub fn bind(
+    addr: SocketAddr,
+    reuse_port: bool,
+    count: usize,
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let addr = match (count > 1, reuse_port) {
+        (true, false) => server::bind(addr, false)?.local_addr()?,
+        _ => addr,
+    };
+    let first = server::bind(addr, reuse_port || count > 1)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first.into_std()?];
+    for _ in 1..count {
+        listeners.push(server::bind(bound, true)?.into_std()?);
+    }
+    Ok((listeners, bound))
+}
+
+/// Serves on every set of listeners: on the calling runtime when there is one set, else on one
+/// thread per set. The returned task ends when all of them have drained (after `shutdown`).
+pub fn start(
+    app: Arc<App>,
+    listeners: Vec<Listeners>,
+    tls: Option<TlsSettings>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+    drain: Drain,
+) -> JoinHandle<()> {
+    let limits = Limits::new(&config);
+    let config = Arc::new(config);
+    if listeners.len() == 1 {
+        let serving = listeners
+            .into_iter()
+            .next()
+            .map(|pair| serve_pair(app, pair, tls, config, limits, shutdown, drain));
+        return tokio::spawn(async move {
+            if let Some(serving) = serving {
+                serving.await;
+            }
+        });
+    }
+    let mut done = Vec::new();
+    for (slot, pair) in listeners.into_iter().enumerate() {
+        let (finished, wait) = tokio::sync::oneshot::channel::<()>();
+        let serving = (app.clone(), tls.clone(), config.clone(), limits.clone());
+        let (shutdown, drain) = (shutdown.clone(), drain.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("sandgate-{slot}"))
+            .spawn(move || {
+                crate::base::thread_slot::set(slot);
+                let (app, tls, config, limits) = serving;
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime
+                        .block_on(serve_pair(app, pair, tls, config, limits, shutdown, drain)),
+                    Err(error) => tracing::error!(%error, slot, "cannot start a serving thread"),
+                }
+                let _ = finished.send(());
+            });
+        match thread {
+            Ok(_) => done.push(wait),
+            Err(error) => tracing::error!(%error, slot, "cannot start a serving thread"),
+        }
+    }
+    tokio::spawn(async move {
+        for wait in done {
+            let _ = wait.await;
+        }
+    })
+}
+
+/// Serves one set of listeners on the current runtime until it has drained.
+async fn serve_pair(
+    app: Arc<App>,
+    (plain, tls_socket): Listeners,
+    tls: Option<TlsSettings>,
+    config: Arc<ServerConfig>,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+    drain: Drain,
+) {
+    let plain = match TcpListener::from_std(plain) {
+        Ok(listener) => listener,
+        Err(error) => return tracing::error!(%error, "cannot serve the listener"),
+    };
+    let tls = match (tls_socket.map(TcpListener::from_std), tls) {
+        (Some(Ok(listener)), Some(settings)) => Some(TlsListener {
+            listener,
+            acceptor: settings.acceptor,
+            handshake_timeout: settings.handshake_timeout,
+            redirect_plaintext: settings.redirect_plaintext,
+            port: settings.port,
+            proxy_protocol: settings.proxy_protocol,
+        }),
+        (Some(Err(error)), _) => return tracing::error!(%error, "cannot serve the TLS listener"),
+        _ => None,
+    };
+    server::serve(app, (plain, tls), &config, limits, shutdown, drain).await;
+}
