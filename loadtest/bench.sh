@@ -33,7 +33,7 @@
 # / nginx-plain, the access log's cost (sandgate-default / sandgate, nginx-log / nginx), ...
 #
 # BOTH_CORES=1: nothing is pinned (proxies, wrk and the upstream share both cores); nginx runs
-# `worker_processes auto`, sandgate its default runtime (multi-thread, one worker per core).
+# `worker_processes auto`, sandgate its default (one serving thread per core).
 #
 # SANDGATE_ACCESS_OUTPUT=stderr|stdout|PATH and SANDGATE_ACCESS_OVERFLOW=wait|drop add
 # `access_output` / `access_overflow` to sandgate-default's [log] (newer builds only; older
@@ -301,7 +301,7 @@ report="$tmp/report.md"
 {
   echo "wrk -t$WRK_THREADS -c$WRK_CONNS -d$WRK_DURATION${WRK_DELAY_MS:+, paced: $WRK_DELAY_MS ms before each request}, $RUNS run(s) per target interleaved, medians;"
   if [ "$BOTH_CORES" = 1 ]; then
-    echo "BOTH_CORES: nothing pinned, nginx worker_processes auto, sandgate multi-thread ($ncores workers),"
+    echo "BOTH_CORES: nothing pinned, nginx worker_processes auto, sandgate $ncores serving threads,"
     echo "sandgate-rp = $ncores sandgate processes with reuse_port (1 thread each); $(date -u '+%Y-%m-%d %H:%M UTC')"
   else
     echo "proxies on core $PROXY_CORE, wrk + upstream on core $LOAD_CORE; $(date -u '+%Y-%m-%d %H:%M UTC')"
