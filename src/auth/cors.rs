@@ -103,7 +103,8 @@ impl Cors {
         if disabled || mode == CorsMode::Passthrough {
             return (CorsDecision::None, true);
         }
-        let decision = match headers.get(ORIGIN) {
+        let origin = present.may_have(Tracked::Origin);
+        let decision = match origin.then(|| headers.get(ORIGIN)).flatten() {
             Some(o) if o.to_str().is_ok_and(|s| self.origin_allowed(s, own)) => {
                 CorsDecision::Allow(o.clone())
             }

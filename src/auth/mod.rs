@@ -271,7 +271,8 @@ impl Auth {
             failure.get_or_insert(e);
         };
 
-        if let Some(token) = bearer(req.headers) {
+        let authorization = req.present.may_have(Tracked::Authorization);
+        if let Some(token) = authorization.then(|| bearer(req.headers)).flatten() {
             match self
                 .check_bearer(resolver, sandbox, token, req.peer)
                 .await?

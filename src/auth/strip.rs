@@ -94,7 +94,9 @@ pub fn strip_credentials(
     if present.may_have(Tracked::PreviewToken) {
         headers.remove(PREVIEW_TOKEN_NAME);
     }
-    strip_proxy_cookies(headers);
+    if present.may_have(Tracked::Cookie) {
+        strip_proxy_cookies(headers);
+    }
     query.and_then(|q| remove_query_param(q, PREVIEW_TOKEN_QUERY))
 }
 

@@ -36,7 +36,7 @@ const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
 /// `Sec-Fetch-Mode: navigate`, else by `Sec-Fetch-Dest: document|iframe|frame`; from a browser
 /// that sends neither, by `html` (it asks for HTML). Never a WebSocket upgrade.
 pub fn is_navigation(headers: &HeaderMap, present: Present, html: bool) -> bool {
-    if headers.contains_key(UPGRADE) {
+    if present.may_have(Tracked::Upgrade) && headers.contains_key(UPGRADE) {
         return false;
     }
     let mode = present.may_have(Tracked::SecFetchMode);
@@ -65,8 +65,9 @@ pub fn applies(
         && headers
             .get(SKIP_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    let upgrade = present.may_have(Tracked::Upgrade) && headers.contains_key(UPGRADE);
     !is_reserved_port(port)
-        && !headers.contains_key(UPGRADE)
+        && !upgrade
         && !skip
         && headers
             .get(USER_AGENT)

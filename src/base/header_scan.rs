@@ -1,13 +1,14 @@
-//! One pass over a request's header names that records which of the custom headers the phases
-//! look up it carries. Most requests carry none of them, and a lookup of a custom name hashes
-//! every byte of it (`x-daytona-skip-last-activity-update` is 35), present or not; comparing
-//! the few names a request has is cheaper. A phase asks [`Present::may_have`] before its lookup.
+//! One pass over a request's header names that records which of the headers the phases look
+//! up it carries. Most requests carry few of them, and a lookup hashes the name (every byte of
+//! a custom one: `x-daytona-skip-last-activity-update` is 35) and probes the map, present or
+//! not; comparing the few names a request has is cheaper. A phase asks [`Present::may_have`]
+//! before its lookup.
 
 use http::HeaderMap;
 
-/// The custom request headers the phases look up (lowercase, as `HeaderName`s are).
+/// The request headers the phases look up (lowercase, as `HeaderName`s are).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
+#[repr(u16)]
 pub enum Tracked {
     RequestId = 1 << 0,
     DisableCors = 1 << 1,
@@ -16,10 +17,16 @@ pub enum Tracked {
     SkipWarning = 1 << 4,
     SecFetchMode = 1 << 5,
     SecFetchDest = 1 << 6,
+    Upgrade = 1 << 7,
+    Authorization = 1 << 8,
+    Cookie = 1 << 9,
+    Origin = 1 << 10,
+    Forwarded = 1 << 11,
+    Accept = 1 << 12,
 }
 
 impl Tracked {
-    pub const ALL: [Tracked; 7] = [
+    pub const ALL: [Tracked; 13] = [
         Tracked::RequestId,
         Tracked::DisableCors,
         Tracked::PreviewToken,
@@ -27,6 +34,12 @@ impl Tracked {
         Tracked::SkipWarning,
         Tracked::SecFetchMode,
         Tracked::SecFetchDest,
+        Tracked::Upgrade,
+        Tracked::Authorization,
+        Tracked::Cookie,
+        Tracked::Origin,
+        Tracked::Forwarded,
+        Tracked::Accept,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -38,36 +51,44 @@ impl Tracked {
             Tracked::SkipWarning => "x-daytona-skip-preview-warning",
             Tracked::SecFetchMode => "sec-fetch-mode",
             Tracked::SecFetchDest => "sec-fetch-dest",
+            Tracked::Upgrade => "upgrade",
+            Tracked::Authorization => "authorization",
+            Tracked::Cookie => "cookie",
+            Tracked::Origin => "origin",
+            Tracked::Forwarded => "forwarded",
+            Tracked::Accept => "accept",
         }
     }
 }
 
 /// Which [`Tracked`] headers a request had when it was scanned. The phases only remove these
-/// names (or, for `X-Request-Id`, insert it after its last lookup), so one the scan did not
-/// see is still absent later.
+/// names, or insert them after their last lookup (`X-Request-Id`, `Upgrade`) or when the scan
+/// saw them (`Cookie`, `Authorization` keep the values they do not strip), so one the scan did
+/// not see is still absent later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Present(u8);
+pub struct Present(u16);
 
 impl Present {
     /// No scan: every lookup is made.
-    pub const UNKNOWN: Present = Present(u8::MAX);
+    pub const UNKNOWN: Present = Present(u16::MAX);
 
     pub fn scan(headers: &HeaderMap) -> Present {
         let mut bits = 0;
         for name in headers.keys() {
-            let name = name.as_str();
-            // Every tracked name has 12 bytes or more; most common ones are shorter.
-            if name.len() < 12 {
-                continue;
-            }
-            bits |= match name {
-                "x-request-id" => Tracked::RequestId as u8,
-                "x-daytona-disable-cors" => Tracked::DisableCors as u8,
-                "x-daytona-preview-token" => Tracked::PreviewToken as u8,
-                "x-daytona-skip-last-activity-update" => Tracked::SkipActivity as u8,
-                "x-daytona-skip-preview-warning" => Tracked::SkipWarning as u8,
-                "sec-fetch-mode" => Tracked::SecFetchMode as u8,
-                "sec-fetch-dest" => Tracked::SecFetchDest as u8,
+            bits |= match name.as_str() {
+                "x-request-id" => Tracked::RequestId as u16,
+                "x-daytona-disable-cors" => Tracked::DisableCors as u16,
+                "x-daytona-preview-token" => Tracked::PreviewToken as u16,
+                "x-daytona-skip-last-activity-update" => Tracked::SkipActivity as u16,
+                "x-daytona-skip-preview-warning" => Tracked::SkipWarning as u16,
+                "sec-fetch-mode" => Tracked::SecFetchMode as u16,
+                "sec-fetch-dest" => Tracked::SecFetchDest as u16,
+                "upgrade" => Tracked::Upgrade as u16,
+                "authorization" => Tracked::Authorization as u16,
+                "cookie" => Tracked::Cookie as u16,
+                "origin" => Tracked::Origin as u16,
+                "forwarded" => Tracked::Forwarded as u16,
+                "accept" => Tracked::Accept as u16,
                 _ => 0,
             };
         }
@@ -76,7 +97,7 @@ impl Present {
 
     /// `false`: the request has no such header, no lookup needed.
     pub fn may_have(self, name: Tracked) -> bool {
-        self.0 & name as u8 != 0
+        self.0 & name as u16 != 0
     }
 }
 
@@ -91,6 +112,7 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert("host", HeaderValue::from_static("h"));
             headers.insert("x-request-idx", HeaderValue::from_static("1"));
+            headers.insert("accept-encoding", HeaderValue::from_static("gzip"));
             let present = Present::scan(&headers);
             assert!(Tracked::ALL.iter().all(|t| !present.may_have(*t)));
             headers.append(

@@ -18,7 +18,7 @@ use crate::auth::cors::{self, CorsDecision};
 use crate::auth::{
     oidc, strip_credentials, warning, Answer, AuthError, AuthRequest, Authenticated,
 };
-use crate::base::header_scan::Present;
+use crate::base::header_scan::{Present, Tracked};
 use crate::http::body::ProxyBody;
 use crate::http::respond::{self, ProxyError};
 use crate::http::route::{self, OwnPath, Route, RouteError};
@@ -273,7 +273,7 @@ pub async fn admit(
         ))));
     }
 
-    if req.headers().contains_key(AUTHORIZATION) {
+    if present.may_have(Tracked::Authorization) && req.headers().contains_key(AUTHORIZATION) {
         auth.remove_platform_authorization(
             &app.resolver,
             &sandbox,

@@ -195,7 +195,14 @@ async fn pipeline(
     };
     seen.sandbox = Some(entry.sandbox.clone());
     let marked = record_activity(app, &mut req, present, &entry.sandbox);
-    let destination = destination(app, &mut req, (peer, client), &host, &entry, target)?;
+    let destination = destination(
+        app,
+        &mut req,
+        (peer, client, present),
+        &host,
+        &entry,
+        target,
+    )?;
     let activity = &app.activity;
     let guard = || marked.then(|| activity.stream(&entry.sandbox.id)).flatten();
     let response = app.forwarder.forward(req, destination, guard).await?;
@@ -227,12 +234,13 @@ fn record_activity(
 fn destination<'a>(
     app: &App,
     req: &mut Request<Incoming>,
-    (peer, client): (&'a Peer, &'a ClientAddr),
+    (peer, client, present): (&'a Peer, &'a ClientAddr, Present),
     host: &'a HeaderValue,
     entry: &'a gate::Entry,
     target: Target<'a>,
 ) -> Result<Destination<'a>, ProxyError> {
-    if !client.via_trusted_proxy || entry.forwarded_host.is_some() {
+    let forwarded = present.may_have(Tracked::Forwarded);
+    if forwarded && (!client.via_trusted_proxy || entry.forwarded_host.is_some()) {
         // Only a trusted proxy's `Forwarded` goes on (a client's own would be a forgery), and
         // not on a signed preview host, whose token it may name.
         req.headers_mut().remove(FORWARDED);
@@ -252,6 +260,7 @@ fn destination<'a>(
         query: entry.query.as_deref(),
         connection_slots: peer.slots.as_ref(),
         deadline_timer: &peer.deadline_timer,
+        may_upgrade: present.may_have(Tracked::Upgrade),
     })
 }
 
