@@ -116,6 +116,69 @@ async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
     );
 }
 
+/// The header timer is armed again for each head of a keep-alive connection (with the sleep an
+/// earlier head used): a client that goes quiet or dribbles after its first answer is cut off
+/// like one that dribbles its first head, `header_read_timeout` after that answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_after_a_first_request_is_cut_too() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(&format!(
+        "{}[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\n",
+        sandboxes()
+    )));
+    // Earlier requests leave sleeps to reuse.
+    for _ in 0..3 {
+        assert_eq!(
+            get(proxy.addr, "3000-sbx-1.preview.localhost", "/")
+                .await
+                .status,
+            200
+        );
+    }
+    let addr = proxy.addr;
+    let slow = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: 3000-sbx-1.preview.localhost\r\n\r\n")
+            .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut first = [0u8; 4096];
+        let n = stream.read(&mut first).unwrap();
+        let answered = Instant::now();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200"), "first answer");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let head = b"GET / HTTP/1.1\r\nHost: 3000-sbx-1.preview.localhost\r\nX-Slow: aaaa\r\n";
+        for byte in head.iter().cycle() {
+            let mut buf = [0u8; 256];
+            match stream.read(&mut buf) {
+                Ok(0) => break, // closed by the server
+                Ok(_) => break, // an error response (or the rest of the first), then close
+                Err(_) => {}    // read timeout: still open
+            }
+            if answered.elapsed() > Duration::from_secs(10) || stream.write_all(&[*byte]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        answered.elapsed()
+    });
+    let held = tokio::task::spawn_blocking(move || slow.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        held >= Duration::from_millis(800),
+        "cut too early: {held:?}"
+    );
+    assert!(
+        held < Duration::from_secs(5),
+        "slow client held the connection for {held:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_connection_limit_holds() {
     let runner = Runner::start("k").await;

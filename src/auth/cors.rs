@@ -18,6 +18,7 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use super::Answer;
+use crate::base::header_scan::{Present, Tracked};
 use crate::registry::CorsMode;
 
 pub const DISABLE_CORS_HEADER: HeaderName = HeaderName::from_static("x-daytona-disable-cors");
@@ -91,16 +92,19 @@ impl Cors {
     pub fn decide(
         &self,
         headers: &mut HeaderMap,
+        present: Present,
         mode: CorsMode,
         own: &[&str],
     ) -> (CorsDecision, bool) {
-        let disabled = headers
-            .remove(DISABLE_CORS_HEADER)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let disabled = present.may_have(Tracked::DisableCors)
+            && headers
+                .remove(DISABLE_CORS_HEADER)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         if disabled || mode == CorsMode::Passthrough {
             return (CorsDecision::None, true);
         }
-        let decision = match headers.get(ORIGIN) {
+        let origin = present.may_have(Tracked::Origin);
+        let decision = match origin.then(|| headers.get(ORIGIN)).flatten() {
             Some(o) if o.to_str().is_ok_and(|s| self.origin_allowed(s, own)) => {
                 CorsDecision::Allow(o.clone())
             }
@@ -235,7 +239,10 @@ mod tests {
             ACCESS_CONTROL_REQUEST_HEADERS,
             "content-type, x-y".parse().unwrap(),
         );
-        let (d, off) = c.decide(&mut h, CorsMode::Managed, &own);
+        let (d, off) = {
+            let p = Present::scan(&h);
+            c.decide(&mut h, p, CorsMode::Managed, &own)
+        };
         let r = c.preflight(&Method::OPTIONS, &h, &d, off).unwrap();
         assert_eq!(r.status, 204);
         assert_eq!(
@@ -245,19 +252,29 @@ mod tests {
         assert_eq!(r.headers[ACCESS_CONTROL_ALLOW_HEADERS], "content-type, x-y");
         assert_eq!(r.headers[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
         assert!(c.preflight(&Method::GET, &h, &d, off).is_none());
-        let (d, off) = c.decide(&mut h, CorsMode::Passthrough, &own);
+        let (d, off) = {
+            let p = Present::scan(&h);
+            c.decide(&mut h, p, CorsMode::Passthrough, &own)
+        };
         assert!(matches!(d, CorsDecision::None) && off);
         assert!(c.preflight(&Method::OPTIONS, &h, &d, off).is_none());
         h.insert(ORIGIN, "http://1-b.preview.localhost".parse().unwrap());
-        let (d, off) = c.decide(&mut h, CorsMode::Managed, &own);
+        let (d, off) = {
+            let p = Present::scan(&h);
+            c.decide(&mut h, p, CorsMode::Managed, &own)
+        };
         let r = c.preflight(&Method::OPTIONS, &h, &d, off).unwrap();
         assert!(r.headers.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         h.insert(DISABLE_CORS_HEADER, "true".parse().unwrap());
         assert!(matches!(
-            c.decide(&mut h, CorsMode::Managed, &own),
+            {
+                let p = Present::scan(&h);
+                c.decide(&mut h, p, CorsMode::Managed, &own)
+            },
             (CorsDecision::None, true)
         ));
         assert!(h.get(DISABLE_CORS_HEADER).is_none());
+        assert_eq!(Tracked::DisableCors.name(), DISABLE_CORS_HEADER.as_str());
     }
 
     #[test]

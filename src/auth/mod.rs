@@ -37,6 +37,7 @@ pub use memo::TokenMemo;
 pub(crate) use strip::strip_proxy_cookies;
 pub use strip::{bearer, query_param, remove_query_param, strip_credentials};
 
+use crate::base::header_scan::{Present, Tracked};
 use crate::base::ports::is_reserved_port;
 use crate::registry::{RegistryError, Resolver, SandboxRecord};
 use cookie::{CookieCheck, CookieFlags};
@@ -48,6 +49,9 @@ use crate::registry::BearerVerdict;
 use sign::Signer;
 
 pub const PREVIEW_TOKEN_HEADER: &str = "x-daytona-preview-token";
+/// [`PREVIEW_TOKEN_HEADER`] as a name: a lookup by `&str` parses it first.
+pub const PREVIEW_TOKEN_NAME: http::HeaderName =
+    http::HeaderName::from_static(PREVIEW_TOKEN_HEADER);
 pub const PREVIEW_TOKEN_QUERY: &str = "DAYTONA_SANDBOX_AUTH_KEY";
 /// Also with a `__Host-`/`__Secure-` prefix, in any case: [`cookie::is_reserved_name`].
 pub(crate) const PROXY_COOKIE_PREFIXES: [&str; 3] = [
@@ -149,6 +153,8 @@ pub struct AuthRequest<'a> {
     /// The host's signed preview token opened this sandbox on this port.
     pub signed: bool,
     pub headers: &'a HeaderMap,
+    /// Which of the custom headers `headers` may carry (one scan per request).
+    pub present: Present,
     pub query: Option<&'a str>,
     pub path: &'a str,
     pub host: &'a str,
@@ -265,7 +271,8 @@ impl Auth {
             failure.get_or_insert(e);
         };
 
-        if let Some(token) = bearer(req.headers) {
+        let authorization = req.present.may_have(Tracked::Authorization);
+        if let Some(token) = authorization.then(|| bearer(req.headers)).flatten() {
             match self
                 .check_bearer(resolver, sandbox, token, req.peer)
                 .await?
@@ -279,7 +286,12 @@ impl Auth {
                 Err(e) => note(e),
             }
         }
-        if let Some(value) = req.headers.get(PREVIEW_TOKEN_HEADER) {
+        let token_header = req
+            .present
+            .may_have(Tracked::PreviewToken)
+            .then(|| req.headers.get(PREVIEW_TOKEN_NAME))
+            .flatten();
+        if let Some(value) = token_header {
             match value.to_str() {
                 Ok(token) if req.memo.is_some_and(|m| m.matches(req.sandbox, token)) => {
                     return Ok(Ok(granted(Access::PreviewToken)));

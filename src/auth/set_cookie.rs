@@ -65,9 +65,20 @@ fn is_domain_attribute(attribute: &[u8]) -> bool {
 }
 
 /// Applies [`filter_set_cookie`] to a sandbox's response and drops the obsolete `Set-Cookie2`.
-/// Costs two lookups, no allocation, when the response sets no cookie (the common case).
+/// Costs one pass over the response's names, no lookup or allocation, when it sets no cookie
+/// (the common case).
 pub fn filter_response_cookies(headers: &mut HeaderMap) {
-    headers.remove(SET_COOKIE2);
+    let (mut cookie, mut cookie2) = (false, false);
+    for name in headers.keys() {
+        cookie |= name == SET_COOKIE;
+        cookie2 |= name == SET_COOKIE2;
+    }
+    if cookie2 {
+        headers.remove(SET_COOKIE2);
+    }
+    if !cookie {
+        return;
+    }
     let all_kept = headers
         .get_all(SET_COOKIE)
         .iter()

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderMap, HeaderValue};
 
-use super::{cookie, Auth, AuthError, PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY};
+use super::{cookie, Auth, AuthError, PREVIEW_TOKEN_NAME, PREVIEW_TOKEN_QUERY};
+use crate::base::header_scan::{Present, Tracked};
 use crate::registry::{Resolver, SandboxRecord};
 
 impl Auth {
@@ -85,9 +86,17 @@ pub(super) fn bearer_of(value: &HeaderValue) -> Option<&str> {
 
 /// Removes every credential the proxy consumes from the headers, and returns the query without
 /// the token parameter (`None` when the query needs no change).
-pub fn strip_credentials(headers: &mut HeaderMap, query: Option<&str>) -> Option<String> {
-    headers.remove(PREVIEW_TOKEN_HEADER);
-    strip_proxy_cookies(headers);
+pub fn strip_credentials(
+    headers: &mut HeaderMap,
+    present: Present,
+    query: Option<&str>,
+) -> Option<String> {
+    if present.may_have(Tracked::PreviewToken) {
+        headers.remove(PREVIEW_TOKEN_NAME);
+    }
+    if present.may_have(Tracked::Cookie) {
+        strip_proxy_cookies(headers);
+    }
     query.and_then(|q| remove_query_param(q, PREVIEW_TOKEN_QUERY))
 }
 
@@ -142,6 +151,7 @@ pub(crate) fn strip_proxy_cookies(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::PREVIEW_TOKEN_HEADER;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -177,11 +187,15 @@ mod tests {
                 "__Host-daytona-sandbox-auth-sbx=sig; other=2; __Host-Daytona-Preview-Page-Accepted=true",
             ),
         ]);
-        strip_credentials(&mut h, None);
+        let present = Present::scan(&h);
+        strip_credentials(&mut h, present, None);
         assert!(h.get(PREVIEW_TOKEN_HEADER).is_none());
+        assert_eq!(Tracked::PreviewToken.name(), PREVIEW_TOKEN_HEADER);
+        assert_eq!(PREVIEW_TOKEN_NAME.as_str(), PREVIEW_TOKEN_HEADER);
         assert_eq!(h.get(COOKIE).unwrap(), "app=1; other=2");
         let mut only_ours = headers(&[("cookie", "daytona-sandbox-auth-x=1")]);
-        strip_credentials(&mut only_ours, None);
+        let present = Present::scan(&only_ours);
+        strip_credentials(&mut only_ours, present, None);
         assert!(only_ours.get(COOKIE).is_none());
     }
 }

@@ -33,6 +33,7 @@ async fn check(
         id_or_token: "sbx",
         signed: false,
         headers: h,
+        present: Present::scan(h),
         query: q,
         path: "/",
         host: "3000-sbx.preview.localhost",
@@ -161,6 +162,7 @@ async fn navigations_by_query_token_get_a_cookie_and_a_clean_redirect() {
         id_or_token: "sbx",
         signed: false,
         headers: &h,
+        present: Present::scan(&h),
         query: Some("b=%2F&DAYTONA_SANDBOX_AUTH_KEY=tok-123&a=1"),
         path: "/p",
         host: "3000-sbx.preview.localhost",
@@ -178,6 +180,7 @@ async fn navigations_by_query_token_get_a_cookie_and_a_clean_redirect() {
     let with_cookie = headers(&[("cookie", &format!("daytona-sandbox-auth-sbx={value}"))]);
     let again = AuthRequest {
         headers: &with_cookie,
+        present: Present::scan(&with_cookie),
         query: None,
         ..req
     };
@@ -198,6 +201,7 @@ async fn a_connection_remembers_its_preview_token_for_that_record_only() {
         id_or_token: "sbx",
         signed: false,
         headers: h,
+        present: Present::scan(h),
         query: None,
         path: "/",
         host: "3000-sbx.preview.localhost",

@@ -9,6 +9,7 @@ use super::cookie::{CookieFlags, WARNING_COOKIE};
 use super::return_to::same_host_path;
 use super::sign::{now_unix, Signer};
 use super::Answer;
+use crate::base::header_scan::{Present, Tracked};
 use crate::base::html::escape_html;
 use crate::base::ports::is_reserved_port;
 
@@ -34,14 +35,16 @@ const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
 /// A browser navigation, whatever the method (a cross-site form `POST` is one): by
 /// `Sec-Fetch-Mode: navigate`, else by `Sec-Fetch-Dest: document|iframe|frame`; from a browser
 /// that sends neither, by `html` (it asks for HTML). Never a WebSocket upgrade.
-pub fn is_navigation(headers: &HeaderMap, html: bool) -> bool {
-    if headers.contains_key(UPGRADE) {
+pub fn is_navigation(headers: &HeaderMap, present: Present, html: bool) -> bool {
+    if present.may_have(Tracked::Upgrade) && headers.contains_key(UPGRADE) {
         return false;
     }
-    if let Some(mode) = headers.get(SEC_FETCH_MODE) {
+    let mode = present.may_have(Tracked::SecFetchMode);
+    if let Some(mode) = mode.then(|| headers.get(SEC_FETCH_MODE)).flatten() {
         return mode.as_bytes().eq_ignore_ascii_case(b"navigate");
     }
-    if let Some(dest) = headers.get(SEC_FETCH_DEST) {
+    let dest = present.may_have(Tracked::SecFetchDest);
+    if let Some(dest) = dest.then(|| headers.get(SEC_FETCH_DEST)).flatten() {
         let dest = dest.as_bytes();
         return [&b"document"[..], b"iframe", b"frame"]
             .iter()
@@ -51,13 +54,21 @@ pub fn is_navigation(headers: &HeaderMap, html: bool) -> bool {
 }
 
 /// Should this navigation get the interstitial? (Call after authentication.)
-pub fn applies(port: Option<u16>, headers: &HeaderMap, flags: CookieFlags) -> bool {
+pub fn applies(
+    port: Option<u16>,
+    headers: &HeaderMap,
+    present: Present,
+    flags: CookieFlags,
+) -> bool {
     let Some(port) = port else { return false };
-    !is_reserved_port(port)
-        && !headers.contains_key(UPGRADE)
-        && !headers
+    let skip = present.may_have(Tracked::SkipWarning)
+        && headers
             .get(SKIP_HEADER)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    let upgrade = present.may_have(Tracked::Upgrade) && headers.contains_key(UPGRADE);
+    !is_reserved_port(port)
+        && !upgrade
+        && !skip
         && headers
             .get(USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -183,15 +194,15 @@ mod tests {
     fn applies_to_browsers_only() {
         let http = CookieFlags { secure: false };
         let h = with(&[("user-agent", "Mozilla/5.0")]);
-        assert!(applies(Some(3000), &h, http));
-        assert!(!applies(Some(22222), &h, http));
-        assert!(!applies(None, &h, http));
+        assert!(applies(Some(3000), &h, Present::scan(&h), http));
+        assert!(!applies(Some(22222), &h, Present::scan(&h), http));
+        assert!(!applies(None, &h, Present::scan(&h), http));
         let mut skip = h.clone();
         skip.insert(SKIP_HEADER, "true".parse().unwrap());
-        assert!(!applies(Some(3000), &skip, http));
+        assert!(!applies(Some(3000), &skip, Present::scan(&skip), http));
         let mut ws = h.clone();
         ws.insert(UPGRADE, "websocket".parse().unwrap());
-        assert!(!applies(Some(3000), &ws, http));
+        assert!(!applies(Some(3000), &ws, Present::scan(&ws), http));
         let mut accepted = h.clone();
         accepted.insert(
             http::header::COOKIE,
@@ -199,16 +210,34 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        assert!(!applies(Some(3000), &accepted, http));
+        assert!(!applies(
+            Some(3000),
+            &accepted,
+            Present::scan(&accepted),
+            http
+        ));
         let https = CookieFlags { secure: true };
-        assert!(applies(Some(3000), &accepted, https), "plantable name");
+        assert!(
+            applies(Some(3000), &accepted, Present::scan(&accepted), https),
+            "plantable name"
+        );
         let mut host_only = h.clone();
         host_only.insert(
             http::header::COOKIE,
             "__Host-daytona-preview-page-accepted=true".parse().unwrap(),
         );
-        assert!(!applies(Some(3000), &host_only, https));
-        assert!(!applies(Some(3000), &HeaderMap::new(), http));
+        assert!(!applies(
+            Some(3000),
+            &host_only,
+            Present::scan(&host_only),
+            https
+        ));
+        assert!(!applies(
+            Some(3000),
+            &HeaderMap::new(),
+            Present::scan(&HeaderMap::new()),
+            http
+        ));
     }
 
     #[test]
@@ -237,11 +266,14 @@ mod tests {
         ];
         for (headers, html, navigation) in rows {
             assert_eq!(
-                is_navigation(&with(headers), *html),
+                is_navigation(&with(headers), Present::scan(&with(headers)), *html),
                 *navigation,
                 "{headers:?} {html}"
             );
         }
+        assert_eq!(Tracked::SecFetchMode.name(), SEC_FETCH_MODE.as_str());
+        assert_eq!(Tracked::SecFetchDest.name(), SEC_FETCH_DEST.as_str());
+        assert_eq!(Tracked::SkipWarning.name(), SKIP_HEADER.as_str());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! ours (checked by `tests/layers.rs`).
 
 pub mod clock;
+pub mod header_scan;
 pub mod html;
 pub mod log_buffer;
 pub mod ports;

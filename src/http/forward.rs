@@ -60,6 +60,8 @@ pub struct Destination<'a> {
     pub connection_slots: Option<&'a crate::base::ConnectionSlots>,
     /// The client connection's response-header deadline timer.
     pub deadline_timer: &'a DeadlineTimer,
+    /// The request may carry `Upgrade` (`false`: it has none, no lookup needed).
+    pub may_upgrade: bool,
 }
 
 /// The response-header deadline timer of one client connection, reused from request to request:
@@ -142,6 +144,7 @@ impl Forwarder {
             inflight,
             connection_slots,
             deadline_timer,
+            may_upgrade,
         } = destination;
         let proto = if https { &HTTPS } else { &self.forwarded_proto };
         let query = effective_query(query, req.uri().query());
@@ -149,7 +152,7 @@ impl Forwarder {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         let address = UpstreamAddress::of(sandbox, &target)?;
-        let upgrade = wants_upgrade(&req);
+        let upgrade = may_upgrade && wants_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         rewrite_request_headers(
             req.headers_mut(),

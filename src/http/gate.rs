@@ -18,6 +18,7 @@ use crate::auth::cors::{self, CorsDecision};
 use crate::auth::{
     oidc, strip_credentials, warning, Answer, AuthError, AuthRequest, Authenticated,
 };
+use crate::base::header_scan::{Present, Tracked};
 use crate::http::body::ProxyBody;
 use crate::http::respond::{self, ProxyError};
 use crate::http::route::{self, OwnPath, Route, RouteError};
@@ -183,7 +184,7 @@ pub async fn admit(
     port: Option<u16>,
     resolution: Resolution,
     (client, client_ip): (&Peer, IpAddr),
-    html: bool,
+    (html, present): (bool, Present),
 ) -> Result<Admission, ProxyError> {
     let auth = &app.auth;
     let uri = req.uri().clone();
@@ -197,7 +198,9 @@ pub async fn admit(
     // the proxy answers it before authenticating (passthrough ones go on to the app).
     let own: [&str; 2] = [id_or_token, &sandbox.id];
     let own = if port.is_some() { &own[..] } else { &[] };
-    let (cors, hands_off) = auth.cors.decide(req.headers_mut(), sandbox.cors, own);
+    let (cors, hands_off) = auth
+        .cors
+        .decide(req.headers_mut(), present, sandbox.cors, own);
     if let Some(r) = auth
         .cors
         .preflight(&method, req.headers(), &cors, hands_off)
@@ -210,7 +213,7 @@ pub async fn admit(
             .map_err(Into::into);
     }
 
-    let navigation = warning::is_navigation(req.headers(), html);
+    let navigation = warning::is_navigation(req.headers(), present, html);
     let safe_method = matches!(method, Method::GET | Method::HEAD);
     let authenticated = auth
         .authenticate(
@@ -221,6 +224,7 @@ pub async fn admit(
                 id_or_token,
                 signed,
                 headers: req.headers(),
+                present,
                 query: uri.query(),
                 path: uri.path(),
                 host,
@@ -256,7 +260,10 @@ pub async fn admit(
             waking,
         });
     }
-    if auth.preview_warning && navigation && warning::applies(port, req.headers(), auth.flags) {
+    if auth.preview_warning
+        && navigation
+        && warning::applies(port, req.headers(), present, auth.flags)
+    {
         let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
         return Ok(Admission::Respond(respond::answer(warning::page(
             &auth.signer,
@@ -266,7 +273,7 @@ pub async fn admit(
         ))));
     }
 
-    if req.headers().contains_key(AUTHORIZATION) {
+    if present.may_have(Tracked::Authorization) && req.headers().contains_key(AUTHORIZATION) {
         auth.remove_platform_authorization(
             &app.resolver,
             &sandbox,
@@ -276,7 +283,7 @@ pub async fn admit(
         )
         .await;
     }
-    let query = strip_credentials(req.headers_mut(), uri.query());
+    let query = strip_credentials(req.headers_mut(), present, uri.query());
     let forwarded_host = if signed {
         let canonical =
             canonical_host(host, &sandbox.id).ok_or(RouteError::BadHost("preview host"))?;

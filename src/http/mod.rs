@@ -7,6 +7,7 @@ pub mod client_addr;
 pub mod client_io;
 pub mod forward;
 pub mod gate;
+pub mod head_timer;
 pub mod headers;
 pub mod path;
 pub mod pipeline;

@@ -19,6 +19,7 @@ use super::forward::{Destination, Target};
 use super::gate::{self, Admission};
 use super::respond::{auth_code, error_response, health, wants_html, ProxyError};
 use super::route::{self, OwnPath, Route, RouteError};
+use crate::base::header_scan::{Present, Tracked};
 use crate::metrics::{metrics, RouteKind};
 use crate::registry::{InflightGuard, SandboxRecord};
 
@@ -38,16 +39,19 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
     let started = Instant::now();
     let uri = req.uri().clone();
     let method = req.method().clone();
-    let html = wants_html(req.headers());
+    let present = Present::scan(req.headers());
+    let html = wants_html(req.headers(), present);
     let http1 = req.version() <= Version::HTTP_11;
     let body_pending = http1 && !req.body().is_end_stream();
     let client = app.trusted_proxies.client(peer.addr.ip(), req.headers());
-    let request_id = app.request_ids.then(|| request_id(req.headers_mut()));
+    let request_id = app
+        .request_ids
+        .then(|| request_id(req.headers_mut(), present));
     let mut seen = Seen {
         kind: RouteKind::Own,
         sandbox: None,
     };
-    let mut response = match pipeline(&app, req, peer, &client, html, &mut seen).await {
+    let mut response = match pipeline(&app, req, peer, &client, (html, present), &mut seen).await {
         Ok(response) => response,
         Err(error) => {
             log_error(&error, uri.path());
@@ -109,11 +113,15 @@ const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The client's `X-Request-Id` when it is sane, else a new one; set on the request so it is
 /// forwarded.
-fn request_id(headers: &mut http::HeaderMap) -> HeaderValue {
+fn request_id(headers: &mut http::HeaderMap, present: Present) -> HeaderValue {
     let valid = |v: &HeaderValue| {
         (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
     };
-    if let Some(v) = headers.get(REQUEST_ID_HEADER).filter(|v| valid(v)) {
+    let sent = present
+        .may_have(Tracked::RequestId)
+        .then(|| headers.get(REQUEST_ID_HEADER))
+        .flatten();
+    if let Some(v) = sent.filter(|v| valid(v)) {
         return v.clone();
     }
     static PREFIX: LazyLock<u64> = LazyLock::new(|| {
@@ -147,7 +155,7 @@ async fn pipeline(
     mut req: Request<Incoming>,
     peer: &Peer,
     client: &ClientAddr,
-    html: bool,
+    (html, present): (bool, Present),
     seen: &mut Seen,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let host = authority_value(&req)?;
@@ -182,15 +190,22 @@ async fn pipeline(
         port,
         resolution,
         (peer, client.ip),
-        html,
+        (html, present),
     );
     let entry = match admission.await? {
         Admission::Respond(response) => return Ok(response),
         Admission::Enter(entry) => entry,
     };
     seen.sandbox = Some(entry.sandbox.clone());
-    let marked = record_activity(app, &mut req, &entry.sandbox);
-    let destination = destination(app, &mut req, (peer, client), &host, &entry, target)?;
+    let marked = record_activity(app, &mut req, present, &entry.sandbox);
+    let destination = destination(
+        app,
+        &mut req,
+        (peer, client, present),
+        &host,
+        &entry,
+        target,
+    )?;
     let activity = &app.activity;
     let guard = || marked.then(|| activity.stream(&entry.sandbox.id)).flatten();
     let response = app.forwarder.forward(req, destination, guard).await?;
@@ -199,11 +214,17 @@ async fn pipeline(
 
 /// Activity phase: marks the sandbox unless the client asked not to (the header is consumed);
 /// `true` when the response's stream should keep marking it while open.
-fn record_activity(app: &App, req: &mut Request<Incoming>, sandbox: &SandboxRecord) -> bool {
-    let skip = req
-        .headers_mut()
-        .remove(SKIP_ACTIVITY_HEADER)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+fn record_activity(
+    app: &App,
+    req: &mut Request<Incoming>,
+    present: Present,
+    sandbox: &SandboxRecord,
+) -> bool {
+    let skip = present.may_have(Tracked::SkipActivity)
+        && req
+            .headers_mut()
+            .remove(SKIP_ACTIVITY_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
     if !skip {
         app.activity.mark(&sandbox.id);
     }
@@ -216,12 +237,13 @@ fn record_activity(app: &App, req: &mut Request<Incoming>, sandbox: &SandboxReco
 fn destination<'a>(
     app: &App,
     req: &mut Request<Incoming>,
-    (peer, client): (&'a Peer, &'a ClientAddr),
+    (peer, client, present): (&'a Peer, &'a ClientAddr, Present),
     host: &'a HeaderValue,
     entry: &'a gate::Entry,
     target: Target<'a>,
 ) -> Result<Destination<'a>, ProxyError> {
-    if !client.via_trusted_proxy || entry.forwarded_host.is_some() {
+    let forwarded = present.may_have(Tracked::Forwarded);
+    if forwarded && (!client.via_trusted_proxy || entry.forwarded_host.is_some()) {
         // Only a trusted proxy's `Forwarded` goes on (a client's own would be a forgery), and
         // not on a signed preview host, whose token it may name.
         req.headers_mut().remove(FORWARDED);
@@ -241,6 +263,7 @@ fn destination<'a>(
         query: entry.query.as_deref(),
         connection_slots: peer.slots.as_ref(),
         deadline_timer: &peer.deadline_timer,
+        may_upgrade: present.may_have(Tracked::Upgrade),
     })
 }
 
@@ -297,8 +320,8 @@ mod tests {
 
     #[test]
     fn generated_request_ids_are_26_hex_digits_and_distinct() {
-        let first = request_id(&mut http::HeaderMap::new());
-        let second = request_id(&mut http::HeaderMap::new());
+        let first = request_id(&mut http::HeaderMap::new(), Present::UNKNOWN);
+        let second = request_id(&mut http::HeaderMap::new(), Present::UNKNOWN);
         for id in [&first, &second] {
             assert_eq!(id.len(), 26);
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
@@ -311,7 +334,11 @@ mod tests {
         );
         let mut kept = http::HeaderMap::new();
         kept.insert(REQUEST_ID_HEADER, HeaderValue::from_static("client-id-1"));
-        assert_eq!(request_id(&mut kept), "client-id-1");
+        assert_eq!(request_id(&mut kept, Present::UNKNOWN), "client-id-1");
+        let present = Present::scan(&kept);
+        assert_eq!(request_id(&mut kept, present), "client-id-1");
+        assert_eq!(Tracked::RequestId.name(), REQUEST_ID_HEADER.as_str());
+        assert_eq!(Tracked::SkipActivity.name(), SKIP_ACTIVITY_HEADER.as_str());
     }
 
     #[test]

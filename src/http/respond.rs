@@ -7,6 +7,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::auth::{Answer, AuthError, Denied};
+use crate::base::header_scan::{Present, Tracked};
 pub use crate::base::html::escape_html;
 use crate::http::body::ProxyBody;
 use crate::http::route::RouteError;
@@ -193,16 +194,19 @@ pub mod health {
 }
 
 /// True when the client is a browser navigating (it should get a page, not JSON).
-pub fn wants_html(headers: &HeaderMap) -> bool {
+pub fn wants_html(headers: &HeaderMap, present: Present) -> bool {
     const SEC_FETCH_MODE: http::HeaderName = http::HeaderName::from_static("sec-fetch-mode");
-    if headers.contains_key(http::header::UPGRADE) {
+    if present.may_have(Tracked::Upgrade) && headers.contains_key(http::header::UPGRADE) {
         return false;
     }
-    if headers.get(SEC_FETCH_MODE).is_some_and(|v| v == "navigate") {
+    let mode = present.may_have(Tracked::SecFetchMode);
+    if mode && headers.get(SEC_FETCH_MODE).is_some_and(|v| v == "navigate") {
         return true;
     }
-    headers
-        .get(http::header::ACCEPT)
+    let accept = present.may_have(Tracked::Accept);
+    accept
+        .then(|| headers.get(http::header::ACCEPT))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"))
 }

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ServerConfig;
 use crate::http::body::ProxyBody;
 use crate::http::client_io::{ClientStream, ConnectionEnd, LingerLimits};
+use crate::http::head_timer::HeadTimer;
 use crate::http::pipeline::{handle, App, ConnectionSlots, Peer};
 use crate::http::respond::health;
 use crate::metrics::metrics;
@@ -319,7 +320,7 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(HeadTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes)
         .max_headers(config.max_headers)
