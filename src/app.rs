@@ -77,6 +77,8 @@ pub struct Running {
 struct Tasks {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// Lets the serving threads' runtimes end, once every task here has (dropped last).
+    release: Option<workers::Release>,
 }
 
 impl Tasks {
@@ -84,6 +86,9 @@ impl Tasks {
         for task in self.tasks {
             let _ = task.await;
         }
+        // Only now may the serving threads' runtimes end: the final activity flush above may
+        // have used a connection one of them drives.
+        drop(self.release);
     }
 }
 
@@ -101,16 +106,15 @@ fn access_log(config: &LogConfig) -> Result<Option<AccessLog>, StartError> {
         })
 }
 
+/// How long the shutdown waits for the access log's last lines (a stuck output loses them).
+const ACCESS_LOG_FINAL_WRITE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Writes out the buffered access lines once nothing logs any more.
-async fn close_access_log(app: &Arc<App>) {
-    if app.access_log.is_some() {
-        let app = app.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some(log) = &app.access_log {
-                log.close();
-            }
-        })
-        .await;
+async fn close_access_log(app: &App) {
+    if let Some(log) = &app.access_log {
+        if !log.close(ACCESS_LOG_FINAL_WRITE).await {
+            tracing::warn!("the access log's output is stuck; its last lines are lost");
+        }
     }
 }
 
@@ -214,20 +218,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.activity.flush_interval,
         flusher_stop.clone(),
     )));
+    let serving = workers::start(
+        app.clone(),
+        listeners,
+        tls_settings,
+        config.server.clone(),
+        shutdown.clone(),
+        server::Drain {
+            relays,
+            close_relays,
+        },
+    )
+    .map_err(|e| StartError::Config {
+        key: "server.threads",
+        message: format!("server.threads: cannot start the serving threads: {e}"),
+    })?;
     let server_task = {
-        let serving = workers::start(
-            app.clone(),
-            listeners,
-            tls_settings,
-            config.server.clone(),
-            shutdown.clone(),
-            server::Drain {
-                relays,
-                close_relays,
-            },
-        );
+        let drained = serving.drained;
         tokio::spawn(async move {
-            let _ = serving.await;
+            let _ = drained.await;
             flusher_stop.cancel();
         })
     };
@@ -249,7 +258,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         app,
         activity_sink,
-        tasks: Tasks { shutdown, tasks },
+        tasks: Tasks {
+            shutdown,
+            tasks,
+            release: Some(serving.release),
+        },
     })
 }
 
@@ -311,7 +324,11 @@ pub async fn start_ssh_gateway(config: Config) -> Result<RunningGateway, StartEr
     Ok(RunningGateway {
         addr,
         admin_addr,
-        tasks: Tasks { shutdown, tasks },
+        tasks: Tasks {
+            shutdown,
+            tasks,
+            release: None,
+        },
     })
 }
 

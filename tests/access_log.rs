@@ -233,3 +233,41 @@ async fn falls_behind(row: &Overflow) {
         assert_eq!(logged_paths, numbered(0..answered));
     }
 }
+
+/// In `drop` mode a stuck output never holds a request, and it does not hold the shutdown
+/// either: the writer blocked in write(2) is given up on after a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_process_even_with_a_stuck_output() {
+    let runner = Runner::start("k").await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("access.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let _reader = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(&fifo)
+        .unwrap();
+    let mut proxy = Proxy::start(&log_config(
+        &runner,
+        &format!(
+            "access_output = {fifo:?}\naccess_buffer = 4096\naccess_flush = \"20ms\"\n\
+             access_overflow = \"drop\"\n"
+        ),
+    ));
+    let padding = "a".repeat(2000);
+    for i in 0..200 {
+        let path = format!("/n{i}/{padding}");
+        assert_eq!(get(proxy.addr, HOST, &path).await.status, 200);
+    }
+    let metrics = get(proxy.admin_addr(), "admin", "/metrics").await.text();
+    assert!(sample(&metrics, "sandgate_access_log_dropped_total") > 0.0);
+    proxy.signal("TERM");
+    assert!(
+        proxy.wait_exit(Duration::from_secs(15)).is_some(),
+        "still running 15 s after SIGTERM: {}",
+        proxy.stderr()
+    );
+    assert!(proxy.stderr().contains("access log's output is stuck"));
+}

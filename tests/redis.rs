@@ -897,3 +897,34 @@ async fn api_keys_open_their_organisation() {
         "{stderr}"
     );
 }
+
+/// The final activity flush at shutdown reaches Redis whatever the number of serving threads:
+/// the Redis connection's driver may run on a serving thread's runtime, which lives until the
+/// flush is done.
+#[tokio::test]
+async fn the_final_activity_flush_lands_with_any_number_of_serving_threads() {
+    for threads in [1, 2] {
+        let redis = RedisServer::start();
+        let cli = cli_config(&redis);
+        let runner = demo_runner("k").await;
+        put_runner(&cli.path, "runner-1", runner, "k");
+        put_sandbox(&cli.path, "sbx-1", "runner-1", &[]);
+        let mut proxy = start_proxy(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nthreads = {threads}\n{}",
+            redis_toml(
+                &redis,
+                "[activity]\nsink = \"redis\"\nthrottle = \"0s\"\nflush_interval = \"60s\"",
+            )
+        ));
+        let reply = get(proxy.addr, &host("sbx-1"), "/hi").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        proxy.signal("TERM");
+        assert!(proxy.wait_exit(Duration::from_secs(15)).is_some());
+        let score = redis.cli(&["ZSCORE", "sandbox:activity", "sbx-1"]);
+        assert!(
+            !score.trim().is_empty(),
+            "{threads} threads: no final flush: {}",
+            proxy.stderr()
+        );
+    }
+}

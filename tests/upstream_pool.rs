@@ -50,7 +50,12 @@ fn with_admin(config: String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_connections_are_reused_once_the_body_is_read() {
     let runner = Runner::start("k").await;
-    let proxy = Proxy::start(&with_admin(runner.config(sandboxes())));
+    // One serving thread, so one set of idle connections: every thread keeps its own, and
+    // these requests come on new client connections the kernel may give to any thread.
+    let config = with_admin(runner.config(sandboxes()));
+    let proxy = Proxy::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n{config}"
+    ));
 
     // Sequential requests of every body shape share one upstream connection.
     for path in ["/", "/bytes/65536", "/chunked/70000", "/status/204", "/"] {
@@ -399,4 +404,57 @@ async fn requests_queued_behind_a_failed_h2c_connect_fail_with_it() {
     let tried = log.matches("ConnectTimeout(").count();
     let shared = log.matches("SharedConnectFailed(").count();
     assert_eq!((tried, shared), (1, 3), "{log}");
+}
+
+/// The shared h2c connection is driven by the runtime of the serving thread that opened it.
+/// When that thread has drained its own clients first, a request another thread still has on
+/// the connection completes: no serving runtime ends before every thread has drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_requests_survive_the_drain_of_another_serving_thread() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let runner = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path().ends_with("/slow") {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let close = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").into_bytes()
+    };
+    // Which thread gets which connection is the kernel's choice: four tries make it all but
+    // certain that the slow request lands on the thread that did not open the h2c connection.
+    for _ in 0..4 {
+        let config = h2c_config(runner, "");
+        let mut proxy = Proxy::start(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 2\nshutdown_timeout = \"10s\"\n{config}"
+        ));
+        let addr = proxy.addr;
+        let fast = close("/fast");
+        let first = tokio::task::spawn_blocking(move || {
+            support::raw_exchange(addr, &fast, Duration::from_secs(5))
+        })
+        .await
+        .unwrap();
+        assert_eq!(support::status_of(&first), 200, "{first}");
+        let slow = close("/slow");
+        let pending = tokio::task::spawn_blocking(move || {
+            support::raw_exchange(addr, &slow, Duration::from_secs(10))
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.signal("TERM");
+        let raw = pending.await.unwrap();
+        assert!(proxy.wait_exit(Duration::from_secs(15)).is_some());
+        assert_eq!(support::status_of(&raw), 200, "{raw}");
+        assert!(raw.ends_with("done"), "{raw}");
+    }
 }

@@ -13,7 +13,7 @@ use std::io::{self, IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
-use std::thread::{JoinHandle, Thread};
+use std::thread::Thread;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -36,7 +36,6 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 pub struct LogBuffer {
     shared: Arc<Shared>,
-    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct Shared {
@@ -48,6 +47,9 @@ struct Shared {
     writer: OnceLock<Thread>,
     reopen: AtomicBool,
     closing: AtomicBool,
+    /// The writer has stopped (everything written, or given up on a failing output).
+    stopped: AtomicBool,
+    stopped_signal: Notify,
 }
 
 /// One worker thread's buffer, on its own cache line so threads do not share one.
@@ -74,16 +76,15 @@ impl LogBuffer {
             writer: OnceLock::new(),
             reopen: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            stopped_signal: Notify::new(),
         });
         let weak = Arc::downgrade(&shared);
         let handle = std::thread::Builder::new()
             .name("sandgate-log".into())
             .spawn(move || write_loop(weak, sink, flush_interval))?;
         let _ = shared.writer.set(handle.thread().clone());
-        Ok(LogBuffer {
-            shared,
-            writer: Mutex::new(Some(handle)),
-        })
+        Ok(LogBuffer { shared })
     }
 
     /// Appends what `line` writes into the calling thread's buffer, unless that buffer is full.
@@ -127,15 +128,25 @@ impl LogBuffer {
         self.shared.wake_writer();
     }
 
-    /// Writes everything appended so far and stops the writer. Blocks until it has (or the
-    /// output is stuck): call it off the async workers.
-    pub fn close(&self) {
-        self.shared.closing.store(true, Ordering::Release);
-        self.shared.wake_writer();
-        let handle = lock(&self.writer).take();
-        if let Some(handle) = handle {
-            let _ = handle.join();
-        }
+    /// Writes everything appended so far and stops the writer; `false` when that did not happen
+    /// within `within` (an output that blocks, a pipe nobody reads: the writer thread is then
+    /// left behind, and what it holds is lost when the process exits).
+    pub async fn close(&self, within: Duration) -> bool {
+        let shared = &*self.shared;
+        shared.closing.store(true, Ordering::Release);
+        shared.wake_writer();
+        let stopped = async {
+            loop {
+                let signal = shared.stopped_signal.notified();
+                tokio::pin!(signal);
+                signal.as_mut().enable();
+                if shared.stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                signal.await;
+            }
+        };
+        tokio::time::timeout(within, stopped).await.is_ok()
     }
 }
 
@@ -178,7 +189,15 @@ fn shard_index(shards: usize) -> usize {
     INDEX.with(Cell::get) % shards
 }
 
-fn write_loop(shared: Weak<Shared>, mut sink: Sink, flush_interval: Duration) {
+fn write_loop(shared: Weak<Shared>, sink: Sink, flush_interval: Duration) {
+    write_until_closed(&shared, sink, flush_interval);
+    if let Some(shared) = shared.upgrade() {
+        shared.stopped.store(true, Ordering::Release);
+        shared.stopped_signal.notify_waiters();
+    }
+}
+
+fn write_until_closed(shared: &Weak<Shared>, mut sink: Sink, flush_interval: Duration) {
     let mut pending: Vec<Vec<u8>> = Vec::new();
     let mut spares: Vec<Vec<u8>> = Vec::new();
     // Bytes of `pending` already written (a failed write may have written part of it).
@@ -331,6 +350,14 @@ mod tests {
         (log, path)
     }
 
+    fn close(log: &LogBuffer) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert!(runtime.block_on(log.close(Duration::from_secs(10))));
+    }
+
     #[test]
     fn every_line_reaches_the_file_in_order_per_thread() {
         let dir = tempfile::tempdir().unwrap();
@@ -355,7 +382,7 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
-        log.close();
+        close(&log);
         let text = std::fs::read_to_string(&path).unwrap();
         for t in 0..4 {
             let numbers: Vec<usize> = text
@@ -379,7 +406,7 @@ mod tests {
             }
         }
         assert!(refused > 0, "a 1 KiB buffer took 6.3 KiB");
-        log.close();
+        close(&log);
         let written = std::fs::read(&path).unwrap().len();
         assert_eq!(written, (100 - refused) * 63);
     }
@@ -395,7 +422,7 @@ mod tests {
         log.reopen();
         wait_for(|| path.exists());
         log.append(|b| b.extend_from_slice(b"after\n")).unwrap();
-        log.close();
+        close(&log);
         assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "before\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
     }
@@ -409,11 +436,34 @@ mod tests {
         for line in &lines {
             log.append_waiting(line.as_bytes()).await;
         }
-        let log = Arc::into_inner(log).unwrap();
-        tokio::task::spawn_blocking(move || log.close())
-            .await
-            .unwrap();
+        assert!(log.close(Duration::from_secs(10)).await);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), lines.concat());
+    }
+
+    /// An output that never takes a byte (a pipe nobody reads) cannot hold the shutdown.
+    #[tokio::test]
+    async fn close_gives_up_on_a_stuck_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stuck");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let _reader = tokio::net::unix::pipe::OpenOptions::new()
+            .open_receiver(&fifo)
+            .unwrap();
+        let log =
+            LogBuffer::start(Output::File(fifo), 1, 1 << 20, Duration::from_millis(10)).unwrap();
+        // More than the pipe holds (64 KiB): the writer blocks in write(2).
+        for _ in 0..4 {
+            log.append(|b| b.extend_from_slice(&[b'x'; 100_000]))
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let started = std::time::Instant::now();
+        assert!(!log.close(Duration::from_millis(300)).await);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     fn wait_for(mut done: impl FnMut() -> bool) {

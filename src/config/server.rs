@@ -95,7 +95,7 @@ pub struct ProxyConfig {
     /// Idle upstream connections are closed after this long.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
-    /// Idle upstream connections kept per runner.
+    /// Idle upstream connections kept per runner and serving thread.
     pub pool_max_idle_per_host: usize,
     /// Requests and WebSockets in flight per sandbox on this replica (0: no limit); beyond: 429.
     pub max_requests_per_sandbox: usize,
@@ -170,8 +170,8 @@ impl LogConfig {
         if !matches!(self.format.as_str(), "text" | "json") {
             return Err("log.format must be text or json".into());
         }
-        if !(4096..=64 << 20).contains(&self.access_buffer) {
-            return Err("log.access_buffer must be between 4096 and 67108864 bytes".into());
+        if !(4096..=16 << 20).contains(&self.access_buffer) {
+            return Err("log.access_buffer must be between 4096 and 16777216 bytes".into());
         }
         if self.access_flush.is_zero() || self.access_flush > Duration::from_secs(60) {
             return Err("log.access_flush must be more than 0s and at most 60s".into());

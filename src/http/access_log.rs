@@ -83,9 +83,10 @@ impl AccessLog {
         self.buffer.reopen();
     }
 
-    /// Writes out what is buffered and stops the writer (blocking).
-    pub fn close(&self) {
-        self.buffer.close();
+    /// Writes out what is buffered and stops the writer; `false` if that took longer than
+    /// `within` (a stuck output).
+    pub async fn close(&self, within: std::time::Duration) -> bool {
+        self.buffer.close(within).await
     }
 }
 
@@ -172,31 +173,36 @@ fn number(out: &mut Vec<u8>, n: u64) {
 }
 
 /// Copies `text`, escaping what would let a client forge a field or a line: quotes,
-/// backslashes and control bytes, as JSON string escapes (valid in both formats).
+/// backslashes, control bytes and the Unicode line separators (U+0085, U+2028, U+2029, which
+/// some readers split lines on), as JSON string escapes (valid in both formats).
 fn escaped(out: &mut Vec<u8>, text: &[u8]) {
-    const NEEDS: [bool; 256] = {
-        let mut table = [false; 256];
-        let mut b = 0;
-        while b < 256 {
-            table[b] = b < 0x20 || b == 0x7f || b == b'"' as usize || b == b'\\' as usize;
-            b += 1;
-        }
-        table
-    };
-    // Without an early exit this check vectorises (16 bytes per step).
+    // Without an early exit this check vectorises (16 bytes per step); any non-ASCII byte takes
+    // the careful path.
     let clean = !text
         .iter()
-        .map(|&b| b < 0x20 || b == 0x7f || b == b'"' || b == b'\\')
+        .map(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
         .fold(false, |any, needs| any | needs);
     if clean {
         out.extend_from_slice(text);
         return;
     }
-    for &b in text {
+    let mut rest = text;
+    while let Some((&b, tail)) = rest.split_first() {
+        let separator = match rest {
+            [0xc2, 0x85, ..] => Some((b"\\u0085", 2)),
+            [0xe2, 0x80, 0xa8, ..] => Some((b"\\u2028", 3)),
+            [0xe2, 0x80, 0xa9, ..] => Some((b"\\u2029", 3)),
+            _ => None,
+        };
+        if let Some((escape, len)) = separator {
+            out.extend_from_slice(escape);
+            rest = &rest[len..];
+            continue;
+        }
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            b if NEEDS[b as usize] => {
+            b if b < 0x20 || b == 0x7f => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[(b >> 4) as usize]);
@@ -204,6 +210,7 @@ fn escaped(out: &mut Vec<u8>, text: &[u8]) {
             }
             b => out.push(b),
         }
+        rest = tail;
     }
 }
 
@@ -370,6 +377,16 @@ mod tests {
             }
         }
         keys
+    }
+
+    #[test]
+    fn unicode_line_separators_are_escaped_and_other_text_kept() {
+        let mut out = Vec::new();
+        escaped(&mut out, "/a\u{85}b\u{2028}c\u{2029}d/é€".as_bytes());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "/a\\u0085b\\u2028c\\u2029d/é€"
+        );
     }
 
     #[test]

@@ -84,7 +84,15 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
             client_ip: client.ip,
         };
         if let Some(waiting) = log.record(&line) {
-            log.wait_for_room(waiting).await;
+            // The response waits for room, but the line is handed to its own task: a client
+            // that resets its stream (dropping this future) does not take its line with it.
+            let app = app.clone();
+            let _ = tokio::spawn(async move {
+                if let Some(log) = &app.access_log {
+                    log.wait_for_room(waiting).await;
+                }
+            })
+            .await;
         }
     }
     response

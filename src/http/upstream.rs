@@ -69,9 +69,10 @@ pub struct Pool {
     settings: PoolSettings,
 }
 
-#[derive(Default)]
 struct HostPool {
-    idle: Mutex<Vec<Idle>>,
+    /// Idle HTTP/1.1 connections, one list per serving thread (`thread_slot`): a thread takes
+    /// only the connections its own runtime drives, and one thread's cannot crowd out another's.
+    idle: Box<[Mutex<Vec<Idle>>]>,
     /// The shared h2c connection, numbered so a request forgets only the one it used.
     h2: Mutex<Option<(u64, http2::SendRequest<RequestBody>)>>,
     h2_opened: std::sync::atomic::AtomicU64,
@@ -82,6 +83,22 @@ struct HostPool {
 }
 
 impl HostPool {
+    fn new() -> HostPool {
+        HostPool {
+            idle: (0..thread_slot::count())
+                .map(|_| Mutex::default())
+                .collect(),
+            h2: Mutex::default(),
+            h2_opened: Default::default(),
+            h2_connecting: Default::default(),
+            h2_failed: Mutex::default(),
+        }
+    }
+
+    fn idle_of(&self, slot: usize) -> &Mutex<Vec<Idle>> {
+        &self.idle[slot % self.idle.len()]
+    }
+
     fn open_h2(&self) -> Option<(u64, http2::SendRequest<RequestBody>)> {
         let h2 = self.h2.lock().ok()?;
         h2.as_ref().filter(|(_, s)| !s.is_closed()).cloned()
@@ -154,7 +171,7 @@ impl Lease {
     }
 
     fn push(self) {
-        if let Ok(mut idle) = self.host.idle.lock() {
+        if let Ok(mut idle) = self.host.idle_of(self.slot).lock() {
             if idle.len() < self.max_idle {
                 idle.push(Idle {
                     sender: self.sender,
@@ -214,7 +231,10 @@ impl Pool {
         if let Some(host) = self.hosts.get(authority) {
             return host.clone();
         }
-        self.hosts.entry(authority.into()).or_default().clone()
+        self.hosts
+            .entry(authority.into())
+            .or_insert_with(|| Arc::new(HostPool::new()))
+            .clone()
     }
 
     fn lease(&self, sender: http1::SendRequest<RequestBody>, host: Arc<HostPool>) -> Lease {
@@ -230,7 +250,7 @@ impl Pool {
     /// The most recently used idle connection of this serving thread that has not idled out.
     fn checkout(&self, host: &HostPool) -> Option<http1::SendRequest<RequestBody>> {
         let slot = thread_slot::current();
-        let mut idle = host.idle.lock().ok()?;
+        let mut idle = host.idle_of(slot).lock().ok()?;
         while let Some(at) = idle.iter().rposition(|c| c.slot == slot) {
             let candidate = idle.remove(at);
             if candidate.since.elapsed() < self.settings.idle_timeout
@@ -407,10 +427,16 @@ impl Pool {
     fn sweep_once(&self) {
         let timeout = self.settings.idle_timeout;
         self.hosts.retain(|_, host| {
-            let idle_left = host.idle.lock().map_or(0, |mut idle| {
-                idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
-                idle.len()
-            });
+            let idle_left: usize = host
+                .idle
+                .iter()
+                .map(|list| {
+                    list.lock().map_or(0, |mut idle| {
+                        idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+                        idle.len()
+                    })
+                })
+                .sum();
             let h2_open = host.h2.lock().is_ok_and(|mut h2| {
                 if h2.as_ref().is_some_and(|(_, s)| s.is_closed()) {
                     *h2 = None;

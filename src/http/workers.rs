@@ -54,8 +54,31 @@ pub fn bind(
     Ok((listeners, bound))
 }
 
+/// Serving in progress: `drained` ends when every thread has drained (after `shutdown`). The
+/// threads' runtimes keep running what was spawned on them (upstream h2c connections, Redis
+/// connection drivers other threads and the final activity flush still use) until `release` is
+/// dropped, after the proxy's last task has finished.
+pub struct Serving {
+    pub drained: JoinHandle<()>,
+    pub release: Release,
+}
+
+/// Dropped, lets the serving threads end their runtimes (and stops serving if that had not
+/// happened yet).
+pub struct Release {
+    shutdown: CancellationToken,
+    release: CancellationToken,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.release.cancel();
+    }
+}
+
 /// Serves on every set of listeners: on the calling runtime when there is one set, else on one
-/// thread per set. The returned task ends when all of them have drained (after `shutdown`).
+/// thread per set, each with a runtime built here (so a failure is a start error).
 pub fn start(
     app: Arc<App>,
     listeners: Vec<Listeners>,
@@ -63,50 +86,60 @@ pub fn start(
     config: ServerConfig,
     shutdown: CancellationToken,
     drain: Drain,
-) -> JoinHandle<()> {
+) -> std::io::Result<Serving> {
     let limits = Limits::new(&config);
     let config = Arc::new(config);
+    let release = Release {
+        shutdown: shutdown.clone(),
+        release: CancellationToken::new(),
+    };
     if listeners.len() == 1 {
         let serving = listeners
             .into_iter()
             .next()
             .map(|pair| serve_pair(app, pair, tls, config, limits, shutdown, drain));
-        return tokio::spawn(async move {
+        let drained = tokio::spawn(async move {
             if let Some(serving) = serving {
                 serving.await;
             }
         });
+        return Ok(Serving { drained, release });
     }
+    crate::base::thread_slot::set_count(listeners.len());
     let mut done = Vec::new();
     for (slot, pair) in listeners.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let (finished, wait) = tokio::sync::oneshot::channel::<()>();
-        let serving = (app.clone(), tls.clone(), config.clone(), limits.clone());
-        let (shutdown, drain) = (shutdown.clone(), drain.clone());
-        let thread = std::thread::Builder::new()
+        let serving = serve_pair(
+            app.clone(),
+            pair,
+            tls.clone(),
+            config.clone(),
+            limits.clone(),
+            shutdown.clone(),
+            drain.clone(),
+        );
+        let released = release.release.clone();
+        std::thread::Builder::new()
             .name(format!("sandgate-{slot}"))
             .spawn(move || {
                 crate::base::thread_slot::set(slot);
-                let (app, tls, config, limits) = serving;
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime
-                        .block_on(serve_pair(app, pair, tls, config, limits, shutdown, drain)),
-                    Err(error) => tracing::error!(%error, slot, "cannot start a serving thread"),
-                }
-                let _ = finished.send(());
-            });
-        match thread {
-            Ok(_) => done.push(wait),
-            Err(error) => tracing::error!(%error, slot, "cannot start a serving thread"),
-        }
+                runtime.block_on(async move {
+                    serving.await;
+                    let _ = finished.send(());
+                    released.cancelled().await;
+                });
+            })?;
+        done.push(wait);
     }
-    tokio::spawn(async move {
+    let drained = tokio::spawn(async move {
         for wait in done {
             let _ = wait.await;
         }
-    })
+    });
+    Ok(Serving { drained, release })
 }
 
 /// Serves one set of listeners on the current runtime until it has drained.
