@@ -62,6 +62,7 @@ fn at(key: &'static str) -> impl FnOnce(String) -> StartError {
 }
 
 /// A running proxy: its address, the way to stop it, and its state (for reloads and tests).
+/// Dropping it stops serving (a graceful drain, as [`Running::shutdown`] without the wait).
 pub struct Running {
     pub addr: SocketAddr,
     /// The HTTPS listener, when `tls.enabled`.
