@@ -174,6 +174,11 @@ impl Shared {
     fn is_empty(&self) -> bool {
         self.shards.iter().all(|shard| lock(&shard.0).is_empty())
     }
+
+    fn is_half_full(&self) -> bool {
+        let half = self.capacity / 2;
+        self.shards.iter().any(|shard| lock(&shard.0).len() >= half)
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -197,65 +202,86 @@ fn write_loop(shared: Weak<Shared>, sink: Sink, flush_interval: Duration) {
     }
 }
 
-fn write_until_closed(shared: &Weak<Shared>, mut sink: Sink, flush_interval: Duration) {
-    let mut pending: Vec<Vec<u8>> = Vec::new();
-    let mut spares: Vec<Vec<u8>> = Vec::new();
-    // Bytes of `pending` already written (a failed write may have written part of it).
-    let mut written = 0;
-    let mut failing = false;
+fn write_until_closed(shared: &Weak<Shared>, sink: Sink, flush_interval: Duration) {
+    let mut writer = Writer {
+        sink,
+        pending: Vec::new(),
+        spares: Vec::new(),
+        written: 0,
+        failing: false,
+    };
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
         };
         // What was appended before the reopen request goes to the file logrotate moved.
         let reopen = shared.reopen.swap(false, Ordering::AcqRel);
-        if pending.is_empty() {
-            shared.take_full(&mut pending, &mut spares);
-        }
-        if !pending.is_empty() {
-            match sink.write_all(&pending, &mut written) {
-                Ok(()) => {
-                    written = 0;
-                    failing = false;
-                    for mut buffer in pending.drain(..) {
-                        buffer.clear();
-                        spares.push(buffer);
-                    }
-                }
-                Err(error) => {
-                    if !failing {
-                        tracing::warn!(%error, "cannot write the access log; retrying, lines are kept");
-                        failing = true;
-                    }
-                    if shared.closing.load(Ordering::Acquire) && sink.is_stuck(&error) {
-                        return;
-                    }
-                    if reopen {
-                        // The reopen waits until the lines before it are written.
-                        shared.reopen.store(true, Ordering::Release);
-                    }
-                    drop(shared);
-                    std::thread::sleep(RETRY_AFTER);
-                    continue;
-                }
+        if let Err(error) = writer.write_round(&shared) {
+            // Closing, a failing output is given up on; otherwise the lines stay pending.
+            if shared.closing.load(Ordering::Acquire) && error.kind() != io::ErrorKind::Interrupted
+            {
+                return;
             }
+            if reopen {
+                shared.reopen.store(true, Ordering::Release);
+            }
+            drop(shared);
+            std::thread::sleep(RETRY_AFTER);
+            continue;
         }
         if reopen {
-            if let Err(error) = sink.reopen() {
+            if let Err(error) = writer.sink.reopen() {
                 tracing::warn!(%error, "cannot reopen the access log; still writing to the old file");
             }
         }
         if shared.closing.load(Ordering::Acquire) && shared.is_empty() {
             return;
         }
-        let half_full = shared
-            .shards
-            .iter()
-            .any(|shard| lock(&shard.0).len() >= shared.capacity / 2);
+        let half_full = shared.is_half_full();
         drop(shared);
         if !half_full {
             std::thread::park_timeout(flush_interval);
         }
+    }
+}
+
+/// The writer thread's state: the output and the buffers taken from the shards.
+struct Writer {
+    sink: Sink,
+    /// Full buffers being written, in order.
+    pending: Vec<Vec<u8>>,
+    /// Empty buffers to swap into the shards.
+    spares: Vec<Vec<u8>>,
+    /// Bytes of `pending` already written (a failed write may have written part of it).
+    written: usize,
+    /// The last write failed (reported once per failure streak).
+    failing: bool,
+}
+
+impl Writer {
+    /// Writes what is pending, taking the shards' buffers first when nothing is. A failed write
+    /// keeps the lines pending for the next round.
+    fn write_round(&mut self, shared: &Shared) -> io::Result<()> {
+        if self.pending.is_empty() {
+            shared.take_full(&mut self.pending, &mut self.spares);
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(error) = self.sink.write_all(&self.pending, &mut self.written) {
+            if !self.failing {
+                tracing::warn!(%error, "cannot write the access log; retrying, lines are kept");
+                self.failing = true;
+            }
+            return Err(error);
+        }
+        self.written = 0;
+        self.failing = false;
+        for mut buffer in self.pending.drain(..) {
+            buffer.clear();
+            self.spares.push(buffer);
+        }
+        Ok(())
     }
 }
 
@@ -292,11 +318,6 @@ impl Sink {
             Sink::Stderr => write_vectored_all(&mut io::stderr().lock(), buffers, written),
             Sink::File { file, .. } => write_vectored_all(file, buffers, written),
         }
-    }
-
-    /// On close, an error that retrying will not fix soon: the process is stopping.
-    fn is_stuck(&self, error: &io::Error) -> bool {
-        error.kind() != io::ErrorKind::Interrupted
     }
 }
 
