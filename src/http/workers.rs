@@ -4,11 +4,13 @@
 //! hand-off between cores, no work-stealing. State that must be shared (caches, limits,
 //! metrics) is shared as before.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -108,10 +110,6 @@ pub fn start(
     crate::base::thread_slot::set_count(listeners.len());
     let mut done = Vec::new();
     for (slot, pair) in listeners.into_iter().enumerate() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (finished, wait) = tokio::sync::oneshot::channel::<()>();
         let serving = serve_pair(
             app.clone(),
             pair,
@@ -121,18 +119,7 @@ pub fn start(
             shutdown.clone(),
             drain.clone(),
         );
-        let released = release.release.clone();
-        std::thread::Builder::new()
-            .name(format!("sandgate-{slot}"))
-            .spawn(move || {
-                crate::base::thread_slot::set(slot);
-                runtime.block_on(async move {
-                    serving.await;
-                    let _ = finished.send(());
-                    released.cancelled().await;
-                });
-            })?;
-        done.push(wait);
+        done.push(spawn_thread(slot, serving, release.release.clone())?);
     }
     let drained = tokio::spawn(async move {
         for wait in done {
@@ -140,6 +127,30 @@ pub fn start(
         }
     });
     Ok(Serving { drained, release })
+}
+
+/// Starts serving thread `slot` with its own runtime: it runs `serving`, says so on the returned
+/// channel, and keeps its runtime (and what was spawned on it) running until `released`.
+fn spawn_thread(
+    slot: usize,
+    serving: impl Future<Output = ()> + Send + 'static,
+    released: CancellationToken,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (finished, wait) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("sandgate-{slot}"))
+        .spawn(move || {
+            crate::base::thread_slot::set(slot);
+            runtime.block_on(async move {
+                serving.await;
+                let _ = finished.send(());
+                released.cancelled().await;
+            });
+        })?;
+    Ok(wait)
 }
 
 /// Serves one set of listeners on the current runtime until it has drained.
