@@ -60,6 +60,37 @@ async fn metrics_move_with_traffic() {
     assert_eq!(get(admin, "admin", "/nope").await.status, 404);
 }
 
+/// Sends a request head one byte every 200 ms until the server answers or closes (or 10 s
+/// pass); returns how long after `since` that was. The stream needs a short read timeout.
+fn dribble_a_head(stream: &mut TcpStream, since: Instant) -> Duration {
+    let head =
+        b"GET / HTTP/1.1\r\nHost: 3000-sbx-1.preview.localhost\r\nX-Slow: aaaaaaaaaaaaaaaa\r\n";
+    for byte in head.iter().cycle() {
+        let mut buf = [0u8; 256];
+        // Anything read (an error response) or a close ends it; a read timeout means still open.
+        if stream.read(&mut buf).is_ok() {
+            break;
+        }
+        if since.elapsed() > Duration::from_secs(10) || stream.write_all(&[*byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    since.elapsed()
+}
+
+/// `header_read_timeout = "1s"`: neither cut early nor left open.
+fn assert_cut_after_one_second(held: Duration) {
+    assert!(
+        held >= Duration::from_millis(800),
+        "cut too early: {held:?}"
+    );
+    assert!(
+        held < Duration::from_secs(5),
+        "slow client held the connection for {held:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
     let runner = Runner::start("k").await;
@@ -73,25 +104,7 @@ async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
         stream
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        let started = Instant::now();
-        let head =
-            b"GET / HTTP/1.1\r\nHost: 3000-sbx-1.preview.localhost\r\nX-Slow: aaaaaaaaaaaaaaaa\r\n";
-        for byte in head.iter().cycle() {
-            if stream.write_all(&[*byte]).is_err() {
-                break;
-            }
-            let mut buf = [0u8; 256];
-            match stream.read(&mut buf) {
-                Ok(0) => break, // closed by the server
-                Ok(_) => break, // an error response, then close
-                Err(_) => {}    // read timeout: still open
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        started.elapsed()
+        dribble_a_head(&mut stream, Instant::now())
     });
     // A normal client is served meanwhile.
     for _ in 0..5 {
@@ -106,14 +119,7 @@ async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
     let held = tokio::task::spawn_blocking(move || slow.join().unwrap())
         .await
         .unwrap();
-    assert!(
-        held >= Duration::from_millis(800),
-        "cut too early: {held:?}"
-    );
-    assert!(
-        held < Duration::from_secs(5),
-        "slow client held the connection for {held:?}"
-    );
+    assert_cut_after_one_second(held);
 }
 
 /// The header timer is armed again for each head of a keep-alive connection (with the sleep an
@@ -151,32 +157,12 @@ async fn slowloris_after_a_first_request_is_cut_too() {
         stream
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        let head = b"GET / HTTP/1.1\r\nHost: 3000-sbx-1.preview.localhost\r\nX-Slow: aaaa\r\n";
-        for byte in head.iter().cycle() {
-            let mut buf = [0u8; 256];
-            match stream.read(&mut buf) {
-                Ok(0) => break, // closed by the server
-                Ok(_) => break, // an error response (or the rest of the first), then close
-                Err(_) => {}    // read timeout: still open
-            }
-            if answered.elapsed() > Duration::from_secs(10) || stream.write_all(&[*byte]).is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        answered.elapsed()
+        dribble_a_head(&mut stream, answered)
     });
     let held = tokio::task::spawn_blocking(move || slow.join().unwrap())
         .await
         .unwrap();
-    assert!(
-        held >= Duration::from_millis(800),
-        "cut too early: {held:?}"
-    );
-    assert!(
-        held < Duration::from_secs(5),
-        "slow client held the connection for {held:?}"
-    );
+    assert_cut_after_one_second(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
