@@ -6,8 +6,10 @@
 //! it, under the lock again), then does the same for the next head on the connection. This
 //! timer hands out recycled sleeps instead: a dropped one goes to a small per-thread spare
 //! list still registered, and the next head's deadline, always later than the one it had,
-//! moves it with one atomic operation. hyper's semantics are untouched (it still arms, polls
-//! and checks the deadline per head, so a client that dribbles its head is cut off as before).
+//! moves it with one atomic operation (in the steady state: a spare that was never polled
+//! registers on its first poll, as a new sleep would). hyper's semantics are untouched (it
+//! still arms, polls and checks the deadline per head, so a client that dribbles its head is
+//! cut off as before).
 
 use std::cell::RefCell;
 use std::future::Future;

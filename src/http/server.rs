@@ -30,9 +30,15 @@ use crate::http::pipeline::{handle, App, ConnectionSlots, Peer};
 use crate::http::respond::health;
 use crate::metrics::metrics;
 
-/// The HTTPS side: its listener, acceptor, and what plaintext does when it is on.
+/// The HTTPS side: its listener and what every HTTPS listener shares.
 pub struct TlsListener {
     pub listener: TcpListener,
+    pub settings: TlsSettings,
+}
+
+/// What every HTTPS listener (one per serving thread) shares.
+#[derive(Clone)]
+pub struct TlsSettings {
     pub acceptor: TlsAcceptor,
     pub handshake_timeout: Duration,
     /// Plaintext requests get a redirect to `https://host:<port>` (except `/health`).
@@ -85,8 +91,8 @@ pub async fn serve(
     };
     let redirect_to = tls
         .as_ref()
-        .filter(|t| t.redirect_plaintext)
-        .map(|t| t.port);
+        .filter(|t| t.settings.redirect_plaintext)
+        .map(|t| t.settings.port);
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -110,7 +116,7 @@ pub async fn serve(
             }
         };
         let proxy_protocol = match &tls {
-            Some(t) if over_tls => t.proxy_protocol,
+            Some(t) if over_tls => t.settings.proxy_protocol,
             _ => config.proxy_protocol,
         };
         let per_ip = per_ip.clone();
@@ -121,7 +127,7 @@ pub async fn serve(
         let tls_side = over_tls
             .then(|| {
                 tls.as_ref()
-                    .map(|t| (t.acceptor.clone(), t.handshake_timeout))
+                    .map(|t| (t.settings.acceptor.clone(), t.settings.handshake_timeout))
             })
             .flatten();
         tokio::spawn(async move {

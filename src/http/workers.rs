@@ -7,27 +7,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+pub use super::server::TlsSettings;
 use super::server::{self, Drain, Limits, TlsListener};
 use super::App;
 use crate::config::ServerConfig;
-
-/// What every HTTPS listener shares.
-#[derive(Clone)]
-pub struct TlsSettings {
-    pub acceptor: TlsAcceptor,
-    pub handshake_timeout: Duration,
-    pub redirect_plaintext: bool,
-    pub port: u16,
-    pub proxy_protocol: bool,
-}
 
 /// One serving thread's listeners: plaintext, and HTTPS when TLS is on.
 pub type Listeners = (std::net::TcpListener, Option<std::net::TcpListener>);
@@ -168,14 +157,7 @@ async fn serve_pair(
         Err(error) => return tracing::error!(%error, "cannot serve the listener"),
     };
     let tls = match (tls_socket.map(TcpListener::from_std), tls) {
-        (Some(Ok(listener)), Some(settings)) => Some(TlsListener {
-            listener,
-            acceptor: settings.acceptor,
-            handshake_timeout: settings.handshake_timeout,
-            redirect_plaintext: settings.redirect_plaintext,
-            port: settings.port,
-            proxy_protocol: settings.proxy_protocol,
-        }),
+        (Some(Ok(listener)), Some(settings)) => Some(TlsListener { listener, settings }),
         (Some(Err(error)), _) => return tracing::error!(%error, "cannot serve the TLS listener"),
         _ => None,
     };
