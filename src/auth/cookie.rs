@@ -37,6 +37,9 @@ struct Payload {
     s: String,
     t: String,
     e: u64,
+    /// The one port it opens (granted by a port-scoped token); absent: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,22 +131,37 @@ pub fn sandbox_cookie_values<'a>(
         .take(MAX_SANDBOX_COOKIES)
 }
 
-pub fn issue(signer: &Signer, sandbox_id: &str, id_or_token: &str, max_age: u64) -> Option<String> {
+/// A sandbox cookie; `port`: it opens that port only (the grant was port-scoped).
+pub fn issue(
+    signer: &Signer,
+    sandbox_id: &str,
+    id_or_token: &str,
+    port: Option<u16>,
+    max_age: u64,
+) -> Option<String> {
     signer.sign(
         PURPOSE,
         &Payload {
             s: sandbox_id.into(),
             t: id_or_token.into(),
             e: now_unix() + max_age,
+            p: port,
         },
     )
 }
 
-pub fn check(signer: &Signer, sandbox_id: &str, id_or_token: &str, value: &str) -> CookieCheck {
+/// `port`: the request's (`None`: toolbox), which a port-bound cookie must match.
+pub fn check(
+    signer: &Signer,
+    sandbox_id: &str,
+    id_or_token: &str,
+    port: Option<u16>,
+    value: &str,
+) -> CookieCheck {
     let Some(p) = signer.verify::<Payload>(PURPOSE, value) else {
         return CookieCheck::Invalid;
     };
-    if p.s != sandbox_id || p.t != id_or_token {
+    if p.s != sandbox_id || p.t != id_or_token || p.p.is_some_and(|bound| Some(bound) != port) {
         return CookieCheck::Invalid;
     }
     if p.e <= now_unix() {
@@ -201,16 +219,34 @@ mod tests {
     #[test]
     fn cookies_open_only_their_sandbox_and_label() {
         let s = signer();
-        let v = issue(&s, "sbx", "sbx", 60).unwrap();
-        assert_eq!(check(&s, "sbx", "sbx", &v), CookieCheck::Valid);
-        assert_eq!(check(&s, "other", "sbx", &v), CookieCheck::Invalid);
+        let v = issue(&s, "sbx", "sbx", None, 60).unwrap();
+        assert_eq!(check(&s, "sbx", "sbx", Some(3000), &v), CookieCheck::Valid);
+        assert_eq!(check(&s, "sbx", "sbx", None, &v), CookieCheck::Valid);
         assert_eq!(
-            check(&s, "sbx", "abcdefgh12345678", &v),
+            check(&s, "other", "sbx", Some(3000), &v),
+            CookieCheck::Invalid
+        );
+        assert_eq!(
+            check(&s, "sbx", "abcdefgh12345678", Some(3000), &v),
             CookieCheck::Invalid
         );
         let mut tampered = v.clone();
         tampered.insert(3, 'x');
-        assert_eq!(check(&s, "sbx", "sbx", &tampered), CookieCheck::Invalid);
+        assert_eq!(
+            check(&s, "sbx", "sbx", Some(3000), &tampered),
+            CookieCheck::Invalid
+        );
+        // A port-scoped grant's cookie opens its port only (never the toolbox).
+        let bound = issue(&s, "sbx", "sbx", Some(3000), 60).unwrap();
+        assert_eq!(
+            check(&s, "sbx", "sbx", Some(3000), &bound),
+            CookieCheck::Valid
+        );
+        assert_eq!(
+            check(&s, "sbx", "sbx", Some(8080), &bound),
+            CookieCheck::Invalid
+        );
+        assert_eq!(check(&s, "sbx", "sbx", None, &bound), CookieCheck::Invalid);
         let expired = s
             .sign(
                 PURPOSE,
@@ -218,10 +254,14 @@ mod tests {
                     s: "sbx".into(),
                     t: "sbx".into(),
                     e: now_unix() - 1,
+                    p: None,
                 },
             )
             .unwrap();
-        assert_eq!(check(&s, "sbx", "sbx", &expired), CookieCheck::Expired);
+        assert_eq!(
+            check(&s, "sbx", "sbx", Some(1), &expired),
+            CookieCheck::Expired
+        );
     }
 
     #[test]

@@ -38,8 +38,7 @@ pub(crate) use strip::strip_proxy_cookies;
 pub use strip::{bearer, query_param, remove_query_param, strip_credentials};
 
 use crate::base::header_scan::{Present, Tracked};
-use crate::base::ports::is_reserved_port;
-use crate::registry::{RegistryError, Resolver, SandboxRecord};
+use crate::registry::{PortRule, RegistryError, Resolver, SandboxRecord, TokenCheck};
 use cookie::{CookieCheck, CookieFlags};
 use credential_cache::{CredentialCache, Kind};
 use http_client::HttpClient;
@@ -244,9 +243,20 @@ impl Auth {
             .is_none()
     }
 
-    /// `Set-Cookie` for the sandbox cookie of `id_or_token`.
-    pub fn sandbox_cookie(&self, sandbox_id: &str, id_or_token: &str) -> Option<HeaderValue> {
-        let value = cookie::issue(&self.signer, sandbox_id, id_or_token, self.cookie_max_age)?;
+    /// `Set-Cookie` for the sandbox cookie of `id_or_token`; `port`: it opens that port only.
+    pub fn sandbox_cookie(
+        &self,
+        sandbox_id: &str,
+        id_or_token: &str,
+        port: Option<u16>,
+    ) -> Option<HeaderValue> {
+        let value = cookie::issue(
+            &self.signer,
+            sandbox_id,
+            id_or_token,
+            port,
+            self.cookie_max_age,
+        )?;
         self.flags.set_cookie(
             &cookie::sandbox_cookie_name(id_or_token),
             &value,
@@ -262,8 +272,9 @@ impl Auth {
         req: &AuthRequest<'_>,
     ) -> Result<Result<Granted, Option<AuthError>>, Denied> {
         let sandbox = req.sandbox;
-        let needs_auth = !sandbox.public || req.port.is_none_or(is_reserved_port);
-        if !needs_auth {
+        // Declared-mode ports without an entry need a credential here: the gate answers 404
+        // once the caller may know (see `gate::admit`).
+        if sandbox.port_rule(req.port) == PortRule::Public {
             return Ok(Ok(granted(Access::Public)));
         }
         let mut failure: Option<AuthError> = None;
@@ -296,17 +307,25 @@ impl Auth {
                 Ok(token) if req.memo.is_some_and(|m| m.matches(req.sandbox, token)) => {
                     return Ok(Ok(granted(Access::PreviewToken)));
                 }
-                Ok(token) if resolver.preview_token_valid(sandbox, token).await? => {
-                    if let Some(memo) = req.memo.filter(|_| sandbox.auth_token_sha256.is_some()) {
-                        memo.remember(req.sandbox, token);
+                Ok(token) => match resolver.preview_token(sandbox, token, req.port).await? {
+                    TokenCheck::Invalid => note(AuthError::TokenInvalid),
+                    check => {
+                        // Only an all-ports token checked locally: the memo knows no port.
+                        let local = sandbox.auth_token_sha256.is_some();
+                        if let Some(memo) = req.memo.filter(|_| local) {
+                            if check == TokenCheck::AllPorts {
+                                memo.remember(req.sandbox, token);
+                            }
+                        }
+                        return Ok(Ok(granted(Access::PreviewToken)));
                     }
-                    return Ok(Ok(granted(Access::PreviewToken)));
-                }
-                _ => note(AuthError::TokenInvalid),
+                },
+                Err(_) => note(AuthError::TokenInvalid),
             }
         }
         if let Some(token) = req.query.and_then(|q| query_param(q, PREVIEW_TOKEN_QUERY)) {
-            if resolver.preview_token_valid(sandbox, token).await? {
+            let check = resolver.preview_token(sandbox, token, req.port).await?;
+            if check.is_valid() {
                 let mut g = granted(Access::PreviewToken);
                 if req.navigation && req.safe_method {
                     let rest = req
@@ -320,7 +339,11 @@ impl Auth {
                     };
                     // `//evil.com?TOKEN` must not become `Location: //evil.com`.
                     g.redirect = Some(return_to::same_host_path(&target, req.host));
-                    g.set_cookie = self.sandbox_cookie(&sandbox.id, req.id_or_token);
+                    // A port-scoped token's cookie opens its port only.
+                    let bound = (check == TokenCheck::ThisPort)
+                        .then_some(req.port)
+                        .flatten();
+                    g.set_cookie = self.sandbox_cookie(&sandbox.id, req.id_or_token, bound);
                 }
                 return Ok(Ok(g));
             }
@@ -329,7 +352,7 @@ impl Auth {
         // Every cookie of the name: a sibling sandbox may have planted one sorted first.
         let mut cookie_failure = None;
         for value in cookie::sandbox_cookie_values(req.headers, req.id_or_token) {
-            match cookie::check(&self.signer, &sandbox.id, req.id_or_token, value) {
+            match cookie::check(&self.signer, &sandbox.id, req.id_or_token, req.port, value) {
                 CookieCheck::Valid => return Ok(Ok(granted(Access::Cookie))),
                 CookieCheck::Expired => cookie_failure = Some(AuthError::TokenExpired),
                 CookieCheck::Invalid => {
@@ -342,7 +365,8 @@ impl Auth {
         }
         if req.signed {
             let mut g = granted(Access::SignedPreview);
-            g.set_cookie = self.sandbox_cookie(&sandbox.id, req.id_or_token);
+            // A signed link opens one port: so does its cookie.
+            g.set_cookie = self.sandbox_cookie(&sandbox.id, req.id_or_token, req.port);
             return Ok(Ok(g));
         }
         Ok(Err(failure))

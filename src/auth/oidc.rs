@@ -336,7 +336,7 @@ pub fn session(
     }
     redirect(
         &same_host_path(&ticket.p, host),
-        auth.sandbox_cookie(&sandbox.id, id_or_token),
+        auth.sandbox_cookie(&sandbox.id, id_or_token, None),
     )
 }
 

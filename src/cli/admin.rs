@@ -11,9 +11,10 @@ use serde_json::{json, Value};
 
 use crate::base::clock::now_ms;
 use crate::config::Config;
+use crate::registry::ports::check_port;
 use crate::registry::redis::{Invalidation, RedisFailure, RedisHandle};
 use crate::registry::signed_preview::{is_signed_token, new_signed_token, signed_preview_key};
-use crate::registry::RunnerRecord;
+use crate::registry::{PortAccess, PortsMode, RunnerRecord, ScopedToken};
 
 #[derive(Subcommand, Debug)]
 pub enum RegistryCommand {
@@ -53,6 +54,63 @@ pub enum RegistryCommand {
         /// Who handles CORS: managed (default, the proxy) or passthrough (the app).
         #[arg(long)]
         cors: Option<String>,
+        /// all (default: ports without an entry follow --public) or declared (they answer 404).
+        #[arg(long)]
+        ports: Option<String>,
+    },
+    /// Give one port of a sandbox its own access: public (anyone) or private (a credential).
+    Expose {
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, required_unless_present = "private", conflicts_with = "private")]
+        public: bool,
+        #[arg(long)]
+        private: bool,
+    },
+    /// Remove a port's entry (it then follows the sandbox's mode).
+    Unexpose {
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long)]
+        port: u16,
+    },
+    /// Set what ports without an entry do: all (follow the public flag) or declared (404).
+    Ports {
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long)]
+        mode: String,
+    },
+    /// Store a preview token bound to some ports (only its SHA-256).
+    PutToken {
+        #[arg(long)]
+        sandbox: String,
+        #[arg(
+            long,
+            required_unless_present = "token_sha256",
+            conflicts_with = "token_sha256"
+        )]
+        token: Option<String>,
+        #[arg(long)]
+        token_sha256: Option<String>,
+        /// A port the token opens (repeat for more).
+        #[arg(long = "port", required = true)]
+        ports: Vec<u16>,
+    },
+    /// Revoke a port-scoped preview token.
+    RmToken {
+        #[arg(long)]
+        sandbox: String,
+        #[arg(
+            long,
+            required_unless_present = "token_sha256",
+            conflicts_with = "token_sha256"
+        )]
+        token: Option<String>,
+        #[arg(long)]
+        token_sha256: Option<String>,
     },
     /// Store an API key (only its SHA-256): it opens the sandboxes of its organisation.
     PutApiKey {
@@ -218,6 +276,24 @@ impl Admin {
         Ok(self.redis.pipe(&pipe).await?)
     }
 
+    /// Sets (`Some`) or removes (`None`) one field of an existing sandbox hash, and publishes
+    /// `sandbox:<id>`: every proxy drops its cached record at once. Answers the id.
+    async fn set_field(&self, sandbox: &str, field: &str, value: Option<&str>) -> Result<String> {
+        let id = check_id("sandbox", sandbox)?;
+        let key = self.key("sandbox", &id);
+        let exists: bool = self.redis.query(redis::cmd("EXISTS").arg(&key)).await?;
+        if !exists {
+            return Err(AdminError::NotFound(format!("sandbox {id:?} not found")));
+        }
+        let mut pipe = self.pipe();
+        match value {
+            Some(value) => pipe.hset(&key, field, value).ignore(),
+            None => pipe.hdel(&key, field).ignore(),
+        };
+        self.write::<()>(pipe, Invalidation::Sandbox(&id)).await?;
+        Ok(id)
+    }
+
     async fn hgetall(&self, key: &str) -> Result<BTreeMap<String, String>> {
         Ok(self.redis.query(redis::cmd("HGETALL").arg(key)).await?)
     }
@@ -250,6 +326,12 @@ impl Admin {
     }
 }
 
+/// The hex SHA-256 of a preview token, from the token or given directly.
+fn token_hash(token: Option<&str>, token_sha256: Option<&str>) -> Result<String> {
+    api_key_hash(token, token_sha256)
+        .or_else(|_| invalid("give --token or --token-sha256 (64 hex digits)"))
+}
+
 /// A stored hash as JSON, secrets masked.
 fn shown(fields: &BTreeMap<String, String>) -> Value {
     let mut out = serde_json::Map::new();
@@ -259,7 +341,12 @@ fn shown(fields: &BTreeMap<String, String>) -> Value {
             "auth_token_sha256" => format!("{}…", v.get(..8).unwrap_or(v)),
             _ => v.clone(),
         };
-        out.insert(k.clone(), Value::String(v));
+        // A scoped token's field is named by its hash: shorten the name too.
+        let k = match k.strip_prefix("token:") {
+            Some(hash) => format!("token:{}…", hash.get(..8).unwrap_or(hash)),
+            None => k.clone(),
+        };
+        out.insert(k, Value::String(v));
     }
     Value::Object(out)
 }
@@ -316,9 +403,16 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
             organization,
             auth_token,
             cors,
+            ports,
         } => {
             let id = check_id("sandbox", &id)?;
             let mut fields: Vec<(&str, String)> = Vec::new();
+            if let Some(ports) = ports {
+                ports
+                    .parse::<PortsMode>()
+                    .map_err(|e| AdminError::Invalid(format!("--ports: {e}")))?;
+                fields.push(("ports", ports));
+            }
             if let Some(cors) = cors {
                 cors.parse::<crate::registry::CorsMode>()
                     .map_err(AdminError::Invalid)?;
@@ -360,6 +454,68 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
             pipe.hset_multiple(&key, &fields).ignore();
             admin.write::<()>(pipe, Invalidation::Sandbox(&id)).await?;
             Ok(json!({"sandbox": id, "stored": true}).to_string())
+        }
+        RegistryCommand::Expose {
+            sandbox,
+            port,
+            public,
+            private: _,
+        } => {
+            check_port(port).map_err(|e| AdminError::Invalid(format!("--port: {e}")))?;
+            let access = if public {
+                PortAccess::Public
+            } else {
+                PortAccess::Private
+            };
+            let field = format!("port:{port}");
+            let id = admin
+                .set_field(&sandbox, &field, Some(access.as_str()))
+                .await?;
+            Ok(json!({"sandbox": id, "port": port, "access": access.as_str()}).to_string())
+        }
+        RegistryCommand::Unexpose { sandbox, port } => {
+            let id = admin
+                .set_field(&sandbox, &format!("port:{port}"), None)
+                .await?;
+            Ok(json!({"sandbox": id, "port": port, "access": null}).to_string())
+        }
+        RegistryCommand::Ports { sandbox, mode } => {
+            let mode: PortsMode = mode
+                .parse()
+                .map_err(|e| AdminError::Invalid(format!("--mode: {e}")))?;
+            let id = admin
+                .set_field(&sandbox, "ports", Some(mode.as_str()))
+                .await?;
+            Ok(json!({"sandbox": id, "ports": mode.as_str()}).to_string())
+        }
+        RegistryCommand::PutToken {
+            sandbox,
+            token,
+            token_sha256,
+            ports,
+        } => {
+            let hash = token_hash(token.as_deref(), token_sha256.as_deref())?;
+            let ports = ScopedToken::new([0; 32], ports)
+                .map_err(|e| AdminError::Invalid(format!("--port: {e}")))?;
+            let list: Vec<String> = ports.ports().iter().map(u16::to_string).collect();
+            let id = admin
+                .set_field(&sandbox, &format!("token:{hash}"), Some(&list.join(",")))
+                .await?;
+            Ok(json!({"sandbox": id, "token_sha256": format!("{}…", &hash[..8]), "ports": ports.ports()}).to_string())
+        }
+        RegistryCommand::RmToken {
+            sandbox,
+            token,
+            token_sha256,
+        } => {
+            let hash = token_hash(token.as_deref(), token_sha256.as_deref())?;
+            let id = admin
+                .set_field(&sandbox, &format!("token:{hash}"), None)
+                .await?;
+            Ok(
+                json!({"sandbox": id, "token_sha256": format!("{}…", &hash[..8]), "removed": true})
+                    .to_string(),
+            )
         }
         RegistryCommand::PutApiKey {
             key,

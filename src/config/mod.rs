@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 pub use activity::ActivityConfig;
 pub use auth::{AuthConfig, JwtConfig, OidcConfig};
 pub use registry::{
-    ApiKeyEntry, CacheConfig, CorsMode, DaytonaConfig, Protocol, RedisConfig, RegistryConfig,
-    RunnerEntry, SandboxEntry, SignedPreviewEntry, SshTokenEntry,
+    ApiKeyEntry, CacheConfig, CorsMode, DaytonaConfig, PortAccess, PortsMode, Protocol,
+    RedisConfig, RegistryConfig, RunnerEntry, SandboxEntry, ScopedTokenEntry, SignedPreviewEntry,
+    SshTokenEntry,
 };
 pub use server::{AdminConfig, LogConfig, ProxyConfig, ServerConfig};
 pub use ssh::SshConfig;

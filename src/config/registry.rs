@@ -219,6 +219,27 @@ pub struct SandboxEntry {
     /// `managed` (default: the proxy handles CORS) or `passthrough` (the app does).
     #[serde(default)]
     pub cors: CorsMode,
+    /// `all` (default: a port without an entry follows `public`) or `declared` (it is not
+    /// exposed: 404 `PORT_NOT_EXPOSED`).
+    #[serde(default)]
+    pub ports: PortsMode,
+    /// Port (a string, as TOML keys are) → `public` or `private`. Reserved ports are refused.
+    #[serde(default)]
+    pub port_access: std::collections::BTreeMap<String, PortAccess>,
+    /// Preview tokens bound to a few ports (`auth_token` opens every port).
+    #[serde(default)]
+    pub preview_tokens: Vec<ScopedTokenEntry>,
+}
+
+/// A port-scoped preview token: `token` or `token_sha256` (hex), and its ports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedTokenEntry {
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    pub ports: Vec<u16>,
 }
 
 fn default_ssh_port() -> u16 {
@@ -274,6 +295,69 @@ impl std::str::FromStr for CorsMode {
             other => Err(format!(
                 "cors {other:?} must be \"managed\" or \"passthrough\""
             )),
+        }
+    }
+}
+
+/// How one declared port may be entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortAccess {
+    /// Anyone, even on a private sandbox.
+    Public,
+    /// Any valid credential of the sandbox, even on a public sandbox.
+    Private,
+}
+
+impl std::str::FromStr for PortAccess {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PortAccess, String> {
+        match s {
+            "public" => Ok(PortAccess::Public),
+            "private" => Ok(PortAccess::Private),
+            other => Err(format!("must be public or private, not {other:?}")),
+        }
+    }
+}
+
+impl PortAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortAccess::Public => "public",
+            PortAccess::Private => "private",
+        }
+    }
+}
+
+/// What a port without an entry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortsMode {
+    /// It follows the sandbox's `public` flag (the behaviour without a policy).
+    #[default]
+    All,
+    /// It is not exposed: 404 `PORT_NOT_EXPOSED`, even on a public sandbox.
+    Declared,
+}
+
+impl std::str::FromStr for PortsMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PortsMode, String> {
+        match s {
+            "all" => Ok(PortsMode::All),
+            "declared" => Ok(PortsMode::Declared),
+            other => Err(format!("must be all or declared, not {other:?}")),
+        }
+    }
+}
+
+impl PortsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortsMode::All => "all",
+            PortsMode::Declared => "declared",
         }
     }
 }

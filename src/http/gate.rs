@@ -24,7 +24,7 @@ use crate::http::respond::{self, ProxyError};
 use crate::http::route::{self, OwnPath, Route, RouteError};
 use crate::metrics::metrics;
 use crate::registry::signed_preview::is_signed_token as is_signed_shape;
-use crate::registry::SandboxRecord;
+use crate::registry::{PortRule, SandboxRecord};
 
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
@@ -194,6 +194,10 @@ pub async fn admit(
         stale,
         signed,
     } = resolution;
+    if sandbox.public {
+        // Nothing to hide on a public sandbox: an undeclared port is 404 for everyone.
+        not_exposed(&sandbox, port)?;
+    }
     // After resolving: the mode is the sandbox's, and a preflight carries no credentials, so
     // the proxy answers it before authenticating (passthrough ones go on to the app).
     let own: [&str; 2] = [id_or_token, &sandbox.id];
@@ -246,6 +250,8 @@ pub async fn admit(
             )));
         }
     };
+    // A private sandbox's port policy is told only to whoever may enter it (401 first).
+    not_exposed(&sandbox, port)?;
     if let Some(location) = granted.redirect {
         // Built by `same_host_path`: always a header value; a redirect without it is a refusal.
         let location = HeaderValue::try_from(location).map_err(|_| AuthError::TokenInvalid)?;
@@ -300,6 +306,14 @@ pub async fn admit(
         cors,
         forwarded_host,
     }))
+}
+
+/// `Err(PortNotExposed)` for a port the sandbox's policy does not expose (declared mode).
+fn not_exposed(sandbox: &SandboxRecord, port: Option<u16>) -> Result<(), ProxyError> {
+    match (sandbox.port_rule(port), port) {
+        (PortRule::NotExposed, Some(port)) => Err(ProxyError::PortNotExposed(port)),
+        _ => Ok(()),
+    }
 }
 
 /// `/login` and `/callback` on the proxy's own host.

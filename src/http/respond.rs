@@ -21,6 +21,8 @@ pub enum ProxyError {
     NotFound,
     #[error("sandbox not found")]
     SandboxNotFound,
+    #[error("port {0} of this sandbox is not exposed")]
+    PortNotExposed(u16),
     #[error("{}", not_running_message(state, *waking))]
     SandboxNotRunning { state: Box<str>, waking: bool },
     #[error("{0}")]
@@ -51,7 +53,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Route(_) | ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
-            ProxyError::NotFound | ProxyError::SandboxNotFound => StatusCode::NOT_FOUND,
+            ProxyError::NotFound | ProxyError::SandboxNotFound | ProxyError::PortNotExposed(_) => {
+                StatusCode::NOT_FOUND
+            }
             ProxyError::SandboxNotRunning { .. }
             | ProxyError::ShuttingDown
             | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -75,6 +79,7 @@ impl ProxyError {
             ProxyError::Route(_) => "BAD_HOST",
             ProxyError::NotFound => "NOT_FOUND",
             ProxyError::SandboxNotFound => "SANDBOX_NOT_FOUND",
+            ProxyError::PortNotExposed(_) => "PORT_NOT_EXPOSED",
             ProxyError::SandboxNotRunning { .. } => "SANDBOX_NOT_RUNNING",
             ProxyError::Registry(RegistryError::Unavailable(_)) => "REGISTRY_UNAVAILABLE",
             ProxyError::Registry(RegistryError::BadData { .. }) => "REGISTRY_BAD_DATA",

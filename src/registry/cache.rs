@@ -13,7 +13,7 @@ use crate::base::FastMap;
 use tokio::sync::OnceCell;
 
 use super::side_cache::SideCache;
-use super::{Lifetime, Registry, RegistryError, SandboxRecord, TokenGrant};
+use super::{Lifetime, Registry, RegistryError, SandboxRecord, TokenCheck, TokenGrant};
 use crate::config::CacheConfig;
 use crate::metrics::metrics;
 
@@ -117,28 +117,37 @@ impl Resolver {
         Ok(sandbox)
     }
 
-    /// Is `token` the sandbox's preview token? Local hash comparison when the record has one,
-    /// else the backend's answer, cached per (sandbox, token hash).
-    pub async fn preview_token_valid(
+    /// What `token` opens on `port`: a local comparison with the record's hashes when it has
+    /// any, else the backend's answer (an all-ports token or nothing), cached per (sandbox,
+    /// token hash).
+    pub async fn preview_token(
         &self,
         sandbox: &SandboxRecord,
         token: &str,
-    ) -> Result<bool, RegistryError> {
-        if sandbox.auth_token_sha256.is_some() {
-            return Ok(sandbox.token_matches(token));
+        port: Option<u16>,
+    ) -> Result<TokenCheck, RegistryError> {
+        if sandbox.has_local_tokens() {
+            return Ok(sandbox.check_token(token, port));
         }
         let key = (sandbox.id.clone(), super::sha256(token));
-        if let Some(valid) = self.token_checks.get(&key) {
-            return Ok(valid);
-        }
-        let valid = self.backend.preview_token_valid(sandbox, token).await?;
-        let ttl = if valid {
-            self.ttls.ttl
-        } else {
-            self.ttls.negative_ttl
+        let valid = match self.token_checks.get(&key) {
+            Some(valid) => valid,
+            None => {
+                let valid = self.backend.preview_token_valid(sandbox, token).await?;
+                let ttl = if valid {
+                    self.ttls.ttl
+                } else {
+                    self.ttls.negative_ttl
+                };
+                self.token_checks.insert(key, valid, ttl);
+                valid
+            }
         };
-        self.token_checks.insert(key, valid, ttl);
-        Ok(valid)
+        Ok(if valid {
+            TokenCheck::AllPorts
+        } else {
+            TokenCheck::Invalid
+        })
     }
 
     pub async fn sandbox(&self, id: &str) -> Result<Resolved, RegistryError> {

@@ -5,6 +5,7 @@
 
 mod cache;
 pub mod daytona;
+pub mod ports;
 pub mod redis;
 mod side_cache;
 pub mod signed_preview;
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 pub use cache::Resolver;
 pub use daytona::DaytonaRegistry;
+pub use ports::{PortAccess, PortPolicy, PortRule, PortsMode, ScopedToken};
 pub use static_backend::StaticRegistry;
 
 pub use crate::base::BoxFuture;
@@ -239,6 +241,26 @@ pub struct SandboxRecord {
     /// Direct mode: the sandbox's sshd port (the SSH gateway's upstream is `address:ssh_port`).
     pub ssh_port: u16,
     pub cors: CorsMode,
+    /// Which preview ports are public, private or not exposed.
+    pub ports: PortPolicy,
+    /// Preview tokens bound to some ports (the all-ports token is `auth_token_sha256`).
+    pub scoped_tokens: Box<[ScopedToken]>,
+}
+
+/// What a preview token opens on the request's port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    Invalid,
+    /// The sandbox's token: every port.
+    AllPorts,
+    /// A port-scoped token bound to this port (and perhaps others, but not all).
+    ThisPort,
+}
+
+impl TokenCheck {
+    pub fn is_valid(self) -> bool {
+        self != TokenCheck::Invalid
+    }
 }
 
 /// One request in flight for a sandbox; released when dropped (end of body or relay).
@@ -288,7 +310,49 @@ impl SandboxRecord {
             inflight: Default::default(),
             ssh_port: 22,
             cors: CorsMode::Managed,
+            ports: PortPolicy::default(),
+            scoped_tokens: Box::default(),
         }
+    }
+
+    pub fn with_ports(mut self, ports: PortPolicy) -> Self {
+        self.ports = ports;
+        self
+    }
+
+    pub fn with_scoped_tokens(mut self, tokens: Vec<ScopedToken>) -> Self {
+        self.scoped_tokens = tokens.into();
+        self
+    }
+
+    /// The port policy's rule for a request on `port` (`None`: toolbox traffic).
+    pub fn port_rule(&self, port: Option<u16>) -> PortRule {
+        self.ports.rule(port, self.public)
+    }
+
+    /// Does the record hold the hashes to check preview tokens itself?
+    pub fn has_local_tokens(&self) -> bool {
+        self.auth_token_sha256.is_some() || !self.scoped_tokens.is_empty()
+    }
+
+    /// `token` against the all-ports hash and every port-scoped hash (constant-time each): a
+    /// scoped token opens only its ports, never the toolbox.
+    pub fn check_token(&self, token: &str, port: Option<u16>) -> TokenCheck {
+        use subtle::ConstantTimeEq;
+        let hash = sha256(token);
+        if self
+            .auth_token_sha256
+            .is_some_and(|expected| bool::from(hash.ct_eq(&expected)))
+        {
+            return TokenCheck::AllPorts;
+        }
+        let mut check = TokenCheck::Invalid;
+        for scoped in self.scoped_tokens.iter() {
+            if bool::from(hash.ct_eq(&scoped.sha256)) && scoped.opens(port) {
+                check = TokenCheck::ThisPort;
+            }
+        }
+        check
     }
 
     pub fn with_cors(mut self, cors: CorsMode) -> Self {

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::ports::check_port;
 use super::{
-    BoxFuture, Lifetime, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord,
-    TokenGrant, Upstream,
+    BoxFuture, Lifetime, PortPolicy, Principal, Registry, RegistryError, RunnerRecord,
+    SandboxRecord, ScopedToken, TokenGrant, Upstream,
 };
-use crate::config::RegistryConfig;
+use crate::config::{RegistryConfig, SandboxEntry};
 
 type Table = HashMap<Box<str>, Arc<SandboxRecord>>;
 /// (token, port) → (sandbox id, expiry in unix seconds).
@@ -245,7 +246,9 @@ fn build_table(config: &RegistryConfig) -> Result<Table, String> {
             SandboxRecord::new(&s.id, upstream, s.public, &s.state, s.auth_token.as_deref())
                 .with_organization(s.organization.as_deref())
                 .with_ssh_port(s.ssh_port)
-                .with_cors(s.cors);
+                .with_cors(s.cors)
+                .with_ports(port_policy(s)?)
+                .with_scoped_tokens(scoped_tokens(s)?);
         if table
             .insert(s.id.to_ascii_lowercase().into(), Arc::new(record))
             .is_some()
@@ -257,6 +260,43 @@ fn build_table(config: &RegistryConfig) -> Result<Table, String> {
         }
     }
     Ok(table)
+}
+
+/// `ports` and `port_access` of one `[[registry.sandboxes]]` entry; errors name the key.
+fn port_policy(s: &SandboxEntry) -> Result<PortPolicy, String> {
+    let mut entries = Vec::with_capacity(s.port_access.len());
+    for (port, access) in &s.port_access {
+        let key = format!("sandbox {}: port_access {port:?}", s.id);
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("{key}: not a port (1..65535)"))?;
+        check_port(port).map_err(|e| format!("{key}: {e}"))?;
+        entries.push((port, *access));
+    }
+    PortPolicy::new(s.ports, entries).map_err(|e| format!("sandbox {}: port_access: {e}", s.id))
+}
+
+/// `preview_tokens` of one `[[registry.sandboxes]]` entry; errors name the key.
+fn scoped_tokens(s: &SandboxEntry) -> Result<Vec<ScopedToken>, String> {
+    let mut tokens = Vec::with_capacity(s.preview_tokens.len());
+    for (i, t) in s.preview_tokens.iter().enumerate() {
+        let key = format!("sandbox {}: preview_tokens[{i}]", s.id);
+        let hash = match (&t.token, &t.token_sha256) {
+            (Some(token), None) if !token.is_empty() => super::sha256(token),
+            (None, Some(hex_hash)) => {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(hex_hash, &mut out)
+                    .map_err(|_| format!("{key}: token_sha256 must be 64 hex digits"))?;
+                out
+            }
+            _ => return Err(format!("{key}: set exactly one of token or token_sha256")),
+        };
+        tokens.push(
+            ScopedToken::new(hash, t.ports.iter().copied())
+                .map_err(|e| format!("{key}: ports: {e}"))?,
+        );
+    }
+    Ok(tokens)
 }
 
 #[cfg(test)]
@@ -343,5 +383,56 @@ api_key = "k"
 ssh_endpoint = "no-port"
 "#;
         assert!(registry(bad_endpoint).err().unwrap().contains("host:port"));
+    }
+
+    #[test]
+    fn port_policies_and_scoped_tokens_are_read_and_checked() {
+        use crate::registry::{PortRule, TokenCheck};
+        let r = registry(
+            r#"
+[[registry.sandboxes]]
+id = "sbx"
+address = "10.0.0.9"
+public = true
+ports = "declared"
+port_access = { "3000" = "public", "8080" = "private" }
+preview_tokens = [{ token = "scoped", ports = [3000] }]
+"#,
+        )
+        .unwrap();
+        let s = r.get("sbx").unwrap();
+        assert_eq!(s.port_rule(Some(3000)), PortRule::Public);
+        assert_eq!(s.port_rule(Some(8080)), PortRule::Private);
+        assert_eq!(s.port_rule(Some(5000)), PortRule::NotExposed);
+        assert_eq!(s.check_token("scoped", Some(3000)), TokenCheck::ThisPort);
+        assert_eq!(s.check_token("scoped", Some(8080)), TokenCheck::Invalid);
+        let entry = |extra: &str| {
+            format!("[[registry.sandboxes]]\nid = \"sbx\"\naddress = \"h\"\n{extra}\n")
+        };
+        let cases = [
+            (
+                r#"port_access = { "2280" = "public" }"#,
+                "port_access \"2280\": port 2280 is reserved",
+            ),
+            (
+                r#"port_access = { "x" = "public" }"#,
+                "port_access \"x\": not a port",
+            ),
+            (r#"port_access = { "0" = "public" }"#, "port_access \"0\""),
+            (r#"port_access = { "1" = "open" }"#, "port_access"),
+            (r#"ports = "some""#, "ports"),
+            (
+                r#"preview_tokens = [{ token = "t", ports = [] }]"#,
+                "preview_tokens[0]: ports",
+            ),
+            (
+                r#"preview_tokens = [{ ports = [1] }]"#,
+                "preview_tokens[0]: set exactly one",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let err = registry(&entry(extra)).err().unwrap();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
     }
 }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use redis::Value;
 
 use super::conn::{RedisFailure, RedisHandle};
+use crate::registry::ports::{check_port, parse_port_list};
 use crate::registry::signed_preview::{is_signed_token, signed_preview_key};
 use crate::registry::{
-    BoxFuture, CorsMode, Lifetime, Principal, Registry, RegistryError, RunnerRecord, SandboxRecord,
-    TokenGrant, Upstream,
+    BoxFuture, CorsMode, Lifetime, PortAccess, PortPolicy, PortsMode, Principal, Registry,
+    RegistryError, RunnerRecord, SandboxRecord, ScopedToken, TokenGrant, Upstream,
 };
 
 /// KEYS[1] = sandbox hash, ARGV[1] = key prefix.
@@ -258,7 +259,42 @@ fn parse(
             .map_err(|_| bad("auth_token_sha256 must be 64 hex digits".into()))?;
         record.auth_token_sha256 = Some(hash);
     }
-    Ok(record)
+    let (ports, tokens) = parse_ports(id, sandbox).map_err(bad)?;
+    Ok(record.with_ports(ports).with_scoped_tokens(tokens))
+}
+
+/// The port policy (`ports`, `port:<n>`) and the port-scoped tokens (`token:<sha256 hex>`) of
+/// a sandbox hash. A reserved port's entry is ignored (reserved ports always need a
+/// credential), with a warning; any other malformed field is an error naming it.
+fn parse_ports(id: &str, sandbox: &Fields) -> Result<(PortPolicy, Vec<ScopedToken>), String> {
+    let mode = match sandbox.get("ports") {
+        None => PortsMode::All,
+        Some(mode) => mode.parse().map_err(|e| format!("field ports: {e}"))?,
+    };
+    let mut entries = Vec::new();
+    let mut tokens = Vec::new();
+    for (field, value) in sandbox {
+        if let Some(port) = field.strip_prefix("port:") {
+            let access: PortAccess = value.parse().map_err(|e| format!("field {field}: {e}"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("field {field}: {port:?} is not a port"))?;
+            if crate::base::ports::is_reserved_port(port) {
+                tracing::warn!(sandbox = id, field, "ignoring an entry for a reserved port");
+                continue;
+            }
+            check_port(port).map_err(|e| format!("field {field}: {e}"))?;
+            entries.push((port, access));
+        } else if let Some(hex_hash) = field.strip_prefix("token:") {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(hex_hash, &mut hash)
+                .map_err(|_| format!("field {field}: the name must be token:<64 hex digits>"))?;
+            let ports = parse_port_list(value).map_err(|e| format!("field {field}: {e}"))?;
+            tokens.push(ScopedToken::new(hash, ports).map_err(|e| format!("field {field}: {e}"))?);
+        }
+    }
+    let policy = PortPolicy::new(mode, entries).map_err(|e| format!("port fields: {e}"))?;
+    Ok((policy, tokens))
 }
 
 impl Registry for RedisRegistry {
@@ -397,6 +433,34 @@ mod tests {
     }
 
     #[test]
+    fn port_fields_parse_and_reserved_entries_are_ignored() {
+        use crate::registry::{PortRule, TokenCheck};
+        let token_field = format!("token:{}", hex::encode(crate::registry::sha256("scoped")));
+        let s = fields(&[
+            ("address", "h"),
+            ("public", "true"),
+            ("ports", "declared"),
+            ("port:3000", "public"),
+            ("port:8080", "private"),
+            ("port:2280", "public"),
+            (&token_field, "3000,3001"),
+        ]);
+        let record = parse("p:", "sbx", &s, None).unwrap();
+        assert_eq!(record.port_rule(Some(3000)), PortRule::Public);
+        assert_eq!(record.port_rule(Some(8080)), PortRule::Private);
+        assert_eq!(record.port_rule(Some(2280)), PortRule::Private, "reserved");
+        assert_eq!(record.port_rule(Some(5000)), PortRule::NotExposed);
+        assert_eq!(
+            record.check_token("scoped", Some(3001)),
+            TokenCheck::ThisPort
+        );
+        assert_eq!(
+            record.check_token("scoped", Some(8080)),
+            TokenCheck::Invalid
+        );
+    }
+
+    #[test]
     fn bad_records_name_the_problem() {
         let cases: Vec<(Fields, Option<RunnerData>, &str)> = vec![
             (fields(&[]), None, "exactly one"),
@@ -430,6 +494,39 @@ mod tests {
                 fields(&[("address", "h"), ("cors", "Passthrough ")]),
                 None,
                 "managed",
+            ),
+            (
+                fields(&[("address", "h"), ("ports", "some")]),
+                None,
+                "field ports: must be all or declared",
+            ),
+            (
+                fields(&[("address", "h"), ("port:3000", "open")]),
+                None,
+                "field port:3000: must be public or private",
+            ),
+            (
+                fields(&[("address", "h"), ("port:x", "public")]),
+                None,
+                "field port:x",
+            ),
+            (
+                fields(&[("address", "h"), ("port:0", "public")]),
+                None,
+                "field port:0",
+            ),
+            (
+                fields(&[("address", "h"), ("token:abc", "3000")]),
+                None,
+                "field token:abc",
+            ),
+            (
+                fields(&[
+                    ("address", "h"),
+                    (&*format!("token:{}", "a".repeat(64)), "3000,x"),
+                ]),
+                None,
+                "is not a port",
             ),
         ];
         for (sandbox, runner, expect) in cases {

@@ -1,0 +1,473 @@
+//! Per-port access through the real binary: port policies (public, private, not exposed) and
+//! port-scoped preview tokens on the static backend, and their Redis encoding changed by the
+//! admin CLI reaching two running proxies at once.
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::redis::RedisServer;
+use support::runner::Runner;
+use support::table::*;
+use support::{get, raw_until_idle, send, statuses, Proxy, BIN};
+
+const SANDBOXES: &str = r#"
+[[registry.sandboxes]]
+id = "open"
+runner = "runner-1"
+public = true
+auth_token = "tok-open"
+ports = "declared"
+port_access = { "3000" = "public", "8080" = "private" }
+
+[[registry.sandboxes]]
+id = "closed"
+runner = "runner-1"
+auth_token = "tok-closed"
+ports = "declared"
+port_access = { "3000" = "public" }
+
+[[registry.sandboxes]]
+id = "scoped"
+runner = "runner-1"
+auth_token = "tok-all-ports"
+preview_tokens = [{ token = "tok-3000", ports = [3000, 3001] }]
+"#;
+
+fn host(port: u16, id: &str) -> String {
+    format!("{port}-{id}.preview.localhost")
+}
+
+#[tokio::test]
+async fn ports_are_public_private_or_not_exposed_by_the_policy() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(SANDBOXES));
+    let token = |t: &'static str| [("x-daytona-preview-token", t)];
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("public sandbox, public port", &host(3000, "open"), "/", &[], [status(200)]),
+        Row::get("public sandbox, private port: no credential", &host(8080, "open"), "/", &[],
+            [status(401), code("AUTH_REQUIRED")]),
+        Row::get("public sandbox, private port: its token", &host(8080, "open"), "/", &token("tok-open"),
+            [status(200)]),
+        Row::get("attack: an undeclared port of a public sandbox", &host(5000, "open"), "/", &[],
+            [status(404), code("PORT_NOT_EXPOSED")]),
+        Row::get("an undeclared port stays 404 with a valid token", &host(5000, "open"), "/", &token("tok-open"),
+            [status(404), code("PORT_NOT_EXPOSED")]),
+        Row::get("a reserved port needs a credential even in declared mode", &host(2280, "open"), "/", &[],
+            [status(401)]),
+        Row::get("toolbox routes are unaffected", "127.0.0.1", "/toolbox/open/files", &token("tok-open"),
+            [status(200)]),
+        Row::get("private sandbox, undeclared port: strangers learn nothing (401)", &host(5000, "closed"), "/", &[],
+            [status(401), code("AUTH_REQUIRED")]),
+        Row::get("private sandbox, undeclared port: a credential holder gets 404", &host(5000, "closed"), "/",
+            &token("tok-closed"), [status(404), code("PORT_NOT_EXPOSED")]),
+        Row::get("private sandbox, public port", &host(3000, "closed"), "/", &[], [status(200)]),
+        Row::get("sandboxes without a policy: every port follows public", &host(9999, "scoped"), "/",
+            &token("tok-all-ports"), [status(200)]),
+    ];
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
+}
+
+#[tokio::test]
+async fn a_port_scoped_token_opens_its_ports_only() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(SANDBOXES));
+    let token = |t: &'static str| [("x-daytona-preview-token", t)];
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("its port", &host(3000, "scoped"), "/", &token("tok-3000"), [status(200)]),
+        Row::get("its other port", &host(3001, "scoped"), "/", &token("tok-3000"), [status(200)]),
+        Row::get("attack: 3000- changed to 8080-", &host(8080, "scoped"), "/", &token("tok-3000"),
+            [status(401), code("TOKEN_INVALID")]),
+        Row::get("attack: by query, on another port", &host(8080, "scoped"),
+            "/?DAYTONA_SANDBOX_AUTH_KEY=tok-3000", &[], [status(401), code("TOKEN_INVALID")]),
+        Row::get("attack: a scoped token on the toolbox", "127.0.0.1", "/toolbox/scoped/files",
+            &token("tok-3000"), [status(401)]),
+        Row::get("the all-ports token still opens every port", &host(8080, "scoped"), "/",
+            &token("tok-all-ports"), [status(200)]),
+    ];
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
+}
+
+#[tokio::test]
+async fn a_scoped_grant_does_not_carry_to_another_port_by_cookie_or_connection() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(SANDBOXES));
+    // A browser logs in on port 3000 with the scoped token in the query: it gets a cookie.
+    let login = send(
+        proxy.addr,
+        "GET",
+        &host(3000, "scoped"),
+        "/?DAYTONA_SANDBOX_AUTH_KEY=tok-3000",
+        &[("sec-fetch-mode", "navigate"), ("accept", "text/html")],
+        b"",
+    )
+    .await;
+    let set_cookie = login
+        .headers
+        .get("set-cookie")
+        .unwrap_or_else(|| panic!("no cookie: {} {}", login.status, login.text()))
+        .to_str()
+        .unwrap();
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    assert!(
+        cookie.starts_with("daytona-sandbox-auth-scoped="),
+        "{cookie}"
+    );
+    let with_cookie = [("cookie", cookie.as_str())];
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("the cookie opens its port", &host(3000, "scoped"), "/", &with_cookie, [status(200)]),
+        Row::get("attack: the cookie replayed on 8080", &host(8080, "scoped"), "/", &with_cookie,
+            [status(401), code("TOKEN_INVALID")]),
+    ];
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
+
+    // One keep-alive connection: a token accepted on 3000 is not remembered for 8080.
+    let request = |port: u16| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nx-daytona-preview-token: tok-3000\r\n\r\n",
+            host(port, "scoped")
+        )
+    };
+    let both = format!("{}{}{}", request(3000), request(3000), request(8080));
+    let raw = raw_until_idle(proxy.addr, both, Duration::from_millis(500)).await;
+    assert_eq!(statuses(&raw), vec![200, 200, 401], "{raw}");
+}
+
+// ---- Redis: the encoding, the CLI, and invalidation reaching every proxy ----
+
+fn redis_toml(redis: &RedisServer, extra: &str) -> String {
+    format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n\
+         [registry]\nbackend = \"redis\"\n{extra}\n\
+         [redis]\nurl = \"{}\"\ntimeout = \"500ms\"\n",
+        redis.url()
+    )
+}
+
+struct CliConfig {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn cli_config(redis: &RedisServer) -> CliConfig {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cli.toml");
+    std::fs::write(&path, redis_toml(redis, "")).unwrap();
+    CliConfig { _dir: dir, path }
+}
+
+/// `sandgate <args> --config <path>` → (success, stdout, stderr).
+fn sandgate(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run sandgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn ok(config: &Path, args: &[&str]) -> String {
+    let (success, stdout, stderr) = sandgate(config, args);
+    assert!(success, "sandgate {args:?} failed: {stderr}");
+    stdout
+}
+
+/// A proxy that has subscribed to invalidations (its first subscription clears its cache).
+fn start_proxy(config: &str) -> Proxy {
+    let proxy = Proxy::start(config);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proxy.stderr().contains("subscribed to cache invalidations") {
+        assert!(
+            Instant::now() < deadline,
+            "no subscription: {}",
+            proxy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    proxy
+}
+
+/// Both proxies answer `want` for `port` (with `headers`) within a second: the cache TTL is
+/// ten minutes, so only the pushed invalidation can make it.
+async fn both_answer(proxies: [&Proxy; 2], port: u16, headers: &[(&str, &str)], want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for proxy in proxies {
+        loop {
+            let reply = send(proxy.addr, "GET", &host(port, "sbx"), "/", headers, b"").await;
+            if reply.status == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port {port}: {} (expected {want}): {}",
+                reply.status,
+                reply.text()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn cli_port_changes_reach_two_running_proxies_at_once() {
+    let redis = RedisServer::start();
+    let cli = cli_config(&redis);
+    let runner = Runner::start("k").await;
+    let url = format!("http://{}", runner.addr);
+    ok(
+        &cli.path,
+        &[
+            "registry",
+            "put-runner",
+            "--id",
+            "r1",
+            "--url",
+            &url,
+            "--api-key",
+            "k",
+        ],
+    );
+    let sandbox = |extra: &[&str]| {
+        let mut args = vec![
+            "registry",
+            "put-sandbox",
+            "--id",
+            "sbx",
+            "--runner",
+            "r1",
+            "--public",
+        ];
+        args.extend_from_slice(extra);
+        ok(&cli.path, &args);
+    };
+    sandbox(&["--auth-token", "tok-all"]);
+    let config = redis_toml(&redis, "[registry.cache]\nttl = \"10m\"");
+    let (first, second) = (start_proxy(&config), start_proxy(&config));
+    let proxies = [&first, &second];
+    both_answer(proxies, 5000, &[], 200).await;
+
+    let cli_step = |args: &[&str]| ok(&cli.path, args);
+    cli_step(&[
+        "registry",
+        "ports",
+        "--sandbox",
+        "sbx",
+        "--mode",
+        "declared",
+    ]);
+    both_answer(proxies, 5000, &[], 404).await;
+    let reply = get(first.addr, &host(5000, "sbx"), "/").await;
+    assert_eq!(reply.json()["code"], "PORT_NOT_EXPOSED");
+
+    cli_step(&[
+        "registry",
+        "expose",
+        "--sandbox",
+        "sbx",
+        "--port",
+        "5000",
+        "--private",
+    ]);
+    both_answer(proxies, 5000, &[], 401).await;
+    both_answer(
+        proxies,
+        5000,
+        &[("x-daytona-preview-token", "tok-all")],
+        200,
+    )
+    .await;
+    cli_step(&[
+        "registry",
+        "expose",
+        "--sandbox",
+        "sbx",
+        "--port",
+        "5000",
+        "--public",
+    ]);
+    both_answer(proxies, 5000, &[], 200).await;
+    cli_step(&["registry", "unexpose", "--sandbox", "sbx", "--port", "5000"]);
+    both_answer(proxies, 5000, &[], 404).await;
+    cli_step(&["registry", "ports", "--sandbox", "sbx", "--mode", "all"]);
+    both_answer(proxies, 5000, &[], 200).await;
+
+    // Port-scoped tokens: stored by hash, revoked at once.
+    cli_step(&[
+        "registry",
+        "expose",
+        "--sandbox",
+        "sbx",
+        "--port",
+        "3000",
+        "--private",
+    ]);
+    cli_step(&[
+        "registry",
+        "expose",
+        "--sandbox",
+        "sbx",
+        "--port",
+        "8080",
+        "--private",
+    ]);
+    let scoped = [("x-daytona-preview-token", "tok-3000")];
+    both_answer(proxies, 3000, &scoped, 401).await;
+    let out = cli_step(&[
+        "registry",
+        "put-token",
+        "--sandbox",
+        "sbx",
+        "--token",
+        "tok-3000",
+        "--port",
+        "3000",
+    ]);
+    assert!(
+        !out.contains("tok-3000"),
+        "the raw token is never printed: {out}"
+    );
+    both_answer(proxies, 3000, &scoped, 200).await;
+    both_answer(proxies, 8080, &scoped, 401).await;
+    let shown = cli_step(&["registry", "get", "--sandbox", "sbx"]);
+    assert!(shown.contains("\"port:3000\":\"private\""), "{shown}");
+    cli_step(&[
+        "registry",
+        "rm-token",
+        "--sandbox",
+        "sbx",
+        "--token",
+        "tok-3000",
+    ]);
+    both_answer(proxies, 3000, &scoped, 401).await;
+
+    // The CLI refuses what a record must not say; nothing is written.
+    for args in [
+        &[
+            "registry",
+            "expose",
+            "--sandbox",
+            "sbx",
+            "--port",
+            "2280",
+            "--public",
+        ][..],
+        &["registry", "ports", "--sandbox", "sbx", "--mode", "some"],
+        &[
+            "registry",
+            "expose",
+            "--sandbox",
+            "nope",
+            "--port",
+            "3000",
+            "--public",
+        ],
+        &[
+            "registry",
+            "put-sandbox",
+            "--id",
+            "x",
+            "--address",
+            "h",
+            "--ports",
+            "most",
+        ],
+    ] {
+        let (success, _, stderr) = sandgate(&cli.path, args);
+        assert!(!success, "{args:?} was accepted");
+        assert!(!stderr.is_empty(), "{args:?}: no reason given");
+    }
+}
+
+#[tokio::test]
+async fn a_redis_record_cannot_make_a_reserved_port_public() {
+    let redis = RedisServer::start();
+    let cli = cli_config(&redis);
+    let runner = Runner::start("k").await;
+    let url = format!("http://{}", runner.addr);
+    ok(
+        &cli.path,
+        &[
+            "registry",
+            "put-runner",
+            "--id",
+            "r1",
+            "--url",
+            &url,
+            "--api-key",
+            "k",
+        ],
+    );
+    ok(
+        &cli.path,
+        &[
+            "registry",
+            "put-sandbox",
+            "--id",
+            "sbx",
+            "--runner",
+            "r1",
+            "--public",
+            "--auth-token",
+            "tok",
+        ],
+    );
+    // Written around the CLI, which refuses it.
+    redis.cli(&[
+        "HSET",
+        "sandgate:sandbox:sbx",
+        "port:2280",
+        "public",
+        "port:3000",
+        "public",
+    ]);
+    let proxy = start_proxy(&redis_toml(&redis, ""));
+    let token = [("x-daytona-preview-token", "tok")];
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("the reserved port still needs a credential", &host(2280, "sbx"), "/", &[],
+            [status(401), code("AUTH_REQUIRED")]),
+        Row::get("and opens with one", &host(2280, "sbx"), "/", &token, [status(200)]),
+        Row::get("the rest of the record is in force", &host(3000, "sbx"), "/", &[], [status(200)]),
+    ];
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
+    assert!(
+        proxy
+            .stderr()
+            .contains("ignoring an entry for a reserved port"),
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[tokio::test]
+async fn malformed_port_fields_are_bad_data_naming_the_field() {
+    let redis = RedisServer::start();
+    let cli = cli_config(&redis);
+    ok(
+        &cli.path,
+        &[
+            "registry",
+            "put-sandbox",
+            "--id",
+            "sbx",
+            "--address",
+            "127.0.0.1",
+            "--public",
+        ],
+    );
+    redis.cli(&["HSET", "sandgate:sandbox:sbx", "port:3000", "open"]);
+    let proxy = start_proxy(&redis_toml(&redis, ""));
+    let reply = get(proxy.addr, &host(3000, "sbx"), "/").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.json()["code"], "REGISTRY_BAD_DATA");
+    assert!(proxy.stderr().contains("port:3000"), "{}", proxy.stderr());
+}
