@@ -471,3 +471,67 @@ async fn malformed_port_fields_are_bad_data_naming_the_field() {
     assert_eq!(reply.json()["code"], "REGISTRY_BAD_DATA");
     assert!(proxy.stderr().contains("port:3000"), "{}", proxy.stderr());
 }
+
+// ---- Daytona: the policy from the sandbox's labels, kept through the shared L2 ----
+
+#[tokio::test]
+async fn daytona_labels_set_the_policy_and_the_l2_carries_it() {
+    use support::control_plane::{ControlPlane, FakeSandbox, SANDBOX};
+    let runner = Runner::start("runner-key").await;
+    let cp = ControlPlane::start("svc-key").await;
+    cp.add_runner("runner-1", &format!("http://{}", runner.addr), "runner-key");
+    let labels = [
+        ("sandgate.io/ports", "declared"),
+        ("sandgate.io/port.3000", "public"),
+        ("sandgate.io/port.8080", "private"),
+        ("sandgate.io/port.2280", "public"),
+    ];
+    cp.add_sandbox(
+        "sbx",
+        FakeSandbox {
+            preview_token: Some("tok".into()),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..FakeSandbox::new("runner-1", true)
+        },
+    );
+    let mut bad = FakeSandbox::new("runner-1", true);
+    bad.labels
+        .insert("sandgate.io/port.3000".into(), "open".into());
+    cp.add_sandbox("bad", bad);
+    let redis = RedisServer::start();
+    let config = format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n\
+         [registry]\nbackend = \"daytona\"\n\
+         [daytona]\napi_url = \"{}\"\napi_key = \"svc-key\"\ntimeout = \"1s\"\nl2_redis = true\n\
+         [redis]\nurl = \"{}\"\n",
+        cp.api_url(),
+        redis.url()
+    );
+    let token = [("x-daytona-preview-token", "tok")];
+    #[rustfmt::skip]
+    let rows = || [
+        Row::get("a public port", &host(3000, "sbx"), "/", &[], [status(200)]),
+        Row::get("a private port of a public sandbox", &host(8080, "sbx"), "/", &[], [status(401)]),
+        Row::get("a private port with the token", &host(8080, "sbx"), "/", &token, [status(200)]),
+        Row::get("an undeclared port", &host(5000, "sbx"), "/", &[],
+            [status(404), code("PORT_NOT_EXPOSED")]),
+        Row::get("a label cannot make a reserved port public", &host(2280, "sbx"), "/", &[],
+            [status(401)]),
+    ];
+    let first = Proxy::start(&config);
+    run(first.addr, Upstream::Runner(&runner), rows()).await;
+    let reply = get(first.addr, &host(3000, "bad"), "/").await;
+    assert_eq!(
+        reply.json()["code"],
+        "REGISTRY_BAD_DATA",
+        "a malformed label"
+    );
+    // A second process with a cold cache resolves from the L2 alone, policy included.
+    let asked = cp.calls(SANDBOX);
+    let second = Proxy::start(&config);
+    run(second.addr, Upstream::Runner(&runner), rows()).await;
+    assert_eq!(cp.calls(SANDBOX), asked, "served from the L2");
+}

@@ -52,6 +52,8 @@ pub struct FakeSandbox {
     pub state: String,
     pub organization: Option<String>,
     pub preview_token: Option<String>,
+    /// The sandbox's labels (`GET /sandbox/{id}`), e.g. sandgate's port labels.
+    pub labels: HashMap<String, String>,
 }
 
 impl FakeSandbox {
@@ -62,6 +64,7 @@ impl FakeSandbox {
             state: "started".into(),
             organization: Some("org-1".into()),
             preview_token: None,
+            labels: HashMap::new(),
         }
     }
 }
@@ -391,7 +394,7 @@ impl State {
                     200,
                     serde_json::json!({
                         "id": segments[1], "state": s.state, "organizationId": s.organization,
-                        "public": s.public, "runnerId": s.runner,
+                        "public": s.public, "runnerId": s.runner, "labels": s.labels,
                     }),
                 ),
                 None => not_found(),

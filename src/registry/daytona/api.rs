@@ -13,8 +13,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
+use std::collections::BTreeMap;
+
+use crate::base::ports::is_reserved_port;
 use crate::config::DaytonaConfig;
-use crate::registry::{CorsMode, RegistryError};
+use crate::registry::ports::check_port;
+use crate::registry::{CorsMode, PortAccess, PortsMode, RegistryError};
 
 /// Tries per call, and the pauses between them.
 const TRIES: usize = 3;
@@ -238,6 +242,10 @@ pub(crate) struct SandboxDto {
 
 /// The sandbox label that sets the CORS mode (`managed` when absent).
 const CORS_LABEL: &str = "sandgate.io/cors";
+/// The sandbox label that sets the ports mode (`all` when absent) ...
+const PORTS_LABEL: &str = "sandgate.io/ports";
+/// ... and the prefix of one label per port: `sandgate.io/port.3000` = `public` | `private`.
+const PORT_LABEL_PREFIX: &str = "sandgate.io/port.";
 
 impl SandboxDto {
     /// The CORS mode of the label; a value that is not a mode falls back to `managed` (the
@@ -250,6 +258,39 @@ impl SandboxDto {
             tracing::warn!(sandbox = id, label = CORS_LABEL, %why, "ignoring the label");
             CorsMode::Managed
         })
+    }
+}
+
+impl SandboxDto {
+    /// The port policy of the labels (a sandgate extension): strict, a malformed label is bad
+    /// data naming it; a reserved port's label is ignored (reserved ports always need a
+    /// credential).
+    pub(crate) fn port_policy(
+        &self,
+        id: &str,
+    ) -> Result<(PortsMode, BTreeMap<u16, PortAccess>), RegistryError> {
+        let bad = |label: &str, e: String| bad_data(format!("sandbox/{id} label {label}"), e);
+        let mode = match self.labels.get(PORTS_LABEL) {
+            None => PortsMode::All,
+            Some(mode) => mode.parse().map_err(|e| bad(PORTS_LABEL, e))?,
+        };
+        let mut access = BTreeMap::new();
+        for (label, value) in &self.labels {
+            let Some(port) = label.strip_prefix(PORT_LABEL_PREFIX) else {
+                continue;
+            };
+            let rule: PortAccess = value.parse().map_err(|e| bad(label, e))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| bad(label, format!("{port:?} is not a port")))?;
+            if is_reserved_port(port) {
+                tracing::warn!(sandbox = id, label, "ignoring a label for a reserved port");
+                continue;
+            }
+            check_port(port).map_err(|e| bad(label, e))?;
+            access.insert(port, rule);
+        }
+        Ok((mode, access))
     }
 }
 
@@ -285,6 +326,38 @@ mod tests {
         }
         for s in [200, 201, 400, 401, 403, 404, 500] {
             assert!(!is_retryable(StatusCode::from_u16(s).unwrap()));
+        }
+    }
+
+    #[test]
+    fn port_labels_give_the_policy_strictly() {
+        let dto = |labels: &str| -> SandboxDto {
+            serde_json::from_str(&format!(r#"{{"state":"started","labels":{labels}}}"#)).unwrap()
+        };
+        let (mode, access) = dto(
+            r#"{"sandgate.io/ports":"declared","sandgate.io/port.3000":"public","sandgate.io/port.2280":"public","other":"x"}"#,
+        )
+        .port_policy("sbx")
+        .unwrap();
+        assert_eq!(mode, PortsMode::Declared);
+        assert_eq!(
+            access.into_iter().collect::<Vec<_>>(),
+            vec![(3000, PortAccess::Public)]
+        );
+        let (mode, access) = dto("{}").port_policy("sbx").unwrap();
+        assert_eq!((mode, access.len()), (PortsMode::All, 0));
+        for (labels, named) in [
+            (r#"{"sandgate.io/ports":"some"}"#, "sandgate.io/ports"),
+            (
+                r#"{"sandgate.io/port.3000":"open"}"#,
+                "sandgate.io/port.3000",
+            ),
+            (r#"{"sandgate.io/port.x":"public"}"#, "sandgate.io/port.x"),
+        ] {
+            match dto(labels).port_policy("sbx") {
+                Err(RegistryError::BadData { key, .. }) => assert!(key.contains(named), "{key}"),
+                other => panic!("{labels}: {other:?}"),
+            }
         }
     }
 

@@ -74,6 +74,7 @@ impl DaytonaRegistry {
                     "neither proxyUrl nor apiUrl",
                 )
             })?;
+        let (ports, port_access) = sandbox.port_policy(id)?;
         let info = L2RunnerInfo {
             api_url: url.to_string(),
             api_key: runner.api_key,
@@ -81,6 +82,8 @@ impl DaytonaRegistry {
             domain: runner.domain,
             cors: sandbox.cors(id),
             organization_id: sandbox.organization_id,
+            ports,
+            port_access,
         };
         let record = record_from(id, &info, public, &sandbox.state)?;
         if let Some(l2) = &self.l2 {

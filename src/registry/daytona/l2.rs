@@ -9,7 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use super::api::bad_data;
 use crate::config::RedisConfig;
-use crate::registry::{CorsMode, RegistryError, RunnerRecord, SandboxRecord, Upstream};
+use std::collections::BTreeMap;
+
+use crate::registry::{
+    CorsMode, PortAccess, PortPolicy, PortsMode, RegistryError, RunnerRecord, SandboxRecord,
+    Upstream,
+};
 
 /// Daytona's proxy keeps runner info 2 minutes and the public flag 1 hour (its
 /// `get_sandbox_target.go`); the API deletes both keys when they change.
@@ -40,10 +45,19 @@ pub(crate) struct L2RunnerInfo {
     /// Entries Daytona wrote lack it: `managed`.
     #[serde(default, skip_serializing_if = "is_managed")]
     pub(crate) cors: CorsMode,
+    /// The port policy (from the sandbox's labels); entries Daytona wrote lack it: `all`.
+    #[serde(default, skip_serializing_if = "is_all")]
+    pub(crate) ports: PortsMode,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) port_access: BTreeMap<u16, PortAccess>,
 }
 
 fn is_managed(mode: &CorsMode) -> bool {
     *mode == CorsMode::Managed
+}
+
+fn is_all(mode: &PortsMode) -> bool {
+    *mode == PortsMode::All
 }
 
 pub(crate) fn record_from(
@@ -61,9 +75,13 @@ pub(crate) fn record_from(
         .filter(|d| !d.is_empty())
         .map(|d| format!("{d}:{RUNNER_SSH_PORT}").into());
     let upstream = Upstream::Runner(Arc::new(runner));
+    let access = info.port_access.iter().map(|(port, rule)| (*port, *rule));
+    let ports = PortPolicy::new(info.ports, access)
+        .map_err(|e| bad_data(format!("port policy of {id}"), e))?;
     Ok(SandboxRecord::new(id, upstream, public, state, None)
         .with_organization(info.organization_id.as_deref())
-        .with_cors(info.cors))
+        .with_cors(info.cors)
+        .with_ports(ports))
 }
 
 /// The shared Redis L2: Daytona's own keys and envelope, so the Daytona API's deletions (on
@@ -205,6 +223,32 @@ mod tests {
             "managed is not written"
         );
         assert_eq!(record.cors, CorsMode::Managed, "absent: managed");
+    }
+
+    #[test]
+    fn the_port_policy_is_kept_through_the_l2() {
+        use crate::registry::PortRule;
+        let info: L2RunnerInfo = serde_json::from_str(
+            r#"{"apiUrl":"http://10.0.0.5:3003","apiKey":"k","ports":"declared","portAccess":{"3000":"private"}}"#,
+        )
+        .unwrap();
+        let written = serde_json::to_value(&info).unwrap();
+        assert_eq!(written["portAccess"]["3000"], "private");
+        let record = record_from("sbx", &info, true, "started").unwrap();
+        assert_eq!(record.port_rule(Some(3000)), PortRule::Private);
+        assert_eq!(record.port_rule(Some(5000)), PortRule::NotExposed);
+        let theirs: L2RunnerInfo =
+            serde_json::from_str(r#"{"apiUrl":"http://10.0.0.5:3003","apiKey":"k"}"#).unwrap();
+        let record = record_from("sbx", &theirs, true, "started").unwrap();
+        assert_eq!(
+            record.port_rule(Some(5000)),
+            PortRule::Public,
+            "absent: all"
+        );
+        assert!(serde_json::to_value(&theirs)
+            .unwrap()
+            .get("ports")
+            .is_none());
     }
 
     #[test]
