@@ -535,3 +535,49 @@ async fn daytona_labels_set_the_policy_and_the_l2_carries_it() {
     run(second.addr, Upstream::Runner(&runner), rows()).await;
     assert_eq!(cp.calls(SANDBOX), asked, "served from the L2");
 }
+
+// ---- Signed preview links: cached per (token, port) ----
+
+#[tokio::test]
+async fn alternating_ports_of_a_signed_token_do_not_read_redis_each_time() {
+    let redis = RedisServer::start();
+    let cli = cli_config(&redis);
+    let runner = Runner::start("k").await;
+    let url = format!("http://{}", runner.addr);
+    ok(
+        &cli.path,
+        &[
+            "registry",
+            "put-runner",
+            "--id",
+            "r1",
+            "--url",
+            &url,
+            "--api-key",
+            "k",
+        ],
+    );
+    ok(
+        &cli.path,
+        &["registry", "put-sandbox", "--id", "sbx", "--runner", "r1"],
+    );
+    // One token signed for two ports (Daytona's key per port; the CLI mints a token per link).
+    let token = "alternating00000";
+    for port in ["3000", "3001"] {
+        let key = format!("sandbox:signed-preview-url-token:{port}:{token}");
+        redis.cli(&["SET", &key, "sbx", "EX", "600"]);
+    }
+    let proxy = start_proxy(&redis_toml(&redis, ""));
+    let before = redis.calls_of("get");
+    for _ in 0..10 {
+        for port in [3000, 3001] {
+            let reply = get(proxy.addr, &host(port, token), "/").await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+        }
+    }
+    assert_eq!(
+        redis.calls_of("get") - before,
+        2,
+        "one read per (token, port)"
+    );
+}

@@ -22,6 +22,8 @@ use crate::metrics::metrics;
 pub const UNKNOWN_EXPIRY_TTL: Duration = Duration::from_secs(10);
 
 type Lookup = Option<Arc<SandboxRecord>>;
+/// A signed token's 16 bytes (`signed_preview::is_signed_token`) and a port: no allocation.
+type SignedKey = (u16, [u8; 16]);
 type Flight = Arc<OnceCell<Result<Lookup, RegistryError>>>;
 
 struct Slot {
@@ -40,8 +42,9 @@ pub struct Resolver {
     ttls: CacheConfig,
     slots: FastMap<Box<str>, Slot>,
     flights: FastMap<Box<str>, Flight>,
-    /// Signed preview token → (bound port, sandbox id); absent sandbox id = invalid token.
-    signed: SideCache<Box<str>, (u16, Option<Box<str>>)>,
+    /// (port, signed preview token) → sandbox id; absent = invalid on that port. Keyed by both,
+    /// so requests alternating ports of one token each keep their entry.
+    signed: SideCache<SignedKey, Option<Box<str>>>,
     /// (sandbox id, SHA-256 of a preview token) → valid?; never the raw token.
     token_checks: SideCache<(Box<str>, [u8; 32]), bool>,
     /// SHA-256 of an SSH access token → sandbox id if valid.
@@ -76,17 +79,17 @@ impl Resolver {
         token: &str,
         port: u16,
     ) -> Result<Option<Box<str>>, RegistryError> {
-        if let Some((bound_port, sandbox)) = self.signed.get(token) {
-            if bound_port == port {
-                return Ok(sandbox);
-            }
+        let key = <[u8; 16]>::try_from(token.as_bytes())
+            .ok()
+            .map(|bytes| (port, bytes));
+        if let Some(sandbox) = key.and_then(|key| self.signed.get(&key)) {
+            return Ok(sandbox);
         }
         let found = self.backend.signed_preview(token, port).await?;
         let ttl = self.grant_ttl(found.as_ref());
         let sandbox = found.map(|f| f.sandbox);
-        if !ttl.is_zero() {
-            self.signed
-                .insert(token.into(), (port, sandbox.clone()), ttl);
+        if let Some(key) = key.filter(|_| !ttl.is_zero()) {
+            self.signed.insert(key, sandbox.clone(), ttl);
         }
         Ok(sandbox)
     }
@@ -269,9 +272,10 @@ impl Resolver {
         }
     }
 
-    /// Forgets a signed preview token (revocation).
+    /// Forgets a signed preview token on every port (revocation; rare, so a scan).
     pub fn invalidate_signed(&self, token: &str) {
-        self.signed.remove(token);
+        self.signed
+            .retain(|(_, bytes)| bytes.as_slice() != token.as_bytes());
     }
 }
 
@@ -429,7 +433,10 @@ mod tests {
     #[tokio::test]
     async fn a_signed_token_is_cached_no_longer_than_it_lives() {
         let (backend, resolver) = resolver(CacheConfig::default());
-        let expiry_of = |token: &str| resolver.signed.expiry(token);
+        let expiry_of = |token: &str| {
+            let bytes: [u8; 16] = token.as_bytes().try_into().unwrap();
+            resolver.signed.expiry(&(3000, bytes))
+        };
         let cases = [
             (Lifetime::Unlimited, CacheConfig::default().ttl),
             (Lifetime::Unknown, UNKNOWN_EXPIRY_TTL),
@@ -483,6 +490,32 @@ mod tests {
             backend.calls.load(Ordering::SeqCst),
             calls + 2,
             "asked again once the token expired"
+        );
+    }
+
+    #[tokio::test]
+    async fn alternating_ports_of_one_signed_token_keep_both_entries() {
+        let (backend, resolver) = resolver(CacheConfig::default());
+        for _ in 0..10 {
+            for port in [3000, 3001] {
+                let found = resolver.signed_preview("alternating00000", port).await;
+                assert_eq!(found.unwrap().as_deref(), Some("sbx"));
+            }
+        }
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 2, "one read per port");
+        resolver.invalidate_signed("alternating00000");
+        resolver
+            .signed_preview("alternating00000", 3000)
+            .await
+            .unwrap();
+        resolver
+            .signed_preview("alternating00000", 3001)
+            .await
+            .unwrap();
+        assert_eq!(
+            backend.calls.load(Ordering::SeqCst),
+            4,
+            "revocation forgets every port"
         );
     }
 

@@ -41,12 +41,9 @@ impl<K: Eq + Hash, V: Clone> SideCache<K, V> {
         self.map.insert(key, (value, Instant::now() + ttl));
     }
 
-    pub(super) fn remove<Q>(&self, key: &Q)
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.map.remove(key);
+    /// Drops every entry whose key fails `keep`.
+    pub(super) fn retain(&self, keep: impl Fn(&K) -> bool) {
+        self.map.retain(|key, _| keep(key));
     }
 
     pub(super) fn clear(&self) {
@@ -83,7 +80,7 @@ mod tests {
         cache.insert("b".into(), 3, Duration::from_secs(60));
         assert_eq!(cache.get("a"), None, "full: cleared whole");
         assert_eq!(cache.get("b"), Some(3));
-        cache.remove("b");
+        cache.retain(|key| &**key != "b");
         assert_eq!(cache.get("b"), None);
     }
 }
