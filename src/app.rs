@@ -219,6 +219,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.activity.flush_interval,
         flusher_stop.clone(),
     )));
+    if let Some(link_uses) = app.resolver.link_uses() {
+        tasks.push(tokio::spawn(link_uses.run_flusher(
+            app.resolver.backend().clone(),
+            config.activity.flush_interval,
+            config.activity.throttle,
+            flusher_stop.clone(),
+        )));
+    }
     let serving = workers::start(
         app.clone(),
         listeners,

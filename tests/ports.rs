@@ -581,3 +581,116 @@ async fn alternating_ports_of_a_signed_token_do_not_read_redis_each_time() {
         "one read per (token, port)"
     );
 }
+
+#[tokio::test]
+async fn preview_url_list_shows_port_expiry_and_throttled_last_use_never_the_token() {
+    let redis = RedisServer::start();
+    let cli = cli_config(&redis);
+    let runner = Runner::start("k").await;
+    let url = format!("http://{}", runner.addr);
+    ok(
+        &cli.path,
+        &[
+            "registry",
+            "put-runner",
+            "--id",
+            "r1",
+            "--url",
+            &url,
+            "--api-key",
+            "k",
+        ],
+    );
+    ok(
+        &cli.path,
+        &["registry", "put-sandbox", "--id", "sbx", "--runner", "r1"],
+    );
+    let sign = |port: &str| {
+        let url = ok(
+            &cli.path,
+            &[
+                "preview-url",
+                "sign",
+                "--sandbox",
+                "sbx",
+                "--port",
+                port,
+                "--ttl",
+                "1h",
+                "--domain",
+                "d",
+            ],
+        );
+        let token = url.split_once('-').unwrap().1.split_once('.').unwrap().0;
+        token.to_string()
+    };
+    let (used, unused) = (sign("3000"), sign("3001"));
+    let config = redis_toml(
+        &redis,
+        "[activity]\nflush_interval = \"20ms\"\nthrottle = \"10m\"\n",
+    );
+    let proxy = start_proxy(&config);
+    let uses_key = "sandgate:signed-link-uses:sbx";
+    let before = redis.calls_of("hset");
+    for _ in 0..20 {
+        let reply = get(proxy.addr, &host(3000, &used), "/").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while redis.cli(&["HLEN", uses_key]).trim() != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "no last use written: {}",
+            proxy.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // More requests and flushes within the throttle interval write nothing more.
+    for _ in 0..5 {
+        get(proxy.addr, &host(3000, &used), "/").await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        redis.calls_of("hset") - before,
+        1,
+        "one write per link per interval"
+    );
+
+    let listed = ok(&cli.path, &["preview-url", "list", "--sandbox", "sbx"]);
+    for token in [&used, &unused] {
+        assert!(
+            !listed.contains(token.as_str()),
+            "a raw token is shown: {listed}"
+        );
+    }
+    let links: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let by_port = |port: u64| {
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["port"] == port)
+            .unwrap_or_else(|| panic!("no link for {port}: {listed}"))
+            .clone()
+    };
+    let (first, second) = (by_port(3000), by_port(3001));
+    assert!(first["last_used"].is_string(), "{listed}");
+    assert!(second["last_used"].is_null(), "{listed}");
+    let left = first["expires_in_ms"].as_u64().unwrap();
+    assert!(left > 3_500_000 && left <= 3_600_000, "{listed}");
+    assert!(first["token_sha256"].as_str().unwrap().ends_with('…'));
+
+    ok(
+        &cli.path,
+        &["preview-url", "revoke", "--token", &used, "--port", "3000"],
+    );
+    let listed = ok(&cli.path, &["preview-url", "list", "--sandbox", "sbx"]);
+    let links: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(links.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(links[0]["port"], 3001);
+    assert_eq!(
+        get(proxy.addr, &host(3000, &used), "/").await.status,
+        404,
+        "revoked"
+    );
+}

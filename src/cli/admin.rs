@@ -13,7 +13,10 @@ use crate::base::clock::now_ms;
 use crate::config::Config;
 use crate::registry::ports::check_port;
 use crate::registry::redis::{Invalidation, RedisFailure, RedisHandle};
-use crate::registry::signed_preview::{is_signed_token, new_signed_token, signed_preview_key};
+use crate::registry::signed_preview::{
+    is_signed_token, link_member, link_uses_key, links_index_key, new_signed_token,
+    signed_preview_key, LINK_RECORDS_TTL_MS,
+};
 use crate::registry::{PortAccess, PortsMode, RunnerRecord, ScopedToken};
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +177,11 @@ pub enum PreviewUrlCommand {
         /// http or https (default: `[proxy] public_scheme`).
         #[arg(long)]
         scheme: Option<String>,
+    },
+    /// A sandbox's signed links: port, expiry, last use (tokens shown as a hash prefix).
+    List {
+        #[arg(long)]
+        sandbox: String,
     },
     /// Revoke a signed preview token.
     Revoke {
@@ -613,13 +621,18 @@ pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<
                 None => return invalid("no --domain and no [proxy] domains"),
             };
             let token = new_signed_token();
+            let ttl_ms = ttl.as_millis() as u64;
+            let index = links_index_key(&admin.prefix, &id);
             let mut pipe = admin.pipe();
             pipe.cmd("SET")
                 .arg(signed_preview_key(port, &token))
                 .arg(&id)
                 .arg("PX")
-                .arg(ttl.as_millis() as u64)
+                .arg(ttl_ms)
                 .arg("NX");
+            pipe.zadd(&index, link_member(port, &token), now_ms() + ttl_ms)
+                .ignore();
+            pipe.pexpire(&index, LINK_RECORDS_TTL_MS as i64).ignore();
             // Drops a cached "invalid" answer for this token, however unlikely.
             let (stored,): (Option<String>,) =
                 admin.write(pipe, Invalidation::Signed(&token)).await?;
@@ -632,8 +645,17 @@ pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<
             if !is_signed_token(&token) {
                 return invalid("a signed preview token is 16 characters [a-z0-9]");
             }
+            let key = signed_preview_key(port, &token);
+            let sandbox: Option<String> = admin.redis.query(redis::cmd("GET").arg(&key)).await?;
             let mut pipe = admin.pipe();
-            pipe.del(signed_preview_key(port, &token));
+            pipe.del(&key);
+            if let Some(id) = &sandbox {
+                let member = link_member(port, &token);
+                pipe.zrem(links_index_key(&admin.prefix, id), &member)
+                    .ignore();
+                pipe.hdel(link_uses_key(&admin.prefix, id), &member)
+                    .ignore();
+            }
             let (removed,): (u32,) = admin.write(pipe, Invalidation::Signed(&token)).await?;
             if removed == 0 {
                 return Err(AdminError::NotFound(
@@ -641,6 +663,40 @@ pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<
                 ));
             }
             Ok(json!({"revoked": true, "port": port}).to_string())
+        }
+        PreviewUrlCommand::List { sandbox } => {
+            let id = check_id("sandbox", &sandbox)?;
+            let index = links_index_key(&admin.prefix, &id);
+            let now = now_ms();
+            let mut pipe = admin.pipe();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(now)
+                .ignore();
+            pipe.cmd("ZRANGE")
+                .arg(&index)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES");
+            pipe.hgetall(link_uses_key(&admin.prefix, &id));
+            let (links, uses): (Vec<(String, f64)>, BTreeMap<String, u64>) =
+                admin.redis.pipe(&pipe).await?;
+            let list: Vec<Value> = links
+                .iter()
+                .filter_map(|(member, expires)| {
+                    let expires = *expires as u64;
+                    let (port, hash) = member.split_once(':')?;
+                    Some(json!({
+                        "port": port.parse::<u16>().ok()?,
+                        "token_sha256": format!("{}…", hash.get(..12)?),
+                        "expires_at": iso(expires),
+                        "expires_in_ms": expires.saturating_sub(now),
+                        "last_used": uses.get(member).map(|ms| iso(*ms)),
+                    }))
+                })
+                .collect();
+            Ok(Value::Array(list).to_string())
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::base::FastMap;
 use tokio::sync::OnceCell;
 
+use super::link_uses::LinkUses;
 use super::side_cache::SideCache;
 use super::{Lifetime, Registry, RegistryError, SandboxRecord, TokenCheck, TokenGrant};
 use crate::config::CacheConfig;
@@ -49,19 +50,29 @@ pub struct Resolver {
     token_checks: SideCache<(Box<str>, [u8; 32]), bool>,
     /// SHA-256 of an SSH access token → sandbox id if valid.
     ssh_tokens: SideCache<[u8; 32], Option<Box<str>>>,
+    /// When signed links were last used, if the backend records it.
+    link_uses: Option<Arc<LinkUses>>,
 }
 
 impl Resolver {
     pub fn new(backend: Arc<dyn Registry>, ttls: CacheConfig) -> Resolver {
         Resolver {
-            backend,
             ttls,
             slots: FastMap::default(),
             flights: FastMap::default(),
             signed: SideCache::new(ttls.max_entries),
             token_checks: SideCache::new(ttls.max_entries),
             ssh_tokens: SideCache::new(ttls.max_entries),
+            link_uses: backend
+                .records_link_uses()
+                .then(|| Arc::new(LinkUses::new(ttls.max_entries))),
+            backend,
         }
+    }
+
+    /// The signed links' last-use marks, for their flusher (when the backend records them).
+    pub fn link_uses(&self) -> Option<Arc<LinkUses>> {
+        self.link_uses.clone()
     }
 
     pub fn backend(&self) -> &Arc<dyn Registry> {
@@ -82,14 +93,21 @@ impl Resolver {
         let key = <[u8; 16]>::try_from(token.as_bytes())
             .ok()
             .map(|bytes| (port, bytes));
-        if let Some(sandbox) = key.and_then(|key| self.signed.get(&key)) {
-            return Ok(sandbox);
-        }
-        let found = self.backend.signed_preview(token, port).await?;
-        let ttl = self.grant_ttl(found.as_ref());
-        let sandbox = found.map(|f| f.sandbox);
-        if let Some(key) = key.filter(|_| !ttl.is_zero()) {
-            self.signed.insert(key, sandbox.clone(), ttl);
+        let cached = key.and_then(|key| self.signed.get(&key));
+        let sandbox = match cached {
+            Some(sandbox) => sandbox,
+            None => {
+                let found = self.backend.signed_preview(token, port).await?;
+                let ttl = self.grant_ttl(found.as_ref());
+                let sandbox = found.map(|f| f.sandbox);
+                if let Some(key) = key.filter(|_| !ttl.is_zero()) {
+                    self.signed.insert(key, sandbox.clone(), ttl);
+                }
+                sandbox
+            }
+        };
+        if let (Some(uses), Some((port, token)), Some(id)) = (&self.link_uses, key, &sandbox) {
+            uses.mark(port, token, id);
         }
         Ok(sandbox)
     }

@@ -5,6 +5,7 @@
 
 mod cache;
 pub mod daytona;
+pub mod link_uses;
 pub mod ports;
 pub mod redis;
 mod side_cache;
@@ -89,6 +90,19 @@ pub trait Registry: Send + Sync + 'static {
         _token: &'a str,
     ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
         Box::pin(async { Ok(None) })
+    }
+
+    /// Does the backend keep when signed links were last used ([`Registry::record_link_uses`])?
+    fn records_link_uses(&self) -> bool {
+        false
+    }
+
+    /// Records when signed links were last used (called off the request path, throttled).
+    fn record_link_uses<'a>(
+        &'a self,
+        _uses: &'a [link_uses::LinkUse],
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Can the backend answer right now? (Readiness; the cache may serve when it cannot.)

@@ -8,6 +8,27 @@ pub fn signed_preview_key(port: u16, token: &str) -> String {
     format!("sandbox:signed-preview-url-token:{port}:{token}")
 }
 
+/// `P signed-links:{sandbox}`: a sorted set of the sandbox's signed links, member
+/// [`link_member`], score the link's expiry (epoch ms). Written by `preview-url sign`, read by
+/// `preview-url list`.
+pub fn links_index_key(prefix: &str, sandbox: &str) -> String {
+    format!("{prefix}signed-links:{sandbox}")
+}
+
+/// `P signed-link-uses:{sandbox}`: a hash, field [`link_member`], value the link's last use
+/// (epoch ms), written by the proxies at most once per link per `[activity] throttle`.
+pub fn link_uses_key(prefix: &str, sandbox: &str) -> String {
+    format!("{prefix}signed-link-uses:{sandbox}")
+}
+
+/// `{port}:{sha256 hex of the token}`: names a link in the index without its raw token.
+pub fn link_member(port: u16, token: &str) -> String {
+    format!("{port}:{}", hex::encode(super::sha256(token)))
+}
+
+/// How long the index and the uses outlive the last link written (links live at most 24 h).
+pub const LINK_RECORDS_TTL_MS: u64 = 25 * 3600 * 1000;
+
 /// A signed preview token is 16 characters `[a-z0-9]`; a host label of that shape may be one.
 pub fn is_signed_token(token: &str) -> bool {
     token.len() == 16

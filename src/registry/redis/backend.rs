@@ -9,8 +9,11 @@ use std::sync::Arc;
 use redis::Value;
 
 use super::conn::{RedisFailure, RedisHandle};
+use crate::registry::link_uses::LinkUse;
 use crate::registry::ports::{check_port, parse_port_list};
-use crate::registry::signed_preview::{is_signed_token, signed_preview_key};
+use crate::registry::signed_preview::{
+    is_signed_token, link_member, link_uses_key, signed_preview_key, LINK_RECORDS_TTL_MS,
+};
 use crate::registry::{
     BoxFuture, CorsMode, Lifetime, PortAccess, PortPolicy, PortsMode, Principal, Registry,
     RegistryError, RunnerRecord, SandboxRecord, ScopedToken, TokenGrant, Upstream,
@@ -347,6 +350,29 @@ impl Registry for RedisRegistry {
                 hex::encode(crate::registry::sha256(token))
             );
             self.get_with_ttl(&key).await
+        })
+    }
+
+    fn records_link_uses(&self) -> bool {
+        true
+    }
+
+    fn record_link_uses<'a>(
+        &'a self,
+        uses: &'a [LinkUse],
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            for used in uses {
+                let key = link_uses_key(&self.prefix, &used.sandbox);
+                let member = link_member(used.port, used.token_str());
+                pipe.hset(&key, member, used.at_ms).ignore();
+                pipe.pexpire(&key, LINK_RECORDS_TTL_MS as i64).ignore();
+            }
+            self.redis
+                .pipe::<()>(&pipe)
+                .await
+                .map_err(|e| unavailable("signed-link-uses", e))
         })
     }
 
