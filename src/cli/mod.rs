@@ -60,7 +60,7 @@ enum Command {
         #[command(subcommand)]
         command: admin::RegistryCommand,
     },
-    /// Mint or revoke signed preview URLs (Redis).
+    /// Mint, list or revoke signed preview URLs (Redis).
     PreviewUrl {
         #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
         config: Option<PathBuf>,
