@@ -310,12 +310,11 @@ impl Auth {
                 Ok(token) => match resolver.preview_token(sandbox, token, req.port).await? {
                     TokenCheck::Invalid => note(AuthError::TokenInvalid),
                     check => {
-                        // Only an all-ports token checked locally: the memo knows no port.
-                        let local = sandbox.auth_token_sha256.is_some();
-                        if let Some(memo) = req.memo.filter(|_| local) {
-                            if check == TokenCheck::AllPorts {
-                                memo.remember(req.sandbox, token);
-                            }
+                        // Only the record's all-ports token: the memo knows no port.
+                        let all_ports = check == TokenCheck::AllPorts;
+                        let remembered = all_ports && sandbox.auth_token_sha256.is_some();
+                        if let Some(memo) = req.memo.filter(|_| remembered) {
+                            memo.remember(req.sandbox, token);
                         }
                         return Ok(Ok(granted(Access::PreviewToken)));
                     }

@@ -11,13 +11,13 @@ use serde_json::{json, Value};
 
 use crate::base::clock::now_ms;
 use crate::config::Config;
-use crate::registry::ports::check_port;
+use crate::registry::ports::{check_port, scoped_ports};
 use crate::registry::redis::{Invalidation, RedisFailure, RedisHandle};
 use crate::registry::signed_preview::{
     is_signed_token, link_member, link_uses_key, links_index_key, new_signed_token,
     signed_preview_key, LINK_RECORDS_TTL_MS,
 };
-use crate::registry::{PortAccess, PortsMode, RunnerRecord, ScopedToken};
+use crate::registry::{PortAccess, PortsMode, RunnerRecord};
 
 #[derive(Subcommand, Debug)]
 pub enum RegistryCommand {
@@ -503,13 +503,16 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
             ports,
         } => {
             let hash = token_hash(token.as_deref(), token_sha256.as_deref())?;
-            let ports = ScopedToken::new([0; 32], ports)
-                .map_err(|e| AdminError::Invalid(format!("--port: {e}")))?;
-            let list: Vec<String> = ports.ports().iter().map(u16::to_string).collect();
+            let ports =
+                scoped_ports(ports).map_err(|e| AdminError::Invalid(format!("--port: {e}")))?;
+            let list: Vec<String> = ports.iter().map(u16::to_string).collect();
             let id = admin
                 .set_field(&sandbox, &format!("token:{hash}"), Some(&list.join(",")))
                 .await?;
-            Ok(json!({"sandbox": id, "token_sha256": format!("{}…", &hash[..8]), "ports": ports.ports()}).to_string())
+            Ok(
+                json!({"sandbox": id, "token_sha256": format!("{}…", &hash[..8]), "ports": ports})
+                    .to_string(),
+            )
         }
         RegistryCommand::RmToken {
             sandbox,

@@ -105,18 +105,9 @@ impl ScopedToken {
         sha256: [u8; 32],
         ports: impl IntoIterator<Item = u16>,
     ) -> Result<ScopedToken, String> {
-        let mut ports: Vec<u16> = ports.into_iter().collect();
-        ports.sort_unstable();
-        ports.dedup();
-        if ports.is_empty() {
-            return Err("a port-scoped token needs at least one port".into());
-        }
-        if ports.first() == Some(&0) {
-            return Err("port 0 is not a port".into());
-        }
         Ok(ScopedToken {
             sha256,
-            ports: ports.into(),
+            ports: scoped_ports(ports)?.into(),
         })
     }
 
@@ -127,6 +118,18 @@ impl ScopedToken {
     /// Does this token open `port`? (`None`, the toolbox: never.)
     pub fn opens(&self, port: Option<u16>) -> bool {
         port.is_some_and(|p| self.ports.binary_search(&p).is_ok())
+    }
+}
+
+/// A scoped token's ports, sorted and without duplicates: at least one, never port 0.
+pub fn scoped_ports(ports: impl IntoIterator<Item = u16>) -> Result<Vec<u16>, String> {
+    let mut ports: Vec<u16> = ports.into_iter().collect();
+    ports.sort_unstable();
+    ports.dedup();
+    match ports.first() {
+        None => Err("a port-scoped token needs at least one port".into()),
+        Some(0) => Err("port 0 is not a port".into()),
+        Some(_) => Ok(ports),
     }
 }
 
