@@ -713,10 +713,18 @@ async fn mode_round_trip(redis_section: &str) {
         ],
     );
     let token = &url["http://3000-".len().."http://3000-".len() + 16];
+    // The link's use and the sandbox's link index live on other keys (other Cluster slots).
+    let reply = get(proxy.addr, &format!("3000-{token}.preview.localhost"), "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let listed = ok(&path, &["preview-url", "list", "--sandbox", "sbx-a"]);
+    assert!(listed.contains("\"port\":3000"), "{listed}");
     ok(
         &path,
         &["preview-url", "revoke", "--token", token, "--port", "3000"],
     );
+    let listed = ok(&path, &["preview-url", "list", "--sandbox", "sbx-a"]);
+    assert_eq!(listed, "[]");
+    assert!(!proxy.stderr().contains("recording signed link uses failed"));
 }
 
 #[tokio::test]

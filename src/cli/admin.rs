@@ -633,15 +633,18 @@ pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<
                 .arg("PX")
                 .arg(ttl_ms)
                 .arg("NX");
-            pipe.zadd(&index, link_member(port, &token), now_ms() + ttl_ms)
-                .ignore();
-            pipe.pexpire(&index, LINK_RECORDS_TTL_MS as i64).ignore();
             // Drops a cached "invalid" answer for this token, however unlikely.
             let (stored,): (Option<String>,) =
                 admin.write(pipe, Invalidation::Signed(&token)).await?;
             if stored.is_none() {
                 return invalid("token collision; try again");
             }
+            // The index is another key (another Cluster slot): its own round trip.
+            let mut pipe = redis::pipe();
+            pipe.zadd(&index, link_member(port, &token), now_ms() + ttl_ms)
+                .ignore();
+            pipe.pexpire(&index, LINK_RECORDS_TTL_MS as i64).ignore();
+            admin.redis.pipe::<()>(&pipe).await?;
             Ok(format!("{scheme}://{port}-{token}.{domain}"))
         }
         PreviewUrlCommand::Revoke { token, port } => {
@@ -652,14 +655,21 @@ pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<
             let sandbox: Option<String> = admin.redis.query(redis::cmd("GET").arg(&key)).await?;
             let mut pipe = admin.pipe();
             pipe.del(&key);
-            if let Some(id) = &sandbox {
-                let member = link_member(port, &token);
-                pipe.zrem(links_index_key(&admin.prefix, id), &member)
-                    .ignore();
-                pipe.hdel(link_uses_key(&admin.prefix, id), &member)
-                    .ignore();
-            }
             let (removed,): (u32,) = admin.write(pipe, Invalidation::Signed(&token)).await?;
+            if let Some(id) = &sandbox {
+                // Other keys (other Cluster slots): one command each.
+                let member = link_member(port, &token);
+                let index = links_index_key(&admin.prefix, id);
+                admin
+                    .redis
+                    .query::<()>(redis::cmd("ZREM").arg(index).arg(&member))
+                    .await?;
+                let uses = link_uses_key(&admin.prefix, id);
+                admin
+                    .redis
+                    .query::<()>(redis::cmd("HDEL").arg(uses).arg(&member))
+                    .await?;
+            }
             if removed == 0 {
                 return Err(AdminError::NotFound(
                     "no such token for that port (expired or revoked)".into(),
@@ -682,9 +692,11 @@ pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<
                 .arg(0)
                 .arg(-1)
                 .arg("WITHSCORES");
-            pipe.hgetall(link_uses_key(&admin.prefix, &id));
-            let (links, uses): (Vec<(String, f64)>, BTreeMap<String, u64>) =
-                admin.redis.pipe(&pipe).await?;
+            let (links,): (Vec<(String, f64)>,) = admin.redis.pipe(&pipe).await?;
+            let uses: BTreeMap<String, u64> = admin
+                .redis
+                .query(redis::cmd("HGETALL").arg(link_uses_key(&admin.prefix, &id)))
+                .await?;
             let list: Vec<Value> = links
                 .iter()
                 .filter_map(|(member, expires)| {
