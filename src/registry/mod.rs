@@ -9,6 +9,7 @@ pub mod redis;
 mod side_cache;
 pub mod signed_preview;
 mod static_backend;
+pub mod upstream_host;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 pub use cache::Resolver;
 pub use daytona::DaytonaRegistry;
 pub use static_backend::StaticRegistry;
+pub use upstream_host::UpstreamHosts;
 
 pub use crate::base::BoxFuture;
 // The record values a config file spells (`protocol`, `cors`) are defined with the config.
@@ -239,6 +241,10 @@ pub struct SandboxRecord {
     /// Direct mode: the sandbox's sshd port (the SSH gateway's upstream is `address:ssh_port`).
     pub ssh_port: u16,
     pub cors: CorsMode,
+    /// Opted in to the signed identity header (`[identity]`).
+    pub identity: bool,
+    /// The `Host` the app sees, per port (empty: the proxy's default).
+    pub upstream_hosts: UpstreamHosts,
 }
 
 /// One request in flight for a sandbox; released when dropped (end of body or relay).
@@ -288,11 +294,23 @@ impl SandboxRecord {
             inflight: Default::default(),
             ssh_port: 22,
             cors: CorsMode::Managed,
+            identity: false,
+            upstream_hosts: UpstreamHosts::default(),
         }
     }
 
     pub fn with_cors(mut self, cors: CorsMode) -> Self {
         self.cors = cors;
+        self
+    }
+
+    pub fn with_identity(mut self, identity: bool) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    pub fn with_upstream_hosts(mut self, hosts: UpstreamHosts) -> Self {
+        self.upstream_hosts = hosts;
         self
     }
 

@@ -186,6 +186,26 @@ fn build_tables(config: &RegistryConfig) -> Result<Tables, String> {
     })
 }
 
+/// `upstream_host` and `upstream_hosts` of one entry; errors name the sandbox and the key.
+fn upstream_hosts(s: &crate::config::SandboxEntry) -> Result<super::UpstreamHosts, String> {
+    let mut ports = Vec::with_capacity(s.upstream_hosts.len());
+    for (port, template) in &s.upstream_hosts {
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                format!(
+                    "sandbox {}: upstream_hosts key {port:?} is not a port",
+                    s.id
+                )
+            })?;
+        ports.push((port, template.as_str()));
+    }
+    super::UpstreamHosts::new(&s.id, s.upstream_host.as_deref(), ports)
+        .map_err(|e| format!("sandbox {}: {e}", s.id))
+}
+
 fn build_table(config: &RegistryConfig) -> Result<Table, String> {
     let mut runners = HashMap::new();
     for r in &config.runners {
@@ -245,7 +265,9 @@ fn build_table(config: &RegistryConfig) -> Result<Table, String> {
             SandboxRecord::new(&s.id, upstream, s.public, &s.state, s.auth_token.as_deref())
                 .with_organization(s.organization.as_deref())
                 .with_ssh_port(s.ssh_port)
-                .with_cors(s.cors);
+                .with_cors(s.cors)
+                .with_identity(s.identity)
+                .with_upstream_hosts(upstream_hosts(s)?);
         if table
             .insert(s.id.to_ascii_lowercase().into(), Arc::new(record))
             .is_some()

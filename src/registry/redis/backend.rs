@@ -249,9 +249,20 @@ fn parse(
         None => CorsMode::Managed,
         Some(mode) => mode.parse().map_err(&bad)?,
     };
+    let identity = match sandbox.get("identity").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(bad(format!(
+                "identity must be true or false, not {other:?}"
+            )))
+        }
+    };
     let mut record = SandboxRecord::new(id, upstream, public, state, None)
         .with_organization(sandbox.get("organization").map(String::as_str))
-        .with_cors(cors);
+        .with_cors(cors)
+        .with_identity(identity)
+        .with_upstream_hosts(upstream_hosts(id, sandbox).map_err(&bad)?);
     if let Some(hex_hash) = sandbox.get("auth_token_sha256") {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(hex_hash, &mut hash)
@@ -259,6 +270,22 @@ fn parse(
         record.auth_token_sha256 = Some(hash);
     }
     Ok(record)
+}
+
+/// The fields `upstream_host` (every port) and `upstream_host:<port>` (one port).
+fn upstream_hosts(id: &str, sandbox: &Fields) -> Result<crate::registry::UpstreamHosts, String> {
+    let mut ports = Vec::new();
+    for (name, template) in sandbox {
+        if let Some(port) = name.strip_prefix("upstream_host:") {
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("field {name:?}: {port:?} is not a port"))?;
+            ports.push((port, template.as_str()));
+        }
+    }
+    crate::registry::UpstreamHosts::new(id, sandbox.get("upstream_host").map(String::as_str), ports)
 }
 
 impl Registry for RedisRegistry {
