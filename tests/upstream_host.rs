@@ -1,0 +1,178 @@
+//! Issue #15, the app's own view of the request: `upstream_host` (per sandbox and per port, with
+//! `${PORT}` and `${SANDBOX}`) is the `Host` the app sees, through a runner, straight to the
+//! sandbox and from Redis, while `X-Forwarded-Host` keeps the public host. The attack: a
+//! client's own `X-Forwarded-Host` reaches the app only from a trusted proxy, and only when
+//! `proxy.preserve_forwarded_host` is on.
+mod support;
+
+use support::redis::RedisServer;
+use support::runner::{Runner, Seen};
+use support::{recorder, send, Proxy};
+
+/// What the runner saw of one GET through `proxy`.
+async fn seen(proxy: &Proxy, runner: &Runner, host: &str, headers: &[(&str, &str)]) -> Seen {
+    let before = runner.seen().len();
+    let reply = send(proxy.addr, "GET", host, "/echo", headers, b"").await;
+    assert_eq!(reply.status, 200, "{host}: {}", reply.text());
+    runner.wait_requests(before + 1).await;
+    runner.last()
+}
+
+const SANDBOXES: &str = r#"
+[[registry.sandboxes]]
+id = "Sbx-A"
+runner = "runner-1"
+public = true
+upstream_host = "localhost:${PORT}"
+upstream_hosts = { "8080" = "${SANDBOX}.internal:8080", "9000" = "fixed.example" }
+[[registry.sandboxes]]
+id = "plain"
+runner = "runner-1"
+public = true
+"#;
+
+#[tokio::test]
+async fn the_app_sees_its_upstream_host_and_x_forwarded_host_keeps_the_public_one() {
+    let runner = Runner::start("runner-key").await;
+    let proxy = Proxy::start(&runner.config(SANDBOXES));
+    let runner_host = runner.addr.to_string();
+    // (public host, Host the runner (and through it the app) sees)
+    let cases = [
+        ("3000-sbx-a.preview.localhost", "localhost:3000"),
+        ("5173-sbx-a.preview.localhost", "localhost:5173"),
+        ("8080-sbx-a.preview.localhost", "sbx-a.internal:8080"),
+        ("9000-sbx-a.preview.localhost", "fixed.example"),
+        ("3000-plain.preview.localhost", runner_host.as_str()),
+    ];
+    for (public, expected) in cases {
+        let s = seen(&proxy, &runner, public, &[]).await;
+        assert_eq!(s.all("host"), [expected], "{public}");
+        assert_eq!(s.all("x-forwarded-host"), [public], "{public}");
+        // The connection and the path still address the runner's proxy for that port.
+        let port = public.split('-').next().unwrap();
+        assert!(
+            s.target.contains(&format!("/toolbox/proxy/{port}/")),
+            "{}",
+            s.target
+        );
+    }
+}
+
+#[tokio::test]
+async fn direct_mode_sends_the_upstream_host_to_the_sandbox() {
+    let rec = recorder::start().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[proxy]
+domains = ["preview.localhost"]
+[[registry.sandboxes]]
+id = "direct"
+address = "127.0.0.1"
+public = true
+upstream_host = "app.local:${{PORT}}"
+"#
+    ));
+    let public = format!("{}-direct.preview.localhost", rec.port());
+    let reply = send(proxy.addr, "GET", &public, "/", &[], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let record = reply.json();
+    assert_eq!(
+        record["headers"]["host"],
+        serde_json::json!([format!("app.local:{}", rec.port())])
+    );
+    assert_eq!(
+        record["headers"]["x-forwarded-host"],
+        serde_json::json!([public])
+    );
+}
+
+#[tokio::test]
+async fn redis_records_carry_upstream_hosts_and_bad_ones_are_refused() {
+    let redis = RedisServer::start();
+    let runner = Runner::start("runner-key").await;
+    let proxy = Proxy::start(&format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n[registry]\nbackend = \"redis\"\n\
+         [redis]\nurl = \"{}\"\ntimeout = \"500ms\"\n",
+        redis.url()
+    ));
+    let runner_url = format!("http://{}", runner.addr);
+    redis.cli(&[
+        "HSET",
+        "sandgate:runner:r1",
+        "url",
+        &runner_url,
+        "api_key",
+        "runner-key",
+    ]);
+    redis.cli(&[
+        "HSET",
+        "sandgate:sandbox:red",
+        "runner",
+        "r1",
+        "public",
+        "true",
+        "upstream_host",
+        "localhost:${PORT}",
+        "upstream_host:8080",
+        "${SANDBOX}:8080",
+    ]);
+    redis.cli(&[
+        "HSET",
+        "sandgate:sandbox:bad",
+        "runner",
+        "r1",
+        "public",
+        "true",
+        "upstream_host",
+        "${HOST}",
+    ]);
+    for (public, expected) in [
+        ("3000-red.preview.localhost", "localhost:3000"),
+        ("8080-red.preview.localhost", "red:8080"),
+    ] {
+        let s = seen(&proxy, &runner, public, &[]).await;
+        assert_eq!(s.all("host"), [expected], "{public}");
+        assert_eq!(s.all("x-forwarded-host"), [public]);
+    }
+    let before = runner.seen().len();
+    let reply = send(
+        proxy.addr,
+        "GET",
+        "3000-bad.preview.localhost",
+        "/",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 502, "bad registry data: {}", reply.text());
+    assert_eq!(runner.seen().len(), before, "nothing reached the runner");
+}
+
+#[tokio::test]
+async fn a_clients_x_forwarded_host_reaches_the_app_only_from_a_trusted_proxy_when_asked() {
+    let runner = Runner::start("runner-key").await;
+    let public = "3000-plain.preview.localhost";
+    let claimed = "app.customer.example";
+    // (trusted proxies, preserve_forwarded_host, X-Forwarded-Host the app sees)
+    let cases = [
+        ("192.0.2.0/24", false, public),
+        ("192.0.2.0/24", true, public),
+        ("127.0.0.0/8", false, public),
+        ("127.0.0.0/8", true, claimed),
+    ];
+    for (trusted, preserve, expected) in cases {
+        let proxy = Proxy::start(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"{trusted}\"]\n\
+             [proxy]\ndomains = [\"preview.localhost\"]\npreserve_forwarded_host = {preserve}\n\
+             [[registry.runners]]\nid = \"runner-1\"\nurl = \"http://{}\"\napi_key = \"runner-key\"\n\
+             {SANDBOXES}",
+            runner.addr
+        ));
+        let s = seen(&proxy, &runner, public, &[("x-forwarded-host", claimed)]).await;
+        assert_eq!(
+            s.all("x-forwarded-host"),
+            [expected],
+            "trusted {trusted}, preserve {preserve}"
+        );
+    }
+}
