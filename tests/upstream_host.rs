@@ -5,6 +5,7 @@
 //! `proxy.preserve_forwarded_host` is on.
 mod support;
 
+use support::control_plane::{ControlPlane, FakeSandbox};
 use support::redis::RedisServer;
 use support::runner::{Runner, Seen};
 use support::{recorder, send, Proxy};
@@ -174,5 +175,33 @@ async fn a_clients_x_forwarded_host_reaches_the_app_only_from_a_trusted_proxy_wh
             [expected],
             "trusted {trusted}, preserve {preserve}"
         );
+    }
+}
+
+#[tokio::test]
+async fn daytona_labels_set_the_upstream_host() {
+    let runner = Runner::start("runner-key").await;
+    let cp = ControlPlane::start("svc-key").await;
+    cp.add_runner("runner-1", &format!("http://{}", runner.addr), "runner-key");
+    let mut sandbox = FakeSandbox::new("runner-1", true);
+    for (label, value) in [
+        ("sandgate.io/upstream-host", "localhost:${PORT}"),
+        ("sandgate.io/upstream-host-8080", "${SANDBOX}.internal"),
+    ] {
+        sandbox.labels.insert(label.into(), value.into());
+    }
+    cp.add_sandbox("day", sandbox);
+    let proxy = Proxy::start(&format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n[registry]\nbackend = \"daytona\"\n\
+         [daytona]\napi_url = \"{}\"\napi_key = \"svc-key\"\ntimeout = \"1s\"\n",
+        cp.api_url()
+    ));
+    for (public, expected) in [
+        ("3000-day.preview.localhost", "localhost:3000"),
+        ("8080-day.preview.localhost", "day.internal"),
+    ] {
+        let s = seen(&proxy, &runner, public, &[]).await;
+        assert_eq!(s.all("host"), [expected], "{public}");
+        assert_eq!(s.all("x-forwarded-host"), [public]);
     }
 }

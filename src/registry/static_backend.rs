@@ -290,6 +290,40 @@ mod tests {
         StaticRegistry::from_config(&config.registry)
     }
 
+    #[test]
+    fn upstream_host_templates_are_checked_at_load_naming_the_sandbox() {
+        let entry = |extra: &str| {
+            format!("[[registry.sandboxes]]\nid = \"sbx\"\naddress = \"10.0.0.9\"\n{extra}\n")
+        };
+        let ok = registry(&entry(
+            "identity = true\nupstream_host = \"localhost:${PORT}\"\nupstream_hosts = { \"8080\" = \"${SANDBOX}.internal\" }",
+        ))
+        .unwrap();
+        let record = ok.get("sbx").unwrap();
+        assert!(record.identity);
+        assert_eq!(
+            record.upstream_hosts.for_port(8080).unwrap(),
+            "sbx.internal"
+        );
+        for (extra, expected) in [
+            (
+                "upstream_host = \"${HOST}\"",
+                "sandbox sbx: upstream host \"${HOST}\"",
+            ),
+            (
+                "upstream_host = \"a/b\"",
+                "sandbox sbx: upstream host \"a/b\"",
+            ),
+            (
+                "upstream_hosts = { \"web\" = \"x\" }",
+                "sandbox sbx: upstream_hosts key \"web\"",
+            ),
+        ] {
+            let error = registry(&entry(extra)).err().unwrap_or_default();
+            assert!(error.contains(expected), "{extra}: {error}");
+        }
+    }
+
     #[tokio::test]
     async fn ssh_tokens_by_value_or_hash_with_expiry() {
         let hash = hex::encode(super::super::sha256("hashed-token"));

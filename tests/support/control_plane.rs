@@ -52,6 +52,8 @@ pub struct FakeSandbox {
     pub state: String,
     pub organization: Option<String>,
     pub preview_token: Option<String>,
+    /// The sandbox's labels (`sandgate.io/...` ones configure the proxy).
+    pub labels: serde_json::Map<String, serde_json::Value>,
 }
 
 impl FakeSandbox {
@@ -62,6 +64,7 @@ impl FakeSandbox {
             state: "started".into(),
             organization: Some("org-1".into()),
             preview_token: None,
+            labels: serde_json::Map::new(),
         }
     }
 }
@@ -391,7 +394,7 @@ impl State {
                     200,
                     serde_json::json!({
                         "id": segments[1], "state": s.state, "organizationId": s.organization,
-                        "public": s.public, "runnerId": s.runner,
+                        "public": s.public, "runnerId": s.runner, "labels": s.labels,
                     }),
                 ),
                 None => not_found(),

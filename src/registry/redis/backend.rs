@@ -410,6 +410,28 @@ mod tests {
     }
 
     #[test]
+    fn identity_and_upstream_hosts_are_fields() {
+        let s = fields(&[
+            ("address", "10.0.0.7"),
+            ("identity", "true"),
+            ("upstream_host", "localhost:${PORT}"),
+            ("upstream_host:8080", "${SANDBOX}.internal"),
+        ]);
+        let record = parse("p:", "sbx", &s, None).unwrap();
+        assert!(record.identity);
+        assert_eq!(
+            record.upstream_hosts.for_port(3000).unwrap(),
+            "localhost:3000"
+        );
+        assert_eq!(
+            record.upstream_hosts.for_port(8080).unwrap(),
+            "sbx.internal"
+        );
+        let plain = parse("p:", "sbx", &fields(&[("address", "h")]), None).unwrap();
+        assert!(!plain.identity && plain.upstream_hosts.is_empty());
+    }
+
+    #[test]
     fn defaults_and_direct_mode() {
         let record = parse("p:", "sbx", &fields(&[("address", "10.0.0.7")]), None).unwrap();
         assert!(!record.public && record.is_running() && record.auth_token_sha256.is_none());
@@ -457,6 +479,21 @@ mod tests {
                 fields(&[("address", "h"), ("cors", "Passthrough ")]),
                 None,
                 "managed",
+            ),
+            (
+                fields(&[("address", "h"), ("identity", "yes")]),
+                None,
+                "identity must be true or false",
+            ),
+            (
+                fields(&[("address", "h"), ("upstream_host", "${HOST}")]),
+                None,
+                "only ${PORT} and ${SANDBOX}",
+            ),
+            (
+                fields(&[("address", "h"), ("upstream_host:http", "x")]),
+                None,
+                "\"upstream_host:http\"",
             ),
         ];
         for (sandbox, runner, expect) in cases {
