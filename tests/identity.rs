@@ -266,89 +266,67 @@ async fn user_credentials_reach_the_app_as_an_identity_its_verifier_accepts_and_
     );
 }
 
+/// One request with a forged identity header: does the app see the proxy's own header?
+struct Case<'a> {
+    name: &'a str,
+    proxy: &'a Proxy,
+    host: &'a str,
+    path: &'a str,
+    credential: Option<(&'a str, &'a str)>,
+    expected: bool,
+}
+
 #[tokio::test]
 async fn a_spoofed_identity_header_never_reaches_the_app() {
     let runner = Runner::start("runner-key").await;
     let enabled = Proxy::start(&config(&runner, true));
     let disabled = Proxy::start(&config(&runner, false));
     let jwt = format!("Bearer {}", user_jwt("alice"));
-    // (name, proxy, host, path, credential header, the proxy's own header expected)
-    let cases: [(&str, &Proxy, &str, &str, Option<(&str, &str)>, bool); 9] = [
-        (
-            "public sandbox, no credential",
-            &enabled,
-            "3000-sbx-pub.preview.localhost",
-            "/",
-            None,
-            false,
-        ),
-        (
-            "preview token",
-            &enabled,
-            "3000-sbx-a.preview.localhost",
-            "/",
-            Some(("x-daytona-preview-token", "tok-a")),
-            false,
-        ),
-        (
-            "signed link",
-            &enabled,
-            "3000-signedlinktok001.preview.localhost",
-            "/",
-            None,
-            false,
-        ),
-        (
-            "valid JWT",
-            &enabled,
-            "3000-sbx-a.preview.localhost",
-            "/",
-            Some(("authorization", &jwt)),
-            true,
-        ),
-        (
+    let bearer = Some(("authorization", jwt.as_str()));
+    let preview = "3000-sbx-a.preview.localhost";
+    let public = "3000-sbx-pub.preview.localhost";
+    let (own, toolbox) = ("proxy.localhost", "/toolbox/sbx-a/files");
+    let on = |name, host, path, credential, expected| Case {
+        name,
+        proxy: &enabled,
+        host,
+        path,
+        credential,
+        expected,
+    };
+    let off = |name, host, path, credential| Case {
+        proxy: &disabled,
+        ..on(name, host, path, credential, false)
+    };
+    let token = Some(("x-daytona-preview-token", "tok-a"));
+    let signed = "3000-signedlinktok001.preview.localhost";
+    let cases = [
+        on("public sandbox, no credential", public, "/", None, false),
+        on("preview token", preview, "/", token, false),
+        on("signed link", signed, "/", None, false),
+        on("valid JWT", preview, "/", bearer, true),
+        on(
             "sandbox not opted in",
-            &enabled,
             "3000-sbx-off.preview.localhost",
             "/",
-            Some(("authorization", &jwt)),
+            bearer,
             false,
         ),
-        (
-            "toolbox",
-            &enabled,
-            "proxy.localhost",
-            "/toolbox/sbx-a/files",
-            Some(("authorization", &jwt)),
-            false,
-        ),
-        (
-            "identity off, valid JWT",
-            &disabled,
-            "3000-sbx-a.preview.localhost",
-            "/",
-            Some(("authorization", &jwt)),
-            false,
-        ),
-        (
-            "identity off, public",
-            &disabled,
-            "3000-sbx-pub.preview.localhost",
-            "/",
-            None,
-            false,
-        ),
-        (
-            "identity off, toolbox",
-            &disabled,
-            "proxy.localhost",
-            "/toolbox/sbx-a/files",
-            Some(("authorization", &jwt)),
-            false,
-        ),
+        on("toolbox", own, toolbox, bearer, false),
+        off("identity off, valid JWT", preview, "/", bearer),
+        off("identity off, public", public, "/", None),
+        off("identity off, toolbox", own, toolbox, bearer),
     ];
     let mut failures = Vec::new();
-    for (name, proxy, host, path, credential, expected) in cases {
+    for Case {
+        name,
+        proxy,
+        host,
+        path,
+        credential,
+        expected,
+    } in cases
+    {
         let mut headers = vec![(HEADER, FORGED), ("X-Sandgate-Identity", "second-forgery")];
         headers.extend(credential);
         let seen = through(proxy, &runner, host, path, &headers).await;

@@ -62,7 +62,7 @@ async fn the_app_sees_its_upstream_host_and_x_forwarded_host_keeps_the_public_on
 #[tokio::test]
 async fn direct_mode_sends_the_upstream_host_to_the_sandbox() {
     let rec = recorder::start().await;
-    let proxy = Proxy::start(&format!(
+    let proxy = Proxy::start(
         r#"
 [proxy]
 domains = ["preview.localhost"]
@@ -70,9 +70,9 @@ domains = ["preview.localhost"]
 id = "direct"
 address = "127.0.0.1"
 public = true
-upstream_host = "app.local:${{PORT}}"
-"#
-    ));
+upstream_host = "app.local:${PORT}"
+"#,
+    );
     let public = format!("{}-direct.preview.localhost", rec.port());
     let reply = send(proxy.addr, "GET", &public, "/", &[], b"").await;
     assert_eq!(reply.status, 200, "{}", reply.text());

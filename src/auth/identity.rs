@@ -12,7 +12,7 @@
 //! while more than half its life is left: a small bounded map, locked only around the lookup.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -172,18 +172,14 @@ impl IdentitySigner {
         port: u16,
     ) -> Option<HeaderValue> {
         let now = crate::base::clock::now_unix();
-        let hash = {
-            let mut h = self.hasher.build_hasher();
-            (
-                subject.kind,
-                &*subject.sub,
-                subject.org.as_deref(),
-                sandbox,
-                port,
-            )
-                .hash(&mut h);
-            h.finish()
-        };
+        let key = (
+            subject.kind,
+            &*subject.sub,
+            subject.org.as_deref(),
+            sandbox,
+            port,
+        );
+        let hash = self.hasher.hash_one(key);
         if let Ok(cache) = self.cache.lock() {
             let hit = cache.get(&hash).filter(|c| {
                 c.reuse_until > now
