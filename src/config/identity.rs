@@ -91,3 +91,35 @@ impl IdentityConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn the_section_is_checked_at_load_and_errors_name_the_key() {
+        let key = |kid: &str| {
+            format!("[[identity.keys]]\nkid = \"{kid}\"\nalgorithm = \"EdDSA\"\nprivate_key_file = \"k.pem\"\n")
+        };
+        let on = "[identity]\nenabled = true\n";
+        for (toml, expected) in [
+            (on.to_string(), "identity.enabled needs at least one"),
+            (format!("{on}ttl = \"61s\"\n{}", key("a")), "identity.ttl"),
+            (format!("{on}{}{}", key("a"), key("a")), "identity.keys[1].kid \"a\" is used twice"),
+            (format!("{on}{}", key("a b")), "identity.keys[0].kid"),
+            (
+                format!("{on}[[identity.keys]]\nkid = \"a\"\nalgorithm = \"RS256\"\nprivate_key_file = \"k\"\n"),
+                "algorithm",
+            ),
+        ] {
+            let error = Config::from_toml_str(&toml).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(expected), "{toml}: {error}");
+        }
+        let off = format!("[identity]\nenabled = false\n{}", key("a b"));
+        assert!(
+            Config::from_toml_str(&off).is_ok(),
+            "checked only when enabled"
+        );
+        assert!(Config::from_toml_str(&format!("{on}{}", key("k-1"))).is_ok());
+    }
+}
