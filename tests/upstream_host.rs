@@ -205,3 +205,65 @@ async fn daytona_labels_set_the_upstream_host() {
         assert_eq!(s.all("x-forwarded-host"), [public]);
     }
 }
+
+/// An h2c runner recording each request's version and `:authority` (h2) or `Host` (HTTP/1.1).
+async fn h2c_runner() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<(http::Version, String)>>>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let state = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                    let authority = req
+                        .uri()
+                        .authority()
+                        .map(|a| a.to_string())
+                        .or_else(|| {
+                            let host = req.headers().get("host")?;
+                            Some(host.to_str().ok()?.to_string())
+                        })
+                        .unwrap_or_default();
+                    state.lock().unwrap().push((req.version(), authority));
+                    let _: &hyper::body::Incoming = req.body();
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn an_h2c_runner_gets_the_upstream_host_as_authority() {
+    let (addr, seen) = h2c_runner().await;
+    let proxy = Proxy::start(&format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n\
+         [[registry.runners]]\nid = \"h2\"\nurl = \"http://{addr}\"\napi_key = \"k\"\nprotocol = \"h2c\"\n\
+         [[registry.sandboxes]]\nid = \"grpc\"\nrunner = \"h2\"\npublic = true\n\
+         upstream_host = \"localhost:${{PORT}}\"\n\
+         [[registry.sandboxes]]\nid = \"plain\"\nrunner = \"h2\"\npublic = true\n"
+    ));
+    for (public, expected) in [
+        ("3000-grpc.preview.localhost", "localhost:3000".to_string()),
+        ("3000-plain.preview.localhost", addr.to_string()),
+    ] {
+        let reply = send(proxy.addr, "GET", public, "/", &[], b"").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let last = seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(last, (http::Version::HTTP_2, expected), "{public}");
+    }
+}

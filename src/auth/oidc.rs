@@ -342,8 +342,10 @@ pub fn session(
     if !auth.spend_ticket(&raw, ticket.e) {
         return Err(AuthError::TokenInvalid);
     }
+    // Only for the identity header: without it the cookie stays as small as before.
     let user = ticket
         .u
+        .filter(|_| auth.identity.is_some())
         .map(|sub| super::cookie::CookieUser { sub, org: ticket.o });
     redirect(
         &same_host_path(&ticket.p, host),
