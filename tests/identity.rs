@@ -511,3 +511,60 @@ identity = true
         result.unwrap_or_else(|e| panic!("{script}: {e}"));
     }
 }
+
+#[tokio::test]
+async fn an_es256_key_from_keygen_signs_tokens_both_verifiers_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("identity-p256.pem");
+    let keygen = || {
+        Command::new(support::BIN)
+            .args(["identity", "keygen", "--algorithm", "es256", "--out"])
+            .arg(&key)
+            .output()
+            .unwrap()
+    };
+    let first = keygen();
+    assert!(first.status.success(), "{first:?}");
+    assert!(
+        !keygen().status.success(),
+        "an existing key is never overwritten"
+    );
+    let runner = Runner::start("runner-key").await;
+    let proxy = Proxy::start(&runner.config(&format!(
+        r#"
+[auth.jwt]
+hs256_secret = "{JWT_SECRET}"
+[[registry.sandboxes]]
+id = "sbx-a"
+runner = "runner-1"
+organization = "org-1"
+identity = true
+[identity]
+enabled = true
+[[identity.keys]]
+kid = "p256"
+algorithm = "ES256"
+private_key_file = "{}"
+"#,
+        key.display()
+    )));
+    let seen = through(
+        &proxy,
+        &runner,
+        "8080-sbx-a.preview.localhost",
+        "/",
+        &[("authorization", &format!("Bearer {}", user_jwt("bob")))],
+    )
+    .await;
+    let token = seen.header(HEADER).expect("an identity");
+    for (script, result) in verifiers(jwks_url(&proxy), token.clone(), "sbx-a:8080".into()).await {
+        let claims = result.unwrap_or_else(|e| panic!("{script} refused an ES256 token: {e}"));
+        assert_eq!(claims["sub"], "bob");
+    }
+    for (script, result) in verifiers(jwks_url(&proxy), token, "sbx-a:3000".into()).await {
+        assert!(
+            result.is_err(),
+            "{script} accepted a token for another port"
+        );
+    }
+}

@@ -120,7 +120,10 @@ impl IdentitySigner {
                 format!("{name}: cannot read {}: {e}", k.private_key_file.display())
             })?;
             let (key, alg) = match k.algorithm {
-                IdentityAlgorithm::EdDSA => (EncodingKey::from_ed_pem(&pem), Algorithm::EdDSA),
+                IdentityAlgorithm::EdDSA => (
+                    EncodingKey::from_ed_pem(&pem).map(pkcs8_v1_ed25519),
+                    Algorithm::EdDSA,
+                ),
                 IdentityAlgorithm::ES256 => (EncodingKey::from_ec_pem(&pem), Algorithm::ES256),
             };
             let key =
@@ -240,6 +243,50 @@ impl IdentitySigner {
     }
 }
 
+/// An Ed25519 key in the PKCS#8 v1 form (`openssl genpkey` writes it; v2, which some tools
+/// write, adds the public key), the one `jsonwebtoken` derives the JWK from.
+fn pkcs8_v1_ed25519(key: EncodingKey) -> EncodingKey {
+    const V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let der = key.as_bytes();
+    if der.len() == 48 {
+        return key;
+    }
+    // The seed follows `OCTET STRING (34) { OCTET STRING (32) }` after the algorithm.
+    let seed = der
+        .windows(4)
+        .position(|w| w == [0x04, 0x22, 0x04, 0x20])
+        .and_then(|at| der.get(at + 4..at + 36));
+    match seed {
+        Some(seed) => EncodingKey::from_ed_der(&[&V1_PREFIX[..], seed].concat()),
+        None => key,
+    }
+}
+
+/// Writes a new private key for `algorithm` to `out` as PKCS#8 PEM, readable by its owner only;
+/// never overwrites a file.
+pub fn keygen(out: &std::path::Path, algorithm: IdentityAlgorithm) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let alg = match algorithm {
+        IdentityAlgorithm::EdDSA => &rcgen::PKCS_ED25519,
+        IdentityAlgorithm::ES256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+    };
+    let pem = rcgen::KeyPair::generate_for(alg)
+        .map_err(|e| format!("generating a key: {e}"))?
+        .serialize_pem();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    file.write_all(pem.as_bytes())
+        .map_err(|e| format!("{}: {e}", out.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +345,40 @@ mod tests {
         );
         v.set_audience(&["sbx-b:3000"]);
         assert!(decode::<serde_json::Value>(a.to_str().unwrap(), &key, &v).is_err());
+    }
+
+    #[test]
+    fn generated_keys_load_and_sign_and_are_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<IdentityKey> = [IdentityAlgorithm::EdDSA, IdentityAlgorithm::ES256]
+            .into_iter()
+            .enumerate()
+            .map(|(i, algorithm)| {
+                let path = dir.path().join(format!("k{i}.pem"));
+                keygen(&path, algorithm).unwrap();
+                assert!(keygen(&path, algorithm).is_err(), "never overwrites");
+                IdentityKey {
+                    kid: format!("k{i}"),
+                    algorithm,
+                    private_key_file: path,
+                }
+            })
+            .collect();
+        let config = IdentityConfig {
+            enabled: true,
+            keys,
+            ..IdentityConfig::default()
+        };
+        let signer = IdentitySigner::from_config(&config).unwrap().unwrap();
+        let jwks: serde_json::Value = serde_json::from_slice(&signer.jwks()).unwrap();
+        assert_eq!(jwks["keys"][0]["kty"], "OKP");
+        assert_eq!(jwks["keys"][1]["kty"], "EC");
+        let token = signer.header(&user("a"), "s", None, 1).unwrap();
+        let set: JwkSet = serde_json::from_slice(&signer.jwks()).unwrap();
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_audience(&["s:1"]);
+        let key = DecodingKey::from_jwk(&set.keys[0]).unwrap();
+        assert!(decode::<serde_json::Value>(token.to_str().unwrap(), &key, &v).is_ok());
     }
 
     #[test]
