@@ -568,3 +568,74 @@ private_key_file = "{}"
         );
     }
 }
+
+/// The per-sandbox opt-in from the other backends: a Redis hash field, a Daytona label.
+#[tokio::test]
+async fn redis_fields_and_daytona_labels_opt_sandboxes_in() {
+    use support::control_plane::{ControlPlane, FakeSandbox};
+    use support::redis::RedisServer;
+    let runner = Runner::start("runner-key").await;
+    let common = format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n[auth]\nmax_failures_per_minute = 1000\n\
+         [auth.jwt]\nhs256_secret = \"{JWT_SECRET}\"\n{}",
+        identity_section(true)
+    );
+
+    let redis = RedisServer::start();
+    let runner_url = format!("http://{}", runner.addr);
+    redis.cli(&[
+        "HSET",
+        "sandgate:runner:r1",
+        "url",
+        &runner_url,
+        "api_key",
+        "runner-key",
+    ]);
+    for (id, identity) in [("red-on", "true"), ("red-off", "false")] {
+        redis.cli(&[
+            "HSET",
+            &format!("sandgate:sandbox:{id}"),
+            "runner",
+            "r1",
+            "organization",
+            "org-1",
+            "identity",
+            identity,
+        ]);
+    }
+    let via_redis = Proxy::start(&format!(
+        "{common}[registry]\nbackend = \"redis\"\n[redis]\nurl = \"{}\"\ntimeout = \"500ms\"\n",
+        redis.url()
+    ));
+
+    let cp = ControlPlane::start("svc-key").await;
+    cp.add_runner("runner-1", &runner_url, "runner-key");
+    let mut on = FakeSandbox::new("runner-1", false);
+    on.labels
+        .insert("sandgate.io/identity".into(), "true".into());
+    cp.add_sandbox("day-on", on);
+    cp.add_sandbox("day-off", FakeSandbox::new("runner-1", false));
+    let via_daytona = Proxy::start(&format!(
+        "{common}[registry]\nbackend = \"daytona\"\n\
+         [daytona]\napi_url = \"{}\"\napi_key = \"svc-key\"\ntimeout = \"1s\"\n",
+        cp.api_url()
+    ));
+
+    let bearer = format!("Bearer {}", user_jwt("carol"));
+    for (proxy, id, expected) in [
+        (&via_redis, "red-on", true),
+        (&via_redis, "red-off", false),
+        (&via_daytona, "day-on", true),
+        (&via_daytona, "day-off", false),
+    ] {
+        let host = format!("3000-{id}.preview.localhost");
+        let seen = through(proxy, &runner, &host, "/", &[("authorization", &bearer)]).await;
+        let token = seen.header(HEADER);
+        assert_eq!(token.is_some(), expected, "{id}: {token:?}");
+        if let Some(token) = token {
+            let claims = claims_of(&token);
+            assert_eq!(claims["aud"], format!("{id}:3000"));
+            assert_eq!(claims["sub"], "carol");
+        }
+    }
+}
