@@ -366,7 +366,7 @@ impl Auth {
                     }));
                 }
                 Err(CookieCheck::Expired) => cookie_failure = Some(AuthError::TokenExpired),
-                Err(CookieCheck::Invalid | CookieCheck::Valid) => {
+                Err(_) => {
                     cookie_failure.get_or_insert(AuthError::TokenInvalid);
                 }
             }
@@ -489,9 +489,8 @@ impl Auth {
             .put(&sandbox.id, Kind::Bearer, hash, verdict.clone(), expires_at);
         Ok(verdict)
     }
-}
 
-impl Auth {
+    /// The subject of a verified JWT (`None` while identity is off, or without a `sub`).
     fn jwt_subject(&self, sub: Option<String>, org: Option<String>) -> Option<Subject> {
         self.identity.as_ref()?;
         Some(Subject {
@@ -501,6 +500,7 @@ impl Auth {
         })
     }
 
+    /// An API key's subject (`None` while identity is off).
     fn api_key_subject(&self, hash: &[u8; 32], org: Option<&str>) -> Option<Subject> {
         self.identity.as_ref()?;
         Some(Subject::api_key(hash, org))
