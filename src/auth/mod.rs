@@ -263,13 +263,10 @@ impl Auth {
         id_or_token: &str,
         user: Option<&cookie::CookieUser>,
     ) -> Option<HeaderValue> {
-        let value = cookie::issue_for(
-            &self.signer,
-            sandbox_id,
-            id_or_token,
-            self.cookie_max_age,
-            user,
-        )?;
+        let max_age = self.cookie_max_age;
+        // A user too long for a cookie loses the identity header, not the login.
+        let value = cookie::issue_for(&self.signer, sandbox_id, id_or_token, max_age, user)
+            .or_else(|| cookie::issue(&self.signer, sandbox_id, id_or_token, max_age))?;
         self.flags.set_cookie(
             &cookie::sandbox_cookie_name(id_or_token),
             &value,
