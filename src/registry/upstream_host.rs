@@ -4,7 +4,8 @@
 //!
 //! Checked when the record is built: only those placeholders, and the result must be a valid
 //! authority. A template without `${PORT}` and every per-port entry is rendered then, once; a
-//! `${PORT}` template is rendered per request (one small buffer, like direct mode's authority).
+//! `${PORT}` template is rendered per request into one small buffer (like direct mode's
+//! authority).
 
 use std::collections::HashMap;
 
@@ -76,8 +77,17 @@ impl UpstreamHosts {
         match self.default.as_ref()? {
             Template::Fixed(v) => Some(v.clone()),
             Template::PerPort(t) => {
-                let rendered = t.replace(PORT, itoa::Buffer::new().format(port));
-                HeaderValue::try_from(rendered).ok()
+                // One buffer, handed to the header value without a copy.
+                let mut digits = itoa::Buffer::new();
+                let port = digits.format(port).as_bytes();
+                let mut buf = bytes::BytesMut::with_capacity(t.len() + 5);
+                for (i, piece) in t.split(PORT).enumerate() {
+                    if i > 0 {
+                        buf.extend_from_slice(port);
+                    }
+                    buf.extend_from_slice(piece.as_bytes());
+                }
+                HeaderValue::from_maybe_shared(buf.freeze()).ok()
             }
         }
     }
@@ -134,6 +144,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(hosts.for_port(3000).unwrap(), "localhost:3000");
+        let twice = UpstreamHosts::new("s", Some("p${PORT}.x:${PORT}"), []).unwrap();
+        assert_eq!(twice.for_port(81).unwrap(), "p81.x:81");
         assert_eq!(hosts.for_port(8080).unwrap(), "sbx-1.internal");
         let fixed = UpstreamHosts::new("s", Some("app.local"), []).unwrap();
         assert_eq!(fixed.for_port(1).unwrap(), "app.local");
