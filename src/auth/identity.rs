@@ -9,11 +9,11 @@
 //! own header of that name is removed on every route (`http::gate`), enabled or not.
 //!
 //! Signing costs tens of µs, so a token is reused for the same (subject, org, kind, audience)
-//! while more than half its life is left: a small bounded map, locked only around the lookup.
+//! while more than half its life is left: a small bounded map, locked (per shard) only around
+//! the lookup and the insert.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -97,7 +97,8 @@ pub struct IdentitySigner {
     all_sandboxes: bool,
     jwks: Bytes,
     hasher: foldhash::fast::RandomState,
-    cache: Mutex<HashMap<u64, Cached>>,
+    /// Sharded: requests on every serving thread look it up; no guard is held across an await.
+    cache: dashmap::DashMap<u64, Cached>,
 }
 
 impl std::fmt::Debug for IdentitySigner {
@@ -151,7 +152,7 @@ impl IdentitySigner {
             all_sandboxes: c.all_sandboxes,
             jwks: Bytes::from(jwks),
             hasher: foldhash::fast::RandomState::default(),
-            cache: Mutex::new(HashMap::new()),
+            cache: dashmap::DashMap::new(),
         }))
     }
 
@@ -183,36 +184,35 @@ impl IdentitySigner {
             port,
         );
         let hash = self.hasher.hash_one(key);
-        if let Ok(cache) = self.cache.lock() {
-            let hit = cache.get(&hash).filter(|c| {
+        // The map's guard ends with this statement: the insert below cannot wait for it.
+        let reused = self
+            .cache
+            .get(&hash)
+            .filter(|c| {
                 c.reuse_until > now
                     && c.port == port
                     && *c.sandbox == *sandbox
                     && c.subject == *subject
-            });
-            if let Some(c) = hit {
-                return Some(c.value.clone());
-            }
+            })
+            .map(|c| c.value.clone());
+        if reused.is_some() {
+            return reused;
         }
         let value = self.sign(subject, sandbox, sandbox_org, port, now)?;
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= MAX_CACHED {
-                cache.retain(|_, c| c.reuse_until > now);
-                if cache.len() >= MAX_CACHED {
-                    cache.clear();
-                }
+        if self.cache.len() >= MAX_CACHED {
+            self.cache.retain(|_, c| c.reuse_until > now);
+            if self.cache.len() >= MAX_CACHED {
+                self.cache.clear();
             }
-            cache.insert(
-                hash,
-                Cached {
-                    subject: subject.clone(),
-                    sandbox: sandbox.into(),
-                    port,
-                    value: value.clone(),
-                    reuse_until: now + self.ttl / 2,
-                },
-            );
         }
+        let cached = Cached {
+            subject: subject.clone(),
+            sandbox: sandbox.into(),
+            port,
+            value: value.clone(),
+            reuse_until: now + self.ttl / 2,
+        };
+        self.cache.insert(hash, cached);
         Some(value)
     }
 
