@@ -424,6 +424,19 @@ async fn the_jwks_publishes_every_public_key_and_no_private_part() {
         (Some("EdDSA"), Some("ed-1"))
     );
 
+    // On a preview host the path is the sandbox's own: it reaches the app, not the proxy's keys.
+    let app_path = through(
+        &proxy,
+        &runner,
+        "3000-sbx-pub.preview.localhost",
+        "/.well-known/sandgate-jwks.json",
+        &[],
+    )
+    .await;
+    assert!(app_path
+        .target
+        .ends_with("/proxy/3000/.well-known/sandgate-jwks.json"));
+
     // Off: no JWKS.
     let off = Proxy::start(&config(&runner, false));
     let reply = send(
