@@ -2,8 +2,10 @@
 //! filter that keeps sandboxes from planting cookies through their `Set-Cookie`s.
 //!
 //! Value: a [`Signer`] token for purpose `sandbox-cookie` with payload
-//! `{"s": sandbox id, "t": idOrToken, "e": expiry (unix seconds)}`. A cookie only opens the
-//! sandbox it names, under the host label it was issued for, until its expiry.
+//! `{"s": sandbox id, "t": idOrToken, "e": expiry (unix seconds)}`, plus after an OIDC login
+//! `"u"` (the user's `sub`) and `"o"` (their organisation), for the identity header. A cookie
+//! only opens the sandbox it names, under the host label it was issued for, until its expiry.
+//! The two optional fields keep old cookies valid, and old replicas accept new ones.
 //!
 //! Every preview is a sibling origin of every other, so a sandbox can set cookies for the whole
 //! preview domain (`Domain=`), from its responses or from JavaScript. Hence: upstream
@@ -40,6 +42,17 @@ struct Payload {
     /// The one port it opens (granted by a port-scoped token); absent: every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     p: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    o: Option<String>,
+}
+
+/// The user an OIDC login's cookie names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieUser {
+    pub sub: String,
+    pub org: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +152,18 @@ pub fn issue(
     port: Option<u16>,
     max_age: u64,
 ) -> Option<String> {
+    issue_for(signer, sandbox_id, id_or_token, port, max_age, None)
+}
+
+/// A sandbox cookie naming the user who logged in (`None`: no user, e.g. a preview token).
+pub fn issue_for(
+    signer: &Signer,
+    sandbox_id: &str,
+    id_or_token: &str,
+    port: Option<u16>,
+    max_age: u64,
+    user: Option<&CookieUser>,
+) -> Option<String> {
     signer.sign(
         PURPOSE,
         &Payload {
@@ -146,6 +171,8 @@ pub fn issue(
             t: id_or_token.into(),
             e: now_unix() + max_age,
             p: port,
+            u: user.map(|u| u.sub.clone()),
+            o: user.and_then(|u| u.org.clone()),
         },
     )
 }
@@ -158,16 +185,30 @@ pub fn check(
     port: Option<u16>,
     value: &str,
 ) -> CookieCheck {
+    match open(signer, sandbox_id, id_or_token, port, value) {
+        Ok(_) => CookieCheck::Valid,
+        Err(check) => check,
+    }
+}
+
+/// A valid cookie's user (`Ok(None)`: valid, no user), or why it is not valid.
+pub fn open(
+    signer: &Signer,
+    sandbox_id: &str,
+    id_or_token: &str,
+    port: Option<u16>,
+    value: &str,
+) -> Result<Option<CookieUser>, CookieCheck> {
     let Some(p) = signer.verify::<Payload>(PURPOSE, value) else {
-        return CookieCheck::Invalid;
+        return Err(CookieCheck::Invalid);
     };
     if p.s != sandbox_id || p.t != id_or_token || p.p.is_some_and(|bound| Some(bound) != port) {
-        return CookieCheck::Invalid;
+        return Err(CookieCheck::Invalid);
     }
     if p.e <= now_unix() {
-        return CookieCheck::Expired;
+        return Err(CookieCheck::Expired);
     }
-    CookieCheck::Valid
+    Ok(p.u.map(|sub| CookieUser { sub, org: p.o }))
 }
 
 /// The value of the first cookie called `name` in the request's `Cookie` headers.
@@ -255,6 +296,8 @@ mod tests {
                     t: "sbx".into(),
                     e: now_unix() - 1,
                     p: None,
+                    u: None,
+                    o: None,
                 },
             )
             .unwrap();
@@ -262,6 +305,31 @@ mod tests {
             check(&s, "sbx", "sbx", Some(1), &expired),
             CookieCheck::Expired
         );
+    }
+
+    #[test]
+    fn login_cookies_name_their_user_and_stay_bound_to_their_sandbox() {
+        let s = signer();
+        let user = CookieUser {
+            sub: "alice".into(),
+            org: Some("org-1".into()),
+        };
+        let v = issue_for(&s, "sbx", "sbx", None, 60, Some(&user)).unwrap();
+        assert_eq!(open(&s, "sbx", "sbx", Some(3000), &v), Ok(Some(user)));
+        assert_eq!(
+            open(&s, "other", "sbx", Some(3000), &v),
+            Err(CookieCheck::Invalid)
+        );
+        let plain = issue(&s, "sbx", "sbx", None, 60).unwrap();
+        assert_eq!(open(&s, "sbx", "sbx", Some(3000), &plain), Ok(None));
+        // A cookie from before the user fields opens as before.
+        let old = s
+            .sign(
+                PURPOSE,
+                &serde_json::json!({"s": "sbx", "t": "sbx", "e": now_unix() + 60}),
+            )
+            .unwrap();
+        assert_eq!(open(&s, "sbx", "sbx", Some(3000), &old), Ok(None));
     }
 
     #[test]

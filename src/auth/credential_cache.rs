@@ -6,7 +6,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
+use super::identity::Subject;
 use super::AuthError;
+
+/// A credential's verdict: who it speaks for (when the identity header needs it), or why not.
+pub type Verdict = Result<Option<Subject>, AuthError>;
 
 const MAX_ENTRIES: usize = 100_000;
 
@@ -44,7 +48,7 @@ fn key<'b>(
 pub struct CredentialCache {
     valid_ttl: Duration,
     invalid_ttl: Duration,
-    map: DashMap<Key, (Result<(), AuthError>, Instant)>,
+    map: DashMap<Key, (Verdict, Instant)>,
 }
 
 impl CredentialCache {
@@ -56,7 +60,7 @@ impl CredentialCache {
         }
     }
 
-    pub fn get(&self, sandbox: &str, kind: Kind, hash: &[u8; 32]) -> Option<Result<(), AuthError>> {
+    pub fn get(&self, sandbox: &str, kind: Kind, hash: &[u8; 32]) -> Option<Verdict> {
         let mut buf = [0u8; KEY_CAPACITY];
         let entry = self.map.get(key(&mut buf, sandbox, kind, hash)?)?;
         (entry.1 > Instant::now()).then(|| entry.0.clone())
@@ -68,7 +72,7 @@ impl CredentialCache {
         sandbox: &str,
         kind: Kind,
         hash: [u8; 32],
-        verdict: Result<(), AuthError>,
+        verdict: Verdict,
         expires_at: Option<u64>,
     ) {
         let mut ttl = if verdict.is_ok() {
@@ -112,9 +116,9 @@ mod tests {
     fn verdicts_are_per_sandbox_and_expire() {
         let c = CredentialCache::new(Duration::from_secs(120), Duration::from_millis(30));
         let h = [7u8; 32];
-        c.put("a", Kind::Bearer, h, Ok(()), None);
+        c.put("a", Kind::Bearer, h, Ok(None), None);
         c.put("b", Kind::Bearer, h, Err(AuthError::Forbidden), None);
-        assert_eq!(c.get("a", Kind::Bearer, &h), Some(Ok(())));
+        assert_eq!(c.get("a", Kind::Bearer, &h), Some(Ok(None)));
         assert_eq!(
             c.get("b", Kind::Bearer, &h),
             Some(Err(AuthError::Forbidden))
@@ -122,7 +126,7 @@ mod tests {
         assert_eq!(c.get("c", Kind::Bearer, &h), None);
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(c.get("b", Kind::Bearer, &h), None);
-        c.put("d", Kind::Bearer, h, Ok(()), Some(0));
+        c.put("d", Kind::Bearer, h, Ok(None), Some(0));
         assert_eq!(
             c.get("d", Kind::Bearer, &h),
             None,
@@ -134,7 +138,7 @@ mod tests {
             .unwrap()
             .as_secs()
             + 1;
-        c.put("e", Kind::Bearer, h, Ok(()), Some(exp));
+        c.put("e", Kind::Bearer, h, Ok(None), Some(exp));
         let expiry = UNIX_EPOCH + Duration::from_secs(exp);
         std::thread::sleep(expiry.duration_since(SystemTime::now()).unwrap_or_default());
         assert_eq!(

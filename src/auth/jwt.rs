@@ -37,6 +37,8 @@ pub enum JwtError {
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub organization: Option<String>,
+    /// The `sub` claim, when it is a string.
+    pub subject: Option<String>,
     /// `exp` (unix seconds), when present.
     pub exp: Option<u64>,
     /// The OIDC `nonce` claim, when present.
@@ -146,6 +148,11 @@ impl JwtVerifier {
         };
         Ok(Verified {
             organization,
+            subject: data
+                .claims
+                .get("sub")
+                .and_then(|s| s.as_str())
+                .map(str::to_string),
             exp: data.claims.get("exp").and_then(serde_json::Value::as_u64),
             nonce: data
                 .claims

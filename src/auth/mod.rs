@@ -12,6 +12,7 @@ pub mod cookie;
 pub mod cors;
 mod credential_cache;
 pub mod http_client;
+pub mod identity;
 pub mod jwt;
 pub mod oidc;
 pub mod ratelimit;
@@ -42,6 +43,7 @@ use crate::registry::{PortRule, RegistryError, Resolver, SandboxRecord, TokenChe
 use cookie::{CookieCheck, CookieFlags};
 use credential_cache::{CredentialCache, Kind};
 use http_client::HttpClient;
+use identity::{IdentitySigner, Subject, SubjectKind};
 use jwt::{JwtError, JwtVerifier};
 
 use crate::registry::BearerVerdict;
@@ -140,6 +142,8 @@ pub struct Granted {
     pub set_cookie: Option<HeaderValue>,
     /// A browser logged in by query token: redirect here (same URL without the token).
     pub redirect: Option<String>,
+    /// The user whose credential opened the sandbox, when the identity header is on.
+    pub subject: Option<Subject>,
 }
 
 /// The request facts authentication looks at.
@@ -181,6 +185,8 @@ pub struct Auth {
     pub(crate) http: HttpClient,
     /// Login tickets already used (SHA-256 → expiry): each works once per replica.
     spent_tickets: dashmap::DashMap<[u8; 32], u64>,
+    /// Signs the identity header (`[identity]`); `None`: off.
+    pub identity: Option<IdentitySigner>,
 }
 
 impl Auth {
@@ -219,6 +225,7 @@ impl Auth {
             cache: CredentialCache::new(Duration::from_secs(120), Duration::from_secs(5)),
             http: HttpClient::with_extra_ca(Duration::from_secs(5), &a.extra_ca()?),
             spent_tickets: dashmap::DashMap::new(),
+            identity: IdentitySigner::from_config(&config.identity)?,
         })
     }
 
@@ -250,13 +257,21 @@ impl Auth {
         id_or_token: &str,
         port: Option<u16>,
     ) -> Option<HeaderValue> {
-        let value = cookie::issue(
-            &self.signer,
-            sandbox_id,
-            id_or_token,
-            port,
-            self.cookie_max_age,
-        )?;
+        self.sandbox_cookie_for(sandbox_id, id_or_token, port, None)
+    }
+
+    /// The sandbox cookie naming the user an OIDC login signed in.
+    pub fn sandbox_cookie_for(
+        &self,
+        sandbox_id: &str,
+        id_or_token: &str,
+        port: Option<u16>,
+        user: Option<&cookie::CookieUser>,
+    ) -> Option<HeaderValue> {
+        let (signer, max_age) = (&self.signer, self.cookie_max_age);
+        // A user too long for a cookie loses the identity header, not the login.
+        let value = cookie::issue_for(signer, sandbox_id, id_or_token, port, max_age, user)
+            .or_else(|| cookie::issue(signer, sandbox_id, id_or_token, port, max_age))?;
         self.flags.set_cookie(
             &cookie::sandbox_cookie_name(id_or_token),
             &value,
@@ -288,9 +303,10 @@ impl Auth {
                 .check_bearer(resolver, sandbox, token, req.peer)
                 .await?
             {
-                Ok(()) => {
+                Ok(subject) => {
                     return Ok(Ok(Granted {
                         consumed_authorization: true,
+                        subject,
                         ..granted(Access::Bearer)
                     }))
                 }
@@ -351,10 +367,20 @@ impl Auth {
         // Every cookie of the name: a sibling sandbox may have planted one sorted first.
         let mut cookie_failure = None;
         for value in cookie::sandbox_cookie_values(req.headers, req.id_or_token) {
-            match cookie::check(&self.signer, &sandbox.id, req.id_or_token, req.port, value) {
-                CookieCheck::Valid => return Ok(Ok(granted(Access::Cookie))),
-                CookieCheck::Expired => cookie_failure = Some(AuthError::TokenExpired),
-                CookieCheck::Invalid => {
+            match cookie::open(&self.signer, &sandbox.id, req.id_or_token, req.port, value) {
+                Ok(user) => {
+                    let subject = self.identity.as_ref().and(user).map(|u| Subject {
+                        kind: SubjectKind::Oidc,
+                        sub: u.sub.into(),
+                        org: u.org.map(Into::into),
+                    });
+                    return Ok(Ok(Granted {
+                        subject,
+                        ..granted(Access::Cookie)
+                    }));
+                }
+                Err(CookieCheck::Expired) => cookie_failure = Some(AuthError::TokenExpired),
+                Err(_) => {
                     cookie_failure.get_or_insert(AuthError::TokenInvalid);
                 }
             }
@@ -405,13 +431,14 @@ impl Auth {
 
     /// A Bearer token: a JWT verified locally, else an API key looked up by its SHA-256.
     /// Cached per (sandbox, kind, hash of the token). The outer error is a backend failure.
+    /// `Ok(Some(subject))`: who it speaks for, when the identity header is on and it is known.
     async fn check_bearer(
         &self,
         resolver: &Resolver,
         sandbox: &SandboxRecord,
         token: &str,
         peer: std::net::IpAddr,
-    ) -> Result<Result<(), AuthError>, RegistryError> {
+    ) -> Result<credential_cache::Verdict, RegistryError> {
         let hash = crate::registry::sha256(token);
         if let Some(verdict) = self.cache.get(&sandbox.id, Kind::Bearer, &hash) {
             return Ok(verdict);
@@ -420,7 +447,11 @@ impl Auth {
             match &self.jwt {
                 None => (Err(AuthError::TokenInvalid), None),
                 Some(verifier) => match verifier.verify(token, &self.http).await {
-                    Ok(v) => (org_access(v.organization.as_deref(), sandbox), v.exp),
+                    Ok(v) => {
+                        let verdict = org_access(v.organization.as_deref(), sandbox)
+                            .map(|()| self.jwt_subject(v.subject, v.organization));
+                        (verdict, v.exp)
+                    }
                     Err(JwtError::Expired) => (Err(AuthError::TokenExpired), None),
                     Err(JwtError::Invalid(why)) => {
                         tracing::debug!(why, "bearer JWT rejected");
@@ -442,7 +473,8 @@ impl Auth {
         } else {
             let principal = resolver.backend().api_key(&hash).await?;
             let verdict = match principal {
-                Some(p) => org_access(Some(&p.organization), sandbox),
+                Some(p) => org_access(Some(&p.organization), sandbox)
+                    .map(|()| self.api_key_subject(&hash, Some(&p.organization))),
                 None => Err(AuthError::TokenInvalid),
             };
             (verdict, None)
@@ -456,7 +488,11 @@ impl Auth {
                     .bearer_access(&sandbox.id, token, peer)
                     .await?
                 {
-                    Some(BearerVerdict::Allowed) => Ok(()),
+                    // Only an API key is known by its hash here; a JWT the backend vouches for
+                    // was not verified locally, so its claims name nobody.
+                    Some(BearerVerdict::Allowed) => Ok((!jwt::looks_like_jwt(token))
+                        .then(|| self.api_key_subject(&hash, None))
+                        .flatten()),
                     Some(BearerVerdict::Denied) => Err(AuthError::Forbidden),
                     Some(BearerVerdict::Invalid) => Err(AuthError::TokenInvalid),
                     None => verdict,
@@ -467,6 +503,22 @@ impl Auth {
         self.cache
             .put(&sandbox.id, Kind::Bearer, hash, verdict.clone(), expires_at);
         Ok(verdict)
+    }
+
+    /// The subject of a verified JWT (`None` while identity is off, or without a `sub`).
+    fn jwt_subject(&self, sub: Option<String>, org: Option<String>) -> Option<Subject> {
+        self.identity.as_ref()?;
+        Some(Subject {
+            kind: SubjectKind::Jwt,
+            sub: sub?.into(),
+            org: org.map(Into::into),
+        })
+    }
+
+    /// An API key's subject (`None` while identity is off).
+    fn api_key_subject(&self, hash: &[u8; 32], org: Option<&str>) -> Option<Subject> {
+        self.identity.as_ref()?;
+        Some(Subject::api_key(hash, org))
     }
 }
 

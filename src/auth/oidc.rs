@@ -10,7 +10,8 @@
 //!    `{preview host}/__sandgate/session?ticket=<signed {nonce, sandbox, host, path, expiry 60 s}>`
 //!    (single-use per replica)
 //! 4. the preview host checks the ticket (host and sandbox), sets its host-only sandbox cookie
-//!    and redirects to the path.
+//!    (naming the user's `sub` and organisation, for the identity header) and redirects to the
+//!    path.
 
 use std::sync::Arc;
 
@@ -59,6 +60,11 @@ struct Ticket {
     h: String,
     p: String,
     e: u64,
+    /// The user's `sub` and organisation, for the sandbox cookie (the identity header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    o: Option<String>,
 }
 
 struct Discovered {
@@ -296,6 +302,8 @@ impl Oidc {
                     h: authority.clone(),
                     p: path,
                     e: now + TICKET_TTL,
+                    u: verified.subject,
+                    o: verified.organization,
                 },
             )
             .ok_or(AuthError::IdpUnavailable)?;
@@ -334,9 +342,14 @@ pub fn session(
     if !auth.spend_ticket(&raw, ticket.e) {
         return Err(AuthError::TokenInvalid);
     }
+    // Only for the identity header: without it the cookie stays as small as before.
+    let user = ticket
+        .u
+        .filter(|_| auth.identity.is_some())
+        .map(|sub| super::cookie::CookieUser { sub, org: ticket.o });
     redirect(
         &same_host_path(&ticket.p, host),
-        auth.sandbox_cookie(&sandbox.id, id_or_token, None),
+        auth.sandbox_cookie_for(&sandbox.id, id_or_token, None, user.as_ref()),
     )
 }
 

@@ -246,3 +246,21 @@ fn grant(decided: Authenticated) -> Granted {
         other => panic!("not granted: {other:?}"),
     }
 }
+
+#[test]
+fn a_user_too_long_for_a_cookie_still_gets_a_session() {
+    let (auth, _) = setup();
+    let user = cookie::CookieUser {
+        sub: "u".repeat(5000),
+        org: None,
+    };
+    let set_cookie = auth
+        .sandbox_cookie_for("sbx", "sbx", None, Some(&user))
+        .unwrap();
+    let value = set_cookie.to_str().unwrap();
+    let token = value.split_once('=').unwrap().1.split(';').next().unwrap();
+    assert_eq!(
+        cookie::open(&auth.signer, "sbx", "sbx", Some(3000), token),
+        Ok(None)
+    );
+}

@@ -23,10 +23,12 @@ pub enum Tracked {
     Origin = 1 << 10,
     Forwarded = 1 << 11,
     Accept = 1 << 12,
+    Identity = 1 << 13,
+    ForwardedHost = 1 << 14,
 }
 
 impl Tracked {
-    pub const ALL: [Tracked; 13] = [
+    pub const ALL: [Tracked; 15] = [
         Tracked::RequestId,
         Tracked::DisableCors,
         Tracked::PreviewToken,
@@ -40,6 +42,8 @@ impl Tracked {
         Tracked::Origin,
         Tracked::Forwarded,
         Tracked::Accept,
+        Tracked::Identity,
+        Tracked::ForwardedHost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -57,6 +61,8 @@ impl Tracked {
             Tracked::Origin => "origin",
             Tracked::Forwarded => "forwarded",
             Tracked::Accept => "accept",
+            Tracked::Identity => "x-sandgate-identity",
+            Tracked::ForwardedHost => "x-forwarded-host",
         }
     }
 }
@@ -89,6 +95,8 @@ impl Present {
                 "origin" => Tracked::Origin as u16,
                 "forwarded" => Tracked::Forwarded as u16,
                 "accept" => Tracked::Accept as u16,
+                "x-sandgate-identity" => Tracked::Identity as u16,
+                "x-forwarded-host" => Tracked::ForwardedHost as u16,
                 _ => 0,
             };
         }

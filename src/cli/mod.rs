@@ -81,6 +81,11 @@ enum Command {
         #[command(subcommand)]
         command: Option<SshCommand>,
     },
+    /// The identity header's signing keys (`[identity]`).
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Check a config file and print the effective configuration.
     CheckConfig {
         #[arg(long, short, env = "SANDGATE_CONFIG")]
@@ -95,6 +100,24 @@ enum SshCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Write a new PKCS#8 PEM private key to --out (mode 0600; never overwrites), for
+    /// `[[identity.keys]] private_key_file`.
+    Keygen {
+        #[arg(long, value_enum, default_value = "eddsa")]
+        algorithm: KeyAlgorithm,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyAlgorithm {
+    Eddsa,
+    Es256,
 }
 
 #[derive(Subcommand)]
@@ -199,6 +222,21 @@ async fn run(command: Command) -> Result<(), String> {
             let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             init_logging(&loaded.log);
             serve::ssh_gateway(loaded).await
+        }
+        Command::Identity {
+            command: IdentityCommand::Keygen { algorithm, out },
+        } => {
+            use crate::config::identity::IdentityAlgorithm;
+            let algorithm = match algorithm {
+                KeyAlgorithm::Eddsa => IdentityAlgorithm::EdDSA,
+                KeyAlgorithm::Es256 => IdentityAlgorithm::ES256,
+            };
+            crate::auth::identity::keygen(&out, algorithm)?;
+            println!(
+                "wrote {}: [[identity.keys]] algorithm = \"{algorithm:?}\"",
+                out.display()
+            );
+            Ok(())
         }
         Command::CheckConfig { config } => {
             let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;

@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod auth;
+pub mod identity;
 pub mod registry;
 pub mod server;
 pub mod ssh;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use activity::ActivityConfig;
 pub use auth::{AuthConfig, JwtConfig, OidcConfig};
+pub use identity::IdentityConfig;
 pub use registry::{
     ApiKeyEntry, CacheConfig, CorsMode, DaytonaConfig, PortAccess, PortsMode, Protocol,
     RedisConfig, RegistryConfig, RunnerEntry, SandboxEntry, ScopedTokenEntry, SignedPreviewEntry,
@@ -57,6 +59,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The SSH gateway (`sandgate ssh-gateway`).
     pub ssh: SshConfig,
+    /// The signed identity header for apps (`X-Sandgate-Identity`).
+    pub identity: IdentityConfig,
 }
 
 impl Config {
@@ -150,6 +154,7 @@ impl Config {
             .validate(&self.proxy.domains)
             .map_err(ConfigError::Invalid)?;
         self.ssh.validate().map_err(ConfigError::Invalid)?;
+        self.identity.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

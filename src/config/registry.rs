@@ -219,6 +219,15 @@ pub struct SandboxEntry {
     /// `managed` (default: the proxy handles CORS) or `passthrough` (the app does).
     #[serde(default)]
     pub cors: CorsMode,
+    /// Requests opened by a user's credential carry `X-Sandgate-Identity` (needs `[identity]`).
+    #[serde(default)]
+    pub identity: bool,
+    /// The `Host` the app sees, with `${PORT}` and `${SANDBOX}` (e.g. `localhost:${PORT}`).
+    #[serde(default)]
+    pub upstream_host: Option<String>,
+    /// Per port (`{ "3000" = "..." }`), before `upstream_host`.
+    #[serde(default)]
+    pub upstream_hosts: std::collections::BTreeMap<String, String>,
     /// `all` (default: a port without an entry follows `public`) or `declared` (it is not
     /// exposed: 404 `PORT_NOT_EXPOSED`).
     #[serde(default)]

@@ -104,6 +104,9 @@ pub struct ProxyConfig {
     pub websocket_idle_timeout: Duration,
     /// Largest toolbox request body in bytes (0: no limit); beyond: 413. Previews have no limit.
     pub toolbox_max_body_bytes: u64,
+    /// Keep the `X-Forwarded-Host` a trusted proxy (`server.trusted_proxies`) sent instead of
+    /// setting the request's host; anyone else's is always replaced.
+    pub preserve_forwarded_host: bool,
 }
 
 impl Default for ProxyConfig {
@@ -118,6 +121,7 @@ impl Default for ProxyConfig {
             max_requests_per_sandbox: 10_000,
             websocket_idle_timeout: Duration::from_secs(3600),
             toolbox_max_body_bytes: 0,
+            preserve_forwarded_host: false,
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct Destination<'a> {
     pub target: Target<'a>,
     /// The one authority of the request (sent as `X-Forwarded-Host`).
     pub original_host: &'a HeaderValue,
+    /// A trusted proxy's `X-Forwarded-Host` goes on instead (`proxy.preserve_forwarded_host`).
+    pub keep_forwarded_host: bool,
     /// The whole `X-Forwarded-For` to send: the peer's IP (rendered once per connection), or a
     /// trusted proxy's chain with the peer appended (`crate::http::client_addr`). A client's own
     /// `X-Forwarded-For` is replaced, never appended to: it could forge any address.
@@ -96,6 +98,7 @@ pub struct Forwarder {
     response_header_timeout: Duration,
     websocket_idle_timeout: Duration,
     toolbox_max_body_bytes: u64,
+    preserve_forwarded_host: bool,
     forwarded_proto: HeaderValue,
     /// Open WebSocket relays, so shutdown can wait for them.
     relays: TaskTracker,
@@ -120,10 +123,16 @@ impl Forwarder {
             response_header_timeout: config.response_header_timeout,
             websocket_idle_timeout: config.websocket_idle_timeout,
             toolbox_max_body_bytes: config.toolbox_max_body_bytes,
+            preserve_forwarded_host: config.preserve_forwarded_host,
             forwarded_proto,
             relays,
             close_relays,
         }
+    }
+
+    /// `proxy.preserve_forwarded_host`.
+    pub fn preserves_forwarded_host(&self) -> bool {
+        self.preserve_forwarded_host
     }
 
     /// Sends `req` (already stripped of consumed credentials) to the sandbox and returns the
@@ -138,6 +147,7 @@ impl Forwarder {
             sandbox,
             target,
             original_host,
+            keep_forwarded_host,
             client_ip,
             https,
             query,
@@ -158,7 +168,7 @@ impl Forwarder {
             req.headers_mut(),
             sandbox,
             &address.host_header,
-            original_host,
+            (!keep_forwarded_host).then_some(original_host),
             client_ip,
             proto,
             upgrade,
@@ -378,7 +388,19 @@ struct UpstreamAddress<'a> {
 }
 
 impl<'a> UpstreamAddress<'a> {
+    /// The sandbox's `upstream_host` for a preview port replaces the `Host` (the connection
+    /// still goes to the runner or the sandbox's address).
     fn of(sandbox: &'a SandboxRecord, target: &Target<'_>) -> Result<Self, ProxyError> {
+        let mut address = Self::default_for(sandbox, target)?;
+        if let Target::Preview { port } = target {
+            if let Some(host) = sandbox.upstream_hosts.for_port(*port) {
+                address.host_header = host;
+            }
+        }
+        Ok(address)
+    }
+
+    fn default_for(sandbox: &'a SandboxRecord, target: &Target<'_>) -> Result<Self, ProxyError> {
         match &sandbox.upstream {
             Upstream::Runner(runner) => Ok(UpstreamAddress {
                 authority: Cow::Borrowed(&runner.authority),

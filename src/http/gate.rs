@@ -290,6 +290,14 @@ pub async fn admit(
         .await;
     }
     let query = strip_credentials(req.headers_mut(), present, uri.query());
+    set_identity(
+        auth,
+        req.headers_mut(),
+        present,
+        &sandbox,
+        port,
+        granted.subject.as_ref(),
+    );
     let forwarded_host = if signed {
         let canonical =
             canonical_host(host, &sandbox.id).ok_or(RouteError::BadHost("preview host"))?;
@@ -313,6 +321,33 @@ fn not_exposed(sandbox: &SandboxRecord, port: Option<u16>) -> Result<(), ProxyEr
     match (sandbox.port_rule(port), port) {
         (PortRule::NotExposed, Some(port)) => Err(ProxyError::PortNotExposed(port)),
         _ => Ok(()),
+    }
+}
+
+/// A client's `X-Sandgate-Identity` never goes on, whatever the configuration; the proxy's own
+/// does when a user's credential opened a preview of a sandbox that gets identity headers
+/// (toolbox traffic goes to the platform's daemon: no identity).
+fn set_identity(
+    auth: &crate::auth::Auth,
+    headers: &mut http::HeaderMap,
+    present: Present,
+    sandbox: &SandboxRecord,
+    port: Option<u16>,
+    subject: Option<&crate::auth::identity::Subject>,
+) {
+    use crate::auth::identity::IDENTITY_HEADER;
+    if present.may_have(Tracked::Identity) {
+        headers.remove(IDENTITY_HEADER);
+    }
+    let (Some(signer), Some(subject), Some(port)) = (&auth.identity, subject, port) else {
+        return;
+    };
+    if !signer.applies(sandbox.identity) {
+        return;
+    }
+    let org = sandbox.organization.as_deref();
+    if let Some(value) = signer.header(subject, &sandbox.id, org, port) {
+        headers.insert(IDENTITY_HEADER, value);
     }
 }
 

@@ -74,7 +74,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// credentials (an `Authorization` trailer is dropped whatever it holds: trailers are not
 /// authenticated, so the platform's could not be told from the app's) and the fields the proxy
 /// sets itself.
-const TRAILER_DENY: [HeaderName; 10] = [
+const TRAILER_DENY: [HeaderName; 11] = [
     header::AUTHORIZATION,
     RUNNER_AUTH_HEADER,
     HeaderName::from_static(crate::auth::PREVIEW_TOKEN_HEADER),
@@ -85,6 +85,7 @@ const TRAILER_DENY: [HeaderName; 10] = [
     X_FORWARDED_PROTO,
     header::TE,
     header::TRAILER,
+    crate::auth::identity::IDENTITY_HEADER,
 ];
 
 /// Filters client request trailers as the headers are: credentials, the proxy's cookies and
@@ -101,7 +102,7 @@ pub(super) fn rewrite_request_headers(
     headers: &mut HeaderMap,
     sandbox: &SandboxRecord,
     upstream_host: &HeaderValue,
-    original_host: &HeaderValue,
+    original_host: Option<&HeaderValue>,
     client_ip: &HeaderValue,
     proto: &HeaderValue,
     upgrade: bool,
@@ -117,7 +118,10 @@ pub(super) fn rewrite_request_headers(
         Some(auth) => headers.insert(RUNNER_AUTH_HEADER, auth.clone()),
         None => headers.remove(RUNNER_AUTH_HEADER),
     };
-    headers.insert(X_FORWARDED_HOST, original_host.clone());
+    // `None`: a trusted proxy's `X-Forwarded-Host` stays (`proxy.preserve_forwarded_host`).
+    if let Some(original_host) = original_host {
+        headers.insert(X_FORWARDED_HOST, original_host.clone());
+    }
     headers.insert(X_FORWARDED_PROTO, proto.clone());
     headers.insert(X_FORWARDED_FOR, client_ip.clone());
 }
@@ -172,6 +176,7 @@ mod tests {
             ("connection", "x-named"),
             ("x-named", "1"),
             ("x-forwarded-host", "evil"),
+            ("x-sandgate-identity", "forged.jwt.value"),
             ("cookie", "app=1; daytona-sandbox-auth-sbx=sig"),
             ("x-checksum", "abc"),
         ] {
@@ -214,7 +219,7 @@ mod tests {
         let host = HeaderValue::from_static("3000-sbx-1.preview.localhost");
         let ip = HeaderValue::from_static("127.0.0.9");
         let upstream_host = HeaderValue::from_static("127.0.0.1:9000");
-        rewrite_request_headers(&mut h, &s, &upstream_host, &host, &ip, &proto, false);
+        rewrite_request_headers(&mut h, &s, &upstream_host, Some(&host), &ip, &proto, false);
         assert_eq!(h[RUNNER_AUTH_HEADER], "Bearer key");
         assert!(
             h.get("x-secret").is_none()
@@ -236,7 +241,7 @@ mod tests {
             &mut forged,
             &direct_sandbox(),
             &upstream_host,
-            &host,
+            Some(&host),
             &ip,
             &proto,
             false,
@@ -259,7 +264,7 @@ mod tests {
             HeaderValue::from_static("h"),
             HeaderValue::from_static("127.0.0.1"),
         );
-        rewrite_request_headers(&mut h, &s, &host, &host, &ip, &proto, true);
+        rewrite_request_headers(&mut h, &s, &host, Some(&host), &ip, &proto, true);
         assert_eq!(h[UPGRADE], "websocket");
         assert_eq!(h[CONNECTION], "upgrade");
         assert_eq!(h["sec-websocket-protocol"], "chat, v2");

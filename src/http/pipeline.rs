@@ -25,6 +25,7 @@ use crate::registry::{InflightGuard, SandboxRecord};
 
 pub use super::{App, ConnectionSlots, Peer};
 
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const SKIP_ACTIVITY_HEADER: HeaderName =
     HeaderName::from_static("x-daytona-skip-last-activity-update");
 
@@ -261,11 +262,18 @@ fn destination<'a>(
         0 => None,
         max => Some(InflightGuard::acquire(sandbox, max).ok_or(ProxyError::SandboxBusy)?),
     };
+    // A trusted proxy's `X-Forwarded-Host` may stay (opt-in); anyone else's is replaced.
+    let keep_forwarded_host = app.forwarder.preserves_forwarded_host()
+        && client.via_trusted_proxy
+        && entry.forwarded_host.is_none()
+        && present.may_have(Tracked::ForwardedHost)
+        && req.headers().contains_key(X_FORWARDED_HOST);
     Ok(Destination {
         inflight,
         sandbox,
         target,
         original_host: entry.forwarded_host.as_ref().unwrap_or(host),
+        keep_forwarded_host,
         client_ip: client.forwarded_for.as_ref().unwrap_or(&peer.ip_header),
         https: peer.https,
         query: entry.query.as_deref(),
@@ -295,8 +303,26 @@ async fn own_host(
         OwnPath::Ready if app.resolver.ready().await => Ok(health::json_ok(health::READY)),
         OwnPath::Ready => Err(ProxyError::NotReady),
         OwnPath::Login | OwnPath::Callback => gate::own_host(app, path, req).await,
+        OwnPath::IdentityJwks => identity_jwks(app),
         OwnPath::AcceptPreviewWarning | OwnPath::NotFound => Err(ProxyError::NotFound),
     }
+}
+
+/// The identity header's public keys; 404 while `[identity]` is off. Verifiers cache it for
+/// 5 minutes: a rotation publishes the new key before it signs (see `config::identity`).
+fn identity_jwks(app: &App) -> Result<Response<ProxyBody>, ProxyError> {
+    let signer = app.auth.identity.as_ref().ok_or(ProxyError::NotFound)?;
+    let mut response = Response::new(ProxyBody::full(signer.jwks()));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk-set+json"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    Ok(response)
 }
 
 /// `OPTIONS *` asks about the server, not a resource: the proxy answers it (there is no sandbox

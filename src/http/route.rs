@@ -31,6 +31,8 @@ pub enum OwnPath {
     Login,
     Callback,
     AcceptPreviewWarning,
+    /// `/.well-known/sandgate-jwks.json`: the identity header's public keys.
+    IdentityJwks,
     NotFound,
 }
 
@@ -265,6 +267,7 @@ fn own_host_route(path: &str) -> Result<Route<'_>, RouteError> {
         "/login" => OwnPath::Login,
         "/callback" => OwnPath::Callback,
         "/accept-daytona-preview-warning" => OwnPath::AcceptPreviewWarning,
+        crate::auth::identity::JWKS_PATH => OwnPath::IdentityJwks,
         _ => OwnPath::NotFound,
     }))
 }

@@ -282,10 +282,12 @@ impl Pool {
         authority: &str,
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        // h2 carries the authority in the URI (`:authority`), not in a Host header.
-        req.headers_mut().remove(http::header::HOST);
+        // h2 carries the authority in the URI (`:authority`), not in a Host header: the Host
+        // the proxy chose (a sandbox's `upstream_host`, else the runner's) becomes it.
+        let host_header = req.headers_mut().remove(http::header::HOST);
+        let uri_authority = host_header.as_ref().and_then(|h| h.to_str().ok());
         *req.version_mut() = Version::HTTP_2;
-        *req.uri_mut() = absolute_uri(authority, req.uri())?;
+        *req.uri_mut() = absolute_uri(uri_authority.unwrap_or(authority), req.uri())?;
         // A bodiless request the runner provably never processed is sent once more: a stream it
         // refused (any method), or, for idempotent methods only, one above the last id of its
         // GOAWAY while it restarts (over a fresh connection). hyper can report a graceful

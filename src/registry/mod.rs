@@ -11,6 +11,7 @@ pub mod redis;
 mod side_cache;
 pub mod signed_preview;
 mod static_backend;
+pub mod upstream_host;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +23,7 @@ pub use cache::Resolver;
 pub use daytona::DaytonaRegistry;
 pub use ports::{PortAccess, PortPolicy, PortRule, PortsMode, ScopedToken};
 pub use static_backend::StaticRegistry;
+pub use upstream_host::UpstreamHosts;
 
 pub use crate::base::BoxFuture;
 // The record values a config file spells (`protocol`, `cors`) are defined with the config.
@@ -255,6 +257,10 @@ pub struct SandboxRecord {
     /// Direct mode: the sandbox's sshd port (the SSH gateway's upstream is `address:ssh_port`).
     pub ssh_port: u16,
     pub cors: CorsMode,
+    /// Opted in to the signed identity header (`[identity]`).
+    pub identity: bool,
+    /// The `Host` the app sees, per port (empty: the proxy's default).
+    pub upstream_hosts: UpstreamHosts,
     /// Which preview ports are public, private or not exposed.
     pub ports: PortPolicy,
     /// Preview tokens bound to some ports (the all-ports token is `auth_token_sha256`).
@@ -326,6 +332,8 @@ impl SandboxRecord {
             cors: CorsMode::Managed,
             ports: PortPolicy::default(),
             scoped_tokens: Box::default(),
+            identity: false,
+            upstream_hosts: UpstreamHosts::default(),
         }
     }
 
@@ -371,6 +379,16 @@ impl SandboxRecord {
 
     pub fn with_cors(mut self, cors: CorsMode) -> Self {
         self.cors = cors;
+        self
+    }
+
+    pub fn with_identity(mut self, identity: bool) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    pub fn with_upstream_hosts(mut self, hosts: UpstreamHosts) -> Self {
+        self.upstream_hosts = hosts;
         self
     }
 

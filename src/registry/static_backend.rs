@@ -187,6 +187,26 @@ fn build_tables(config: &RegistryConfig) -> Result<Tables, String> {
     })
 }
 
+/// `upstream_host` and `upstream_hosts` of one entry; errors name the sandbox and the key.
+fn upstream_hosts(s: &crate::config::SandboxEntry) -> Result<super::UpstreamHosts, String> {
+    let mut ports = Vec::with_capacity(s.upstream_hosts.len());
+    for (port, template) in &s.upstream_hosts {
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                format!(
+                    "sandbox {}: upstream_hosts key {port:?} is not a port",
+                    s.id
+                )
+            })?;
+        ports.push((port, template.as_str()));
+    }
+    super::UpstreamHosts::new(&s.id, s.upstream_host.as_deref(), ports)
+        .map_err(|e| format!("sandbox {}: {e}", s.id))
+}
+
 fn build_table(config: &RegistryConfig) -> Result<Table, String> {
     let mut runners = HashMap::new();
     for r in &config.runners {
@@ -248,7 +268,9 @@ fn build_table(config: &RegistryConfig) -> Result<Table, String> {
                 .with_ssh_port(s.ssh_port)
                 .with_cors(s.cors)
                 .with_ports(port_policy(s)?)
-                .with_scoped_tokens(scoped_tokens(s)?);
+                .with_scoped_tokens(scoped_tokens(s)?)
+                .with_identity(s.identity)
+                .with_upstream_hosts(upstream_hosts(s)?);
         if table
             .insert(s.id.to_ascii_lowercase().into(), Arc::new(record))
             .is_some()
@@ -306,6 +328,40 @@ mod tests {
     fn registry(toml: &str) -> Result<StaticRegistry, String> {
         let config = crate::config::Config::from_toml_str(toml).map_err(|e| e.to_string())?;
         StaticRegistry::from_config(&config.registry)
+    }
+
+    #[test]
+    fn upstream_host_templates_are_checked_at_load_naming_the_sandbox() {
+        let entry = |extra: &str| {
+            format!("[[registry.sandboxes]]\nid = \"sbx\"\naddress = \"10.0.0.9\"\n{extra}\n")
+        };
+        let ok = registry(&entry(
+            "identity = true\nupstream_host = \"localhost:${PORT}\"\nupstream_hosts = { \"8080\" = \"${SANDBOX}.internal\" }",
+        ))
+        .unwrap();
+        let record = ok.get("sbx").unwrap();
+        assert!(record.identity);
+        assert_eq!(
+            record.upstream_hosts.for_port(8080).unwrap(),
+            "sbx.internal"
+        );
+        for (extra, expected) in [
+            (
+                "upstream_host = \"${HOST}\"",
+                "sandbox sbx: upstream host \"${HOST}\"",
+            ),
+            (
+                "upstream_host = \"a/b\"",
+                "sandbox sbx: upstream host \"a/b\"",
+            ),
+            (
+                "upstream_hosts = { \"web\" = \"x\" }",
+                "sandbox sbx: upstream_hosts key \"web\"",
+            ),
+        ] {
+            let error = registry(&entry(extra)).err().unwrap_or_default();
+            assert!(error.contains(expected), "{extra}: {error}");
+        }
     }
 
     #[tokio::test]

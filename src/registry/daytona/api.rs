@@ -294,6 +294,35 @@ impl SandboxDto {
     }
 }
 
+/// `"true"`: the sandbox gets the identity header (`[identity]`).
+const IDENTITY_LABEL: &str = "sandgate.io/identity";
+/// The `Host` the app sees on every port; `….<port>` for one port (`upstream_host`).
+const UPSTREAM_HOST_LABEL: &str = "sandgate.io/upstream-host";
+
+impl SandboxDto {
+    pub(crate) fn identity(&self) -> bool {
+        self.labels.get(IDENTITY_LABEL).is_some_and(|v| v == "true")
+    }
+
+    /// The `upstream_host` labels: every port's template, then per-port ones (a label whose
+    /// suffix is not a port is ignored; templates are checked when the record is built).
+    pub(crate) fn upstream_hosts(
+        &self,
+    ) -> (Option<String>, std::collections::BTreeMap<u16, String>) {
+        let mut ports = std::collections::BTreeMap::new();
+        for (name, value) in &self.labels {
+            let port = name
+                .strip_prefix(UPSTREAM_HOST_LABEL)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .and_then(|p| p.parse::<u16>().ok());
+            if let Some(port) = port {
+                ports.insert(port, value.clone());
+            }
+        }
+        (self.labels.get(UPSTREAM_HOST_LABEL).cloned(), ports)
+    }
+}
+
 /// `GET /sandbox/ssh-access/validate`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

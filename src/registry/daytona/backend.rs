@@ -75,12 +75,16 @@ impl DaytonaRegistry {
                 )
             })?;
         let (ports, port_access) = sandbox.port_policy(id)?;
+        let upstream_host = sandbox.upstream_hosts();
         let info = L2RunnerInfo {
             api_url: url.to_string(),
             api_key: runner.api_key,
             id: Some(runner.id),
             domain: runner.domain,
             cors: sandbox.cors(id),
+            identity: sandbox.identity(),
+            upstream_host: upstream_host.0,
+            upstream_hosts: upstream_host.1,
             organization_id: sandbox.organization_id,
             ports,
             port_access,

@@ -50,6 +50,18 @@ pub(crate) struct L2RunnerInfo {
     pub(crate) ports: PortsMode,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) port_access: BTreeMap<u16, PortAccess>,
+    /// The `sandgate.io/identity` label.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub(crate) identity: bool,
+    /// The `sandgate.io/upstream-host[.<port>]` labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) upstream_host: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub(crate) upstream_hosts: std::collections::BTreeMap<u16, String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_managed(mode: &CorsMode) -> bool {
@@ -81,7 +93,21 @@ pub(crate) fn record_from(
     Ok(SandboxRecord::new(id, upstream, public, state, None)
         .with_organization(info.organization_id.as_deref())
         .with_cors(info.cors)
-        .with_ports(ports))
+        .with_ports(ports)
+        .with_identity(info.identity)
+        .with_upstream_hosts(upstream_hosts(id, info)))
+}
+
+/// A label that is no valid template is ignored (the app gets the proxy's default `Host`),
+/// with a warning, as a bad CORS label is.
+fn upstream_hosts(id: &str, info: &L2RunnerInfo) -> crate::registry::UpstreamHosts {
+    let ports = info.upstream_hosts.iter().map(|(p, t)| (*p, t.as_str()));
+    crate::registry::UpstreamHosts::new(id, info.upstream_host.as_deref(), ports).unwrap_or_else(
+        |why| {
+            tracing::warn!(sandbox = id, %why, "ignoring the upstream-host labels");
+            crate::registry::UpstreamHosts::default()
+        },
+    )
 }
 
 /// The shared Redis L2: Daytona's own keys and envelope, so the Daytona API's deletions (on
@@ -249,6 +275,33 @@ mod tests {
             .unwrap()
             .get("ports")
             .is_none());
+    }
+
+    #[test]
+    fn identity_and_upstream_hosts_are_kept_through_the_l2() {
+        let info: L2RunnerInfo = serde_json::from_str(
+            r#"{"apiUrl":"http://10.0.0.5:3003","apiKey":"k","identity":true,
+                "upstreamHost":"localhost:${PORT}","upstreamHosts":{"8080":"x.internal"}}"#,
+        )
+        .unwrap();
+        let record = record_from("sbx", &info, false, "started").unwrap();
+        assert!(record.identity);
+        assert_eq!(
+            record.upstream_hosts.for_port(3000).unwrap(),
+            "localhost:3000"
+        );
+        assert_eq!(record.upstream_hosts.for_port(8080).unwrap(), "x.internal");
+        let bad: L2RunnerInfo = serde_json::from_str(
+            r#"{"apiUrl":"http://10.0.0.5:3003","apiKey":"k","upstreamHost":"${HOST}"}"#,
+        )
+        .unwrap();
+        let record = record_from("sbx", &bad, false, "started").unwrap();
+        assert!(
+            record.upstream_hosts.is_empty(),
+            "a bad template is ignored"
+        );
+        let ours = serde_json::to_value(&info).unwrap();
+        assert_eq!(ours["upstreamHosts"]["8080"], "x.internal");
     }
 
     #[test]

@@ -253,9 +253,20 @@ fn parse(
         None => CorsMode::Managed,
         Some(mode) => mode.parse().map_err(&bad)?,
     };
+    let identity = match sandbox.get("identity").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(bad(format!(
+                "identity must be true or false, not {other:?}"
+            )))
+        }
+    };
     let mut record = SandboxRecord::new(id, upstream, public, state, None)
         .with_organization(sandbox.get("organization").map(String::as_str))
-        .with_cors(cors);
+        .with_cors(cors)
+        .with_identity(identity)
+        .with_upstream_hosts(upstream_hosts(id, sandbox).map_err(&bad)?);
     if let Some(hex_hash) = sandbox.get("auth_token_sha256") {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(hex_hash, &mut hash)
@@ -298,6 +309,22 @@ fn parse_ports(id: &str, sandbox: &Fields) -> Result<(PortPolicy, Vec<ScopedToke
     }
     let policy = PortPolicy::new(mode, entries).map_err(|e| format!("port fields: {e}"))?;
     Ok((policy, tokens))
+}
+
+/// The fields `upstream_host` (every port) and `upstream_host:<port>` (one port).
+fn upstream_hosts(id: &str, sandbox: &Fields) -> Result<crate::registry::UpstreamHosts, String> {
+    let mut ports = Vec::new();
+    for (name, template) in sandbox {
+        if let Some(port) = name.strip_prefix("upstream_host:") {
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("field {name:?}: {port:?} is not a port"))?;
+            ports.push((port, template.as_str()));
+        }
+    }
+    crate::registry::UpstreamHosts::new(id, sandbox.get("upstream_host").map(String::as_str), ports)
 }
 
 impl Registry for RedisRegistry {
@@ -454,6 +481,28 @@ mod tests {
     }
 
     #[test]
+    fn identity_and_upstream_hosts_are_fields() {
+        let s = fields(&[
+            ("address", "10.0.0.7"),
+            ("identity", "true"),
+            ("upstream_host", "localhost:${PORT}"),
+            ("upstream_host:8080", "${SANDBOX}.internal"),
+        ]);
+        let record = parse("p:", "sbx", &s, None).unwrap();
+        assert!(record.identity);
+        assert_eq!(
+            record.upstream_hosts.for_port(3000).unwrap(),
+            "localhost:3000"
+        );
+        assert_eq!(
+            record.upstream_hosts.for_port(8080).unwrap(),
+            "sbx.internal"
+        );
+        let plain = parse("p:", "sbx", &fields(&[("address", "h")]), None).unwrap();
+        assert!(!plain.identity && plain.upstream_hosts.is_empty());
+    }
+
+    #[test]
     fn defaults_and_direct_mode() {
         let record = parse("p:", "sbx", &fields(&[("address", "10.0.0.7")]), None).unwrap();
         assert!(!record.public && record.is_running() && record.auth_token_sha256.is_none());
@@ -562,6 +611,21 @@ mod tests {
                 ]),
                 None,
                 "is not a port",
+            ),
+            (
+                fields(&[("address", "h"), ("identity", "yes")]),
+                None,
+                "identity must be true or false",
+            ),
+            (
+                fields(&[("address", "h"), ("upstream_host", "${HOST}")]),
+                None,
+                "only ${PORT} and ${SANDBOX}",
+            ),
+            (
+                fields(&[("address", "h"), ("upstream_host:http", "x")]),
+                None,
+                "\"upstream_host:http\"",
             ),
         ];
         for (sandbox, runner, expect) in cases {
