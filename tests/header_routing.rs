@@ -21,6 +21,9 @@ use support::{get, Proxy};
 const KEY: &str = "test-cookie-key-0123456789abcdef0123";
 /// The proxy's own host as SDKs address it (not under the preview domain).
 const OWN: &str = "sandgate.localhost:8443";
+/// Request headers of one case.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
 const ROUTING: [&str; 4] = [
     "x-daytona-sandbox-id",
     "x-daytona-sandbox-port",
@@ -214,7 +217,7 @@ async fn header_routes_are_preview_routes_with_header_credentials_only() {
             &pub_, [status(401), code("AUTH_REQUIRED")]),
     ];
     // The 400 cases (nothing reaches the app).
-    let bad: [(&str, &[(&str, &str)], &str); 7] = [
+    let bad: [(&str, Headers, &str); 7] = [
         (
             "id without port",
             &[("x-daytona-sandbox-id", "pub")],
