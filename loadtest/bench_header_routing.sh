@@ -26,7 +26,8 @@
 # Knobs (environment): SKIP_BUILD=1, SANDGATE_BIN (use this binary, no build; the client is
 # then its profile's examples/h2_mux_bench, built if missing), H2_CLIENT (the client binary),
 # SANDBOXES (750, as in e2b #1342), REQUESTS (30000), CONCURRENCY (64), RUNS (3),
-# TRANSPORTS ("h2c tls"), H2LOAD_REQUESTS (20000), PROXY_CORE (1), LOAD_CORE (0), OUT (also
+# TRANSPORTS ("h2c tls"), H2LOAD_REQUESTS (20000), H2LOAD_ROUNDS (5: each shape once per round,
+# the first alternating; medians), PROXY_CORE (1), LOAD_CORE (0), OUT (also
 # write the markdown report to this file).
 # Exit status 1 on a failed request or a sandgate WARN/ERROR log line; figures are reported,
 # never asserted.
@@ -46,12 +47,14 @@ if [ "$quick" = 1 ]; then
   RUNS=${RUNS:-1}
   TRANSPORTS=${TRANSPORTS:-h2c}
   H2LOAD_REQUESTS=${H2LOAD_REQUESTS:-500}
+  H2LOAD_ROUNDS=${H2LOAD_ROUNDS:-1}
 else
   SANDBOXES=${SANDBOXES:-750}
   REQUESTS=${REQUESTS:-30000}
   RUNS=${RUNS:-3}
   TRANSPORTS=${TRANSPORTS:-h2c tls}
   H2LOAD_REQUESTS=${H2LOAD_REQUESTS:-20000}
+  H2LOAD_ROUNDS=${H2LOAD_ROUNDS:-5}
 fi
 CONCURRENCY=${CONCURRENCY:-64}
 PROXY_CORE=${PROXY_CORE:-1}
@@ -180,28 +183,39 @@ done
 h2load_report=""
 if command -v h2load >/dev/null; then
   start_sandgate hr-h2load "$config" "$PROXY_CORE"
-  h2() {
-    taskset -c "$LOAD_CORE" h2load -n "$H2LOAD_REQUESTS" -c 1 -m "$CONCURRENCY" \
-      -H "x-daytona-preview-token: $token" "$@" 2>&1
-  }
-  by_host=$(h2 "http://$sg_addr/bench" -H ":authority: $app_port-sbx-0000.$domain")
-  by_header=$(h2 "http://$sg_addr/bench" -H ":authority: $own_host" \
-    -H "x-daytona-sandbox-id: sbx-0000" -H "x-daytona-sandbox-port: $app_port")
-  check_sandgate_log hr-h2load || failed=1
-  stop_pid "$sg_pid"
-  # "finished in 1.23s, 16260.16 req/s, ..." and "requests: ... 20000 succeeded, 0 failed"
-  h2load_line() {
-    local rps ok
-    rps=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$1")
-    ok=$(sed -n 's/^requests: .* \([0-9]*\) succeeded, \([0-9]*\) failed.*/\1 ok, \2 failed/p' <<<"$1")
-    grep -q "status codes: $H2LOAD_REQUESTS 2xx" <<<"$1" || {
-      echo "$prog: h2load saw non-2xx answers:" >&2
-      grep '^status codes' <<<"$1" >&2
+  # h2load SHAPE: one run; prints its req/s, fails the run on a non-2xx answer.
+  h2load_rps() {
+    local out
+    local shape=(-H ":authority: $app_port-sbx-0000.$domain")
+    [ "$1" = header ] && shape=(-H ":authority: $own_host" -H "x-daytona-sandbox-id: sbx-0000" \
+      -H "x-daytona-sandbox-port: $app_port")
+    out=$(taskset -c "$LOAD_CORE" h2load -n "$H2LOAD_REQUESTS" -c 1 -m "$CONCURRENCY" \
+      -H "x-daytona-preview-token: $token" "${shape[@]}" "http://$sg_addr/bench" 2>&1)
+    grep -q "status codes: $H2LOAD_REQUESTS 2xx" <<<"$out" || {
+      echo "$prog: h2load ($1) saw failures or non-2xx answers:" >&2
+      grep -E '^(requests|status codes)' <<<"$out" >&2
       failed=1
     }
-    echo "$rps req/s ($ok)"
+    # "finished in 1.23s, 16260.16 req/s, ..."
+    sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out"
   }
-  h2load_report="h2load -n $H2LOAD_REQUESTS -c 1 -m $CONCURRENCY (h2c), one sandbox: by host $(h2load_line "$by_host"); by headers $(h2load_line "$by_header")"
+  : >"$tmp/h2load"
+  for round in $(seq 1 "$H2LOAD_ROUNDS"); do
+    order="host header"
+    [ $((round % 2)) = 0 ] && order="header host"
+    for shape in $order; do
+      echo "$shape $(h2load_rps "$shape")" >>"$tmp/h2load"
+    done
+  done
+  check_sandgate_log hr-h2load || failed=1
+  stop_pid "$sg_pid"
+  h2load_median() { awk -v s="$1" '$1 == s {print $2}' "$tmp/h2load" | median; }
+  by_host=$(h2load_median host)
+  by_header=$(h2load_median header)
+  h2load_report="h2load -n $H2LOAD_REQUESTS -c 1 -m $CONCURRENCY (h2c), one sandbox, median of \
+$H2LOAD_ROUNDS: by host $by_host req/s, by headers $by_header req/s \
+($(awk -v a="$by_header" -v b="$by_host" 'BEGIN {printf "%.2fx", a / b}')); each round \
+$(awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2}' "$tmp/h2load")"
 else
   h2load_report="h2load: not installed (apt-get install nghttp2-client), cross-check skipped"
 fi

@@ -83,11 +83,15 @@ pub fn parse(
     }
 }
 
-/// Removes every routing header (they are the proxy's, never the app's).
+/// Removes every routing header (they are the proxy's, never the app's); only the names the
+/// scan saw are looked up.
 pub fn remove(headers: &mut HeaderMap, present: Present) {
-    if present.may_have_any(&Tracked::ROUTING) {
-        for name in [DAYTONA_ID, DAYTONA_PORT, SANDGATE_ID, SANDGATE_PORT] {
-            headers.remove(name);
+    if !present.may_have_any(&Tracked::ROUTING) {
+        return;
+    }
+    for tracked in Tracked::ROUTING {
+        if present.may_have(tracked) {
+            headers.remove(tracked.name());
         }
     }
 }
