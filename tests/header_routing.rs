@@ -350,15 +350,20 @@ fn forwarded_host(echo: &serde_json::Value) -> Option<String> {
     })
 }
 
-async fn accepted_connections(admin: SocketAddr) -> f64 {
+/// (client connections accepted, preview requests answered 2xx) from the admin listener.
+async fn counters(admin: SocketAddr) -> (f64, f64) {
     let metrics = get(admin, "admin", "/metrics").await.text();
-    support::sample(&metrics, "sandgate_connections_accepted_total")
+    let preview_2xx = "sandgate_requests_total{kind=\"preview\",class=\"2xx\"}";
+    (
+        support::sample(&metrics, "sandgate_connections_accepted_total"),
+        support::sample(&metrics, preview_2xx),
+    )
 }
 
 #[tokio::test]
 async fn one_h2_connection_multiplexes_many_sandboxes() {
     let s = setup().await;
-    let before = accepted_connections(s.admin).await;
+    let before = counters(s.admin).await;
     let h2 = h2_connection(s.proxy.addr).await;
     let sandboxes = [("priv-a", "tok-a"), ("priv-b", "tok-b"), ("pub", "")];
     let requests = (0..30).map(|i| {
@@ -383,9 +388,18 @@ async fn one_h2_connection_multiplexes_many_sandboxes() {
         );
     }
     assert_eq!(s.runner.seen().len(), 30);
-    let opened = accepted_connections(s.admin).await - before;
+    let after = counters(s.admin).await;
     // The admin listener's scrapes are not counted: the proxy saw the one HTTP/2 connection.
-    assert_eq!(opened, 1.0, "client connections accepted during the run");
+    assert_eq!(
+        after.0 - before.0,
+        1.0,
+        "client connections accepted during the run"
+    );
+    assert_eq!(
+        after.1 - before.1,
+        30.0,
+        "header-routed requests count as previews"
+    );
 }
 
 /// The per-connection token memo remembers the last preview token for one sandbox record: on
