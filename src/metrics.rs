@@ -52,6 +52,9 @@ pub struct Metrics {
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
     pub connections_active: Gauge,
+    /// Client connections admitted (after the connection limits); with `connections_active`,
+    /// shows how many connections clients open (one per host or one for many sandboxes).
+    pub connections_accepted: Counter,
     pub websockets_active: Gauge,
     pub upstream_connect_errors: Counter,
     pub upstream_timeouts: Counter,
@@ -142,6 +145,7 @@ impl Metrics {
             request_duration: Histogram::new(latency_buckets()),
             upstream_duration: Histogram::new(latency_buckets()),
             connections_active: Gauge::default(),
+            connections_accepted: Counter::default(),
             websockets_active: Gauge::default(),
             upstream_connect_errors,
             upstream_timeouts,
@@ -189,6 +193,11 @@ impl Metrics {
             "connections_active",
             "Open client connections",
             m.connections_active.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "Client connections admitted",
+            m.connections_accepted.clone(),
         );
         r.register(
             "websockets_active",

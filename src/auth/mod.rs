@@ -169,6 +169,9 @@ pub struct AuthRequest<'a> {
     pub safe_method: bool,
     /// The client connection's last accepted preview token.
     pub memo: Option<&'a TokenMemo>,
+    /// Only `Authorization: Bearer` and `X-Daytona-Preview-Token`: no query token, no sandbox
+    /// cookie (header routing on the proxy's own host, which every sandbox shares).
+    pub header_credentials_only: bool,
 }
 
 /// Authentication state shared by every request.
@@ -337,6 +340,9 @@ impl Auth {
                 },
                 Err(_) => note(AuthError::TokenInvalid),
             }
+        }
+        if req.header_credentials_only {
+            return Ok(Err(failure));
         }
         if let Some(token) = req.query.and_then(|q| query_param(q, PREVIEW_TOKEN_QUERY)) {
             let check = resolver.preview_token(sandbox, token, req.port).await?;

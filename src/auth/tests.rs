@@ -41,6 +41,7 @@ async fn check(
         navigation: false,
         safe_method: true,
         memo: None,
+        header_credentials_only: false,
     };
     auth.authenticate(&resolver, &req)
         .await
@@ -170,6 +171,7 @@ async fn navigations_by_query_token_get_a_cookie_and_a_clean_redirect() {
         navigation: true,
         safe_method: true,
         memo: None,
+        header_credentials_only: false,
     };
     let g = grant(auth.authenticate(&resolver, &req).await.unwrap());
     assert_eq!(g.redirect.as_deref(), Some("/p?b=%2F&a=1"));
@@ -186,6 +188,25 @@ async fn navigations_by_query_token_get_a_cookie_and_a_clean_redirect() {
     };
     let g = grant(auth.authenticate(&resolver, &again).await.unwrap());
     assert_eq!(g.access, Some(Access::Cookie));
+
+    // On the proxy's own host (header routing) neither the query token nor the cookie counts.
+    for shared in [
+        AuthRequest {
+            header_credentials_only: true,
+            ..again
+        },
+        AuthRequest {
+            header_credentials_only: true,
+            navigation: false,
+            ..req
+        },
+    ] {
+        let refused = auth.authenticate(&resolver, &shared).await;
+        assert!(
+            matches!(refused, Err(Denied::Auth(AuthError::Required))),
+            "{refused:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -209,6 +230,7 @@ async fn a_connection_remembers_its_preview_token_for_that_record_only() {
         navigation: false,
         safe_method: true,
         memo: Some(&memo),
+        header_credentials_only: false,
     };
     assert!(!memo.matches(&s, "tok-123"));
     let first = grant(auth.authenticate(&resolver, &ask(&s, &good)).await.unwrap());

@@ -8,7 +8,7 @@ use http::HeaderMap;
 
 /// The request headers the phases look up (lowercase, as `HeaderName`s are).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u16)]
+#[repr(u32)]
 pub enum Tracked {
     RequestId = 1 << 0,
     DisableCors = 1 << 1,
@@ -23,12 +23,16 @@ pub enum Tracked {
     Origin = 1 << 10,
     Forwarded = 1 << 11,
     Accept = 1 << 12,
-    Identity = 1 << 13,
-    ForwardedHost = 1 << 14,
+    DaytonaSandboxId = 1 << 13,
+    DaytonaSandboxPort = 1 << 14,
+    SandgateSandboxId = 1 << 15,
+    SandgateSandboxPort = 1 << 16,
+    Identity = 1 << 17,
+    ForwardedHost = 1 << 18,
 }
 
 impl Tracked {
-    pub const ALL: [Tracked; 15] = [
+    pub const ALL: [Tracked; 19] = [
         Tracked::RequestId,
         Tracked::DisableCors,
         Tracked::PreviewToken,
@@ -42,8 +46,20 @@ impl Tracked {
         Tracked::Origin,
         Tracked::Forwarded,
         Tracked::Accept,
+        Tracked::DaytonaSandboxId,
+        Tracked::DaytonaSandboxPort,
+        Tracked::SandgateSandboxId,
+        Tracked::SandgateSandboxPort,
         Tracked::Identity,
         Tracked::ForwardedHost,
+    ];
+
+    /// The header-routing names (`http::header_route`).
+    pub const ROUTING: [Tracked; 4] = [
+        Tracked::DaytonaSandboxId,
+        Tracked::DaytonaSandboxPort,
+        Tracked::SandgateSandboxId,
+        Tracked::SandgateSandboxPort,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -63,6 +79,10 @@ impl Tracked {
             Tracked::Accept => "accept",
             Tracked::Identity => "x-sandgate-identity",
             Tracked::ForwardedHost => "x-forwarded-host",
+            Tracked::DaytonaSandboxId => "x-daytona-sandbox-id",
+            Tracked::DaytonaSandboxPort => "x-daytona-sandbox-port",
+            Tracked::SandgateSandboxId => "x-sandgate-sandbox-id",
+            Tracked::SandgateSandboxPort => "x-sandgate-sandbox-port",
         }
     }
 }
@@ -72,31 +92,35 @@ impl Tracked {
 /// saw them (`Cookie`, `Authorization` keep the values they do not strip), so one the scan did
 /// not see is still absent later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Present(u16);
+pub struct Present(u32);
 
 impl Present {
     /// No scan: every lookup is made.
-    pub const UNKNOWN: Present = Present(u16::MAX);
+    pub const UNKNOWN: Present = Present(u32::MAX);
 
     pub fn scan(headers: &HeaderMap) -> Present {
         let mut bits = 0;
         for name in headers.keys() {
             bits |= match name.as_str() {
-                "x-request-id" => Tracked::RequestId as u16,
-                "x-daytona-disable-cors" => Tracked::DisableCors as u16,
-                "x-daytona-preview-token" => Tracked::PreviewToken as u16,
-                "x-daytona-skip-last-activity-update" => Tracked::SkipActivity as u16,
-                "x-daytona-skip-preview-warning" => Tracked::SkipWarning as u16,
-                "sec-fetch-mode" => Tracked::SecFetchMode as u16,
-                "sec-fetch-dest" => Tracked::SecFetchDest as u16,
-                "upgrade" => Tracked::Upgrade as u16,
-                "authorization" => Tracked::Authorization as u16,
-                "cookie" => Tracked::Cookie as u16,
-                "origin" => Tracked::Origin as u16,
-                "forwarded" => Tracked::Forwarded as u16,
-                "accept" => Tracked::Accept as u16,
-                "x-sandgate-identity" => Tracked::Identity as u16,
-                "x-forwarded-host" => Tracked::ForwardedHost as u16,
+                "x-request-id" => Tracked::RequestId as u32,
+                "x-daytona-disable-cors" => Tracked::DisableCors as u32,
+                "x-daytona-preview-token" => Tracked::PreviewToken as u32,
+                "x-daytona-skip-last-activity-update" => Tracked::SkipActivity as u32,
+                "x-daytona-skip-preview-warning" => Tracked::SkipWarning as u32,
+                "sec-fetch-mode" => Tracked::SecFetchMode as u32,
+                "sec-fetch-dest" => Tracked::SecFetchDest as u32,
+                "upgrade" => Tracked::Upgrade as u32,
+                "authorization" => Tracked::Authorization as u32,
+                "cookie" => Tracked::Cookie as u32,
+                "origin" => Tracked::Origin as u32,
+                "forwarded" => Tracked::Forwarded as u32,
+                "accept" => Tracked::Accept as u32,
+                "x-daytona-sandbox-id" => Tracked::DaytonaSandboxId as u32,
+                "x-daytona-sandbox-port" => Tracked::DaytonaSandboxPort as u32,
+                "x-sandgate-sandbox-id" => Tracked::SandgateSandboxId as u32,
+                "x-sandgate-sandbox-port" => Tracked::SandgateSandboxPort as u32,
+                "x-sandgate-identity" => Tracked::Identity as u32,
+                "x-forwarded-host" => Tracked::ForwardedHost as u32,
                 _ => 0,
             };
         }
@@ -105,7 +129,12 @@ impl Present {
 
     /// `false`: the request has no such header, no lookup needed.
     pub fn may_have(self, name: Tracked) -> bool {
-        self.0 & name as u16 != 0
+        self.0 & name as u32 != 0
+    }
+
+    /// `false`: the request has none of `names`.
+    pub fn may_have_any(self, names: &[Tracked]) -> bool {
+        names.iter().any(|name| self.may_have(*name))
     }
 }
 

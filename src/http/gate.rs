@@ -44,15 +44,22 @@ pub struct Entry {
     set_cookie: Option<HeaderValue>,
     cors: CorsDecision,
     /// `X-Forwarded-Host` when it must not be the request's host (a signed preview host:
-    /// its token never reaches the app).
+    /// its token never reaches the app; the proxy's own host, for header routing).
     pub forwarded_host: Option<HeaderValue>,
+    /// Header-routed on the proxy's own host ([`Resolution::shared_host`]).
+    shared_host: bool,
 }
 
 impl Entry {
     /// The sandbox's response with what admission adds: the proxy's cookie, CORS headers, and
-    /// `X-Sandgate-Stale: 1` when the sandbox came from a stale cache entry.
+    /// `X-Sandgate-Stale: 1` when the sandbox came from a stale cache entry. On the proxy's own
+    /// host the app's cookies are removed: that host is every sandbox's, so a cookie jar would
+    /// send one sandbox's cookie to all the others.
     pub fn finish(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
         let headers = response.headers_mut();
+        if self.shared_host {
+            headers.remove(SET_COOKIE);
+        }
         if let Some(c) = &self.set_cookie {
             headers.append(SET_COOKIE, c.clone());
         }
@@ -136,6 +143,10 @@ pub struct Resolution {
     pub stale: bool,
     /// The host's signed preview token named it.
     pub signed: bool,
+    /// Routing headers on the proxy's own host named it (`http::header_route`). That host is
+    /// shared by every sandbox: header credentials only, no cookie in or out, no CORS grant,
+    /// no login redirect or warning page.
+    pub shared_host: bool,
 }
 
 /// Resolve phase: the sandbox behind `id_or_token` (through a signed preview token when the
@@ -170,6 +181,19 @@ pub async fn resolve(
         sandbox,
         stale: resolved.stale,
         signed,
+        shared_host: false,
+    })
+}
+
+/// Resolve phase for header routing: the header names a sandbox id, never a signed preview
+/// token (those are links for browsers, which header routing does not serve).
+pub async fn resolve_header_route(app: &App, sandbox_id: &str) -> Result<Resolution, ProxyError> {
+    let resolved = app.resolver.sandbox(sandbox_id).await?;
+    Ok(Resolution {
+        sandbox: resolved.sandbox.ok_or(ProxyError::SandboxNotFound)?,
+        stale: resolved.stale,
+        signed: false,
+        shared_host: true,
     })
 }
 
@@ -193,6 +217,7 @@ pub async fn admit(
         sandbox,
         stale,
         signed,
+        shared_host,
     } = resolution;
     if sandbox.public {
         // Nothing to hide on a public sandbox: an undeclared port is 404 for everyone.
@@ -201,23 +226,34 @@ pub async fn admit(
     // After resolving: the mode is the sandbox's, and a preflight carries no credentials, so
     // the proxy answers it before authenticating (passthrough ones go on to the app).
     let own: [&str; 2] = [id_or_token, &sandbox.id];
-    let own = if port.is_some() { &own[..] } else { &[] };
-    let (cors, hands_off) = auth
+    let own = if port.is_some() && !shared_host {
+        &own[..]
+    } else {
+        &[]
+    };
+    let (cors, hands_off) = match auth
         .cors
-        .decide(req.headers_mut(), present, sandbox.cors, own);
+        .decide(req.headers_mut(), present, sandbox.cors, own)
+    {
+        // Not a sandbox's origin: no grant, and preflights (which cannot carry the routing
+        // headers) go to the app like any request.
+        _ if shared_host => (CorsDecision::None, true),
+        decided => decided,
+    };
     if let Some(r) = auth
         .cors
         .preflight(&method, req.headers(), &cors, hands_off)
     {
         return Ok(Admission::Respond(respond::answer(r)));
     }
-    if port.is_some() && uri.path() == oidc::SESSION_PATH && method == Method::GET {
+    let preview_host = port.is_some() && !shared_host;
+    if preview_host && uri.path() == oidc::SESSION_PATH && method == Method::GET {
         return oidc::session(auth, host, uri.query(), &sandbox, id_or_token)
             .map(|answer| Admission::Respond(respond::answer(answer)))
             .map_err(Into::into);
     }
 
-    let navigation = warning::is_navigation(req.headers(), present, html);
+    let navigation = !shared_host && warning::is_navigation(req.headers(), present, html);
     let safe_method = matches!(method, Method::GET | Method::HEAD);
     let authenticated = auth
         .authenticate(
@@ -236,6 +272,7 @@ pub async fn admit(
                 navigation,
                 safe_method,
                 memo: Some(&client.token_memo),
+                header_credentials_only: shared_host,
             },
         )
         .await?;
@@ -313,6 +350,7 @@ pub async fn admit(
         set_cookie: granted.set_cookie,
         cors,
         forwarded_host,
+        shared_host,
     }))
 }
 

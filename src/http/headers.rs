@@ -74,7 +74,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// credentials (an `Authorization` trailer is dropped whatever it holds: trailers are not
 /// authenticated, so the platform's could not be told from the app's) and the fields the proxy
 /// sets itself.
-const TRAILER_DENY: [HeaderName; 11] = [
+const TRAILER_DENY: [HeaderName; 15] = [
     header::AUTHORIZATION,
     RUNNER_AUTH_HEADER,
     HeaderName::from_static(crate::auth::PREVIEW_TOKEN_HEADER),
@@ -86,6 +86,10 @@ const TRAILER_DENY: [HeaderName; 11] = [
     header::TE,
     header::TRAILER,
     crate::auth::identity::IDENTITY_HEADER,
+    super::header_route::DAYTONA_ID,
+    super::header_route::DAYTONA_PORT,
+    super::header_route::SANDGATE_ID,
+    super::header_route::SANDGATE_PORT,
 ];
 
 /// Filters client request trailers as the headers are: credentials, the proxy's cookies and

@@ -8,6 +8,7 @@ pub mod client_io;
 pub mod forward;
 pub mod gate;
 pub mod head_timer;
+pub mod header_route;
 pub mod headers;
 pub mod path;
 pub mod pipeline;

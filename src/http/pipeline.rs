@@ -17,6 +17,7 @@ use super::client_addr::{ClientAddr, FORWARDED};
 use super::client_io::ConnectionEnd;
 use super::forward::{Destination, Target};
 use super::gate::{self, Admission};
+use super::header_route;
 use super::respond::{auth_code, error_response, health, wants_html, ProxyError};
 use super::route::{self, OwnPath, Route, RouteError};
 use crate::base::header_scan::{Present, Tracked};
@@ -175,8 +176,28 @@ async fn pipeline(
     if uri.path() == "*" {
         return asterisk_form(req.method());
     }
+    let by_header;
+    // Header-routed: the preview host the app sees as `X-Forwarded-Host`.
+    let mut shared_host = None;
     let (sandbox_id, port, target) = match route::route(host_str, uri.path(), &app.domains)? {
-        Route::Own(own) => return own_host(app, own, &req).await,
+        Route::Own(own) => {
+            // Only here: a preview host or a toolbox path never re-routes by the headers.
+            by_header =
+                match header_route::parse(req.headers(), present).map_err(RouteError::from)? {
+                    Some(by_header) => by_header,
+                    None => return own_host(app, own, &req).await,
+                };
+            route::check_path(uri.path())?;
+            seen.kind = RouteKind::Preview;
+            let preview_host = by_header.preview_host(app.domains.primary(), host_str);
+            shared_host = Some(preview_host.unwrap_or_else(|| host.clone()));
+            let port = by_header.port;
+            (
+                by_header.sandbox_id().into(),
+                Some(port),
+                Target::Preview { port },
+            )
+        }
         Route::Preview { port, id_or_token } => {
             seen.kind = RouteKind::Preview;
             (id_or_token, Some(port), Target::Preview { port })
@@ -187,10 +208,14 @@ async fn pipeline(
         }
     };
 
-    if let Some(answer) = gate::preview_own_path(app, &mut req, host_str, port).await {
+    let preview_port = port.filter(|_| shared_host.is_none());
+    if let Some(answer) = gate::preview_own_path(app, &mut req, host_str, preview_port).await {
         return answer;
     }
-    let resolution = gate::resolve(app, &sandbox_id, port, client.ip).await?;
+    let resolution = match shared_host {
+        Some(_) => gate::resolve_header_route(app, &sandbox_id).await?,
+        None => gate::resolve(app, &sandbox_id, port, client.ip).await?,
+    };
     let admission = gate::admit(
         app,
         &mut req,
@@ -201,10 +226,13 @@ async fn pipeline(
         (peer, client.ip),
         (html, present),
     );
-    let entry = match admission.await? {
+    let mut entry = match admission.await? {
         Admission::Respond(response) => return Ok(response),
         Admission::Enter(entry) => entry,
     };
+    if shared_host.is_some() {
+        entry.forwarded_host = shared_host;
+    }
     seen.sandbox = Some(entry.sandbox.clone());
     let marked = record_activity(app, &mut req, present, &entry.sandbox);
     let destination = destination(
@@ -257,6 +285,7 @@ fn destination<'a>(
         // not on a signed preview host, whose token it may name.
         req.headers_mut().remove(FORWARDED);
     }
+    header_route::remove(req.headers_mut(), present);
     let sandbox = &entry.sandbox;
     let inflight = match app.max_requests_per_sandbox {
         0 => None,

@@ -10,6 +10,7 @@ use crate::auth::{Answer, AuthError, Denied};
 use crate::base::header_scan::{Present, Tracked};
 pub use crate::base::html::escape_html;
 use crate::http::body::ProxyBody;
+use crate::http::header_route::HeaderRouteError;
 use crate::http::route::RouteError;
 use crate::registry::RegistryError;
 
@@ -76,6 +77,7 @@ impl ProxyError {
             ProxyError::Route(RouteError::BadToolboxPath(_)) => "BAD_REQUEST",
             ProxyError::Route(RouteError::AbsoluteForm | RouteError::AsteriskForm) => "BAD_REQUEST",
             ProxyError::Route(RouteError::BadPath(_)) => "BAD_PATH",
+            ProxyError::Route(RouteError::RoutingHeader(e)) => routing_header_code(e),
             ProxyError::Route(_) => "BAD_HOST",
             ProxyError::NotFound => "NOT_FOUND",
             ProxyError::SandboxNotFound => "SANDBOX_NOT_FOUND",
@@ -128,6 +130,15 @@ impl From<Denied> for ProxyError {
             Denied::Auth(e) => ProxyError::Auth(e),
             Denied::Registry(e) => ProxyError::Registry(e),
         }
+    }
+}
+
+fn routing_header_code(error: &HeaderRouteError) -> &'static str {
+    match error {
+        HeaderRouteError::Incomplete => "ROUTING_HEADERS_INCOMPLETE",
+        HeaderRouteError::BadPort => "BAD_SANDBOX_PORT",
+        HeaderRouteError::BadId => "BAD_SANDBOX_ID",
+        HeaderRouteError::Conflict => "ROUTING_HEADERS_CONFLICT",
     }
 }
 

@@ -54,6 +54,8 @@ pub enum RouteError {
     BadPath(&'static str),
     #[error("the asterisk-form request target is only valid with OPTIONS")]
     AsteriskForm,
+    #[error(transparent)]
+    RoutingHeader(#[from] super::header_route::HeaderRouteError),
 }
 
 /// Preview domains, lower-cased once at startup.

@@ -157,6 +157,7 @@ pub async fn serve(
                 end,
             };
             metrics().connections_active.inc();
+            metrics().connections_accepted.inc();
             match tls_side {
                 Some((acceptor, timeout)) => connection.serve_tls(stream, acceptor, timeout).await,
                 None => connection.serve_plain(stream, redirect_to).await,
