@@ -239,6 +239,9 @@ pub struct SandboxRecord {
     /// Direct mode: the sandbox's sshd port (the SSH gateway's upstream is `address:ssh_port`).
     pub ssh_port: u16,
     pub cors: CorsMode,
+    /// This sandbox's ring in the request log (`http::request_log`), found without a map
+    /// lookup once set; a refreshed record finds it again through the log's table.
+    pub request_ring: std::sync::OnceLock<Arc<crate::base::request_ring::Ring>>,
 }
 
 /// One request in flight for a sandbox; released when dropped (end of body or relay).
@@ -288,6 +291,7 @@ impl SandboxRecord {
             inflight: Default::default(),
             ssh_port: 22,
             cors: CorsMode::Managed,
+            request_ring: Default::default(),
         }
     }
 
