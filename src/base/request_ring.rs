@@ -280,6 +280,16 @@ mod tests {
         assert_eq!((exact.as_str(), exact.truncated()), ("abcd", false));
     }
 
+    /// The figure the docs give for the memory bound (entries x 480 bytes).
+    #[test]
+    fn an_entry_takes_at_most_480_bytes() {
+        assert!(
+            std::mem::size_of::<Entry>() <= 480,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+    }
+
     #[test]
     fn an_evicted_ring_frees_its_entries() {
         let ring = Ring::new(4, 0);

@@ -406,6 +406,40 @@ mod tests {
         assert!(log.existing("a").is_none());
     }
 
+    /// A reader that falls behind costs no memory: the ring is its buffer, and what the ring
+    /// overwrote meanwhile is told as a count.
+    #[tokio::test]
+    async fn a_slow_follower_is_told_how_many_it_missed() {
+        let log = RequestLog::new(&LogConfig {
+            requests_per_sandbox: 2,
+            ..LogConfig::default()
+        })
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let mut follow = Follow::start(&log, "s", usize::MAX, &shutdown).unwrap();
+        let ring = log.ring("s");
+        ring.push(entry(1));
+        let first = follow.next_chunk().await.unwrap();
+        assert!(
+            first.starts_with(b"id: 1\nevent: request\ndata: {"),
+            "{first:?}"
+        );
+        for micros in 2..=6 {
+            ring.push(entry(micros));
+        }
+        let behind = String::from_utf8(follow.next_chunk().await.unwrap().to_vec()).unwrap();
+        assert!(
+            behind.starts_with("event: dropped\ndata: {\"dropped\":3}\n\nid: 5\n"),
+            "{behind}"
+        );
+        assert!(behind.contains("\nid: 6\n"), "{behind}");
+        shutdown.cancel();
+        assert!(follow.next_chunk().await.is_none(), "ends at shutdown");
+        assert!(Follow::start(&log, "s", 0, &shutdown).is_some());
+        drop(follow);
+        assert_eq!(log.followers.load(Ordering::Relaxed), 0);
+    }
+
     fn entry(unix_micros: u64) -> Entry {
         Entry {
             seq: 0,
