@@ -25,22 +25,40 @@ pub struct Inline<const N: usize> {
 }
 
 impl<const N: usize> Inline<N> {
+    pub const EMPTY: Self = Inline {
+        len: 0,
+        truncated: false,
+        bytes: [0; N],
+    };
+
     pub fn new(text: &str) -> Self {
+        let mut inline = Self::EMPTY;
+        inline.set(text);
+        inline
+    }
+
+    /// Overwrites the text, copying only its bytes (what lies beyond is never read).
+    pub fn set(&mut self, text: &str) {
         let mut len = text.len().min(N);
         while !text.is_char_boundary(len) {
             len -= 1;
         }
-        let mut bytes = [0; N];
-        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-        Inline {
-            len: len as u16,
-            truncated: len < text.len(),
-            bytes,
-        }
+        self.bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        self.len = len as u16;
+        self.truncated = len < text.len();
     }
 
+    /// Overwrites the text with bytes the caller knows to be ASCII (a request id): no check on
+    /// the hot path; anything else reads back as empty.
+    pub fn set_ascii(&mut self, bytes: &[u8]) {
+        let len = bytes.len().min(N);
+        self.bytes[..len].copy_from_slice(&bytes[..len]);
+        self.len = len as u16;
+        self.truncated = len < bytes.len();
+    }
+
+    /// The text (empty if it was set to bytes that are not UTF-8).
     pub fn as_str(&self) -> &str {
-        // Always whole characters of a `&str` (see `new`); the fallback cannot happen.
         std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
     }
 
@@ -68,7 +86,23 @@ pub struct Entry {
     pub kind: &'static str,
     pub method: Inline<METHOD_BYTES>,
     pub path: Inline<PATH_BYTES>,
-    pub request_id: Option<Inline<REQUEST_ID_BYTES>>,
+    /// Empty when request ids are off.
+    pub request_id: Inline<REQUEST_ID_BYTES>,
+}
+
+impl Entry {
+    pub const EMPTY: Entry = Entry {
+        seq: 0,
+        unix_micros: 0,
+        micros: 0,
+        bytes: None,
+        status: 0,
+        port: None,
+        kind: "",
+        method: Inline::EMPTY,
+        path: Inline::EMPTY,
+        request_id: Inline::EMPTY,
+    };
 }
 
 /// What one read of a ring found.
@@ -130,24 +164,30 @@ impl Ring {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Stores `entry` (its `seq` is set here) over the oldest one when full; wakes followers.
-    pub fn push(&self, mut entry: Entry) {
+    /// Writes the next entry in place (over the oldest one when full): its sequence number and
+    /// time here, the rest by `fill`, which must set every other field. Wakes followers.
+    pub fn push(&self, unix_micros: u64, fill: impl FnOnce(&mut Entry)) {
         {
             let mut slots = self.slots();
             if self.is_evicted() {
                 return;
             }
-            entry.seq = slots.next_seq;
+            let seq = slots.next_seq;
             slots.next_seq += 1;
-            self.last_used.store(entry.unix_micros, Ordering::Relaxed);
-            if slots.entries.len() < self.capacity {
+            self.last_used.store(unix_micros, Ordering::Relaxed);
+            let slot = if slots.entries.len() < self.capacity {
                 if slots.entries.capacity() == 0 {
                     slots.entries.reserve_exact(self.capacity);
                 }
-                slots.entries.push(entry);
+                slots.entries.push(Entry::EMPTY);
+                slots.entries.last_mut()
             } else {
-                let index = (entry.seq - 1) as usize % self.capacity;
-                slots.entries[index] = entry;
+                slots.entries.get_mut((seq - 1) as usize % self.capacity)
+            };
+            if let Some(slot) = slot {
+                slot.seq = seq;
+                slot.unix_micros = unix_micros;
+                fill(slot);
             }
         }
         if self.followers.load(Ordering::Acquire) > 0 {
@@ -227,19 +267,11 @@ impl Drop for FollowGuard {
 mod tests {
     use super::*;
 
-    fn entry(path: &str) -> Entry {
-        Entry {
-            seq: 0,
-            unix_micros: 1,
-            micros: 2,
-            bytes: None,
-            status: 200,
-            port: Some(3000),
-            kind: "preview",
-            method: Inline::new("GET"),
-            path: Inline::new(path),
-            request_id: None,
-        }
+    fn push(ring: &Ring, path: &str) {
+        ring.push(1, |e| {
+            e.status = 200;
+            e.path.set(path);
+        });
     }
 
     fn paths(batch: &Batch) -> Vec<String> {
@@ -254,7 +286,7 @@ mod tests {
     fn a_full_ring_keeps_the_newest_in_order_and_counts_what_a_reader_missed() {
         let ring = Ring::new(3, 0);
         for i in 1..=5 {
-            ring.push(entry(&format!("/{i}")));
+            push(&ring, &format!("/{i}"));
         }
         let all = ring.since(1, usize::MAX);
         assert_eq!(paths(&all), ["/3", "/4", "/5"]);
@@ -293,7 +325,7 @@ mod tests {
     #[test]
     fn an_evicted_ring_frees_its_entries() {
         let ring = Ring::new(4, 0);
-        ring.push(entry("/a"));
+        push(&ring, "/a");
         ring.evict();
         assert!(ring.is_evicted());
         assert!(ring.since(1, 10).entries.is_empty());

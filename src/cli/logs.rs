@@ -27,9 +27,9 @@ pub struct LogsArgs {
     #[arg(long)]
     limit: Option<usize>,
     /// The proxy's config file: its `[admin] listen` is where to ask.
-    #[arg(long, short, env = "SANDGATE_CONFIG", conflicts_with = "admin")]
+    #[arg(long, short, env = "SANDGATE_CONFIG")]
     config: Option<PathBuf>,
-    /// The admin listener's URL, e.g. http://127.0.0.1:9090 (instead of --config).
+    /// The admin listener's URL, e.g. http://127.0.0.1:9090 (wins over --config).
     #[arg(long)]
     admin: Option<String>,
 }
