@@ -39,10 +39,13 @@ pub const MAX_FOLLOWERS: usize = 64;
 /// A comment line this often keeps idle streams open through proxies and load balancers.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// Sandbox id (lower-case) → its ring.
+type Rings = HashMap<Box<str>, Arc<Ring>, foldhash::fast::RandomState>;
+
 pub struct RequestLog {
     per_sandbox: usize,
     max_sandboxes: usize,
-    rings: Mutex<HashMap<Box<str>, Arc<Ring>, foldhash::fast::RandomState>>,
+    rings: Mutex<Rings>,
     followers: AtomicUsize,
 }
 
@@ -106,9 +109,7 @@ impl RequestLog {
         }
     }
 
-    fn rings(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<Ring>, foldhash::fast::RandomState>> {
+    fn rings(&self) -> std::sync::MutexGuard<'_, Rings> {
         self.rings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
