@@ -168,6 +168,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         waker: wake::Waker::new(&config.registry.wake),
         max_requests_per_sandbox: config.proxy.max_requests_per_sandbox,
         access_log: access_log(&config.log)?,
+        request_log: crate::http::request_log::RequestLog::new(&config.log),
         request_ids: config.log.request_id,
         trusted_proxies: client_addr::TrustedProxies::parse(&config.server.trusted_proxies)
             .map_err(at("server.trusted_proxies"))?,

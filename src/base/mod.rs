@@ -6,6 +6,7 @@ pub mod header_scan;
 pub mod html;
 pub mod log_buffer;
 pub mod ports;
+pub mod request_ring;
 pub mod thread_slot;
 
 use std::future::Future;

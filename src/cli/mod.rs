@@ -1,10 +1,11 @@
 //! The binary's side: the command line (`sandgate <command>`) and what each command does. The
-//! admin verbs ([`admin`]), `certs dev` ([`certs`]) and the demo ([`demo`]) live here, above
-//! the library they drive.
+//! admin verbs ([`admin`]), `certs dev` ([`certs`]), the demo ([`demo`]) and the request log
+//! reader ([`logs`]) live here, above the library they drive.
 
 pub mod admin;
 pub mod certs;
 pub mod demo;
+pub mod logs;
 mod serve;
 
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ enum Command {
         #[command(subcommand)]
         command: admin::ActivityCommand,
     },
+    /// Show a sandbox's last requests, from the proxy's admin listener (`--follow`: live).
+    Logs(logs::LogsArgs),
     /// Run the SSH gateway (`[ssh]` of the config): `ssh -p 2222 <access token>@<gateway>`.
     SshGateway {
         #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
@@ -206,6 +209,7 @@ async fn run(command: Command) -> Result<(), String> {
             let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             admin_output(admin::activity(&loaded, command).await)
         }
+        Command::Logs(args) => logs::run(args).await,
         Command::SshGateway {
             command: Some(SshCommand::Keygen { out }),
             ..

@@ -197,6 +197,23 @@ mod tests {
         assert!(error.contains("server.lingering_timeout"), "{error}");
     }
 
+    #[test]
+    fn the_request_log_is_bounded_and_errors_name_the_key() {
+        for (toml, key) in [
+            ("requests_per_sandbox = 100001", "log.requests_per_sandbox"),
+            ("request_log_sandboxes = 0", "log.request_log_sandboxes"),
+            (
+                "requests_per_sandbox = 100000\nrequest_log_sandboxes = 100000",
+                "log.request_log_sandboxes",
+            ),
+        ] {
+            let error = error_of(&format!("[log]\n{toml}\n"));
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+        let off = Config::from_toml_str("[log]\nrequests_per_sandbox = 0\n").unwrap();
+        assert_eq!(off.log.requests_per_sandbox, 0);
+    }
+
     fn error_of(toml: &str) -> String {
         Config::from_toml_str(toml)
             .err()

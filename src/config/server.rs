@@ -152,7 +152,16 @@ pub struct LogConfig {
     pub access_overflow: Overflow,
     /// Accept a sane `X-Request-Id` or generate one; forward it and return it.
     pub request_id: bool,
+    /// The owner's view: the last requests kept per sandbox, served on the admin listener
+    /// (`/sandboxes/<id>/requests`). 0 turns the request log off.
+    pub requests_per_sandbox: usize,
+    /// Most sandboxes the request log keeps at once; a new one evicts the least recently used.
+    pub request_log_sandboxes: usize,
 }
+
+/// The request log's memory at most, in bytes: `request_log_sandboxes` rings of
+/// `requests_per_sandbox` fixed-size entries (about 480 bytes each).
+pub const MAX_REQUEST_LOG_BYTES: usize = 1 << 30;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -165,6 +174,8 @@ impl Default for LogConfig {
             access_flush: Duration::from_secs(1),
             access_overflow: Overflow::Wait,
             request_id: true,
+            requests_per_sandbox: 64,
+            request_log_sandboxes: 1024,
         }
     }
 }
@@ -179,6 +190,26 @@ impl LogConfig {
         }
         if self.access_flush.is_zero() || self.access_flush > Duration::from_secs(60) {
             return Err("log.access_flush must be more than 0s and at most 60s".into());
+        }
+        self.validate_request_log()
+    }
+
+    fn validate_request_log(&self) -> Result<(), String> {
+        use crate::base::request_ring::Ring;
+        if self.requests_per_sandbox > 100_000 {
+            return Err("log.requests_per_sandbox must be at most 100000 (0: off)".into());
+        }
+        if self.requests_per_sandbox > 0 && self.request_log_sandboxes == 0 {
+            return Err("log.request_log_sandboxes must be at least 1".into());
+        }
+        let bytes =
+            Ring::bytes_for(self.requests_per_sandbox).saturating_mul(self.request_log_sandboxes);
+        if self.requests_per_sandbox > 0 && bytes > MAX_REQUEST_LOG_BYTES {
+            return Err(format!(
+                "log.request_log_sandboxes: {} sandboxes of {} requests take {bytes} bytes, more \
+                 than the 1 GiB allowed",
+                self.request_log_sandboxes, self.requests_per_sandbox
+            ));
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ pub mod headers;
 pub mod path;
 pub mod pipeline;
 pub mod relay;
+pub mod request_log;
 pub mod respond;
 pub mod route;
 pub mod server;
@@ -50,6 +51,9 @@ pub struct App {
     /// One line per request, when `log.access` is on and the log level lets
     /// `sandgate::access` through.
     pub access_log: Option<access_log::AccessLog>,
+    /// The last requests per sandbox for the admin listener, when `log.requests_per_sandbox`
+    /// is not 0.
+    pub request_log: Option<Arc<request_log::RequestLog>>,
     /// Accept or generate `X-Request-Id`, forward it and return it.
     pub request_ids: bool,
     /// Peers whose `X-Forwarded-For`/`Forwarded` (and PROXY headers) are believed.

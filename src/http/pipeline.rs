@@ -18,6 +18,7 @@ use super::client_io::ConnectionEnd;
 use super::forward::{Destination, Target};
 use super::gate::{self, Admission};
 use super::header_route;
+use super::request_log;
 use super::respond::{auth_code, error_response, health, wants_html, ProxyError};
 use super::route::{self, OwnPath, Route, RouteError};
 use crate::base::header_scan::{Present, Tracked};
@@ -30,10 +31,12 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const SKIP_ACTIVITY_HEADER: HeaderName =
     HeaderName::from_static("x-daytona-skip-last-activity-update");
 
-/// What the phases learned about a request, for the access log and metrics.
+/// What the phases learned about a request, for the access log, the request log and metrics.
 struct Seen {
     kind: RouteKind,
+    /// Set once resolved, so refusals (401, 403, 429, 502…) are in the sandbox's request log.
     sandbox: Option<Arc<SandboxRecord>>,
+    port: Option<u16>,
 }
 
 /// The request handler given to the server: never fails, every error becomes a response.
@@ -52,6 +55,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
     let mut seen = Seen {
         kind: RouteKind::Own,
         sandbox: None,
+        port: None,
     };
     let mut response = match pipeline(&app, req, peer, &client, (html, present), &mut seen).await {
         Ok(response) => response,
@@ -71,6 +75,19 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
     metrics().request(seen.kind, status, elapsed);
     if let Some(id) = &request_id {
         response.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+    }
+    if let (Some(log), Some(sandbox)) = (&app.request_log, &seen.sandbox) {
+        let request = request_log::Request {
+            method: &method,
+            path: uri.path(),
+            status,
+            elapsed,
+            bytes: response.body().size_hint().exact(),
+            kind: seen.kind,
+            port: seen.port,
+            request_id: request_id.as_ref(),
+        };
+        log.record(sandbox, &request);
     }
     if let Some(log) = &app.access_log {
         let line = access_log::Line {
@@ -192,6 +209,7 @@ async fn pipeline(
             let preview_host = by_header.preview_host(app.domains.primary(), host_str);
             shared_host = Some(preview_host.unwrap_or_else(|| host.clone()));
             let port = by_header.port;
+            seen.port = Some(port);
             (
                 by_header.sandbox_id().into(),
                 Some(port),
@@ -200,6 +218,7 @@ async fn pipeline(
         }
         Route::Preview { port, id_or_token } => {
             seen.kind = RouteKind::Preview;
+            seen.port = Some(port);
             (id_or_token, Some(port), Target::Preview { port })
         }
         Route::Toolbox { sandbox_id, rest } => {
@@ -216,6 +235,7 @@ async fn pipeline(
         Some(_) => gate::resolve_header_route(app, &sandbox_id).await?,
         None => gate::resolve(app, &sandbox_id, port, client.ip).await?,
     };
+    seen.sandbox = Some(resolution.sandbox.clone());
     let admission = gate::admit(
         app,
         &mut req,
@@ -233,7 +253,6 @@ async fn pipeline(
     if shared_host.is_some() {
         entry.forwarded_host = shared_host;
     }
-    seen.sandbox = Some(entry.sandbox.clone());
     let marked = record_activity(app, &mut req, present, &entry.sandbox);
     let destination = destination(
         app,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use http::header::{CONTENT_TYPE, HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,6 +28,7 @@ use crate::http::body::ProxyBody;
 use crate::http::client_io::{ClientStream, ConnectionEnd, LingerLimits};
 use crate::http::head_timer::HeadTimer;
 use crate::http::pipeline::{handle, App, ConnectionSlots, Peer};
+use crate::http::request_log::{self, AdminBody};
 use crate::http::respond::health;
 use crate::metrics::metrics;
 
@@ -398,7 +400,8 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
 }
 
 /// The admin listener: `/metrics` (Prometheus), `/health` (live), `/ready` (the registry
-/// answers, or the cache can serve). Runs until `shutdown` fires.
+/// answers, or the cache can serve), `/sandboxes/<id>/requests` (the request log). Runs until
+/// `shutdown` fires, which also ends the request log's live streams.
 pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
     serve_admin_with(Some(app), listener, shutdown).await
 }
@@ -426,10 +429,12 @@ async fn serve_admin_with(
             _ = shutdown.cancelled() => return,
         };
         let app = app.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(admin(app.as_deref(), req.uri().path()).await) }
+                let shutdown = shutdown.clone();
+                async move { Ok::<_, Infallible>(admin(app.as_deref(), req.uri(), &shutdown).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -438,7 +443,21 @@ async fn serve_admin_with(
     }
 }
 
-async fn admin(app: Option<&App>, path: &str) -> Response<ProxyBody> {
+/// The admin listener's answer to `uri`: the request log's paths, or the fixed ones.
+async fn admin(
+    app: Option<&App>,
+    uri: &http::Uri,
+    shutdown: &CancellationToken,
+) -> Response<AdminBody> {
+    let sandbox = uri.path().strip_prefix("/sandboxes/");
+    if let Some(id) = sandbox.and_then(|rest| rest.strip_suffix("/requests")) {
+        let log = app.and_then(|app| app.request_log.as_ref());
+        return request_log::admin(log, id, uri.query(), shutdown);
+    }
+    fixed_admin(app, uri.path()).await.map(Either::Left)
+}
+
+async fn fixed_admin(app: Option<&App>, path: &str) -> Response<ProxyBody> {
     let ready = match app {
         Some(app) => app.resolver.ready().await,
         None => true,

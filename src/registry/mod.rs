@@ -257,6 +257,9 @@ pub struct SandboxRecord {
     /// Direct mode: the sandbox's sshd port (the SSH gateway's upstream is `address:ssh_port`).
     pub ssh_port: u16,
     pub cors: CorsMode,
+    /// This sandbox's ring in the request log (`http::request_log`), found without a map
+    /// lookup once set; a refreshed record finds it again through the log's table.
+    pub request_ring: std::sync::OnceLock<Arc<crate::base::request_ring::Ring>>,
     /// Opted in to the signed identity header (`[identity]`).
     pub identity: bool,
     /// The `Host` the app sees, per port (empty: the proxy's default).
@@ -334,6 +337,7 @@ impl SandboxRecord {
             scoped_tokens: Box::default(),
             identity: false,
             upstream_hosts: UpstreamHosts::default(),
+            request_ring: Default::default(),
         }
     }
 
