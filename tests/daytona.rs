@@ -460,13 +460,17 @@ async fn redis_l2_is_shared_between_processes_and_follows_daytona_deletions() {
     assert_eq!(get(third.addr, &host("l2-1"), "/hi").await.status, 200);
     assert_eq!(cp.calls(RUNNER_BY_SANDBOX), 2);
 
-    // An entry written by Daytona's own proxy (no extra fields) is read as is.
+    // An entry written by Daytona's own proxy (no extra fields) lacks the sandbox's labels
+    // (its port policy): the API is asked, and our entry replaces it.
     cp.add_sandbox("l2-2", FakeSandbox::new("runner-1", false));
     let theirs = format!(r#"{{"value":{{"apiUrl":"{runner_url}","apiKey":"{RUNNER_KEY}"}}}}"#);
     redis.cli(&["SET", "proxy:sandbox-runner-info:l2-2", &theirs]);
     redis.cli(&["SET", "proxy:sandbox-public:l2-2", r#"{"value":false}"#]);
     assert_eq!(get(third.addr, &host("l2-2"), "/hi").await.status, 401);
-    assert_eq!(cp.calls(RUNNER_BY_SANDBOX), 2, "served from the L2");
+    assert_eq!(cp.calls(RUNNER_BY_SANDBOX), 3, "not served from their entry");
+    let ours: serde_json::Value =
+        serde_json::from_str(&redis.cli(&["GET", "proxy:sandbox-runner-info:l2-2"])).unwrap();
+    assert_eq!(ours["value"]["labels"], true, "{ours}");
 }
 
 #[tokio::test]

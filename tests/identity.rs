@@ -652,3 +652,57 @@ async fn redis_fields_and_daytona_labels_opt_sandboxes_in() {
         }
     }
 }
+
+/// The attack, through the doors the other parts of issue 15 opened: a header-routed request
+/// names its sandbox by header, so the identity's audience must be that sandbox's (never the
+/// host's), and a spoofed header is removed there and on a WebSocket upgrade too.
+#[tokio::test]
+async fn header_routed_and_upgraded_requests_carry_only_the_proxys_identity_for_their_sandbox() {
+    let runner = Runner::start("runner-key").await;
+    let proxy = Proxy::start(&config(&runner, true));
+    let bearer = format!("Bearer {}", user_jwt("alice"));
+    let routed = |id: &'static str| {
+        vec![
+            ("x-daytona-sandbox-id", id),
+            ("x-daytona-sandbox-port", "3000"),
+            (HEADER, FORGED),
+        ]
+    };
+    // A JWT on the own host naming sbx-b: the app gets sbx-b's audience.
+    let mut headers = routed("SBX-B");
+    headers.push(("authorization", &bearer));
+    let seen = through(&proxy, &runner, "proxy.localhost", "/", &headers).await;
+    let values = seen.all(HEADER);
+    assert_eq!(values.len(), 1, "{values:?}");
+    assert_eq!(claims_of(&values[0])["aud"], "sbx-b:3000");
+    // A preview token names no user: the forged header is only removed.
+    let mut headers = routed("sbx-a");
+    headers.push(("x-daytona-preview-token", "tok-a"));
+    let seen = through(&proxy, &runner, "proxy.localhost", "/", &headers).await;
+    assert_eq!(seen.all(HEADER), Vec::<String>::new());
+
+    // A WebSocket upgrade: with a preview token, nothing; with a JWT, the proxy's own.
+    for (credential, expected) in [
+        (("x-daytona-preview-token", "tok-a"), 0),
+        (("authorization", bearer.as_str()), 1),
+    ] {
+        let before = runner.seen().len();
+        let (ws, response) = support::ws_connect(
+            proxy.addr,
+            "3000-sbx-a.preview.localhost",
+            "/ws",
+            &[credential, (HEADER, FORGED)],
+        )
+        .await
+        .expect("upgraded");
+        assert_eq!(response.status(), 101);
+        drop(ws);
+        runner.wait_requests(before + 1).await;
+        let values = runner.last().all(HEADER);
+        assert!(
+            values.len() == expected && !values.iter().any(|v| v == FORGED),
+            "{}: {values:?}",
+            credential.0
+        );
+    }
+}

@@ -534,6 +534,21 @@ async fn daytona_labels_set_the_policy_and_the_l2_carries_it() {
     let second = Proxy::start(&config);
     run(second.addr, Upstream::Runner(&runner), rows()).await;
     assert_eq!(cp.calls(SANDBOX), asked, "served from the L2");
+
+    // The attack: the L2 is shared with Daytona's own proxy, whose entries carry no labels.
+    // Read as is, such an entry would open every port of this public sandbox to anyone.
+    let theirs = format!(
+        r#"{{"value":{{"apiUrl":"http://{}","apiKey":"runner-key"}}}}"#,
+        runner.addr
+    );
+    redis.cli(&["SET", "proxy:sandbox-runner-info:sbx", &theirs]);
+    let third = Proxy::start(&config);
+    run(third.addr, Upstream::Runner(&runner), rows()).await;
+    assert_eq!(
+        cp.calls(SANDBOX),
+        asked + 1,
+        "an entry without the labels is not used: the API is asked"
+    );
 }
 
 // ---- Signed preview links: cached per (token, port) ----
@@ -693,4 +708,56 @@ async fn preview_url_list_shows_port_expiry_and_throttled_last_use_never_the_tok
         404,
         "revoked"
     );
+}
+
+// ---- The policy through every other door (adversarial review of the merged parts) ----
+
+#[tokio::test]
+async fn the_port_policy_holds_through_header_routing_preflights_and_upgrades() {
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(SANDBOXES));
+    const OWN: &str = "sandgate.localhost";
+    let routed = |id: &'static str, port: &'static str| {
+        vec![("x-daytona-sandbox-id", id), ("x-daytona-sandbox-port", port)]
+    };
+    let with = |mut h: Vec<(&'static str, &'static str)>, more: &[(&'static str, &'static str)]| {
+        h.extend_from_slice(more);
+        h
+    };
+    let token = |t: &'static str| ("x-daytona-preview-token", t);
+    let preflight = [
+        ("origin", "https://app.example.com"),
+        ("access-control-request-method", "GET"),
+    ];
+    let upgrade = [
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    #[rustfmt::skip]
+    let rows = [
+        Row::get("header-routed: a scoped token on its port", OWN, "/",
+            &with(routed("scoped", "3000"), &[token("tok-3000")]), [status(200)]),
+        Row::get("attack: header-routed, a scoped token with the port header changed", OWN, "/",
+            &with(routed("scoped", "8080"), &[token("tok-3000")]), [status(401), code("TOKEN_INVALID")]),
+        Row::get("attack: header-routed, an undeclared port of a public sandbox", OWN, "/",
+            &routed("open", "5000"), [status(404), code("PORT_NOT_EXPOSED")]),
+        Row::get("header-routed, a private sandbox's undeclared port: 401 to strangers", OWN, "/",
+            &routed("closed", "5000"), [status(401)]),
+        Row::get("header-routed, a private sandbox's public port", OWN, "/",
+            &routed("closed", "3000"), [status(200)]),
+        Row::get("header-routed, a reserved port needs a credential", OWN, "/",
+            &routed("open", "2280"), [status(401)]),
+        Row::new("attack: a preflight to an undeclared port of a public sandbox", "OPTIONS",
+            &host(5000, "open"), "/", &preflight, [status(404), code("PORT_NOT_EXPOSED")]),
+        Row::new("attack: a header-routed preflight to an undeclared port", "OPTIONS", OWN, "/",
+            &with(routed("open", "5000"), &preflight), [status(404), code("PORT_NOT_EXPOSED")]),
+        Row::get("attack: a WebSocket upgrade with a scoped token on another port", &host(8080, "scoped"),
+            "/", &with(vec![token("tok-3000")], &upgrade), [status(401), code("TOKEN_INVALID")]),
+        Row::get("attack: a header-routed upgrade with a scoped token on another port", OWN, "/",
+            &with(routed("scoped", "8080"), &[&upgrade[..], &[token("tok-3000")]].concat()),
+            [status(401), code("TOKEN_INVALID")]),
+    ];
+    run(proxy.addr, Upstream::Runner(&runner), rows).await;
 }

@@ -88,6 +88,7 @@ impl DaytonaRegistry {
             organization_id: sandbox.organization_id,
             ports,
             port_access,
+            labels: true,
         };
         let record = record_from(id, &info, public, &sandbox.state)?;
         if let Some(l2) = &self.l2 {

@@ -58,6 +58,12 @@ pub(crate) struct L2RunnerInfo {
     pub(crate) upstream_host: Option<String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub(crate) upstream_hosts: std::collections::BTreeMap<u16, String>,
+    /// Always `true` in the entries we write: the fields above were read from the labels.
+    /// Daytona's proxy (and a sandgate from before port policies) writes entries without it,
+    /// whose port policy is unknown: they are not used, or a label's declared or private port
+    /// would open to anyone.
+    #[serde(default)]
+    pub(crate) labels: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -161,6 +167,10 @@ impl L2 {
             serde_json::from_str::<Envelope<bool>>(public).map(|p| (r.value, p.value))
         });
         let (info, public) = match parsed {
+            Ok((info, _)) if !info.labels => {
+                tracing::debug!(sandbox = id, "L2 entry without the labels; asking the API");
+                return None;
+            }
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(sandbox = id, error = %e, "unreadable L2 entry; asking the API");
