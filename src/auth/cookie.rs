@@ -5,7 +5,9 @@
 //! `{"s": sandbox id, "t": idOrToken, "e": expiry (unix seconds)}`, plus after an OIDC login
 //! `"u"` (the user's `sub`) and `"o"` (their organisation), for the identity header. A cookie
 //! only opens the sandbox it names, under the host label it was issued for, until its expiry.
-//! The two optional fields keep old cookies valid, and old replicas accept new ones.
+//! The two optional fields keep old cookies valid, and old replicas accept new ones. A cookie
+//! bound to one port (`"p"`) is signed for purpose `sandbox-cookie-port`, which older replicas
+//! (unaware of `p`) refuse.
 //!
 //! Every preview is a sibling origin of every other, so a sandbox can set cookies for the whole
 //! preview domain (`Domain=`), from its responses or from JavaScript. Hence: upstream
@@ -30,6 +32,9 @@ pub const OIDC_COOKIE: &str = "sandgate-oidc";
 pub const HOST_PREFIX: &str = "__Host-";
 const SECURE_PREFIX: &str = "__Secure-";
 const PURPOSE: &str = "sandbox-cookie";
+/// A cookie bound to one port is signed for its own purpose: a replica from before port
+/// binding (which ignores `p`) must refuse it rather than open every port with it.
+const PORT_BOUND_PURPOSE: &str = "sandbox-cookie-port";
 /// Most cookies of the sandbox cookie's name tried per request: each costs an HMAC, and a
 /// planted one is tried after the `__Host-` ones, which nobody else can plant.
 const MAX_SANDBOX_COOKIES: usize = 16;
@@ -164,8 +169,12 @@ pub fn issue_for(
     max_age: u64,
     user: Option<&CookieUser>,
 ) -> Option<String> {
+    let purpose = match port {
+        Some(_) => PORT_BOUND_PURPOSE,
+        None => PURPOSE,
+    };
     signer.sign(
-        PURPOSE,
+        purpose,
         &Payload {
             s: sandbox_id.into(),
             t: id_or_token.into(),
@@ -199,7 +208,12 @@ pub fn open(
     port: Option<u16>,
     value: &str,
 ) -> Result<Option<CookieUser>, CookieCheck> {
-    let Some(p) = signer.verify::<Payload>(PURPOSE, value) else {
+    let bound = || {
+        signer
+            .verify::<Payload>(PORT_BOUND_PURPOSE, value)
+            .filter(|p| p.p.is_some())
+    };
+    let Some(p) = signer.verify::<Payload>(PURPOSE, value).or_else(bound) else {
         return Err(CookieCheck::Invalid);
     };
     if p.s != sandbox_id || p.t != id_or_token || p.p.is_some_and(|bound| Some(bound) != port) {
@@ -288,6 +302,15 @@ mod tests {
             CookieCheck::Invalid
         );
         assert_eq!(check(&s, "sbx", "sbx", None, &bound), CookieCheck::Invalid);
+        // The attack: a replica from before port binding reads `{s, t, e}` under the old
+        // purpose only, so it never takes a bound cookie for an every-port one.
+        #[derive(Deserialize)]
+        struct Unbound {
+            #[allow(dead_code)]
+            s: String,
+        }
+        assert!(s.verify::<Unbound>(PURPOSE, &bound).is_none());
+        assert!(s.verify::<Unbound>(PURPOSE, &v).is_some());
         let expired = s
             .sign(
                 PURPOSE,
