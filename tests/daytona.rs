@@ -467,7 +467,11 @@ async fn redis_l2_is_shared_between_processes_and_follows_daytona_deletions() {
     redis.cli(&["SET", "proxy:sandbox-runner-info:l2-2", &theirs]);
     redis.cli(&["SET", "proxy:sandbox-public:l2-2", r#"{"value":false}"#]);
     assert_eq!(get(third.addr, &host("l2-2"), "/hi").await.status, 401);
-    assert_eq!(cp.calls(RUNNER_BY_SANDBOX), 3, "not served from their entry");
+    assert_eq!(
+        cp.calls(RUNNER_BY_SANDBOX),
+        3,
+        "not served from their entry"
+    );
     let ours: serde_json::Value =
         serde_json::from_str(&redis.cli(&["GET", "proxy:sandbox-runner-info:l2-2"])).unwrap();
     assert_eq!(ours["value"]["labels"], true, "{ours}");

@@ -718,7 +718,10 @@ async fn the_port_policy_holds_through_header_routing_preflights_and_upgrades() 
     let proxy = Proxy::start(&runner.config(SANDBOXES));
     const OWN: &str = "sandgate.localhost";
     let routed = |id: &'static str, port: &'static str| {
-        vec![("x-daytona-sandbox-id", id), ("x-daytona-sandbox-port", port)]
+        vec![
+            ("x-daytona-sandbox-id", id),
+            ("x-daytona-sandbox-port", port),
+        ]
     };
     let with = |mut h: Vec<(&'static str, &'static str)>, more: &[(&'static str, &'static str)]| {
         h.extend_from_slice(more);
