@@ -437,3 +437,31 @@ async fn one_sandboxs_token_never_opens_another_over_one_h2_connection() {
         .count();
     assert_eq!(b_reached, 0, "no request reached sandbox B");
 }
+
+/// The same over HTTP/1.1: pipelined requests on one keep-alive connection alternate the
+/// routed sandbox (its id in either case), and A's token opens A alone.
+#[tokio::test]
+async fn pipelined_http1_requests_alternating_sandboxes_keep_their_own_verdicts() {
+    let s = setup().await;
+    let p = s.port.as_str();
+    let request = |id: &str, port: &str| {
+        format!(
+            "GET /x HTTP/1.1\r\nHost: {OWN}\r\nx-daytona-sandbox-id: {id}\r\n\
+             x-daytona-sandbox-port: {port}\r\nx-daytona-preview-token: tok-a\r\n\r\n"
+        )
+    };
+    let pipelined = [
+        request("priv-a", p),
+        request("priv-b", p),
+        request("PRIV-A", p),
+        request("priv-b", p),
+    ]
+    .concat();
+    let raw = support::raw_until_idle(
+        s.proxy.addr,
+        pipelined,
+        std::time::Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(support::statuses(&raw), vec![200, 401, 200, 401], "{raw}");
+}
