@@ -457,7 +457,9 @@ async fn websockets_upgrade_through_header_routing_with_the_same_auth() {
         .await
         .expect("upgrade through header routing");
     assert_eq!(response.status(), 101);
-    ws.send(Message::text("over one shared host")).await.unwrap();
+    ws.send(Message::text("over one shared host"))
+        .await
+        .unwrap();
     match ws.next().await {
         Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), "over one shared host"),
         other => panic!("no echo: {other:?}"),
@@ -475,12 +477,18 @@ async fn websockets_upgrade_through_header_routing_with_the_same_auth() {
     let before = s.runner.seen().len();
     match support::ws_connect(s.proxy.addr, OWN, "/ws", &route("priv-b")).await {
         Err(Error::Http(response)) => assert_eq!(response.status(), 401),
-        other => panic!("B opened with A's token: {:?}", other.map(|(_, r)| r.status())),
+        other => panic!(
+            "B opened with A's token: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
     }
     let incomplete = [("x-daytona-sandbox-id", "priv-a")];
     match support::ws_connect(s.proxy.addr, OWN, "/ws", &incomplete).await {
         Err(Error::Http(response)) => assert_eq!(response.status(), 400),
-        other => panic!("an incomplete route upgraded: {:?}", other.map(|(_, r)| r.status())),
+        other => panic!(
+            "an incomplete route upgraded: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
     }
     assert_eq!(s.runner.seen().len(), before, "nothing reached an app");
 }
@@ -524,7 +532,12 @@ auth_token = "tok-ws"
             ("x-daytona-preview-token", token),
         ]
     };
-    let marked = |id: &str| !redis.cli(&["ZSCORE", "sandbox:activity", id]).trim().is_empty();
+    let marked = |id: &str| {
+        !redis
+            .cli(&["ZSCORE", "sandbox:activity", id])
+            .trim()
+            .is_empty()
+    };
     // Refused first, so a wrongly marked priv-b would be flushed no later than priv-a.
     let (refused, admitted) = (route("priv-b", "tok-a"), route("priv-a", "tok-a"));
     for _ in 0..5 {

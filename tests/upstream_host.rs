@@ -350,7 +350,10 @@ async fn cli_identity_and_upstream_host_changes_reach_two_running_proxies_at_onc
     let runner_host = runner.addr.to_string();
     let runner_url = format!("http://{runner_host}");
     let put_runner = ["registry", "put-runner", "--id", "r1", "--url", &runner_url];
-    cli_ok(cli, &[&put_runner[..], &["--api-key", "runner-key"]].concat());
+    cli_ok(
+        cli,
+        &[&put_runner[..], &["--api-key", "runner-key"]].concat(),
+    );
     let put_sandbox = [
         "registry",
         "put-sandbox",
@@ -380,7 +383,10 @@ async fn cli_identity_and_upstream_host_changes_reach_two_running_proxies_at_onc
     let step = |args: &[&str]| cli_ok(cli, &[&["registry"][..], args].concat());
     let on = step(&["identity", "--sandbox", "cli-sbx", "--on"]);
     let on: serde_json::Value = serde_json::from_str(&on).unwrap();
-    assert_eq!(on, serde_json::json!({"sandbox": "cli-sbx", "identity": true}));
+    assert_eq!(
+        on,
+        serde_json::json!({"sandbox": "cli-sbx", "identity": true})
+    );
     both_see(proxies, &runner, 3000, (&runner_host, true)).await;
 
     let every_port = ["upstream-host", "--sandbox", "cli-sbx"];
@@ -405,7 +411,10 @@ async fn cli_identity_and_upstream_host_changes_reach_two_running_proxies_at_onc
         (&["--template", "user@host"], "--template"),
         (&["--template", "a/b"], "--template"),
         (&["--port", "0", "--template", "x"], "--port"),
-        (&["--port", "8080", "--template", "host:${PORT}x"], "--template"),
+        (
+            &["--port", "8080", "--template", "host:${PORT}x"],
+            "--template",
+        ),
         (&["--template", "x", "--clear"], "--clear"),
     ];
     for (extra, flag) in refusals {
@@ -417,7 +426,8 @@ async fn cli_identity_and_upstream_host_changes_reach_two_running_proxies_at_onc
     let bad_put = [&put_sandbox[..], &["--upstream-host", "${PORT"]].concat();
     let (success, _, stderr) = sandgate(cli, &bad_put);
     assert!(!success && stderr.contains("--upstream-host"), "{stderr}");
-    let (success, _, stderr) = sandgate(cli, &["registry", "identity", "--sandbox", "nope", "--on"]);
+    let (success, _, stderr) =
+        sandgate(cli, &["registry", "identity", "--sandbox", "nope", "--on"]);
     assert!(!success && stderr.contains("not found"), "{stderr}");
     assert_eq!(step(&["get", "--sandbox", "cli-sbx"]), before);
 

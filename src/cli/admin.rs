@@ -553,7 +553,11 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
                 .await?;
             Ok(json!({"sandbox": id, "ports": mode.as_str()}).to_string())
         }
-        RegistryCommand::Identity { sandbox, on, off: _ } => {
+        RegistryCommand::Identity {
+            sandbox,
+            on,
+            off: _,
+        } => {
             // Off removes the field: the record then says what a new one says.
             let id = admin
                 .set_field(&sandbox, "identity", on.then_some("true"))
