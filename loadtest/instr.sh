@@ -26,8 +26,9 @@
 # the same binary, the same API-key requests (`Authorization: Bearer`, a static-registry key of
 # the sandboxes' organisation), to a sandbox without identity and to one opted in (each request
 # then carries `X-Sandgate-Identity`). Steady state: one audience, so the proxy reuses its token
-# (re-signed every ttl/2). Worst case: each request names another port (wrk rotates over 50,000
-# preview ports), so every request signs a fresh token; the rotation is measured without
+# (re-signed every ttl/2). Worst case: each request names another port (wrk rotates over 40,000
+# preview ports from 20000; the warm-up uses ports from 3000, so the counted requests meet no
+# token it cached), so every request signs a fresh token; the rotation is measured without
 # identity too, so the ratio is the signing alone.
 #
 # Knobs: DURATION (10s; --quick 2s), DELAY_MS (0), ACCESS_LOG (0; 1: access logs on in both), IDENTITY (0), PROXY_CORE, LOAD_CORE, OUT (append the markdown table to this file), KEEP=DIR
@@ -105,12 +106,13 @@ load_header_name="X-Daytona-Preview-Token"
 load_header_value=$token
 port_span=""
 
-# wrk against ADDR for DURATION; prints the number of completed requests. Fails when any
-# answer was not 2xx/3xx (a refused credential would count the wrong work).
+# wrk against ADDR for DURATION (rotating ports from FIRST when `port_span` is set); prints the
+# number of completed requests. Fails when any answer was not 2xx/3xx (a refused credential would
+# count the wrong work).
 load() {
-  local addr=$1 duration=$2 line
+  local addr=$1 duration=$2 first=${3:-20000} line
   line=$(BENCH_HOST="$load_host" BENCH_HEADER_NAME="$load_header_name" BENCH_HEADER_VALUE="$load_header_value" \
-    BENCH_DELAY_MS="${DELAY_MS:-0}" BENCH_PORT_SPAN="$port_span" \
+    BENCH_DELAY_MS="${DELAY_MS:-0}" BENCH_PORT_SPAN="$port_span" BENCH_PORT_FIRST="$first" \
     timeout 120 taskset -c "$LOAD_CORE" wrk -t1 -c4 -d"$duration" -s "$repo/loadtest/wrk/headers.lua" "http://$addr/hello" |
     grep '^BENCH ')
   case $line in
@@ -133,7 +135,7 @@ per_request() {
 # Zeroes PID's counters after a warm-up, loads ADDR for DURATION, dumps; prints the requests.
 measure() {
   local pid=$1 addr=$2 requests
-  load "$addr" 2s >/dev/null
+  load "$addr" 2s 3000 >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   requests=$(load "$addr" "$DURATION")
   callgrind_control -d "$pid" >/dev/null 2>&1
@@ -183,8 +185,8 @@ count_identity_case() {
 if [ "$IDENTITY" = 1 ]; then
   count_identity_case off sbx-key "" "API key, identity off"
   count_identity_case on sbx-identity "" "API key, identity on (token reused)"
-  count_identity_case off-rotating sbx-key 50000 "API key, identity off, a new port each request"
-  count_identity_case on-rotating sbx-identity 50000 "API key, identity on, a new token each request"
+  count_identity_case off-rotating sbx-key 40000 "API key, identity off, a new port each request"
+  count_identity_case on-rotating sbx-identity 40000 "API key, identity on, a new token each request"
   report="$tmp/report.md"
   {
     echo "callgrind, wrk -t1 -c4 -d$DURATION${DELAY_MS:+, paced $DELAY_MS ms,} keep-alive preview GETs with an API key (activity on);"
