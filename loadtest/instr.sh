@@ -22,7 +22,16 @@
 # requests, so the count includes the cost of going to sleep and waking up per request (the
 # partial-load case), not only the saturated one.
 #
-# Knobs: DURATION (10s; --quick 2s), DELAY_MS (0), ACCESS_LOG (0; 1: access logs on in both), PROXY_CORE, LOAD_CORE, OUT (append the markdown table to this file), KEEP=DIR
+# IDENTITY=1 measures the signed identity header (issue #15) instead of comparing with nginx:
+# the same binary, the same API-key requests (`Authorization: Bearer`, a static-registry key of
+# the sandboxes' organisation), to a sandbox without identity and to one opted in (each request
+# then carries `X-Sandgate-Identity`). Steady state: one audience, so the proxy reuses its token
+# (re-signed every ttl/2). Worst case: each request names another port (wrk rotates over 40,000
+# preview ports from 20000; the warm-up uses ports from 3000, so the counted requests meet no
+# token it cached), so every request signs a fresh token; the rotation is measured without
+# identity too, so the ratio is the signing alone.
+#
+# Knobs: DURATION (10s; --quick 2s), DELAY_MS (0), ACCESS_LOG (0; 1: access logs on in both), IDENTITY (0), PROXY_CORE, LOAD_CORE, OUT (append the markdown table to this file), KEEP=DIR
 # (keep the callgrind dumps there, for callgrind_annotate).
 set -euo pipefail
 
@@ -66,14 +75,51 @@ if [ "${ACCESS_LOG:-0}" = 1 ]; then
   nginx_access_log="$tmp/nginx/access.log combined buffer=64k"
 fi
 write_sandgate_preview_config "$tmp/sandgate.toml"
+IDENTITY=${IDENTITY:-0}
+api_key="bench-api-key"
+if [ "$IDENTITY" = 1 ]; then
+  # Two sandboxes of the key's organisation, one opted in; the test suite's Ed25519 key signs.
+  cat >>"$tmp/sandgate.toml" <<EOF
+[identity]
+enabled = true
+[[identity.keys]]
+kid = "bench-1"
+algorithm = "EdDSA"
+private_key_file = "$repo/tests/fixtures/identity_ed25519.pem"
+[[registry.api_keys]]
+key = "$api_key"
+organization = "bench-org"
+[[registry.sandboxes]]
+id = "sbx-key"
+runner = "bench-runner"
+organization = "bench-org"
+[[registry.sandboxes]]
+id = "sbx-identity"
+runner = "bench-runner"
+organization = "bench-org"
+identity = true
+EOF
+fi
+# What `load` sends (count_identity_case sets them per case).
+load_host=$preview_host
+load_header_name="X-Daytona-Preview-Token"
+load_header_value=$token
+port_span=""
 
-# wrk against ADDR for DURATION; prints the number of completed requests.
+# wrk against ADDR for DURATION (rotating ports from FIRST when `port_span` is set); prints the
+# number of completed requests. Fails when any answer was not 2xx/3xx (a refused credential would
+# count the wrong work).
 load() {
-  local addr=$1 duration=$2
-  BENCH_HOST="$preview_host" BENCH_HEADER_NAME="X-Daytona-Preview-Token" BENCH_HEADER_VALUE="$token" \
-    BENCH_DELAY_MS="${DELAY_MS:-0}" \
+  local addr=$1 duration=$2 first=${3:-20000} line
+  line=$(BENCH_HOST="$load_host" BENCH_HEADER_NAME="$load_header_name" BENCH_HEADER_VALUE="$load_header_value" \
+    BENCH_DELAY_MS="${DELAY_MS:-0}" BENCH_PORT_SPAN="$port_span" BENCH_PORT_FIRST="$first" \
     timeout 120 taskset -c "$LOAD_CORE" wrk -t1 -c4 -d"$duration" -s "$repo/loadtest/wrk/headers.lua" "http://$addr/hello" |
-    sed -n 's/^BENCH requests=\([0-9]*\) .*/\1/p'
+    grep '^BENCH ')
+  case $line in
+    *" errors_status=0 "*) ;;
+    *) die "$load_host: answers that were not 2xx/3xx: $line" ;;
+  esac
+  echo "$line" | sed -n 's/^BENCH requests=\([0-9]*\) .*/\1/p'
 }
 
 # Ir of the first dump in FILE (callgrind names it FILE.1) divided by REQUESTS.
@@ -89,7 +135,7 @@ per_request() {
 # Zeroes PID's counters after a warm-up, loads ADDR for DURATION, dumps; prints the requests.
 measure() {
   local pid=$1 addr=$2 requests
-  load "$addr" 2s >/dev/null
+  load "$addr" 2s 3000 >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   requests=$(load "$addr" "$DURATION")
   callgrind_control -d "$pid" >/dev/null 2>&1
@@ -123,6 +169,45 @@ count_nginx() {
 
 declare -A result
 targets=()
+# IDENTITY=1: one sandgate case NAME (also its files' name), API-key requests to SANDBOX, over
+# SPAN rotating ports when set. LABEL is the report's.
+declare -A label
+count_identity_case() {
+  local name=$1 sandbox_id=$2 span=$3
+  load_host="$app_port-$sandbox_id.preview.localhost"
+  load_header_name="Authorization"
+  load_header_value="Bearer $api_key"
+  port_span=$span
+  label[$name]=$4
+  targets+=("$name")
+  result[$name]=$(count_sandgate "$name" "$bin")
+}
+if [ "$IDENTITY" = 1 ]; then
+  count_identity_case off sbx-key "" "API key, identity off"
+  count_identity_case on sbx-identity "" "API key, identity on (token reused)"
+  count_identity_case off-rotating sbx-key 40000 "API key, identity off, a new port each request"
+  count_identity_case on-rotating sbx-identity 40000 "API key, identity on, a new token each request"
+  report="$tmp/report.md"
+  {
+    echo "callgrind, wrk -t1 -c4 -d$DURATION${DELAY_MS:+, paced $DELAY_MS ms,} keep-alive preview GETs with an API key (activity on);"
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "| case | requests counted | instructions / request | vs identity off, same requests |"
+    echo "|---|---:|---:|---:|"
+    for t in "${targets[@]}"; do
+      read -r requests ipr <<<"${result[$t]}"
+      case $t in
+        *-rotating) ref=${result[off-rotating]} ;;
+        *) ref=${result[off]} ;;
+      esac
+      ratio=$(awk -v a="$ipr" -v b="${ref#* }" 'BEGIN {printf "%.2f", a / b}')
+      echo "| ${label[$t]} | $requests | $ipr | $ratio |"
+    done
+  } >"$report"
+  cat "$report"
+  [ -n "$OUT" ] && cat "$report" >>"$OUT"
+  exit 0
+fi
 if command -v nginx >/dev/null; then
   targets+=(nginx)
   result[nginx]=$(count_nginx)

@@ -465,3 +465,126 @@ async fn pipelined_http1_requests_alternating_sandboxes_keep_their_own_verdicts(
     .await;
     assert_eq!(support::statuses(&raw), vec![200, 401, 200, 401], "{raw}");
 }
+
+/// A WebSocket upgrade routes by header like any request: same credentials, the routing
+/// headers and the token consumed, and another sandbox's token refused before any upgrade.
+#[tokio::test]
+async fn websockets_upgrade_through_header_routing_with_the_same_auth() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let s = setup().await;
+    let p = s.port.as_str();
+    let route = |id| {
+        [
+            ("x-daytona-sandbox-id", id),
+            ("x-daytona-sandbox-port", p),
+            ("x-daytona-preview-token", "tok-a"),
+        ]
+    };
+    let (mut ws, response) = support::ws_connect(s.proxy.addr, OWN, "/ws", &route("priv-a"))
+        .await
+        .expect("upgrade through header routing");
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("over one shared host"))
+        .await
+        .unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), "over one shared host"),
+        other => panic!("no echo: {other:?}"),
+    }
+    let upgrade = s.runner.last();
+    assert_eq!(upgrade.target, "/ws");
+    for name in ROUTING.iter().chain(&["x-daytona-preview-token"]) {
+        assert!(upgrade.header(name).is_none(), "{name} reached the app");
+    }
+    let canonical = format!("{p}-priv-a.preview.localhost:8443");
+    assert_eq!(upgrade.all("x-forwarded-host"), [canonical]);
+    ws.close(None).await.unwrap();
+
+    // Attack: A's token on headers naming B, and headers naming nobody's port.
+    let before = s.runner.seen().len();
+    match support::ws_connect(s.proxy.addr, OWN, "/ws", &route("priv-b")).await {
+        Err(Error::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!(
+            "B opened with A's token: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+    let incomplete = [("x-daytona-sandbox-id", "priv-a")];
+    match support::ws_connect(s.proxy.addr, OWN, "/ws", &incomplete).await {
+        Err(Error::Http(response)) => assert_eq!(response.status(), 400),
+        other => panic!(
+            "an incomplete route upgraded: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+    assert_eq!(s.runner.seen().len(), before, "nothing reached an app");
+}
+
+/// Header-routed requests and WebSockets keep their own sandbox awake, never the one a refused
+/// request named: activity is marked after admission, for the sandbox the headers named.
+#[tokio::test]
+async fn header_routed_traffic_marks_activity_for_its_sandbox_only() {
+    let redis = support::redis::RedisServer::start();
+    let runner = Runner::start("unused").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+[proxy]
+domains = ["preview.localhost"]
+[activity]
+sink = "redis"
+throttle = "0s"
+flush_interval = "20ms"
+[redis]
+url = "{}"
+[[registry.sandboxes]]
+id = "priv-a"
+address = "127.0.0.1"
+auth_token = "tok-a"
+[[registry.sandboxes]]
+id = "priv-b"
+address = "127.0.0.1"
+auth_token = "tok-b"
+[[registry.sandboxes]]
+id = "ws-only"
+address = "127.0.0.1"
+auth_token = "tok-ws"
+"#,
+        redis.url()
+    ));
+    let port = runner.addr.port().to_string();
+    let route = |id, token| {
+        [
+            ("x-daytona-sandbox-id", id),
+            ("x-daytona-sandbox-port", port.as_str()),
+            ("x-daytona-preview-token", token),
+        ]
+    };
+    let marked = |id: &str| {
+        !redis
+            .cli(&["ZSCORE", "sandbox:activity", id])
+            .trim()
+            .is_empty()
+    };
+    // Refused first, so a wrongly marked priv-b would be flushed no later than priv-a.
+    let (refused, admitted) = (route("priv-b", "tok-a"), route("priv-a", "tok-a"));
+    for _ in 0..5 {
+        let reply = support::send(proxy.addr, "GET", OWN, "/x", &refused, b"").await;
+        assert_eq!(reply.status, 401);
+    }
+    let reply = support::send(proxy.addr, "GET", OWN, "/x", &admitted, b"").await;
+    assert_eq!(reply.status, 200);
+    let (ws, _) = support::ws_connect(proxy.addr, OWN, "/ws", &route("ws-only", "tok-ws"))
+        .await
+        .expect("upgrade");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !(marked("priv-a") && marked("ws-only")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "header-routed activity never reached redis"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!marked("priv-b"), "a refused request kept priv-b awake");
+    drop(ws);
+}

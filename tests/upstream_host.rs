@@ -267,3 +267,172 @@ async fn an_h2c_runner_gets_the_upstream_host_as_authority() {
         assert_eq!(last, (http::Version::HTTP_2, expected), "{public}");
     }
 }
+
+// ---- The admin CLI: `registry identity` and `registry upstream-host` reach running proxies ----
+
+/// `sandgate <args> --config <cli>` → (success, stdout, stderr).
+fn sandgate(cli: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(support::BIN)
+        .args(args)
+        .arg("--config")
+        .arg(cli)
+        .output()
+        .expect("run sandgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn cli_ok(cli: &std::path::Path, args: &[&str]) -> String {
+    let (success, stdout, stderr) = sandgate(cli, args);
+    assert!(success, "sandgate {args:?} failed: {stderr}");
+    stdout
+}
+
+/// A Redis-backed proxy with identity on and a ten-minute cache (only a pushed invalidation
+/// can make a change visible within the second `both_see` allows), once it has subscribed.
+fn subscribed_proxy(redis: &RedisServer) -> Proxy {
+    let key = format!(
+        "{}/tests/fixtures/identity_ed25519.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let proxy = Proxy::start(&format!(
+        "[proxy]\ndomains = [\"preview.localhost\"]\n[registry]\nbackend = \"redis\"\n\
+         [registry.cache]\nttl = \"10m\"\n[redis]\nurl = \"{}\"\ntimeout = \"500ms\"\n\
+         [identity]\nenabled = true\n[[identity.keys]]\nkid = \"ed-1\"\nalgorithm = \"EdDSA\"\n\
+         private_key_file = \"{key}\"\n",
+        redis.url()
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !proxy.stderr().contains("subscribed to cache invalidations") {
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    proxy
+}
+
+/// (Host, has an identity header) the app sees on `port` of `cli-sbx`, through each proxy,
+/// equals `want` within a second.
+async fn both_see(proxies: [&Proxy; 2], runner: &Runner, port: u16, want: (&str, bool)) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let public = format!("{port}-cli-sbx.preview.localhost");
+    let bearer = [("authorization", "Bearer cli-api-key")];
+    for proxy in proxies {
+        loop {
+            let s = seen(proxy, runner, &public, &bearer).await;
+            let got = (s.all("host"), s.header("x-sandgate-identity").is_some());
+            if got == (vec![want.0.to_string()], want.1) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{public}: saw {got:?}, expected {want:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn cli_identity_and_upstream_host_changes_reach_two_running_proxies_at_once() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cli = dir.path().join("cli.toml");
+    std::fs::write(
+        &cli,
+        format!("[redis]\nurl = \"{}\"\ntimeout = \"500ms\"\n", redis.url()),
+    )
+    .unwrap();
+    let cli = cli.as_path();
+    let runner = Runner::start("runner-key").await;
+    let runner_host = runner.addr.to_string();
+    let runner_url = format!("http://{runner_host}");
+    let put_runner = ["registry", "put-runner", "--id", "r1", "--url", &runner_url];
+    cli_ok(
+        cli,
+        &[&put_runner[..], &["--api-key", "runner-key"]].concat(),
+    );
+    let put_sandbox = [
+        "registry",
+        "put-sandbox",
+        "--id",
+        "cli-sbx",
+        "--runner",
+        "r1",
+        "--organization",
+        "org-1",
+    ];
+    cli_ok(cli, &put_sandbox);
+    cli_ok(
+        cli,
+        &[
+            "registry",
+            "put-api-key",
+            "--key",
+            "cli-api-key",
+            "--organization",
+            "org-1",
+        ],
+    );
+    let (first, second) = (subscribed_proxy(&redis), subscribed_proxy(&redis));
+    let proxies = [&first, &second];
+    both_see(proxies, &runner, 3000, (&runner_host, false)).await;
+
+    let step = |args: &[&str]| cli_ok(cli, &[&["registry"][..], args].concat());
+    let on = step(&["identity", "--sandbox", "cli-sbx", "--on"]);
+    let on: serde_json::Value = serde_json::from_str(&on).unwrap();
+    assert_eq!(
+        on,
+        serde_json::json!({"sandbox": "cli-sbx", "identity": true})
+    );
+    both_see(proxies, &runner, 3000, (&runner_host, true)).await;
+
+    let every_port = ["upstream-host", "--sandbox", "cli-sbx"];
+    step(&[&every_port[..], &["--template", "localhost:${PORT}"]].concat());
+    both_see(proxies, &runner, 3000, ("localhost:3000", true)).await;
+    let one_port = [&every_port[..], &["--port", "8080"]].concat();
+    step(&[&one_port[..], &["--template", "${SANDBOX}.internal"]].concat());
+    both_see(proxies, &runner, 8080, ("cli-sbx.internal", true)).await;
+    both_see(proxies, &runner, 3000, ("localhost:3000", true)).await;
+
+    // Clearing the sandbox's template leaves the port's own.
+    step(&[&every_port[..], &["--clear"]].concat());
+    both_see(proxies, &runner, 3000, (&runner_host, true)).await;
+    both_see(proxies, &runner, 8080, ("cli-sbx.internal", true)).await;
+    step(&["identity", "--sandbox", "cli-sbx", "--off"]);
+    both_see(proxies, &runner, 8080, ("cli-sbx.internal", false)).await;
+
+    // What the proxy would refuse is refused by the CLI, naming the flag; nothing is written.
+    let before = step(&["get", "--sandbox", "cli-sbx"]);
+    let refusals: [(&[&str], &str); 6] = [
+        (&["--template", "${HOST}"], "--template"),
+        (&["--template", "user@host"], "--template"),
+        (&["--template", "a/b"], "--template"),
+        (&["--port", "0", "--template", "x"], "--port"),
+        (
+            &["--port", "8080", "--template", "host:${PORT}x"],
+            "--template",
+        ),
+        (&["--template", "x", "--clear"], "--clear"),
+    ];
+    for (extra, flag) in refusals {
+        let args = [&["registry"][..], &every_port[..], extra].concat();
+        let (success, _, stderr) = sandgate(cli, &args);
+        assert!(!success, "{args:?} was accepted");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+    let bad_put = [&put_sandbox[..], &["--upstream-host", "${PORT"]].concat();
+    let (success, _, stderr) = sandgate(cli, &bad_put);
+    assert!(!success && stderr.contains("--upstream-host"), "{stderr}");
+    let (success, _, stderr) =
+        sandgate(cli, &["registry", "identity", "--sandbox", "nope", "--on"]);
+    assert!(!success && stderr.contains("not found"), "{stderr}");
+    assert_eq!(step(&["get", "--sandbox", "cli-sbx"]), before);
+
+    // put-sandbox sets both at once (and, replacing the record, drops the port's template).
+    let put_both = ["--identity", "--upstream-host", "app.local:${PORT}"];
+    cli_ok(cli, &[&put_sandbox[..], &put_both[..]].concat());
+    both_see(proxies, &runner, 8080, ("app.local:8080", true)).await;
+}

@@ -4,6 +4,9 @@
 --   BENCH_HEADER_VALUE  its value
 --   BENCH_DELAY_MS      pause this long before each request on a connection (paced load: the
 --                       same offered rate for every target, for latency at a fraction of the max)
+--   BENCH_PORT_SPAN     N: each request's Host gets the next of N preview ports from
+--                       BENCH_PORT_FIRST (10000) in place of BENCH_HOST's own (instr.sh: a new
+--                       identity audience each time)
 -- At the end it prints one machine-readable line for bench.sh:
 --   BENCH requests=N duration_us=N rps=F p50_us=N p99_us=N errors_status=N errors_socket=N
 local host = os.getenv("BENCH_HOST")
@@ -13,6 +16,17 @@ end
 local name = os.getenv("BENCH_HEADER_NAME")
 if name and name ~= "" then
   wrk.headers[name] = os.getenv("BENCH_HEADER_VALUE") or ""
+end
+local span = tonumber(os.getenv("BENCH_PORT_SPAN") or "")
+if span and span > 0 and host then
+  local rest = host:match("^%d+(%-.*)$")
+  local first = tonumber(os.getenv("BENCH_PORT_FIRST") or "") or 10000
+  local sent = 0
+  function request()
+    sent = sent + 1
+    wrk.headers["Host"] = string.format("%d%s", first + sent % span, rest)
+    return wrk.format()
+  end
 end
 local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
 if pause and pause > 0 then

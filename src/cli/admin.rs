@@ -17,7 +17,7 @@ use crate::registry::signed_preview::{
     is_signed_token, link_member, link_uses_key, links_index_key, new_signed_token,
     signed_preview_key, LINK_RECORDS_TTL_MS,
 };
-use crate::registry::{PortAccess, PortsMode, RunnerRecord};
+use crate::registry::{PortAccess, PortsMode, RunnerRecord, UpstreamHosts};
 
 #[derive(Subcommand, Debug)]
 pub enum RegistryCommand {
@@ -60,6 +60,33 @@ pub enum RegistryCommand {
         /// all (default: ports without an entry follow --public) or declared (they answer 404).
         #[arg(long)]
         ports: Option<String>,
+        /// Send the app the signed X-Sandgate-Identity header (needs `[identity] enabled`).
+        #[arg(long)]
+        identity: bool,
+        /// The Host the app sees on every port, e.g. 'localhost:${PORT}'.
+        #[arg(long)]
+        upstream_host: Option<String>,
+    },
+    /// Opt a sandbox in to (--on) or out of (--off) the signed X-Sandgate-Identity header.
+    Identity {
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long, required_unless_present = "off", conflicts_with = "off")]
+        on: bool,
+        #[arg(long)]
+        off: bool,
+    },
+    /// Set (--template, with ${PORT} and ${SANDBOX}) or clear the Host the app sees, for every
+    /// port or for one (--port).
+    UpstreamHost {
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        template: Option<String>,
+        #[arg(long)]
+        clear: bool,
     },
     /// Give one port of a sandbox its own access: public (anyone) or private (a credential).
     Expose {
@@ -334,6 +361,27 @@ impl Admin {
     }
 }
 
+/// Checks `template` with the proxy's own parser: for `port`, or every port. The error names
+/// `flag`.
+fn check_upstream_host(id: &str, port: Option<u16>, template: &str, flag: &str) -> Result<()> {
+    let checked = match port {
+        None => UpstreamHosts::new(id, Some(template), []),
+        Some(port) => UpstreamHosts::new(id, None, [(port, template)]),
+    };
+    checked
+        .map(drop)
+        .map_err(|e| AdminError::Invalid(format!("{flag}: {e}")))
+}
+
+/// `upstream_host` (every port) or `upstream_host:<port>`.
+fn upstream_host_field(port: Option<u16>) -> Result<String> {
+    match port {
+        None => Ok("upstream_host".into()),
+        Some(0) => invalid("--port: port 0 is not a port"),
+        Some(port) => Ok(format!("upstream_host:{port}")),
+    }
+}
+
 /// The hex SHA-256 of a preview token, from the token or given directly.
 fn token_hash(token: Option<&str>, token_sha256: Option<&str>) -> Result<String> {
     api_key_hash(token, token_sha256)
@@ -412,9 +460,18 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
             auth_token,
             cors,
             ports,
+            identity,
+            upstream_host,
         } => {
             let id = check_id("sandbox", &id)?;
             let mut fields: Vec<(&str, String)> = Vec::new();
+            if identity {
+                fields.push(("identity", "true".into()));
+            }
+            if let Some(template) = upstream_host {
+                check_upstream_host(&id, None, &template, "--upstream-host")?;
+                fields.push(("upstream_host", template));
+            }
             if let Some(ports) = ports {
                 ports
                     .parse::<PortsMode>()
@@ -495,6 +552,33 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
                 .set_field(&sandbox, "ports", Some(mode.as_str()))
                 .await?;
             Ok(json!({"sandbox": id, "ports": mode.as_str()}).to_string())
+        }
+        RegistryCommand::Identity {
+            sandbox,
+            on,
+            off: _,
+        } => {
+            // Off removes the field: the record then says what a new one says.
+            let id = admin
+                .set_field(&sandbox, "identity", on.then_some("true"))
+                .await?;
+            Ok(json!({"sandbox": id, "identity": on}).to_string())
+        }
+        RegistryCommand::UpstreamHost {
+            sandbox,
+            port,
+            template,
+            clear: _,
+        } => {
+            let field = upstream_host_field(port)?;
+            if let Some(template) = &template {
+                let id = check_id("sandbox", &sandbox)?;
+                check_upstream_host(&id, port, template, "--template")?;
+            }
+            let id = admin
+                .set_field(&sandbox, &field, template.as_deref())
+                .await?;
+            Ok(json!({"sandbox": id, "port": port, "upstream_host": template}).to_string())
         }
         RegistryCommand::PutToken {
             sandbox,

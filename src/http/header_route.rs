@@ -55,13 +55,21 @@ impl HeaderRoute {
             Some((_, port)) if !port.contains(']') => port,
             _ => "",
         };
-        let separator = if listener_port.is_empty() { "" } else { ":" };
-        let host = format!(
-            "{}-{}.{domain}{separator}{listener_port}",
-            self.port,
-            self.sandbox_id()
+        let mut digits = itoa::Buffer::new();
+        let port = digits.format(self.port);
+        let id = self.id.as_bytes();
+        // One buffer of the exact size, handed to the header value without a copy.
+        let mut host = bytes::BytesMut::with_capacity(
+            port.len() + 1 + id.len() + 1 + domain.len() + 1 + listener_port.len(),
         );
-        HeaderValue::try_from(host).ok()
+        for piece in [port.as_bytes(), b"-", id, b".", domain.as_bytes()] {
+            host.extend_from_slice(piece);
+        }
+        if !listener_port.is_empty() {
+            host.extend_from_slice(b":");
+            host.extend_from_slice(listener_port.as_bytes());
+        }
+        HeaderValue::from_maybe_shared(host.freeze()).ok()
     }
 }
 
