@@ -10,13 +10,19 @@
 //!
 //! Signing costs tens of µs, so a token is reused for the same (subject, org, kind, audience)
 //! while more than half its life is left: a small bounded map, locked (per shard) only around
-//! the lookup and the insert.
+//! the lookup and the insert. Each serving thread keeps the parsed key ([`PARSED`]).
 
+use std::cell::RefCell;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use jsonwebtoken::crypto::{rust_crypto::DEFAULT_PROVIDER, JwtSigner};
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
@@ -88,10 +94,22 @@ struct Cached {
     reuse_until: u64,
 }
 
+/// Which [`IdentitySigner`] a thread's [`PARSED`] key belongs to (a reload makes a new one).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's parsed signing key: `jsonwebtoken::encode` parses the PKCS#8 key again on
+    /// every call (about half of a signature's cost), and the parsed signer is not `Send`.
+    static PARSED: RefCell<Option<(u64, Box<dyn JwtSigner>)>> = const { RefCell::new(None) };
+}
+
 /// The signing key, the published JWKS and the reuse cache.
 pub struct IdentitySigner {
     key: EncodingKey,
     header: Header,
+    /// `base64url(header).`: the start of every token.
+    head: String,
+    generation: u64,
     ttl: u64,
     issuer: Option<Box<str>>,
     all_sandboxes: bool,
@@ -144,9 +162,14 @@ impl IdentitySigner {
             return Err("identity.enabled needs at least one [[identity.keys]] entry".into());
         };
         let jwks = serde_json::to_vec(&jwks).map_err(|e| format!("identity: JWKS: {e}"))?;
+        let header_json = serde_json::to_vec(&header).map_err(|e| format!("identity: {e}"))?;
+        let mut head = URL_SAFE_NO_PAD.encode(header_json);
+        head.push('.');
         Ok(Some(IdentitySigner {
             key,
             header,
+            head,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             ttl: c.ttl.as_secs(),
             issuer: (!c.issuer.is_empty()).then(|| c.issuer.as_str().into()),
             all_sandboxes: c.all_sandboxes,
@@ -233,13 +256,35 @@ impl IdentitySigner {
             exp: now + self.ttl,
             iss: self.issuer.as_deref(),
         };
-        match jsonwebtoken::encode(&self.header, &claims, &self.key) {
-            Ok(token) => HeaderValue::try_from(token).ok(),
+        let payload = serde_json::to_vec(&claims).ok()?;
+        let mut token = String::with_capacity(self.head.len() + payload.len() * 4 / 3 + 100);
+        token.push_str(&self.head);
+        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+        match self.signature(token.as_bytes()) {
+            Ok(signature) => {
+                token.push('.');
+                URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+                HeaderValue::try_from(token).ok()
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "signing an identity token failed");
                 None
             }
         }
+    }
+
+    /// The JWS signature of `message` with this thread's parsed copy of the key.
+    fn signature(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        PARSED.with_borrow_mut(|parsed| {
+            let current = parsed.as_ref().filter(|(g, _)| *g == self.generation);
+            if current.is_none() {
+                let signer = (DEFAULT_PROVIDER.signer_factory)(&self.header.alg, &self.key)
+                    .map_err(|e| e.to_string())?;
+                *parsed = Some((self.generation, signer));
+            }
+            let (_, signer) = parsed.as_ref().ok_or("no signer")?;
+            signer.try_sign(message).map_err(|e| e.to_string())
+        })
     }
 }
 
