@@ -3,14 +3,13 @@
 //! admin CLI reaching two running proxies at once.
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::admin_cli::*;
 use support::redis::RedisServer;
 use support::runner::Runner;
 use support::table::*;
-use support::{get, raw_until_idle, send, statuses, Proxy, BIN};
+use support::{get, raw_until_idle, send, statuses, Proxy};
 
 const SANDBOXES: &str = r#"
 [[registry.sandboxes]]
@@ -139,63 +138,6 @@ async fn a_scoped_grant_does_not_carry_to_another_port_by_cookie_or_connection()
 
 // ---- Redis: the encoding, the CLI, and invalidation reaching every proxy ----
 
-fn redis_toml(redis: &RedisServer, extra: &str) -> String {
-    format!(
-        "[proxy]\ndomains = [\"preview.localhost\"]\n\
-         [registry]\nbackend = \"redis\"\n{extra}\n\
-         [redis]\nurl = \"{}\"\ntimeout = \"500ms\"\n",
-        redis.url()
-    )
-}
-
-struct CliConfig {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-fn cli_config(redis: &RedisServer) -> CliConfig {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cli.toml");
-    std::fs::write(&path, redis_toml(redis, "")).unwrap();
-    CliConfig { _dir: dir, path }
-}
-
-/// `sandgate <args> --config <path>` → (success, stdout, stderr).
-fn sandgate(config: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run sandgate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
-}
-
-fn ok(config: &Path, args: &[&str]) -> String {
-    let (success, stdout, stderr) = sandgate(config, args);
-    assert!(success, "sandgate {args:?} failed: {stderr}");
-    stdout
-}
-
-/// A proxy that has subscribed to invalidations (its first subscription clears its cache).
-fn start_proxy(config: &str) -> Proxy {
-    let proxy = Proxy::start(config);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !proxy.stderr().contains("subscribed to cache invalidations") {
-        assert!(
-            Instant::now() < deadline,
-            "no subscription: {}",
-            proxy.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    proxy
-}
-
 /// Both proxies answer `want` for `port` (with `headers`) within a second: the cache TTL is
 /// ten minutes, so only the pushed invalidation can make it.
 async fn both_answer(proxies: [&Proxy; 2], port: u16, headers: &[(&str, &str)], want: u16) {
@@ -222,20 +164,7 @@ async fn cli_port_changes_reach_two_running_proxies_at_once() {
     let redis = RedisServer::start();
     let cli = cli_config(&redis);
     let runner = Runner::start("k").await;
-    let url = format!("http://{}", runner.addr);
-    ok(
-        &cli.path,
-        &[
-            "registry",
-            "put-runner",
-            "--id",
-            "r1",
-            "--url",
-            &url,
-            "--api-key",
-            "k",
-        ],
-    );
+    put_runner(&cli.path, "r1", runner.addr, "k");
     let sandbox = |extra: &[&str]| {
         let mut args = vec![
             "registry",
@@ -392,20 +321,7 @@ async fn a_redis_record_cannot_make_a_reserved_port_public() {
     let redis = RedisServer::start();
     let cli = cli_config(&redis);
     let runner = Runner::start("k").await;
-    let url = format!("http://{}", runner.addr);
-    ok(
-        &cli.path,
-        &[
-            "registry",
-            "put-runner",
-            "--id",
-            "r1",
-            "--url",
-            &url,
-            "--api-key",
-            "k",
-        ],
-    );
+    put_runner(&cli.path, "r1", runner.addr, "k");
     ok(
         &cli.path,
         &[
@@ -558,20 +474,7 @@ async fn alternating_ports_of_a_signed_token_do_not_read_redis_each_time() {
     let redis = RedisServer::start();
     let cli = cli_config(&redis);
     let runner = Runner::start("k").await;
-    let url = format!("http://{}", runner.addr);
-    ok(
-        &cli.path,
-        &[
-            "registry",
-            "put-runner",
-            "--id",
-            "r1",
-            "--url",
-            &url,
-            "--api-key",
-            "k",
-        ],
-    );
+    put_runner(&cli.path, "r1", runner.addr, "k");
     ok(
         &cli.path,
         &["registry", "put-sandbox", "--id", "sbx", "--runner", "r1"],
@@ -602,20 +505,7 @@ async fn preview_url_list_shows_port_expiry_and_throttled_last_use_never_the_tok
     let redis = RedisServer::start();
     let cli = cli_config(&redis);
     let runner = Runner::start("k").await;
-    let url = format!("http://{}", runner.addr);
-    ok(
-        &cli.path,
-        &[
-            "registry",
-            "put-runner",
-            "--id",
-            "r1",
-            "--url",
-            &url,
-            "--api-key",
-            "k",
-        ],
-    );
+    put_runner(&cli.path, "r1", runner.addr, "k");
     ok(
         &cli.path,
         &["registry", "put-sandbox", "--id", "sbx", "--runner", "r1"],

@@ -3,13 +3,13 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::admin_cli::*;
 use support::redis::RedisServer;
-use support::{get, send, Proxy, BIN};
+use support::{get, send, Proxy};
 
 /// A demo runner on a free port answering for `key`.
 async fn demo_runner(key: &str) -> SocketAddr {
@@ -17,66 +17,6 @@ async fn demo_runner(key: &str) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(sandgate::cli::demo::run_demo_runner(listener, key.into()));
     addr
-}
-
-fn redis_toml(redis: &RedisServer, extra: &str) -> String {
-    format!(
-        "[proxy]\ndomains = [\"preview.localhost\"]\n\
-         [registry]\nbackend = \"redis\"\n{extra}\n\
-         [redis]\nurl = \"{}\"\ntimeout = \"500ms\"\n",
-        redis.url()
-    )
-}
-
-/// A config file for the admin CLI.
-struct CliConfig {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-fn cli_config(redis: &RedisServer) -> CliConfig {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cli.toml");
-    std::fs::write(&path, redis_toml(redis, "")).unwrap();
-    CliConfig { _dir: dir, path }
-}
-
-/// Runs `sandgate <args> --config <path>`; returns (success, stdout, stderr).
-fn sandgate(config: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run sandgate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
-}
-
-fn ok(config: &Path, args: &[&str]) -> String {
-    let (success, stdout, stderr) = sandgate(config, args);
-    assert!(success, "sandgate {args:?} failed: {stderr}");
-    stdout
-}
-
-fn put_runner(config: &Path, id: &str, addr: SocketAddr, key: &str) {
-    let url = format!("http://{addr}");
-    ok(
-        config,
-        &[
-            "registry",
-            "put-runner",
-            "--id",
-            id,
-            "--url",
-            &url,
-            "--api-key",
-            key,
-        ],
-    );
 }
 
 fn put_sandbox(config: &Path, id: &str, runner: &str, extra: &[&str]) {
@@ -91,22 +31,6 @@ fn put_sandbox(config: &Path, id: &str, runner: &str, extra: &[&str]) {
     ];
     args.extend_from_slice(extra);
     ok(config, &args);
-}
-
-/// Starts a proxy and waits until it has subscribed to invalidations (its first subscription
-/// clears the cache, so tests fill the cache only after it).
-fn start_proxy(config: &str) -> Proxy {
-    let proxy = Proxy::start(config);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !proxy.stderr().contains("subscribed to cache invalidations") {
-        assert!(
-            Instant::now() < deadline,
-            "no subscription: {}",
-            proxy.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    proxy
 }
 
 fn host(id: &str) -> String {

@@ -5,6 +5,7 @@
 //! `proxy.preserve_forwarded_host` is on.
 mod support;
 
+use support::admin_cli::*;
 use support::control_plane::{ControlPlane, FakeSandbox};
 use support::redis::RedisServer;
 use support::runner::{Runner, Seen};
@@ -270,27 +271,6 @@ async fn an_h2c_runner_gets_the_upstream_host_as_authority() {
 
 // ---- The admin CLI: `registry identity` and `registry upstream-host` reach running proxies ----
 
-/// `sandgate <args> --config <cli>` → (success, stdout, stderr).
-fn sandgate(cli: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(support::BIN)
-        .args(args)
-        .arg("--config")
-        .arg(cli)
-        .output()
-        .expect("run sandgate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
-}
-
-fn cli_ok(cli: &std::path::Path, args: &[&str]) -> String {
-    let (success, stdout, stderr) = sandgate(cli, args);
-    assert!(success, "sandgate {args:?} failed: {stderr}");
-    stdout
-}
-
 /// A Redis-backed proxy with identity on and a ten-minute cache (only a pushed invalidation
 /// can make a change visible within the second `both_see` allows), once it has subscribed.
 fn subscribed_proxy(redis: &RedisServer) -> Proxy {
@@ -298,19 +278,13 @@ fn subscribed_proxy(redis: &RedisServer) -> Proxy {
         "{}/tests/fixtures/identity_ed25519.pem",
         env!("CARGO_MANIFEST_DIR")
     );
-    let proxy = Proxy::start(&format!(
+    start_proxy(&format!(
         "[proxy]\ndomains = [\"preview.localhost\"]\n[registry]\nbackend = \"redis\"\n\
          [registry.cache]\nttl = \"10m\"\n[redis]\nurl = \"{}\"\ntimeout = \"500ms\"\n\
          [identity]\nenabled = true\n[[identity.keys]]\nkid = \"ed-1\"\nalgorithm = \"EdDSA\"\n\
          private_key_file = \"{key}\"\n",
         redis.url()
-    ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !proxy.stderr().contains("subscribed to cache invalidations") {
-        assert!(std::time::Instant::now() < deadline, "{}", proxy.stderr());
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    proxy
+    ))
 }
 
 /// (Host, has an identity header) the app sees on `port` of `cli-sbx`, through each proxy,
@@ -350,7 +324,7 @@ async fn cli_identity_and_upstream_host_changes_reach_two_running_proxies_at_onc
     let runner_host = runner.addr.to_string();
     let runner_url = format!("http://{runner_host}");
     let put_runner = ["registry", "put-runner", "--id", "r1", "--url", &runner_url];
-    cli_ok(
+    ok(
         cli,
         &[&put_runner[..], &["--api-key", "runner-key"]].concat(),
     );
@@ -364,8 +338,8 @@ async fn cli_identity_and_upstream_host_changes_reach_two_running_proxies_at_onc
         "--organization",
         "org-1",
     ];
-    cli_ok(cli, &put_sandbox);
-    cli_ok(
+    ok(cli, &put_sandbox);
+    ok(
         cli,
         &[
             "registry",
@@ -380,7 +354,7 @@ async fn cli_identity_and_upstream_host_changes_reach_two_running_proxies_at_onc
     let proxies = [&first, &second];
     both_see(proxies, &runner, 3000, (&runner_host, false)).await;
 
-    let step = |args: &[&str]| cli_ok(cli, &[&["registry"][..], args].concat());
+    let step = |args: &[&str]| ok(cli, &[&["registry"][..], args].concat());
     let on = step(&["identity", "--sandbox", "cli-sbx", "--on"]);
     let on: serde_json::Value = serde_json::from_str(&on).unwrap();
     assert_eq!(
@@ -433,6 +407,6 @@ async fn cli_identity_and_upstream_host_changes_reach_two_running_proxies_at_onc
 
     // put-sandbox sets both at once (and, replacing the record, drops the port's template).
     let put_both = ["--identity", "--upstream-host", "app.local:${PORT}"];
-    cli_ok(cli, &[&put_sandbox[..], &put_both[..]].concat());
+    ok(cli, &[&put_sandbox[..], &put_both[..]].concat());
     both_see(proxies, &runner, 8080, ("app.local:8080", true)).await;
 }

@@ -2,6 +2,7 @@
 //! talk to it over real sockets.
 #![allow(dead_code)]
 
+pub mod admin_cli;
 pub mod browser;
 pub mod control_plane;
 pub mod nginx;
