@@ -235,31 +235,12 @@ async fn user_credentials_reach_the_app_as_an_identity_its_verifier_accepts_and_
 
     // Reused while fresh (signing is not per request), and bound to its sandbox.
     let auth = format!("Bearer {jwt}");
-    let first = through(
-        &proxy,
-        &runner,
-        "3000-sbx-a.preview.localhost",
-        "/",
-        &[("authorization", &auth)],
-    )
-    .await;
-    let again = through(
-        &proxy,
-        &runner,
-        "3000-sbx-a.preview.localhost",
-        "/",
-        &[("authorization", &auth)],
-    )
-    .await;
+    let headers = [("authorization", auth.as_str())];
+    let via = |host| through(&proxy, &runner, host, "/", &headers);
+    let first = via("3000-sbx-a.preview.localhost").await;
+    let again = via("3000-sbx-a.preview.localhost").await;
     assert_eq!(first.header(HEADER), again.header(HEADER));
-    let sibling = through(
-        &proxy,
-        &runner,
-        "3000-sbx-b.preview.localhost",
-        "/",
-        &[("authorization", &auth)],
-    )
-    .await;
+    let sibling = via("3000-sbx-b.preview.localhost").await;
     assert_eq!(
         claims_of(&sibling.header(HEADER).unwrap())["aud"],
         "sbx-b:3000"
