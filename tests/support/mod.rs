@@ -4,7 +4,10 @@
 
 pub mod admin_cli;
 pub mod browser;
+pub mod chromium;
 pub mod control_plane;
+pub mod gate;
+pub mod hook;
 pub mod nginx;
 pub mod oidc;
 pub mod recorder;
