@@ -14,6 +14,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+use super::gate::Gate;
+
 /// Endpoint names for counters and faults.
 pub const RUNNER_BY_SANDBOX: &str = "runners/by-sandbox";
 pub const PUBLIC: &str = "preview/public";
@@ -24,6 +26,25 @@ pub const LAST_ACTIVITY: &str = "sandbox/last-activity";
 pub const SSH: &str = "sandbox/ssh-access/validate";
 pub const SANDBOX: &str = "sandbox";
 pub const CONFIG: &str = "config";
+pub const START: &str = "sandbox/start";
+
+/// What `POST /sandbox/{id}/start` does.
+#[derive(Debug, Clone)]
+pub enum StartOutcome {
+    /// Answers 200 with the sandbox in `starting`; it is `started` after the delay.
+    Starts,
+    /// Answers this status with a JSON `message` (Daytona's error shape); no state change.
+    Refused(u16, String),
+    /// Answers 200 with the sandbox in `starting`; it is in `error` after the delay.
+    Errors,
+}
+
+/// How starts behave: the delay before the sandbox leaves `starting`, and the outcome.
+#[derive(Debug, Clone)]
+pub struct StartBehaviour {
+    pub delay: Duration,
+    pub outcome: StartOutcome,
+}
 
 /// What the next call(s) to an endpoint suffer.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +118,9 @@ pub struct State {
     down: AtomicBool,
     /// Delay added to every call of these endpoints (to observe concurrency).
     slow: Mutex<HashMap<&'static str, Duration>>,
+    start: Mutex<StartBehaviour>,
+    /// Started sandboxes stay `starting` until this is open (after the delay).
+    start_gate: Gate,
 }
 
 pub struct ControlPlane {
@@ -124,6 +148,11 @@ impl ControlPlane {
             faults: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
             slow: Mutex::new(HashMap::new()),
+            start: Mutex::new(StartBehaviour {
+                delay: Duration::ZERO,
+                outcome: StartOutcome::Starts,
+            }),
+            start_gate: Gate::default(),
         });
         let served = state.clone();
         let task = tokio::spawn(async move {
@@ -192,6 +221,20 @@ impl ControlPlane {
         self.state.down.store(down, Ordering::SeqCst);
     }
 
+    /// How `POST /sandbox/{id}/start` behaves from now on (default: started at once).
+    pub fn on_start(&self, delay: Duration, outcome: StartOutcome) {
+        *self.state.start.lock().expect("start") = StartBehaviour { delay, outcome };
+    }
+
+    pub fn start_gate(&self) -> &Gate {
+        &self.state.start_gate
+    }
+
+    /// The state of sandbox `id` now.
+    pub fn state_of(&self, id: &str) -> String {
+        self.world().sandboxes[id].state.clone()
+    }
+
     pub fn set_slow(&self, endpoint: &'static str, delay: Duration) {
         self.state
             .slow
@@ -237,7 +280,48 @@ fn not_found() -> Reply {
     text(404, "Not Found")
 }
 
+fn sandbox_dto(id: &str, s: &FakeSandbox) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "state": s.state, "organizationId": s.organization,
+        "public": s.public, "runnerId": s.runner, "labels": s.labels,
+    })
+}
+
 impl State {
+    /// `POST /sandbox/{id}/start`: `starting` now, then (after the delay and the gate) the
+    /// outcome's state; or a refusal (after the delay and the gate).
+    async fn start_sandbox(self: &Arc<Self>, id: &str) -> Reply {
+        let behaviour = self.start.lock().expect("start").clone();
+        let end = match behaviour.outcome {
+            StartOutcome::Refused(status, message) => {
+                tokio::time::sleep(behaviour.delay).await;
+                self.start_gate.passed().await;
+                return json(
+                    status,
+                    serde_json::json!({"statusCode": status, "message": message}),
+                );
+            }
+            StartOutcome::Starts => "started",
+            StartOutcome::Errors => "error",
+        };
+        let mut world = self.world.lock().expect("world");
+        let Some(sandbox) = world.sandboxes.get_mut(id) else {
+            return not_found();
+        };
+        sandbox.state = "starting".into();
+        let reply = json(200, sandbox_dto(id, sandbox));
+        let state = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(behaviour.delay).await;
+            state.start_gate.passed().await;
+            if let Some(s) = state.world.lock().expect("world").sandboxes.get_mut(&id) {
+                s.state = end.into();
+            }
+        });
+        reply
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Reply, Reset> {
         if self.down.load(Ordering::SeqCst) {
             return Err(Reset);
@@ -259,6 +343,7 @@ impl State {
             ("POST", ["sandbox", _, "last-activity"]) => LAST_ACTIVITY,
             ("GET", ["sandbox", "ssh-access", "validate"]) => SSH,
             ("GET", ["sandbox", _]) => SANDBOX,
+            ("POST", ["sandbox", _, "start"]) => START,
             _ => return Ok(not_found()),
         };
         let bearer = req
@@ -295,7 +380,7 @@ impl State {
     }
 
     async fn answer(
-        &self,
+        self: &Arc<Self>,
         endpoint: &'static str,
         bearer: &str,
         segments: &[&str],
@@ -336,6 +421,9 @@ impl State {
                 401,
                 serde_json::json!({"statusCode": 401, "message": "Unauthorized"}),
             ));
+        }
+        if endpoint == START {
+            return Ok(self.start_sandbox(segments[1]).await);
         }
         let world = self.world.lock().expect("world");
         let reply = match endpoint {
@@ -390,13 +478,7 @@ impl State {
                 }
             }
             SANDBOX => match world.sandboxes.get(segments[1]) {
-                Some(s) => json(
-                    200,
-                    serde_json::json!({
-                        "id": segments[1], "state": s.state, "organizationId": s.organization,
-                        "public": s.public, "runnerId": s.runner, "labels": s.labels,
-                    }),
-                ),
+                Some(s) => json(200, sandbox_dto(segments[1], s)),
                 None => not_found(),
             },
             _ => not_found(),

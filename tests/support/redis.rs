@@ -169,3 +169,111 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// What the [`Orchestrator`] does with a start request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `state` goes `starting`, then `started` after the delay.
+    Starts,
+    /// `state` goes `starting`, then `error` after the delay.
+    Errors,
+}
+
+/// Whatever runs the sandboxes, as the `redis` wake backend sees it: subscribed to the wake
+/// channel, it counts each start request (`PUBLISH <channel> <id>`), sets the sandbox hash's
+/// `state` to `starting`, and after the delay (and the gate) to the outcome's state, then
+/// publishes `sandbox:<id>` on the invalidation channel. Stops when dropped.
+pub struct Orchestrator {
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    behaviour: std::sync::Arc<std::sync::Mutex<(Duration, Outcome)>>,
+    gate: super::gate::Gate,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The default names: `[redis] key_prefix`, `invalidation_channel`, `[registry.wake] channel`.
+pub const KEY_PREFIX: &str = "sandgate:";
+pub const INVALIDATION_CHANNEL: &str = "sandgate:invalidate";
+pub const WAKE_CHANNEL: &str = "sandgate:wake";
+
+impl Orchestrator {
+    /// Subscribed (the subscription is confirmed) to [`WAKE_CHANNEL`] on `redis`.
+    pub async fn start(redis: &RedisServer, delay: Duration) -> Orchestrator {
+        use futures_util::StreamExt;
+        let client = ::redis::Client::open(redis.url()).expect("redis url");
+        let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+        pubsub.subscribe(WAKE_CHANNEL).await.expect("subscribe");
+        let writer = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        let requests: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let behaviour = std::sync::Arc::new(std::sync::Mutex::new((delay, Outcome::Starts)));
+        let gate = super::gate::Gate::default();
+        let (seen, chosen, passed) = (requests.clone(), behaviour.clone(), gate.clone());
+        let task = tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let id: String = message.get_payload().unwrap_or_default();
+                seen.lock().unwrap().push(id.clone());
+                let (delay, outcome) = *chosen.lock().unwrap();
+                tokio::spawn(start(writer.clone(), id, delay, outcome, passed.clone()));
+            }
+        });
+        Orchestrator {
+            requests,
+            behaviour,
+            gate,
+            task,
+        }
+    }
+
+    /// From now on, starts take `delay` and end in `outcome`.
+    pub fn on_start(&self, delay: Duration, outcome: Outcome) {
+        *self.behaviour.lock().unwrap() = (delay, outcome);
+    }
+
+    pub fn gate(&self) -> &super::gate::Gate {
+        &self.gate
+    }
+
+    /// The start requests received (sandbox ids, in order).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+async fn start(
+    mut redis: ::redis::aio::MultiplexedConnection,
+    id: String,
+    delay: Duration,
+    outcome: Outcome,
+    gate: super::gate::Gate,
+) {
+    let key = format!("{KEY_PREFIX}sandbox:{id}");
+    let set_state = |state: &'static str| {
+        let mut cmd = ::redis::cmd("HSET");
+        cmd.arg(&key).arg("state").arg(state);
+        cmd
+    };
+    let invalidate = || {
+        let mut cmd = ::redis::cmd("PUBLISH");
+        cmd.arg(INVALIDATION_CHANNEL).arg(format!("sandbox:{id}"));
+        cmd
+    };
+    let _: Result<(), _> = set_state("starting").query_async(&mut redis).await;
+    let _: Result<(), _> = invalidate().query_async(&mut redis).await;
+    tokio::time::sleep(delay).await;
+    gate.passed().await;
+    let end = match outcome {
+        Outcome::Starts => "started",
+        Outcome::Errors => "error",
+    };
+    let _: Result<(), _> = set_state(end).query_async(&mut redis).await;
+    let _: Result<(), _> = invalidate().query_async(&mut redis).await;
+}
