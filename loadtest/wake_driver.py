@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Driver for loadtest/bench_wake.sh (Python 3, standard library only).
+
+  wake_driver.py hook --delay-ms D
+      A start hook ([registry.wake] url) on a free loopback port: POST /api/sandbox/<id>/start
+      answers 200 after D ms (the sandbox is up), except for ids starting with "slow-", answered
+      202 at once (the proxy then waits for the registry, which never changes: a start that
+      never ends). GET /calls answers the number of start calls so far. Prints
+      "hook listening on http://ADDR" first.
+
+  wake_driver.py wakes --proxy ADDR --ids ID,ID,... --warm ID --delay-ms D
+      One request per stopped sandbox, one after the other, each on a new connection (a new
+      visitor); then as many to the running sandbox WARM. Prints the latencies (ms) and the
+      wake's overhead over the hook's delay: p50, p99, max.
+
+  wake_driver.py hold --proxy ADDR --admin ADDR --pid PID --id ID --count N [--settle S]
+      Opens N connections, each sending one GET for sandbox ID (whose start never ends), waits
+      until sandgate_wake_held = N, lets S seconds pass and reports the proxy's VmRSS before
+      and with the N requests held, and KiB per held request. Fails if any request was
+      answered while it should be held.
+"""
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+
+
+def host(sandbox):
+    return f"3000-{sandbox}.preview.localhost"
+
+
+async def read_response(reader):
+    """Reads one HTTP/1.1 response with a Content-Length body; returns (status, body)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+    body = await reader.readexactly(length)
+    return status, body
+
+
+async def get(addr, sandbox, path="/"):
+    """One GET on a new connection; returns (status, seconds)."""
+    ip, port = addr.rsplit(":", 1)
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection(ip, int(port))
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host(sandbox)}\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    status, _ = await read_response(reader)
+    took = time.perf_counter() - start
+    writer.close()
+    return status, took
+
+
+# ---- hook ----
+
+
+async def hook(args):
+    calls = 0
+    delay = args.delay_ms / 1000
+
+    async def serve(reader, writer):
+        nonlocal calls
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target = lines[0].split()[:2]
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                if length:
+                    await reader.readexactly(length)
+                if method == "GET" and target == "/calls":
+                    status, body = 200, str(calls)
+                else:
+                    calls += 1
+                    sandbox = target.split("/")[3] if target.count("/") >= 4 else ""
+                    if sandbox.startswith("slow-"):
+                        status, body = 202, "{}"
+                    else:
+                        await asyncio.sleep(delay)
+                        status, body = 200, "{}"
+                reason = {200: "OK", 202: "Accepted"}[status]
+                writer.write(
+                    f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(body)}\r\n\r\n{body}".encode()
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    ip, port = server.sockets[0].getsockname()[:2]
+    print(f"hook listening on http://{ip}:{port}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+# ---- wakes ----
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+def summary(name, values_ms):
+    return (
+        f"{name}: n={len(values_ms)} p50={statistics.median(values_ms):.2f} "
+        f"p99={percentile(values_ms, 99):.2f} max={max(values_ms):.2f} ms"
+    )
+
+
+async def wakes(args):
+    delay = args.delay_ms
+    first, warm, failed = [], [], 0
+    for sandbox in args.ids.split(","):
+        status, took = await get(args.proxy, sandbox)
+        if status != 200:
+            failed += 1
+            print(f"wake of {sandbox}: status {status}", file=sys.stderr)
+        first.append(took * 1000)
+    for _ in first:
+        status, took = await get(args.proxy, args.warm)
+        failed += status != 200
+        warm.append(took * 1000)
+    overhead = [t - delay for t in first]
+    print(summary("first response", first))
+    print(summary("overhead over the start delay", overhead))
+    print(summary("running sandbox, same requests", warm))
+    print(f"result failed={failed} below_delay={sum(1 for t in overhead if t < 0)}")
+    return 1 if failed else 0
+
+
+# ---- hold ----
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+async def metric(admin, name):
+    ip, port = admin.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(ip, int(port))
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    for line in data.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def answered_yet(reader):
+    """1 if the proxy sent something (or closed) on this connection, else 0."""
+    try:
+        await asyncio.wait_for(reader.read(1), timeout=0.2)
+        return 1
+    except asyncio.TimeoutError:
+        return 0
+
+
+async def hold(args):
+    ip, port = args.proxy.rsplit(":", 1)
+    baseline = rss_kib(args.pid)
+    request = f"GET / HTTP/1.1\r\nHost: {host(args.id)}\r\n\r\n".encode()
+    connections = []
+    start = time.perf_counter()
+    for _ in range(args.count):
+        reader, writer = await asyncio.open_connection(ip, int(port))
+        writer.write(request)
+        connections.append((reader, writer))
+    await asyncio.gather(*(w.drain() for _, w in connections))
+    deadline = time.monotonic() + 60
+    while (held := await metric(args.admin, "sandgate_wake_held")) < args.count:
+        if time.monotonic() > deadline:
+            print(f"only {held} of {args.count} held", file=sys.stderr)
+            return 1
+        await asyncio.sleep(0.1)
+    opened = time.perf_counter() - start
+    await asyncio.sleep(args.settle)
+    with_held = rss_kib(args.pid)
+    answered = sum(await asyncio.gather(*(answered_yet(r) for r, _ in connections)))
+    per = (with_held - baseline) / args.count
+    print(
+        f"result count={args.count} baseline_kib={baseline} held_kib={with_held} "
+        f"kib_per_held={per:.2f} answered_early={answered} open_s={opened:.1f}"
+    )
+    for _, writer in connections:
+        writer.close()
+    return 1 if answered else 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("hook")
+    p.add_argument("--delay-ms", type=float, required=True)
+    p = sub.add_parser("wakes")
+    p.add_argument("--proxy", required=True)
+    p.add_argument("--ids", required=True)
+    p.add_argument("--warm", required=True)
+    p.add_argument("--delay-ms", type=float, required=True)
+    p = sub.add_parser("hold")
+    p.add_argument("--proxy", required=True)
+    p.add_argument("--admin", required=True)
+    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--id", required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--settle", type=float, default=2)
+    args = parser.parse_args()
+    command = {"hook": hook, "wakes": wakes, "hold": hold}[args.command]
+    sys.exit(asyncio.run(command(args)) or 0)
+
+
+if __name__ == "__main__":
+    main()
