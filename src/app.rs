@@ -165,7 +165,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         activity: activity.clone(),
         forwarder: Forwarder::new(&config.proxy, relays.clone(), close_relays.clone()),
         auth: auth::Auth::from_config(&config).map_err(at("auth"))?,
-        waker: wake::Waker::new(&config.registry.wake),
+        waker: wake::Waker::new(
+            &config.registry.wake,
+            wake::starter(&config, redis.as_ref()).map_err(at("registry.wake"))?,
+            redis.clone(),
+        ),
         max_requests_per_sandbox: config.proxy.max_requests_per_sandbox,
         access_log: access_log(&config.log)?,
         request_log: crate::http::request_log::RequestLog::new(&config.log),
@@ -410,10 +414,13 @@ fn serving_threads(config: &crate::config::ServerConfig) -> usize {
 
 type Backends = (Arc<dyn Registry>, Option<Arc<StaticRegistry>>);
 
-/// The shared Redis handle, when the registry or the activity sink uses Redis. Does not
-/// connect: Redis may be down at start.
+/// The shared Redis handle, when the registry, the activity sink or the start backend uses
+/// Redis. Does not connect: Redis may be down at start.
 fn redis_handle(config: &Config) -> Result<Option<Arc<RedisHandle>>, StartError> {
-    if config.registry.backend != Backend::Redis && config.activity.sink != Sink::Redis {
+    if config.registry.backend != Backend::Redis
+        && config.activity.sink != Sink::Redis
+        && config.registry.wake.start_backend() != crate::config::StartBackend::Redis
+    {
         return Ok(None);
     }
     let handle = RedisHandle::new(&config.redis).map_err(at("redis"))?;

@@ -81,6 +81,14 @@ pub struct Metrics {
     /// Channel payload bytes, client → sandbox and sandbox → client.
     pub ssh_bytes_up: Counter,
     pub ssh_bytes_down: Counter,
+    pub wakes_started: Counter,
+    pub wakes_succeeded: Counter,
+    pub wakes_failed: Counter,
+    /// Time from a wake's start to the sandbox reported running.
+    pub wake_duration: Histogram,
+    /// Requests held while their sandbox starts.
+    pub wake_held: Gauge,
+    wake_dropped: Family<ReasonLabels, Counter>,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -171,6 +179,13 @@ impl Metrics {
             ssh_upstream_errors: Counter::default(),
             ssh_bytes_up: Counter::default(),
             ssh_bytes_down: Counter::default(),
+            wakes_started: Counter::default(),
+            wakes_succeeded: Counter::default(),
+            wakes_failed: Counter::default(),
+            // 10 ms .. ~5.5 min
+            wake_duration: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+            wake_held: Gauge::default(),
+            wake_dropped: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -284,7 +299,45 @@ impl Metrics {
             "SSH channel bytes from sandboxes to clients",
             m.ssh_bytes_down.clone(),
         );
+        r.register(
+            "wakes_started",
+            "Wakes of stopped sandboxes begun by a request",
+            m.wakes_started.clone(),
+        );
+        r.register(
+            "wakes_succeeded",
+            "Wakes that saw their sandbox running",
+            m.wakes_succeeded.clone(),
+        );
+        r.register(
+            "wakes_failed",
+            "Wakes that failed (start refused or unreachable, error state, start timeout)",
+            m.wakes_failed.clone(),
+        );
+        r.register(
+            "wake_seconds",
+            "Time from a wake's start to its sandbox running",
+            m.wake_duration.clone(),
+        );
+        r.register(
+            "wake_held",
+            "Requests held while their sandbox starts",
+            m.wake_held.clone(),
+        );
+        r.register(
+            "wake_dropped",
+            "Requests not held (or given up) while their sandbox starts, by reason",
+            m.wake_dropped.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// A request that was not held for a wake, or stopped waiting: `body`, `sandbox_limit`,
+    /// `total_limit`, `timeout`.
+    pub fn wake_dropped(&self, reason: &'static str) {
+        self.wake_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn request(&self, kind: RouteKind, status: u16, elapsed: Duration) {

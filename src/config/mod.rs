@@ -30,7 +30,7 @@ pub use registry::{
 pub use server::{AdminConfig, LogConfig, ProxyConfig, ServerConfig};
 pub use ssh::SshConfig;
 pub use tls::{CertPair, TlsConfig};
-pub use wake::WakeConfig;
+pub use wake::{StartBackend, WakeConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -139,7 +139,8 @@ impl Config {
             .map_err(ConfigError::Invalid)?;
         self.log.validate().map_err(ConfigError::Invalid)?;
         let uses_daytona = self.registry.backend == registry::Backend::Daytona
-            || self.activity.sink == activity::Sink::Daytona;
+            || self.activity.sink == activity::Sink::Daytona
+            || self.registry.wake.start_backend() == wake::StartBackend::Daytona;
         let api_url = self.daytona.api_url.trim_end_matches('/');
         if uses_daytona && !(api_url.starts_with("http://") && api_url.ends_with("/api")) {
             return invalid(format!(

@@ -222,6 +222,9 @@ pub struct SandboxEntry {
     /// Requests opened by a user's credential carry `X-Sandgate-Identity` (needs `[identity]`).
     #[serde(default)]
     pub identity: bool,
+    /// A request may wake the sandbox when it is not running (`[registry.wake]`).
+    #[serde(default = "default_true")]
+    pub wake: bool,
     /// The `Host` the app sees, with `${PORT}` and `${SANDBOX}` (e.g. `localhost:${PORT}`).
     #[serde(default)]
     pub upstream_host: Option<String>,
@@ -253,6 +256,10 @@ pub struct ScopedTokenEntry {
 
 fn default_ssh_port() -> u16 {
     22
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_state() -> String {

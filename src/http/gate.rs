@@ -197,8 +197,9 @@ pub async fn resolve_header_route(app: &App, sandbox_id: &str) -> Result<Resolut
     })
 }
 
-/// Admit phase: CORS preflight, the OIDC session hand-off, authentication, wake, the preview
-/// warning, and stripping every credential before the request goes on.
+/// Admit phase: CORS preflight, the OIDC session hand-off, authentication, the preview warning,
+/// and stripping every credential before the request goes on. A sandbox that is not running is
+/// admitted too: only a caller who may enter learns its state or wakes it (`hold`, next).
 #[allow(clippy::too_many_arguments)]
 pub async fn admit(
     app: &App,
@@ -294,14 +295,6 @@ pub async fn admit(
         let location = HeaderValue::try_from(location).map_err(|_| AuthError::TokenInvalid)?;
         let answer = Answer::redirect(location, granted.set_cookie);
         return Ok(Admission::Respond(respond::answer(answer)));
-    }
-    // Only a caller who may enter learns the state or wakes the sandbox.
-    if !sandbox.is_running() {
-        let waking = app.waker.as_ref().is_some_and(|w| w.wake(&sandbox.id));
-        return Err(ProxyError::SandboxNotRunning {
-            state: sandbox.state.clone(),
-            waking,
-        });
     }
     if auth.preview_warning
         && navigation

@@ -10,6 +10,7 @@ pub mod gate;
 pub mod head_timer;
 pub mod header_route;
 pub mod headers;
+pub mod hold;
 pub mod path;
 pub mod pipeline;
 pub mod relay;
@@ -58,6 +59,16 @@ pub struct App {
     pub request_ids: bool,
     /// Peers whose `X-Forwarded-For`/`Forwarded` (and PROXY headers) are believed.
     pub trusted_proxies: client_addr::TrustedProxies,
+}
+
+impl crate::wake::Context for App {
+    fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    fn activity(&self) -> &Activity {
+        &self.activity
+    }
 }
 
 /// The client end of a connection (the TCP peer, or the PROXY protocol's source address), with

@@ -18,6 +18,7 @@ use super::client_io::ConnectionEnd;
 use super::forward::{Destination, Target};
 use super::gate::{self, Admission};
 use super::header_route;
+use super::hold;
 use super::request_log;
 use super::respond::{auth_code, error_response, health, wants_html, ProxyError};
 use super::route::{self, OwnPath, Route, RouteError};
@@ -178,7 +179,7 @@ fn put_hex(out: &mut [u8], mut value: u64) {
 }
 
 async fn pipeline(
-    app: &App,
+    app: &Arc<App>,
     mut req: Request<Incoming>,
     peer: &Peer,
     client: &ClientAddr,
@@ -250,8 +251,17 @@ async fn pipeline(
         Admission::Respond(response) => return Ok(response),
         Admission::Enter(entry) => entry,
     };
-    if shared_host.is_some() {
+    let header_routed = shared_host.is_some();
+    if header_routed {
         entry.forwarded_host = shared_host;
+    }
+    if !entry.sandbox.is_running() {
+        let counts = counts_as_activity(&req, present);
+        let navigation =
+            !header_routed && crate::auth::warning::is_navigation(req.headers(), present, html);
+        if let Some(page) = hold::wake(app, &mut entry, &req, counts, navigation).await? {
+            return Ok(page);
+        }
     }
     let marked = record_activity(app, &mut req, present, &entry.sandbox);
     let destination = destination(
@@ -266,6 +276,15 @@ async fn pipeline(
     let guard = || marked.then(|| activity.stream(&entry.sandbox.id)).flatten();
     let response = app.forwarder.forward(req, destination, guard).await?;
     Ok(entry.finish(response))
+}
+
+/// Does the request count as activity? One that does not never wakes a sandbox.
+fn counts_as_activity(req: &Request<Incoming>, present: Present) -> bool {
+    !(present.may_have(Tracked::SkipActivity)
+        && req
+            .headers()
+            .get(SKIP_ACTIVITY_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")))
 }
 
 /// Activity phase: marks the sandbox unless the client asked not to (the header is consumed);

@@ -13,6 +13,7 @@ use crate::http::body::ProxyBody;
 use crate::http::header_route::HeaderRouteError;
 use crate::http::route::RouteError;
 use crate::registry::RegistryError;
+use crate::wake::WakeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -48,6 +49,10 @@ pub enum ProxyError {
     BodyTooLarge(u64),
     #[error("the request body is malformed or incomplete")]
     BadRequestBody,
+    #[error("{0}")]
+    Wake(#[from] WakeError),
+    #[error("the sandbox is being started; request bodies over {0} bytes (or of unknown length) are not held: retry in a few seconds")]
+    BodyNotHeld(u64),
 }
 
 impl ProxyError {
@@ -58,6 +63,8 @@ impl ProxyError {
                 StatusCode::NOT_FOUND
             }
             ProxyError::SandboxNotRunning { .. }
+            | ProxyError::Wake(_)
+            | ProxyError::BodyNotHeld(_)
             | ProxyError::ShuttingDown
             | ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Registry(RegistryError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -82,7 +89,11 @@ impl ProxyError {
             ProxyError::NotFound => "NOT_FOUND",
             ProxyError::SandboxNotFound => "SANDBOX_NOT_FOUND",
             ProxyError::PortNotExposed(_) => "PORT_NOT_EXPOSED",
-            ProxyError::SandboxNotRunning { .. } => "SANDBOX_NOT_RUNNING",
+            ProxyError::SandboxNotRunning { .. }
+            | ProxyError::BodyNotHeld(_)
+            | ProxyError::Wake(WakeError::TooMany) => "SANDBOX_NOT_RUNNING",
+            ProxyError::Wake(WakeError::StillStarting { .. }) => "SANDBOX_STARTING",
+            ProxyError::Wake(WakeError::Failed { .. }) => "SANDBOX_START_FAILED",
             ProxyError::Registry(RegistryError::Unavailable(_)) => "REGISTRY_UNAVAILABLE",
             ProxyError::Registry(RegistryError::BadData { .. }) => "REGISTRY_BAD_DATA",
             ProxyError::Auth(e) => auth_code(e),
@@ -113,7 +124,11 @@ impl ProxyError {
 
     fn retry_after(&self) -> Option<u32> {
         match self {
-            ProxyError::SandboxNotRunning { .. } => Some(5),
+            ProxyError::SandboxNotRunning { .. }
+            | ProxyError::BodyNotHeld(_)
+            | ProxyError::Wake(WakeError::StillStarting { .. }) => Some(5),
+            ProxyError::Wake(WakeError::TooMany) => Some(2),
+            ProxyError::Wake(WakeError::Failed { .. }) => Some(30),
             ProxyError::SandboxBusy => Some(1),
             ProxyError::Registry(RegistryError::Unavailable(_)) | ProxyError::ShuttingDown => {
                 Some(2)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::base::FastMap;
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 
 use super::link_uses::LinkUses;
 use super::side_cache::SideCache;
@@ -52,6 +52,21 @@ pub struct Resolver {
     ssh_tokens: SideCache<[u8; 32], Option<Box<str>>>,
     /// When signed links were last used, if the backend records it.
     link_uses: Option<Arc<LinkUses>>,
+    /// Sandboxes a wake is waiting on: an invalidation of one wakes its waiter at once.
+    watched: FastMap<Box<str>, Arc<Notify>>,
+}
+
+/// A sandbox watched for invalidations ([`Resolver::watch`]); unwatched when dropped.
+pub struct Watch<'a> {
+    resolver: &'a Resolver,
+    id: Box<str>,
+    pub changed: Arc<Notify>,
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        self.resolver.watched.remove(&self.id);
+    }
 }
 
 impl Resolver {
@@ -67,6 +82,7 @@ impl Resolver {
                 .records_link_uses()
                 .then(|| Arc::new(LinkUses::new(ttls.max_entries))),
             backend,
+            watched: FastMap::default(),
         }
     }
 
@@ -186,6 +202,39 @@ impl Resolver {
         self.miss(&id).await
     }
 
+    /// Asks the backend again, whatever the cache holds (a wake polling for the sandbox's state).
+    pub async fn refresh(&self, id: &str) -> Result<Option<Arc<SandboxRecord>>, RegistryError> {
+        let id = lower(id);
+        self.slots.remove(&*id);
+        self.miss(&id).await.map(|resolved| resolved.sandbox)
+    }
+
+    /// Watches `id` for invalidations (pushed by the backend) until the guard is dropped. One
+    /// watcher per sandbox: a wake.
+    pub fn watch(&self, id: &str) -> Watch<'_> {
+        let id: Box<str> = lower(id).into();
+        let changed = self.watched.entry(id.clone()).or_default().clone();
+        Watch {
+            resolver: self,
+            id,
+            changed,
+        }
+    }
+
+    fn notify_watchers(&self, id: Option<&str>) {
+        if self.watched.is_empty() {
+            return;
+        }
+        match id {
+            Some(id) => {
+                if let Some(watch) = self.watched.get(id) {
+                    watch.notify_one();
+                }
+            }
+            None => self.watched.iter().for_each(|watch| watch.notify_one()),
+        }
+    }
+
     async fn miss(&self, id: &str) -> Result<Resolved, RegistryError> {
         let flight: Flight = self.flights.entry(id.into()).or_default().clone();
         let mut led = false;
@@ -279,13 +328,16 @@ impl Resolver {
     pub fn invalidate(&self, id: Option<&str>) {
         match id {
             Some(id) => {
-                self.slots.remove(&*lower(id));
+                let id = lower(id);
+                self.slots.remove(&*id);
+                self.notify_watchers(Some(&id));
             }
             None => {
                 self.slots.clear();
                 self.signed.clear();
                 self.token_checks.clear();
                 self.ssh_tokens.clear();
+                self.notify_watchers(None);
             }
         }
     }

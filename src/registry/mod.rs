@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
-pub use cache::Resolver;
+pub use cache::{Resolver, Watch};
 pub use daytona::DaytonaRegistry;
 pub use ports::{PortAccess, PortPolicy, PortRule, PortsMode, ScopedToken};
 pub use static_backend::StaticRegistry;
@@ -106,6 +106,10 @@ pub trait Registry: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// A start backend reported the sandbox running. A backend that learns states by itself
+    /// (Redis, the control plane) ignores it; the static one keeps it until its next reload.
+    fn start_reported(&self, _id: &str) {}
 
     /// Can the backend answer right now? (Readiness; the cache may serve when it cannot.)
     fn ready(&self) -> BoxFuture<'_, bool> {
@@ -268,6 +272,8 @@ pub struct SandboxRecord {
     pub ports: PortPolicy,
     /// Preview tokens bound to some ports (the all-ports token is `auth_token_sha256`).
     pub scoped_tokens: Box<[ScopedToken]>,
+    /// A request may wake it when it is not running (`[registry.wake]`); `false` opts out.
+    pub wake: bool,
 }
 
 /// What a preview token opens on the request's port.
@@ -336,6 +342,7 @@ impl SandboxRecord {
             ports: PortPolicy::default(),
             scoped_tokens: Box::default(),
             identity: false,
+            wake: true,
             upstream_hosts: UpstreamHosts::default(),
             request_ring: Default::default(),
         }
@@ -384,6 +391,33 @@ impl SandboxRecord {
     pub fn with_cors(mut self, cors: CorsMode) -> Self {
         self.cors = cors;
         self
+    }
+
+    pub fn with_wake(mut self, wake: bool) -> Self {
+        self.wake = wake;
+        self
+    }
+
+    /// The same record in another state (its in-flight count starts afresh).
+    pub fn with_state(&self, state: &str) -> SandboxRecord {
+        SandboxRecord {
+            id: self.id.clone(),
+            upstream: self.upstream.clone(),
+            public: self.public,
+            state: state.into(),
+            auth_token_sha256: self.auth_token_sha256,
+            organization: self.organization.clone(),
+            path_prefix: self.path_prefix.clone(),
+            inflight: Default::default(),
+            ssh_port: self.ssh_port,
+            cors: self.cors,
+            request_ring: Default::default(),
+            identity: self.identity,
+            upstream_hosts: self.upstream_hosts.clone(),
+            ports: self.ports.clone(),
+            scoped_tokens: self.scoped_tokens.clone(),
+            wake: self.wake,
+        }
     }
 
     pub fn with_identity(mut self, identity: bool) -> Self {

@@ -30,12 +30,16 @@ struct Tables {
 /// Atomically replaceable, so a reload never blocks or drops requests.
 pub struct StaticRegistry {
     table: ArcSwap<Tables>,
+    /// Sandboxes a start hook reported running, until the next reload (the config cannot
+    /// learn it).
+    started: dashmap::DashMap<Box<str>, Arc<SandboxRecord>>,
 }
 
 impl StaticRegistry {
     pub fn from_config(config: &RegistryConfig) -> Result<StaticRegistry, String> {
         Ok(StaticRegistry {
             table: ArcSwap::from_pointee(build_tables(config)?),
+            started: Default::default(),
         })
     }
 
@@ -44,10 +48,16 @@ impl StaticRegistry {
         let table = build_tables(config)?;
         let n = table.sandboxes.len();
         self.table.store(Arc::new(table));
+        self.started.clear();
         Ok(n)
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<SandboxRecord>> {
+        if !self.started.is_empty() {
+            if let Some(started) = self.started.get(id) {
+                return Some(started.clone());
+            }
+        }
         self.table.load().sandboxes.get(id).cloned()
     }
 }
@@ -59,6 +69,16 @@ impl Registry for StaticRegistry {
     ) -> BoxFuture<'a, Result<Option<Arc<SandboxRecord>>, RegistryError>> {
         let found = self.get(id);
         Box::pin(async move { Ok(found) })
+    }
+
+    fn start_reported(&self, id: &str) {
+        let id = id.to_ascii_lowercase();
+        if let Some(record) = self.table.load().sandboxes.get(id.as_str()) {
+            if !record.is_running() {
+                let started = Arc::new(record.with_state("started"));
+                self.started.insert(id.into(), started);
+            }
+        }
     }
 
     fn api_key<'a>(
@@ -270,6 +290,7 @@ fn build_table(config: &RegistryConfig) -> Result<Table, String> {
                 .with_ports(port_policy(s)?)
                 .with_scoped_tokens(scoped_tokens(s)?)
                 .with_identity(s.identity)
+                .with_wake(s.wake)
                 .with_upstream_hosts(upstream_hosts(s)?);
         if table
             .insert(s.id.to_ascii_lowercase().into(), Arc::new(record))

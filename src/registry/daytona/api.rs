@@ -299,9 +299,16 @@ const IDENTITY_LABEL: &str = "sandgate.io/identity";
 /// The `Host` the app sees on every port; `….<port>` for one port (`upstream_host`).
 const UPSTREAM_HOST_LABEL: &str = "sandgate.io/upstream-host";
 
+/// `"false"`: a request never wakes the sandbox (`[registry.wake]`).
+const WAKE_LABEL: &str = "sandgate.io/wake";
+
 impl SandboxDto {
     pub(crate) fn identity(&self) -> bool {
         self.labels.get(IDENTITY_LABEL).is_some_and(|v| v == "true")
+    }
+
+    pub(crate) fn wake(&self) -> bool {
+        self.labels.get(WAKE_LABEL).is_none_or(|v| v != "false")
     }
 
     /// The `upstream_host` labels: every port's template, then per-port ones (a label whose

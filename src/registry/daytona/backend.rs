@@ -76,6 +76,7 @@ impl DaytonaRegistry {
             })?;
         let (ports, port_access) = sandbox.port_policy(id)?;
         let upstream_host = sandbox.upstream_hosts();
+        let wake = sandbox.wake();
         let info = L2RunnerInfo {
             api_url: url.to_string(),
             api_key: runner.api_key,
@@ -90,7 +91,8 @@ impl DaytonaRegistry {
             port_access,
             labels: true,
         };
-        let record = record_from(id, &info, public, &sandbox.state)?;
+        // Only the API's answer carries the wake label: the L2 holds running sandboxes only.
+        let record = record_from(id, &info, public, &sandbox.state)?.with_wake(wake);
         if let Some(l2) = &self.l2 {
             l2.put(id, &info, public, record.is_running()).await;
         }

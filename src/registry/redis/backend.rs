@@ -262,10 +262,16 @@ fn parse(
             )))
         }
     };
+    let wake = match sandbox.get("wake").map(String::as_str) {
+        None | Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(other) => return Err(bad(format!("wake must be true or false, not {other:?}"))),
+    };
     let mut record = SandboxRecord::new(id, upstream, public, state, None)
         .with_organization(sandbox.get("organization").map(String::as_str))
         .with_cors(cors)
         .with_identity(identity)
+        .with_wake(wake)
         .with_upstream_hosts(upstream_hosts(id, sandbox).map_err(&bad)?);
     if let Some(hex_hash) = sandbox.get("auth_token_sha256") {
         let mut hash = [0u8; 32];

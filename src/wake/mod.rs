@@ -1,0 +1,456 @@
+//! Wake on request: a request for a sandbox that is not running is held while the sandbox starts,
+//! then goes on.
+//!
+//! One wake per sandbox per process: the first held request spawns its driver, which reads the
+//! sandbox's state from the registry, waits out a transition (`stopping`…), asks the start
+//! backend once (across replicas too, with a Redis lock), then polls the registry (backoff, cut
+//! short by pushed invalidations) until the sandbox runs, fails, or `start_timeout` passes. Held
+//! requests wait on the wake's [`Notify`] (woken in arrival order) with their own `max_wait`.
+
+pub mod start;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use crate::activity::Activity;
+pub use crate::config::{StartBackend, WakeConfig};
+use crate::metrics::metrics;
+use crate::registry::redis::RedisHandle;
+use crate::registry::{Resolver, SandboxRecord};
+use start::{StartError, Started, Starter};
+
+/// What a wake needs from the running proxy: the registry (through its cache) and activity.
+pub trait Context: Send + Sync + 'static {
+    fn resolver(&self) -> &Resolver;
+    fn activity(&self) -> &Activity;
+}
+
+/// Why a request was not (or no longer) held; each maps to a 503 with `Retry-After`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WakeError {
+    /// Too many requests are already waiting (for this sandbox, or in total).
+    #[error("the sandbox is starting and too many requests are waiting for it; retry shortly")]
+    TooMany,
+    /// The start failed; the reason is for the caller.
+    #[error("the sandbox could not be started: {reason}")]
+    Failed { reason: Arc<str> },
+    /// Still starting after the wait this request may take.
+    #[error("the sandbox is still starting (state: {state}) after {}s; retry shortly", .elapsed.as_secs())]
+    StillStarting { state: Box<str>, elapsed: Duration },
+}
+
+/// How a wake is going.
+#[derive(Debug, Clone)]
+enum Progress {
+    Waiting { state: Box<str> },
+    Ready(Arc<SandboxRecord>),
+    Failed(Arc<str>),
+}
+
+/// One sandbox's wake: its progress and who waits for it.
+struct Wake {
+    id: Box<str>,
+    started: Instant,
+    progress: Mutex<Progress>,
+    changed: Notify,
+    held: AtomicUsize,
+    /// When a failed wake may be tried again.
+    retry_at: Mutex<Option<Instant>>,
+}
+
+impl Wake {
+    fn progress(&self) -> Progress {
+        self.progress
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn set(&self, progress: Progress) {
+        match self.progress.lock() {
+            Ok(mut p) => *p = progress,
+            Err(p) => *p.into_inner() = progress,
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn set_state(&self, state: &str) {
+        if let Ok(mut p) = self.progress.lock() {
+            if let Progress::Waiting { state: s } = &mut *p {
+                if **s != *state {
+                    *s = state.into();
+                }
+            }
+        }
+    }
+}
+
+/// A held request; counted while it lives.
+struct Held<'a> {
+    waker: &'a Waker,
+    wake: Arc<Wake>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.wake.held.fetch_sub(1, Ordering::AcqRel);
+        self.waker.held.fetch_sub(1, Ordering::AcqRel);
+        metrics().wake_held.dec();
+    }
+}
+
+/// What a sandbox's state means for a wake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateClass {
+    Running,
+    /// Starting by itself: wait, do not call start.
+    Starting,
+    /// Stopping, pausing, archiving: wait for the end, then start.
+    Transition,
+    /// Needs a start call (stopped, archived, paused, unknown states).
+    Stopped,
+    /// Will not start by waiting: fail at once.
+    Broken,
+    Deleted,
+}
+
+pub fn classify(state: &str) -> StateClass {
+    match state {
+        "started" | "running" => StateClass::Running,
+        "starting" | "restoring" | "creating" | "pulling_snapshot" | "pending_build"
+        | "building_snapshot" | "resizing" | "resuming" => StateClass::Starting,
+        "stopping" | "pausing" | "archiving" => StateClass::Transition,
+        "error" | "build_failed" => StateClass::Broken,
+        "destroyed" | "destroying" | "deleted" => StateClass::Deleted,
+        _ => StateClass::Stopped,
+    }
+}
+
+pub struct Waker {
+    config: WakeConfig,
+    starter: Box<dyn Starter>,
+    /// `SET {prefix}wake-lock:{id} NX PX`, when Redis is configured.
+    lock: Option<(Arc<RedisHandle>, String)>,
+    wakes: DashMap<Box<str>, Arc<Wake>>,
+    held: AtomicUsize,
+}
+
+impl Waker {
+    /// `None` when no start backend is configured (`registry.wake.backend = "none"`).
+    pub fn new(
+        config: &WakeConfig,
+        starter: Option<Box<dyn Starter>>,
+        redis: Option<Arc<RedisHandle>>,
+    ) -> Option<Arc<Waker>> {
+        let starter = starter?;
+        let lock = redis.map(|r| {
+            let prefix = format!("{}wake-lock:", r.config().key_prefix);
+            (r, prefix)
+        });
+        Some(Arc::new(Waker {
+            config: config.clone(),
+            starter,
+            lock,
+            wakes: DashMap::new(),
+            held: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Requests are held (`hold = true`), not answered 503 at once.
+    pub fn holds(&self) -> bool {
+        self.config.hold
+    }
+
+    pub fn max_body(&self) -> u64 {
+        self.config.max_body
+    }
+
+    pub fn page_after(&self) -> Duration {
+        self.config.page_after
+    }
+
+    /// Starts waking `sandbox` unless a wake is under way (or failed within `interval`);
+    /// returns at once.
+    pub fn trigger(self: &Arc<Self>, sandbox: &SandboxRecord, ctx: &Arc<dyn Context>) {
+        let _ = self.wake_for(&sandbox.id, &sandbox.state, ctx);
+    }
+
+    /// Holds the caller until `sandbox` runs (its fresh record), the wake fails, or `wait`
+    /// (at most `max_wait`) passes.
+    pub async fn hold(
+        self: &Arc<Self>,
+        sandbox: &SandboxRecord,
+        ctx: &Arc<dyn Context>,
+        wait: Option<Duration>,
+    ) -> Result<Arc<SandboxRecord>, WakeError> {
+        let wake = self.wake_for(&sandbox.id, &sandbox.state, ctx);
+        let _held = self.admit(&wake)?;
+        let limit = wait.map_or(self.config.max_wait, |w| w.min(self.config.max_wait));
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = wake.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match wake.progress() {
+                Progress::Ready(record) => return Ok(record),
+                Progress::Failed(reason) => return Err(WakeError::Failed { reason }),
+                Progress::Waiting { state } => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        if wait.is_none() {
+                            metrics().wake_dropped("timeout");
+                        }
+                        return Err(WakeError::StillStarting {
+                            state,
+                            elapsed: wake.started.elapsed(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a held request, within the bounds.
+    fn admit<'a>(&'a self, wake: &Arc<Wake>) -> Result<Held<'a>, WakeError> {
+        if wake.held.fetch_add(1, Ordering::AcqRel) >= self.config.max_held_per_sandbox {
+            wake.held.fetch_sub(1, Ordering::AcqRel);
+            metrics().wake_dropped("sandbox_limit");
+            return Err(WakeError::TooMany);
+        }
+        if self.held.fetch_add(1, Ordering::AcqRel) >= self.config.max_held {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            wake.held.fetch_sub(1, Ordering::AcqRel);
+            metrics().wake_dropped("total_limit");
+            return Err(WakeError::TooMany);
+        }
+        metrics().wake_held.inc();
+        Ok(Held {
+            waker: self,
+            wake: wake.clone(),
+        })
+    }
+
+    /// The wake under way for `id`, or a new one (its driver spawned).
+    fn wake_for(self: &Arc<Self>, id: &str, state: &str, ctx: &Arc<dyn Context>) -> Arc<Wake> {
+        if let Some(wake) = self.wakes.get(id) {
+            let retry_at = wake.retry_at.lock().ok().and_then(|r| *r);
+            if retry_at.is_none_or(|at| Instant::now() < at) {
+                return wake.clone();
+            }
+        }
+        let mut spawned = None;
+        let wake = self
+            .wakes
+            .entry(id.into())
+            .and_modify(|wake| {
+                let expired = wake
+                    .retry_at
+                    .lock()
+                    .ok()
+                    .and_then(|r| *r)
+                    .is_some_and(|at| Instant::now() >= at);
+                if expired {
+                    *wake = new_wake(id, state);
+                    spawned = Some(wake.clone());
+                }
+            })
+            .or_insert_with(|| {
+                let wake = new_wake(id, state);
+                spawned = Some(wake.clone());
+                wake
+            })
+            .clone();
+        if let Some(wake) = spawned {
+            metrics().wakes_started.inc();
+            tokio::spawn(self.clone().drive(wake, ctx.clone()));
+        }
+        wake
+    }
+
+    /// The driver: runs the wake to its end and tells every held request.
+    async fn drive(self: Arc<Self>, wake: Arc<Wake>, ctx: Arc<dyn Context>) {
+        let run = self.run(&wake, &*ctx);
+        let outcome = match tokio::time::timeout(self.config.start_timeout, run).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!(
+                "it did not start within {}",
+                humantime::format_duration(self.config.start_timeout)
+            )),
+        };
+        match outcome {
+            Ok(record) => {
+                metrics().wakes_succeeded.inc();
+                metrics()
+                    .wake_duration
+                    .observe(wake.started.elapsed().as_secs_f64());
+                // The request that woke it counts, so it is not stopped again at once.
+                ctx.activity().mark(&wake.id);
+                tracing::info!(sandbox = &*wake.id, elapsed = ?wake.started.elapsed(), "sandbox woken");
+                self.wakes.remove_if(&wake.id, |_, w| Arc::ptr_eq(w, &wake));
+                wake.set(Progress::Ready(record));
+            }
+            Err(reason) => {
+                metrics().wakes_failed.inc();
+                tracing::warn!(sandbox = &*wake.id, reason, "sandbox wake failed");
+                if let Ok(mut retry_at) = wake.retry_at.lock() {
+                    *retry_at = Some(Instant::now() + self.config.interval);
+                }
+                wake.set(Progress::Failed(reason.into()));
+                // Forgotten after the interval, so the map holds only recent failures.
+                let waker = Arc::downgrade(&self);
+                let interval = self.config.interval;
+                tokio::spawn(async move {
+                    tokio::time::sleep(interval).await;
+                    if let Some(waker) = waker.upgrade() {
+                        waker
+                            .wakes
+                            .remove_if(&wake.id, |_, w| Arc::ptr_eq(w, &wake));
+                    }
+                });
+            }
+        }
+    }
+
+    /// Reads the state, starts the sandbox when it needs it, and waits until it runs.
+    async fn run(&self, wake: &Wake, ctx: &dyn Context) -> Result<Arc<SandboxRecord>, String> {
+        let resolver = ctx.resolver();
+        let watch = resolver.watch(&wake.id);
+        let mut start_asked = false;
+        let mut poll = self.config.poll_min;
+        loop {
+            let record = match resolver.refresh(&wake.id).await {
+                Ok(Some(record)) => Some(record),
+                Ok(None) => return Err("the sandbox no longer exists".into()),
+                Err(e) => {
+                    tracing::debug!(sandbox = &*wake.id, error = %e, "wake: registry lookup failed; retrying");
+                    None
+                }
+            };
+            if let Some(record) = record {
+                wake.set_state(&record.state);
+                match classify(&record.state) {
+                    StateClass::Running => return Ok(record),
+                    StateClass::Broken => {
+                        return Err(format!("it is in state {:?}", &*record.state))
+                    }
+                    StateClass::Deleted => return Err("the sandbox was deleted".into()),
+                    StateClass::Starting | StateClass::Transition => {}
+                    StateClass::Stopped if start_asked => {}
+                    StateClass::Stopped => {
+                        start_asked = true;
+                        if self.start(&wake.id, resolver).await? == Started::Running {
+                            poll = Duration::ZERO;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = watch.changed.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+            poll = (poll * 2).clamp(self.config.poll_min, self.config.poll_max);
+        }
+    }
+
+    /// One start call, unless another replica holds the lock (it is calling). A refusal is
+    /// final unless the sandbox is in fact starting or running (a race with another caller).
+    async fn start(&self, id: &str, resolver: &Resolver) -> Result<Started, String> {
+        if !self.take_lock(id).await {
+            tracing::debug!(sandbox = id, "wake: another replica is starting it");
+            return Ok(Started::Accepted);
+        }
+        match self.starter.start(id).await {
+            Ok(Started::Running) => {
+                resolver.backend().start_reported(id);
+                Ok(Started::Running)
+            }
+            Ok(Started::Accepted) => Ok(Started::Accepted),
+            Err(error) => {
+                let now = resolver.refresh(id).await.ok().flatten();
+                match now.map(|r| classify(&r.state)) {
+                    Some(StateClass::Running | StateClass::Starting) => Ok(Started::Accepted),
+                    _ => Err(match error {
+                        StartError::Refused(m) | StartError::Unreachable(m) => m,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The cross-replica lock; `true` (call start) when there is no Redis or it cannot answer.
+    async fn take_lock(&self, id: &str) -> bool {
+        let Some((redis, prefix)) = &self.lock else {
+            return true;
+        };
+        let mut set = redis::cmd("SET");
+        set.arg(format!("{prefix}{id}"))
+            .arg(std::process::id())
+            .arg("NX")
+            .arg("PX")
+            .arg(self.config.lock_ttl.as_millis() as u64);
+        match redis.query::<Option<String>>(&set).await {
+            Ok(taken) => taken.is_some(),
+            Err(e) => {
+                tracing::warn!(sandbox = id, error = %e, "wake lock unavailable; starting anyway");
+                true
+            }
+        }
+    }
+}
+
+fn new_wake(id: &str, state: &str) -> Arc<Wake> {
+    Arc::new(Wake {
+        id: id.into(),
+        started: Instant::now(),
+        progress: Mutex::new(Progress::Waiting {
+            state: state.into(),
+        }),
+        changed: Notify::new(),
+        held: AtomicUsize::new(0),
+        retry_at: Mutex::new(None),
+    })
+}
+
+/// The start backend `config` names, or `None` (no waking).
+pub fn starter(
+    config: &crate::config::Config,
+    redis: Option<&Arc<RedisHandle>>,
+) -> Result<Option<Box<dyn Starter>>, String> {
+    let wake = &config.registry.wake;
+    Ok(match wake.start_backend() {
+        StartBackend::None => None,
+        StartBackend::Hook => Some(Box::new(start::HookStarter::new(wake))),
+        StartBackend::Daytona => Some(Box::new(start::DaytonaStarter::new(&config.daytona)?)),
+        StartBackend::Redis => {
+            let redis = redis.ok_or("registry.wake.backend = \"redis\" needs [redis]")?;
+            Some(Box::new(start::RedisStarter::new(redis.clone(), wake)))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_classified() {
+        for (state, class) in [
+            ("started", StateClass::Running),
+            ("starting", StateClass::Starting),
+            ("restoring", StateClass::Starting),
+            ("stopping", StateClass::Transition),
+            ("archiving", StateClass::Transition),
+            ("stopped", StateClass::Stopped),
+            ("archived", StateClass::Stopped),
+            ("paused", StateClass::Stopped),
+            ("error", StateClass::Broken),
+            ("build_failed", StateClass::Broken),
+            ("destroyed", StateClass::Deleted),
+        ] {
+            assert_eq!(classify(state), class, "{state}");
+        }
+    }
+}
