@@ -549,7 +549,7 @@ async fn past_a_bound_the_answer_is_503_with_retry_after() {
         },
         Bound {
             name: "body over max_body",
-            wake: "max_body = \"1KiB\"",
+            wake: "max_body = 1024",
             held_first: 0,
             past: Past::Post(2048),
             code: "SANDBOX_NOT_RUNNING",
@@ -680,7 +680,7 @@ async fn without_an_orchestrator_on_the_channel_the_start_fails_clearly() {
     assert_refused(
         &reply,
         "SANDBOX_START_FAILED",
-        "no orchestrator listens on nobody-listens",
+        "no orchestrator listens on the start channel \"nobody-listens\"",
         "no subscriber",
     );
     assert!(world.orchestrator().requests().is_empty());
