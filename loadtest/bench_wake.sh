@@ -6,9 +6,11 @@
 #      up"), one request each, one after the other, each on a new connection; the first
 #      response's latency minus DELAY_MS, p50 / p99 / max. The same number of requests to a
 #      running sandbox, for comparison (what any proxied request costs here).
-#   2. Memory per held request: for each N in HOLD_COUNTS, on a fresh proxy, N requests held on
-#      one sandbox whose start never ends (the hook answers 202 and the registry never says
-#      running); (VmRSS with N held - VmRSS before) / N, after SETTLE seconds.
+#   2. Memory per held request: for each N in HOLD_COUNTS, on a fresh proxy, N idle connections,
+#      then one request on each, held on one sandbox whose start never ends (the hook answers
+#      202 and the registry never says running); VmRSS after SETTLE seconds at each step: KiB
+#      per idle connection, what a held request adds, both together. Then the clients close and
+#      the held gauge must fall (abandoned requests are not kept until max_wait).
 #
 #   loadtest/bench_wake.sh          full run: WAKES=100, DELAY_MS=200, HOLD_COUNTS="1000 5000"
 #   loadtest/bench_wake.sh --quick  CI smoke (< 30 s): WAKES=10, HOLD_COUNTS=200, SETTLE=0.5
@@ -150,8 +152,8 @@ stop_pid "$sg_pid"
 {
   echo "**Memory per held request** (one sandbox whose start never ends; fresh proxy per N):"
   echo
-  echo "| N held | RSS before KiB | RSS with N held KiB | **KiB per held request** | answered early | open s |"
-  echo "|---:|---:|---:|---:|---:|---:|"
+  echo "| N held | RSS before KiB | N idle connections KiB | N requests held KiB | KiB per idle connection | **KiB a held request adds** | KiB per held request with its connection | answered early | still held 1 s after the clients closed |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 } >>"$report"
 for n in $HOLD_COUNTS; do
   start_sandgate "hold-$n" "$tmp/sandgate.toml" "$PROXY_CORE"
@@ -166,7 +168,7 @@ for n in $HOLD_COUNTS; do
   fi
   line=$(grep '^result' "$tmp/hold-$n.txt" || echo "result")
   field() { tr ' ' '\n' <<<"$line" | sed -n "s/^$1=//p"; }
-  echo "| $n | $(field baseline_kib) | $(field held_kib) | **$(field kib_per_held)** | $(field answered_early) | $(field open_s) |" >>"$report"
+  echo "| $n | $(field baseline_kib) | $(field idle_kib) | $(field held_kib) | $(field kib_per_conn) | **$(field kib_per_held)** | $(field kib_per_both) | $(field answered_early) | $(field held_1s_after_close) |" >>"$report"
   check_log "hold-$n"
   stop_pid "$sg_pid"
 done

@@ -14,10 +14,12 @@
       wake's overhead over the hook's delay: p50, p99, max.
 
   wake_driver.py hold --proxy ADDR --admin ADDR --pid PID --id ID --count N [--settle S]
-      Opens N connections, each sending one GET for sandbox ID (whose start never ends), waits
-      until sandgate_wake_held = N, lets S seconds pass and reports the proxy's VmRSS before
-      and with the N requests held, and KiB per held request. Fails if any request was
-      answered while it should be held.
+      Opens N idle connections (VmRSS after S seconds), then sends one GET for sandbox ID
+      (whose start never ends) on each, waits until sandgate_wake_held = N, lets S seconds pass
+      and reports the proxy's VmRSS: KiB per idle connection, what a held request adds to its
+      connection, and both together; then closes every connection and
+      reports sandgate_wake_held a second later (what clients that gave up still hold). Fails
+      if any request was answered while it should be held.
 """
 
 import argparse
@@ -183,12 +185,16 @@ async def hold(args):
     ip, port = args.proxy.rsplit(":", 1)
     baseline = rss_kib(args.pid)
     request = f"GET / HTTP/1.1\r\nHost: {host(args.id)}\r\n\r\n".encode()
+    # First the connections alone (idle), then a request on each: what holding adds to an
+    # open connection.
     connections = []
     start = time.perf_counter()
     for _ in range(args.count):
-        reader, writer = await asyncio.open_connection(ip, int(port))
+        connections.append(await asyncio.open_connection(ip, int(port)))
+    await asyncio.sleep(args.settle)
+    idle = rss_kib(args.pid)
+    for _, writer in connections:
         writer.write(request)
-        connections.append((reader, writer))
     await asyncio.gather(*(w.drain() for _, w in connections))
     deadline = time.monotonic() + 60
     while (held := await metric(args.admin, "sandgate_wake_held")) < args.count:
@@ -200,13 +206,18 @@ async def hold(args):
     await asyncio.sleep(args.settle)
     with_held = rss_kib(args.pid)
     answered = sum(await asyncio.gather(*(answered_yet(r) for r, _ in connections)))
-    per = (with_held - baseline) / args.count
-    print(
-        f"result count={args.count} baseline_kib={baseline} held_kib={with_held} "
-        f"kib_per_held={per:.2f} answered_early={answered} open_s={opened:.1f}"
-    )
+    # Clients that give up: their held requests should be let go (not wait for max_wait).
     for _, writer in connections:
         writer.close()
+    await asyncio.sleep(1)
+    after_close = await metric(args.admin, "sandgate_wake_held")
+    n = args.count
+    print(
+        f"result count={n} baseline_kib={baseline} idle_kib={idle} held_kib={with_held} "
+        f"kib_per_conn={(idle - baseline) / n:.2f} kib_per_held={(with_held - idle) / n:.2f} "
+        f"kib_per_both={(with_held - baseline) / n:.2f} answered_early={answered} "
+        f"open_s={opened:.1f} held_1s_after_close={after_close:.0f}"
+    )
     return 1 if answered else 0
 
 
