@@ -238,6 +238,12 @@ impl World {
         held(self.admin).await
     }
 
+    /// One sample of the proxy's metrics (`name{labels}`), 0 when absent.
+    async fn metric(&self, series: &str) -> f64 {
+        let metrics = get(self.admin, "127.0.0.1", "/metrics").await;
+        support::sample(&metrics.text(), series)
+    }
+
     /// Waits (bounded) until `n` requests are held.
     async fn wait_held(&self, n: usize) {
         wait_held(self.admin, n).await;
@@ -382,6 +388,13 @@ async fn the_first_request_after_a_stop_gets_the_apps_answer() {
         let again = get(world.addr(), &host("sleepy"), "/hi").await;
         assert_eq!(again.status, 200, "{backend:?}: {}", again.text());
         assert_eq!(world.start_calls(), 1, "{backend:?}: one start call");
+        for series in [
+            "sandgate_wakes_started_total",
+            "sandgate_wakes_succeeded_total",
+            "sandgate_wake_seconds_count",
+        ] {
+            assert_eq!(world.metric(series).await, 1.0, "{backend:?}: {series}");
+        }
         if backend == Backend::Hook {
             let call = &world.hook().calls()[0];
             assert_eq!(call.method, "POST");
@@ -520,6 +533,8 @@ struct Bound {
     past: Past,
     code: &'static str,
     fragment: &'static str,
+    /// The `sandgate_wake_dropped_total` reason it counts as.
+    dropped: &'static str,
 }
 
 enum Past {
@@ -538,6 +553,7 @@ async fn past_a_bound_the_answer_is_503_with_retry_after() {
             past: Past::Get("sleepy"),
             code: "SANDBOX_NOT_RUNNING",
             fragment: "too many requests are waiting",
+            dropped: "sandbox_limit",
         },
         Bound {
             name: "held in total",
@@ -546,6 +562,7 @@ async fn past_a_bound_the_answer_is_503_with_retry_after() {
             past: Past::Get("dozy"),
             code: "SANDBOX_NOT_RUNNING",
             fragment: "too many requests are waiting",
+            dropped: "total_limit",
         },
         Bound {
             name: "body over max_body",
@@ -554,6 +571,7 @@ async fn past_a_bound_the_answer_is_503_with_retry_after() {
             past: Past::Post(2048),
             code: "SANDBOX_NOT_RUNNING",
             fragment: "not held",
+            dropped: "body",
         },
         Bound {
             name: "body of unknown length",
@@ -562,6 +580,7 @@ async fn past_a_bound_the_answer_is_503_with_retry_after() {
             past: Past::Chunked,
             code: "SANDBOX_NOT_RUNNING",
             fragment: "not held",
+            dropped: "body",
         },
         Bound {
             name: "max_wait",
@@ -570,6 +589,7 @@ async fn past_a_bound_the_answer_is_503_with_retry_after() {
             past: Past::Get("sleepy"),
             code: "SANDBOX_STARTING",
             fragment: "still starting",
+            dropped: "timeout",
         },
     ];
     for bound in bounds {
@@ -597,6 +617,11 @@ async fn past_a_bound_the_answer_is_503_with_retry_after() {
             Past::Chunked => post_chunked(addr, "sleepy").await,
         };
         assert_refused(&reply, bound.code, bound.fragment, bound.name);
+        let series = format!(
+            "sandgate_wake_dropped_total{{reason=\"{}\"}}",
+            bound.dropped
+        );
+        assert_eq!(world.metric(&series).await, 1.0, "{}: {series}", bound.name);
         // The start is under way all the same (a refused body still triggers it).
         eventually(bound.name, || world.hook().calls_for("sleepy") == 1).await;
         world.gate().open();
@@ -630,6 +655,8 @@ async fn a_failed_start_answers_every_held_request_at_once() {
         let later = prompt(addr, "GET", "sleepy", &[]).await;
         assert_refused(&later, "SANDBOX_START_FAILED", fragment, "later");
         assert_eq!(world.start_calls(), 1, "{backend:?}: no second start call");
+        let failed = world.metric("sandgate_wakes_failed_total").await;
+        assert_eq!(failed, 1.0, "{backend:?}: sandgate_wakes_failed_total");
     }
 }
 
@@ -666,6 +693,42 @@ async fn daytona_error_and_deleted_states_fail_fast_and_clearly() {
     );
     assert_eq!(world.cp().state_of("crashing"), "error");
     assert_eq!(world.start_calls(), 1);
+}
+
+/// `starting` is waited for without a start call; `stopping` is waited out, then started.
+#[tokio::test]
+async fn daytona_transitions_are_waited_for_before_any_start_call() {
+    let world = World::start(
+        Backend::Daytona,
+        &[
+            stopped("coming").in_state("starting"),
+            stopped("going").in_state("stopping"),
+        ],
+        "",
+    )
+    .await;
+    let addr = world.addr();
+    let coming = tokio::spawn(async move { get(addr, &host("coming"), "/hi").await });
+    let going = tokio::spawn(async move { get(addr, &host("going"), "/hi").await });
+    world.wait_held(2).await;
+    world
+        .cp()
+        .world()
+        .sandboxes
+        .get_mut("coming")
+        .unwrap()
+        .state = "started".into();
+    let coming = coming.await.unwrap();
+    assert_eq!(coming.status, 200, "{}", coming.text());
+    assert_eq!(
+        world.start_calls(),
+        0,
+        "nothing to start while starting or stopping"
+    );
+    world.cp().world().sandboxes.get_mut("going").unwrap().state = "stopped".into();
+    let going = going.await.unwrap();
+    assert_eq!(going.status, 200, "{}", going.text());
+    assert_eq!(world.start_calls(), 1, "started once the stop ended");
 }
 
 #[tokio::test]
