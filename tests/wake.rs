@@ -482,7 +482,8 @@ async fn requests_and_websockets_held_during_one_start_make_one_start_call() {
         world.gate().close();
         let tasks = spawn_clients(&[world.addr()]);
         world.wait_held(220).await;
-        assert_eq!(world.start_calls(), 1, "{backend:?}: one start call");
+        // The start call may still be on its way (Daytona's refreshes the record first).
+        eventually("the start call", || world.start_calls() == 1).await;
         world.gate().open();
         assert_all_ok(&join(tasks).await, &format!("{backend:?}"));
         assert_eq!(world.start_calls(), 1, "{backend:?}: one start call");
