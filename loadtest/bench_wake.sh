@@ -10,7 +10,9 @@
 #      then one request on each, held on one sandbox whose start never ends (the hook answers
 #      202 and the registry never says running); VmRSS after SETTLE seconds at each step: KiB
 #      per idle connection, what a held request adds, both together. Then the clients close and
-#      the held gauge must fall (abandoned requests are not kept until max_wait).
+#      the held gauge must fall (abandoned requests are not kept until max_wait). For
+#      comparison, the same N requests "in flight": to a running sandbox whose app (served by
+#      the driver) never answers, what any request waiting on its upstream costs.
 #
 #   loadtest/bench_wake.sh          full run: WAKES=100, DELAY_MS=200, HOLD_COUNTS="1000 5000"
 #   loadtest/bench_wake.sh --quick  CI smoke (< 30 s): WAKES=10, HOLD_COUNTS=200, SETTLE=0.5
@@ -77,6 +79,7 @@ write_config() {
   cat >"$file" <<EOF
 [server]
 listen = "127.0.0.1:0"
+max_connections_per_ip = 100000
 [admin]
 listen = "127.0.0.1:0"
 [proxy]
@@ -96,6 +99,10 @@ api_key = "$runner_key"
 [[registry.sandboxes]]
 id = "warm"
 runner = "runner-1"
+public = true
+[[registry.sandboxes]]
+id = "direct"
+address = "127.0.0.1"
 public = true
 [[registry.sandboxes]]
 id = "slow-1"
@@ -136,11 +143,13 @@ if ! taskset -c "$LOAD_CORE" python3 "$driver" wakes --proxy "$sg_addr" --ids "$
   failed=1
 fi
 hook_calls=$(curl -fsS --max-time 5 "http://$hook_addr/calls" 2>/dev/null || echo "?")
+hook_overshoot=$(curl -fsS --max-time 5 "http://$hook_addr/overshoot" 2>/dev/null || echo "?")
 {
   echo "**Added latency of a wake** (ms; a new connection per request):"
   echo
   echo '```'
   cat "$tmp/wakes.txt"
+  echo "$hook_overshoot"
   echo "start calls received by the hook: $hook_calls (expected $WAKES)"
   echo '```'
   echo
@@ -152,25 +161,38 @@ stop_pid "$sg_pid"
 {
   echo "**Memory per held request** (one sandbox whose start never ends; fresh proxy per N):"
   echo
-  echo "| N held | RSS before KiB | N idle connections KiB | N requests held KiB | KiB per idle connection | **KiB a held request adds** | KiB per held request with its connection | answered early | still held 1 s after the clients closed |"
-  echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| N | requests | RSS before KiB | N idle connections KiB | N requests waiting KiB | KiB per idle connection | **KiB a waiting request adds** | KiB per request with its connection | answered early | still held 1 s after the clients closed |"
+  echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 } >>"$report"
-for n in $HOLD_COUNTS; do
-  start_sandgate "hold-$n" "$tmp/sandgate.toml" "$PROXY_CORE"
+# One row: on a fresh proxy, N requests held by a wake (KIND "held") or waiting on an app that
+# never answers (KIND "in flight", the comparison).
+hold_row() {
+  local n=$1 kind=$2 name line flags=()
+  name="hold-$n-${kind// /-}"
+  [ "$kind" = held ] || flags=(--in-flight)
+  start_sandgate "$name" "$tmp/sandgate.toml" "$PROXY_CORE"
   # Warm-up: a few hundred ordinary requests, so the baseline includes the pools and buffers
   # any proxy has after its first connections.
   taskset -c "$LOAD_CORE" python3 "$driver" wakes --proxy "$sg_addr" \
     --ids "$(printf 'warm,%.0s' $(seq 1 199))warm" --warm warm --delay-ms 0 >/dev/null 2>&1 || true
+  local id=slow-1
+  [ "$kind" = held ] || id=direct
   if ! taskset -c "$LOAD_CORE" python3 "$driver" hold --proxy "$sg_addr" --admin "$sg_admin" \
-    --pid "$sg_pid" --id slow-1 --count "$n" --settle "$SETTLE" >"$tmp/hold-$n.txt" 2>"$tmp/hold-$n.err"; then
-    cat "$tmp/hold-$n.txt" "$tmp/hold-$n.err" >&2
+    --pid "$sg_pid" --id "$id" --count "$n" --settle "$SETTLE" "${flags[@]}" \
+    >"$tmp/$name.txt" 2>"$tmp/$name.err"; then
+    cat "$tmp/$name.txt" "$tmp/$name.err" >&2
     failed=1
   fi
-  line=$(grep '^result' "$tmp/hold-$n.txt" || echo "result")
+  line=$(grep '^result' "$tmp/$name.txt" || echo "result")
   field() { tr ' ' '\n' <<<"$line" | sed -n "s/^$1=//p"; }
-  echo "| $n | $(field baseline_kib) | $(field idle_kib) | $(field held_kib) | $(field kib_per_conn) | **$(field kib_per_held)** | $(field kib_per_both) | $(field answered_early) | $(field held_1s_after_close) |" >>"$report"
-  check_log "hold-$n"
+  echo "| $n | $kind | $(field baseline_kib) | $(field idle_kib) | $(field held_kib) | $(field kib_per_conn) | **$(field kib_per_held)** | $(field kib_per_both) | $(field answered_early) | $(field held_1s_after_close) |" >>"$report"
+  check_log "$name"
   stop_pid "$sg_pid"
+}
+
+for n in $HOLD_COUNTS; do
+  hold_row "$n" held
+  hold_row "$n" "in flight"
 done
 
 cat "$report"

@@ -5,7 +5,8 @@
       A start hook ([registry.wake] url) on a free loopback port: POST /api/sandbox/<id>/start
       answers 200 after D ms (the sandbox is up), except for ids starting with "slow-", answered
       202 at once (the proxy then waits for the registry, which never changes: a start that
-      never ends). GET /calls answers the number of start calls so far. Prints
+      never ends). GET /calls answers the number of start calls so far, GET /overshoot
+      how much later than D ms its answers left (p50/p99/max: the fixture's own share). Prints
       "hook listening on http://ADDR" first.
 
   wake_driver.py wakes --proxy ADDR --ids ID,ID,... --warm ID --delay-ms D
@@ -20,6 +21,9 @@
       connection, and both together; then closes every connection and
       reports sandgate_wake_held a second later (what clients that gave up still hold). Fails
       if any request was answered while it should be held.
+      With --in-flight, the same for a running sandbox ID (direct mode, address 127.0.0.1)
+      whose app (served here) reads each request and never answers: the cost of any request
+      waiting on its upstream, for comparison.
 """
 
 import argparse
@@ -68,6 +72,7 @@ async def get(addr, sandbox, path="/"):
 async def hook(args):
     calls = 0
     delay = args.delay_ms / 1000
+    overshoot_ms = []  # how much later than the delay each 200 left: the fixture's own share
 
     async def serve(reader, writer):
         nonlocal calls
@@ -85,13 +90,17 @@ async def hook(args):
                     await reader.readexactly(length)
                 if method == "GET" and target == "/calls":
                     status, body = 200, str(calls)
+                elif method == "GET" and target == "/overshoot":
+                    status, body = 200, summary("hook's own overshoot", overshoot_ms or [0])
                 else:
                     calls += 1
                     sandbox = target.split("/")[3] if target.count("/") >= 4 else ""
                     if sandbox.startswith("slow-"):
                         status, body = 202, "{}"
                     else:
+                        received = time.perf_counter()
                         await asyncio.sleep(delay)
+                        overshoot_ms.append((time.perf_counter() - received - delay) * 1000)
                         status, body = 200, "{}"
                 reason = {200: "OK", 202: "Accepted"}[status]
                 writer.write(
@@ -181,12 +190,38 @@ async def answered_yet(reader):
         return 0
 
 
+async def sink():
+    """An app that reads requests and never answers; returns (port, the heads received)."""
+    heads = [0]
+
+    async def serve(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            heads[0] += 1
+            await reader.read()  # until the proxy gives up on it
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=4096)
+    return server, server.sockets[0].getsockname()[1], heads
+
+
 async def hold(args):
     ip, port = args.proxy.rsplit(":", 1)
+    if args.in_flight:
+        # The comparison: the same requests to a running sandbox (direct mode) whose app never
+        # answers, i.e. what any request waiting on its upstream costs.
+        server, app_port, heads = await sink()
+        target_host = f"{app_port}-{args.id}.preview.localhost"
+        waiting = lambda: asyncio.sleep(0, heads[0])  # noqa: E731
+    else:
+        target_host = host(args.id)
+        waiting = lambda: metric(args.admin, "sandgate_wake_held")  # noqa: E731
     baseline = rss_kib(args.pid)
-    request = f"GET / HTTP/1.1\r\nHost: {host(args.id)}\r\n\r\n".encode()
-    # First the connections alone (idle), then a request on each: what holding adds to an
-    # open connection.
+    request = f"GET / HTTP/1.1\r\nHost: {target_host}\r\n\r\n".encode()
+    # First the connections alone (idle), then a request on each: what a waiting request adds
+    # to an open connection.
     connections = []
     start = time.perf_counter()
     for _ in range(args.count):
@@ -197,9 +232,9 @@ async def hold(args):
         writer.write(request)
     await asyncio.gather(*(w.drain() for _, w in connections))
     deadline = time.monotonic() + 60
-    while (held := await metric(args.admin, "sandgate_wake_held")) < args.count:
+    while (waiting_now := await waiting()) < args.count:
         if time.monotonic() > deadline:
-            print(f"only {held} of {args.count} held", file=sys.stderr)
+            print(f"only {waiting_now} of {args.count} waiting", file=sys.stderr)
             return 1
         await asyncio.sleep(0.1)
     opened = time.perf_counter() - start
@@ -238,6 +273,7 @@ def main():
     p.add_argument("--id", required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--settle", type=float, default=2)
+    p.add_argument("--in-flight", action="store_true")
     args = parser.parse_args()
     command = {"hook": hook, "wakes": wakes, "hold": hold}[args.command]
     sys.exit(asyncio.run(command(args)) or 0)
