@@ -342,7 +342,9 @@ impl Waker {
                     StateClass::Stopped => {
                         start_asked = true;
                         if self.start(&wake.id, resolver).await? == Started::Running {
-                            poll = Duration::ZERO;
+                            // Read it again at once: even a zero sleep waits for the timer's
+                            // next millisecond tick.
+                            continue;
                         }
                     }
                 }
