@@ -1,4 +1,4 @@
-//! One request, one straight path: route → resolve → admit (both in `gate`) → activity →
+//! One request, one straight path: route → resolve → admit (both in `gate`) → wake (`hold`) → activity →
 //! forward, with every error turned into a response by `respond`.
 
 use std::sync::atomic::{AtomicU64, Ordering};

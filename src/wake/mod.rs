@@ -177,6 +177,7 @@ impl Waker {
     /// returns at once.
     pub fn trigger(self: &Arc<Self>, sandbox: &SandboxRecord, ctx: &Arc<dyn Context>) {
         let _ = self.wake_for(&sandbox.id, &sandbox.state, ctx);
+
     }
 
     /// Holds the caller until `sandbox` runs (its fresh record), the wake fails, or `wait`
@@ -187,7 +188,7 @@ impl Waker {
         ctx: &Arc<dyn Context>,
         wait: Option<Duration>,
     ) -> Result<Arc<SandboxRecord>, WakeError> {
-        let wake = self.wake_for(&sandbox.id, &sandbox.state, ctx);
+        let wake = self.wake_for(&sandbox.id, &sandbox.state, ctx)?;
         let _held = self.admit(&wake)?;
         let limit = wait.map_or(self.config.max_wait, |w| w.min(self.config.max_wait));
         let deadline = tokio::time::Instant::now() + limit;
@@ -233,13 +234,23 @@ impl Waker {
         })
     }
 
-    /// The wake under way for `id`, or a new one (its driver spawned).
-    fn wake_for(self: &Arc<Self>, id: &str, state: &str, ctx: &Arc<dyn Context>) -> Arc<Wake> {
+    /// The wake under way for `id`, or a new one (its driver spawned) while fewer than
+    /// `max_held` are under way (each polls the registry).
+    fn wake_for(
+        self: &Arc<Self>,
+        id: &str,
+        state: &str,
+        ctx: &Arc<dyn Context>,
+    ) -> Result<Arc<Wake>, WakeError> {
         if let Some(wake) = self.wakes.get(id) {
             let retry_at = wake.retry_at.lock().ok().and_then(|r| *r);
             if retry_at.is_none_or(|at| Instant::now() < at) {
-                return wake.clone();
+                return Ok(wake.clone());
             }
+        }
+        if self.wakes.len() >= self.config.max_held {
+            metrics().wake_dropped("total_limit");
+            return Err(WakeError::TooMany);
         }
         let mut spawned = None;
         let wake = self
@@ -267,7 +278,7 @@ impl Waker {
             metrics().wakes_started.inc();
             tokio::spawn(self.clone().drive(wake, ctx.clone()));
         }
-        wake
+        Ok(wake)
     }
 
     /// The driver: runs the wake to its end and tells every held request.
@@ -358,7 +369,7 @@ impl Waker {
     /// One start call, unless another replica holds the lock (it is calling). A refusal is
     /// final unless the sandbox is in fact starting or running (a race with another caller).
     async fn start(&self, id: &str, resolver: &Resolver) -> Result<Started, String> {
-        if !self.take_lock(id).await {
+        if resolver.backend().learns_states() && !self.take_lock(id).await {
             tracing::debug!(sandbox = id, "wake: another replica is starting it");
             return Ok(Started::Accepted);
         }
@@ -381,6 +392,7 @@ impl Waker {
     }
 
     /// The cross-replica lock; `true` (call start) when there is no Redis or it cannot answer.
+    /// A replica that does not get it waits for the registry to report the other's start.
     async fn take_lock(&self, id: &str) -> bool {
         let Some((redis, prefix)) = &self.lock else {
             return true;
