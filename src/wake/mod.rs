@@ -177,7 +177,6 @@ impl Waker {
     /// returns at once.
     pub fn trigger(self: &Arc<Self>, sandbox: &SandboxRecord, ctx: &Arc<dyn Context>) {
         let _ = self.wake_for(&sandbox.id, &sandbox.state, ctx);
-
     }
 
     /// Holds the caller until `sandbox` runs (its fresh record), the wake fails, or `wait`
