@@ -445,6 +445,9 @@ pub fn starter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::BoxFuture;
+    use crate::config::{ActivityConfig, CacheConfig};
+    use crate::registry::{Registry, RegistryError, Upstream};
 
     #[test]
     fn states_are_classified() {
@@ -463,5 +466,200 @@ mod tests {
         ] {
             assert_eq!(classify(state), class, "{state}");
         }
+    }
+
+    /// One sandbox whose state the test (and the fake start backend) changes.
+    struct World {
+        state: Mutex<&'static str>,
+        reads: AtomicUsize,
+    }
+
+    impl Registry for World {
+        fn sandbox<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Arc<SandboxRecord>>, RegistryError>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let state = *self.state.lock().unwrap();
+            let upstream = Upstream::Direct {
+                address: "127.0.0.1".into(),
+            };
+            let record = SandboxRecord::new(id, upstream, true, state, None);
+            Box::pin(async move { Ok(Some(Arc::new(record))) })
+        }
+    }
+
+    struct Proxy {
+        resolver: Resolver,
+        activity: Arc<Activity>,
+    }
+
+    impl Context for Proxy {
+        fn resolver(&self) -> &Resolver {
+            &self.resolver
+        }
+        fn activity(&self) -> &Activity {
+            &self.activity
+        }
+    }
+
+    /// Sets the world's state to `then` after `delay`, or refuses.
+    struct FakeStarter {
+        world: Arc<World>,
+        delay: Duration,
+        then: Result<&'static str, &'static str>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Starter for FakeStarter {
+        fn start<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, Result<Started, StartError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                match self.then {
+                    Err(message) => Err(StartError::Refused(message.into())),
+                    Ok(state) => {
+                        *self.world.state.lock().unwrap() = "starting";
+                        let world = self.world.clone();
+                        let delay = self.delay;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            *world.state.lock().unwrap() = state;
+                        });
+                        Ok(Started::Accepted)
+                    }
+                }
+            })
+        }
+    }
+
+    struct Setup {
+        waker: Arc<Waker>,
+        ctx: Arc<dyn Context>,
+        world: Arc<World>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    fn setup(
+        state: &'static str,
+        then: Result<&'static str, &'static str>,
+        config: WakeConfig,
+    ) -> Setup {
+        let world = Arc::new(World {
+            state: Mutex::new(state),
+            reads: AtomicUsize::new(0),
+        });
+        let calls = Arc::new(AtomicUsize::new(0));
+        let starter = FakeStarter {
+            world: world.clone(),
+            delay: Duration::from_millis(200),
+            then,
+            calls: calls.clone(),
+        };
+        let waker = Waker::new(&config, Some(Box::new(starter)), None).unwrap();
+        let ctx: Arc<dyn Context> = Arc::new(Proxy {
+            resolver: Resolver::new(world.clone(), CacheConfig::default()),
+            activity: Activity::new(&ActivityConfig::default()),
+        });
+        Setup {
+            waker,
+            ctx,
+            world,
+            calls,
+        }
+    }
+
+    fn stopped() -> SandboxRecord {
+        let upstream = Upstream::Direct {
+            address: "127.0.0.1".into(),
+        };
+        SandboxRecord::new("sbx", upstream, true, "stopped", None)
+    }
+
+    fn fast() -> WakeConfig {
+        WakeConfig {
+            poll_min: Duration::from_millis(10),
+            poll_max: Duration::from_millis(20),
+            ..WakeConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_start_and_all_get_the_running_record() {
+        let s = setup("stopped", Ok("started"), fast());
+        let holds = (0..50).map(|_| {
+            let (waker, ctx) = (s.waker.clone(), s.ctx.clone());
+            tokio::spawn(async move { waker.hold(&stopped(), &ctx, None).await })
+        });
+        for hold in futures_util::future::join_all(holds).await {
+            let record = hold.unwrap().expect("held, then released");
+            assert!(record.is_running());
+        }
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            s.waker.held.load(Ordering::SeqCst),
+            0,
+            "every hold released"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_start_answers_every_waiter_and_later_ones_without_a_new_call() {
+        let s = setup("stopped", Err("quota exceeded"), fast());
+        let holds = (0..10).map(|_| {
+            let (waker, ctx) = (s.waker.clone(), s.ctx.clone());
+            tokio::spawn(async move { waker.hold(&stopped(), &ctx, None).await })
+        });
+        for hold in futures_util::future::join_all(holds).await {
+            let error = hold.unwrap().unwrap_err().to_string();
+            assert!(error.contains("quota exceeded"), "{error}");
+        }
+        let again = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap_err();
+        assert!(matches!(again, WakeError::Failed { .. }));
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn broken_and_deleted_states_fail_without_a_start_call() {
+        for (state, says) in [("error", "state \"error\""), ("destroyed", "deleted")] {
+            let s = setup(state, Ok("started"), fast());
+            let error = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap_err();
+            assert!(error.to_string().contains(says), "{state}: {error}");
+            assert_eq!(s.calls.load(Ordering::SeqCst), 0, "{state}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transition_is_waited_out_before_the_start_call() {
+        let s = setup("stopping", Ok("started"), fast());
+        let world = s.world.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            *world.state.lock().unwrap() = "stopped";
+        });
+        let record = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap();
+        assert!(record.is_running());
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+        assert!(s.world.reads.load(Ordering::SeqCst) >= 3, "polled");
+    }
+
+    #[tokio::test]
+    async fn bounds_refuse_extra_waiters_and_max_wait_ends_a_wait() {
+        let config = WakeConfig {
+            max_held_per_sandbox: 2,
+            max_wait: Duration::from_millis(50),
+            ..fast()
+        };
+        let s = setup("stopped", Ok("started"), config);
+        let sandbox = stopped();
+        let (a, b, c) = tokio::join!(
+            s.waker.hold(&sandbox, &s.ctx, None),
+            s.waker.hold(&sandbox, &s.ctx, None),
+            s.waker.hold(&sandbox, &s.ctx, None),
+        );
+        let errors: Vec<WakeError> = [a, b, c].into_iter().map(|r| r.unwrap_err()).collect();
+        let count = |f: fn(&WakeError) -> bool| errors.iter().filter(|e| f(e)).count();
+        assert_eq!(count(|e| matches!(e, WakeError::TooMany)), 1, "{errors:?}");
+        let waited = |e: &WakeError| matches!(e, WakeError::StillStarting { .. });
+        assert_eq!(count(waited), 2, "{errors:?}");
     }
 }
