@@ -96,11 +96,16 @@ fn starting_page(
 <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#222}}\
 code{{background:#f3f3f3;padding:0 .3em}}small{{color:#777}}</style></head><body>\
 <h1>Starting <code>{id}</code>…</h1><p>The sandbox was stopped; it is starting now \
-(state: <code>{state}</code>, {seconds} s so far). This page reloads by itself.</p>\
+(state: <code>{state}</code>, {seconds} s so far).{slow} This page reloads by itself.</p>\
 <p><small>request id <code>{request_id}</code></small></p></body></html>",
         id = escape_html(sandbox),
         state = escape_html(state),
         seconds = elapsed.as_secs(),
+        slow = if matches!(state, "archived" | "restoring") {
+            " Restoring an archived sandbox can take a few minutes."
+        } else {
+            ""
+        },
         request_id = escape_html(request_id),
     );
     let mut response = Response::new(ProxyBody::full(body));
