@@ -51,7 +51,7 @@ pub struct WakeConfig {
     /// HTML navigations still waiting after this get the "Starting…" page.
     #[serde(with = "humantime_serde")]
     pub page_after: Duration,
-    /// Registry polling while waiting: from `poll_min`, doubling up to `poll_max` (a pushed
+    /// Registry polling while waiting: from `poll_min`, growing by half up to `poll_max` (a pushed
     /// invalidation cuts a wait short).
     #[serde(with = "humantime_serde")]
     pub poll_min: Duration,
@@ -81,7 +81,7 @@ impl Default for WakeConfig {
             max_body: 1 << 20,
             page_after: Duration::from_secs(1),
             poll_min: Duration::from_millis(100),
-            poll_max: Duration::from_secs(2),
+            poll_max: Duration::from_secs(1),
             lock_ttl: Duration::from_secs(30),
             channel: "sandgate:wake".into(),
         }

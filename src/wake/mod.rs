@@ -361,7 +361,8 @@ impl Waker {
                 _ = watch.changed.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
             }
-            poll = (poll * 2).clamp(self.config.poll_min, self.config.poll_max);
+            // Half as long again each time: a start seen within a third of its duration.
+            poll = (poll * 3 / 2).clamp(self.config.poll_min, self.config.poll_max);
         }
     }
 
