@@ -12,7 +12,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
-use super::gate::Entry;
+use super::gate::{self, Entry};
 use super::respond::{escape_html, ProxyError};
 use super::App;
 use crate::metrics::metrics;
@@ -25,8 +25,8 @@ pub async fn wake(
     app: &Arc<App>,
     entry: &mut Entry,
     req: &Request<Incoming>,
-    counts: bool,
-    navigation: bool,
+    port: Option<u16>,
+    (counts, navigation): (bool, bool),
 ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
     let sandbox = &entry.sandbox;
     let not_running = |waking| ProxyError::SandboxNotRunning {
@@ -51,15 +51,17 @@ pub async fn wake(
     let wait = page.then(|| waker.page_after());
     match waker.hold(sandbox, &ctx, wait).await {
         Ok(record) => {
+            // Its port policy may have changed while it slept.
+            gate::not_exposed(&record, port)?;
             entry.sandbox = record;
             Ok(None)
         }
-        Err(WakeError::StillStarting { state, elapsed }) if page => Ok(Some(starting_page(
-            &entry.sandbox.id,
-            &state,
-            elapsed,
-            req.headers().get("x-request-id"),
-        ))),
+        Err(WakeError::StillStarting { state, elapsed }) if page => {
+            let request_id = req.headers().get("x-request-id");
+            let page = starting_page(&entry.sandbox.id, &state, elapsed, request_id);
+            Ok(Some(entry.finish(page)))
+        }
+        Err(WakeError::ShuttingDown) => Err(ProxyError::ShuttingDown),
         Err(e) => Err(ProxyError::Wake(e)),
     }
 }
@@ -77,8 +79,10 @@ fn body_may_wait(req: &Request<Incoming>, max_body: u64) -> bool {
         .is_some_and(|length| length <= max_body)
 }
 
-/// The page's policy: no script, no fetch, no frame; inline style only.
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The page's policy: no script, no fetch; inline style only. It may be framed: an embedded
+/// preview pane shows it like a tab does.
+const CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'";
 
 /// "Starting <sandbox>…", reloading itself every second: the next load waits again, and gets
 /// the app once the sandbox runs.
