@@ -169,6 +169,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             &config.registry.wake,
             wake::starter(&config, redis.as_ref()).map_err(at("registry.wake"))?,
             redis.clone(),
+            shutdown.clone(),
         ),
         max_requests_per_sandbox: config.proxy.max_requests_per_sandbox,
         access_log: access_log(&config.log)?,
@@ -414,12 +415,15 @@ fn serving_threads(config: &crate::config::ServerConfig) -> usize {
 
 type Backends = (Arc<dyn Registry>, Option<Arc<StaticRegistry>>);
 
-/// The shared Redis handle, when the registry, the activity sink or the start backend uses
-/// Redis. Does not connect: Redis may be down at start.
+/// The shared Redis handle, when the registry, the activity sink, the start backend or a wake
+/// lock (a Daytona L2 in Redis) uses Redis. Does not connect: Redis may be down at start.
 fn redis_handle(config: &Config) -> Result<Option<Arc<RedisHandle>>, StartError> {
+    let wakes = config.registry.wake.start_backend() != crate::config::StartBackend::None;
+    let daytona_l2 = config.registry.backend == Backend::Daytona && config.daytona.l2_redis;
     if config.registry.backend != Backend::Redis
         && config.activity.sink != Sink::Redis
         && config.registry.wake.start_backend() != crate::config::StartBackend::Redis
+        && !(wakes && daytona_l2)
     {
         return Ok(None);
     }

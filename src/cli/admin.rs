@@ -76,6 +76,23 @@ pub enum RegistryCommand {
         #[arg(long)]
         off: bool,
     },
+    /// Let requests wake the sandbox when it is not running (--on, the default) or not (--off).
+    Wake {
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long, required_unless_present = "off", conflicts_with = "off")]
+        on: bool,
+        #[arg(long)]
+        off: bool,
+    },
+    /// Set the sandbox's lifecycle state (`started`, `starting`, `stopped`, `error`…), as an
+    /// orchestrator does; held requests see it at once.
+    State {
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long)]
+        state: String,
+    },
     /// Set (--template, with ${PORT} and ${SANDBOX}) or clear the Host the app sees, for every
     /// port or for one (--port).
     UpstreamHost {
@@ -563,6 +580,29 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
                 .set_field(&sandbox, "identity", on.then_some("true"))
                 .await?;
             Ok(json!({"sandbox": id, "identity": on}).to_string())
+        }
+        RegistryCommand::Wake {
+            sandbox,
+            on,
+            off: _,
+        } => {
+            // On removes the field: waking is the default.
+            let id = admin
+                .set_field(&sandbox, "wake", (!on).then_some("false"))
+                .await?;
+            Ok(json!({"sandbox": id, "wake": on}).to_string())
+        }
+        RegistryCommand::State { sandbox, state } => {
+            let valid = !state.is_empty()
+                && state.len() <= 64
+                && state.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            if !valid {
+                return Err(AdminError::Invalid(
+                    "--state must be a lower-case word such as started, stopped, error".into(),
+                ));
+            }
+            let id = admin.set_field(&sandbox, "state", Some(&state)).await?;
+            Ok(json!({"sandbox": id, "state": state}).to_string())
         }
         RegistryCommand::UpstreamHost {
             sandbox,

@@ -47,13 +47,36 @@ pub async fn run_demo_runner(listener: TcpListener, api_key: String) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let expected = expected.clone();
-                async move { Ok::<_, Infallible>(runner(read_body(req).await, &expected)) }
+                async move {
+                    if req.uri().path().starts_with(DEMO_START) {
+                        return Ok::<_, Infallible>(demo_start(&req, &expected).await);
+                    }
+                    Ok(runner(read_body(req).await, &expected))
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+/// The demo's start hook: `POST /demo-start/{id}` answers 200 (the sandbox is up) after
+/// [`DEMO_START_DELAY`], as a control plane starting a sandbox would.
+const DEMO_START: &str = "/demo-start/";
+const DEMO_START_DELAY: std::time::Duration = std::time::Duration::from_millis(1500);
+
+async fn demo_start(req: &Request<Incoming>, expected: &HeaderValue) -> Response<Full<Bytes>> {
+    if req.headers().get(http::header::AUTHORIZATION) != Some(expected) {
+        let body = r#"{"message":"unauthorized"}"#.into();
+        return text(StatusCode::UNAUTHORIZED, "application/json", body);
+    }
+    tokio::time::sleep(DEMO_START_DELAY).await;
+    text(
+        StatusCode::OK,
+        "application/json",
+        r#"{"state":"started"}"#.into(),
+    )
 }
 
 /// Reads (and discards) a request body before answering, as a real app does; an upstream that
@@ -198,7 +221,8 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     response
 }
 
-/// The config `sandgate demo` runs with: one public sandbox `demo` on the demo runner.
+/// The config `sandgate demo` runs with: a public sandbox `demo` on the demo runner, and a
+/// stopped one, `sleepy`, that the first request wakes through the demo runner's start hook.
 pub fn demo_config(listen: SocketAddr, runner: SocketAddr) -> String {
     format!(
         r#"
@@ -208,6 +232,9 @@ listen = "{listen}"
 domains = ["preview.localhost"]
 [registry]
 backend = "static"
+[registry.wake]
+url = "http://{runner}/demo-start/{{id}}"
+api_key = "demo-runner-key"
 [[registry.runners]]
 id = "demo-runner"
 url = "http://{runner}"
@@ -217,6 +244,11 @@ id = "demo"
 runner = "demo-runner"
 public = true
 auth_token = "demo-token"
+[[registry.sandboxes]]
+id = "sleepy"
+runner = "demo-runner"
+public = true
+state = "stopped"
 "#
     )
 }
@@ -246,6 +278,7 @@ pub async fn run(
     println!("sandgate demo is running.");
     println!("  open        http://3000-demo.preview.localhost:{port}/");
     println!("  or          curl http://3000-demo.preview.localhost:{port}/hello");
+    println!("  wake        http://3000-sleepy.preview.localhost:{port}/   (stopped: the first request starts it)");
     println!("  toolbox     curl -H 'X-Daytona-Preview-Token: demo-token' http://127.0.0.1:{port}/toolbox/demo/version");
     println!("  health      curl http://127.0.0.1:{port}/health");
     println!("Ctrl-C stops it.");

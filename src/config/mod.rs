@@ -138,6 +138,19 @@ impl Config {
             .validate()
             .map_err(ConfigError::Invalid)?;
         self.log.validate().map_err(ConfigError::Invalid)?;
+        let wake_backend = self.registry.wake.start_backend();
+        let wake_registry = match wake_backend {
+            wake::StartBackend::Daytona => Some(registry::Backend::Daytona),
+            wake::StartBackend::Redis => Some(registry::Backend::Redis),
+            wake::StartBackend::Hook | wake::StartBackend::None => None,
+        };
+        if wake_registry.is_some_and(|needed| needed != self.registry.backend) {
+            return invalid(format!(
+                "registry.wake.backend = {:?} needs registry.backend = {:?}: only that registry sees the sandbox start",
+                format!("{wake_backend:?}").to_lowercase(),
+                format!("{wake_backend:?}").to_lowercase(),
+            ));
+        }
         let uses_daytona = self.registry.backend == registry::Backend::Daytona
             || self.activity.sink == activity::Sink::Daytona
             || self.registry.wake.start_backend() == wake::StartBackend::Daytona;

@@ -45,13 +45,15 @@ pub struct WakeConfig {
     pub interval: Duration,
     pub max_held_per_sandbox: usize,
     pub max_held: usize,
+    /// Wakes under way at once (each polls the registry); beyond: 503 without waking.
+    pub max_wakes: usize,
     /// Largest `Content-Length` of a held request; larger bodies, and bodies of unknown length,
     /// get 503 at once (the sandbox is still started).
     pub max_body: u64,
     /// HTML navigations still waiting after this get the "Starting…" page.
     #[serde(with = "humantime_serde")]
     pub page_after: Duration,
-    /// Registry polling while waiting: from `poll_min`, doubling up to `poll_max` (a pushed
+    /// Registry polling while waiting: from `poll_min`, growing by half up to `poll_max` (a pushed
     /// invalidation cuts a wait short).
     #[serde(with = "humantime_serde")]
     pub poll_min: Duration,
@@ -78,15 +80,19 @@ impl Default for WakeConfig {
             interval: Duration::from_secs(30),
             max_held_per_sandbox: 1000,
             max_held: 10_000,
+            max_wakes: 256,
             max_body: 1 << 20,
             page_after: Duration::from_secs(1),
             poll_min: Duration::from_millis(100),
-            poll_max: Duration::from_secs(2),
+            poll_max: Duration::from_secs(1),
             lock_ttl: Duration::from_secs(30),
             channel: "sandgate:wake".into(),
         }
     }
 }
+
+/// Longest duration a wake setting may have (and an `Instant` can surely add).
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 impl WakeConfig {
     /// The backend in force (an unset one follows `url`).
@@ -99,22 +105,29 @@ impl WakeConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
+        let durations = [
             ("registry.wake.timeout", self.timeout),
             ("registry.wake.max_wait", self.max_wait),
             ("registry.wake.start_timeout", self.start_timeout),
+            ("registry.wake.interval", self.interval),
             ("registry.wake.poll_min", self.poll_min),
             ("registry.wake.lock_ttl", self.lock_ttl),
+            ("registry.wake.page_after", self.page_after),
         ];
-        if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
-            return Err(format!("{key} must be more than 0"));
+        for (key, duration) in durations {
+            if duration.is_zero() && key != "registry.wake.page_after" {
+                return Err(format!("{key} must be more than 0"));
+            }
+            if duration > MAX_DURATION {
+                return Err(format!("{key} must be at most a day"));
+            }
         }
         if self.poll_max < self.poll_min {
             return Err("registry.wake.poll_max must be at least registry.wake.poll_min".into());
         }
-        if self.max_held_per_sandbox == 0 || self.max_held == 0 {
+        if self.max_held_per_sandbox == 0 || self.max_held == 0 || self.max_wakes == 0 {
             return Err(
-                "registry.wake.max_held_per_sandbox and max_held must be more than 0 (hold = false turns holding off)"
+                "registry.wake.max_held_per_sandbox, max_held and max_wakes must be more than 0 (hold = false turns holding off)"
                     .into(),
             );
         }
@@ -170,7 +183,7 @@ mod tests {
         assert!(no_id.contains("{id}"), "{no_id}");
         assert_eq!(hook(""), "");
         let daytona = load("backend = \"daytona\"").err().unwrap_or_default();
-        assert!(daytona.contains("daytona."), "{daytona}");
+        assert!(daytona.contains("needs registry.backend"), "{daytona}");
     }
 
     #[test]
@@ -178,7 +191,13 @@ mod tests {
         let backend = |text: &str| load(text).unwrap().registry.wake.start_backend();
         assert_eq!(backend(""), StartBackend::None);
         assert_eq!(backend("url = \"http://h/{id}\""), StartBackend::Hook);
-        assert_eq!(backend("backend = \"redis\""), StartBackend::Redis);
+        let redis = Config::from_toml_str(
+            "[registry]\nbackend = \"redis\"\n[registry.wake]\nbackend = \"redis\"",
+        );
+        assert_eq!(
+            redis.unwrap().registry.wake.start_backend(),
+            StartBackend::Redis
+        );
         assert_eq!(
             backend("backend = \"none\"\nurl = \"http://h/{id}\""),
             StartBackend::None

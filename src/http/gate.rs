@@ -348,7 +348,7 @@ pub async fn admit(
 }
 
 /// `Err(PortNotExposed)` for a port the sandbox's policy does not expose (declared mode).
-fn not_exposed(sandbox: &SandboxRecord, port: Option<u16>) -> Result<(), ProxyError> {
+pub(super) fn not_exposed(sandbox: &SandboxRecord, port: Option<u16>) -> Result<(), ProxyError> {
     match (sandbox.port_rule(port), port) {
         (PortRule::NotExposed, Some(port)) => Err(ProxyError::PortNotExposed(port)),
         _ => Ok(()),

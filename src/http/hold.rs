@@ -12,7 +12,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
-use super::gate::Entry;
+use super::gate::{self, Entry};
 use super::respond::{escape_html, ProxyError};
 use super::App;
 use crate::metrics::metrics;
@@ -25,8 +25,8 @@ pub async fn wake(
     app: &Arc<App>,
     entry: &mut Entry,
     req: &Request<Incoming>,
-    counts: bool,
-    navigation: bool,
+    port: Option<u16>,
+    (counts, navigation): (bool, bool),
 ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
     let sandbox = &entry.sandbox;
     let not_running = |waking| ProxyError::SandboxNotRunning {
@@ -51,15 +51,17 @@ pub async fn wake(
     let wait = page.then(|| waker.page_after());
     match waker.hold(sandbox, &ctx, wait).await {
         Ok(record) => {
+            // Its port policy may have changed while it slept.
+            gate::not_exposed(&record, port)?;
             entry.sandbox = record;
             Ok(None)
         }
-        Err(WakeError::StillStarting { state, elapsed }) if page => Ok(Some(starting_page(
-            &entry.sandbox.id,
-            &state,
-            elapsed,
-            req.headers().get("x-request-id"),
-        ))),
+        Err(WakeError::StillStarting { state, elapsed }) if page => {
+            let request_id = req.headers().get("x-request-id");
+            let page = starting_page(&entry.sandbox.id, &state, elapsed, request_id);
+            Ok(Some(entry.finish(page)))
+        }
+        Err(WakeError::ShuttingDown) => Err(ProxyError::ShuttingDown),
         Err(e) => Err(ProxyError::Wake(e)),
     }
 }
@@ -77,8 +79,10 @@ fn body_may_wait(req: &Request<Incoming>, max_body: u64) -> bool {
         .is_some_and(|length| length <= max_body)
 }
 
-/// The page's policy: no script, no fetch, no frame; inline style only.
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The page's policy: no script, no fetch; inline style only. It may be framed: an embedded
+/// preview pane shows it like a tab does.
+const CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'";
 
 /// "Starting <sandbox>…", reloading itself every second: the next load waits again, and gets
 /// the app once the sandbox runs.
@@ -96,11 +100,16 @@ fn starting_page(
 <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#222}}\
 code{{background:#f3f3f3;padding:0 .3em}}small{{color:#777}}</style></head><body>\
 <h1>Starting <code>{id}</code>…</h1><p>The sandbox was stopped; it is starting now \
-(state: <code>{state}</code>, {seconds} s so far). This page reloads by itself.</p>\
+(state: <code>{state}</code>, {seconds} s so far).{slow} This page reloads by itself.</p>\
 <p><small>request id <code>{request_id}</code></small></p></body></html>",
         id = escape_html(sandbox),
         state = escape_html(state),
         seconds = elapsed.as_secs(),
+        slow = if matches!(state, "archived" | "restoring") {
+            " Restoring an archived sandbox can take a few minutes."
+        } else {
+            ""
+        },
         request_id = escape_html(request_id),
     );
     let mut response = Response::new(ProxyBody::full(body));

@@ -1,4 +1,4 @@
-//! One request, one straight path: route → resolve → admit (both in `gate`) → activity →
+//! One request, one straight path: route → resolve → admit (both in `gate`) → wake (`hold`) → activity →
 //! forward, with every error turned into a response by `respond`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -259,7 +259,8 @@ async fn pipeline(
         let counts = counts_as_activity(&req, present);
         let navigation =
             !header_routed && crate::auth::warning::is_navigation(req.headers(), present, html);
-        if let Some(page) = hold::wake(app, &mut entry, &req, counts, navigation).await? {
+        let facts = (counts, navigation);
+        if let Some(page) = hold::wake(app, &mut entry, &req, port, facts).await? {
             return Ok(page);
         }
     }

@@ -91,7 +91,8 @@ impl ProxyError {
             ProxyError::PortNotExposed(_) => "PORT_NOT_EXPOSED",
             ProxyError::SandboxNotRunning { .. }
             | ProxyError::BodyNotHeld(_)
-            | ProxyError::Wake(WakeError::TooMany) => "SANDBOX_NOT_RUNNING",
+            | ProxyError::Wake(WakeError::TooMany | WakeError::Asked) => "SANDBOX_NOT_RUNNING",
+            ProxyError::Wake(WakeError::ShuttingDown) => "SHUTTING_DOWN",
             ProxyError::Wake(WakeError::StillStarting { .. }) => "SANDBOX_STARTING",
             ProxyError::Wake(WakeError::Failed { .. }) => "SANDBOX_START_FAILED",
             ProxyError::Registry(RegistryError::Unavailable(_)) => "REGISTRY_UNAVAILABLE",
@@ -126,8 +127,8 @@ impl ProxyError {
         match self {
             ProxyError::SandboxNotRunning { .. }
             | ProxyError::BodyNotHeld(_)
-            | ProxyError::Wake(WakeError::StillStarting { .. }) => Some(5),
-            ProxyError::Wake(WakeError::TooMany) => Some(2),
+            | ProxyError::Wake(WakeError::StillStarting { .. } | WakeError::Asked) => Some(5),
+            ProxyError::Wake(WakeError::TooMany | WakeError::ShuttingDown) => Some(2),
             ProxyError::Wake(WakeError::Failed { .. }) => Some(30),
             ProxyError::SandboxBusy => Some(1),
             ProxyError::Registry(RegistryError::Unavailable(_)) | ProxyError::ShuttingDown => {

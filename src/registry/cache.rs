@@ -65,7 +65,10 @@ pub struct Watch<'a> {
 
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
-        self.resolver.watched.remove(&self.id);
+        let changed = &self.changed;
+        self.resolver
+            .watched
+            .remove_if(&self.id, |_, n| Arc::ptr_eq(n, changed));
     }
 }
 
@@ -199,14 +202,15 @@ impl Resolver {
                 });
             }
         }
-        self.miss(&id).await
+        self.miss(&id, false).await
     }
 
     /// Asks the backend again, whatever the cache holds (a wake polling for the sandbox's state).
+    /// The cached entry stays until the answer replaces it, so other requests keep it (and its
+    /// stale-if-error) meanwhile.
     pub async fn refresh(&self, id: &str) -> Result<Option<Arc<SandboxRecord>>, RegistryError> {
         let id = lower(id);
-        self.slots.remove(&*id);
-        self.miss(&id).await.map(|resolved| resolved.sandbox)
+        self.miss(&id, true).await.map(|resolved| resolved.sandbox)
     }
 
     /// Watches `id` for invalidations (pushed by the backend) until the guard is dropped. One
@@ -235,7 +239,8 @@ impl Resolver {
         }
     }
 
-    async fn miss(&self, id: &str) -> Result<Resolved, RegistryError> {
+    /// Asks the backend (one call per key at a time); `fresh`: never answered from the cache.
+    async fn miss(&self, id: &str, fresh: bool) -> Result<Resolved, RegistryError> {
         let flight: Flight = self.flights.entry(id.into()).or_default().clone();
         let mut led = false;
         let result = flight
@@ -248,7 +253,7 @@ impl Resolver {
                 };
                 // A flight that ended between our cache miss and joining it has stored a fresh
                 // answer: use it rather than asking the backend again.
-                if let Some(slot) = self.slots.get(id) {
+                if let Some(slot) = self.slots.get(id).filter(|_| !fresh) {
                     if slot.expires > Instant::now() {
                         return Ok(slot.value.clone());
                     }

@@ -111,6 +111,12 @@ pub trait Registry: Send + Sync + 'static {
     /// (Redis, the control plane) ignores it; the static one keeps it until its next reload.
     fn start_reported(&self, _id: &str) {}
 
+    /// Does the backend learn a sandbox's new state by itself? When it does not (the static
+    /// one: each replica learns only from its own start call), replicas do not share a wake.
+    fn learns_states(&self) -> bool {
+        true
+    }
+
     /// Can the backend answer right now? (Readiness; the cache may serve when it cannot.)
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async { true })

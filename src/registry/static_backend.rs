@@ -71,6 +71,10 @@ impl Registry for StaticRegistry {
         Box::pin(async move { Ok(found) })
     }
 
+    fn learns_states(&self) -> bool {
+        false
+    }
+
     fn start_reported(&self, id: &str) {
         let id = id.to_ascii_lowercase();
         if let Some(record) = self.table.load().sandboxes.get(id.as_str()) {

@@ -5,22 +5,25 @@
 //! sandbox's state from the registry, waits out a transition (`stopping`…), asks the start
 //! backend once (across replicas too, with a Redis lock), then polls the registry (backoff, cut
 //! short by pushed invalidations) until the sandbox runs, fails, or `start_timeout` passes. Held
-//! requests wait on the wake's [`Notify`] (woken in arrival order) with their own `max_wait`.
+//! requests wait on the wake's [`Notify`] with their own `max_wait`.
 
+mod lock;
 pub mod start;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::activity::Activity;
 pub use crate::config::{StartBackend, WakeConfig};
 use crate::metrics::metrics;
 use crate::registry::redis::RedisHandle;
 use crate::registry::{Resolver, SandboxRecord};
+use lock::WakeLock;
 use start::{StartError, Started, Starter};
 
 /// What a wake needs from the running proxy: the registry (through its cache) and activity.
@@ -32,8 +35,9 @@ pub trait Context: Send + Sync + 'static {
 /// Why a request was not (or no longer) held; each maps to a 503 with `Retry-After`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WakeError {
-    /// Too many requests are already waiting (for this sandbox, or in total).
-    #[error("the sandbox is starting and too many requests are waiting for it; retry shortly")]
+    /// Too many requests are already waiting (for this sandbox, or in total), or too many
+    /// sandboxes are starting.
+    #[error("the sandbox is starting and too many requests are waiting; retry shortly")]
     TooMany,
     /// The start failed; the reason is for the caller.
     #[error("the sandbox could not be started: {reason}")]
@@ -41,6 +45,12 @@ pub enum WakeError {
     /// Still starting after the wait this request may take.
     #[error("the sandbox is still starting (state: {state}) after {}s; retry shortly", .elapsed.as_secs())]
     StillStarting { state: Box<str>, elapsed: Duration },
+    /// The start was asked, but this registry cannot tell when the sandbox runs (the static one
+    /// with a start backend that answers "accepted"): retry.
+    #[error("the sandbox is being started; retry in a few seconds")]
+    Asked,
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
 }
 
 /// How a wake is going.
@@ -48,7 +58,7 @@ pub enum WakeError {
 enum Progress {
     Waiting { state: Box<str> },
     Ready(Arc<SandboxRecord>),
-    Failed(Arc<str>),
+    Ended(WakeError),
 }
 
 /// One sandbox's wake: its progress and who waits for it.
@@ -58,16 +68,32 @@ struct Wake {
     progress: Mutex<Progress>,
     changed: Notify,
     held: AtomicUsize,
-    /// When a failed wake may be tried again.
+    /// The sandbox was found not running (a real wake, counted in the metrics).
+    real: AtomicBool,
+    /// When an ended wake may be replaced by a new one.
     retry_at: Mutex<Option<Instant>>,
 }
 
 impl Wake {
+    fn new(id: &str, state: &str) -> Arc<Wake> {
+        Arc::new(Wake {
+            id: id.into(),
+            started: Instant::now(),
+            progress: Mutex::new(Progress::Waiting {
+                state: state.into(),
+            }),
+            changed: Notify::new(),
+            held: AtomicUsize::new(0),
+            real: AtomicBool::new(false),
+            retry_at: Mutex::new(None),
+        })
+    }
+
     fn progress(&self) -> Progress {
-        self.progress
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        match self.progress.lock() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     fn set(&self, progress: Progress) {
@@ -85,6 +111,18 @@ impl Wake {
                     *s = state.into();
                 }
             }
+        }
+    }
+
+    /// Ended and past its retry time: a new wake may replace it.
+    fn replaceable(&self) -> bool {
+        let retry_at = self.retry_at.lock().ok().and_then(|r| *r);
+        retry_at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    fn end_for(&self, retry: Duration) {
+        if let Ok(mut retry_at) = self.retry_at.lock() {
+            *retry_at = Some(Instant::now() + retry);
         }
     }
 }
@@ -119,7 +157,8 @@ pub enum StateClass {
 }
 
 pub fn classify(state: &str) -> StateClass {
-    match state {
+    let state = state.to_ascii_lowercase();
+    match state.as_str() {
         "started" | "running" => StateClass::Running,
         "starting" | "restoring" | "creating" | "pulling_snapshot" | "pending_build"
         | "building_snapshot" | "resizing" | "resuming" => StateClass::Starting,
@@ -130,13 +169,29 @@ pub fn classify(state: &str) -> StateClass {
     }
 }
 
+/// How a wake that did not see its sandbox running ended.
+enum Unready {
+    /// Failed; later requests get the reason for `retry`.
+    Failed { reason: String, retry: Duration },
+    /// Asked, but the registry cannot tell when it runs.
+    Asked,
+    /// Nobody has waited for `max_wait`: stop polling (a later request starts a new wake).
+    Abandoned,
+}
+
+/// Consecutive failed registry lookups after which a wake gives up.
+const REGISTRY_FAILURES: u32 = 5;
+/// How long a wake that gave up on the registry keeps answering so.
+const REGISTRY_RETRY: Duration = Duration::from_secs(5);
+
 pub struct Waker {
     config: WakeConfig,
     starter: Box<dyn Starter>,
-    /// `SET {prefix}wake-lock:{id} NX PX`, when Redis is configured.
-    lock: Option<(Arc<RedisHandle>, String)>,
+    /// One start call across replicas, when Redis is configured.
+    lock: Option<WakeLock>,
     wakes: DashMap<Box<str>, Arc<Wake>>,
     held: AtomicUsize,
+    shutdown: CancellationToken,
 }
 
 impl Waker {
@@ -145,18 +200,16 @@ impl Waker {
         config: &WakeConfig,
         starter: Option<Box<dyn Starter>>,
         redis: Option<Arc<RedisHandle>>,
+        shutdown: CancellationToken,
     ) -> Option<Arc<Waker>> {
         let starter = starter?;
-        let lock = redis.map(|r| {
-            let prefix = format!("{}wake-lock:", r.config().key_prefix);
-            (r, prefix)
-        });
         Some(Arc::new(Waker {
             config: config.clone(),
             starter,
-            lock,
+            lock: redis.map(|redis| WakeLock::new(redis, config.lock_ttl)),
             wakes: DashMap::new(),
             held: AtomicUsize::new(0),
+            shutdown,
         }))
     }
 
@@ -173,7 +226,7 @@ impl Waker {
         self.config.page_after
     }
 
-    /// Starts waking `sandbox` unless a wake is under way (or failed within `interval`);
+    /// Starts waking `sandbox` unless a wake is under way (or ended within `interval`);
     /// returns at once.
     pub fn trigger(self: &Arc<Self>, sandbox: &SandboxRecord, ctx: &Arc<dyn Context>) {
         let _ = self.wake_for(&sandbox.id, &sandbox.state, ctx);
@@ -187,7 +240,7 @@ impl Waker {
         ctx: &Arc<dyn Context>,
         wait: Option<Duration>,
     ) -> Result<Arc<SandboxRecord>, WakeError> {
-        let wake = self.wake_for(&sandbox.id, &sandbox.state, ctx);
+        let wake = self.wake_for(&sandbox.id, &sandbox.state, ctx)?;
         let _held = self.admit(&wake)?;
         let limit = wait.map_or(self.config.max_wait, |w| w.min(self.config.max_wait));
         let deadline = tokio::time::Instant::now() + limit;
@@ -195,20 +248,21 @@ impl Waker {
             let changed = wake.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            match wake.progress() {
+            let state = match wake.progress() {
                 Progress::Ready(record) => return Ok(record),
-                Progress::Failed(reason) => return Err(WakeError::Failed { reason }),
-                Progress::Waiting { state } => {
-                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                        if wait.is_none() {
-                            metrics().wake_dropped("timeout");
-                        }
-                        return Err(WakeError::StillStarting {
-                            state,
-                            elapsed: wake.started.elapsed(),
-                        });
+                Progress::Ended(error) => return Err(error),
+                Progress::Waiting { state } => state,
+            };
+            tokio::select! {
+                _ = &mut changed => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    if wait.is_none() {
+                        metrics().wake_dropped("timeout");
                     }
+                    let elapsed = wake.started.elapsed();
+                    return Err(WakeError::StillStarting { state, elapsed });
                 }
+                _ = self.shutdown.cancelled() => return Err(WakeError::ShuttingDown),
             }
         }
     }
@@ -233,187 +287,241 @@ impl Waker {
         })
     }
 
-    /// The wake under way for `id`, or a new one (its driver spawned).
-    fn wake_for(self: &Arc<Self>, id: &str, state: &str, ctx: &Arc<dyn Context>) -> Arc<Wake> {
+    /// The wake under way for `id`, or a new one (its driver spawned) while fewer than
+    /// `max_wakes` are under way (each polls the registry).
+    fn wake_for(
+        self: &Arc<Self>,
+        id: &str,
+        state: &str,
+        ctx: &Arc<dyn Context>,
+    ) -> Result<Arc<Wake>, WakeError> {
         if let Some(wake) = self.wakes.get(id) {
-            let retry_at = wake.retry_at.lock().ok().and_then(|r| *r);
-            if retry_at.is_none_or(|at| Instant::now() < at) {
-                return wake.clone();
+            if !wake.replaceable() {
+                return Ok(wake.clone());
             }
+        } else if self.wakes.len() >= self.config.max_wakes {
+            metrics().wake_dropped("wake_limit");
+            return Err(WakeError::TooMany);
         }
         let mut spawned = None;
         let wake = self
             .wakes
             .entry(id.into())
             .and_modify(|wake| {
-                let expired = wake
-                    .retry_at
-                    .lock()
-                    .ok()
-                    .and_then(|r| *r)
-                    .is_some_and(|at| Instant::now() >= at);
-                if expired {
-                    *wake = new_wake(id, state);
+                if wake.replaceable() {
+                    *wake = Wake::new(id, state);
                     spawned = Some(wake.clone());
                 }
             })
             .or_insert_with(|| {
-                let wake = new_wake(id, state);
+                let wake = Wake::new(id, state);
                 spawned = Some(wake.clone());
                 wake
             })
             .clone();
         if let Some(wake) = spawned {
-            metrics().wakes_started.inc();
             tokio::spawn(self.clone().drive(wake, ctx.clone()));
         }
-        wake
+        Ok(wake)
     }
 
     /// The driver: runs the wake to its end and tells every held request.
     async fn drive(self: Arc<Self>, wake: Arc<Wake>, ctx: Arc<dyn Context>) {
-        let run = self.run(&wake, &*ctx);
-        let outcome = match tokio::time::timeout(self.config.start_timeout, run).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(format!(
-                "it did not start within {}",
-                humantime::format_duration(self.config.start_timeout)
-            )),
+        let mut lock = None;
+        let run = self.run(&wake, &*ctx, &mut lock);
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(self.config.start_timeout, run) => match outcome {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Unready::Failed {
+                    reason: format!(
+                        "it did not start within {}",
+                        humantime::format_duration(self.config.start_timeout)
+                    ),
+                    retry: self.config.interval,
+                }),
+            },
+            _ = self.shutdown.cancelled() => Err(Unready::Abandoned),
         };
+        if let (Some(lock), Some(nonce)) = (&self.lock, lock) {
+            lock.release(&wake.id, nonce).await;
+        }
+        let real = wake.real.load(Ordering::Acquire);
         match outcome {
             Ok(record) => {
-                metrics().wakes_succeeded.inc();
-                metrics()
-                    .wake_duration
-                    .observe(wake.started.elapsed().as_secs_f64());
-                // The request that woke it counts, so it is not stopped again at once.
-                ctx.activity().mark(&wake.id);
-                tracing::info!(sandbox = &*wake.id, elapsed = ?wake.started.elapsed(), "sandbox woken");
-                self.wakes.remove_if(&wake.id, |_, w| Arc::ptr_eq(w, &wake));
+                if real {
+                    metrics().wakes_succeeded.inc();
+                    metrics()
+                        .wake_duration
+                        .observe(wake.started.elapsed().as_secs_f64());
+                    // The request that woke it counts, so it is not stopped again at once.
+                    ctx.activity().mark(&wake.id);
+                    tracing::info!(sandbox = &*wake.id, elapsed = ?wake.started.elapsed(), "sandbox woken");
+                }
                 wake.set(Progress::Ready(record));
+                self.forget(&wake);
             }
-            Err(reason) => {
+            Err(Unready::Failed { reason, retry }) => {
                 metrics().wakes_failed.inc();
                 tracing::warn!(sandbox = &*wake.id, reason, "sandbox wake failed");
-                if let Ok(mut retry_at) = wake.retry_at.lock() {
-                    *retry_at = Some(Instant::now() + self.config.interval);
-                }
-                wake.set(Progress::Failed(reason.into()));
-                // Forgotten after the interval, so the map holds only recent failures.
-                let waker = Arc::downgrade(&self);
-                let interval = self.config.interval;
-                tokio::spawn(async move {
-                    tokio::time::sleep(interval).await;
-                    if let Some(waker) = waker.upgrade() {
-                        waker
-                            .wakes
-                            .remove_if(&wake.id, |_, w| Arc::ptr_eq(w, &wake));
-                    }
-                });
+                wake.end_for(retry);
+                wake.set(Progress::Ended(WakeError::Failed {
+                    reason: reason.into(),
+                }));
+                self.forget_after(wake, retry);
+            }
+            Err(Unready::Asked) => {
+                wake.end_for(self.config.interval);
+                wake.set(Progress::Ended(WakeError::Asked));
+                self.forget_after(wake, self.config.interval);
+            }
+            Err(Unready::Abandoned) => {
+                let state = match wake.progress() {
+                    Progress::Waiting { state } => state,
+                    _ => "unknown".into(),
+                };
+                let elapsed = wake.started.elapsed();
+                wake.end_for(Duration::ZERO);
+                wake.set(Progress::Ended(WakeError::StillStarting { state, elapsed }));
+                self.forget(&wake);
             }
         }
     }
 
-    /// Reads the state, starts the sandbox when it needs it, and waits until it runs.
-    async fn run(&self, wake: &Wake, ctx: &dyn Context) -> Result<Arc<SandboxRecord>, String> {
+    fn forget(&self, wake: &Arc<Wake>) {
+        self.wakes.remove_if(&wake.id, |_, w| Arc::ptr_eq(w, wake));
+    }
+
+    /// Keeps an ended wake (its answer) for `after`, then forgets it.
+    fn forget_after(self: &Arc<Self>, wake: Arc<Wake>, after: Duration) {
+        let waker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(waker) = waker.upgrade() {
+                waker.forget(&wake);
+            }
+        });
+    }
+
+    /// Reads the state, starts the sandbox when it needs it, and waits until it runs. `lock`
+    /// gets the nonce of the cross-replica lock when this replica took it.
+    async fn run(
+        &self,
+        wake: &Wake,
+        ctx: &dyn Context,
+        lock: &mut Option<u64>,
+    ) -> Result<Arc<SandboxRecord>, Unready> {
         let resolver = ctx.resolver();
         let watch = resolver.watch(&wake.id);
-        let mut start_asked = false;
+        let learns = resolver.backend().learns_states();
+        let mut called = false;
+        let mut failures = 0;
         let mut poll = self.config.poll_min;
+        let mut last_held = Instant::now();
         loop {
-            let record = match resolver.refresh(&wake.id).await {
-                Ok(Some(record)) => Some(record),
-                Ok(None) => return Err("the sandbox no longer exists".into()),
-                Err(e) => {
-                    tracing::debug!(sandbox = &*wake.id, error = %e, "wake: registry lookup failed; retrying");
-                    None
-                }
-            };
-            if let Some(record) = record {
-                wake.set_state(&record.state);
-                match classify(&record.state) {
-                    StateClass::Running => return Ok(record),
-                    StateClass::Broken => {
-                        return Err(format!("it is in state {:?}", &*record.state))
+            match resolver.refresh(&wake.id).await {
+                Ok(Some(record)) => {
+                    failures = 0;
+                    wake.set_state(&record.state);
+                    let class = classify(&record.state);
+                    if class != StateClass::Running && !wake.real.swap(true, Ordering::AcqRel) {
+                        metrics().wakes_started.inc();
                     }
-                    StateClass::Deleted => return Err("the sandbox was deleted".into()),
-                    StateClass::Starting | StateClass::Transition => {}
-                    StateClass::Stopped if start_asked => {}
-                    StateClass::Stopped => {
-                        start_asked = true;
-                        if self.start(&wake.id, resolver).await? == Started::Running {
-                            // Read it again at once: even a zero sleep waits for the timer's
-                            // next millisecond tick.
-                            continue;
+                    match class {
+                        StateClass::Running => return Ok(record),
+                        StateClass::Broken => {
+                            return Err(self.failed(format!("it is in state {:?}", &*record.state)))
+                        }
+                        StateClass::Deleted => {
+                            return Err(self.failed("the sandbox was deleted".into()))
+                        }
+                        StateClass::Starting | StateClass::Transition => {}
+                        StateClass::Stopped if called => {}
+                        StateClass::Stopped => {
+                            match self.start(&wake.id, resolver, learns, lock).await? {
+                                Some(Started::Running) => {
+                                    called = true;
+                                    // Read it again at once: even a zero sleep waits for the
+                                    // timer's next millisecond tick.
+                                    continue;
+                                }
+                                Some(Started::Accepted) if !learns => return Err(Unready::Asked),
+                                Some(Started::Accepted) => called = true,
+                                // Another replica holds the lock: try again next time.
+                                None => {}
+                            }
                         }
                     }
                 }
+                Ok(None) => return Err(self.failed("the sandbox no longer exists".into())),
+                Err(e) => {
+                    failures += 1;
+                    tracing::debug!(sandbox = &*wake.id, error = %e, "wake: registry lookup failed");
+                    if failures >= REGISTRY_FAILURES {
+                        return Err(Unready::Failed {
+                            reason: "the sandbox registry is unavailable".into(),
+                            retry: REGISTRY_RETRY,
+                        });
+                    }
+                }
+            }
+            if wake.held.load(Ordering::Acquire) > 0 {
+                last_held = Instant::now();
+            } else if last_held.elapsed() >= self.config.max_wait {
+                return Err(Unready::Abandoned);
             }
             tokio::select! {
                 _ = watch.changed.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
             }
-            poll = (poll * 2).clamp(self.config.poll_min, self.config.poll_max);
+            // Half as long again each time: a start seen within a third of its duration.
+            poll = (poll * 3 / 2).clamp(self.config.poll_min, self.config.poll_max);
         }
     }
 
-    /// One start call, unless another replica holds the lock (it is calling). A refusal is
-    /// final unless the sandbox is in fact starting or running (a race with another caller).
-    async fn start(&self, id: &str, resolver: &Resolver) -> Result<Started, String> {
-        if !self.take_lock(id).await {
-            tracing::debug!(sandbox = id, "wake: another replica is starting it");
-            return Ok(Started::Accepted);
+    fn failed(&self, reason: String) -> Unready {
+        Unready::Failed {
+            reason,
+            retry: self.config.interval,
+        }
+    }
+
+    /// One start call, unless another replica holds the lock (`None`: it is calling). A
+    /// refusal is final unless the sandbox is in fact starting or running (a race with
+    /// another caller).
+    async fn start(
+        &self,
+        id: &str,
+        resolver: &Resolver,
+        learns: bool,
+        lock: &mut Option<u64>,
+    ) -> Result<Option<Started>, Unready> {
+        if let (Some(wake_lock), true, None) = (&self.lock, learns, *lock) {
+            match wake_lock.take(id).await {
+                Some(nonce) => *lock = Some(nonce),
+                None => return Ok(None),
+            }
         }
         match self.starter.start(id).await {
             Ok(Started::Running) => {
                 resolver.backend().start_reported(id);
-                Ok(Started::Running)
+                Ok(Some(Started::Running))
             }
-            Ok(Started::Accepted) => Ok(Started::Accepted),
+            Ok(Started::Accepted) => Ok(Some(Started::Accepted)),
             Err(error) => {
                 let now = resolver.refresh(id).await.ok().flatten();
                 match now.map(|r| classify(&r.state)) {
-                    Some(StateClass::Running | StateClass::Starting) => Ok(Started::Accepted),
-                    _ => Err(match error {
-                        StartError::Refused(m) | StartError::Unreachable(m) => m,
-                    }),
+                    Some(StateClass::Running | StateClass::Starting) => Ok(Some(Started::Accepted)),
+                    _ => Err(self.failed(match error {
+                        StartError::Refused(m) => m,
+                        StartError::Unreachable(m) => {
+                            tracing::warn!(sandbox = id, error = m, "start backend unreachable");
+                            "the start backend is unreachable".into()
+                        }
+                    })),
                 }
             }
         }
     }
-
-    /// The cross-replica lock; `true` (call start) when there is no Redis or it cannot answer.
-    async fn take_lock(&self, id: &str) -> bool {
-        let Some((redis, prefix)) = &self.lock else {
-            return true;
-        };
-        let mut set = redis::cmd("SET");
-        set.arg(format!("{prefix}{id}"))
-            .arg(std::process::id())
-            .arg("NX")
-            .arg("PX")
-            .arg(self.config.lock_ttl.as_millis() as u64);
-        match redis.query::<Option<String>>(&set).await {
-            Ok(taken) => taken.is_some(),
-            Err(e) => {
-                tracing::warn!(sandbox = id, error = %e, "wake lock unavailable; starting anyway");
-                true
-            }
-        }
-    }
-}
-
-fn new_wake(id: &str, state: &str) -> Arc<Wake> {
-    Arc::new(Wake {
-        id: id.into(),
-        started: Instant::now(),
-        progress: Mutex::new(Progress::Waiting {
-            state: state.into(),
-        }),
-        changed: Notify::new(),
-        held: AtomicUsize::new(0),
-        retry_at: Mutex::new(None),
-    })
 }
 
 /// The start backend `config` names, or `None` (no waking).
@@ -436,6 +544,9 @@ pub fn starter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::BoxFuture;
+    use crate::config::{ActivityConfig, CacheConfig};
+    use crate::registry::{Registry, RegistryError, Upstream};
 
     #[test]
     fn states_are_classified() {
@@ -454,5 +565,260 @@ mod tests {
         ] {
             assert_eq!(classify(state), class, "{state}");
         }
+    }
+
+    /// One sandbox whose state the test (and the fake start backend) changes.
+    struct World {
+        state: Mutex<&'static str>,
+        reads: AtomicUsize,
+        /// Lookups fail (the registry is down).
+        down: AtomicBool,
+        /// The static registry's trait answer.
+        learns: bool,
+    }
+
+    impl Registry for World {
+        fn sandbox<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Arc<SandboxRecord>>, RegistryError>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                let down = RegistryError::Unavailable("down".into());
+                return Box::pin(async move { Err(down) });
+            }
+            let state = *self.state.lock().unwrap();
+            let upstream = Upstream::Direct {
+                address: "127.0.0.1".into(),
+            };
+            let record = SandboxRecord::new(id, upstream, true, state, None);
+            Box::pin(async move { Ok(Some(Arc::new(record))) })
+        }
+
+        fn learns_states(&self) -> bool {
+            self.learns
+        }
+    }
+
+    struct Proxy {
+        resolver: Resolver,
+        activity: Arc<Activity>,
+    }
+
+    impl Context for Proxy {
+        fn resolver(&self) -> &Resolver {
+            &self.resolver
+        }
+        fn activity(&self) -> &Activity {
+            &self.activity
+        }
+    }
+
+    /// Sets the world's state to `then` after `delay`, or refuses.
+    struct FakeStarter {
+        world: Arc<World>,
+        delay: Duration,
+        then: Result<&'static str, &'static str>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Starter for FakeStarter {
+        fn start<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, Result<Started, StartError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                match self.then {
+                    Err(message) => Err(StartError::Refused(message.into())),
+                    Ok("accepted-only") => Ok(Started::Accepted),
+                    Ok(state) => {
+                        *self.world.state.lock().unwrap() = "starting";
+                        let world = self.world.clone();
+                        let delay = self.delay;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            *world.state.lock().unwrap() = state;
+                        });
+                        Ok(Started::Accepted)
+                    }
+                }
+            })
+        }
+    }
+
+    struct Setup {
+        waker: Arc<Waker>,
+        ctx: Arc<dyn Context>,
+        world: Arc<World>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    fn setup(
+        state: &'static str,
+        then: Result<&'static str, &'static str>,
+        config: WakeConfig,
+    ) -> Setup {
+        let world = Arc::new(World {
+            state: Mutex::new(state),
+            reads: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            learns: !matches!(then, Ok("accepted-only")),
+        });
+        let calls = Arc::new(AtomicUsize::new(0));
+        let starter = FakeStarter {
+            world: world.clone(),
+            delay: Duration::from_millis(200),
+            then,
+            calls: calls.clone(),
+        };
+        let waker = Waker::new(
+            &config,
+            Some(Box::new(starter)),
+            None,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let ctx: Arc<dyn Context> = Arc::new(Proxy {
+            resolver: Resolver::new(world.clone(), CacheConfig::default()),
+            activity: Activity::new(&ActivityConfig::default()),
+        });
+        Setup {
+            waker,
+            ctx,
+            world,
+            calls,
+        }
+    }
+
+    fn stopped() -> SandboxRecord {
+        let upstream = Upstream::Direct {
+            address: "127.0.0.1".into(),
+        };
+        SandboxRecord::new("sbx", upstream, true, "stopped", None)
+    }
+
+    fn fast() -> WakeConfig {
+        WakeConfig {
+            poll_min: Duration::from_millis(10),
+            poll_max: Duration::from_millis(20),
+            ..WakeConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_start_and_all_get_the_running_record() {
+        let s = setup("stopped", Ok("started"), fast());
+        let holds = (0..50).map(|_| {
+            let (waker, ctx) = (s.waker.clone(), s.ctx.clone());
+            tokio::spawn(async move { waker.hold(&stopped(), &ctx, None).await })
+        });
+        for hold in futures_util::future::join_all(holds).await {
+            let record = hold.unwrap().expect("held, then released");
+            assert!(record.is_running());
+        }
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            s.waker.held.load(Ordering::SeqCst),
+            0,
+            "every hold released"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_start_answers_every_waiter_and_later_ones_without_a_new_call() {
+        let s = setup("stopped", Err("quota exceeded"), fast());
+        let holds = (0..10).map(|_| {
+            let (waker, ctx) = (s.waker.clone(), s.ctx.clone());
+            tokio::spawn(async move { waker.hold(&stopped(), &ctx, None).await })
+        });
+        for hold in futures_util::future::join_all(holds).await {
+            let error = hold.unwrap().unwrap_err().to_string();
+            assert!(error.contains("quota exceeded"), "{error}");
+        }
+        let again = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap_err();
+        assert!(matches!(again, WakeError::Failed { .. }));
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn broken_and_deleted_states_fail_without_a_start_call() {
+        for (state, says) in [("error", "state \"error\""), ("destroyed", "deleted")] {
+            let s = setup(state, Ok("started"), fast());
+            let error = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap_err();
+            assert!(error.to_string().contains(says), "{state}: {error}");
+            assert_eq!(s.calls.load(Ordering::SeqCst), 0, "{state}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transition_is_waited_out_before_the_start_call() {
+        let s = setup("stopping", Ok("started"), fast());
+        let world = s.world.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            *world.state.lock().unwrap() = "stopped";
+        });
+        let record = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap();
+        assert!(record.is_running());
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+        assert!(s.world.reads.load(Ordering::SeqCst) >= 3, "polled");
+    }
+
+    #[tokio::test]
+    async fn bounds_refuse_extra_waiters_and_max_wait_ends_a_wait() {
+        let config = WakeConfig {
+            max_held_per_sandbox: 2,
+            max_wait: Duration::from_millis(50),
+            ..fast()
+        };
+        let s = setup("stopped", Ok("started"), config);
+        let sandbox = stopped();
+        let (a, b, c) = tokio::join!(
+            s.waker.hold(&sandbox, &s.ctx, None),
+            s.waker.hold(&sandbox, &s.ctx, None),
+            s.waker.hold(&sandbox, &s.ctx, None),
+        );
+        let errors: Vec<WakeError> = [a, b, c].into_iter().map(|r| r.unwrap_err()).collect();
+        let count = |f: fn(&WakeError) -> bool| errors.iter().filter(|e| f(e)).count();
+        assert_eq!(count(|e| matches!(e, WakeError::TooMany)), 1, "{errors:?}");
+        let waited = |e: &WakeError| matches!(e, WakeError::StillStarting { .. });
+        assert_eq!(count(waited), 2, "{errors:?}");
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_cannot_learn_the_state_answers_at_once_after_asking() {
+        let s = setup("stopped", Ok("accepted-only"), fast());
+        let error = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap_err();
+        assert!(matches!(error, WakeError::Asked), "{error:?}");
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_registry_outage_fails_the_wake_instead_of_holding_to_the_end() {
+        let s = setup("stopped", Ok("started"), fast());
+        s.world.down.store(true, Ordering::SeqCst);
+        let error = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap_err();
+        assert!(
+            error.to_string().contains("registry is unavailable"),
+            "{error}"
+        );
+        assert_eq!(s.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wake_nobody_waits_for_stops_polling() {
+        let config = WakeConfig {
+            max_wait: Duration::from_millis(100),
+            ..fast()
+        };
+        let s = setup("starting", Ok("started"), config);
+        s.waker.trigger(&stopped(), &s.ctx);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(s.waker.wakes.is_empty(), "abandoned and forgotten");
+        let reads = s.world.reads.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            s.world.reads.load(Ordering::SeqCst),
+            reads,
+            "no more polling"
+        );
     }
 }

@@ -72,6 +72,11 @@ impl HookStarter {
     }
 
     async fn call(&self, sandbox_id: &str) -> Result<Started, StartError> {
+        let Some(sandbox_id) = segment(sandbox_id) else {
+            return Err(StartError::Refused(
+                "the sandbox id cannot be started".into(),
+            ));
+        };
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.url.replace("{id}", sandbox_id))

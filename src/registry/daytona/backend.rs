@@ -44,10 +44,12 @@ impl DaytonaRegistry {
                 .call(Method::GET, &sandbox_path, "GET /sandbox/{id}"),
         );
         let runner = runner?;
-        let runner: RunnerDto = match runner.status {
-            StatusCode::OK => serde_json::from_slice(&runner.body)
-                .map_err(|e| bad_data(format!("runners/by-sandbox/{id}"), e))?,
-            StatusCode::NOT_FOUND => return Ok(None),
+        let runner: Option<RunnerDto> = match runner.status {
+            StatusCode::OK => Some(
+                serde_json::from_slice(&runner.body)
+                    .map_err(|e| bad_data(format!("runners/by-sandbox/{id}"), e))?,
+            ),
+            StatusCode::NOT_FOUND => None,
             status => return Err(unexpected("GET /runners/by-sandbox/{id}", status)),
         };
         // 404 means private *or* unknown, and its body is not JSON: only the status counts.
@@ -62,6 +64,9 @@ impl DaytonaRegistry {
                 .map_err(|e| bad_data(format!("sandbox/{id}"), e))?,
             StatusCode::NOT_FOUND => return Ok(None),
             status => return Err(unexpected("GET /sandbox/{id}", status)),
+        };
+        let Some(runner) = runner else {
+            return unplaced(id, public, &sandbox);
         };
         let url = runner
             .proxy_url
@@ -98,6 +103,28 @@ impl DaytonaRegistry {
         }
         Ok(Some(record))
     }
+}
+
+/// A sandbox without a runner: an archived one (its runner is released) can be woken, so it is
+/// known, not running, and never forwarded to (a wake reads it again once it has a runner); a
+/// running one without a runner is not usable: unknown.
+fn unplaced(
+    id: &str,
+    public: bool,
+    sandbox: &SandboxDto,
+) -> Result<Option<SandboxRecord>, RegistryError> {
+    if matches!(sandbox.state.as_str(), "started" | "running") {
+        return Ok(None);
+    }
+    let (mode, access) = sandbox.port_policy(id)?;
+    let ports = crate::registry::PortPolicy::new(mode, access)
+        .map_err(|e| bad_data(format!("port policy of {id}"), e))?;
+    let nowhere = crate::registry::Upstream::Direct { address: "".into() };
+    let record = SandboxRecord::new(id, nowhere, public, &sandbox.state, None)
+        .with_organization(sandbox.organization_id.as_deref())
+        .with_ports(ports)
+        .with_wake(sandbox.wake());
+    Ok(Some(record))
 }
 
 impl Registry for DaytonaRegistry {
