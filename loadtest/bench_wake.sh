@@ -7,8 +7,8 @@
 #      response's latency minus DELAY_MS, p50 / p99 / max. The same number of requests to a
 #      running sandbox, for comparison (what any proxied request costs here).
 #   2. Memory per held request: for each N in HOLD_COUNTS, on a fresh proxy, N idle connections,
-#      then one request on each, held on one sandbox whose start never ends (the hook answers
-#      202 and the registry never says running); VmRSS after SETTLE seconds at each step: KiB
+#      then one request on each, held on one sandbox whose start does not end (the hook answers
+#      it after an hour); VmRSS after SETTLE seconds at each step: KiB
 #      per idle connection, what a held request adds, both together. Then the clients close and
 #      the held gauge must fall (abandoned requests are not kept until max_wait). For
 #      comparison, the same N requests "in flight": to a running sandbox whose app (served by
@@ -73,7 +73,7 @@ pids+=("$hook_pid")
 hook_addr=$(wait_for_addr "$tmp/hook.out" "hook listening on" "$hook_pid")
 
 # Writes the config: WAKES stopped sandboxes wake-0.., the running `warm` and the stopped
-# `slow-1` (its start never ends), all public on the demo runner; wake bounds above any N here.
+# `slow-1` (its start does not end), all public on the demo runner; wake bounds above any N here.
 write_config() {
   local file=$1 i
   cat >"$file" <<EOF
@@ -88,6 +88,7 @@ domains = ["preview.localhost"]
 level = "${SANDGATE_LOG_LEVEL:-warn}"
 [registry.wake]
 url = "http://$hook_addr/api/sandbox/{id}/start"
+timeout = "10m"
 max_wait = "10m"
 start_timeout = "10m"
 max_held_per_sandbox = 100000
@@ -159,7 +160,7 @@ stop_pid "$sg_pid"
 
 # --- 2. memory per held request ------------------------------------------------------------
 {
-  echo "**Memory per held request** (one sandbox whose start never ends; fresh proxy per N):"
+  echo "**Memory per held request** (one sandbox whose start does not end; fresh proxy per N):"
   echo
   echo "| N | requests | RSS before KiB | N idle connections KiB | N requests waiting KiB | KiB per idle connection | **KiB a waiting request adds** | KiB per request with its connection | answered early | still held 1 s after the clients closed |"
   echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"

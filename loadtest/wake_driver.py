@@ -3,9 +3,8 @@
 
   wake_driver.py hook --delay-ms D
       A start hook ([registry.wake] url) on a free loopback port: POST /api/sandbox/<id>/start
-      answers 200 after D ms (the sandbox is up), except for ids starting with "slow-", answered
-      202 at once (the proxy then waits for the registry, which never changes: a start that
-      never ends). GET /calls answers the number of start calls so far, GET /overshoot
+      answers 200 after D ms (the sandbox is up), except for ids starting with "slow-",
+      answered after an hour (a start that does not end while the bench runs). GET /calls answers the number of start calls so far, GET /overshoot
       how much later than D ms its answers left (p50/p99/max: the fixture's own share). Prints
       "hook listening on http://ADDR" first.
 
@@ -16,7 +15,7 @@
 
   wake_driver.py hold --proxy ADDR --admin ADDR --pid PID --id ID --count N [--settle S]
       Opens N idle connections (VmRSS after S seconds), then sends one GET for sandbox ID
-      (whose start never ends) on each, waits until sandgate_wake_held = N, lets S seconds pass
+      (whose start does not end) on each, waits until sandgate_wake_held = N, lets S seconds pass
       and reports the proxy's VmRSS: KiB per idle connection, what a held request adds to its
       connection, and both together; then closes every connection and
       reports sandgate_wake_held a second later (what clients that gave up still hold). Fails
@@ -96,13 +95,14 @@ async def hook(args):
                     calls += 1
                     sandbox = target.split("/")[3] if target.count("/") >= 4 else ""
                     if sandbox.startswith("slow-"):
-                        status, body = 202, "{}"
+                        await asyncio.sleep(3600)
+                        status, body = 200, "{}"
                     else:
                         received = time.perf_counter()
                         await asyncio.sleep(delay)
                         overshoot_ms.append((time.perf_counter() - received - delay) * 1000)
                         status, body = 200, "{}"
-                reason = {200: "OK", 202: "Accepted"}[status]
+                reason = "OK"
                 writer.write(
                     f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
                     f"content-length: {len(body)}\r\n\r\n{body}".encode()
