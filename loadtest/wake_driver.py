@@ -27,6 +27,7 @@
 
 import argparse
 import asyncio
+import math
 import statistics
 import sys
 import time
@@ -124,8 +125,9 @@ async def hook(args):
 
 
 def percentile(values, p):
+    """Nearest rank: the smallest value with at least p % of the values at or below it."""
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    k = max(0, math.ceil(p / 100 * len(ordered)) - 1)
     return ordered[k]
 
 
