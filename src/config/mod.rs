@@ -138,6 +138,7 @@ impl Config {
             .validate()
             .map_err(ConfigError::Invalid)?;
         self.log.validate().map_err(ConfigError::Invalid)?;
+        self.activity.validate().map_err(ConfigError::Invalid)?;
         let uses_daytona = self.registry.backend == registry::Backend::Daytona
             || self.activity.sink == activity::Sink::Daytona;
         let api_url = self.daytona.api_url.trim_end_matches('/');
