@@ -1,0 +1,149 @@
+//! Which requests count as activity: everything except requests carrying the skip header, on
+//! an ignored preview port, or from an ignored user agent (uptime monitors). Wake-on-request
+//! asks the same question first, so a request that does not count never starts a sandbox.
+
+use aho_corasick::AhoCorasick;
+use http::header::USER_AGENT;
+use http::{HeaderMap, HeaderName};
+
+use crate::base::header_scan::{Present, Tracked};
+use crate::config::ActivityConfig;
+
+pub const SKIP_HEADER: HeaderName = HeaderName::from_static(Tracked::SkipActivity.name());
+
+/// Built once from `[activity]`; asked per request without allocating.
+pub struct Rules {
+    ignore_ports: Box<[u16]>,
+    /// `None` when no pattern is configured: no `User-Agent` lookup at all.
+    ignore_user_agents: Option<AhoCorasick>,
+}
+
+impl Rules {
+    pub fn new(config: &ActivityConfig) -> Rules {
+        Rules {
+            ignore_ports: config.ignore_ports.clone().into(),
+            ignore_user_agents: user_agent_matcher(&config.ignore_user_agents),
+        }
+    }
+
+    /// `false` for a request that must neither mark nor wake its sandbox.
+    pub fn counts(&self, port: Option<u16>, headers: &HeaderMap, present: Present) -> bool {
+        !(skip_requested(headers, present)
+            || port.is_some_and(|p| self.ignore_ports.contains(&p))
+            || self.from_ignored_agent(headers))
+    }
+
+    fn from_ignored_agent(&self, headers: &HeaderMap) -> bool {
+        let Some(matcher) = &self.ignore_user_agents else {
+            return false;
+        };
+        headers
+            .get_all(USER_AGENT)
+            .iter()
+            .any(|agent| matcher.is_match(agent.as_bytes()))
+    }
+}
+
+/// `X-Daytona-Skip-Last-Activity-Update: true` (any case).
+fn skip_requested(headers: &HeaderMap, present: Present) -> bool {
+    present.may_have(Tracked::SkipActivity)
+        && headers
+            .get(SKIP_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
+/// The patterns as one ASCII case-insensitive automaton; `None` for no patterns.
+pub fn user_agent_matcher(patterns: &[String]) -> Option<AhoCorasick> {
+    if patterns.is_empty() {
+        return None;
+    }
+    match AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(patterns)
+    {
+        Ok(matcher) => Some(matcher),
+        Err(e) => {
+            // Unreachable for a validated config (the same build is tried there).
+            tracing::error!(error = %e, "activity.ignore_user_agents: no matcher; every agent counts");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn rules(toml: &str) -> Rules {
+        let config = crate::config::Config::from_toml_str(&format!("[activity]\n{toml}\n"))
+            .unwrap()
+            .activity;
+        Rules::new(&config)
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn requests_count_unless_skipped_on_an_ignored_port_or_from_a_monitor() {
+        let rules = rules("ignore_ports = [9090]");
+        let browser = "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0 Safari/537.36";
+        for (name, port, pairs, counts) in [
+            ("plain", Some(3000), vec![], true),
+            ("toolbox", None, vec![], true),
+            ("browser", Some(3000), vec![("user-agent", browser)], true),
+            ("ignored port", Some(9090), vec![], false),
+            (
+                "skip",
+                Some(3000),
+                vec![(Tracked::SkipActivity.name(), "TRUE")],
+                false,
+            ),
+            (
+                "skip false",
+                Some(3000),
+                vec![(Tracked::SkipActivity.name(), "false")],
+                true,
+            ),
+            (
+                "monitor",
+                Some(3000),
+                vec![("user-agent", "Mozilla/5.0+(compatible; UptimeRobot/2.0)")],
+                false,
+            ),
+            (
+                "monitor, odd case",
+                Some(3000),
+                vec![("user-agent", "KUBE-PROBE/1.31")],
+                false,
+            ),
+            (
+                "monitor in a second User-Agent",
+                Some(3000),
+                vec![("user-agent", browser), ("user-agent", "GoogleHC/1.0")],
+                false,
+            ),
+        ] {
+            let map = headers(&pairs);
+            assert_eq!(
+                rules.counts(port, &map, Present::scan(&map)),
+                counts,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_patterns_count_every_agent_and_need_no_lookup() {
+        let rules = rules("ignore_user_agents = []");
+        assert!(rules.ignore_user_agents.is_none());
+        let map = headers(&[("user-agent", "UptimeRobot/2.0")]);
+        assert!(rules.counts(Some(3000), &map, Present::scan(&map)));
+    }
+}
