@@ -438,3 +438,35 @@ async fn websockets_that_do_not_count_hold_no_stream_and_never_mark() {
     drop((monitor, ignored, user));
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_sent_event_stream_counts_while_events_flow_in_traffic_mode() {
+    let runner = support::runner::Runner::start("k").await;
+    let config = "throttle = \"0s\"\nflush_interval = \"20ms\"\nheartbeat = \"100ms\"";
+    let proxy = start(runner.addr, config, 1).await;
+    let request = support::request("GET", "3000-sbx-0.preview.localhost", "/sse")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let response = support::send_streaming(proxy.addr, request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"data: first\n\n");
+    let sink = proxy.activity_sink.clone();
+    // The open, then the heartbeat after the first event; then the stream is quiet.
+    assert!(wait_until(|| sink.writes_for("sbx-0") >= 2, Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let quiet = sink.writes_for("sbx-0");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.writes_for("sbx-0"), quiet, "a quiet stream marked");
+    assert_eq!(proxy.app.activity.open_streams(), 1);
+
+    runner.release();
+    let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&second[..], b"data: second\n\n");
+    assert!(
+        wait_until(|| sink.writes_for("sbx-0") > quiet, Duration::from_secs(5)).await,
+        "an event that moved did not count"
+    );
+    proxy.shutdown().await;
+}
