@@ -30,10 +30,10 @@ impl Rules {
     pub fn counts(&self, port: Option<u16>, headers: &HeaderMap, present: Present) -> bool {
         !(skip_requested(headers, present)
             || port.is_some_and(|p| self.ignore_ports.contains(&p))
-            || self.from_ignored_agent(headers))
+            || self.sent_by_ignored_agent(headers))
     }
 
-    fn from_ignored_agent(&self, headers: &HeaderMap) -> bool {
+    fn sent_by_ignored_agent(&self, headers: &HeaderMap) -> bool {
         let Some(matcher) = &self.ignore_user_agents else {
             return false;
         };
