@@ -305,7 +305,6 @@ impl Forwarder {
         let shutdown = self.close_relays.clone();
         let idle_timeout = self.websocket_idle_timeout;
         self.relays.spawn(async move {
-            let guards = guards;
             metrics().websockets_active.inc();
             let _open = scopeguard(|| {
                 metrics().websockets_active.dec();
