@@ -98,14 +98,19 @@ impl ActivityConfig {
             return Err("activity.ignore_ports: 0 is not a port".into());
         }
         if let Some(bad) = self.ignore_user_agents.iter().find(|p| {
-            p.trim().is_empty() || p.len() > 256 || p.bytes().any(|b| b.is_ascii_control())
+            p.trim().is_empty() || p.len() > 64 || p.bytes().any(|b| b.is_ascii_control())
         }) {
             return Err(format!(
-                "activity.ignore_user_agents: {bad:?} must be 1 to 256 characters without control characters (an empty pattern would match every request)"
+                "activity.ignore_user_agents: {bad:?} must be 1 to 64 bytes without control characters (an empty pattern would match every request)"
             ));
         }
+        // Bounds the automaton: a DFA of 100 patterns of 64 bytes stays within a few MiB.
+        if self.ignore_user_agents.len() > 100 {
+            return Err("activity.ignore_user_agents: at most 100 patterns".into());
+        }
         if !self.ignore_user_agents.is_empty() {
-            aho_corasick::AhoCorasick::builder()
+            // The same automaton `activity::rules` builds: a failure is reported here, at load.
+            aho_corasick::dfa::DFA::builder()
                 .ascii_case_insensitive(true)
                 .build(&self.ignore_user_agents)
                 .map_err(|e| format!("activity.ignore_user_agents: {e}"))?;
@@ -127,11 +132,16 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_and_errors_name_the_key() {
+        let long_pattern = format!("ignore_user_agents = [\"{}\"]", "x".repeat(65));
+        let patterns: Vec<String> = (0..101).map(|i| format!("\"probe-{i}\"")).collect();
+        let too_many = format!("ignore_user_agents = [{}]", patterns.join(", "));
         for (toml, key) in [
             ("ignore_ports = [0]", "activity.ignore_ports"),
             ("ignore_ports = [70000]", "activity.ignore_ports"),
             ("ignore_ports = \"8080\"", "activity.ignore_ports"),
             ("ignore_user_agents = [\"\"]", "activity.ignore_user_agents"),
+            (&long_pattern, "activity.ignore_user_agents"),
+            (&too_many, "activity.ignore_user_agents"),
             (
                 "ignore_user_agents = [\"  \"]",
                 "activity.ignore_user_agents",
