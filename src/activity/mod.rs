@@ -94,6 +94,9 @@ struct Mark {
     moved: Touch,
 }
 
+/// A sandbox marked within this long skips the user-agent check ([`Activity::mark_if_counts`]).
+const RECENT_MS: u64 = 1000;
+
 pub struct Activity {
     enabled: bool,
     throttle_ms: u64,
@@ -125,6 +128,40 @@ impl Activity {
         present: Present,
     ) -> bool {
         self.rules.counts(port, headers, present)
+    }
+
+    /// Activity phase: marks the sandbox when the request counts ([`Rules`]); `true` when it
+    /// does. The user-agent check (the part that costs: ~1,500 instructions for a browser's
+    /// agent) is skipped while the sandbox was marked within the last second, so a busy
+    /// sandbox pays it about once a second; a monitor's probe in that second moves the mark
+    /// by less than a second.
+    pub fn mark_if_counts(
+        &self,
+        sandbox_id: &str,
+        port: Option<u16>,
+        headers: &http::HeaderMap,
+        present: Present,
+    ) -> bool {
+        if !self.rules.counts_but_for_agent(port, headers, present) {
+            return false;
+        }
+        if !self.enabled {
+            return !self.rules.sent_by_ignored_agent(headers);
+        }
+        let now = now_ms();
+        if let Some(mark) = self.marks.get(sandbox_id) {
+            let recent = now.saturating_sub(mark.seen_ms.load(Ordering::Relaxed)) < RECENT_MS;
+            if !recent && self.rules.sent_by_ignored_agent(headers) {
+                return false;
+            }
+            mark.seen_ms.fetch_max(now, Ordering::Relaxed);
+            return true;
+        }
+        if self.rules.sent_by_ignored_agent(headers) {
+            return false;
+        }
+        self.mark(sandbox_id);
+        true
     }
 
     /// Marks a sandbox active now. In memory only; allocates once per sandbox, not per request.
@@ -427,5 +464,37 @@ mod tests {
         let sink = MemorySink::default();
         assert_eq!(a.flush(&sink).await.unwrap(), 1);
         assert!(sink.last.contains_key("sbx"));
+    }
+
+    #[test]
+    fn a_monitor_marks_only_within_a_second_of_real_use() {
+        let activity = activity(0, 1000);
+        let mut monitor = http::HeaderMap::new();
+        monitor.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("Mozilla/5.0+(compatible; UptimeRobot/2.0)"),
+        );
+        let present = Present::scan(&monitor);
+        let browser = http::HeaderMap::new();
+        assert!(!activity.mark_if_counts("quiet", Some(3000), &monitor, present));
+        assert!(activity.marks.get("quiet").is_none(), "never marked");
+        assert!(activity.mark_if_counts("busy", Some(3000), &browser, Present::UNKNOWN));
+        assert!(activity.mark_if_counts("busy", Some(3000), &monitor, present));
+        activity
+            .marks
+            .get("busy")
+            .unwrap()
+            .seen_ms
+            .store(0, Ordering::Relaxed);
+        assert!(!activity.mark_if_counts("busy", Some(3000), &monitor, present));
+        assert_eq!(
+            activity
+                .marks
+                .get("busy")
+                .unwrap()
+                .seen_ms
+                .load(Ordering::Relaxed),
+            0
+        );
     }
 }

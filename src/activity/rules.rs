@@ -30,12 +30,21 @@ impl Rules {
 
     /// `false` for a request that must neither mark nor wake its sandbox.
     pub fn counts(&self, port: Option<u16>, headers: &HeaderMap, present: Present) -> bool {
-        !(skip_requested(headers, present)
-            || port.is_some_and(|p| self.ignore_ports.contains(&p))
-            || self.sent_by_ignored_agent(headers))
+        self.counts_but_for_agent(port, headers, present) && !self.sent_by_ignored_agent(headers)
     }
 
-    fn sent_by_ignored_agent(&self, headers: &HeaderMap) -> bool {
+    /// The cheap part of [`Rules::counts`]: the skip header and the port.
+    pub fn counts_but_for_agent(
+        &self,
+        port: Option<u16>,
+        headers: &HeaderMap,
+        present: Present,
+    ) -> bool {
+        !(skip_requested(headers, present) || port.is_some_and(|p| self.ignore_ports.contains(&p)))
+    }
+
+    /// The costly part of [`Rules::counts`]: the `User-Agent` against the patterns.
+    pub fn sent_by_ignored_agent(&self, headers: &HeaderMap) -> bool {
         let Some(matcher) = &self.ignore_user_agents else {
             return false;
         };

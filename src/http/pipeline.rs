@@ -293,12 +293,9 @@ fn record_activity(
 ) -> bool {
     let counts = app
         .activity
-        .counts_as_activity(port, req.headers(), present);
+        .mark_if_counts(&sandbox.id, port, req.headers(), present);
     if present.may_have(Tracked::SkipActivity) {
         req.headers_mut().remove(SKIP_ACTIVITY_HEADER);
-    }
-    if counts {
-        app.activity.mark(&sandbox.id);
     }
     counts
 }
