@@ -325,35 +325,58 @@ fn zscore(redis: &RedisServer, id: &str) -> Option<u64> {
         .ok()
 }
 
-#[test]
-fn activity_is_marked_while_a_session_is_open_and_stops_after() {
+/// The activity scores of `sbx` around one session running `command` (about 2 s) with 300 ms
+/// heartbeats: 0.8 s in, 1.6 s in, 0.5 s after it ended, and 1 s after that.
+fn session_scores(streams: &str, command: &str) -> [u64; 4] {
     let redis = RedisServer::start();
     let extra = format!(
         "\n[activity]\nsink = \"redis\"\nheartbeat = \"300ms\"\nthrottle = \"0s\"\n\
-         flush_interval = \"100ms\"\n\n[redis]\nurl = \"{}\"\n",
+         flush_interval = \"100ms\"\nstreams = \"{streams}\"\n\n[redis]\nurl = \"{}\"\n",
         redis.url()
     );
     let (gw, _sshd) = Gateway::start(&extra);
     let mut ssh = gw.ssh(TOKEN);
-    ssh.arg("sleep 2");
-    let mut child = ssh.stdin(Stdio::null()).spawn().unwrap();
+    ssh.arg(command);
+    let mut child = ssh
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(800));
     let early = zscore(&redis, "sbx").expect("marked at session start");
     std::thread::sleep(Duration::from_millis(800));
     let later = zscore(&redis, "sbx").unwrap();
-    assert!(
-        later > early,
-        "heartbeats advance the score: {early} → {later}"
-    );
     assert!(child.wait().unwrap().success());
     std::thread::sleep(Duration::from_millis(500));
     let closed = zscore(&redis, "sbx").unwrap();
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(
-        zscore(&redis, "sbx").unwrap(),
-        closed,
-        "no marks after close"
-    );
+    [early, later, closed, zscore(&redis, "sbx").unwrap()]
+}
+
+#[test]
+fn sessions_mark_while_open_or_while_bytes_move_and_stop_after() {
+    const QUIET: &str = "sleep 2";
+    const TALKING: &str = "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.25; done";
+    let cases = [
+        ("open mode, quiet", "open", QUIET, true),
+        ("traffic mode, quiet", "traffic", QUIET, false),
+        ("traffic mode, talking", "traffic", TALKING, true),
+    ];
+    let runs: Vec<_> = cases
+        .iter()
+        .map(|&(_, streams, command, _)| {
+            std::thread::spawn(move || session_scores(streams, command))
+        })
+        .collect();
+    for ((name, _, _, heartbeats), run) in cases.iter().zip(runs) {
+        let [early, later, closed, after] = run.join().unwrap();
+        assert_eq!(
+            later > early,
+            *heartbeats,
+            "{name}: heartbeats {early} → {later}"
+        );
+        assert_eq!(after, closed, "{name}: no marks after close");
+    }
 }
 
 #[test]

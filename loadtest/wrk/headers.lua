@@ -2,6 +2,7 @@
 --   BENCH_HOST          Host header to send (empty: wrk's default, the URL's host)
 --   BENCH_HEADER_NAME   one extra header (the preview token, or the runner key when direct)
 --   BENCH_HEADER_VALUE  its value
+--   BENCH_USER_AGENT    a User-Agent to send (none by default; the activity rules' cost)
 --   BENCH_DELAY_MS      pause this long before each request on a connection (paced load: the
 --                       same offered rate for every target, for latency at a fraction of the max)
 --   BENCH_PORT_SPAN     N: each request's Host gets the next of N preview ports from
@@ -16,6 +17,10 @@ end
 local name = os.getenv("BENCH_HEADER_NAME")
 if name and name ~= "" then
   wrk.headers[name] = os.getenv("BENCH_HEADER_VALUE") or ""
+end
+local agent = os.getenv("BENCH_USER_AGENT")
+if agent and agent ~= "" then
+  wrk.headers["User-Agent"] = agent
 end
 local span = tonumber(os.getenv("BENCH_PORT_SPAN") or "")
 if span and span > 0 and host then

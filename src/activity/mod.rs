@@ -2,13 +2,16 @@
 //! flusher writes throttled, batched marks to a sink.
 //!
 //! Long-lived connections hold a [`StreamGuard`]: it counts open streams per sandbox, and the
-//! flusher re-marks every sandbox with open streams once per heartbeat. There is no timer per
-//! connection, so none can leak: dropping the guard is the whole close path.
+//! flusher re-marks every sandbox with open streams once per heartbeat — in `streams = "open"`
+//! mode always, in `"traffic"` mode only when bytes moved on one of them since the last
+//! heartbeat ([`StreamGuard::touch`], a flag shared with the sandbox's mark). There is no timer
+//! per connection, so none can leak: dropping the guard is the whole close path.
 
 pub mod daytona;
 pub mod redis;
+pub mod rules;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +20,12 @@ use dashmap::DashMap;
 use crate::base::FastMap;
 
 pub use crate::base::clock::now_ms;
+use crate::base::header_scan::Present;
 use crate::base::BoxFuture;
+use crate::config::activity::Streams;
 pub use crate::config::ActivityConfig;
 use crate::metrics::metrics;
+pub use rules::Rules;
 
 #[derive(Debug, thiserror::Error)]
 #[error("activity sink: {0}")]
@@ -84,12 +90,19 @@ struct Mark {
     seen_ms: AtomicU64,
     written_ms: AtomicU64,
     open_streams: AtomicUsize,
+    /// Bytes moved on one of the open streams since the last heartbeat (traffic mode).
+    moved: Touch,
 }
+
+/// A sandbox marked within this long skips the user-agent check ([`Activity::mark_if_counts`]).
+const RECENT_MS: u64 = 1000;
 
 pub struct Activity {
     enabled: bool,
     throttle_ms: u64,
     heartbeat_ms: u64,
+    streams: Streams,
+    rules: Rules,
     marks: FastMap<Arc<str>, Mark>,
 }
 
@@ -99,8 +112,56 @@ impl Activity {
             enabled: config.enabled,
             throttle_ms: config.throttle.as_millis() as u64,
             heartbeat_ms: config.heartbeat.as_millis() as u64,
+            streams: config.streams,
+            rules: Rules::new(config),
             marks: FastMap::default(),
         })
+    }
+
+    /// Whether a request counts as use of its sandbox (see [`Rules`]): one that does not must
+    /// neither mark nor wake it. Pure and allocation-free; `port` is the preview port (`None`
+    /// for the toolbox).
+    pub fn counts_as_activity(
+        &self,
+        port: Option<u16>,
+        headers: &http::HeaderMap,
+        present: Present,
+    ) -> bool {
+        self.rules.counts(port, headers, present)
+    }
+
+    /// Activity phase: marks the sandbox when the request counts ([`Rules`]); `true` when it
+    /// does. The user-agent check (the part that costs: ~1,500 instructions for a browser's
+    /// agent) is skipped while the sandbox was marked within the last second, so a busy
+    /// sandbox pays it about once a second; a monitor's probe in that second moves the mark
+    /// by less than a second.
+    pub fn mark_if_counts(
+        &self,
+        sandbox_id: &str,
+        port: Option<u16>,
+        headers: &http::HeaderMap,
+        present: Present,
+    ) -> bool {
+        if !self.rules.counts_but_for_agent(port, headers, present) {
+            return false;
+        }
+        if !self.enabled {
+            return !self.rules.sent_by_ignored_agent(headers);
+        }
+        let now = now_ms();
+        if let Some(mark) = self.marks.get(sandbox_id) {
+            let recent = now.saturating_sub(mark.seen_ms.load(Ordering::Relaxed)) < RECENT_MS;
+            if !recent && self.rules.sent_by_ignored_agent(headers) {
+                return false;
+            }
+            mark.seen_ms.fetch_max(now, Ordering::Relaxed);
+            return true;
+        }
+        if self.rules.sent_by_ignored_agent(headers) {
+            return false;
+        }
+        self.mark(sandbox_id);
+        true
     }
 
     /// Marks a sandbox active now. In memory only; allocates once per sandbox, not per request.
@@ -132,7 +193,14 @@ impl Activity {
         Some(StreamGuard {
             activity: self.clone(),
             sandbox_id: id.clone(),
+            moved: mark.moved.clone(),
         })
+    }
+
+    /// Whether open streams keep their sandbox active now: always in `open` mode; in `traffic`
+    /// mode when bytes moved since the last time this was asked (which resets it).
+    fn streams_count(&self, mark: &Mark) -> bool {
+        self.streams == Streams::Open || mark.moved.take()
     }
 
     /// Marks due for writing: newer than the last write and outside the throttle window.
@@ -143,6 +211,7 @@ impl Activity {
             let mark = entry.value();
             if mark.open_streams.load(Ordering::Relaxed) > 0
                 && now.saturating_sub(mark.seen_ms.load(Ordering::Relaxed)) >= self.heartbeat_ms
+                && self.streams_count(mark)
             {
                 mark.seen_ms.fetch_max(now, Ordering::Relaxed);
             }
@@ -229,18 +298,52 @@ impl Activity {
     }
 }
 
-/// Held by a WebSocket relay or a streaming response body while it is open.
+/// Held by a WebSocket relay, a streaming response body or an SSH session while it is open.
 pub struct StreamGuard {
     activity: Arc<Activity>,
     sandbox_id: Arc<str>,
+    moved: Touch,
+}
+
+impl StreamGuard {
+    /// Bytes moved on this stream (either way): what keeps it counting in traffic mode.
+    pub fn touch(&self) {
+        self.moved.touch();
+    }
+
+    /// A handle for code that moves the bytes but does not hold the guard (SSH channels).
+    pub fn toucher(&self) -> Touch {
+        self.moved.clone()
+    }
 }
 
 impl Drop for StreamGuard {
+    /// The close counts as one last mark (traffic mode: if bytes moved since the last heartbeat,
+    /// e.g. a WebSocket close frame).
     fn drop(&mut self) {
         if let Some(mark) = self.activity.marks.get(&*self.sandbox_id) {
             mark.open_streams.fetch_sub(1, Ordering::Relaxed);
-            mark.seen_ms.fetch_max(now_ms(), Ordering::Relaxed);
+            if self.activity.streams_count(&mark) {
+                mark.seen_ms.fetch_max(now_ms(), Ordering::Relaxed);
+            }
         }
+    }
+}
+
+/// "Bytes moved" flag of a sandbox's open streams, shared by their guards and its mark.
+#[derive(Clone, Default)]
+pub struct Touch(Arc<AtomicBool>);
+
+impl Touch {
+    /// A relaxed store, skipped while already set (no cache-line ping-pong per chunk).
+    pub fn touch(&self) {
+        if !self.0.load(Ordering::Relaxed) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn take(&self) -> bool {
+        self.0.load(Ordering::Relaxed) && self.0.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -249,11 +352,59 @@ mod tests {
     use super::*;
 
     fn activity(throttle_ms: u64, heartbeat_ms: u64) -> Arc<Activity> {
+        activity_in(Streams::Open, throttle_ms, heartbeat_ms)
+    }
+
+    fn activity_in(streams: Streams, throttle_ms: u64, heartbeat_ms: u64) -> Arc<Activity> {
         Activity::new(&ActivityConfig {
             throttle: Duration::from_millis(throttle_ms),
             heartbeat: Duration::from_millis(heartbeat_ms),
+            streams,
             ..ActivityConfig::default()
         })
+    }
+
+    /// Flushes after each of `heartbeats` heartbeats of 20 ms, calling `between` before each;
+    /// returns how many writes they made.
+    async fn heartbeat_writes(a: &Activity, heartbeats: usize, between: impl Fn()) -> usize {
+        let sink = MemorySink::default();
+        let mut writes = 0;
+        for _ in 0..heartbeats {
+            between();
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            writes += a.flush(&sink).await.unwrap();
+        }
+        writes
+    }
+
+    #[tokio::test]
+    async fn in_traffic_mode_only_streams_that_move_bytes_heartbeat() {
+        let a = activity_in(Streams::Traffic, 0, 20);
+        let sink = MemorySink::default();
+        let guard = a.stream("ws").unwrap();
+        assert_eq!(a.flush(&sink).await.unwrap(), 1, "the open marks");
+        assert_eq!(
+            heartbeat_writes(&a, 5, || {}).await,
+            0,
+            "quiet: no heartbeat"
+        );
+        let busy = heartbeat_writes(&a, 5, || guard.touch()).await;
+        assert!(
+            busy >= 4,
+            "bytes moved before each heartbeat: {busy} writes"
+        );
+        let toucher = guard.toucher();
+        assert!(heartbeat_writes(&a, 3, || toucher.touch()).await >= 2);
+        a.flush(&sink).await.unwrap();
+        drop(guard);
+        assert_eq!(a.flush(&sink).await.unwrap(), 0, "a quiet close is no mark");
+    }
+
+    #[tokio::test]
+    async fn in_open_mode_quiet_streams_heartbeat() {
+        let a = activity_in(Streams::Open, 0, 20);
+        let _guard = a.stream("ws").unwrap();
+        assert!(heartbeat_writes(&a, 5, || {}).await >= 4);
     }
 
     #[tokio::test]
@@ -313,5 +464,37 @@ mod tests {
         let sink = MemorySink::default();
         assert_eq!(a.flush(&sink).await.unwrap(), 1);
         assert!(sink.last.contains_key("sbx"));
+    }
+
+    #[test]
+    fn a_monitor_marks_only_within_a_second_of_real_use() {
+        let activity = activity(0, 1000);
+        let mut monitor = http::HeaderMap::new();
+        monitor.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("Mozilla/5.0+(compatible; UptimeRobot/2.0)"),
+        );
+        let present = Present::scan(&monitor);
+        let browser = http::HeaderMap::new();
+        assert!(!activity.mark_if_counts("quiet", Some(3000), &monitor, present));
+        assert!(activity.marks.get("quiet").is_none(), "never marked");
+        assert!(activity.mark_if_counts("busy", Some(3000), &browser, Present::UNKNOWN));
+        assert!(activity.mark_if_counts("busy", Some(3000), &monitor, present));
+        activity
+            .marks
+            .get("busy")
+            .unwrap()
+            .seen_ms
+            .store(0, Ordering::Relaxed);
+        assert!(!activity.mark_if_counts("busy", Some(3000), &monitor, present));
+        assert_eq!(
+            activity
+                .marks
+                .get("busy")
+                .unwrap()
+                .seen_ms
+                .load(Ordering::Relaxed),
+            0
+        );
     }
 }

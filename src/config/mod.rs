@@ -151,6 +151,7 @@ impl Config {
                 format!("{wake_backend:?}").to_lowercase(),
             ));
         }
+        self.activity.validate().map_err(ConfigError::Invalid)?;
         let uses_daytona = self.registry.backend == registry::Backend::Daytona
             || self.activity.sink == activity::Sink::Daytona
             || self.registry.wake.start_backend() == wake::StartBackend::Daytona;

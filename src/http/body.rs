@@ -33,7 +33,7 @@ pub enum ProxyBody {
     Upstream {
         body: Incoming,
         lease: Option<Lease>,
-        _guards: Guards,
+        guards: Guards,
         /// The client connection to reset if this body fails (HTTP/1).
         reset_on_error: Option<Arc<ConnectionEnd>>,
     },
@@ -52,7 +52,7 @@ impl ProxyBody {
         ProxyBody::Upstream {
             body,
             lease,
-            _guards: guards,
+            guards,
             reset_on_error: None,
         }
     }
@@ -88,9 +88,15 @@ impl Body for ProxyBody {
                 body,
                 lease,
                 reset_on_error,
-                ..
+                guards,
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some(activity)) = (&polled, &guards.activity)
+                {
+                    if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                        activity.touch();
+                    }
+                }
                 if let (Poll::Ready(Some(Err(_))), Some(end)) = (&polled, reset_on_error) {
                     end.reset();
                 }

@@ -305,7 +305,6 @@ impl Forwarder {
         let shutdown = self.close_relays.clone();
         let idle_timeout = self.websocket_idle_timeout;
         self.relays.spawn(async move {
-            let _guards = guards;
             metrics().websockets_active.inc();
             let _open = scopeguard(|| {
                 metrics().websockets_active.dec();
@@ -322,6 +321,11 @@ impl Forwarder {
                 TokioIo::new(upstream),
                 idle_timeout,
                 shutdown,
+                || {
+                    if let Some(activity) = &guards.activity {
+                        activity.touch();
+                    }
+                },
             )
             .await;
         });

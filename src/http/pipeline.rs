@@ -256,7 +256,9 @@ async fn pipeline(
         entry.forwarded_host = shared_host;
     }
     if !entry.sandbox.is_running() {
-        let counts = counts_as_activity(&req, present);
+        let counts = app
+            .activity
+            .counts_as_activity(port, req.headers(), present);
         let navigation =
             !header_routed && crate::auth::warning::is_navigation(req.headers(), present, html);
         let facts = (counts, navigation);
@@ -264,7 +266,7 @@ async fn pipeline(
             return Ok(page);
         }
     }
-    let marked = record_activity(app, &mut req, present, &entry.sandbox);
+    let marked = record_activity(app, &mut req, port, present, &entry.sandbox);
     let destination = destination(
         app,
         &mut req,
@@ -279,32 +281,23 @@ async fn pipeline(
     Ok(entry.finish(response))
 }
 
-/// Does the request count as activity? One that does not never wakes a sandbox.
-fn counts_as_activity(req: &Request<Incoming>, present: Present) -> bool {
-    !(present.may_have(Tracked::SkipActivity)
-        && req
-            .headers()
-            .get(SKIP_ACTIVITY_HEADER)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")))
-}
-
-/// Activity phase: marks the sandbox unless the client asked not to (the header is consumed);
-/// `true` when the response's stream should keep marking it while open.
+/// Activity phase: marks the sandbox if the request counts as activity (not skipped by the
+/// client, whose header is consumed, not on an ignored port, not from a monitor); `true` when
+/// the response's stream should keep marking it while open.
 fn record_activity(
     app: &App,
     req: &mut Request<Incoming>,
+    port: Option<u16>,
     present: Present,
     sandbox: &SandboxRecord,
 ) -> bool {
-    let skip = present.may_have(Tracked::SkipActivity)
-        && req
-            .headers_mut()
-            .remove(SKIP_ACTIVITY_HEADER)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-    if !skip {
-        app.activity.mark(&sandbox.id);
+    let counts = app
+        .activity
+        .mark_if_counts(&sandbox.id, port, req.headers(), present);
+    if present.may_have(Tracked::SkipActivity) {
+        req.headers_mut().remove(SKIP_ACTIVITY_HEADER);
     }
-    !skip
+    counts
 }
 
 /// Forward phase, before the upstream call: where the request goes and with what, within the

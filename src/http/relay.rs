@@ -30,12 +30,14 @@ const READ_CHUNK: usize = 16 * 1024;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Copies `client` ⇄ `upstream` until both sides are done, `shutdown` fires, or nothing moved
-/// either way for `idle_timeout` (`Duration::ZERO`: no idle timeout).
+/// either way for `idle_timeout` (`Duration::ZERO`: no idle timeout). `moved` runs on every
+/// read that returned bytes, either way.
 pub async fn relay<C, U>(
     mut client: C,
     mut upstream: U,
     idle_timeout: Duration,
     shutdown: CancellationToken,
+    moved: impl Fn(),
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -50,6 +52,7 @@ pub async fn relay<C, U>(
             let stamp = || {
                 let ms = started.elapsed().as_millis() as u64;
                 last_read.store(ms, Ordering::Relaxed);
+                moved();
             };
             let up = to_upstream.poll(cx, &mut client, &mut upstream, stamp)?;
             let down = to_client.poll(cx, &mut upstream, &mut client, stamp)?;
@@ -210,7 +213,7 @@ mod tests {
     fn start(capacity: usize, idle: Duration, shutdown: CancellationToken) -> Peers {
         let (client, client_peer) = tokio::io::duplex(capacity);
         let (upstream, upstream_peer) = tokio::io::duplex(capacity);
-        let task = tokio::spawn(relay(client, upstream, idle, shutdown));
+        let task = tokio::spawn(relay(client, upstream, idle, shutdown, || {}));
         (client_peer, upstream_peer, task)
     }
 
@@ -374,7 +377,13 @@ mod tests {
     fn an_idle_relay_is_small() {
         let (client, _a) = tokio::io::duplex(16);
         let (upstream, _b) = tokio::io::duplex(16);
-        let future = relay(client, upstream, Duration::ZERO, CancellationToken::new());
+        let future = relay(
+            client,
+            upstream,
+            Duration::ZERO,
+            CancellationToken::new(),
+            || {},
+        );
         let size = std::mem::size_of_val(&future);
         assert!(size < 1024, "relay future is {size} bytes");
     }

@@ -3,15 +3,23 @@
 use russh::server::{self, Msg as ServerMsg};
 use russh::{client, Channel, ChannelMsg};
 
+use crate::activity::Touch;
 use crate::metrics::metrics;
 
 /// Relays one channel both ways until both directions are done. Each direction runs on its own
-/// so a full window one way never stalls the other.
+/// so a full window one way never stalls the other. Data either way touches `moved` (the
+/// session's activity in traffic mode).
 pub(super) async fn relay(
     client_side: Channel<ServerMsg>,
     upstream: Channel<client::Msg>,
     server: server::Handle,
+    moved: Option<Touch>,
 ) {
+    let touch = || {
+        if let Some(moved) = &moved {
+            moved.touch();
+        }
+    };
     let id = client_side.id();
     let (mut from_client, to_client) = client_side.split();
     let (mut from_upstream, to_upstream) = upstream.split();
@@ -19,10 +27,12 @@ pub(super) async fn relay(
         while let Some(msg) = from_client.wait().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => {
+                    touch();
                     metrics().ssh_bytes_up.inc_by(data.len() as u64);
                     to_upstream.data_bytes(data).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
+                    touch();
                     metrics().ssh_bytes_up.inc_by(data.len() as u64);
                     to_upstream.extended_data_bytes(ext, data).await
                 }
@@ -91,10 +101,12 @@ pub(super) async fn relay(
         while let Some(msg) = from_upstream.wait().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => {
+                    touch();
                     metrics().ssh_bytes_down.inc_by(data.len() as u64);
                     to_client.data_bytes(data).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
+                    touch();
                     metrics().ssh_bytes_down.inc_by(data.len() as u64);
                     to_client.extended_data_bytes(ext, data).await
                 }

@@ -40,7 +40,7 @@ pub(super) struct ConnShared {
 pub(super) struct Live {
     pub(super) sandbox: Box<str>,
     pub(super) upstream: Arc<client::Handle<UpstreamHandler>>,
-    pub(super) _activity: Option<StreamGuard>,
+    pub(super) activity: Option<StreamGuard>,
     pub(super) _slot: SessionSlot,
 }
 
@@ -168,7 +168,7 @@ impl Conn {
         Ok(Live {
             sandbox: sandbox.id.clone(),
             upstream: Arc::new(upstream),
-            _activity: gateway.activity.stream(&sandbox.id),
+            activity: gateway.activity.stream(&sandbox.id),
             _slot: slot,
         })
     }
@@ -268,13 +268,14 @@ impl server::Handler for Conn {
             return Ok(());
         };
         let upstream = live.upstream.clone();
+        let moved = live.activity.as_ref().map(StreamGuard::toucher);
         let server = session.handle();
         let sandbox = live.sandbox.clone();
         tokio::spawn(async move {
             match upstream.channel_open_session().await {
                 Ok(up) => {
                     reply.accept().await;
-                    relay(channel, up, server).await;
+                    relay(channel, up, server, moved).await;
                 }
                 Err(e) => {
                     tracing::warn!(sandbox = %sandbox, error = %e, "upstream session channel refused");
@@ -299,6 +300,7 @@ impl server::Handler for Conn {
             return Ok(());
         };
         let upstream = live.upstream.clone();
+        let moved = live.activity.as_ref().map(StreamGuard::toucher);
         let server = session.handle();
         let (host, originator) = (host_to_connect.to_string(), originator_address.to_string());
         tokio::spawn(async move {
@@ -308,7 +310,7 @@ impl server::Handler for Conn {
             match opened {
                 Ok(up) => {
                     reply.accept().await;
-                    relay(channel, up, server).await;
+                    relay(channel, up, server, moved).await;
                 }
                 Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
             }
