@@ -142,7 +142,10 @@ impl World {
                 config
             }
         };
-        let config = format!("{config}[admin]\nlisten = \"127.0.0.1:0\"\n");
+        // Port 3001 is a health-check port: its requests never count as activity.
+        let config = format!(
+            "{config}[admin]\nlisten = \"127.0.0.1:0\"\n[activity]\nignore_ports = [3001]\n"
+        );
         let proxy = replica(backend, &config);
         let admin = proxy.admin_addr();
         World {
@@ -752,7 +755,8 @@ async fn without_an_orchestrator_on_the_channel_the_start_fails_clearly() {
 
 /// The attack: a stranger (no credential, a wrong one, or another sandbox's) must not be able
 /// to wake someone's private sandbox or park requests on it; an opted-out sandbox and requests
-/// that do not count as activity never start anything.
+/// that do not count as activity (skip header, uptime monitor, ignored port) never start
+/// anything.
 #[tokio::test]
 async fn strangers_opted_out_sandboxes_and_excluded_requests_never_wake() {
     let sandboxes = [
@@ -781,9 +785,17 @@ async fn strangers_opted_out_sandboxes_and_excluded_requests_never_wake() {
         }
         let reply = prompt(addr, "GET", "optout", &[]).await;
         assert_refused(&reply, "SANDBOX_NOT_RUNNING", "", "opted out");
+        // Requests that do not count as activity: the skip header, an uptime monitor (one of
+        // the default patterns), an ignored port.
         let skip = [("x-daytona-skip-last-activity-update", "true")];
         let reply = prompt(addr, "GET", "sleepy", &skip).await;
-        assert_refused(&reply, "SANDBOX_NOT_RUNNING", "", "excluded request");
+        assert_refused(&reply, "SANDBOX_NOT_RUNNING", "", "skip header");
+        let monitor = [("user-agent", "Mozilla/5.0+(compatible; UptimeRobot/2.0)")];
+        let reply = prompt(addr, "GET", "sleepy", &monitor).await;
+        assert_refused(&reply, "SANDBOX_NOT_RUNNING", "", "uptime monitor");
+        let health = send(addr, "GET", "3001-sleepy.preview.localhost", "/", &[], b"");
+        let reply = tokio::time::timeout(PROMPT, health).await.expect("held");
+        assert_refused(&reply, "SANDBOX_NOT_RUNNING", "", "ignored port");
 
         // Waking works (so the refusals above were not an accident of the setup): the owner
         // wakes the victim, and while that takes the start delay, a start call the refused
