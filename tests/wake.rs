@@ -861,6 +861,17 @@ async fn hold_false_answers_at_once_and_starts_in_the_background() {
     world.gate().open();
 }
 
+/// The static registry cannot learn a state: a hook that only accepts the start (202) gets
+/// the request answered at once, as with `hold = false`.
+#[tokio::test]
+async fn a_hook_that_only_accepts_answers_at_once_with_the_static_registry() {
+    let world = World::start(Backend::Hook, &[stopped("sleepy")], "").await;
+    world.hook().answer(Duration::ZERO, 202, "");
+    let reply = prompt(world.addr(), "GET", "sleepy", &[]).await;
+    assert_refused(&reply, "SANDBOX_NOT_RUNNING", "being started", "202");
+    assert_eq!(world.start_calls(), 1);
+}
+
 #[tokio::test]
 async fn without_a_start_backend_the_page_says_to_start_it() {
     let proxy = Proxy::start(
