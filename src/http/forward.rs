@@ -305,6 +305,9 @@ impl Forwarder {
         let shutdown = self.close_relays.clone();
         let idle_timeout = self.websocket_idle_timeout;
         self.relays.spawn(async move {
+            // The whole of `guards` (connection slot, in-flight count, activity) lives as long as
+            // the relay: without this binding the block would capture only the field it uses.
+            let guards = guards;
             metrics().websockets_active.inc();
             let _open = scopeguard(|| {
                 metrics().websockets_active.dec();
