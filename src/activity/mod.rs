@@ -132,9 +132,9 @@ impl Activity {
 
     /// Activity phase: marks the sandbox when the request counts ([`Rules`]); `true` when it
     /// does. The user-agent check (the part that costs: ~1,500 instructions for a browser's
-    /// agent) is skipped while the sandbox was marked within the last second, so a busy
-    /// sandbox pays it about once a second; a monitor's probe in that second moves the mark
-    /// by less than a second.
+    /// agent) is skipped while the sandbox was marked within the last second, and such a request
+    /// leaves the mark as it is: a busy sandbox pays the check about once a second (its mark
+    /// then moves), and monitors' probes never move it, however closely they follow each other.
     pub fn mark_if_counts(
         &self,
         sandbox_id: &str,
@@ -150,8 +150,10 @@ impl Activity {
         }
         let now = now_ms();
         if let Some(mark) = self.marks.get(sandbox_id) {
-            let recent = now.saturating_sub(mark.seen_ms.load(Ordering::Relaxed)) < RECENT_MS;
-            if !recent && self.rules.sent_by_ignored_agent(headers) {
+            if now.saturating_sub(mark.seen_ms.load(Ordering::Relaxed)) < RECENT_MS {
+                return true;
+            }
+            if self.rules.sent_by_ignored_agent(headers) {
                 return false;
             }
             mark.seen_ms.fetch_max(now, Ordering::Relaxed);
@@ -479,7 +481,22 @@ mod tests {
         assert!(!activity.mark_if_counts("quiet", Some(3000), &monitor, present));
         assert!(activity.marks.get("quiet").is_none(), "never marked");
         assert!(activity.mark_if_counts("busy", Some(3000), &browser, Present::UNKNOWN));
+        let seen = |id: &str| {
+            activity
+                .marks
+                .get(id)
+                .unwrap()
+                .seen_ms
+                .load(Ordering::Relaxed)
+        };
+        let marked = seen("busy");
+        std::thread::sleep(Duration::from_millis(5));
         assert!(activity.mark_if_counts("busy", Some(3000), &monitor, present));
+        assert_eq!(
+            seen("busy"),
+            marked,
+            "a probe within the second leaves the mark"
+        );
         activity
             .marks
             .get("busy")

@@ -47,6 +47,8 @@ pub struct WakeConfig {
     pub max_held: usize,
     /// Wakes under way at once (each polls the registry); beyond: 503 without waking.
     pub max_wakes: usize,
+    /// Held requests per client address (one client cannot take every slot).
+    pub max_held_per_client: usize,
     /// Largest `Content-Length` of a held request; larger bodies, and bodies of unknown length,
     /// get 503 at once (the sandbox is still started).
     pub max_body: u64,
@@ -81,6 +83,7 @@ impl Default for WakeConfig {
             max_held_per_sandbox: 1000,
             max_held: 10_000,
             max_wakes: 256,
+            max_held_per_client: 256,
             max_body: 1 << 20,
             page_after: Duration::from_secs(1),
             poll_min: Duration::from_millis(100),
@@ -125,9 +128,15 @@ impl WakeConfig {
         if self.poll_max < self.poll_min {
             return Err("registry.wake.poll_max must be at least registry.wake.poll_min".into());
         }
-        if self.max_held_per_sandbox == 0 || self.max_held == 0 || self.max_wakes == 0 {
+        let counts = [
+            self.max_held_per_sandbox,
+            self.max_held,
+            self.max_wakes,
+            self.max_held_per_client,
+        ];
+        if counts.contains(&0) {
             return Err(
-                "registry.wake.max_held_per_sandbox, max_held and max_wakes must be more than 0 (hold = false turns holding off)"
+                "registry.wake.max_held_per_sandbox, max_held, max_held_per_client and max_wakes must be more than 0 (hold = false turns holding off)"
                     .into(),
             );
         }

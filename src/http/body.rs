@@ -93,7 +93,7 @@ impl Body for ProxyBody {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 if let (Poll::Ready(Some(Ok(frame))), Some(activity)) = (&polled, &guards.activity)
                 {
-                    if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                    if frame.data_ref().is_some_and(|d| !only_keepalives(d)) {
                         activity.touch();
                     }
                 }
@@ -249,4 +249,31 @@ pub fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
         current = e.source();
     }
     false
+}
+/// Is a streamed chunk nothing but server-sent-event comment lines (`: keepalive`) and blank
+/// lines, or empty? Such keepalives are not use of the sandbox.
+fn only_keepalives(chunk: &[u8]) -> bool {
+    chunk.split(|&b| b == b'\n').all(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        line.is_empty() || line.first() == Some(&b':')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_stream_comments_are_keepalives() {
+        for (chunk, keepalive) in [
+            (&b""[..], true),
+            (b": ping\n\n", true),
+            (b":\r\n\r\n", true),
+            (b"data: 1\n\n", false),
+            (b": ping\ndata: 1\n\n", false),
+            (b"{\"log\":1}\n", false),
+        ] {
+            assert_eq!(only_keepalives(chunk), keepalive, "{chunk:?}");
+        }
+    }
 }

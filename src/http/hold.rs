@@ -26,7 +26,7 @@ pub async fn wake(
     entry: &mut Entry,
     req: &Request<Incoming>,
     port: Option<u16>,
-    (counts, navigation): (bool, bool),
+    (counts, navigation, client_ip): (bool, bool, std::net::IpAddr),
 ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
     let sandbox = &entry.sandbox;
     let not_running = |waking| ProxyError::SandboxNotRunning {
@@ -49,7 +49,7 @@ pub async fn wake(
     }
     let page = navigation && req.method() == Method::GET;
     let wait = page.then(|| waker.page_after());
-    match waker.hold(sandbox, &ctx, wait).await {
+    match waker.hold(sandbox, &ctx, wait, client_ip).await {
         Ok(record) => {
             // Its port policy may have changed while it slept.
             gate::not_exposed(&record, port)?;
@@ -58,19 +58,31 @@ pub async fn wake(
         }
         Err(WakeError::StillStarting { state, elapsed }) if page => {
             let request_id = req.headers().get("x-request-id");
-            let page = starting_page(&entry.sandbox.id, &state, elapsed, request_id);
+            // A signed link's holder is not told the sandbox's id (it opens every port of a
+            // public sandbox).
+            let name = match entry.forwarded_host {
+                Some(_) => "your sandbox",
+                None => &entry.sandbox.id,
+            };
+            let page = starting_page(name, &state, elapsed, request_id);
             Ok(Some(entry.finish(page)))
         }
         Err(WakeError::ShuttingDown) => Err(ProxyError::ShuttingDown),
+        // Anyone may enter a public sandbox: the start backend's own words are not for all.
+        Err(e) if entry.sandbox.public => Err(ProxyError::Wake(e.without_detail())),
         Err(e) => Err(ProxyError::Wake(e)),
     }
 }
 
 /// A body may wait unread while the sandbox starts when its declared length is within the
-/// limit; one of unknown length may not.
+/// limit; one of unknown length may not, nor any over HTTP/2, whose flow-control window would
+/// let the client push it into the proxy's memory while it waits.
 fn body_may_wait(req: &Request<Incoming>, max_body: u64) -> bool {
     if req.body().is_end_stream() {
         return true;
+    }
+    if req.version() >= http::Version::HTTP_2 {
+        return false;
     }
     req.headers()
         .get(CONTENT_LENGTH)

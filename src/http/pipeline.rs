@@ -261,7 +261,7 @@ async fn pipeline(
             .counts_as_activity(port, req.headers(), present);
         let navigation =
             !header_routed && crate::auth::warning::is_navigation(req.headers(), present, html);
-        let facts = (counts, navigation);
+        let facts = (counts, navigation, client.ip);
         if let Some(page) = hold::wake(app, &mut entry, &req, port, facts).await? {
             return Ok(page);
         }

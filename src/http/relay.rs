@@ -49,10 +49,14 @@ pub async fn relay<C, U>(
         let mut to_upstream = Half::default();
         let mut to_client = Half::default();
         let copy = poll_fn(|cx| {
-            let stamp = || {
+            // Any bytes keep the connection from idling out; only more than pings and pongs
+            // are use of the sandbox (a browser answers an app's pings by itself).
+            let stamp = |data: &[u8]| {
                 let ms = started.elapsed().as_millis() as u64;
                 last_read.store(ms, Ordering::Relaxed);
-                moved();
+                if !only_heartbeats(data) {
+                    moved();
+                }
             };
             let up = to_upstream.poll(cx, &mut client, &mut upstream, stamp)?;
             let down = to_client.poll(cx, &mut upstream, &mut client, stamp)?;
@@ -123,7 +127,7 @@ impl Half {
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
-        stamp: impl Fn(),
+        stamp: impl Fn(&[u8]),
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
@@ -179,7 +183,7 @@ impl Half {
                 self.eof = true;
                 continue;
             }
-            stamp();
+            stamp(data);
             while !data.is_empty() {
                 match writer.as_mut().poll_write(cx, data) {
                     Poll::Ready(Ok(0)) => {
@@ -199,6 +203,21 @@ impl Half {
             }
         }
     }
+}
+
+/// Does `data` hold only whole WebSocket pings and pongs (opcodes 0x9, 0xA: at most 125 bytes
+/// of payload, masked or not)? A read that starts or ends inside any other frame is traffic.
+pub fn only_heartbeats(mut data: &[u8]) -> bool {
+    while let [first, second, ..] = *data {
+        let heartbeat = first & 0x80 != 0 && matches!(first & 0x0f, 0x9 | 0xA);
+        let length = usize::from(second & 0x7f);
+        let frame = 2 + if second & 0x80 != 0 { 4 } else { 0 } + length;
+        if !heartbeat || length > 125 || data.len() < frame {
+            return false;
+        }
+        data = &data[frame..];
+    }
+    data.is_empty()
 }
 
 #[cfg(test)]
@@ -386,5 +405,25 @@ mod tests {
         );
         let size = std::mem::size_of_val(&future);
         assert!(size < 1024, "relay future is {size} bytes");
+    }
+
+    #[test]
+    fn pings_and_pongs_are_not_traffic() {
+        let ping = [0x89, 0x00];
+        let masked_pong = [0x8a, 0x82, 1, 2, 3, 4, b'h', b'i'];
+        let text = [0x81, 0x02, b'h', b'i'];
+        let close = [0x88, 0x00];
+        let rows: [(&[u8], bool); 7] = [
+            (&ping, true),
+            (&masked_pong, true),
+            (&[0x89, 0x00, 0x8a, 0x00], true),
+            (&text, false),
+            (&[0x89, 0x00, 0x81, 0x00], false),
+            (&close, false),
+            (&[0x89, 0x05, b'a'], false),
+        ];
+        for (data, heartbeat) in rows {
+            assert_eq!(only_heartbeats(data), heartbeat, "{data:?}");
+        }
     }
 }

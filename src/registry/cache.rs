@@ -210,7 +210,12 @@ impl Resolver {
     /// stale-if-error) meanwhile.
     pub async fn refresh(&self, id: &str) -> Result<Option<Arc<SandboxRecord>>, RegistryError> {
         let id = lower(id);
-        self.miss(&id, true).await.map(|resolved| resolved.sandbox)
+        match self.miss(&id, true).await? {
+            Resolved { stale: true, .. } => Err(RegistryError::Unavailable(
+                "only a stale entry is left".into(),
+            )),
+            fresh => Ok(fresh.sandbox),
+        }
     }
 
     /// Watches `id` for invalidations (pushed by the backend) until the guard is dropped. One

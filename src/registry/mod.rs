@@ -469,7 +469,7 @@ impl SandboxRecord {
     }
 
     pub fn is_running(&self) -> bool {
-        matches!(&*self.state, "started" | "running")
+        is_running_state(&self.state)
     }
 
     pub fn runner_auth(&self) -> Option<&HeaderValue> {
@@ -478,6 +478,11 @@ impl SandboxRecord {
             Upstream::Direct { .. } => None,
         }
     }
+}
+
+/// `started` or `running`, in any case (Redis and static states are free text).
+pub fn is_running_state(state: &str) -> bool {
+    state.eq_ignore_ascii_case("started") || state.eq_ignore_ascii_case("running")
 }
 
 pub fn sha256(data: &str) -> [u8; 32] {

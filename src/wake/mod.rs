@@ -10,6 +10,7 @@
 mod lock;
 pub mod start;
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,9 +40,13 @@ pub enum WakeError {
     /// sandboxes are starting.
     #[error("the sandbox is starting and too many requests are waiting; retry shortly")]
     TooMany,
-    /// The start failed; the reason is for the caller.
-    #[error("the sandbox could not be started: {reason}")]
-    Failed { reason: Arc<str> },
+    /// The start failed; the reason is for the caller, the backend's own words (`detail`) only
+    /// for one who may see them ([`WakeError::without_detail`]).
+    #[error("the sandbox could not be started: {reason}{}", detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Failed {
+        reason: Arc<str>,
+        detail: Option<Arc<str>>,
+    },
     /// Still starting after the wait this request may take.
     #[error("the sandbox is still starting (state: {state}) after {}s; retry shortly", .elapsed.as_secs())]
     StillStarting { state: Box<str>, elapsed: Duration },
@@ -51,6 +56,20 @@ pub enum WakeError {
     Asked,
     #[error("the proxy is shutting down")]
     ShuttingDown,
+}
+
+impl WakeError {
+    /// The error without the start backend's own message (for anonymous visitors of a public
+    /// sandbox: a control plane's refusal may speak of quotas or billing).
+    pub fn without_detail(self) -> WakeError {
+        match self {
+            WakeError::Failed { reason, .. } => WakeError::Failed {
+                reason,
+                detail: None,
+            },
+            other => other,
+        }
+    }
 }
 
 /// How a wake is going.
@@ -131,12 +150,14 @@ impl Wake {
 struct Held<'a> {
     waker: &'a Waker,
     wake: Arc<Wake>,
+    client: IpAddr,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.wake.held.fetch_sub(1, Ordering::AcqRel);
         self.waker.held.fetch_sub(1, Ordering::AcqRel);
+        self.waker.release_client(self.client);
         metrics().wake_held.dec();
     }
 }
@@ -169,10 +190,22 @@ pub fn classify(state: &str) -> StateClass {
     }
 }
 
+/// The state a waiting wake last read, lower-case.
+fn wake_state(wake: &Wake) -> String {
+    match wake.progress() {
+        Progress::Waiting { state } => state.to_ascii_lowercase(),
+        _ => String::new(),
+    }
+}
+
 /// How a wake that did not see its sandbox running ended.
 enum Unready {
     /// Failed; later requests get the reason for `retry`.
-    Failed { reason: String, retry: Duration },
+    Failed {
+        reason: String,
+        detail: Option<String>,
+        retry: Duration,
+    },
     /// Asked, but the registry cannot tell when it runs.
     Asked,
     /// Nobody has waited for `max_wait`: stop polling (a later request starts a new wake).
@@ -190,7 +223,11 @@ pub struct Waker {
     /// One start call across replicas, when Redis is configured.
     lock: Option<WakeLock>,
     wakes: DashMap<Box<str>, Arc<Wake>>,
+    /// Wakes whose driver runs (ended ones kept for their answer do not count).
+    active: AtomicUsize,
     held: AtomicUsize,
+    /// Held requests per client address.
+    per_client: DashMap<IpAddr, usize>,
     shutdown: CancellationToken,
 }
 
@@ -208,7 +245,9 @@ impl Waker {
             starter,
             lock: redis.map(|redis| WakeLock::new(redis, config.lock_ttl)),
             wakes: DashMap::new(),
+            active: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            per_client: DashMap::new(),
             shutdown,
         }))
     }
@@ -239,9 +278,10 @@ impl Waker {
         sandbox: &SandboxRecord,
         ctx: &Arc<dyn Context>,
         wait: Option<Duration>,
+        client: IpAddr,
     ) -> Result<Arc<SandboxRecord>, WakeError> {
         let wake = self.wake_for(&sandbox.id, &sandbox.state, ctx)?;
-        let _held = self.admit(&wake)?;
+        let _held = self.admit(&wake, client)?;
         let limit = wait.map_or(self.config.max_wait, |w| w.min(self.config.max_wait));
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -268,7 +308,36 @@ impl Waker {
     }
 
     /// Counts a held request, within the bounds.
-    fn admit<'a>(&'a self, wake: &Arc<Wake>) -> Result<Held<'a>, WakeError> {
+    fn admit<'a>(&'a self, wake: &Arc<Wake>, client: IpAddr) -> Result<Held<'a>, WakeError> {
+        {
+            let mut count = self.per_client.entry(client).or_insert(0);
+            if *count >= self.config.max_held_per_client {
+                metrics().wake_dropped("client_limit");
+                return Err(WakeError::TooMany);
+            }
+            *count += 1;
+        }
+        let held = self.admit_counted(wake, client);
+        if held.is_err() {
+            self.release_client(client);
+        }
+        held
+    }
+
+    fn release_client(&self, client: IpAddr) {
+        if let dashmap::Entry::Occupied(mut count) = self.per_client.entry(client) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
+
+    fn admit_counted<'a>(
+        &'a self,
+        wake: &Arc<Wake>,
+        client: IpAddr,
+    ) -> Result<Held<'a>, WakeError> {
         if wake.held.fetch_add(1, Ordering::AcqRel) >= self.config.max_held_per_sandbox {
             wake.held.fetch_sub(1, Ordering::AcqRel);
             metrics().wake_dropped("sandbox_limit");
@@ -284,6 +353,7 @@ impl Waker {
         Ok(Held {
             waker: self,
             wake: wake.clone(),
+            client,
         })
     }
 
@@ -299,7 +369,8 @@ impl Waker {
             if !wake.replaceable() {
                 return Ok(wake.clone());
             }
-        } else if self.wakes.len() >= self.config.max_wakes {
+        }
+        if self.active.load(Ordering::Acquire) >= self.config.max_wakes {
             metrics().wake_dropped("wake_limit");
             return Err(WakeError::TooMany);
         }
@@ -320,6 +391,7 @@ impl Waker {
             })
             .clone();
         if let Some(wake) = spawned {
+            self.active.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(self.clone().drive(wake, ctx.clone()));
         }
         Ok(wake)
@@ -333,6 +405,7 @@ impl Waker {
             outcome = tokio::time::timeout(self.config.start_timeout, run) => match outcome {
                 Ok(outcome) => outcome,
                 Err(_) => Err(Unready::Failed {
+                    detail: None,
                     reason: format!(
                         "it did not start within {}",
                         humantime::format_duration(self.config.start_timeout)
@@ -342,6 +415,7 @@ impl Waker {
             },
             _ = self.shutdown.cancelled() => Err(Unready::Abandoned),
         };
+        self.active.fetch_sub(1, Ordering::AcqRel);
         if let (Some(lock), Some(nonce)) = (&self.lock, lock) {
             lock.release(&wake.id, nonce).await;
         }
@@ -360,12 +434,17 @@ impl Waker {
                 wake.set(Progress::Ready(record));
                 self.forget(&wake);
             }
-            Err(Unready::Failed { reason, retry }) => {
+            Err(Unready::Failed {
+                reason,
+                detail,
+                retry,
+            }) => {
                 metrics().wakes_failed.inc();
                 tracing::warn!(sandbox = &*wake.id, reason, "sandbox wake failed");
                 wake.end_for(retry);
                 wake.set(Progress::Ended(WakeError::Failed {
                     reason: reason.into(),
+                    detail: detail.map(Into::into),
                 }));
                 self.forget_after(wake, retry);
             }
@@ -458,6 +537,7 @@ impl Waker {
                     tracing::debug!(sandbox = &*wake.id, error = %e, "wake: registry lookup failed");
                     if failures >= REGISTRY_FAILURES {
                         return Err(Unready::Failed {
+                            detail: None,
                             reason: "the sandbox registry is unavailable".into(),
                             retry: REGISTRY_RETRY,
                         });
@@ -473,14 +553,45 @@ impl Waker {
                 _ = watch.changed.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
             }
-            // Half as long again each time: a start seen within a third of its duration.
-            poll = (poll * 3 / 2).clamp(self.config.poll_min, self.config.poll_max);
+            // Half as long again each time: a start seen within a third of its duration. States
+            // that take minutes (a restore, a build) are asked about five times less often.
+            let slow = matches!(
+                wake_state(wake).as_str(),
+                "restoring"
+                    | "archived"
+                    | "pending_build"
+                    | "building_snapshot"
+                    | "pulling_snapshot"
+            );
+            let max = if slow {
+                self.config.poll_max * 5
+            } else {
+                self.config.poll_max
+            };
+            poll = (poll * 3 / 2).clamp(self.config.poll_min, max);
+        }
+    }
+
+    fn refused(&self, id: &str, error: StartError) -> Unready {
+        let (reason, detail) = match error {
+            StartError::Refused(summary) => (summary, None),
+            StartError::RefusedSaying(summary, said) => (summary, Some(said)),
+            StartError::Unreachable(m) => {
+                tracing::warn!(sandbox = id, error = m, "start backend unreachable");
+                ("the start backend is unreachable".into(), None)
+            }
+        };
+        Unready::Failed {
+            reason,
+            detail,
+            retry: self.config.interval,
         }
     }
 
     fn failed(&self, reason: String) -> Unready {
         Unready::Failed {
             reason,
+            detail: None,
             retry: self.config.interval,
         }
     }
@@ -511,13 +622,7 @@ impl Waker {
                 let now = resolver.refresh(id).await.ok().flatten();
                 match now.map(|r| classify(&r.state)) {
                     Some(StateClass::Running | StateClass::Starting) => Ok(Some(Started::Accepted)),
-                    _ => Err(self.failed(match error {
-                        StartError::Refused(m) => m,
-                        StartError::Unreachable(m) => {
-                            tracing::warn!(sandbox = id, error = m, "start backend unreachable");
-                            "the start backend is unreachable".into()
-                        }
-                    })),
+                    _ => Err(self.refused(id, error)),
                 }
             }
         }
@@ -547,6 +652,8 @@ mod tests {
     use crate::base::BoxFuture;
     use crate::config::{ActivityConfig, CacheConfig};
     use crate::registry::{Registry, RegistryError, Upstream};
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[test]
     fn states_are_classified() {
@@ -708,7 +815,7 @@ mod tests {
         let s = setup("stopped", Ok("started"), fast());
         let holds = (0..50).map(|_| {
             let (waker, ctx) = (s.waker.clone(), s.ctx.clone());
-            tokio::spawn(async move { waker.hold(&stopped(), &ctx, None).await })
+            tokio::spawn(async move { waker.hold(&stopped(), &ctx, None, LOCAL).await })
         });
         for hold in futures_util::future::join_all(holds).await {
             let record = hold.unwrap().expect("held, then released");
@@ -727,13 +834,17 @@ mod tests {
         let s = setup("stopped", Err("quota exceeded"), fast());
         let holds = (0..10).map(|_| {
             let (waker, ctx) = (s.waker.clone(), s.ctx.clone());
-            tokio::spawn(async move { waker.hold(&stopped(), &ctx, None).await })
+            tokio::spawn(async move { waker.hold(&stopped(), &ctx, None, LOCAL).await })
         });
         for hold in futures_util::future::join_all(holds).await {
             let error = hold.unwrap().unwrap_err().to_string();
             assert!(error.contains("quota exceeded"), "{error}");
         }
-        let again = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap_err();
+        let again = s
+            .waker
+            .hold(&stopped(), &s.ctx, None, LOCAL)
+            .await
+            .unwrap_err();
         assert!(matches!(again, WakeError::Failed { .. }));
         assert_eq!(s.calls.load(Ordering::SeqCst), 1);
     }
@@ -742,7 +853,11 @@ mod tests {
     async fn broken_and_deleted_states_fail_without_a_start_call() {
         for (state, says) in [("error", "state \"error\""), ("destroyed", "deleted")] {
             let s = setup(state, Ok("started"), fast());
-            let error = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap_err();
+            let error = s
+                .waker
+                .hold(&stopped(), &s.ctx, None, LOCAL)
+                .await
+                .unwrap_err();
             assert!(error.to_string().contains(says), "{state}: {error}");
             assert_eq!(s.calls.load(Ordering::SeqCst), 0, "{state}");
         }
@@ -756,7 +871,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
             *world.state.lock().unwrap() = "stopped";
         });
-        let record = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap();
+        let record = s.waker.hold(&stopped(), &s.ctx, None, LOCAL).await.unwrap();
         assert!(record.is_running());
         assert_eq!(s.calls.load(Ordering::SeqCst), 1);
         assert!(s.world.reads.load(Ordering::SeqCst) >= 3, "polled");
@@ -772,9 +887,9 @@ mod tests {
         let s = setup("stopped", Ok("started"), config);
         let sandbox = stopped();
         let (a, b, c) = tokio::join!(
-            s.waker.hold(&sandbox, &s.ctx, None),
-            s.waker.hold(&sandbox, &s.ctx, None),
-            s.waker.hold(&sandbox, &s.ctx, None),
+            s.waker.hold(&sandbox, &s.ctx, None, LOCAL),
+            s.waker.hold(&sandbox, &s.ctx, None, LOCAL),
+            s.waker.hold(&sandbox, &s.ctx, None, LOCAL),
         );
         let errors: Vec<WakeError> = [a, b, c].into_iter().map(|r| r.unwrap_err()).collect();
         let count = |f: fn(&WakeError) -> bool| errors.iter().filter(|e| f(e)).count();
@@ -786,7 +901,11 @@ mod tests {
     #[tokio::test]
     async fn a_registry_that_cannot_learn_the_state_answers_at_once_after_asking() {
         let s = setup("stopped", Ok("accepted-only"), fast());
-        let error = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap_err();
+        let error = s
+            .waker
+            .hold(&stopped(), &s.ctx, None, LOCAL)
+            .await
+            .unwrap_err();
         assert!(matches!(error, WakeError::Asked), "{error:?}");
         assert_eq!(s.calls.load(Ordering::SeqCst), 1);
     }
@@ -795,7 +914,11 @@ mod tests {
     async fn a_registry_outage_fails_the_wake_instead_of_holding_to_the_end() {
         let s = setup("stopped", Ok("started"), fast());
         s.world.down.store(true, Ordering::SeqCst);
-        let error = s.waker.hold(&stopped(), &s.ctx, None).await.unwrap_err();
+        let error = s
+            .waker
+            .hold(&stopped(), &s.ctx, None, LOCAL)
+            .await
+            .unwrap_err();
         assert!(
             error.to_string().contains("registry is unavailable"),
             "{error}"
@@ -820,5 +943,30 @@ mod tests {
             reads,
             "no more polling"
         );
+    }
+
+    #[tokio::test]
+    async fn one_client_cannot_take_every_held_slot() {
+        let config = WakeConfig {
+            max_held_per_client: 2,
+            max_wait: Duration::from_millis(50),
+            ..fast()
+        };
+        let s = setup("stopped", Ok("started"), config);
+        let sandbox = stopped();
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+        let (a, b, c, d) = tokio::join!(
+            s.waker.hold(&sandbox, &s.ctx, None, LOCAL),
+            s.waker.hold(&sandbox, &s.ctx, None, LOCAL),
+            s.waker.hold(&sandbox, &s.ctx, None, LOCAL),
+            s.waker.hold(&sandbox, &s.ctx, None, other),
+        );
+        let too_many = [&a, &b, &c]
+            .iter()
+            .filter(|r| matches!(r, Err(WakeError::TooMany)))
+            .count();
+        assert_eq!(too_many, 1, "{a:?} {b:?} {c:?}");
+        assert!(matches!(d, Err(WakeError::StillStarting { .. })), "{d:?}");
+        assert!(s.waker.per_client.is_empty(), "counts released");
     }
 }

@@ -29,9 +29,12 @@ pub enum Started {
 /// Why a start call failed; the message is shown to the caller who woke the sandbox.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StartError {
-    /// The backend answered and refused (its own message quoted when it gave one).
+    /// The backend answered and refused.
     #[error("{0}")]
     Refused(String),
+    /// The same, with the backend's own message (for callers who may see it).
+    #[error("{0}: {1}")]
+    RefusedSaying(String, String),
     /// The backend could not be reached or did not answer in time.
     #[error("{0}")]
     Unreachable(String),
@@ -226,11 +229,11 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 
 /// A refusal naming who refused and the status, with the backend's own `message` if any.
 fn refusal(who: &str, status: StatusCode, body: Option<&[u8]>) -> StartError {
-    let own = body.and_then(|b| json_field(b, "message"));
-    StartError::Refused(match own {
-        Some(message) => format!("{who} refused to start it ({}): {message}", status.as_u16()),
-        None => format!("{who} refused to start it ({})", status.as_u16()),
-    })
+    let summary = format!("{who} refused to start it ({})", status.as_u16());
+    match body.and_then(|b| json_field(b, "message")) {
+        Some(message) => StartError::RefusedSaying(summary, message),
+        None => StartError::Refused(summary),
+    }
 }
 
 /// A string field of a JSON object, trimmed to [`MESSAGE_LIMIT`] characters of printable text.

@@ -113,7 +113,7 @@ fn unplaced(
     public: bool,
     sandbox: &SandboxDto,
 ) -> Result<Option<SandboxRecord>, RegistryError> {
-    if matches!(sandbox.state.as_str(), "started" | "running") {
+    if crate::registry::is_running_state(&sandbox.state) {
         return Ok(None);
     }
     let (mode, access) = sandbox.port_policy(id)?;
@@ -123,6 +123,8 @@ fn unplaced(
     let record = SandboxRecord::new(id, nowhere, public, &sandbox.state, None)
         .with_organization(sandbox.organization_id.as_deref())
         .with_ports(ports)
+        .with_cors(sandbox.cors(id))
+        .with_identity(sandbox.identity())
         .with_wake(sandbox.wake());
     Ok(Some(record))
 }
