@@ -637,12 +637,17 @@ async fn past_a_bound_the_answer_is_503_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_start_answers_every_held_request_at_once() {
     for backend in BACKENDS {
-        let world = World::start(backend, &[stopped("sleepy")], "max_wait = \"60s\"").await;
+        let sandboxes = [
+            stopped("sleepy").private("tok-sleepy"),
+            stopped("open-sleepy"),
+        ];
+        let world = World::start(backend, &sandboxes, "max_wait = \"60s\"").await;
         let fragment = world.fail_starts();
         world.gate().close();
         let addr = world.addr();
+        let owner = [("x-daytona-preview-token", "tok-sleepy")];
         let tasks: Vec<_> = (0..20)
-            .map(|_| tokio::spawn(async move { prompt(addr, "GET", "sleepy", &[]).await }))
+            .map(|_| tokio::spawn(async move { prompt(addr, "GET", "sleepy", &owner).await }))
             .collect();
         world.wait_held(20).await;
         world.gate().open();
@@ -656,11 +661,27 @@ async fn a_failed_start_answers_every_held_request_at_once() {
             );
         }
         // Within the interval, later requests get the same answer without a new start call.
-        let later = prompt(addr, "GET", "sleepy", &[]).await;
+        let later = prompt(addr, "GET", "sleepy", &owner).await;
         assert_refused(&later, "SANDBOX_START_FAILED", fragment, "later");
         assert_eq!(world.start_calls(), 1, "{backend:?}: no second start call");
         let failed = world.metric("sandgate_wakes_failed_total").await;
         assert_eq!(failed, 1.0, "{backend:?}: sandgate_wakes_failed_total");
+
+        // A public sandbox's visitors (anyone) get the failure without the backend's own words.
+        if backend != Backend::Redis {
+            let public = prompt(addr, "GET", "open-sleepy", &[]).await;
+            assert_refused(
+                &public,
+                "SANDBOX_START_FAILED",
+                "refused to start it",
+                "public",
+            );
+            assert!(
+                !public.text().contains(fragment),
+                "{backend:?}: a public sandbox shows the backend's message: {}",
+                public.text()
+            );
+        }
     }
 }
 
