@@ -991,3 +991,72 @@ async fn chromium_sees_the_starting_page_then_the_app() {
     assert_eq!(world.start_calls(), 1, "refreshes do not start it again");
     browser.close(&mut cdp).await;
 }
+
+/// A signed link hides its sandbox's id (on a public sandbox the id opens every port): the
+/// "Starting…" page a signed host shows must not name it.
+#[tokio::test]
+async fn a_signed_links_starting_page_does_not_name_the_sandbox() {
+    let token = "k3j5h2g8f7d6s5a4";
+    let wake = format!(
+        "page_after = \"200ms\"\n[[registry.signed_previews]]\ntoken = \"{token}\"\nport = 3000\nsandbox = \"hidden-id-42\"\n"
+    );
+    let world = World::start(Backend::Hook, &[stopped("hidden-id-42")], &wake).await;
+    world.gate().close();
+    let page = prompt(world.addr(), "GET", token, &NAVIGATION).await;
+    assert_eq!(page.status, 503, "{}", page.text());
+    let html = page.text();
+    assert!(html.contains("Starting"), "{html}");
+    assert!(
+        !html.contains("hidden-id-42"),
+        "the page names the hidden id: {html}"
+    );
+    // The same page on the sandbox's own host names it (the control).
+    let own = prompt(world.addr(), "GET", "hidden-id-42", &NAVIGATION).await;
+    assert!(own.text().contains("hidden-id-42"), "{}", own.text());
+    world.gate().open();
+}
+
+/// Over HTTP/2 a held body would sit in the proxy's memory (the stream's flow-control window
+/// lets the client send it all): a request with a body is answered at once, one without is held.
+#[tokio::test]
+async fn http2_requests_with_a_body_are_not_held() {
+    let world = World::start(Backend::Hook, &[stopped("sleepy")], "").await;
+    world.gate().close();
+    let stream = tokio::net::TcpStream::connect(world.addr()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = |method: &str, body: &'static [u8]| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}/hi", host("sleepy")))
+            .header("content-length", body.len())
+            .body(http_body_util::Full::new(Bytes::from_static(body)))
+            .unwrap()
+    };
+    let post = sender.send_request(request("POST", b"small body"));
+    let answer = tokio::time::timeout(PROMPT, post)
+        .await
+        .expect("answered at once");
+    let answer = answer.unwrap();
+    assert_eq!(answer.status(), 503);
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["code"], "SANDBOX_NOT_RUNNING", "{json}");
+    let get = sender.send_request(request("GET", b""));
+    world.wait_held(1).await;
+    world.gate().open();
+    let answer = tokio::time::timeout(Duration::from_secs(10), get)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        answer.status(),
+        200,
+        "the GET was held, then answered by the app"
+    );
+}
