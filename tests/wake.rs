@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use sha2::{Digest, Sha256};
-use support::admin_cli::{redis_toml, start_proxy};
+use support::admin_cli::{cli_config, ok, redis_toml, sandgate, start_proxy};
 use support::chromium::Chromium;
 use support::control_plane::{ControlPlane, FakeSandbox, StartOutcome, START};
 use support::gate::Gate;
@@ -1059,4 +1059,67 @@ async fn http2_requests_with_a_body_are_not_held() {
         200,
         "the GET was held, then answered by the app"
     );
+}
+
+/// The admin CLI is what a shell orchestrator uses: `registry state` releases held requests at
+/// once (its invalidation), `registry wake --off` opts a sandbox out; a bad state is refused.
+#[tokio::test]
+async fn the_admin_cli_sets_the_state_and_the_opt_out() {
+    let world = World::start(
+        Backend::Redis,
+        &[stopped("cli-sbx"), stopped("cli-off")],
+        "",
+    )
+    .await;
+    let cli = cli_config(world._redis.as_ref().expect("redis"));
+    // The orchestrator takes the start (`starting`) but never finishes it: the CLI does.
+    world.gate().close();
+    let addr = world.addr();
+    let held =
+        tokio::spawn(async move { send(addr, "GET", &host("cli-sbx"), "/hi", &[], b"").await });
+    world.wait_held(1).await;
+    ok(
+        &cli.path,
+        &[
+            "registry",
+            "state",
+            "--sandbox",
+            "cli-sbx",
+            "--state",
+            "started",
+        ],
+    );
+    let reply = tokio::time::timeout(PROMPT, held)
+        .await
+        .expect("released at once")
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    let off = ok(
+        &cli.path,
+        &["registry", "wake", "--sandbox", "cli-off", "--off"],
+    );
+    assert!(off.contains("\"wake\":false"), "{off}");
+    let refused = prompt(addr, "GET", "cli-off", &[]).await;
+    assert_refused(
+        &refused,
+        "SANDBOX_NOT_RUNNING",
+        "start it",
+        "opted out by the CLI",
+    );
+    assert!(!world.started_ids().contains(&"cli-off".to_string()));
+
+    let (accepted, _, stderr) = sandgate(
+        &cli.path,
+        &[
+            "registry",
+            "state",
+            "--sandbox",
+            "cli-sbx",
+            "--state",
+            "Up Now",
+        ],
+    );
+    assert!(!accepted && stderr.contains("--state"), "{stderr}");
+    world.gate().open();
 }
