@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::base::clock::now_ms;
@@ -18,6 +18,30 @@ use crate::registry::signed_preview::{
     signed_preview_key, LINK_RECORDS_TTL_MS,
 };
 use crate::registry::{PortAccess, PortsMode, RunnerRecord, UpstreamHosts};
+
+/// A preview token, given raw (`--token`) or as its SHA-256 (`--token-sha256`).
+#[derive(Args, Debug)]
+pub struct TokenArg {
+    #[arg(
+        long,
+        required_unless_present = "token_sha256",
+        conflicts_with = "token_sha256"
+    )]
+    token: Option<String>,
+    #[arg(long)]
+    token_sha256: Option<String>,
+}
+
+/// One sandbox's setting turned `--on` or `--off`.
+#[derive(Args, Debug)]
+pub struct Switch {
+    #[arg(long)]
+    sandbox: String,
+    #[arg(long, required_unless_present = "off", conflicts_with = "off")]
+    on: bool,
+    #[arg(long)]
+    off: bool,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum RegistryCommand {
@@ -68,23 +92,9 @@ pub enum RegistryCommand {
         upstream_host: Option<String>,
     },
     /// Opt a sandbox in to (--on) or out of (--off) the signed X-Sandgate-Identity header.
-    Identity {
-        #[arg(long)]
-        sandbox: String,
-        #[arg(long, required_unless_present = "off", conflicts_with = "off")]
-        on: bool,
-        #[arg(long)]
-        off: bool,
-    },
+    Identity(Switch),
     /// Let requests wake the sandbox when it is not running (--on, the default) or not (--off).
-    Wake {
-        #[arg(long)]
-        sandbox: String,
-        #[arg(long, required_unless_present = "off", conflicts_with = "off")]
-        on: bool,
-        #[arg(long)]
-        off: bool,
-    },
+    Wake(Switch),
     /// Set the sandbox's lifecycle state (`started`, `starting`, `stopped`, `error`…), as an
     /// orchestrator does; held requests see it at once.
     State {
@@ -134,14 +144,8 @@ pub enum RegistryCommand {
     PutToken {
         #[arg(long)]
         sandbox: String,
-        #[arg(
-            long,
-            required_unless_present = "token_sha256",
-            conflicts_with = "token_sha256"
-        )]
-        token: Option<String>,
-        #[arg(long)]
-        token_sha256: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
         /// A port the token opens (repeat for more).
         #[arg(long = "port", required = true)]
         ports: Vec<u16>,
@@ -150,14 +154,8 @@ pub enum RegistryCommand {
     RmToken {
         #[arg(long)]
         sandbox: String,
-        #[arg(
-            long,
-            required_unless_present = "token_sha256",
-            conflicts_with = "token_sha256"
-        )]
-        token: Option<String>,
-        #[arg(long)]
-        token_sha256: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
     },
     /// Store an API key (only its SHA-256): it opens the sandboxes of its organisation.
     PutApiKey {
@@ -400,9 +398,12 @@ fn upstream_host_field(port: Option<u16>) -> Result<String> {
 }
 
 /// The hex SHA-256 of a preview token, from the token or given directly.
-fn token_hash(token: Option<&str>, token_sha256: Option<&str>) -> Result<String> {
-    api_key_hash(token, token_sha256)
-        .or_else(|_| invalid("give --token or --token-sha256 (64 hex digits)"))
+impl TokenArg {
+    /// The token's SHA-256 in hex.
+    fn hash(&self) -> Result<String> {
+        api_key_hash(self.token.as_deref(), self.token_sha256.as_deref())
+            .or_else(|_| invalid("give --token or --token-sha256 (64 hex digits)"))
+    }
 }
 
 /// A stored hash as JSON, secrets masked.
@@ -570,22 +571,14 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
                 .await?;
             Ok(json!({"sandbox": id, "ports": mode.as_str()}).to_string())
         }
-        RegistryCommand::Identity {
-            sandbox,
-            on,
-            off: _,
-        } => {
+        RegistryCommand::Identity(Switch { sandbox, on, .. }) => {
             // Off removes the field: the record then says what a new one says.
             let id = admin
                 .set_field(&sandbox, "identity", on.then_some("true"))
                 .await?;
             Ok(json!({"sandbox": id, "identity": on}).to_string())
         }
-        RegistryCommand::Wake {
-            sandbox,
-            on,
-            off: _,
-        } => {
+        RegistryCommand::Wake(Switch { sandbox, on, .. }) => {
             // On removes the field: waking is the default.
             let id = admin
                 .set_field(&sandbox, "wake", (!on).then_some("false"))
@@ -623,10 +616,9 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
         RegistryCommand::PutToken {
             sandbox,
             token,
-            token_sha256,
             ports,
         } => {
-            let hash = token_hash(token.as_deref(), token_sha256.as_deref())?;
+            let hash = token.hash()?;
             let ports =
                 scoped_ports(ports).map_err(|e| AdminError::Invalid(format!("--port: {e}")))?;
             let list: Vec<String> = ports.iter().map(u16::to_string).collect();
@@ -638,12 +630,8 @@ pub async fn registry(config: &Config, command: RegistryCommand) -> Result<Strin
                     .to_string(),
             )
         }
-        RegistryCommand::RmToken {
-            sandbox,
-            token,
-            token_sha256,
-        } => {
-            let hash = token_hash(token.as_deref(), token_sha256.as_deref())?;
+        RegistryCommand::RmToken { sandbox, token } => {
+            let hash = token.hash()?;
             let id = admin
                 .set_field(&sandbox, &format!("token:{hash}"), None)
                 .await?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
@@ -30,7 +30,8 @@ use crate::metrics::metrics;
 use crate::registry::{InflightGuard, SandboxRecord, Upstream};
 
 use super::headers::{
-    is_long_lived, prefix_toolbox_location, rewrite_request_headers, wants_upgrade, HTTPS,
+    declared_length, is_long_lived, prefix_toolbox_location, rewrite_request_headers,
+    wants_upgrade, HTTPS,
 };
 pub use super::headers::{remove_hop_by_hop, scrub_trailers, RUNNER_AUTH_HEADER};
 
@@ -283,12 +284,7 @@ impl Forwarder {
         if max == 0 || matches!(target, Target::Preview { .. }) {
             return Ok(req.map(|body| RequestBody::Streamed(body, watch)));
         }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
+        if declared_length(req.headers()).is_some_and(|n| n > max) {
             return Err(ProxyError::BodyTooLarge(max));
         }
         let limit = usize::try_from(max).unwrap_or(usize::MAX);

@@ -163,6 +163,14 @@ pub(super) fn is_long_lived(headers: &HeaderMap) -> bool {
     event_stream || !headers.contains_key(header::CONTENT_LENGTH)
 }
 
+/// The request's declared body length (`Content-Length`), when it is a number.
+pub(super) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,13 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFRESH};
+use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFRESH};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
 use super::gate::{self, Entry};
+use super::headers::declared_length;
 use super::respond::{escape_html, ProxyError};
 use super::App;
 use crate::metrics::metrics;
@@ -84,11 +85,7 @@ fn body_may_wait(req: &Request<Incoming>, max_body: u64) -> bool {
     if req.version() >= http::Version::HTTP_2 {
         return false;
     }
-    req.headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|length| length <= max_body)
+    declared_length(req.headers()).is_some_and(|length| length <= max_body)
 }
 
 /// The page's policy: no script, no fetch; inline style only. It may be framed: an embedded
