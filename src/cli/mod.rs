@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::{Config, LogConfig};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// sandgate: the front door to sandboxes. Routes preview URLs (`https://<port>-<sandboxId>.<domain>/`)
 /// and toolbox calls (`/toolbox/<sandboxId>/...`) to the runner hosting each sandbox, with
@@ -93,6 +93,18 @@ enum Command {
     CheckConfig {
         #[arg(long, short, env = "SANDGATE_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Print a shell completion script, e.g. `sandgate completions bash >
+    /// /etc/bash_completion.d/sandgate`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `sandgate man > /usr/local/share/man/man1/sandgate.1`;
+    /// with --dir, write it and one page per command (`sandgate-serve.1`, …) into that folder.
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -242,12 +254,42 @@ async fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Completions { shell } => print_generated(|out| {
+            use clap_complete::Generator;
+            // What `clap_complete::generate` does, without its panic on a write error.
+            let mut command = Cli::command();
+            command.set_bin_name("sandgate");
+            command.build();
+            shell.try_generate(&command, out)
+        }),
+        Command::Man { dir: None } => {
+            print_generated(|out| clap_mangen::Man::new(Cli::command()).render(out))
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            println!("wrote the man pages into {}", dir.display());
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             let text = toml_text(&loaded)?;
             println!("{text}");
             Ok(())
         }
+    }
+}
+
+/// Writes generated text (completions, man page) to stdout; a closed pipe (`| head`) is not
+/// an error worth a message.
+fn print_generated(
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.to_string()),
+        _ => Ok(()),
     }
 }
 
