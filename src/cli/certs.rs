@@ -65,13 +65,13 @@ fn usage(certs: &DevCerts, domain: &str) -> String {
     let ca = certs.ca_cert.display();
     let ca_line = if certs.ca_created {
         format!(
-            "wrote a new CA \"{}\": {ca} (its key {}, mode 0600: keep it private)\n",
+            "wrote a new CA \"{}\": {ca} (its key {}, mode 0600: keep it private)",
             certs.ca_name,
             certs.ca_key.display()
         )
     } else {
         format!(
-            "kept the CA \"{}\" in {ca}: the new certificate is signed by it\n",
+            "kept the CA \"{}\" in {ca}: the new certificate is signed by it",
             certs.ca_name
         )
     };
@@ -81,16 +81,22 @@ fn usage(certs: &DevCerts, domain: &str) -> String {
     } else {
         format!("--resolve {domain}:8443:127.0.0.1 ")
     };
-    format!(
-        "{ca_line}wrote {cert} and {key} (for {domain} and *.{domain}, valid {LEAF_DAYS} days)\n\
-serve HTTPS with, in your config (merge into an existing [tls] table rather than adding a second):\n\
-  [tls]\n  enabled = true\n  listen = \"127.0.0.1:8443\"\n\
-  [[tls.certs]]\n  cert = \"{cert}\"\n  key = \"{key}\"\n\
-check it (the proxy's own health page):\n  curl --cacert {ca} {resolve}https://{domain}:8443/health\n\
-trust the CA system-wide (Debian): cp {ca} /usr/local/share/ca-certificates/sandgate-dev.crt && update-ca-certificates\n",
-        cert = certs.cert.display(),
-        key = certs.key.display(),
-    )
+    let (cert, key) = (certs.cert.display(), certs.key.display());
+    [
+        ca_line,
+        format!("wrote {cert} and {key} (for {domain} and *.{domain}, valid {LEAF_DAYS} days)"),
+        "serve HTTPS with, in your config (merge into an existing [tls] table rather than adding a second):".into(),
+        "  [tls]".into(),
+        "  enabled = true".into(),
+        "  listen = \"127.0.0.1:8443\"".into(),
+        "  [[tls.certs]]".into(),
+        format!("  cert = \"{cert}\""),
+        format!("  key = \"{key}\""),
+        "check it (the proxy's own health page):".into(),
+        format!("  curl --cacert {ca} {resolve}https://{domain}:8443/health"),
+        format!("trust the CA system-wide (Debian): cp {ca} /usr/local/share/ca-certificates/sandgate-dev.crt && update-ca-certificates\n"),
+    ]
+    .join("\n")
 }
 
 /// Writes a local CA (unless `dir` has one) and a certificate for `domain` and `*.domain` signed

@@ -402,21 +402,21 @@ fn urls(port: u16, admin: Option<SocketAddr>) -> String {
     let host = |sandbox: &str| format!("http://3000-{sandbox}.preview.localhost:{port}");
     let demo = host("demo");
     let private = host("private");
-    let mut text = format!(
-        "sandgate demo is running. Open or run:\n\
-  public      {demo}/   (a page with a live WebSocket echo)\n\
-  private     {private}/?DAYTONA_SANDBOX_AUTH_KEY={PRIVATE_TOKEN}   (the token link; without it: 401)\n\
-              curl -H 'X-Daytona-Preview-Token: {PRIVATE_TOKEN}' {private}/hello\n\
-  stopped     {sleepy}/   (the first request starts it)\n\
-  events      curl -N {demo}/events   (server-sent events, one a second)\n\
-  download    curl -o /dev/null {demo}/bytes/{MAX_DOWNLOAD_BYTES}   (64 MiB, streamed)\n\
-  toolbox     curl -H 'X-Daytona-Preview-Token: demo-token' http://127.0.0.1:{port}/toolbox/demo/version\n\
-  health      curl http://127.0.0.1:{port}/health\n",
-        sleepy = host("sleepy"),
-    );
+    let sleepy = host("sleepy");
+    let mut lines = vec![
+        "sandgate demo is running. Open or run:".to_string(),
+        format!("  public      {demo}/   (a page with a live WebSocket echo)"),
+        format!("  private     {private}/?DAYTONA_SANDBOX_AUTH_KEY={PRIVATE_TOKEN}   (the token link; without it: 401)"),
+        format!("              curl -H 'X-Daytona-Preview-Token: {PRIVATE_TOKEN}' {private}/hello"),
+        format!("  stopped     {sleepy}/   (the first request starts it)"),
+        format!("  events      curl -N {demo}/events   (server-sent events, one a second)"),
+        format!("  download    curl -o /dev/null {demo}/bytes/{MAX_DOWNLOAD_BYTES}   (64 MiB, streamed)"),
+        format!("  toolbox     curl -H 'X-Daytona-Preview-Token: demo-token' http://127.0.0.1:{port}/toolbox/demo/version"),
+        format!("  health      curl http://127.0.0.1:{port}/health"),
+    ];
     if let Some(admin) = admin {
-        text.push_str(&format!("  metrics     curl http://{admin}/metrics\n"));
+        lines.push(format!("  metrics     curl http://{admin}/metrics"));
     }
-    text.push_str("Ctrl-C stops it.\n");
-    text
+    lines.push("Ctrl-C stops it.\n".to_string());
+    lines.join("\n")
 }
