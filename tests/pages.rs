@@ -393,3 +393,43 @@ async fn chromium_shows_the_pages_and_the_503_retries_by_itself() {
     }
     browser.close(&mut cdp).await;
 }
+
+/// With OIDC configured, a 401 page a browser gets without being redirected (a `fetch` that
+/// asks for HTML) links to the sign-in, back to the same URL.
+#[tokio::test]
+async fn with_oidc_the_401_page_links_to_sign_in() {
+    let idp = support::oidc::Idp::start("sandgate-client").await;
+    let runner = Runner::start("k").await;
+    let oidc = format!(
+        "[auth]\ncookie_keys = [\"0123456789abcdef0123456789abcdef\"]\n\
+         [auth.oidc]\nissuer = \"{}\"\nclient_id = \"sandgate-client\"\nlogin_host = \"login.localhost\"\n",
+        idp.issuer()
+    );
+    let proxy = Proxy::start(&runner.config(&format!("{oidc}{}", sandboxes())));
+    let fetch_html = [HTML, ("sec-fetch-mode", "cors")];
+    let rows = vec![
+        Row::get(
+            "sign-in link",
+            PRIV,
+            "/x?y=1",
+            &fetch_html,
+            secured_and(vec![
+                status(401),
+                body_has("<a href=\"http://login.localhost/login?returnTo="),
+                body_has("3000-sbx-priv.preview.localhost%2Fx%3Fy%3D1"),
+                body_has("share link"),
+            ]),
+        ),
+        Row::get(
+            "API clients get no link",
+            PRIV,
+            "/x",
+            &[],
+            secured_and(vec![
+                status(401),
+                check("no link in JSON", |r| !r.text().contains("login.localhost")),
+            ]),
+        ),
+    ];
+    table::run(proxy.addr, Upstream::Runner(&runner), rows).await;
+}
