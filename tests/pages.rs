@@ -433,3 +433,43 @@ async fn with_oidc_the_401_page_links_to_sign_in() {
     ];
     table::run(proxy.addr, Upstream::Runner(&runner), rows).await;
 }
+
+/// SIGHUP reads the templates again; a broken one is refused and the pages in force stay.
+#[tokio::test]
+async fn sighup_reloads_the_templates_and_keeps_them_on_a_bad_edit() {
+    let runner = Runner::start("k").await;
+    let dir = templates_dir();
+    let pages = format!("[pages]\ndir = \"{}\"\n", dir.path().display());
+    let proxy = Proxy::start(&runner.config(&format!("{pages}{}", sandboxes())));
+    let page = || async {
+        support::send(proxy.addr, "GET", PRIV, "/", &[HTML], b"")
+            .await
+            .text()
+    };
+    assert!(page().await.contains("Brand 401"));
+
+    let template = dir.path().join("401.html");
+    std::fs::write(&template, "<p>Rebranded {{status}}</p>").unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !page().await.contains("Rebranded 401") {
+        assert!(Instant::now() < deadline, "not reloaded: {}", page().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    std::fs::write(&template, "<p>{{typo}}</p>").unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proxy.stderr().contains("{{typo}}") {
+        assert!(
+            Instant::now() < deadline,
+            "no rejection logged: {}",
+            proxy.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        page().await.contains("Rebranded 401"),
+        "the pages in force stay"
+    );
+}
