@@ -42,8 +42,9 @@ enum Command {
         /// Where the demo runner listens (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         runner_listen: SocketAddr,
-        /// Where the admin listener (`/metrics`, `/health`, `/ready`) listens.
-        #[arg(long, default_value = "127.0.0.1:9090")]
+        /// Where the admin listener (`/metrics`, `/health`, `/ready`) listens (port 0: any free
+        /// port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
         admin_listen: SocketAddr,
         /// Run only the demo runner (an upstream for benchmarks), not the proxy.
         #[arg(long)]
