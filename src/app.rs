@@ -177,6 +177,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         request_ids: config.log.request_id,
         trusted_proxies: client_addr::TrustedProxies::parse(&config.server.trusted_proxies)
             .map_err(at("server.trusted_proxies"))?,
+        pages: crate::http::pages::Pages::load(&config.pages)
+            .map_err(|e| at("pages.dir")(e.to_string()))?,
     });
     let threads = serving_threads(&config.server);
     let (plain, addr) = bind_serving(

@@ -274,29 +274,90 @@ fn local_port_forwarding_reaches_a_server_behind_the_sandbox() {
     assert!(response.ends_with("forwarded hello"), "{response}");
 }
 
+const NOKEY_TOKEN: &str = "nokeytoken0123456789abcdefghijkl";
+const CLOSED_TOKEN: &str = "closedtoken0123456789abcdefghijk";
+
+/// An OpenSSH public key line the gateway has no private half of.
+fn stranger_public_key(dir: &Path) -> String {
+    let path = dir.join("stranger");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&path)
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success());
+    std::fs::read_to_string(path.with_extension("pub")).unwrap()
+}
+
+/// Every refused login, one row each: what the SSH client prints is the real reason, never
+/// the generic "try again later".
 #[test]
-fn invalid_tokens_and_stopped_sandboxes_are_refused_with_a_reason() {
-    let (gw, _sshd) = Gateway::start("");
-    let mut ssh = gw.ssh("not-a-valid-token");
-    ssh.arg("true");
-    let out = run(ssh, b"");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        stderr.contains("invalid or expired SSH access token"),
-        "{stderr}"
+fn refused_logins_tell_the_client_the_real_reason() {
+    let keys = tempfile::tempdir().unwrap();
+    // A sandbox whose sshd trusts some other key, and one where nothing listens.
+    let other_sshd = Sshd::start(&stranger_public_key(keys.path()));
+    let closed_port = support::free_port();
+    let extra = format!(
+        r#"
+[[registry.sandboxes]]
+id = "nokey"
+address = "127.0.0.1"
+ssh_port = {other}
+
+[[registry.ssh_tokens]]
+token = "{NOKEY_TOKEN}"
+sandbox = "nokey"
+
+[[registry.sandboxes]]
+id = "closed"
+address = "127.0.0.1"
+ssh_port = {closed_port}
+
+[[registry.ssh_tokens]]
+token = "{CLOSED_TOKEN}"
+sandbox = "closed"
+"#,
+        other = other_sshd.port,
     );
+    let (gw, _sshd) = Gateway::start(&extra);
+    let rows: [(&str, &str, &str); 4] = [
+        (
+            "unknown token",
+            "not-a-valid-token",
+            "invalid or expired SSH access token",
+        ),
+        (
+            "stopped sandbox",
+            STOPPED_TOKEN,
+            "sandbox off is not started",
+        ),
+        (
+            "key refused by the sandbox's sshd",
+            NOKEY_TOKEN,
+            "sandbox nokey's sshd refused the gateway's key",
+        ),
+        (
+            "no sshd in the sandbox",
+            CLOSED_TOKEN,
+            "nothing accepts SSH connections in sandbox closed",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, user, reason) in rows {
+        let mut ssh = gw.ssh(user);
+        ssh.arg("true");
+        let out = run(ssh, b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(0) || !stderr.contains(reason) || stderr.contains("try again")
+        {
+            failures.push(format!("{name}: want {reason:?}, got {stderr:?}"));
+        }
+    }
     assert!(
         !gw.log().contains("not-a-valid-token"),
         "tokens are never logged"
     );
-
-    let mut ssh = gw.ssh(STOPPED_TOKEN);
-    ssh.arg("true");
-    let out = run(ssh, b"");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(stderr.contains("sandbox off is not started"), "{stderr}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

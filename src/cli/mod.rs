@@ -42,6 +42,10 @@ enum Command {
         /// Where the demo runner listens (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         runner_listen: SocketAddr,
+        /// Where the admin listener (`/metrics`, `/health`, `/ready`) listens (port 0: any free
+        /// port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        admin_listen: SocketAddr,
         /// Run only the demo runner (an upstream for benchmarks), not the proxy.
         #[arg(long)]
         runner_only: bool,
@@ -200,11 +204,17 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Demo {
             listen,
             runner_listen,
+            admin_listen,
             runner_only,
             runner_key,
         } => {
             init_logging(&LogConfig::default());
-            demo::run(listen, runner_listen, runner_only, runner_key).await
+            let listen = demo::DemoListen {
+                proxy: listen,
+                admin: admin_listen,
+                runner: runner_listen,
+            };
+            demo::run(listen, runner_only, runner_key).await
         }
         Command::Certs {
             command: CertsCommand::Dev { domain, dir },

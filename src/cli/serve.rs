@@ -100,6 +100,12 @@ fn reload(app: &crate::proxy::App, path: Option<&std::path::Path>) {
             }
         }
     }
+    match app.pages.reload(&config.pages) {
+        Ok(()) => tracing::info!("error page templates reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "page templates reload rejected; the previous pages stay in force")
+        }
+    }
 }
 
 /// Registers the SIGTERM and SIGINT handlers now; the future resolves when one arrives.

@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod auth;
 pub mod identity;
+pub mod pages;
 pub mod registry;
 pub mod server;
 pub mod ssh;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use activity::ActivityConfig;
 pub use auth::{AuthConfig, JwtConfig, OidcConfig};
 pub use identity::IdentityConfig;
+pub use pages::PagesConfig;
 pub use registry::{
     ApiKeyEntry, CacheConfig, CorsMode, DaytonaConfig, PortAccess, PortsMode, Protocol,
     RedisConfig, RegistryConfig, RunnerEntry, SandboxEntry, ScopedTokenEntry, SignedPreviewEntry,
@@ -61,6 +63,8 @@ pub struct Config {
     pub ssh: SshConfig,
     /// The signed identity header for apps (`X-Sandgate-Identity`).
     pub identity: IdentityConfig,
+    /// The operator's error page templates.
+    pub pages: PagesConfig,
 }
 
 impl Config {

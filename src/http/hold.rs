@@ -130,6 +130,10 @@ code{{background:#f3f3f3;padding:0 .3em}}small{{color:#777}}</style></head><body
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(REFRESH, HeaderValue::from_static("1"));
     headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
@@ -145,6 +149,10 @@ mod tests {
         let page = starting_page("a<b", "st\"ate", Duration::from_secs(3), Some(&id));
         assert_eq!(page.status(), 503);
         assert_eq!(page.headers()[CONTENT_SECURITY_POLICY], CSP);
+        assert_eq!(
+            page.headers()[http::header::X_CONTENT_TYPE_OPTIONS],
+            "nosniff"
+        );
         assert_eq!(page.headers()[REFRESH], "1");
         let ProxyBody::Full(Some(body)) = page.into_body() else {
             panic!("a full body");

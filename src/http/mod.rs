@@ -11,6 +11,7 @@ pub mod head_timer;
 pub mod header_route;
 pub mod headers;
 pub mod hold;
+pub mod pages;
 pub mod path;
 pub mod pipeline;
 pub mod relay;
@@ -59,6 +60,8 @@ pub struct App {
     pub request_ids: bool,
     /// Peers whose `X-Forwarded-For`/`Forwarded` (and PROXY headers) are believed.
     pub trusted_proxies: client_addr::TrustedProxies,
+    /// The operator's error page templates (`[pages] dir`), kept for reloads.
+    pub pages: pages::Pages,
 }
 
 impl crate::wake::Context for App {

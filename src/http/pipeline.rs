@@ -20,7 +20,7 @@ use super::gate::{self, Admission};
 use super::header_route;
 use super::hold;
 use super::request_log;
-use super::respond::{auth_code, error_response, health, wants_html, ProxyError};
+use super::respond::{auth_code, error_response, health, wants_html, PageContext, ProxyError};
 use super::route::{self, OwnPath, Route, RouteError};
 use crate::base::header_scan::{Present, Tracked};
 use crate::metrics::{metrics, RouteKind};
@@ -53,6 +53,8 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
     let request_id = app
         .request_ids
         .then(|| request_id(req.headers_mut(), present));
+    // Kept for a 401 page's sign-in link (a reference count, not a copy).
+    let host = html.then(|| req.headers().get(HOST).cloned()).flatten();
     let mut seen = Seen {
         kind: RouteKind::Own,
         sandbox: None,
@@ -65,7 +67,13 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
             if let ProxyError::Auth(auth) = &error {
                 metrics().auth_failure(auth_code(auth));
             }
-            error_response(&error, uri.path(), html)
+            let context = PageContext {
+                pages: &app.pages,
+                request_id: request_id.as_ref(),
+                port: seen.port,
+                login_url: login_url(&app, &error, html, host.as_ref(), &uri),
+            };
+            error_response(&error, uri.path(), html, &context)
         }
     };
     if http1 {
@@ -116,6 +124,25 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
         }
     }
     response
+}
+
+/// Where a browser refused with a 401 signs in, when OIDC is configured.
+fn login_url(
+    app: &App,
+    error: &ProxyError,
+    html: bool,
+    host: Option<&HeaderValue>,
+    uri: &http::Uri,
+) -> Option<String> {
+    let oidc = app.auth.oidc.as_ref().filter(|_| html)?;
+    if error.status() != StatusCode::UNAUTHORIZED {
+        return None;
+    }
+    let host = host
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))?;
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(oidc.login_url(host, path_and_query))
 }
 
 /// An HTTP/1 connection whose response body fails is reset, not closed as if the body were whole.

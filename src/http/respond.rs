@@ -6,11 +6,15 @@ use std::time::{Duration, SystemTime};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
+use std::borrow::Cow;
+
 use crate::auth::{Answer, AuthError, Denied};
 use crate::base::header_scan::{Present, Tracked};
 pub use crate::base::html::escape_html;
+use crate::base::ports::{is_reserved_port, TOOLBOX_PORT};
 use crate::http::body::ProxyBody;
 use crate::http::header_route::HeaderRouteError;
+use crate::http::pages::{self, PageFacts, Pages};
 use crate::http::route::RouteError;
 use crate::registry::RegistryError;
 use crate::wake::WakeError;
@@ -243,37 +247,129 @@ pub fn wants_html(headers: &HeaderMap, present: Present) -> bool {
         .is_some_and(|v| v.contains("text/html"))
 }
 
-pub fn error_response(error: &ProxyError, path: &str, html: bool) -> Response<ProxyBody> {
+/// What an error page or JSON error needs besides the error itself.
+pub struct PageContext<'a> {
+    pub pages: &'a Pages,
+    /// The request's id, when request ids are on.
+    pub request_id: Option<&'a HeaderValue>,
+    /// The sandbox port asked for, once routed.
+    pub port: Option<u16>,
+    /// Where a browser signs in, when OIDC is configured and the refusal is a 401.
+    pub login_url: Option<String>,
+}
+
+pub fn error_response(
+    error: &ProxyError,
+    path: &str,
+    html: bool,
+    context: &PageContext<'_>,
+) -> Response<ProxyBody> {
     let status = error.status();
-    let message = error.public_message();
+    let retry_after = error.retry_after();
+    let request_id = context
+        .request_id
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // Only a 503 retries by itself: the sandbox or the proxy will be back, nothing for the user
+    // to change first.
+    let refresh = retry_after.filter(|_| html && status == StatusCode::SERVICE_UNAVAILABLE);
     let (body, content_type) = if html {
-        (
-            html_page(status, error.code(), &message, path),
-            "text/html; charset=utf-8",
-        )
+        let message = browser_message(error, context.port);
+        let facts = PageFacts {
+            status: status.as_u16(),
+            title: status.canonical_reason().unwrap_or("Error"),
+            code: error.code(),
+            message: &message,
+            request_id,
+            retry_after,
+            path,
+        };
+        let login = context
+            .login_url
+            .as_deref()
+            .filter(|_| is_unauthorized(error));
+        let body = context
+            .pages
+            .render(&facts)
+            .unwrap_or_else(|| html_page(&facts, refresh, login));
+        (body, "text/html; charset=utf-8")
     } else {
-        (
-            json_body(status, error.code(), &message, path),
-            "application/json",
-        )
+        let message = api_message(error, context.port);
+        let body = json_body(status, error.code(), &message, path, context.request_id);
+        (body, "application/json")
     };
     let mut response = Response::new(ProxyBody::full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(seconds) = error.retry_after() {
+    pages::secure(headers);
+    if let Some(seconds) = retry_after {
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
-    if let ProxyError::Auth(auth) = error {
-        if auth_status(auth) == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
-        }
+    if let Some(seconds) = refresh {
+        // Also for an operator's template that has no `<meta http-equiv=refresh>`.
+        headers.insert(http::header::REFRESH, HeaderValue::from(seconds));
+    }
+    if is_unauthorized(error) {
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
     }
     response
+}
+
+fn is_unauthorized(error: &ProxyError) -> bool {
+    matches!(error, ProxyError::Auth(auth) if auth_status(auth) == StatusCode::UNAUTHORIZED)
+}
+
+/// The message for API clients: the error's own, naming a reserved port as such.
+fn api_message(error: &ProxyError, port: Option<u16>) -> Cow<'static, str> {
+    match (error, port) {
+        (ProxyError::Auth(AuthError::Required), Some(port)) if is_reserved_port(port) => format!(
+            "port {port} is reserved by the platform and always requires a credential: \
+                 send a preview token (X-Daytona-Preview-Token) or a bearer token"
+        )
+        .into(),
+        _ => error.public_message().into(),
+    }
+}
+
+/// The message for a person in a browser: what they can do, not which header to send.
+fn browser_message(error: &ProxyError, port: Option<u16>) -> Cow<'static, str> {
+    let reserved = port.filter(|p| is_reserved_port(*p));
+    match (error, reserved) {
+        (ProxyError::Auth(AuthError::Required | AuthError::TokenInvalid), Some(port)) => {
+            let what = if port == TOOLBOX_PORT {
+                "the sandbox's own daemon"
+            } else {
+                "the platform's own services"
+            };
+            format!(
+                "Port {port} is reserved by the platform ({what}): it is never a public preview \
+                 and always needs the owner's credential. Apps you run in the sandbox are on \
+                 other ports."
+            )
+            .into()
+        }
+        (ProxyError::Auth(AuthError::Required), None) => "This sandbox is private. To open it \
+            in your browser, ask its owner for a share link (a preview link that carries an \
+            access token) and open that link; this browser then remembers it."
+            .into(),
+        (ProxyError::Auth(AuthError::TokenInvalid | AuthError::PlatformTokenInvalid), None) => {
+            "The link or credential you used does not open this sandbox (it may have been \
+             revoked, or be for another sandbox or port). Ask the sandbox's owner for a new \
+             share link."
+                .into()
+        }
+        (ProxyError::Auth(AuthError::TokenExpired), _) => {
+            "Your access to this sandbox has expired. Ask the sandbox's owner for a new share \
+             link, or open the link you were given again."
+                .into()
+        }
+        _ => api_message(error, port),
+    }
 }
 
 /// The machine code of a login redirect (also the `reason` label of the auth-failure metric).
@@ -285,13 +381,19 @@ pub fn login_redirect(location: &str, path: &str, html: bool) -> Response<ProxyB
     let status = StatusCode::FOUND;
     let message = "sign-in required";
     let (body, content_type) = if html {
-        (
-            html_page(status, LOGIN_REQUIRED, message, path),
-            "text/html; charset=utf-8",
-        )
+        let facts = PageFacts {
+            status: status.as_u16(),
+            title: "Sign-in required",
+            code: LOGIN_REQUIRED,
+            message,
+            request_id: "",
+            retry_after: None,
+            path,
+        };
+        (html_page(&facts, None, None), "text/html; charset=utf-8")
     } else {
         (
-            json_body(status, LOGIN_REQUIRED, message, path),
+            json_body(status, LOGIN_REQUIRED, message, path, None),
             "application/json",
         )
     };
@@ -300,6 +402,7 @@ pub fn login_redirect(location: &str, path: &str, html: bool) -> Response<ProxyB
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    pages::secure(headers);
     if let Ok(location) = HeaderValue::try_from(location) {
         headers.insert(http::header::LOCATION, location);
     }
@@ -316,39 +419,78 @@ pub fn answer(answer: Answer) -> Response<ProxyBody> {
     let mut response = Response::new(body);
     *response.status_mut() = answer.status;
     *response.headers_mut() = answer.headers;
+    // A page of auth's own (the preview warning) keeps its own policy.
+    response
+        .headers_mut()
+        .entry(http::header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
     response
 }
 
-fn json_body(status: StatusCode, code: &str, message: &str, path: &str) -> String {
-    serde_json::json!({
+fn json_body(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    path: &str,
+    request_id: Option<&HeaderValue>,
+) -> String {
+    let mut body = serde_json::json!({
         "statusCode": status.as_u16(),
         "code": code,
         "message": message,
         "path": path,
         "timestamp": timestamp(),
-    })
-    .to_string()
+    });
+    if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+        body["request_id"] = id.into();
+    }
+    body.to_string()
 }
 
 fn timestamp() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn html_page(status: StatusCode, code: &str, message: &str, path: &str) -> String {
-    let title = status.canonical_reason().unwrap_or("Error");
+/// The built-in page. A 503 that retries (`refresh`) says so and counts down (CSS only: the
+/// policy allows no script); a 401 with OIDC links to the sign-in.
+fn html_page(facts: &PageFacts<'_>, refresh: Option<u32>, login: Option<&str>) -> String {
+    let (meta, countdown_css, retry) = match refresh {
+        Some(n) => (
+            format!("<meta http-equiv=\"refresh\" content=\"{n}\">"),
+            format!(
+                "@property --n{{syntax:'<integer>';inherits:false;initial-value:{n}}}\
+.n{{font-size:0;counter-reset:n var(--n);animation:n {n}s linear forwards}}\
+.n::after{{font-size:1rem;content:counter(n)}}@keyframes n{{to{{--n:0}}}}"
+            ),
+            format!(
+                "<p id=\"retry\">Retrying in <span class=\"n\">{n}</span> s: this page reloads by itself.</p>"
+            ),
+        ),
+        None => (String::new(), String::new(), String::new()),
+    };
+    let login = login.map_or(String::new(), |url| {
+        format!(
+            "<p><a href=\"{}\">Sign in</a> to open it with your account.</p>",
+            escape_html(url)
+        )
+    });
+    let request_id = match facts.request_id {
+        "" => String::new(),
+        id => format!(" · request id <code>{}</code>", escape_html(id)),
+    };
     format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{meta}\
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{status} {title}</title>\
 <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#222}}\
-code{{background:#f3f3f3;padding:0 .3em}}small{{color:#777}}</style></head><body>\
-<h1>{status_code} · {title}</h1><p>{message}</p><p><small>code <code>{code}</code> · path <code>{path}</code> · {time}</small></p>\
+code{{background:#f3f3f3;padding:0 .3em}}small{{color:#777}}{countdown_css}</style></head><body>\
+<h1>{status} · {title}</h1><p id=\"message\">{message}</p>{login}{retry}\
+<p><small>code <code>{code}</code> · path <code>{path}</code>{request_id} · {time}</small></p>\
 </body></html>",
-        status = status.as_u16(),
-        status_code = status.as_u16(),
-        title = escape_html(title),
-        message = escape_html(message),
-        code = escape_html(code),
-        path = escape_html(path),
+        status = facts.status,
+        title = escape_html(facts.title),
+        message = escape_html(facts.message),
+        code = escape_html(facts.code),
+        path = escape_html(facts.path),
         time = timestamp(),
     )
 }
@@ -358,13 +500,27 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
+    fn context(pages: &Pages) -> PageContext<'_> {
+        PageContext {
+            pages,
+            request_id: None,
+            port: None,
+            login_url: None,
+        }
+    }
+
     async fn body_text(r: Response<ProxyBody>) -> String {
         String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
     }
 
     #[tokio::test]
     async fn json_errors_carry_status_code_and_path() {
-        let r = error_response(&ProxyError::SandboxNotFound, "/a?b", false);
+        let r = error_response(
+            &ProxyError::SandboxNotFound,
+            "/a?b",
+            false,
+            &context(&Pages::default()),
+        );
         assert_eq!(r.status(), 404);
         let v: serde_json::Value = serde_json::from_str(&body_text(r).await).unwrap();
         assert_eq!(v["statusCode"], 404);
@@ -375,7 +531,12 @@ mod tests {
 
     #[tokio::test]
     async fn html_pages_escape_what_they_echo() {
-        let r = error_response(&ProxyError::NotFound, "/<script>alert(1)</script>", true);
+        let r = error_response(
+            &ProxyError::NotFound,
+            "/<script>alert(1)</script>",
+            true,
+            &context(&Pages::default()),
+        );
         let text = body_text(r).await;
         assert!(text.contains("&lt;script&gt;") && !text.contains("<script>"));
     }
@@ -389,6 +550,7 @@ mod tests {
             },
             "/",
             false,
+            &context(&Pages::default()),
         );
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[RETRY_AFTER], "5");

@@ -161,7 +161,7 @@ impl Conn {
             .map_err(|e| {
                 metrics().ssh_upstream_errors.inc();
                 tracing::warn!(sandbox = %sandbox.id, target, error = %e, "ssh upstream failed");
-                format!("cannot reach sandbox {sandbox_id} over SSH; try again later")
+                e.client_reason(&sandbox_id)
             })?;
         metrics().ssh_sessions_total.inc();
         tracing::info!(token = %token_id, sandbox = %sandbox.id, "ssh session open");
@@ -184,6 +184,37 @@ pub(super) enum UpstreamError {
     Ssh(#[from] russh::Error),
     #[error("the sshd refused the gateway's key for user {0:?}")]
     Refused(String),
+}
+
+impl UpstreamError {
+    /// What the SSH client is told: the real reason, in terms the sandbox's owner can act on,
+    /// without the upstream address.
+    fn client_reason(&self, sandbox: &str) -> String {
+        match self {
+            UpstreamError::Refused(user) => format!(
+                "sandbox {sandbox}'s sshd refused the gateway's key for user {user:?}: add the \
+                 gateway's upstream public key to that user's authorized_keys in the sandbox"
+            ),
+            UpstreamError::Connect(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                format!(
+                    "nothing accepts SSH connections in sandbox {sandbox} (connection refused): \
+                     is its sshd running?"
+                )
+            }
+            UpstreamError::Connect(_) => {
+                format!("cannot connect to sandbox {sandbox}'s SSH endpoint; try again later")
+            }
+            UpstreamError::Timeout => format!(
+                "sandbox {sandbox}'s SSH endpoint did not answer in time; try again later"
+            ),
+            UpstreamError::Ssh(russh::Error::UnknownKey) => format!(
+                "sandbox {sandbox}'s SSH host key does not match the gateway's ssh.upstream_host_key"
+            ),
+            UpstreamError::Ssh(_) => {
+                format!("the SSH handshake with sandbox {sandbox} failed; try again later")
+            }
+        }
+    }
 }
 
 pub(super) async fn connect_upstream(
