@@ -198,7 +198,7 @@ fn check_config_and_serve_refuse_every_broken_config_naming_file_key_and_line() 
         for command in ["check-config", "serve"] {
             let output = sandgate(&[command], Some(&file.path));
             let stderr = text(&output.stderr);
-            let mut wants: Vec<String> = case.keys.iter().map(|k| format!("{k}:")).collect();
+            let mut wants: Vec<String> = case.keys.iter().map(|k| k.to_string()).collect();
             wants.extend(case.says.iter().map(|s| s.replace("{dir}", &dir)));
             if let Some(line) = case.line {
                 wants.push(format!("{file_name}:{line}: {}", case.keys[0]));

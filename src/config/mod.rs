@@ -103,7 +103,7 @@ impl Config {
             .extract()
             .map_err(|e| source.errors(figment_problems(e, source)))?;
         if let Some(dir) = source.dir() {
-            config.resolve_paths(dir);
+            config.resolve_paths(&dir);
         }
         Ok(config)
     }
@@ -276,11 +276,15 @@ fn figment_problem(error: &figment::Error, source: &Source) -> Problem {
     let mut key = key_path(&error.path);
     let what = match &error.kind {
         Kind::UnknownField(field, expected) => {
-            key = join_key(&key, field);
+            if !error.path.last().is_some_and(|last| last == field) {
+                key = join_key(&key, field);
+            }
             format!("unknown key{}", suggestion(field, expected))
         }
         Kind::MissingField(field) => {
-            key = join_key(&key, field);
+            if !error.path.last().is_some_and(|last| last == field) {
+                key = join_key(&key, field);
+            }
             "is required".into()
         }
         kind => kind.to_string(),

@@ -7,18 +7,23 @@ use super::Config;
 
 pub const REDACTED: &str = "<redacted>";
 
-/// Keys whose values are secrets wherever they appear.
-const SECRET_KEYS: &[&str] = &[
+/// Keys whose values are secrets wherever they appear, alone or as a name's last word
+/// (`auth_token`, `hs256_secret`, `client_secret`).
+const SECRET_WORDS: &[&str] = &[
     "api_key",
-    "auth_token",
     "token",
     "tokens",
     "secret",
-    "client_secret",
-    "cookie_keys",
     "password",
-    "admin_token",
+    "cookie_keys",
 ];
+
+fn is_secret_key(key: &str) -> bool {
+    SECRET_WORDS.iter().any(|word| {
+        key.strip_suffix(word)
+            .is_some_and(|head| head.is_empty() || head.ends_with('_'))
+    })
+}
 
 /// Keys that hold a secret only inside the named list (`registry.api_keys[].key` is an API
 /// key; `tls.certs[].key` is a path).
@@ -37,9 +42,8 @@ fn redact(value: &mut Value, parent: &str, secret: bool) {
         Value::Object(map) => {
             map.retain(|_, v| !v.is_null());
             for (key, v) in map.iter_mut() {
-                let secret = secret
-                    || SECRET_KEYS.contains(&key.as_str())
-                    || SECRET_IN.contains(&(parent, key.as_str()));
+                let secret =
+                    secret || is_secret_key(key) || SECRET_IN.contains(&(parent, key.as_str()));
                 redact(v, key, secret);
             }
         }

@@ -54,14 +54,16 @@ impl Source {
         }
     }
 
-    /// The folder relative paths in the file are read from: the file's own.
-    pub fn dir(&self) -> Option<&Path> {
+    /// The folder relative paths in the file are read from: the file's own (absolute, so
+    /// errors show where sandgate looked).
+    pub fn dir(&self) -> Option<PathBuf> {
         let dir = self.path.as_deref()?.parent()?;
-        Some(if dir.as_os_str().is_empty() {
+        let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
             dir
-        })
+        };
+        Some(std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()))
     }
 
     /// A problem whose message starts with the key path at fault (`tls.certs[0].cert: …`).
