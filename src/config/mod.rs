@@ -276,15 +276,11 @@ fn figment_problem(error: &figment::Error, source: &Source) -> Problem {
     let mut key = key_path(&error.path);
     let what = match &error.kind {
         Kind::UnknownField(field, expected) => {
-            if !error.path.last().is_some_and(|last| last == field) {
-                key = join_key(&key, field);
-            }
+            key = with_field(&error.path, key, field);
             format!("unknown key{}", suggestion(field, expected))
         }
         Kind::MissingField(field) => {
-            if !error.path.last().is_some_and(|last| last == field) {
-                key = join_key(&key, field);
-            }
+            key = with_field(&error.path, key, field);
             "is required".into()
         }
         kind => kind.to_string(),
@@ -311,6 +307,14 @@ fn figment_problem(error: &figment::Error, source: &Source) -> Problem {
     }
     let message = format!("{key}: {what}");
     source.problem_at(Some(key), message)
+}
+
+/// `key` ending in `field` (figment's path sometimes has it already, sometimes not).
+fn with_field(path: &[String], key: String, field: &str) -> String {
+    match path.last() {
+        Some(last) if last == field => key,
+        _ => join_key(&key, field),
+    }
 }
 
 /// The line of a TOML syntax error ("TOML parse error at line 3, column 7").
