@@ -109,6 +109,13 @@ fn broken_configs() -> Vec<Broken> {
             says: &["did you mean `registry`?"],
         },
         Broken {
+            name: "typo in a value",
+            toml: "[server]\nlisten = \"127.0.0.1:0\"\n\n[registry]\nbackend = \"redsi\"\n".into(),
+            keys: &["registry.backend"],
+            line: Some(5),
+            says: &["unknown value \"redsi\"; did you mean `redis`?"],
+        },
+        Broken {
             name: "wrong type",
             toml: "[server]\nlisten = \"127.0.0.1:0\"\nmax_headers = \"many\"\n".into(),
             keys: &["server.max_headers"],

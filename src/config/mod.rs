@@ -277,12 +277,16 @@ fn figment_problem(error: &figment::Error, source: &Source) -> Problem {
     let what = match &error.kind {
         Kind::UnknownField(field, expected) => {
             key = with_field(&error.path, key, field);
-            format!("unknown key{}", suggestion(field, expected))
+            format!("unknown key{}", suggestion(field, expected, "known keys"))
         }
         Kind::MissingField(field) => {
             key = with_field(&error.path, key, field);
             "is required".into()
         }
+        Kind::UnknownVariant(value, expected) => format!(
+            "unknown value {value:?}{}",
+            suggestion(value, expected, "expected one of")
+        ),
         kind => kind.to_string(),
     };
     let from_env = error
@@ -340,8 +344,8 @@ fn join_key(key: &str, part: &str) -> String {
     }
 }
 
-/// `; did you mean `listen`?` when a known key is a typo away, else the known keys.
-fn suggestion(field: &str, expected: &[&str]) -> String {
+/// `; did you mean `listen`?` when a known name is a typo away, else the known names.
+fn suggestion(field: &str, expected: &[&str], known_names: &str) -> String {
     let closest = expected
         .iter()
         .map(|known| (edit_distance(field, known), *known))
@@ -351,7 +355,7 @@ fn suggestion(field: &str, expected: &[&str]) -> String {
             format!("; did you mean `{known}`?")
         }
         _ if expected.is_empty() => String::new(),
-        _ => format!("; known keys: {}", expected.join(", ")),
+        _ => format!("; {known_names}: {}", expected.join(", ")),
     }
 }
 

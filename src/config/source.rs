@@ -221,3 +221,41 @@ fn span_of(node: Node<'_>, path: &[Segment<'_>]) -> Option<usize> {
     };
     span_of(found, rest).or_else(|| span.map(|s| s.start))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Source;
+
+    #[test]
+    fn keys_are_found_on_their_lines() {
+        let text = "[server]\nlisten = \":8080\"\n\n[registry.wake]\nurl = \"http://h\"\n\n\
+                    [[registry.sandboxes]]\nid = \"a\"\n\n[[registry.sandboxes]]\nid = \"b\"\n\
+                    port_access = { \"3000\" = \"public\" }\n\
+                    [proxy]\ndomains = [\n  \"a.example\",\n  \"*.b.example\",\n]\n";
+        let source = Source::text(text);
+        for (key, line) in [
+            ("server.listen", Some(2)),
+            ("registry.wake.url", Some(5)),
+            ("registry.sandboxes[1].id", Some(11)),
+            ("registry.sandboxes[1].port_access.3000", Some(12)),
+            ("registry.sandboxes[1].runner", Some(10)),
+            ("proxy.domains[1]", Some(16)),
+            ("tls.enabled", None),
+        ] {
+            assert_eq!(source.line_of(key), line, "{key}");
+        }
+    }
+
+    #[test]
+    fn messages_lead_with_their_key() {
+        let source = Source::text("[tls]\nenabled = true\n");
+        for (message, key) in [
+            ("tls.enabled needs at least one pair", Some("tls.enabled")),
+            ("tls.certs[0].cert: missing", Some("tls.certs[0].cert")),
+            ("sandbox a: unknown", None),
+            ("nothing.here is wrong", None),
+        ] {
+            assert_eq!(source.problem(message).key.as_deref(), key, "{message}");
+        }
+    }
+}
