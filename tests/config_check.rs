@@ -81,6 +81,13 @@ fn broken_configs() -> Vec<Broken> {
             says: &["{dir}/certs/missing.pem", "No such file"],
         },
         Broken {
+            name: "access log in a missing folder",
+            toml: "[server]\nlisten = \"127.0.0.1:0\"\n\n[log]\naccess_output = \"logs/access.log\"\n".into(),
+            keys: &["log.access_output"],
+            line: Some(5),
+            says: &["{dir}/logs/access.log", "folder does not exist"],
+        },
+        Broken {
             name: "tls on without certificates",
             toml: "[tls]\nlisten = \"127.0.0.1:0\"\nenabled = true\n".into(),
             keys: &["tls.enabled"],

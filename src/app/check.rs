@@ -83,7 +83,8 @@ fn certificate_problems(config: &Config) -> Vec<String> {
     problems
 }
 
-/// `log.access_output` as a file: it must be openable for appending (serve creates it).
+/// `log.access_output` as a file: writable if it exists, else its folder must (serve creates
+/// it; the check does not).
 fn access_log_file(config: &Config) -> Result<(), String> {
     let crate::config::server::AccessOutput::File(path) = &config.log.access_output else {
         return Ok(());
@@ -91,12 +92,18 @@ fn access_log_file(config: &Config) -> Result<(), String> {
     if !config.log.access {
         return Ok(());
     }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map(|_| ())
-        .map_err(|e| format!("log.access_output: cannot open {}: {e}", path.display()))
+    let cannot = |why: String| format!("log.access_output: cannot open {}: {why}", path.display());
+    if path.exists() {
+        return std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(|_| ())
+            .map_err(|e| cannot(e.to_string()));
+    }
+    match path.parent() {
+        Some(folder) if folder.is_dir() => Ok(()),
+        _ => Err(cannot("its folder does not exist".into())),
+    }
 }
 
 fn summary(config: &Config) -> Summary {
