@@ -289,7 +289,8 @@ pub fn needs_redis(config: &Config, file: &str) -> Result<()> {
     let configured = redis.url != defaults.url
         || !redis.cluster_nodes.is_empty()
         || !redis.sentinel_nodes.is_empty();
-    if config.registry.backend == Backend::Redis || configured {
+    let sink = config.activity.sink == crate::config::activity::Sink::Redis;
+    if config.registry.backend == Backend::Redis || sink || configured {
         return Ok(());
     }
     let backend = format!("{:?}", config.registry.backend).to_lowercase();
