@@ -142,17 +142,6 @@ impl Config {
         }
     }
 
-    /// The shape checks of every section; an error names the file (`<config>` here: use
-    /// [`Config::problems`] with a [`Source`] to name it).
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let source = Source::text("");
-        let problems = self.problems();
-        if problems.is_empty() {
-            return Ok(());
-        }
-        Err(source.errors(problems.into_iter().map(|m| source.problem(m)).collect()))
-    }
-
     /// Every shape problem of the config, each message starting with the key at fault.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
