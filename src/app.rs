@@ -2,6 +2,8 @@
 //! the server, the admin listener, the activity flusher and the invalidation subscriber, and
 //! hands back [`Running`]. Nothing below imports this module.
 
+mod check;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -21,6 +23,8 @@ use crate::registry::redis::{RedisHandle, RedisRegistry};
 use crate::registry::{Registry, Resolver, StaticRegistry};
 use crate::ssh::{GatewayKeys, SshError, SshGateway};
 use crate::{auth, registry, tls, wake};
+
+pub use check::{check, load_checked, Summary};
 
 /// Why the proxy could not start. Each error names the config key at fault; the message is the
 /// one the operator sees (unchanged by the key, which is for callers and tests).

@@ -280,6 +280,25 @@ fn check_id(kind: &str, id: &str) -> Result<String> {
     Ok(id.to_ascii_lowercase())
 }
 
+/// The Redis verbs against a config that does not use Redis would only print "Connection
+/// refused": say what the config lacks instead. `file` names the config.
+pub fn needs_redis(config: &Config, file: &str) -> Result<()> {
+    use crate::config::registry::Backend;
+    let redis = &config.redis;
+    let defaults = crate::config::RedisConfig::default();
+    let configured = redis.url != defaults.url
+        || !redis.cluster_nodes.is_empty()
+        || !redis.sentinel_nodes.is_empty();
+    let sink = config.activity.sink == crate::config::activity::Sink::Redis;
+    if config.registry.backend == Backend::Redis || sink || configured {
+        return Ok(());
+    }
+    let backend = format!("{:?}", config.registry.backend).to_lowercase();
+    invalid(format!(
+        "this command needs registry.backend = \"redis\" (or a [redis] url); {file} uses {backend}"
+    ))
+}
+
 struct Admin {
     redis: RedisHandle,
     prefix: String,

@@ -93,10 +93,14 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
-    /// Check a config file and print the effective configuration.
+    /// Check a config file as `serve` would (registry, certificates, files) without starting:
+    /// prints `OK: FILE: …` or every error (exit 1).
     CheckConfig {
         #[arg(long, short, env = "SANDGATE_CONFIG")]
         config: Option<PathBuf>,
+        /// Also print the effective configuration (TOML, secrets redacted).
+        #[arg(long)]
+        print: bool,
     },
     /// Print a shell completion script, e.g. `sandgate completions bash >
     /// /etc/bash_completion.d/sandgate`.
@@ -175,6 +179,13 @@ fn worker_threads() -> Option<usize> {
 
 /// Runs one command line to its end: the runtime, the command, the exit code.
 pub fn main(cli: Cli) -> ExitCode {
+    if let Command::CheckConfig { config: None, .. } = cli.command {
+        eprintln!(
+            "sandgate: check-config needs the file to check: sandgate check-config -c FILE \
+             (or SANDGATE_CONFIG=FILE)"
+        );
+        return ExitCode::from(2);
+    }
     let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -185,7 +196,10 @@ pub fn main(cli: Cli) -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("sandgate: {message}");
+            // Every line prefixed: a config with several errors prints one per line.
+            for line in message.lines() {
+                eprintln!("sandgate: {line}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -194,7 +208,14 @@ pub fn main(cli: Cli) -> ExitCode {
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve { config } => {
-            let mut loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let (mut loaded, summary) =
+                crate::app::load_checked(config.as_deref()).map_err(|e| e.to_string())?;
+            if config.is_none() {
+                eprintln!(
+                    "sandgate: WARNING: no config file (-c FILE or SANDGATE_CONFIG): running the \
+                     built-in defaults: {summary}"
+                );
+            }
             if let Some(threads) = worker_threads() {
                 loaded.server.threads = threads;
             }
@@ -220,15 +241,15 @@ async fn run(command: Command) -> Result<(), String> {
             command: CertsCommand::Dev { domain, dir },
         } => certs::dev(&dir, &domain),
         Command::Registry { config, command } => {
-            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let loaded = redis_config(config.as_deref())?;
             admin_output(admin::registry(&loaded, command).await)
         }
         Command::PreviewUrl { config, command } => {
-            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let loaded = redis_config(config.as_deref())?;
             admin_output(admin::preview_url(&loaded, command).await)
         }
         Command::Activity { config, command } => {
-            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let loaded = redis_config(config.as_deref())?;
             admin_output(admin::activity(&loaded, command).await)
         }
         Command::Logs(args) => logs::run(args).await,
@@ -282,10 +303,14 @@ async fn run(command: Command) -> Result<(), String> {
             println!("wrote the man pages into {}", dir.display());
             Ok(())
         }
-        Command::CheckConfig { config } => {
-            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-            let text = toml_text(&loaded)?;
-            println!("{text}");
+        Command::CheckConfig { config, print } => {
+            let path = config.ok_or("check-config needs -c FILE")?;
+            let (loaded, summary) =
+                crate::app::load_checked(Some(&path)).map_err(|e| e.to_string())?;
+            println!("OK: {}: {summary}", path.display());
+            if print {
+                print!("{}", crate::config::redact::redacted_toml(&loaded)?);
+            }
             Ok(())
         }
     }
@@ -311,8 +336,12 @@ fn admin_output(result: Result<String, admin::AdminError>) -> Result<(), String>
     Ok(())
 }
 
-fn toml_text(config: &Config) -> Result<String, String> {
-    serde_json::to_string_pretty(config).map_err(|e| e.to_string())
+/// The config of a Redis verb; refused, saying why, when that config does not use Redis.
+fn redis_config(path: Option<&std::path::Path>) -> Result<Config, String> {
+    let loaded = Config::load(path).map_err(|e| e.to_string())?;
+    let name = path.map_or("the built-in defaults".into(), |p| p.display().to_string());
+    admin::needs_redis(&loaded, &name).map_err(|e| e.to_string())?;
+    Ok(loaded)
 }
 
 fn init_logging(config: &LogConfig) {

@@ -6,9 +6,12 @@
 pub mod activity;
 pub mod auth;
 pub mod identity;
+pub mod listen;
+pub mod redact;
 pub mod pages;
 pub mod registry;
 pub mod server;
+pub mod source;
 pub mod ssh;
 pub mod tls;
 pub mod wake;
@@ -16,6 +19,7 @@ pub mod wake;
 use std::path::Path;
 use std::time::Duration;
 
+use figment::error::Kind;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -30,17 +34,16 @@ pub use registry::{
     SshTokenEntry,
 };
 pub use server::{AdminConfig, LogConfig, ProxyConfig, ServerConfig};
+pub use source::{ConfigError, Problem, Source};
 pub use ssh::SshConfig;
 pub use tls::{CertPair, TlsConfig};
 pub use wake::{StartBackend, WakeConfig};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config: {0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("config: {0}")]
-    Invalid(String),
-}
+/// The top-level sections (what a key path in an error message starts with).
+pub const SECTIONS: &[&str] = &[
+    "server", "proxy", "tls", "admin", "registry", "activity", "redis", "daytona", "log", "auth",
+    "ssh", "identity", "pages",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -70,78 +73,156 @@ pub struct Config {
 impl Config {
     /// Loads defaults, then the TOML file (if any), then `SANDGATE_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError::Invalid(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
+        Config::load_source(&Source::read(file)?)
+    }
+
+    /// [`Config::load`] from a source already read (its text locates the errors).
+    pub fn load_source(source: &Source) -> Result<Config, ConfigError> {
+        Config::parse(source)?.checked(source)
+    }
+
+    /// The config of `source` with the `SANDGATE_*` overrides, paths resolved, not yet checked
+    /// (`app::check` checks it whole, collecting every problem).
+    pub fn parse(source: &Source) -> Result<Config, ConfigError> {
         // Only SECTION__KEY names are overrides: SANDGATE_CONFIG (the --config flag) and other
         // SANDGATE_* variables of scripts are not config keys.
         let overrides = Env::prefixed("SANDGATE_")
             .filter(|key| key.as_str().contains("__"))
             .split("__");
-        figment = figment.merge(overrides);
-        let config: Config = figment.extract().map_err(Box::new)?;
-        config.validate()?;
-        Ok(config)
+        Config::extract(source, Some(overrides))
     }
 
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string(text))
+        let source = Source::text(text);
+        Config::extract(&source, None)?.checked(&source)
+    }
+
+    fn extract(source: &Source, overrides: Option<Env>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(source.contents()));
+        if let Some(overrides) = overrides {
+            figment = figment.merge(overrides);
+        }
+        let mut config: Config = figment
             .extract()
-            .map_err(Box::new)?;
-        config.validate()?;
+            .map_err(|e| source.errors(figment_problems(e, source)))?;
+        if let Some(dir) = source.dir() {
+            config.resolve_paths(&dir);
+        }
         Ok(config)
     }
 
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.proxy.domains.is_empty() {
-            return invalid("proxy.domains must list at least one preview domain".into());
+    fn checked(self, source: &Source) -> Result<Config, ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(self);
         }
-        for d in &self.proxy.domains {
-            if d.is_empty() || d.starts_with('.') || d.contains(['/', ':', ' ']) {
-                return invalid(format!("proxy.domains: {d:?} is not a domain name"));
+        Err(source.errors(problems.into_iter().map(|m| source.problem(m)).collect()))
+    }
+
+    /// Relative paths in the config name files next to the config file, wherever sandgate
+    /// was started from.
+    fn resolve_paths(&mut self, dir: &Path) {
+        let resolve = |path: &mut std::path::PathBuf| {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = dir.join(&*path);
             }
+        };
+        for pair in &mut self.tls.certs {
+            resolve(&mut pair.cert);
+            resolve(&mut pair.key);
         }
-        if self.server.max_header_bytes < 8192 {
-            return invalid("server.max_header_bytes must be at least 8192".into());
+        for key in &mut self.identity.keys {
+            resolve(&mut key.private_key_file);
         }
-        if self.server.threads > 1024 {
-            return invalid("server.threads must be at most 1024 (0: one per CPU)".into());
+        resolve(&mut self.ssh.host_key);
+        resolve(&mut self.ssh.upstream_key);
+        if let server::AccessOutput::File(path) = &mut self.log.access_output {
+            resolve(path);
         }
-        if self.server.lingering_timeout > Duration::from_secs(60) {
-            return invalid("server.lingering_timeout must be at most 60s".into());
+        if let Some(dir) = &mut self.pages.dir {
+            resolve(dir);
         }
-        server::parse_trusted_proxies(&self.server.trusted_proxies)
-            .map_err(ConfigError::Invalid)?;
+        let ca = &mut self.auth.extra_ca_file;
+        if !ca.is_empty() && Path::new(ca.as_str()).is_relative() {
+            *ca = dir.join(ca.as_str()).to_string_lossy().into_owned();
+        }
+    }
+
+    /// Every shape problem of the config, each message starting with the key at fault.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut check = |result: Result<(), String>| {
+            if let Err(message) = result {
+                problems.push(message);
+            }
+        };
+        check(self.check_domains());
+        check(self.check_server());
         for (key, on) in [
             ("server.proxy_protocol", self.server.proxy_protocol),
             ("tls.proxy_protocol", self.tls.proxy_protocol),
         ] {
             if on && self.server.trusted_proxies.is_empty() {
-                return invalid(format!(
+                check(Err(format!(
                     "{key} needs server.trusted_proxies: PROXY headers are accepted only from them"
-                ));
+                )));
             }
         }
         if self.tls.enabled && self.tls.certs.is_empty() {
-            return invalid("tls.enabled needs at least one [[tls.certs]] pair".into());
+            check(Err(
+                "tls.enabled needs at least one [[tls.certs]] pair (cert = \"….pem\", key = \"….key\")"
+                    .into(),
+            ));
         }
         if !matches!(self.tls.unknown_sni.as_str(), "default" | "refuse") {
-            return invalid("tls.unknown_sni must be default or refuse".into());
+            check(Err("tls.unknown_sni must be default or refuse".into()));
         }
-        self.registry
-            .wake
-            .validate()
-            .map_err(ConfigError::Invalid)?;
-        self.log.validate().map_err(ConfigError::Invalid)?;
+        check(self.registry.wake.validate());
+        check(self.log.validate());
+        check(self.check_wake_backend());
+        check(self.activity.validate());
+        check(self.check_daytona());
+        check(self.auth.validate(&self.proxy.domains));
+        check(self.ssh.validate());
+        check(self.identity.validate());
+        problems
+    }
+
+    fn check_domains(&self) -> Result<(), String> {
+        if self.proxy.domains.is_empty() {
+            return Err("proxy.domains must list at least one preview domain".into());
+        }
+        for (i, d) in self.proxy.domains.iter().enumerate() {
+            if let Some(base) = d.strip_prefix("*.") {
+                return Err(format!(
+                    "proxy.domains[{i}]: {d:?} is a wildcard: write the base domain: {base} \
+                     (previews are <port>-<sandbox>.{base})"
+                ));
+            }
+            if d.is_empty() || d.starts_with('.') || d.contains(['/', ':', ' ', '*']) {
+                return Err(format!(
+                    "proxy.domains[{i}]: {d:?} is not a domain name (e.g. \"preview.example.com\")"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_server(&self) -> Result<(), String> {
+        if self.server.max_header_bytes < 8192 {
+            return Err("server.max_header_bytes must be at least 8192".into());
+        }
+        if self.server.threads > 1024 {
+            return Err("server.threads must be at most 1024 (0: one per CPU)".into());
+        }
+        if self.server.lingering_timeout > Duration::from_secs(60) {
+            return Err("server.lingering_timeout must be at most 60s".into());
+        }
+        server::parse_trusted_proxies(&self.server.trusted_proxies).map(|_| ())
+    }
+
+    fn check_wake_backend(&self) -> Result<(), String> {
         let wake_backend = self.registry.wake.start_backend();
         let wake_registry = match wake_backend {
             wake::StartBackend::Daytona => Some(registry::Backend::Daytona),
@@ -149,33 +230,145 @@ impl Config {
             wake::StartBackend::Hook | wake::StartBackend::None => None,
         };
         if wake_registry.is_some_and(|needed| needed != self.registry.backend) {
-            return invalid(format!(
-                "registry.wake.backend = {:?} needs registry.backend = {:?}: only that registry sees the sandbox start",
-                format!("{wake_backend:?}").to_lowercase(),
-                format!("{wake_backend:?}").to_lowercase(),
+            let name = format!("{wake_backend:?}").to_lowercase();
+            return Err(format!(
+                "registry.wake.backend = {name:?} needs registry.backend = {name:?}: only that registry sees the sandbox start",
             ));
         }
-        self.activity.validate().map_err(ConfigError::Invalid)?;
+        Ok(())
+    }
+
+    fn check_daytona(&self) -> Result<(), String> {
         let uses_daytona = self.registry.backend == registry::Backend::Daytona
             || self.activity.sink == activity::Sink::Daytona
             || self.registry.wake.start_backend() == wake::StartBackend::Daytona;
+        if !uses_daytona {
+            return Ok(());
+        }
         let api_url = self.daytona.api_url.trim_end_matches('/');
-        if uses_daytona && !(api_url.starts_with("http://") && api_url.ends_with("/api")) {
-            return invalid(format!(
+        if !(api_url.starts_with("http://") && api_url.ends_with("/api")) {
+            return Err(format!(
                 "daytona.api_url {:?} must be http://host[:port]/api",
                 self.daytona.api_url
             ));
         }
-        if uses_daytona && self.daytona.api_key.is_empty() {
-            return invalid("daytona.api_key must be set".into());
+        if self.daytona.api_key.is_empty() {
+            return Err("daytona.api_key must be set".into());
         }
-        self.auth
-            .validate(&self.proxy.domains)
-            .map_err(ConfigError::Invalid)?;
-        self.ssh.validate().map_err(ConfigError::Invalid)?;
-        self.identity.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
+}
+
+/// figment's errors as problems: the key path without figment's `default.` profile, the line,
+/// and for an unknown key the closest known one.
+fn figment_problems(error: figment::Error, source: &Source) -> Vec<Problem> {
+    error
+        .into_iter()
+        .map(|e| figment_problem(&e, source))
+        .collect()
+}
+
+fn figment_problem(error: &figment::Error, source: &Source) -> Problem {
+    let mut key = key_path(&error.path);
+    let what = match &error.kind {
+        Kind::UnknownField(field, expected) => {
+            key = with_field(&error.path, key, field);
+            format!("unknown key{}", suggestion(field, expected, "known keys"))
+        }
+        Kind::MissingField(field) => {
+            key = with_field(&error.path, key, field);
+            "is required".into()
+        }
+        Kind::UnknownVariant(value, expected) => format!(
+            "unknown value {value:?}{}",
+            suggestion(value, expected, "expected one of")
+        ),
+        kind => kind.to_string(),
+    };
+    let from_env = error
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"));
+    if from_env {
+        let variable = format!("SANDGATE_{}", key.replace('.', "__").to_uppercase());
+        let message = format!("{key}: {what} (set by the environment variable {variable})");
+        return Problem {
+            key: Some(key),
+            line: None,
+            message,
+        };
+    }
+    if key.is_empty() {
+        return Problem {
+            key: None,
+            line: syntax_error_line(&what),
+            message: what,
+        };
+    }
+    let message = format!("{key}: {what}");
+    source.problem_at(Some(key), message)
+}
+
+/// `key` ending in `field` (figment's path sometimes has it already, sometimes not).
+fn with_field(path: &[String], key: String, field: &str) -> String {
+    match path.last() {
+        Some(last) if last == field => key,
+        _ => join_key(&key, field),
+    }
+}
+
+/// The line of a TOML syntax error ("TOML parse error at line 3, column 7").
+fn syntax_error_line(message: &str) -> Option<usize> {
+    let rest = message.split_once("at line ")?.1;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// figment's path (`registry`, `sandboxes`, `2`, `runner`) as `registry.sandboxes[2].runner`.
+fn key_path(path: &[String]) -> String {
+    path.iter()
+        .fold(String::new(), |key, part| join_key(&key, part))
+}
+
+fn join_key(key: &str, part: &str) -> String {
+    match (key.is_empty(), part.parse::<usize>()) {
+        (_, Ok(index)) => format!("{key}[{index}]"),
+        (true, Err(_)) => part.to_string(),
+        (false, Err(_)) => format!("{key}.{part}"),
+    }
+}
+
+/// `; did you mean `listen`?` when a known name is a typo away, else the known names.
+fn suggestion(field: &str, expected: &[&str], known_names: &str) -> String {
+    let closest = expected
+        .iter()
+        .map(|known| (edit_distance(field, known), *known))
+        .min();
+    match closest {
+        Some((distance, known)) if distance <= (field.len() / 3).max(2) => {
+            format!("; did you mean `{known}`?")
+        }
+        _ if expected.is_empty() => String::new(),
+        _ => format!("; {known_names}: {}", expected.join(", ")),
+    }
+}
+
+/// Levenshtein distance (keys are short: the quadratic table is fine).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address of the public listener.
+    #[serde(with = "super::listen")]
     pub listen: SocketAddr,
     /// Largest request head (request line + headers) accepted, in bytes.
     pub max_header_bytes: usize,
@@ -75,7 +76,7 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin listener; empty (`None`): no admin listener.
-    #[serde(with = "empty_is_off")]
+    #[serde(with = "super::listen::empty_is_off")]
     pub listen: Option<SocketAddr>,
 }
 
@@ -271,31 +272,6 @@ impl Scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
         }
-    }
-}
-
-/// `admin.listen` is an address, or empty for "no admin listener".
-mod empty_is_off {
-    use std::net::SocketAddr;
-
-    use serde::de::Error;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
-        match addr {
-            Some(addr) => s.collect_str(addr),
-            None => s.serialize_str(""),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.is_empty() {
-            return Ok(None);
-        }
-        text.parse()
-            .map(Some)
-            .map_err(|_| D::Error::custom(format!("admin.listen {text:?} is not an address")))
     }
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct SshConfig {
     /// Address of the SSH listener.
+    #[serde(with = "super::listen")]
     pub listen: SocketAddr,
     /// The gateway's host key (OpenSSH format; `sandgate ssh-gateway keygen --out PATH`).
     pub host_key: PathBuf,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct TlsConfig {
     /// Serve HTTPS on `listen`.
     pub enabled: bool,
+    #[serde(with = "super::listen")]
     pub listen: std::net::SocketAddr,
     /// Certificate/key PEM pairs; each certificate serves the DNS names in its SAN list.
     pub certs: Vec<CertPair>,

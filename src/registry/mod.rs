@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 pub use cache::{Resolver, Watch};
 pub use daytona::DaytonaRegistry;
 pub use ports::{PortAccess, PortPolicy, PortRule, PortsMode, ScopedToken};
-pub use static_backend::StaticRegistry;
+pub use static_backend::{check as check_static, StaticRegistry};
 pub use upstream_host::UpstreamHosts;
 
 pub use crate::base::BoxFuture;

@@ -38,14 +38,14 @@ pub struct StaticRegistry {
 impl StaticRegistry {
     pub fn from_config(config: &RegistryConfig) -> Result<StaticRegistry, String> {
         Ok(StaticRegistry {
-            table: ArcSwap::from_pointee(build_tables(config)?),
+            table: ArcSwap::from_pointee(build_tables(config).map_err(|e| e.join("\n"))?),
             started: Default::default(),
         })
     }
 
     /// Swaps in a new table; on error the old one stays in force.
     pub fn reload(&self, config: &RegistryConfig) -> Result<usize, String> {
-        let table = build_tables(config)?;
+        let table = build_tables(config).map_err(|e| e.join("\n"))?;
         let n = table.sandboxes.len();
         self.table.store(Arc::new(table));
         self.started.clear();
@@ -132,76 +132,20 @@ impl Registry for StaticRegistry {
     }
 }
 
-fn build_tables(config: &RegistryConfig) -> Result<Tables, String> {
-    let sandboxes = build_table(config)?;
-    let mut api_keys = HashMap::new();
-    for (i, k) in config.api_keys.iter().enumerate() {
-        let hash = match (&k.key, &k.key_sha256) {
-            (Some(key), None) if !key.is_empty() => super::sha256(key),
-            (None, Some(hex_hash)) => {
-                let mut out = [0u8; 32];
-                hex::decode_to_slice(hex_hash, &mut out).map_err(|_| {
-                    format!("registry.api_keys[{i}]: key_sha256 must be 64 hex digits")
-                })?;
-                out
-            }
-            _ => {
-                return Err(format!(
-                    "registry.api_keys[{i}]: set exactly one of key or key_sha256"
-                ))
-            }
-        };
-        if k.organization.is_empty() {
-            return Err(format!("registry.api_keys[{i}]: organization is required"));
-        }
-        api_keys.insert(
-            hash,
-            Principal {
-                organization: k.organization.as_str().into(),
-            },
-        );
-    }
-    let mut signed = HashMap::new();
-    for s in &config.signed_previews {
-        let well_formed = s.token.len() == 16
-            && s.token
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if !well_formed {
-            return Err(format!(
-                "registry.signed_previews: token {:?} must be 16 characters [a-z0-9]",
-                s.token
-            ));
-        }
-        if s.port == 0 {
-            return Err("registry.signed_previews: port must be 1..65535".into());
-        }
-        signed.insert(
-            (s.token.as_str().into(), s.port),
-            (s.sandbox.to_ascii_lowercase().into(), s.expires_at),
-        );
-    }
-    let mut ssh_tokens = HashMap::new();
-    for (i, t) in config.ssh_tokens.iter().enumerate() {
-        let hash = match (&t.token, &t.token_sha256) {
-            (Some(token), None) if !token.is_empty() => super::sha256(token),
-            (None, Some(hex_hash)) => {
-                let mut out = [0u8; 32];
-                hex::decode_to_slice(hex_hash, &mut out).map_err(|_| {
-                    format!("registry.ssh_tokens[{i}]: token_sha256 must be 64 hex digits")
-                })?;
-                out
-            }
-            _ => {
-                return Err(format!(
-                    "registry.ssh_tokens[{i}]: set exactly one of token or token_sha256"
-                ))
-            }
-        };
-        if t.sandbox.is_empty() {
-            return Err(format!("registry.ssh_tokens[{i}]: sandbox is required"));
-        }
-        ssh_tokens.insert(hash, (t.sandbox.to_ascii_lowercase().into(), t.expires_at));
+/// Every problem of the static registry's lists (runners, sandboxes, credentials), each
+/// message starting with its key path (`registry.sandboxes[2].runner: …`).
+pub fn check(config: &RegistryConfig) -> Vec<String> {
+    build_tables(config).err().unwrap_or_default()
+}
+
+fn build_tables(config: &RegistryConfig) -> Result<Tables, Vec<String>> {
+    let mut problems = Vec::new();
+    let sandboxes = build_table(config, &mut problems);
+    let api_keys = build_api_keys(config, &mut problems);
+    let signed = build_signed(config, &mut problems);
+    let ssh_tokens = build_ssh_tokens(config, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
     }
     Ok(Tables {
         sandboxes,
@@ -209,6 +153,100 @@ fn build_tables(config: &RegistryConfig) -> Result<Tables, String> {
         signed,
         ssh_tokens,
     })
+}
+
+/// A 64-hex-digit SHA-256, or `what` when it is not one.
+fn hex_sha256(hex_hash: &str, what: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_hash, &mut out).map_err(|_| what.to_string())?;
+    Ok(out)
+}
+
+fn build_api_keys(
+    config: &RegistryConfig,
+    problems: &mut Vec<String>,
+) -> HashMap<[u8; 32], Principal> {
+    let mut api_keys = HashMap::new();
+    for (i, k) in config.api_keys.iter().enumerate() {
+        let at = format!("registry.api_keys[{i}]");
+        let hash = match (&k.key, &k.key_sha256) {
+            (Some(key), None) if !key.is_empty() => Ok(super::sha256(key)),
+            (None, Some(hex_hash)) => {
+                hex_sha256(hex_hash, &format!("{at}.key_sha256: must be 64 hex digits"))
+            }
+            _ => Err(format!("{at}: set exactly one of key or key_sha256")),
+        };
+        let hash = match hash {
+            Ok(hash) => hash,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        if k.organization.is_empty() {
+            problems.push(format!("{at}.organization: is required"));
+            continue;
+        }
+        let principal = Principal {
+            organization: k.organization.as_str().into(),
+        };
+        api_keys.insert(hash, principal);
+    }
+    api_keys
+}
+
+fn build_signed(config: &RegistryConfig, problems: &mut Vec<String>) -> SignedTable {
+    let mut signed = HashMap::new();
+    for (i, s) in config.signed_previews.iter().enumerate() {
+        let at = format!("registry.signed_previews[{i}]");
+        let well_formed = s.token.len() == 16
+            && s.token
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !well_formed {
+            problems.push(format!("{at}.token: must be 16 characters [a-z0-9]"));
+            continue;
+        }
+        if s.port == 0 {
+            problems.push(format!("{at}.port: must be 1..65535"));
+            continue;
+        }
+        signed.insert(
+            (s.token.as_str().into(), s.port),
+            (s.sandbox.to_ascii_lowercase().into(), s.expires_at),
+        );
+    }
+    signed
+}
+
+type SshTokens = HashMap<[u8; 32], (Box<str>, Option<u64>)>;
+
+fn build_ssh_tokens(config: &RegistryConfig, problems: &mut Vec<String>) -> SshTokens {
+    let mut ssh_tokens = HashMap::new();
+    for (i, t) in config.ssh_tokens.iter().enumerate() {
+        let at = format!("registry.ssh_tokens[{i}]");
+        let hash = match (&t.token, &t.token_sha256) {
+            (Some(token), None) if !token.is_empty() => Ok(super::sha256(token)),
+            (None, Some(hex_hash)) => hex_sha256(
+                hex_hash,
+                &format!("{at}.token_sha256: must be 64 hex digits"),
+            ),
+            _ => Err(format!("{at}: set exactly one of token or token_sha256")),
+        };
+        let hash = match hash {
+            Ok(hash) => hash,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        if t.sandbox.is_empty() {
+            problems.push(format!("{at}.sandbox: is required"));
+            continue;
+        }
+        ssh_tokens.insert(hash, (t.sandbox.to_ascii_lowercase().into(), t.expires_at));
+    }
+    ssh_tokens
 }
 
 /// `upstream_host` and `upstream_hosts` of one entry; errors name the sandbox and the key.
@@ -231,82 +269,150 @@ fn upstream_hosts(s: &crate::config::SandboxEntry) -> Result<super::UpstreamHost
         .map_err(|e| format!("sandbox {}: {e}", s.id))
 }
 
-fn build_table(config: &RegistryConfig) -> Result<Table, String> {
-    let mut runners = HashMap::new();
-    for r in &config.runners {
-        let mut record = RunnerRecord::new(&r.id, &r.url, &r.api_key)?.with_protocol(r.protocol);
-        if let Some(endpoint) = &r.ssh_endpoint {
-            if endpoint
-                .rsplit_once(':')
-                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
-            {
-                return Err(format!(
-                    "runner {}: ssh_endpoint {endpoint:?} must be host:port",
-                    r.id
-                ));
-            }
-            record.ssh_endpoint = Some(endpoint.as_str().into());
+/// The runners built, by id, and every runner id listed (a sandbox on a runner that failed is
+/// not also reported as naming an unknown runner).
+struct Runners<'a> {
+    built: HashMap<&'a str, Arc<RunnerRecord>>,
+    ids: Vec<&'a str>,
+}
+
+fn build_runners<'a>(config: &'a RegistryConfig, problems: &mut Vec<String>) -> Runners<'a> {
+    let mut runners = Runners {
+        built: HashMap::new(),
+        ids: Vec::new(),
+    };
+    for (i, r) in config.runners.iter().enumerate() {
+        let at = format!("registry.runners[{i}]");
+        if let Some(first) = runners.ids.iter().position(|id| *id == r.id) {
+            problems.push(format!(
+                "{at}.id: duplicate runner id {:?} (registry.runners[{first}] has it too); \
+                 runner ids must be unique",
+                r.id
+            ));
+            continue;
         }
-        if runners.insert(r.id.as_str(), Arc::new(record)).is_some() {
-            return Err(format!("registry.runners: duplicate runner id {:?}", r.id));
+        runners.ids.push(&r.id);
+        match runner_record(r, &at) {
+            Ok(record) => {
+                runners.built.insert(&r.id, Arc::new(record));
+            }
+            Err(e) => problems.push(e),
         }
     }
-    let mut table = Table::new();
-    for s in &config.sandboxes {
-        let upstream = match (&s.runner, &s.address) {
-            (Some(runner), None) => Upstream::Runner(
-                runners
-                    .get(runner.as_str())
-                    .ok_or_else(|| format!("sandbox {}: unknown runner {runner:?}", s.id))?
-                    .clone(),
-            ),
-            (None, Some(address)) => {
-                if address.is_empty() || address.contains(['/', ' ', '@']) {
-                    return Err(format!(
-                        "sandbox {}: address {address:?} is not a host",
-                        s.id
-                    ));
-                }
-                Upstream::Direct {
-                    address: address.as_str().into(),
-                }
+    runners
+}
+
+fn runner_record(r: &crate::config::RunnerEntry, at: &str) -> Result<RunnerRecord, String> {
+    let mut record = RunnerRecord::new(&r.id, &r.url, &r.api_key)
+        .map_err(|e| match e.contains("api_key") {
+            true => format!("{at}.api_key: {e}"),
+            false if !r.url.contains("://") => {
+                format!("{at}.url: {e}: write \"http://{}\"", r.url)
             }
-            _ => {
-                return Err(format!(
-                    "sandbox {}: set exactly one of runner or address",
-                    s.id
-                ))
-            }
-        };
-        if s.id.is_empty()
-            || !s
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(format!("sandbox id {:?} must be [A-Za-z0-9_-]+", s.id));
-        }
-        let record =
-            SandboxRecord::new(&s.id, upstream, s.public, &s.state, s.auth_token.as_deref())
-                .with_organization(s.organization.as_deref())
-                .with_ssh_port(s.ssh_port)
-                .with_cors(s.cors)
-                .with_ports(port_policy(s)?)
-                .with_scoped_tokens(scoped_tokens(s)?)
-                .with_identity(s.identity)
-                .with_wake(s.wake)
-                .with_upstream_hosts(upstream_hosts(s)?);
-        if table
-            .insert(s.id.to_ascii_lowercase().into(), Arc::new(record))
-            .is_some()
+            false => format!("{at}.url: {e}"),
+        })?
+        .with_protocol(r.protocol);
+    if let Some(endpoint) = &r.ssh_endpoint {
+        if endpoint
+            .rsplit_once(':')
+            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
         {
             return Err(format!(
-                "registry.sandboxes: duplicate sandbox id {:?}",
-                s.id
+                "{at}.ssh_endpoint: runner {}: ssh_endpoint {endpoint:?} must be host:port",
+                r.id
             ));
         }
+        record.ssh_endpoint = Some(endpoint.as_str().into());
     }
-    Ok(table)
+    Ok(record)
+}
+
+fn build_table(config: &RegistryConfig, problems: &mut Vec<String>) -> Table {
+    let runners = build_runners(config, problems);
+    let mut table = Table::new();
+    let mut first_of: HashMap<String, usize> = HashMap::new();
+    for (i, s) in config.sandboxes.iter().enumerate() {
+        let at = format!("registry.sandboxes[{i}]");
+        let id = s.id.to_ascii_lowercase();
+        if let Some(first) = first_of.get(&id) {
+            problems.push(format!(
+                "{at}.id: duplicate sandbox id {:?} (registry.sandboxes[{first}] has it too); \
+                 sandbox ids must be unique",
+                s.id
+            ));
+            continue;
+        }
+        first_of.insert(id.clone(), i);
+        match sandbox_record(s, &at, &runners) {
+            Ok(Some(record)) => {
+                table.insert(id.into(), Arc::new(record));
+            }
+            Ok(None) => {}
+            Err(e) => problems.push(e),
+        }
+    }
+    table
+}
+
+/// One sandbox entry as a record; `None` when its runner failed (reported there).
+fn sandbox_record(
+    s: &SandboxEntry,
+    at: &str,
+    runners: &Runners<'_>,
+) -> Result<Option<SandboxRecord>, String> {
+    if s.id.is_empty()
+        || !s
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "{at}.id: sandbox id {:?} must be [A-Za-z0-9_-]+",
+            s.id
+        ));
+    }
+    let upstream = match (&s.runner, &s.address) {
+        (Some(runner), None) => match runners.built.get(runner.as_str()) {
+            Some(record) => Upstream::Runner(record.clone()),
+            None if runners.ids.contains(&runner.as_str()) => return Ok(None),
+            None => return Err(unknown_runner(at, runner, &runners.ids)),
+        },
+        (None, Some(address)) => {
+            if address.is_empty() || address.contains(['/', ' ', '@']) {
+                return Err(format!(
+                    "{at}.address: sandbox {}: address {address:?} is not a host",
+                    s.id
+                ));
+            }
+            Upstream::Direct {
+                address: address.as_str().into(),
+            }
+        }
+        _ => {
+            return Err(format!(
+                "{at}: sandbox {}: set exactly one of runner or address",
+                s.id
+            ))
+        }
+    };
+    let record = SandboxRecord::new(&s.id, upstream, s.public, &s.state, s.auth_token.as_deref())
+        .with_organization(s.organization.as_deref())
+        .with_ssh_port(s.ssh_port)
+        .with_cors(s.cors)
+        .with_ports(port_policy(s).map_err(|e| format!("{at}.port_access: {e}"))?)
+        .with_scoped_tokens(scoped_tokens(s).map_err(|e| format!("{at}.preview_tokens: {e}"))?)
+        .with_identity(s.identity)
+        .with_wake(s.wake)
+        .with_upstream_hosts(upstream_hosts(s).map_err(|e| format!("{at}: {e}"))?);
+    Ok(Some(record))
+}
+
+fn unknown_runner(at: &str, runner: &str, known: &[&str]) -> String {
+    let fix = match known {
+        [] => "no [[registry.runners]] is defined; add one with this id".to_string(),
+        _ => format!("known runners: {}", known.join(", ")),
+    };
+    format!("{at}.runner: unknown runner {runner:?}; {fix}")
 }
 
 /// `ports` and `port_access` of one `[[registry.sandboxes]]` entry; errors name the key.
