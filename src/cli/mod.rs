@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 /// and toolbox calls (`/toolbox/<sandboxId>/...`) to the runner hosting each sandbox, with
 /// authentication, WebSockets, streaming and activity recording.
 #[derive(Parser)]
-#[command(version, propagate_version = true)]
+#[command(version = crate::metrics::build::LONG_VERSION, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,7 +28,8 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy with a config file (every key can be overridden by SANDGATE_<SECTION>__<KEY>,
-    /// e.g. SANDGATE_SERVER__LISTEN=0.0.0.0:8080). SIGHUP reloads the static registry.
+    /// e.g. SANDGATE_SERVER__LISTEN=0.0.0.0:8080). SIGHUP reloads the static registry and the
+    /// TLS certificates, and logs the changed keys that need a restart.
     Serve {
         /// The TOML config file (see config/example.toml).
         #[arg(long, short, env = "SANDGATE_CONFIG")]
@@ -88,6 +89,12 @@ enum Command {
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
+    },
+    /// Ask a running `serve` to reload its config (SIGHUP to the pid in `server.pid_file`).
+    Reload {
+        /// The pid file `serve` writes (`server.pid_file`).
+        #[arg(long)]
+        pid_file: PathBuf,
     },
     /// Check a config file and print the effective configuration.
     CheckConfig {
@@ -242,6 +249,7 @@ async fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Reload { pid_file } => serve::signal_reload(&pid_file),
         Command::CheckConfig { config } => {
             let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             let text = toml_text(&loaded)?;
@@ -273,8 +281,10 @@ fn init_logging(config: &LogConfig) {
         format!("{},rustls=error", config.level)
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
-    // Colours only for a terminal: in a file or a pipe the escapes are noise for every reader.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = colours_wanted(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -284,4 +294,34 @@ fn init_logging(config: &LogConfig) {
     } else {
         builder.try_init()
     };
+}
+
+/// Colours only for a terminal (in a file, a pipe or journald the escapes are noise for every
+/// reader) and only while `NO_COLOR` is unset or empty (<https://no-color.org>).
+fn colours_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        let cases: [(bool, Option<&str>, bool); 5] = [
+            (true, None, true),
+            (true, Some(""), true),
+            (true, Some("1"), false),
+            (false, None, false),
+            (false, Some("1"), false),
+        ];
+        for (terminal, no_color, expected) in cases {
+            let no_color = no_color.map(std::ffi::OsStr::new);
+            assert_eq!(
+                colours_wanted(terminal, no_color),
+                expected,
+                "{terminal} {no_color:?}"
+            );
+        }
+    }
 }

@@ -14,6 +14,7 @@ pub mod hold;
 pub mod path;
 pub mod pipeline;
 pub mod relay;
+pub mod reload;
 pub mod request_log;
 pub mod respond;
 pub mod route;
