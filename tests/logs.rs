@@ -30,35 +30,86 @@ fn assert_clean(log: &str) {
     }
 }
 
+struct Failure {
+    name: &'static str,
+    /// The runner is a closed port (else a runner that holds `/hold` unanswered).
+    runner_down: bool,
+    path: &'static str,
+    /// Fields the `upstream failed` line has (`{runner}`: the runner's address).
+    fields: &'static [&'static str],
+}
+
+const FAILURES: &[Failure] = &[
+    Failure {
+        name: "connection refused",
+        runner_down: true,
+        path: "/x",
+        fields: &[
+            " status=502 ",
+            " code=\"RUNNER_UNREACHABLE\" ",
+            " os_error=\"Connection refused (os error 111)\" ",
+            " error=\"connecting to {runner} failed: Connection refused (os error 111)\" ",
+            " path=\"/x\"",
+        ],
+    },
+    Failure {
+        name: "no response head in time",
+        runner_down: false,
+        path: "/hold",
+        fields: &[
+            " status=504 ",
+            " code=\"UPSTREAM_TIMEOUT\" ",
+            " os_error=\"-\" ",
+            " error=\"no response headers within 300ms\" ",
+            " path=\"/hold\"",
+        ],
+    },
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_failure_names_runner_address_os_error_and_request_id() {
-    let dead = format!("127.0.0.1:{}", free_port());
-    let proxy = Proxy::start(&runner_config(dead.parse().unwrap(), "k", sandboxes()));
-    let reply = send(
-        proxy.addr,
-        "GET",
-        HOST,
-        "/x",
-        &[("x-request-id", "req-fail-1")],
-        b"",
-    )
-    .await;
-    assert_eq!(reply.status, 502);
-    let line = stderr_line(&proxy, "upstream failed").await;
-    for field in [
-        " WARN ".to_string(),
-        " status=502 ".to_string(),
-        " code=\"RUNNER_UNREACHABLE\" ".to_string(),
-        " sandbox=\"sbx-1\" ".to_string(),
-        " runner=\"runner-1\" ".to_string(),
-        format!(" upstream=\"{dead}\" "),
-        " os_error=\"Connection refused (os error 111)\" ".to_string(),
-        " request_id=\"req-fail-1\" ".to_string(),
-        " path=\"/x\"".to_string(),
-    ] {
-        assert!(line.contains(&field), "{field:?} missing from:\n{line}");
+    let holding = Runner::start("k").await;
+    for failure in FAILURES {
+        let runner = match failure.runner_down {
+            true => format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            false => holding.addr,
+        };
+        let timeout = "[proxy]\nresponse_header_timeout = \"300ms\"\n";
+        let config = runner_config(runner, "k", sandboxes()).replacen("[proxy]\n", timeout, 1);
+        let proxy = Proxy::start(&config);
+        let request_id = format!("req-{}", failure.path.trim_start_matches('/'));
+        let reply = send(
+            proxy.addr,
+            "GET",
+            HOST,
+            failure.path,
+            &[("x-request-id", &request_id)],
+            b"",
+        )
+        .await;
+        assert!(reply.status >= 502, "{}: {}", failure.name, reply.status);
+        let line = stderr_line(&proxy, "upstream failed").await;
+        let common = [
+            " WARN ".to_string(),
+            " sandbox=\"sbx-1\" ".to_string(),
+            " runner=\"runner-1\" ".to_string(),
+            format!(" upstream=\"{runner}\" "),
+            format!(" request_id=\"{request_id}\" "),
+        ];
+        let specific = failure
+            .fields
+            .iter()
+            .map(|f| f.replace("{runner}", &runner.to_string()));
+        for field in common.into_iter().chain(specific) {
+            assert!(
+                line.contains(&field),
+                "{}: {field:?} missing from:\n{line}",
+                failure.name
+            );
+        }
+        assert_clean(&proxy.stderr());
     }
-    assert_clean(&proxy.stderr());
+    holding.release();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

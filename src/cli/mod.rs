@@ -292,8 +292,37 @@ fn init_logging(config: &LogConfig) {
     let _ = if config.format == "json" {
         builder.json().try_init()
     } else {
-        builder.try_init()
+        use tracing_subscriber::field::MakeExt;
+        let fields = tracing_subscriber::fmt::format::debug_fn(logfmt_field).delimited(" ");
+        builder.fmt_fields(fields).try_init()
     };
+}
+
+/// Writes one field of a text log line as logfmt: `key=value`, the value quoted (and escaped)
+/// when it has a space, a quote, an `=` or a control character, so a reader never splits an
+/// error message into stray keys. The message is written as it is.
+fn logfmt_field(
+    writer: &mut tracing_subscriber::fmt::format::Writer<'_>,
+    field: &tracing::field::Field,
+    value: &dyn std::fmt::Debug,
+) -> std::fmt::Result {
+    if field.name() == "message" {
+        return write!(writer, "{value:?}");
+    }
+    let text = format!("{value:?}");
+    write!(writer, "{}=", field.name())?;
+    match needs_quotes(&text) {
+        true => write!(writer, "{text:?}"),
+        false => writer.write_str(&text),
+    }
+}
+
+/// A value needs quoting unless it is one bare word, or already a quoted string (`?` on a
+/// `str` or `String` renders it quoted and escaped).
+fn needs_quotes(text: &str) -> bool {
+    let already_quoted = text.len() >= 2 && text.starts_with('"') && text.ends_with('"');
+    let bare = |c: char| !(c.is_whitespace() || c.is_control() || c == '"' || c == '=');
+    !already_quoted && (text.is_empty() || !text.chars().all(bare))
 }
 
 /// Colours only for a terminal (in a file, a pipe or journald the escapes are noise for every
@@ -305,6 +334,26 @@ fn colours_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logfmt_values_are_quoted_only_when_they_must_be() {
+        for (value, quoted) in [
+            ("502", false),
+            ("127.0.0.1:8080", false),
+            ("30s", false),
+            ("\"already quoted\"", false),
+            (
+                "connecting to x failed: Connection refused (os error 111)",
+                true,
+            ),
+            ("a=b", true),
+            ("say \"hi", true),
+            ("line\nbreak", true),
+            ("", true),
+        ] {
+            assert_eq!(needs_quotes(value), quoted, "{value:?}");
+        }
+    }
 
     #[test]
     fn colours_only_on_a_terminal_without_no_color() {
