@@ -141,6 +141,7 @@ impl Drop for PidFile {
 
 /// `sandgate reload --pid-file FILE`: sends SIGHUP to the process named in FILE.
 pub fn signal_reload(pid_file: &Path) -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
     let text = std::fs::read_to_string(pid_file)
         .map_err(|e| format!("cannot read {}: {e}", pid_file.display()))?;
     let pid: i32 = text
@@ -149,16 +150,12 @@ pub fn signal_reload(pid_file: &Path) -> Result<(), String> {
         .ok()
         .filter(|pid| *pid > 0)
         .ok_or_else(|| format!("{} does not hold a process id", pid_file.display()))?;
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .map_err(|e| format!("cannot run kill: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "cannot signal process {pid} (from {}): is sandgate running?",
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
+        format!(
+            "cannot signal process {pid} (from {}): {e}; is sandgate running?",
             pid_file.display()
-        ));
-    }
+        )
+    })?;
     println!("sent SIGHUP to sandgate (pid {pid}); its log reports what was reloaded");
     Ok(())
 }
