@@ -285,3 +285,42 @@ async fn every_access_format_carries_user_agent_upstream_and_upstream_time() {
         (format.check)(&line, &runner.addr.to_string());
     }
 }
+
+/// Colours on a terminal only while `NO_COLOR` is unset or empty: `script` gives the process a
+/// pseudo-terminal; it logs the `cookie_keys` warning, then fails to bind a taken port and exits.
+#[test]
+fn colours_on_a_terminal_unless_no_color() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: script (util-linux) is not installed");
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sandgate.toml");
+    let listen = taken.local_addr().unwrap();
+    std::fs::write(&config, format!("[server]\nlisten = \"{listen}\"\n")).unwrap();
+    for (no_color, coloured) in [(None, true), (Some(""), true), (Some("1"), false)] {
+        let mut command = std::process::Command::new("script");
+        command
+            .args(["-qec"])
+            .arg(format!("{} serve -c {}", support::BIN, config.display()))
+            .arg("/dev/null")
+            .env_remove("NO_COLOR")
+            .env("RUST_LOG", "info");
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let out = command.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("cookie_keys"), "{no_color:?}: {text}");
+        assert_eq!(
+            text.contains("\u{1b}["),
+            coloured,
+            "NO_COLOR={no_color:?}: {text:?}"
+        );
+    }
+}
