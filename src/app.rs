@@ -18,6 +18,7 @@ use crate::config::registry::Backend;
 use crate::config::{Config, LogConfig};
 use crate::http::access_log::AccessLog;
 use crate::http::forward::Forwarder;
+use crate::http::reload::{self, ReloadRequest};
 use crate::http::{client_addr, route, server, workers, App};
 use crate::registry::redis::{RedisHandle, RedisRegistry};
 use crate::registry::{Registry, Resolver, StaticRegistry};
@@ -75,6 +76,9 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     pub activity_sink: Arc<MemorySink>,
+    /// Reloads the admin listener was asked for (`POST /reload`); whoever can reload takes
+    /// it and answers each with a report. Unanswered, the listener says it cannot reload.
+    pub reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
     tasks: Tasks,
 }
 
@@ -212,13 +216,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => (plain.into_iter().map(|p| (p, None)).collect(), None, None),
     };
     let mut tasks = Vec::new();
+    let mut reload_requests = None;
     let admin_addr = match config.admin.listen {
         Some(admin) => {
             let (listener, addr) = bind_key("admin.listen", admin, false)?;
+            let (reload, requests) = reload::channel(config.admin.token.as_deref());
+            reload_requests = Some(requests);
             tasks.push(tokio::spawn(server::serve_admin(
                 app.clone(),
                 listener,
                 shutdown.clone(),
+                Some(reload),
             )));
             Some(addr)
         }
@@ -279,6 +287,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         app,
         activity_sink,
+        reload_requests,
         tasks: Tasks {
             shutdown,
             tasks,

@@ -351,12 +351,189 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// The OpenMetrics text: the registry, then `sandgate_build_info` and the `process_*`
+    /// metrics (read from `/proc/self` at each scrape), before the closing `# EOF`.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
+        let eof = out.strip_suffix("# EOF\n").map(str::len);
+        out.truncate(eof.unwrap_or(out.len()));
+        build_info(&mut out);
+        process::render(&mut out);
+        out.push_str("# EOF\n");
         out
+    }
+}
+
+/// The running binary: its version, the git commit it was built from and its cargo features.
+pub mod build {
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// The short hash of the commit built (`unknown` outside a git checkout), from `build.rs`.
+    pub const COMMIT: &str = env!("SANDGATE_COMMIT");
+    #[cfg(feature = "mimalloc")]
+    pub const FEATURES: &str = "mimalloc";
+    #[cfg(not(feature = "mimalloc"))]
+    pub const FEATURES: &str = "";
+    /// `sandgate --version`: `0.1.0 (commit 1a2b3c4d5e6f, features: mimalloc)`.
+    #[cfg(feature = "mimalloc")]
+    pub const LONG_VERSION: &str = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("SANDGATE_COMMIT"),
+        ", features: mimalloc)"
+    );
+    #[cfg(not(feature = "mimalloc"))]
+    pub const LONG_VERSION: &str = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("SANDGATE_COMMIT"),
+        ", features: none)"
+    );
+}
+
+fn build_info(out: &mut String) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        "# HELP sandgate_build_info The running build (always 1).\n\
+         # TYPE sandgate_build_info gauge\n\
+         sandgate_build_info{{version=\"{}\",commit=\"{}\",features=\"{}\"}} 1\n",
+        build::VERSION,
+        build::COMMIT,
+        build::FEATURES
+    );
+}
+
+/// The standard `process_*` metrics of Prometheus client libraries, from `/proc/self` (absent
+/// where it cannot be read).
+mod process {
+    use std::fmt::Write;
+    use std::sync::LazyLock;
+
+    /// Clock ticks per second of `/proc` times (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
+    const TICKS_PER_SECOND: f64 = 100.0;
+
+    /// A `kB` line of `/proc/self/status` (`VmRSS:  1234 kB`), in bytes.
+    fn status_bytes(status: &str, key: &str) -> Option<f64> {
+        let line = status.lines().find_map(|l| l.strip_prefix(key))?;
+        let kib: f64 = line.split_whitespace().next()?.parse().ok()?;
+        Some(kib * 1024.0)
+    }
+
+    /// The fields of `/proc/self/stat` after the command name, numbered from 3 (`state`) as in
+    /// proc(5).
+    fn stat_field(stat: &str, field: usize) -> Option<f64> {
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        after_name.split_whitespace().nth(field - 3)?.parse().ok()
+    }
+
+    fn boot_time() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// When the process started, in seconds since the epoch (read once).
+    static START_TIME: LazyLock<Option<f64>> = LazyLock::new(|| {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        Some(boot_time()? + stat_field(&stat, 22)? / TICKS_PER_SECOND)
+    });
+
+    fn max_fds() -> Option<f64> {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line["Max open files".len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    fn open_fds() -> Option<f64> {
+        Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as f64)
+    }
+
+    fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: Option<f64>) {
+        let Some(value) = value else { return };
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        let _ = write!(
+            out,
+            "# HELP {family} {help}\n# TYPE {family} {kind}\n{name} {value}\n"
+        );
+    }
+
+    pub fn render(out: &mut String) {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let field = |n| stat_field(&stat, n);
+        let cpu = field(14)
+            .zip(field(15))
+            .map(|(user, system)| (user + system) / TICKS_PER_SECOND);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let rss = status_bytes(&status, "VmRSS:");
+        sample(
+            out,
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent in seconds.",
+            cpu,
+        );
+        sample(
+            out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            rss,
+        );
+        sample(
+            out,
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            field(23),
+        );
+        sample(
+            out,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            open_fds(),
+        );
+        sample(
+            out,
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max_fds(),
+        );
+        sample(
+            out,
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+            field(20),
+        );
+        sample(
+            out,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            *START_TIME,
+        );
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn stat_fields_count_after_the_command_name() {
+            let stat = "42 (a b) c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22";
+            assert_eq!(super::stat_field(stat, 4), Some(1.0));
+            assert_eq!(super::stat_field(stat, 14), Some(11.0));
+        }
     }
 }
 
@@ -376,5 +553,14 @@ mod tests {
         assert!(text.contains("sandgate_auth_failures_total{code=\"TOKEN_INVALID\"}"));
         assert!(text.contains("sandgate_request_duration_seconds_bucket"));
         assert!(text.ends_with("# EOF\n"));
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.contains("sandgate_build_info{version=\""), "{text}");
+        for name in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name}: {text}");
+        }
     }
 }

@@ -371,3 +371,64 @@ async fn reuse_port_lets_processes_share_a_port() {
         "the error names the address: {stderr}"
     );
 }
+
+/// `--version` names the commit and the features; `/metrics` has `sandgate_build_info` with the
+/// same values and the standard `process_*` metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_build_info_and_process_metrics() {
+    let out = std::process::Command::new(support::BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let expected_features = if cfg!(feature = "mimalloc") {
+        "mimalloc"
+    } else {
+        "none"
+    };
+    let (_, details) = version
+        .split_once(" (commit ")
+        .unwrap_or_else(|| panic!("no commit in {version:?}"));
+    let commit = details.split(',').next().unwrap();
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{version}"
+    );
+    assert!(
+        version.ends_with(&format!("features: {expected_features})")),
+        "{version}"
+    );
+
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(&format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+        sandboxes()
+    )));
+    let text = scrape(proxy.admin_addr()).await;
+    let info = format!(
+        "sandgate_build_info{{version=\"{}\",commit=\"{commit}\",features=\"",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&info), "{info} not in:\n{text}");
+    let rss = sample(&text, "process_resident_memory_bytes");
+    let kib = proxy.rss_kib() as f64;
+    assert!(
+        rss > kib * 1024.0 / 4.0 && rss < kib * 1024.0 * 4.0,
+        "rss {rss} vs {kib} KiB"
+    );
+    assert!(sample(&text, "process_open_fds") >= 3.0);
+    assert!(sample(&text, "process_max_fds") >= sample(&text, "process_open_fds"));
+    assert!(sample(&text, "process_threads") >= 1.0);
+    assert!(sample(&text, "process_cpu_seconds_total") >= 0.0);
+    let started = sample(&text, "process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now + 1.0 && started > now - 120.0,
+        "{started} vs {now}"
+    );
+    assert_eq!(text.matches("# EOF").count(), 1);
+    assert!(text.ends_with("# EOF\n"));
+}

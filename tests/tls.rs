@@ -223,3 +223,35 @@ async fn reload_swaps_the_certificate_and_keeps_open_websockets() {
         Message::text("after bad reload")
     );
 }
+
+/// Plain HTTP sent to the HTTPS port gets nginx's answer, a 400 that says to use https, instead
+/// of a dropped connection; TLS on the same port keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_the_tls_port_gets_a_400_that_says_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = dev_certs(dir.path(), "preview.localhost");
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(&format!(
+        "{}{}",
+        sandboxes(),
+        tls_config(&[(&cert, &key)], "default")
+    )));
+    let addr = proxy.tls_addr();
+    let raw = support::raw_exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: 3000-sbx-1.preview.localhost\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(support::status_of(&raw), 400, "{raw}");
+    assert!(raw.contains("this port speaks HTTPS"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("connection: close"),
+        "{raw}"
+    );
+    let host = "3000-sbx-1.preview.localhost";
+    let stream = connect(addr, host, &[ca.as_path()], b"http/1.1")
+        .await
+        .unwrap();
+    let (status, _) = h1_get(stream, host, "/after-plain").await;
+    assert_eq!(status, 200);
+}

@@ -19,7 +19,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 /// and toolbox calls (`/toolbox/<sandboxId>/...`) to the runner hosting each sandbox, with
 /// authentication, WebSockets, streaming and activity recording.
 #[derive(Parser)]
-#[command(version, propagate_version = true)]
+#[command(version = crate::metrics::build::LONG_VERSION, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,7 +28,8 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy with a config file (every key can be overridden by SANDGATE_<SECTION>__<KEY>,
-    /// e.g. SANDGATE_SERVER__LISTEN=0.0.0.0:8080). SIGHUP reloads the static registry.
+    /// e.g. SANDGATE_SERVER__LISTEN=0.0.0.0:8080). SIGHUP reloads the static registry and the
+    /// TLS certificates, and logs the changed keys that need a restart.
     Serve {
         /// The TOML config file (see config/example.toml).
         #[arg(long, short, env = "SANDGATE_CONFIG")]
@@ -92,6 +93,12 @@ enum Command {
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
+    },
+    /// Ask a running `serve` to reload its config (SIGHUP to the pid in `server.pid_file`).
+    Reload {
+        /// The pid file `serve` writes (`server.pid_file`).
+        #[arg(long)]
+        pid_file: PathBuf,
     },
     /// Check a config file as `serve` would (registry, certificates, files) without starting:
     /// prints `OK: FILE: …` or every error (exit 1).
@@ -303,6 +310,7 @@ async fn run(command: Command) -> Result<(), String> {
             println!("wrote the man pages into {}", dir.display());
             Ok(())
         }
+        Command::Reload { pid_file } => serve::signal_reload(&pid_file),
         Command::CheckConfig { config, print } => {
             let path = config.ok_or("check-config needs -c FILE")?;
             let (loaded, summary) =
@@ -354,8 +362,10 @@ fn init_logging(config: &LogConfig) {
         format!("{},rustls=error", config.level)
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
-    // Colours only for a terminal: in a file or a pipe the escapes are noise for every reader.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = colours_wanted(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -363,6 +373,85 @@ fn init_logging(config: &LogConfig) {
     let _ = if config.format == "json" {
         builder.json().try_init()
     } else {
-        builder.try_init()
+        use tracing_subscriber::field::MakeExt;
+        let fields = tracing_subscriber::fmt::format::debug_fn(logfmt_field).delimited(" ");
+        builder.fmt_fields(fields).try_init()
     };
+}
+
+/// Writes one field of a text log line as logfmt: `key=value`, the value quoted (and escaped)
+/// when it has a space, a quote, an `=` or a control character, so a reader never splits an
+/// error message into stray keys. The message is written as it is.
+fn logfmt_field(
+    writer: &mut tracing_subscriber::fmt::format::Writer<'_>,
+    field: &tracing::field::Field,
+    value: &dyn std::fmt::Debug,
+) -> std::fmt::Result {
+    if field.name() == "message" {
+        return write!(writer, "{value:?}");
+    }
+    let text = format!("{value:?}");
+    write!(writer, "{}=", field.name())?;
+    match needs_quotes(&text) {
+        true => write!(writer, "{text:?}"),
+        false => writer.write_str(&text),
+    }
+}
+
+/// A value needs quoting unless it is one bare word, or already a quoted string (`?` on a
+/// `str` or `String` renders it quoted and escaped).
+fn needs_quotes(text: &str) -> bool {
+    let already_quoted = text.len() >= 2 && text.starts_with('"') && text.ends_with('"');
+    let bare = |c: char| !(c.is_whitespace() || c.is_control() || c == '"' || c == '=');
+    !already_quoted && (text.is_empty() || !text.chars().all(bare))
+}
+
+/// Colours only for a terminal (in a file, a pipe or journald the escapes are noise for every
+/// reader) and only while `NO_COLOR` is unset or empty (<https://no-color.org>).
+fn colours_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logfmt_values_are_quoted_only_when_they_must_be() {
+        for (value, quoted) in [
+            ("502", false),
+            ("127.0.0.1:8080", false),
+            ("30s", false),
+            ("\"already quoted\"", false),
+            (
+                "connecting to x failed: Connection refused (os error 111)",
+                true,
+            ),
+            ("a=b", true),
+            ("say \"hi", true),
+            ("line\nbreak", true),
+            ("", true),
+        ] {
+            assert_eq!(needs_quotes(value), quoted, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        let cases: [(bool, Option<&str>, bool); 5] = [
+            (true, None, true),
+            (true, Some(""), true),
+            (true, Some("1"), false),
+            (false, None, false),
+            (false, Some("1"), false),
+        ];
+        for (terminal, no_color, expected) in cases {
+            let no_color = no_color.map(std::ffi::OsStr::new);
+            assert_eq!(
+                colours_wanted(terminal, no_color),
+                expected,
+                "{terminal} {no_color:?}"
+            );
+        }
+    }
 }

@@ -1,15 +1,20 @@
 //! The long-running commands: `sandgate serve` and `sandgate ssh-gateway` (signals, reload).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::config::registry::Backend;
 use crate::config::Config;
+use crate::http::reload::ReloadReport;
+use crate::metrics::build;
 
-/// `sandgate serve`: runs the proxy until SIGTERM/SIGINT; SIGHUP reloads; SIGUSR1 reopens the
-/// access log file (logrotate).
+/// `sandgate serve`: runs the proxy until SIGTERM/SIGINT; SIGHUP (or the admin listener's
+/// `POST /reload`) reloads; SIGUSR1 reopens the access log file (logrotate).
 pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
-    let running = crate::start(config).await.map_err(|e| e.to_string())?;
+    let started_with = config.clone();
+    let mut running = crate::start(config).await.map_err(|e| e.to_string())?;
+    let _pid_file = PidFile::write(started_with.server.pid_file.as_deref())?;
     // Handle the signals before saying we listen: a SIGTERM or SIGHUP sent right after that line
     // would otherwise hit the default action and kill the process (no drain, no reload).
     let stop = stop_signal();
@@ -23,15 +28,26 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> 
     if let Some(addr) = running.admin_addr {
         println!("sandgate admin on http://{addr}");
     }
-    tracing::info!(addr = %running.addr, tls = ?running.tls_addr, admin = ?running.admin_addr, "sandgate listening");
+    log_startup(&started_with, path.as_deref(), &running);
     let shutdown = running.shutdown_token();
     let app = running.app.clone();
+    let mut asked = running.reload_requests.take();
     tokio::spawn(async move {
         let Ok(mut hangup) = hangup else {
             return;
         };
-        while hangup.recv().await.is_some() {
-            reload(&app, path.as_deref());
+        loop {
+            let reply = tokio::select! {
+                signal = hangup.recv() => match signal {
+                    Some(()) => None,
+                    None => return,
+                },
+                Some(reply) = next_request(&mut asked) => Some(reply),
+            };
+            let report = reload(&app, path.as_deref(), &started_with);
+            if let Some(reply) = reply {
+                let _ = reply.send(report);
+            }
         }
     });
     let app = running.app.clone();
@@ -49,6 +65,98 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> 
     shutdown.cancel();
     running.wait().await;
     tracing::info!("sandgate stopped");
+    Ok(())
+}
+
+/// The next reload the admin listener asks for (never, without an admin listener).
+async fn next_request(
+    asked: &mut Option<tokio::sync::mpsc::Receiver<crate::http::reload::ReloadRequest>>,
+) -> Option<crate::http::reload::ReloadRequest> {
+    match asked {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One line that says what runs: version, config, registry, listeners. Values are plain words
+/// (`tls=off`), never `Some(…)`/`None`.
+fn log_startup(config: &Config, path: Option<&Path>, running: &crate::Running) {
+    let config_path = path.map_or_else(
+        || "built-in defaults".to_string(),
+        |p| p.display().to_string(),
+    );
+    let or_off =
+        |addr: Option<std::net::SocketAddr>| addr.map_or("off".to_string(), |a| a.to_string());
+    let backend = backend_name(config.registry.backend);
+    let (runners, sandboxes) = match config.registry.backend {
+        Backend::Static => (
+            config.registry.runners.len().to_string(),
+            config.registry.sandboxes.len().to_string(),
+        ),
+        _ => ("-".into(), "-".into()),
+    };
+    tracing::info!(
+        version = build::VERSION,
+        commit = build::COMMIT,
+        config = ?config_path,
+        registry = backend,
+        runners = %runners,
+        sandboxes = %sandboxes,
+        listen = %running.addr,
+        tls = %or_off(running.tls_addr),
+        admin = %or_off(running.admin_addr),
+        "sandgate started"
+    );
+}
+
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Static => "static",
+        Backend::Redis => "redis",
+        Backend::Daytona => "daytona",
+    }
+}
+
+/// `server.pid_file`: written at start, removed when `serve` ends.
+struct PidFile(Option<PathBuf>);
+
+impl PidFile {
+    fn write(path: Option<&Path>) -> Result<PidFile, String> {
+        let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(PidFile(None));
+        };
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("server.pid_file: cannot write {}: {e}", path.display()))?;
+        Ok(PidFile(Some(path.to_path_buf())))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// `sandgate reload --pid-file FILE`: sends SIGHUP to the process named in FILE.
+pub fn signal_reload(pid_file: &Path) -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| format!("cannot read {}: {e}", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| format!("{} does not hold a process id", pid_file.display()))?;
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
+        format!(
+            "cannot signal process {pid} (from {}): {e}; is sandgate running?",
+            pid_file.display()
+        )
+    })?;
+    println!("sent SIGHUP to sandgate (pid {pid}); its log reports what was reloaded");
     Ok(())
 }
 
@@ -70,14 +178,33 @@ pub async fn ssh_gateway(config: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Keys a reload applies (prefixes of key paths): everything else that changed needs a restart.
+const RELOADABLE: [&str; 7] = [
+    "registry.runners",
+    "registry.sandboxes",
+    "registry.api_keys",
+    "registry.signed_previews",
+    "registry.ssh_tokens",
+    "tls.certs",
+    "pages",
+];
+
 /// Reloads what can change without a restart: the static registry and the TLS certificates.
-/// Each part is swapped whole or not at all; a bad file leaves the one in force.
-fn reload(app: &crate::proxy::App, path: Option<&std::path::Path>) {
+/// Each part is swapped whole or not at all; a bad file leaves the one in force. Changed keys
+/// that only a restart applies are logged (and reported) by name.
+fn reload(app: &crate::proxy::App, path: Option<&Path>, running: &Config) -> ReloadReport {
+    let mut report = ReloadReport::default();
     let config = match Config::load(path) {
-        Ok(config) => config,
+        Ok(mut config) => {
+            if let Some(threads) = super::worker_threads() {
+                config.server.threads = threads;
+            }
+            config
+        }
         Err(e) => {
-            tracing::error!(error = %e, "reload rejected; the previous configuration stays in force");
-            return;
+            tracing::error!(error = ?e.to_string(), "reload rejected; the previous configuration stays in force");
+            report.errors.push(e.to_string());
+            return report;
         }
     };
     if let Some(registry) = &app.static_registry {
@@ -86,25 +213,89 @@ fn reload(app: &crate::proxy::App, path: Option<&std::path::Path>) {
                 app.resolver.invalidate(None);
                 app.auth.clear_cache();
                 tracing::info!(sandboxes = n, "static registry reloaded");
+                report.applied.push("registry".into());
             }
             Err(e) => {
-                tracing::error!(error = %e, "registry reload rejected; the previous registry stays in force")
+                tracing::error!(error = ?e, "registry reload rejected; the previous registry stays in force");
+                report.errors.push(e);
             }
         }
     }
     if let Some(certs) = &app.certs {
         match certs.reload(&config.tls) {
-            Ok(()) => tracing::info!("TLS certificates reloaded"),
+            Ok(()) => {
+                tracing::info!("TLS certificates reloaded");
+                report.applied.push("tls.certs".into());
+            }
             Err(e) => {
-                tracing::error!(error = %e, "certificate reload rejected; the previous certificates stay in force")
+                tracing::error!(error = ?e, "certificate reload rejected; the previous certificates stay in force");
+                report.errors.push(e);
             }
         }
     }
     match app.pages.reload(&config.pages) {
-        Ok(()) => tracing::info!("error page templates reloaded"),
-        Err(e) => {
-            tracing::error!(error = %e, "page templates reload rejected; the previous pages stay in force")
+        Ok(()) => {
+            tracing::info!("error page templates reloaded");
+            report.applied.push("pages".into());
         }
+        Err(e) => {
+            tracing::error!(error = %e, "page templates reload rejected; the previous pages stay in force");
+            report.errors.push(e.to_string());
+        }
+    }
+    report.needs_restart = changed_keys(running, &config)
+        .into_iter()
+        .filter(|key| !RELOADABLE.iter().any(|r| is_under(key, r)))
+        .collect();
+    if !report.needs_restart.is_empty() {
+        tracing::warn!(
+            keys = ?report.needs_restart.join(", "),
+            "changed keys need a restart to apply; they keep their running values until then"
+        );
+    }
+    report
+}
+
+/// `key` is `prefix` or a key below it (`registry.sandboxes[2].id` under `registry.sandboxes`).
+fn is_under(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
+/// The key paths whose values differ between `old` and `new` (tables compared key by key;
+/// a list is one value).
+fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(old), Ok(new)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
+        return Vec::new();
+    };
+    let mut changed = Vec::new();
+    diff("", &old, &new, &mut changed);
+    changed
+}
+
+fn diff(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(old), Value::Object(new)) => {
+            let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                let child = match path {
+                    "" => key.clone(),
+                    _ => format!("{path}.{key}"),
+                };
+                let missing = Value::Null;
+                diff(
+                    &child,
+                    old.get(key).unwrap_or(&missing),
+                    new.get(key).unwrap_or(&missing),
+                    out,
+                );
+            }
+        }
+        (old, new) if old != new => out.push(path.to_string()),
+        _ => {}
     }
 }
 
@@ -125,5 +316,32 @@ pub(super) fn stop_signal() -> impl std::future::Future<Output = ()> {
             }
         }
         tracing::info!("stop signal received");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_keys_are_named_by_path_and_reloadable_ones_recognised() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.server.listen = "127.0.0.1:9999".parse().unwrap();
+        new.log.level = "debug".into();
+        new.admin.token = Some("t".into());
+        assert_eq!(
+            changed_keys(&old, &new),
+            ["admin.token", "log.level", "server.listen"]
+        );
+        for (key, prefix, under) in [
+            ("registry.sandboxes", "registry.sandboxes", true),
+            ("registry.sandboxes[1].id", "registry.sandboxes", true),
+            ("registry.sandboxes_x", "registry.sandboxes", false),
+            ("tls.certs", "tls.certs", true),
+            ("tls.listen", "tls.certs", false),
+        ] {
+            assert_eq!(is_under(key, prefix), under, "{key} under {prefix}");
+        }
     }
 }

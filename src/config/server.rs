@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// `listen` expects a PROXY protocol header (v1 or v2) first on every connection, from a
     /// trusted proxy; connections without one, or from anyone else, are closed.
     pub proxy_protocol: bool,
+    /// `serve` writes its process id here at start and removes the file at exit, for
+    /// `sandgate reload --pid-file` and init scripts (empty: no pid file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -67,17 +71,22 @@ impl Default for ServerConfig {
             lingering_timeout: Duration::from_secs(5),
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            pid_file: None,
         }
     }
 }
 
-/// The operations listener: `/metrics`, `/health`, `/ready`.
+/// The operations listener: `/metrics`, `/health`, `/ready`, `POST /reload`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin listener; empty (`None`): no admin listener.
     #[serde(with = "super::listen::empty_is_off")]
     pub listen: Option<SocketAddr>,
+    /// The bearer token `POST /reload` requires (`Authorization: Bearer <token>`); without
+    /// one the admin listener refuses reloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +141,10 @@ impl Default for ProxyConfig {
 pub struct LogConfig {
     /// `text` or `json`.
     pub format: String,
+    /// The access log's layout: `text`, `json` or `combined` (Apache combined plus timings);
+    /// unset: the same as `format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_format: Option<AccessFormat>,
     /// A tracing filter, e.g. `info` or `sandgate=debug`. `RUST_LOG` wins when set.
     pub level: String,
     /// One line per request (method, route kind, path without query, status, duration, bytes,
@@ -168,6 +181,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: "text".into(),
+            access_format: None,
             level: "info".into(),
             access: true,
             access_output: AccessOutput::Stderr,
@@ -182,6 +196,15 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// `access_format`, or the layout of `format` when unset.
+    pub fn access_format(&self) -> AccessFormat {
+        match (self.access_format, self.format.as_str()) {
+            (Some(format), _) => format,
+            (None, "json") => AccessFormat::Json,
+            (None, _) => AccessFormat::Text,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !matches!(self.format.as_str(), "text" | "json") {
             return Err("log.format must be text or json".into());
@@ -246,6 +269,15 @@ impl From<AccessOutput> for String {
             AccessOutput::File(path) => path.to_string_lossy().into_owned(),
         }
     }
+}
+
+/// `log.access_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessFormat {
+    Text,
+    Json,
+    Combined,
 }
 
 /// `log.access_overflow`.

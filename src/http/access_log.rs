@@ -1,19 +1,23 @@
 //! The access log: one line per request, formatted straight into the worker thread's buffer
 //! (no `fmt` machinery, no allocation, no system call) and written by [`LogBuffer`]'s
-//! background thread. The line keeps the layout of the `tracing` lines around it (text or
-//! JSON), so log pipelines read both alike.
+//! background thread. `log.access_format` picks the layout: `text` and `json` keep the layout
+//! of the `tracing` lines around them, so log pipelines read both alike; `combined` is Apache's
+//! combined format with nginx-style `rt=`/`urt=` fields at the end.
 //!
-//! Never logged: hosts (a signed preview host is a credential), queries, tokens, cookies.
+//! Never logged: hosts (a signed preview host is a credential), queries, tokens, cookies, the
+//! referer (it may name a signed preview host: `combined` prints `-`).
 
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderValue, Method};
+use http::{HeaderValue, Method, Version};
 
 use crate::base::log_buffer::{Full, LogBuffer, Output};
-use crate::config::server::{AccessOutput, LogConfig, Overflow};
+use crate::config::server::{AccessFormat, AccessOutput, LogConfig, Overflow};
+use crate::http::route::TOOLBOX_PORT;
 use crate::metrics::{metrics, RouteKind};
+use crate::registry::{SandboxRecord, Upstream};
 
 /// What one request line says.
 pub struct Line<'a> {
@@ -29,11 +33,18 @@ pub struct Line<'a> {
     /// The client's address as text when it is the TCP peer's (pre-rendered per connection).
     pub peer_text: Option<&'a [u8]>,
     pub client_ip: IpAddr,
+    /// The request's HTTP version (the combined format's request line).
+    pub version: Version,
+    pub user_agent: Option<&'a HeaderValue>,
+    /// The sandbox the request was forwarded to, with its preview port (`None`: toolbox).
+    pub upstream: Option<(&'a SandboxRecord, Option<u16>)>,
+    /// From sending upstream to the response head; absent when no answer came.
+    pub upstream_time: Option<Duration>,
 }
 
 pub struct AccessLog {
     buffer: LogBuffer,
-    json: bool,
+    format: AccessFormat,
     overflow: Overflow,
 }
 
@@ -48,7 +59,7 @@ impl AccessLog {
         let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(AccessLog {
             buffer: LogBuffer::start(output, shards, config.access_buffer, config.access_flush)?,
-            json: config.format == "json",
+            format: config.access_format(),
             overflow: config.access_overflow,
         })
     }
@@ -56,9 +67,10 @@ impl AccessLog {
     /// Buffers `line`. In `wait` mode, when the buffer is full, gives the formatted line back:
     /// the caller awaits [`AccessLog::wait_for_room`] with it. In `drop` mode it is counted.
     pub fn record(&self, line: &Line<'_>) -> Option<Vec<u8>> {
-        let format = |out: &mut Vec<u8>| match self.json {
-            true => json_line(out, line),
-            false => text_line(out, line),
+        let format = |out: &mut Vec<u8>| match self.format {
+            AccessFormat::Text => text_line(out, line),
+            AccessFormat::Json => json_line(out, line),
+            AccessFormat::Combined => combined_line(out, line),
         };
         match self.buffer.append(format) {
             Ok(()) => None,
@@ -120,6 +132,20 @@ fn text_line(out: &mut Vec<u8>, line: &Line<'_>) {
     }
     out.extend_from_slice(b" peer=");
     peer(out, line);
+    if let Some((sandbox, port)) = line.upstream {
+        out.extend_from_slice(b" upstream=\"");
+        upstream_address(out, sandbox, port);
+        out.push(b'"');
+    }
+    if let Some(time) = line.upstream_time {
+        out.extend_from_slice(b" upstream_micros=");
+        number(out, time.as_micros() as u64);
+    }
+    if let Some(agent) = line.user_agent {
+        out.extend_from_slice(b" user_agent=\"");
+        escaped(out, agent.as_bytes());
+        out.push(b'"');
+    }
     out.push(b'\n');
 }
 
@@ -154,7 +180,115 @@ fn json_line(out: &mut Vec<u8>, line: &Line<'_>) {
     }
     out.extend_from_slice(b",\"peer\":\"");
     peer(out, line);
-    out.extend_from_slice(b"\"},\"target\":\"sandgate::access\"}\n");
+    out.push(b'"');
+    if let Some((sandbox, port)) = line.upstream {
+        out.extend_from_slice(b",\"upstream\":\"");
+        upstream_address(out, sandbox, port);
+        out.push(b'"');
+    }
+    if let Some(time) = line.upstream_time {
+        out.extend_from_slice(b",\"upstream_micros\":");
+        number(out, time.as_micros() as u64);
+    }
+    if let Some(agent) = line.user_agent {
+        out.extend_from_slice(b",\"user_agent\":\"");
+        escaped(out, agent.as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"},\"target\":\"sandgate::access\"}\n");
+}
+
+/// Apache's combined format, then nginx-style timings and sandgate's own fields:
+/// `10.0.0.7 - - [01/Dec/2026:17:20:00 +0000] "GET /a HTTP/1.1" 200 5 "-" "curl/8" rt=0.001
+/// urt=0.001 upstream="10.0.0.5:3003" sandbox="sbx-1" request_id="…"`. The request line has the
+/// path without the query; the referer is always `-` (see the module's note).
+fn combined_line(out: &mut Vec<u8>, line: &Line<'_>) {
+    peer(out, line);
+    out.extend_from_slice(b" - - [");
+    combined_timestamp(out);
+    out.extend_from_slice(b"] \"");
+    escaped(out, line.method.as_str().as_bytes());
+    out.push(b' ');
+    escaped(out, line.path.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(version_name(line.version).as_bytes());
+    out.extend_from_slice(b"\" ");
+    number(out, line.status as u64);
+    out.push(b' ');
+    match line.bytes {
+        Some(bytes) if bytes > 0 => number(out, bytes),
+        _ => out.push(b'-'),
+    }
+    out.extend_from_slice(b" \"-\" \"");
+    match line.user_agent {
+        Some(agent) => escaped(out, agent.as_bytes()),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b"\" rt=");
+    seconds(out, line.elapsed);
+    out.extend_from_slice(b" urt=");
+    match line.upstream_time {
+        Some(time) => seconds(out, time),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" upstream=");
+    match line.upstream {
+        Some((sandbox, port)) => {
+            out.push(b'"');
+            upstream_address(out, sandbox, port);
+            out.push(b'"');
+        }
+        None => out.push(b'-'),
+    }
+    if let Some(sandbox) = line.sandbox {
+        out.extend_from_slice(b" sandbox=\"");
+        escaped(out, sandbox.as_bytes());
+        out.push(b'"');
+    }
+    if let Some(id) = line.request_id {
+        out.extend_from_slice(b" request_id=\"");
+        escaped(out, id.as_bytes());
+        out.push(b'"');
+    }
+    out.push(b'\n');
+}
+
+fn version_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// `12.345`: seconds with milliseconds, as nginx's `$request_time`.
+fn seconds(out: &mut Vec<u8>, time: Duration) {
+    number(out, time.as_secs());
+    let mut millis = *b".000";
+    put_digits(&mut millis[1..], u64::from(time.subsec_millis()));
+    out.extend_from_slice(&millis);
+}
+
+/// `host:port` the proxy connects to for `sandbox`: its runner's, or the sandbox's own address
+/// with the preview port (`port` `None`: the toolbox port). Also used by the failure log line.
+pub fn upstream_address(out: &mut Vec<u8>, sandbox: &SandboxRecord, port: Option<u16>) {
+    match &sandbox.upstream {
+        Upstream::Runner(runner) => escaped(out, runner.authority.as_bytes()),
+        Upstream::Direct { address } => {
+            let v6 = address.contains(':');
+            if v6 {
+                out.push(b'[');
+            }
+            escaped(out, address.as_bytes());
+            if v6 {
+                out.push(b']');
+            }
+            out.push(b':');
+            number(out, u64::from(port.unwrap_or(TOOLBOX_PORT)));
+        }
+    }
 }
 
 fn peer(out: &mut Vec<u8>, line: &Line<'_>) {
@@ -237,6 +371,41 @@ fn timestamp(out: &mut Vec<u8>) {
     out.extend_from_slice(&fraction);
 }
 
+/// `01/Dec/2026:17:20:00 +0000` (UTC), rendered once per second per thread.
+fn combined_timestamp(out: &mut Vec<u8>) {
+    thread_local! {
+        static SECOND: RefCell<(u64, [u8; 26])> = const { RefCell::new((u64::MAX, [0; 26])) };
+    }
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, render_combined_second(secs));
+        }
+        out.extend_from_slice(&cached.1);
+    });
+}
+
+fn render_combined_second(secs: u64) -> [u8; 26] {
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    let mut text = *b"00/Jan/0000:00:00:00 +0000";
+    put_digits(&mut text[0..2], day as u64);
+    text[3..6].copy_from_slice(MONTHS[(month as usize).saturating_sub(1) % 12]);
+    put_digits(&mut text[7..11], year.max(0) as u64);
+    put_digits(&mut text[12..14], of_day / 3600);
+    put_digits(&mut text[15..17], of_day / 60 % 60);
+    put_digits(&mut text[18..20], of_day % 60);
+    text
+}
+
 fn render_second(secs: u64) -> [u8; 19] {
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let of_day = secs % 86_400;
@@ -289,7 +458,18 @@ mod tests {
             request_id: id,
             peer_text: Some(b"10.0.0.7"),
             client_ip: IpAddr::from([10, 0, 0, 7]),
+            version: Version::HTTP_11,
+            user_agent: None,
+            upstream: None,
+            upstream_time: None,
         }
+    }
+
+    fn direct(address: &str) -> SandboxRecord {
+        let upstream = Upstream::Direct {
+            address: address.into(),
+        };
+        SandboxRecord::new("sbx-1", upstream, false, "started", None)
     }
 
     fn text(line: &Line<'_>) -> String {
@@ -387,6 +567,66 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "/a\\u0085b\\u2028c\\u2029d/é€"
         );
+    }
+
+    #[test]
+    fn every_format_carries_user_agent_upstream_and_its_time() {
+        let agent = HeaderValue::from_static("curl/8.5 \"x\"");
+        let sandbox = direct("10.1.2.3");
+        let mut l = line("/a", Some("sbx-1"), None);
+        l.user_agent = Some(&agent);
+        l.upstream = Some((&sandbox, Some(3000)));
+        l.upstream_time = Some(Duration::from_micros(2500));
+        let text = text(&l);
+        assert!(
+            text.ends_with(
+                " peer=10.0.0.7 upstream=\"10.1.2.3:3000\" upstream_micros=2500 \
+                 user_agent=\"curl/8.5 \\\"x\\\"\"\n"
+            ),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        json_line(&mut out, &l);
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["fields"]["user_agent"], "curl/8.5 \"x\"");
+        assert_eq!(value["fields"]["upstream"], "10.1.2.3:3000");
+        assert_eq!(value["fields"]["upstream_micros"], 2500);
+        let mut out = Vec::new();
+        combined_line(&mut out, &l);
+        let combined = String::from_utf8(out).unwrap();
+        let (start, rest) = combined.split_once(" [").unwrap();
+        assert_eq!(start, "10.0.0.7 - -");
+        let (_, rest) = rest.split_once("] ").unwrap();
+        assert_eq!(
+            rest,
+            "\"GET /a HTTP/1.1\" 200 5 \"-\" \"curl/8.5 \\\"x\\\"\" rt=0.001 urt=0.002 \
+             upstream=\"10.1.2.3:3000\" sandbox=\"sbx-1\"\n"
+        );
+    }
+
+    #[test]
+    fn upstream_addresses_bracket_ipv6_and_default_to_the_toolbox_port() {
+        for (address, port, expected) in [
+            ("10.0.0.5", Some(8080), "10.0.0.5:8080"),
+            ("fd00::5", Some(8080), "[fd00::5]:8080"),
+            ("10.0.0.5", None, "10.0.0.5:2280"),
+        ] {
+            let mut out = Vec::new();
+            upstream_address(&mut out, &direct(address), port);
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn combined_timestamps_match_the_calendar() {
+        for (secs, expected) in [
+            (0, "01/Jan/1970:00:00:00 +0000"),
+            (951_782_400, "29/Feb/2000:00:00:00 +0000"),
+            (1_798_824_605, "01/Jan/2027:17:30:05 +0000"),
+        ] {
+            let rendered = render_combined_second(secs);
+            assert_eq!(std::str::from_utf8(&rendered).unwrap(), expected);
+        }
     }
 
     #[test]

@@ -65,6 +65,73 @@ pub struct Destination<'a> {
     pub deadline_timer: &'a DeadlineTimer,
     /// The request may carry `Upgrade` (`false`: it has none, no lookup needed).
     pub may_upgrade: bool,
+    /// Where the forward phase reports the upstream call, for the logs.
+    pub report: &'a mut UpstreamReport,
+}
+
+/// What the logs learn about one upstream call: how long the answer took, or why it failed.
+#[derive(Debug, Default)]
+pub struct UpstreamReport {
+    /// The request was sent (or its connection attempted).
+    pub attempted: bool,
+    /// From sending the request to the response head.
+    pub time: Option<Duration>,
+    /// Why no usable answer came, with the OS error when there was one.
+    pub failure: Option<UpstreamFailure>,
+}
+
+/// An upstream failure as the operator needs it: the whole error chain and, when the chain has
+/// one, the OS error (`Connection refused (os error 111)`).
+#[derive(Debug)]
+pub struct UpstreamFailure {
+    pub error: Box<str>,
+    pub os_error: Option<Box<str>>,
+}
+
+impl UpstreamFailure {
+    fn of(error: &(dyn std::error::Error + 'static)) -> UpstreamFailure {
+        UpstreamFailure {
+            error: error_chain(error).into(),
+            os_error: os_error(error).map(|e| e.to_string().into()),
+        }
+    }
+
+    fn said(text: String) -> UpstreamFailure {
+        UpstreamFailure {
+            error: text.into(),
+            os_error: None,
+        }
+    }
+}
+
+/// `outer: inner: innermost`, skipping a cause whose text its parent already shows.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+/// The deepest `io::Error` of the chain that came from the OS (or else the deepest one).
+fn os_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut found = None;
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error().is_some() || found.is_none() {
+                found = Some(io);
+            }
+        }
+        cause = current.source();
+    }
+    found
 }
 
 /// The response-header deadline timer of one client connection, reused from request to request:
@@ -156,6 +223,7 @@ impl Forwarder {
             connection_slots,
             deadline_timer,
             may_upgrade,
+            report,
         } = destination;
         let proto = if https { &HTTPS } else { &self.forwarded_proto };
         let query = effective_query(query, req.uri().query());
@@ -189,6 +257,7 @@ impl Forwarder {
         } else {
             address.protocol
         };
+        report.attempted = true;
         let sent = tokio::select! {
             biased;
             sent = self.pool.send(&address.authority, protocol, req) => Ok(sent),
@@ -198,20 +267,36 @@ impl Forwarder {
         let (mut response, lease) = match sent {
             Err(()) => {
                 metrics().upstream_timeouts.inc();
+                report.failure = Some(UpstreamFailure::said(format!(
+                    "no response headers within {}",
+                    humantime::format_duration(self.response_header_timeout)
+                )));
                 return Err(ProxyError::UpstreamTimeout(self.response_header_timeout));
             }
-            Ok(Err(e)) => return Err(self.failure(&e, watch.as_deref(), sandbox, &target)),
+            Ok(Err(e)) => {
+                let error = self.failure(&e, watch.as_deref(), sandbox, &target);
+                // A client's broken or oversized body is not the upstream's failure.
+                if error.status().is_server_error() {
+                    report.failure = Some(UpstreamFailure::of(&e));
+                }
+                return Err(error);
+            }
             Ok(Ok(response)) => response,
         };
+        let upstream_time = started.elapsed();
+        report.time = Some(upstream_time);
         metrics()
             .upstream_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe(upstream_time.as_secs_f64());
 
         if let Target::Preview { port } = target {
             if response.status() == StatusCode::BAD_GATEWAY
                 && matches!(sandbox.upstream, Upstream::Runner(_))
             {
                 drain_in_background(response.into_body(), lease);
+                report.failure = Some(UpstreamFailure::said(format!(
+                    "the runner answered 502: nothing listens on port {port} in the sandbox"
+                )));
                 return Err(ProxyError::PortNotListening(port));
             }
         }
@@ -228,7 +313,12 @@ impl Forwarder {
                     };
                     Ok(self.relay_upgrade(client_upgrade, response, guards))
                 }
-                None => Err(ProxyError::UpstreamFailed),
+                None => {
+                    report.failure = Some(UpstreamFailure::said(
+                        "the upstream switched protocols unasked".into(),
+                    ));
+                    Err(ProxyError::UpstreamFailed)
+                }
             };
         }
         remove_hop_by_hop(response.headers_mut());

@@ -15,6 +15,7 @@ pub mod pages;
 pub mod path;
 pub mod pipeline;
 pub mod relay;
+pub mod reload;
 pub mod request_log;
 pub mod respond;
 pub mod route;

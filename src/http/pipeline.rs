@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use http_body::Body;
 
-use http::header::{ALLOW, CONNECTION, HOST};
+use http::header::{ALLOW, CONNECTION, HOST, USER_AGENT};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
@@ -15,7 +15,7 @@ use super::access_log;
 use super::body::ProxyBody;
 use super::client_addr::{ClientAddr, FORWARDED};
 use super::client_io::ConnectionEnd;
-use super::forward::{Destination, Target};
+use super::forward::{Destination, Target, UpstreamReport};
 use super::gate::{self, Admission};
 use super::header_route;
 use super::hold;
@@ -38,6 +38,7 @@ struct Seen {
     /// Set once resolved, so refusals (401, 403, 429, 502…) are in the sandbox's request log.
     sandbox: Option<Arc<SandboxRecord>>,
     port: Option<u16>,
+    upstream: UpstreamReport,
 }
 
 /// The request handler given to the server: never fails, every error becomes a response.
@@ -47,7 +48,8 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
     let method = req.method().clone();
     let present = Present::scan(req.headers());
     let html = wants_html(req.headers(), present);
-    let http1 = req.version() <= Version::HTTP_11;
+    let version = req.version();
+    let http1 = version <= Version::HTTP_11;
     let body_pending = http1 && !req.body().is_end_stream();
     let client = app.trusted_proxies.client(peer.addr.ip(), req.headers());
     let request_id = app
@@ -55,15 +57,20 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
         .then(|| request_id(req.headers_mut(), present));
     // Kept for a 401 page's sign-in link (a reference count, not a copy).
     let host = html.then(|| req.headers().get(HOST).cloned()).flatten();
+    let user_agent = app
+        .access_log
+        .as_ref()
+        .and_then(|_| req.headers().get(USER_AGENT).cloned());
     let mut seen = Seen {
         kind: RouteKind::Own,
         sandbox: None,
         port: None,
+        upstream: UpstreamReport::default(),
     };
     let mut response = match pipeline(&app, req, peer, &client, (html, present), &mut seen).await {
         Ok(response) => response,
         Err(error) => {
-            log_error(&error, uri.path());
+            log_error(&error, uri.path(), request_id.as_ref(), &seen);
             if let ProxyError::Auth(auth) = &error {
                 metrics().auth_failure(auth_code(auth));
             }
@@ -110,6 +117,14 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: &Peer) -> R
             request_id: request_id.as_ref(),
             peer_text: (client.ip == peer.addr.ip()).then(|| peer.ip_header.as_bytes()),
             client_ip: client.ip,
+            version,
+            user_agent: user_agent.as_ref(),
+            upstream: seen
+                .upstream
+                .attempted
+                .then(|| seen.sandbox.as_deref().map(|s| (s, seen.port)))
+                .flatten(),
+            upstream_time: seen.upstream.time,
         };
         if let Some(waiting) = log.record(&line) {
             // The response waits for room, but the line is handed to its own task: a client
@@ -301,6 +316,7 @@ async fn pipeline(
         &host,
         &entry,
         target,
+        &mut seen.upstream,
     )?;
     let activity = &app.activity;
     let guard = || marked.then(|| activity.stream(&entry.sandbox.id)).flatten();
@@ -337,6 +353,7 @@ fn destination<'a>(
     host: &'a HeaderValue,
     entry: &'a gate::Entry,
     target: Target<'a>,
+    report: &'a mut UpstreamReport,
 ) -> Result<Destination<'a>, ProxyError> {
     let forwarded = present.may_have(Tracked::Forwarded);
     if forwarded && (!client.via_trusted_proxy || entry.forwarded_host.is_some()) {
@@ -368,6 +385,7 @@ fn destination<'a>(
         connection_slots: peer.slots.as_ref(),
         deadline_timer: &peer.deadline_timer,
         may_upgrade: present.may_have(Tracked::Upgrade),
+        report,
     })
 }
 
@@ -427,12 +445,49 @@ fn asterisk_form(method: &Method) -> Result<Response<ProxyBody>, ProxyError> {
     Ok(response)
 }
 
-fn log_error(error: &ProxyError, path: &str) {
-    let status = error.status();
-    if status.is_server_error() {
-        tracing::warn!(code = error.code(), %status, path, error = %error, "request failed");
+/// One line per failed request. Strings go through `?` (quoted, escaped) so every line stays
+/// one logfmt record; the status is a number. An upstream failure names the sandbox, its
+/// runner, the address, the error chain with the OS error, and the request id.
+fn log_error(error: &ProxyError, path: &str, request_id: Option<&HeaderValue>, seen: &Seen) {
+    let status = error.status().as_u16();
+    let request_id = request_id.and_then(|id| id.to_str().ok()).unwrap_or("-");
+    let sandbox = seen.sandbox.as_deref();
+    let sandbox_id = sandbox.map_or("-", |s| &*s.id);
+    if let (Some(failure), Some(sandbox)) = (&seen.upstream.failure, sandbox) {
+        let mut upstream = Vec::new();
+        access_log::upstream_address(&mut upstream, sandbox, seen.port);
+        tracing::warn!(
+            status,
+            code = error.code(),
+            sandbox = ?sandbox_id,
+            runner = ?runner_id(sandbox),
+            upstream = ?String::from_utf8_lossy(&upstream),
+            os_error = ?failure.os_error.as_deref().unwrap_or("-"),
+            error = ?&*failure.error,
+            request_id = ?request_id,
+            path = ?path,
+            "upstream failed"
+        );
+    } else if error.status().is_server_error() {
+        tracing::warn!(
+            status,
+            code = error.code(),
+            sandbox = ?sandbox_id,
+            error = ?error.to_string(),
+            request_id = ?request_id,
+            path = ?path,
+            "request failed"
+        );
     } else {
-        tracing::debug!(code = error.code(), %status, path, "request refused");
+        tracing::debug!(status, code = error.code(), sandbox = ?sandbox_id, request_id = ?request_id, path = ?path, "request refused");
+    }
+}
+
+/// The runner a sandbox is reached through (`-` when the proxy goes to the sandbox directly).
+fn runner_id(sandbox: &SandboxRecord) -> &str {
+    match &sandbox.upstream {
+        crate::registry::Upstream::Runner(runner) => &runner.id,
+        crate::registry::Upstream::Direct { .. } => "-",
     }
 }
 

@@ -28,6 +28,7 @@ use crate::http::body::ProxyBody;
 use crate::http::client_io::{ClientStream, ConnectionEnd, LingerLimits};
 use crate::http::head_timer::HeadTimer;
 use crate::http::pipeline::{handle, App, ConnectionSlots, Peer};
+use crate::http::reload::AdminReload;
 use crate::http::request_log::{self, AdminBody};
 use crate::http::respond::health;
 use crate::metrics::metrics;
@@ -148,6 +149,20 @@ pub async fn serve(
                 return;
             };
             let _ = stream.set_nodelay(true);
+            if let Some((_, handshake_timeout)) = &tls_side {
+                match first_byte(&stream, *handshake_timeout).await {
+                    Some(byte) if byte.is_ascii_alphabetic() => {
+                        tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400");
+                        return answer_plain_http(stream).await;
+                    }
+                    Some(_) => {}
+                    None => {
+                        metrics().tls_handshake_errors.inc();
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
             let end = Arc::new(ConnectionEnd::default());
             let stream = ClientStream::new(stream, end.clone(), linger);
             let connection = Connection {
@@ -270,6 +285,43 @@ impl Connection {
             tracing::debug!(error = %e, peer = %self.peer, "connection ended with an error");
         }
     }
+}
+
+/// The connection's first byte, looked at without consuming it (TLS then reads it as if nothing
+/// had), to tell plain HTTP (every method starts with an ASCII letter) from a TLS ClientHello
+/// (0x16). `None`: nothing came within `timeout` (the handshake's), or the peer closed.
+async fn first_byte(stream: &TcpStream, timeout: Duration) -> Option<u8> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0]),
+        _ => None,
+    }
+}
+
+/// The answer nginx gives plain HTTP on an HTTPS port, then a close that lets the client read
+/// it: the write side is shut first and what the client still sends is drained (bounded).
+async fn answer_plain_http(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "this port speaks HTTPS: use https:// instead of http://\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let drain = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 4096];
+        let mut left = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut buf).await? {
+                0 => break,
+                n => left -= n.min(left),
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 /// `308` to the same host on the HTTPS port; `/health` answers in plaintext.
@@ -400,22 +452,29 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
 }
 
 /// The admin listener: `/metrics` (Prometheus), `/health` (live), `/ready` (the registry
-/// answers, or the cache can serve), `/sandboxes/<id>/requests` (the request log). Runs until
-/// `shutdown` fires, which also ends the request log's live streams.
-pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
-    serve_admin_with(Some(app), listener, shutdown).await
+/// answers, or the cache can serve), `/sandboxes/<id>/requests` (the request log), `POST
+/// /reload` (with `reload`). Runs until `shutdown` fires, which also ends the request log's
+/// live streams.
+pub async fn serve_admin(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    reload: Option<AdminReload>,
+) {
+    serve_admin_with(Some(app), listener, shutdown, reload).await
 }
 
 /// The admin listener of a process without the HTTP proxy (the SSH gateway): `/metrics`,
 /// `/health`, and `/ready` always ready.
 pub async fn serve_metrics_only(listener: TcpListener, shutdown: CancellationToken) {
-    serve_admin_with(None, listener, shutdown).await
+    serve_admin_with(None, listener, shutdown, None).await
 }
 
 async fn serve_admin_with(
     app: Option<Arc<App>>,
     listener: TcpListener,
     shutdown: CancellationToken,
+    reload: Option<AdminReload>,
 ) {
     loop {
         let (stream, _) = tokio::select! {
@@ -430,11 +489,17 @@ async fn serve_admin_with(
         };
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let reload = reload.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
                 let shutdown = shutdown.clone();
-                async move { Ok::<_, Infallible>(admin(app.as_deref(), req.uri(), &shutdown).await) }
+                let reload = reload.clone();
+                async move {
+                    Ok::<_, Infallible>(
+                        admin(app.as_deref(), &req, &shutdown, reload.as_ref()).await,
+                    )
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -443,16 +508,24 @@ async fn serve_admin_with(
     }
 }
 
-/// The admin listener's answer to `uri`: the request log's paths, or the fixed ones.
+/// The admin listener's answer to `req`: the request log's paths, a reload, or the fixed ones.
 async fn admin(
     app: Option<&App>,
-    uri: &http::Uri,
+    req: &Request<Incoming>,
     shutdown: &CancellationToken,
+    reload: Option<&AdminReload>,
 ) -> Response<AdminBody> {
+    let uri = req.uri();
     let sandbox = uri.path().strip_prefix("/sandboxes/");
     if let Some(id) = sandbox.and_then(|rest| rest.strip_suffix("/requests")) {
         let log = app.and_then(|app| app.request_log.as_ref());
         return request_log::admin(log, id, uri.query(), shutdown);
+    }
+    if let (Some(reload), "/reload") = (reload, uri.path()) {
+        return reload
+            .answer(req.method(), req.headers())
+            .await
+            .map(Either::Left);
     }
     fixed_admin(app, uri.path()).await.map(Either::Left)
 }
