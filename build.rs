@@ -1,10 +1,14 @@
 //! Bakes the git commit into the binary (`sandgate --version`, `sandgate_build_info`): the short
-//! hash of HEAD, or `unknown` outside a git checkout or without git. Never fails the build.
+//! hash of HEAD (or `SANDGATE_COMMIT` when set, as in the Dockerfile, whose build context has
+//! no `.git`), or `unknown` outside a git checkout or without git. Never fails the build.
 
 use std::process::Command;
 
 fn main() {
-    let commit = git(&["rev-parse", "--short=12", "HEAD"])
+    println!("cargo:rerun-if-env-changed=SANDGATE_COMMIT");
+    let commit = std::env::var("SANDGATE_COMMIT")
+        .ok()
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .filter(|hash| !hash.is_empty() && hash.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=SANDGATE_COMMIT={commit}");
