@@ -157,19 +157,30 @@ fn every_ca_has_its_own_name() {
 }
 
 #[test]
-fn a_ca_without_its_key_is_refused_not_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = files(dir.path());
-    std::fs::write(&f.ca, "trusted somewhere").unwrap();
-    let out = certs_dev(dir.path());
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("dev-ca.key") && stderr.contains("does not"),
-        "{stderr}"
-    );
-    assert_eq!(std::fs::read_to_string(&f.ca).unwrap(), "trusted somewhere");
-    assert!(!f.key.exists());
+fn half_a_ca_is_refused_not_replaced() {
+    for (name, keep_cert) in [("a CA without its key", true), ("a CA key alone", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        let (present, missing) = match keep_cert {
+            true => (&f.ca, &f.ca_key),
+            false => (&f.ca_key, &f.ca),
+        };
+        std::fs::write(present, "trusted somewhere").unwrap();
+        let out = certs_dev(dir.path());
+        assert!(!out.status.success(), "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let missing_name = missing.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            stderr.contains(&missing_name) && stderr.contains("does not"),
+            "{name}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(present).unwrap(),
+            "trusted somewhere",
+            "{name}"
+        );
+        assert!(!missing.exists() && !f.key.exists(), "{name}");
+    }
 }
 
 /// `serve` with the certificates: Python's default context (with strict X.509 checks, the

@@ -303,7 +303,7 @@ async fn bad_data_is_a_502_for_that_sandbox_only() {
     for (id, expect) in [
         ("json", "a string"),
         ("maybe", "public must be true or false"),
-        ("orphan", "runner \"gone\" not found"),
+        ("orphan", r#"runner \"gone\" not found"#), // quoted for logfmt
         ("both", "exactly one"),
         ("badrunner", "not a URL"),
         ("hash", "64 hex digits"),

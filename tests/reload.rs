@@ -126,12 +126,18 @@ async fn sighup_names_the_changed_keys_that_need_a_restart() {
     edit_config(&proxy, "level = \"info\"", "level = \"debug\"");
     std::fs::write(
         &proxy.config_path,
-        std::fs::read_to_string(&proxy.config_path).unwrap() + &sandbox("b"),
+        std::fs::read_to_string(&proxy.config_path).unwrap()
+            + &sandbox("b")
+            // TLS was off at start: there is no listener to give a certificate to.
+            + "[[tls.certs]]\ncert = \"/nowhere.pem\"\nkey = \"/nowhere.key\"\n",
     )
     .unwrap();
     proxy.signal("HUP");
     let line = wait_for_log(&proxy, "need a restart").await;
-    assert!(line.contains("log.level, server.listen"), "{line}");
+    assert!(
+        line.contains("log.level, server.listen, tls.certs"),
+        "{line}"
+    );
     assert!(
         !line.contains("registry"),
         "the registry was applied: {line}"
@@ -178,6 +184,28 @@ async fn reload_command_signals_the_pid_file_process_which_removes_the_file_at_e
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.pid"));
+
+    // A stale pid file naming another program: it is not signalled (SIGHUP would kill it).
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let stale = dir.path().join("stale.pid");
+    std::fs::write(&stale, format!("{}\n", other.id())).unwrap();
+    let refused = std::process::Command::new(BIN)
+        .args(["reload", "--pid-file"])
+        .arg(&stale)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not sandgate"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other process was not signalled"
+    );
+    let _ = other.kill();
+    let _ = other.wait();
 
     proxy.signal("TERM");
     assert!(proxy.wait_exit(Duration::from_secs(20)).is_some());

@@ -35,11 +35,12 @@ pub enum CertsError {
     #[error("generating a certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error(
-        "{} exists but its key {} does not: a new certificate cannot be signed by that CA. \
-         Move {} away to create a new CA (browsers that trusted the old one must then trust the new one)",
-        cert.display(), key.display(), cert.display()
+        "{} exists but {} does not: the CA in this folder is incomplete and cannot sign a new \
+         certificate. Move {} away to create a new CA (browsers that trusted the old one must \
+         then trust the new one)",
+        present.display(), missing.display(), present.display()
     )]
-    CaKeyMissing { cert: PathBuf, key: PathBuf },
+    CaIncomplete { present: PathBuf, missing: PathBuf },
 }
 
 /// What a run wrote, and whether it made a new CA or kept the one in the folder.
@@ -119,12 +120,19 @@ pub fn write_dev_certs(dir: &Path, domain: &str) -> Result<DevCerts, CertsError>
             (issuer, name, false)
         }
         (true, false) => {
-            return Err(CertsError::CaKeyMissing {
-                cert: ca_cert,
-                key: ca_key,
+            return Err(CertsError::CaIncomplete {
+                present: ca_cert,
+                missing: ca_key,
             })
         }
-        _ => {
+        // A key alone is never overwritten either: it may be the one thing left of a CA.
+        (false, true) => {
+            return Err(CertsError::CaIncomplete {
+                present: ca_key,
+                missing: ca_cert,
+            })
+        }
+        (false, false) => {
             let (issuer, name) = create_ca(&ca_cert, &ca_key, domain)?;
             (issuer, name, true)
         }

@@ -125,8 +125,13 @@ impl PidFile {
         let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
             return Ok(PidFile(None));
         };
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("server.pid_file: cannot write {}: {e}", path.display()))?;
+        // Written aside and renamed in place: a reader never sees half a pid, and a symlink
+        // planted at the path is replaced rather than followed.
+        let error =
+            |e: std::io::Error| format!("server.pid_file: cannot write {}: {e}", path.display());
+        let aside = path.with_extension("pid.new");
+        std::fs::write(&aside, format!("{}\n", std::process::id())).map_err(error)?;
+        std::fs::rename(&aside, path).map_err(error)?;
         Ok(PidFile(Some(path.to_path_buf())))
     }
 }
@@ -150,6 +155,17 @@ pub fn signal_reload(pid_file: &Path) -> Result<(), String> {
         .ok()
         .filter(|pid| *pid > 0)
         .ok_or_else(|| format!("{} does not hold a process id", pid_file.display()))?;
+    // A pid file left by a crash may name a process that has since reused the pid: SIGHUP
+    // would kill most programs, so only a sandgate is signalled.
+    if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        if !name.trim().starts_with("sandgate") {
+            return Err(format!(
+                "process {pid} (from {}) is {:?}, not sandgate: a stale pid file? not signalled",
+                pid_file.display(),
+                name.trim()
+            ));
+        }
+    }
     kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
         format!(
             "cannot signal process {pid} (from {}): {e}; is sandgate running?",
@@ -178,16 +194,25 @@ pub async fn ssh_gateway(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Keys a reload applies (prefixes of key paths): everything else that changed needs a restart.
-const RELOADABLE: [&str; 7] = [
-    "registry.runners",
-    "registry.sandboxes",
-    "registry.api_keys",
-    "registry.signed_previews",
-    "registry.ssh_tokens",
-    "tls.certs",
-    "pages",
-];
+/// Keys a reload applies (prefixes of key paths), when this process has the part they
+/// configure: everything else that changed needs a restart.
+fn reloadable(app: &crate::proxy::App) -> Vec<&'static str> {
+    let mut keys = vec!["pages"];
+    if app.static_registry.is_some() {
+        keys.extend([
+            "registry.runners",
+            "registry.sandboxes",
+            "registry.api_keys",
+            "registry.signed_previews",
+            "registry.ssh_tokens",
+        ]);
+    }
+    // With TLS off at start there is no listener to give certificates to.
+    if app.certs.is_some() {
+        keys.push("tls.certs");
+    }
+    keys
+}
 
 /// Reloads what can change without a restart: the static registry and the TLS certificates.
 /// Each part is swapped whole or not at all; a bad file leaves the one in force. Changed keys
@@ -235,17 +260,20 @@ fn reload(app: &crate::proxy::App, path: Option<&Path>, running: &Config) -> Rel
     }
     match app.pages.reload(&config.pages) {
         Ok(()) => {
-            tracing::info!("error page templates reloaded");
-            report.applied.push("pages".into());
+            if config.pages.dir.is_some() {
+                tracing::info!("error page templates reloaded");
+                report.applied.push("pages".into());
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, "page templates reload rejected; the previous pages stay in force");
             report.errors.push(e.to_string());
         }
     }
+    let reloadable = reloadable(app);
     report.needs_restart = changed_keys(running, &config)
         .into_iter()
-        .filter(|key| !RELOADABLE.iter().any(|r| is_under(key, r)))
+        .filter(|key| !reloadable.iter().any(|r| is_under(key, r)))
         .collect();
     if !report.needs_restart.is_empty() {
         tracing::warn!(

@@ -72,10 +72,13 @@ impl AdminReload {
                 r#"{"error":"this process does not reload"}"#.into(),
             )
         };
-        if self.requests.send(reply).await.is_err() {
-            return unavailable();
-        }
-        let Ok(report) = report.await else {
+        // Bounded: a process whose reload handler is not running (a library embedding `start`
+        // without draining `reload_requests`) answers 503 instead of holding the caller.
+        let asked = async {
+            self.requests.send(reply).await.ok()?;
+            report.await.ok()
+        };
+        let Ok(Some(report)) = tokio::time::timeout(RELOAD_WAIT, asked).await else {
             return unavailable();
         };
         let status = match report.errors.is_empty() {
@@ -85,6 +88,9 @@ impl AdminReload {
         json(status, serde_json::to_string(&report).unwrap_or_default())
     }
 }
+
+/// How long `POST /reload` waits for the reload to be done (a reload reads a few files).
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `Authorization: Bearer <token>`, compared in constant time.
 fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {

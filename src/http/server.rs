@@ -149,14 +149,17 @@ pub async fn serve(
                 return;
             };
             let _ = stream.set_nodelay(true);
+            // One handshake deadline for the peek and the handshake after it.
+            let handshake_started = tokio::time::Instant::now();
             if let Some((_, handshake_timeout)) = &tls_side {
                 match first_byte(&stream, *handshake_timeout).await {
-                    Some(byte) if byte.is_ascii_alphabetic() => {
+                    FirstByte::Byte(byte) if byte.is_ascii_alphabetic() => {
                         tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400");
                         return answer_plain_http(stream).await;
                     }
-                    Some(_) => {}
-                    None => {
+                    FirstByte::Byte(_) => {}
+                    FirstByte::Closed => return,
+                    FirstByte::TimedOut => {
                         metrics().tls_handshake_errors.inc();
                         tracing::debug!(%peer, "TLS handshake timed out");
                         return;
@@ -176,7 +179,10 @@ pub async fn serve(
             metrics().connections_active.inc();
             metrics().connections_accepted.inc();
             match tls_side {
-                Some((acceptor, timeout)) => connection.serve_tls(stream, acceptor, timeout).await,
+                Some((acceptor, timeout)) => {
+                    let left = timeout.saturating_sub(handshake_started.elapsed());
+                    connection.serve_tls(stream, acceptor, left).await
+                }
                 None => connection.serve_plain(stream, redirect_to).await,
             }
             metrics().connections_active.dec();
@@ -289,13 +295,22 @@ impl Connection {
 
 /// The connection's first byte, looked at without consuming it (TLS then reads it as if nothing
 /// had), to tell plain HTTP (every method starts with an ASCII letter) from a TLS ClientHello
-/// (0x16). `None`: nothing came within `timeout` (the handshake's), or the peer closed.
-async fn first_byte(stream: &TcpStream, timeout: Duration) -> Option<u8> {
+/// (0x16), within `timeout` (the handshake's).
+async fn first_byte(stream: &TcpStream, timeout: Duration) -> FirstByte {
     let mut first = [0u8; 1];
     match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => Some(first[0]),
-        _ => None,
+        Ok(Ok(1)) => FirstByte::Byte(first[0]),
+        Ok(_) => FirstByte::Closed,
+        Err(_) => FirstByte::TimedOut,
     }
+}
+
+/// What [`first_byte`] saw.
+enum FirstByte {
+    Byte(u8),
+    /// The peer closed (or the socket failed) before sending anything: not a handshake error.
+    Closed,
+    TimedOut,
 }
 
 /// The answer nginx gives plain HTTP on an HTTPS port, then a close that lets the client read
