@@ -139,9 +139,12 @@ async fn a_user_agent_that_is_not_utf8_keeps_every_format_valid() {
         let path = dir.path().join("access.log");
         let proxy = Proxy::start(&log_config(
             &runner,
-            &format!("access_format = {format:?}\naccess_output = {path:?}\naccess_flush = \"20ms\"\n"),
+            &format!(
+                "access_format = {format:?}\naccess_output = {path:?}\naccess_flush = \"20ms\"\n"
+            ),
         ));
-        let mut request = format!("GET /ua HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: bot").into_bytes();
+        let mut request =
+            format!("GET /ua HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: bot").into_bytes();
         request.extend_from_slice(b"\xff\xfe/1\r\nConnection: close\r\n\r\n");
         let reply = support::raw(proxy.addr, request).await;
         assert_eq!(support::status_of(&reply), 200, "{format}: {reply}");
@@ -155,11 +158,14 @@ async fn a_user_agent_that_is_not_utf8_keeps_every_format_valid() {
         }
         let text = String::from_utf8(bytes)
             .unwrap_or_else(|e| panic!("{format}: a line that is not UTF-8: {e}"));
-        let line = text.lines().next().unwrap_or_else(|| panic!("{format}: no line"));
+        let line = text
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("{format}: no line"));
         assert!(line.contains(r"bot\u00ff\u00fe/1"), "{format}: {line}");
         if format == "json" {
-            let parsed: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("not JSON: {e}: {line}"));
+            let parsed: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {e}: {line}"));
             assert_eq!(parsed["fields"]["path"], "/ua", "{line}");
         }
     }

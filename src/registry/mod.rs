@@ -200,13 +200,19 @@ impl RunnerRecord {
             .parse()
             .map_err(|e| format!("runner {id}: url {:?} is not a URL: {e}", shown()))?;
         if parsed.scheme_str() != Some("http") || parsed.authority().is_none() {
-            return Err(format!("runner {id}: url {:?} must be http://host:port", shown()));
+            return Err(format!(
+                "runner {id}: url {:?} must be http://host:port",
+                shown()
+            ));
         }
         let host = parsed
             .authority()
             .ok_or_else(|| format!("runner {id}: url {:?} must be http://host:port", shown()))?;
         if parsed.query().is_some() {
-            return Err(format!("runner {id}: url {:?} must not have a query", shown()));
+            return Err(format!(
+                "runner {id}: url {:?} must not have a query",
+                shown()
+            ));
         }
         if host.as_str().contains('@') {
             return Err(format!(
