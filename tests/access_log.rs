@@ -129,6 +129,48 @@ async fn json_access_lines_parse() {
     assert_eq!(line["fields"]["peer"], "127.0.0.1");
 }
 
+/// A client sends a User-Agent with a byte that is not UTF-8 (hyper accepts 0x80-0xFF in
+/// header values): every access line stays valid UTF-8, and a JSON line still parses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_agent_that_is_not_utf8_keeps_every_format_valid() {
+    let runner = Runner::start("k").await;
+    for format in ["json", "text", "combined"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let proxy = Proxy::start(&log_config(
+            &runner,
+            &format!(
+                "access_format = {format:?}\naccess_output = {path:?}\naccess_flush = \"20ms\"\n"
+            ),
+        ));
+        let mut request =
+            format!("GET /ua HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: bot").into_bytes();
+        request.extend_from_slice(b"\xff\xfe/1\r\nConnection: close\r\n\r\n");
+        let reply = support::raw(proxy.addr, request).await;
+        assert_eq!(support::status_of(&reply), 200, "{format}: {reply}");
+        let mut bytes = Vec::new();
+        for _ in 0..250 {
+            bytes = std::fs::read(&path).unwrap_or_default();
+            if !bytes.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let text = String::from_utf8(bytes)
+            .unwrap_or_else(|e| panic!("{format}: a line that is not UTF-8: {e}"));
+        let line = text
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("{format}: no line"));
+        assert!(line.contains(r"bot\u00ff\u00fe/1"), "{format}: {line}");
+        if format == "json" {
+            let parsed: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {e}: {line}"));
+            assert_eq!(parsed["fields"]["path"], "/ua", "{line}");
+        }
+    }
+}
+
 struct Overflow {
     mode: &'static str,
     /// A request is held while the reader is stuck.

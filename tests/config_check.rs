@@ -245,6 +245,71 @@ fn check_config_and_serve_refuse_every_broken_config_naming_file_key_and_line() 
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// One config whose error is about a secret's value: the error names the key, never the value.
+struct SecretInError {
+    name: &'static str,
+    toml: &'static str,
+    key: &'static str,
+    secret: &'static str,
+}
+
+const SECRET_IN_ERRORS: &[SecretInError] = &[
+    SecretInError {
+        name: "a cookie key of the wrong type",
+        toml: "[auth]\ncookie_keys = \"PLANTED-s3cret\"\n",
+        key: "auth.cookie_keys",
+        secret: "PLANTED-s3cret",
+    },
+    SecretInError {
+        name: "a number where a secret string goes",
+        toml: "[auth.jwt]\nhs256_secret = 7355608\n",
+        key: "auth.jwt.hs256_secret",
+        secret: "7355608",
+    },
+    SecretInError {
+        name: "a syntax error in a secret's line",
+        toml: "[daytona]\napi_key = \"PLANTED-s3cret\n",
+        key: "api_key",
+        secret: "PLANTED-s3cret",
+    },
+    SecretInError {
+        name: "a syntax error in a URL with a password",
+        toml: "[redis]\nurl = \"redis://:PLANTED-s3cret@127.0.0.1:6379\n",
+        key: "url",
+        secret: "PLANTED-s3cret",
+    },
+    SecretInError {
+        name: "a runner URL with credentials",
+        toml: "[[registry.runners]]\nid = \"r1\"\nurl = \"http://u:PLANTED-s3cret@127.0.0.1:9\"\napi_key = \"k\"\n",
+        key: "registry.runners[0].url",
+        secret: "PLANTED-s3cret",
+    },
+];
+
+#[test]
+fn errors_about_a_secret_never_show_it() {
+    let mut failures = Vec::new();
+    for case in SECRET_IN_ERRORS {
+        let file = config_file(case.toml);
+        let output = sandgate(&["check-config"], Some(&file.path));
+        let said = format!("{}{}", text(&output.stdout), text(&output.stderr));
+        let mut wrong = Vec::new();
+        if output.status.code() != Some(1) {
+            wrong.push(format!("exit {:?}, wanted 1", output.status.code()));
+        }
+        if !said.contains(case.key) {
+            wrong.push(format!("no {:?}", case.key));
+        }
+        if said.contains(case.secret) {
+            wrong.push("shows the secret".into());
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{}: {}\n{said}", case.name, wrong.join("; ")));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 #[test]
 fn check_config_prints_a_verdict_with_counts_and_listeners() {
     let toml = format!(

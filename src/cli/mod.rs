@@ -401,9 +401,31 @@ fn logfmt_field(
 /// A value needs quoting unless it is one bare word, or already a quoted string (`?` on a
 /// `str` or `String` renders it quoted and escaped).
 fn needs_quotes(text: &str) -> bool {
-    let already_quoted = text.len() >= 2 && text.starts_with('"') && text.ends_with('"');
     let bare = |c: char| !(c.is_whitespace() || c.is_control() || c == '"' || c == '=');
-    !already_quoted && (text.is_empty() || !text.chars().all(bare))
+    !already_quoted(text) && (text.is_empty() || !text.chars().all(bare))
+}
+
+/// `text` is one quoted string as `?` renders it: it starts and ends with `"`, every quote in
+/// between is escaped and no control character is raw. A `Display` value that merely starts
+/// and ends with a quote (`"a"\nINFO fake="b"`) is not, and could forge a line.
+fn already_quoted(text: &str) -> bool {
+    let Some(inner) = text
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    else {
+        return false;
+    };
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            // The escaped character is skipped; a trailing `\` escapes the closing quote.
+            '\\' if chars.next().is_none() => return false,
+            '"' => return false,
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => return false,
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Colours only for a terminal (in a file, a pipe or journald the escapes are noise for every
@@ -431,6 +453,15 @@ mod tests {
             ("say \"hi", true),
             ("line\nbreak", true),
             ("", true),
+            ("\"", true),
+            ("\"\"", false),
+            (r#""esc \" quote \\ and \n""#, false),
+            ("\"a\"\nINFO fake=\"b\"", true),
+            (r#""a" fake="b""#, true),
+            ("\"a\tb\"", true),
+            ("\"a\u{2028}b\"", true),
+            (r#""ends in \""#, true),
+            (r#""ends in \\""#, false),
         ] {
             assert_eq!(needs_quotes(value), quoted, "{value:?}");
         }

@@ -249,7 +249,7 @@ impl Config {
         if !(api_url.starts_with("http://") && api_url.ends_with("/api")) {
             return Err(format!(
                 "daytona.api_url {:?} must be http://host[:port]/api",
-                self.daytona.api_url
+                redact::shown_url(&self.daytona.api_url)
             ));
         }
         if self.daytona.api_key.is_empty() {
@@ -279,10 +279,12 @@ fn figment_problem(error: &figment::Error, source: &Source) -> Problem {
             key = with_field(&error.path, key, field);
             "is required".into()
         }
+        _ if holds_secret(&key) => secret_problem(&error.kind),
         Kind::UnknownVariant(value, expected) => format!(
             "unknown value {value:?}{}",
             suggestion(value, expected, "expected one of")
         ),
+        kind if key.is_empty() => without_secret_lines(&kind.to_string()),
         kind => kind.to_string(),
     };
     let from_env = error
@@ -307,6 +309,56 @@ fn figment_problem(error: &figment::Error, source: &Source) -> Problem {
     }
     let message = format!("{key}: {what}");
     source.problem_at(Some(key), message)
+}
+
+/// The key's last name is a secret's (`cookie_keys`, `registry.wake.api_key`).
+fn holds_secret(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    redact::is_secret_key(last.split('[').next().unwrap_or(last))
+}
+
+/// What is wrong with a secret's value, without the value (figment's message quotes it).
+fn secret_problem(kind: &Kind) -> String {
+    match kind {
+        Kind::InvalidType(_, expected) => format!("invalid type: expected {expected}"),
+        Kind::InvalidValue(_, expected) => format!("invalid value: expected {expected}"),
+        Kind::InvalidLength(len, expected) => format!("invalid length {len}, expected {expected}"),
+        Kind::UnknownVariant(_, expected) => format!(
+            "unknown value (not shown: a secret); expected one of: {}",
+            expected.join(", ")
+        ),
+        _ => "invalid value (not shown: a secret)".into(),
+    }
+}
+
+/// A TOML syntax error with the lines it quotes (`3 | api_key = "abc`) cleaned: a secret key's
+/// value redacted, a URL's password hidden.
+fn without_secret_lines(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for line in message.lines() {
+        match line.split_once(" | ") {
+            Some((number, text)) if number.trim().parse::<usize>().is_ok() => {
+                out.push_str(number);
+                out.push_str(" | ");
+                out.push_str(&without_secret(text));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// One line of TOML source: `key = <redacted>` when the key is a secret's, else the line with
+/// any URL password hidden.
+fn without_secret(text: &str) -> String {
+    match text.split_once('=') {
+        Some((key, _)) if holds_secret(key.trim().trim_matches(['"', '\''])) => {
+            format!("{} = {}", key.trim_end(), redact::REDACTED)
+        }
+        _ => redact::shown_url(text),
+    }
 }
 
 /// `key` ending in `field` (figment's path sometimes has it already, sometimes not).

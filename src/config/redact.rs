@@ -18,7 +18,7 @@ const SECRET_WORDS: &[&str] = &[
     "cookie_keys",
 ];
 
-fn is_secret_key(key: &str) -> bool {
+pub fn is_secret_key(key: &str) -> bool {
     SECRET_WORDS.iter().any(|word| {
         key.strip_suffix(word)
             .is_some_and(|head| head.is_empty() || head.ends_with('_'))
@@ -64,17 +64,25 @@ fn redact(value: &mut Value, parent: &str, secret: bool) {
     }
 }
 
+/// `text` as an error message may show it: a URL without its password.
+pub fn shown_url(text: &str) -> String {
+    without_url_password(text).unwrap_or_else(|| text.to_string())
+}
+
 /// `scheme://user:pass@host…` → `scheme://user:<redacted>@host…` (None: nothing to hide).
-fn without_url_password(text: &str) -> Option<String> {
+/// A password may hold `/`, `?` or `#` unencoded, so everything up to the last `@` counts as
+/// userinfo (an `@` in a path or query hides too much, never too little).
+pub fn without_url_password(text: &str) -> Option<String> {
     let (scheme, rest) = text.split_once("://")?;
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
-    let (user, password) = userinfo.split_once(':').unwrap_or(("", userinfo));
-    if password.is_empty() {
-        return None;
-    }
-    let tail = &rest[authority_end..];
-    Some(format!("{scheme}://{user}:{REDACTED}@{host}{tail}"))
+    let (userinfo, tail) = rest.rsplit_once('@')?;
+    let user = match userinfo.split_once(':') {
+        _ if userinfo.is_empty() => return None,
+        Some((user, _)) if user.contains(['/', '?', '#']) => "",
+        Some((_, "")) => return None,
+        Some((user, _)) => user,
+        None => "",
+    };
+    Some(format!("{scheme}://{user}:{REDACTED}@{tail}"))
 }
 
 #[cfg(test)]
@@ -86,10 +94,15 @@ mod tests {
         for (url, want) in [
             ("redis://:pw@r:6379/0", Some("redis://:<redacted>@r:6379/0")),
             ("redis://u:pw@r", Some("redis://u:<redacted>@r")),
-            (
-                "https://tok@h/p?q=a@b",
-                Some("https://:<redacted>@h/p?q=a@b"),
-            ),
+            ("https://tok@h/p", Some("https://:<redacted>@h/p")),
+            ("https://tok@h/p?q=a@b", Some("https://:<redacted>@b")),
+            ("redis://:pa/ss@h:6379", Some("redis://:<redacted>@h:6379")),
+            ("redis://u:p#w@h", Some("redis://u:<redacted>@h")),
+            ("redis://u:p?w@h/0", Some("redis://u:<redacted>@h/0")),
+            ("redis://u:p@w@h", Some("redis://u:<redacted>@h")),
+            ("https://h/p?to=a:b@c", Some("https://:<redacted>@c")),
+            ("redis://u:@h", None),
+            ("redis://@h", None),
             ("redis://r:6379", None),
             ("not a url", None),
         ] {

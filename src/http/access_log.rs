@@ -308,7 +308,9 @@ fn number(out: &mut Vec<u8>, n: u64) {
 
 /// Copies `text`, escaping what would let a client forge a field or a line: quotes,
 /// backslashes, control bytes and the Unicode line separators (U+0085, U+2028, U+2029, which
-/// some readers split lines on), as JSON string escapes (valid in both formats).
+/// some readers split lines on), as JSON string escapes (valid in both formats). A byte that is
+/// not UTF-8 (hyper passes 0x80-0xFF in header values) is written as `\u00XX`, so every line
+/// stays valid UTF-8 and valid JSON.
 fn escaped(out: &mut Vec<u8>, text: &[u8]) {
     // Without an early exit this check vectorises (16 bytes per step); any non-ASCII byte takes
     // the careful path.
@@ -320,32 +322,34 @@ fn escaped(out: &mut Vec<u8>, text: &[u8]) {
         out.extend_from_slice(text);
         return;
     }
-    let mut rest = text;
-    while let Some((&b, tail)) = rest.split_first() {
-        let separator = match rest {
-            [0xc2, 0x85, ..] => Some((b"\\u0085", 2)),
-            [0xe2, 0x80, 0xa8, ..] => Some((b"\\u2028", 3)),
-            [0xe2, 0x80, 0xa9, ..] => Some((b"\\u2029", 3)),
-            _ => None,
-        };
-        if let Some((escape, len)) = separator {
-            out.extend_from_slice(escape);
-            rest = &rest[len..];
-            continue;
+    for chunk in text.utf8_chunks() {
+        escaped_str(out, chunk.valid());
+        for &b in chunk.invalid() {
+            byte_escape(out, b);
         }
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b if b < 0x20 || b == 0x7f => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[(b >> 4) as usize]);
-                out.push(HEX[(b & 0xf) as usize]);
-            }
-            b => out.push(b),
-        }
-        rest = tail;
     }
+}
+
+fn escaped_str(out: &mut Vec<u8>, text: &str) {
+    for c in text.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\u{85}' => out.extend_from_slice(b"\\u0085"),
+            '\u{2028}' => out.extend_from_slice(b"\\u2028"),
+            '\u{2029}' => out.extend_from_slice(b"\\u2029"),
+            c if c < ' ' || c == '\u{7f}' => byte_escape(out, c as u8),
+            c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+}
+
+/// `\u00XX` for one byte.
+fn byte_escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"\\u00");
+    out.push(HEX[(b >> 4) as usize]);
+    out.push(HEX[(b & 0xf) as usize]);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC). The part up to the seconds is rendered once per second
@@ -567,6 +571,22 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "/a\\u0085b\\u2028c\\u2029d/é€"
         );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_escaped() {
+        for (input, want) in [
+            (&b"\xff"[..], "\\u00ff"),
+            (b"a\xffb", "a\\u00ffb"),
+            (b"\xc3", "\\u00c3"),
+            (b"\xc3\xa9\xe2\x80", "\u{e9}\\u00e2\\u0080"),
+            (b"\xe2\x80\xa8\x80\"", "\\u2028\\u0080\\\""),
+            (b"\x01\xfe", "\\u0001\\u00fe"),
+        ] {
+            let mut out = Vec::new();
+            escaped(&mut out, input);
+            assert_eq!(String::from_utf8(out).as_deref(), Ok(want), "{input:?}");
+        }
     }
 
     #[test]

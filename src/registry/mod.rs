@@ -194,21 +194,30 @@ pub struct RunnerRecord {
 impl RunnerRecord {
     pub fn new(id: &str, url: &str, api_key: &str) -> Result<RunnerRecord, String> {
         let url = url.trim_end_matches('/');
+        // Only for errors: the URL as a message may show it, without a password.
+        let shown = || crate::config::redact::shown_url(url);
         let parsed: http::Uri = url
             .parse()
-            .map_err(|e| format!("runner {id}: url {url:?} is not a URL: {e}"))?;
+            .map_err(|e| format!("runner {id}: url {:?} is not a URL: {e}", shown()))?;
         if parsed.scheme_str() != Some("http") || parsed.authority().is_none() {
-            return Err(format!("runner {id}: url {url:?} must be http://host:port"));
+            return Err(format!(
+                "runner {id}: url {:?} must be http://host:port",
+                shown()
+            ));
         }
         let host = parsed
             .authority()
-            .ok_or_else(|| format!("runner {id}: url {url:?} must be http://host:port"))?;
+            .ok_or_else(|| format!("runner {id}: url {:?} must be http://host:port", shown()))?;
         if parsed.query().is_some() {
-            return Err(format!("runner {id}: url {url:?} must not have a query"));
+            return Err(format!(
+                "runner {id}: url {:?} must not have a query",
+                shown()
+            ));
         }
         if host.as_str().contains('@') {
             return Err(format!(
-                "runner {id}: url {url:?} must not carry credentials"
+                "runner {id}: url {:?} must not carry credentials",
+                shown()
             ));
         }
         // Connect to host:port (80 by default); send Host as a client would for that URL.
@@ -217,7 +226,7 @@ impl RunnerRecord {
             Some(port) => HeaderValue::try_from(format!("{}:{port}", host.host())),
             None => HeaderValue::try_from(host.host()),
         }
-        .map_err(|_| format!("runner {id}: url {url:?} has an invalid host"))?;
+        .map_err(|_| format!("runner {id}: url {:?} has an invalid host", shown()))?;
         let mut auth_header = HeaderValue::try_from(format!("Bearer {api_key}"))
             .map_err(|_| format!("runner {id}: api_key has characters not allowed in a header"))?;
         auth_header.set_sensitive(true);

@@ -49,16 +49,18 @@ pub struct DaytonaApi {
 impl DaytonaApi {
     pub fn new(config: &DaytonaConfig) -> Result<DaytonaApi, String> {
         let base = config.api_url.trim_end_matches('/').to_string();
+        let shown = || crate::config::redact::shown_url(&base);
         let parsed: Uri = base
             .parse()
-            .map_err(|_| format!("daytona.api_url {base:?} is not a URL"))?;
+            .map_err(|_| format!("daytona.api_url {:?} is not a URL", shown()))?;
         if parsed.scheme_str() != Some("http") || parsed.authority().is_none() {
             return Err(format!(
-                "daytona.api_url {base:?} must be http://host[:port]/api (TLS to the API needs a local sidecar)"
+                "daytona.api_url {:?} must be http://host[:port]/api (TLS to the API needs a local sidecar)",
+                shown()
             ));
         }
         if !base.ends_with("/api") {
-            return Err(format!("daytona.api_url {base:?} must end in /api"));
+            return Err(format!("daytona.api_url {:?} must end in /api", shown()));
         }
         if config.api_key.is_empty() {
             return Err("daytona.api_key is empty".into());
