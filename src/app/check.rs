@@ -123,7 +123,12 @@ fn writable(key: &str, verb: &str, path: &Path) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| cannot(e.to_string()));
     }
-    match path.parent() {
+    // A bare file name's folder is the working directory (`parent()` says "").
+    let folder = match path.parent() {
+        Some(folder) if folder.as_os_str().is_empty() => Some(Path::new(".")),
+        folder => folder,
+    };
+    match folder {
         Some(folder) if folder.is_dir() => Ok(()),
         _ => Err(cannot("its folder does not exist".into())),
     }
