@@ -172,10 +172,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         certs: certs.clone(),
         activity: activity.clone(),
         forwarder: Forwarder::new(&config.proxy, relays.clone(), close_relays.clone()),
-        auth: auth::Auth::from_config(&config).map_err(at("auth"))?,
+        auth: build_auth(&config)?,
         waker: wake::Waker::new(
             &config.registry.wake,
-            wake::starter(&config, redis.as_ref()).map_err(at("registry.wake"))?,
+            wake_starter(&config, redis.as_ref())?,
             redis.clone(),
             shutdown.clone(),
         ),
@@ -429,6 +429,49 @@ fn serving_threads(config: &crate::config::ServerConfig) -> usize {
 }
 
 type Backends = (Arc<dyn Registry>, Option<Arc<StaticRegistry>>);
+
+/// Tries every part [`start`] builds from the config alone, with the same functions and no
+/// connection made (Redis and HTTP clients are lazy), so `check` refuses what `start` would.
+/// The static registry is left to `registry::check_static`, which names every bad entry.
+fn build_problems(config: &Config) -> Vec<String> {
+    let redis = match redis_handle(config) {
+        Ok(redis) => redis,
+        // What needs Redis would only repeat that it has none.
+        Err(e) => return vec![e.to_string()],
+    };
+    let mut problems = Vec::new();
+    if config.registry.backend != Backend::Static {
+        if let Err(e) = build_registry(config, redis.as_ref()) {
+            problems.push(e.to_string());
+        }
+    }
+    if let Err(e) = build_activity_sink(config, &Arc::default(), redis.as_ref()) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = wake_starter(config, redis.as_ref()) {
+        problems.push(e.to_string());
+    }
+    // Quiet: its warnings (no cookie key) are for the process that serves.
+    let auth =
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            build_auth(config)
+        });
+    if let Err(e) = auth {
+        problems.push(e.to_string());
+    }
+    problems
+}
+
+fn build_auth(config: &Config) -> Result<auth::Auth, StartError> {
+    auth::Auth::from_config(config).map_err(at("auth"))
+}
+
+fn wake_starter(
+    config: &Config,
+    redis: Option<&Arc<RedisHandle>>,
+) -> Result<Option<Box<dyn wake::start::Starter>>, StartError> {
+    wake::starter(config, redis).map_err(at("registry.wake"))
+}
 
 /// The shared Redis handle, when the registry, the activity sink, the start backend or a wake
 /// lock (a Daytona L2 in Redis) uses Redis. Does not connect: Redis may be down at start.

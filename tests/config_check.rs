@@ -88,6 +88,27 @@ fn broken_configs() -> Vec<Broken> {
             says: &["{dir}/logs/access.log", "folder does not exist"],
         },
         Broken {
+            name: "pid file in a missing folder",
+            toml: "[server]\nlisten = \"127.0.0.1:0\"\npid_file = \"no-such-folder/sandgate.pid\"\n".into(),
+            keys: &["server.pid_file"],
+            line: Some(3),
+            says: &["{dir}/no-such-folder/sandgate.pid", "folder does not exist"],
+        },
+        Broken {
+            name: "redis url without a scheme",
+            toml: "[registry]\nbackend = \"redis\"\n\n[redis]\nurl = \"localhost:6379\"\n".into(),
+            keys: &["redis.url"],
+            line: Some(5),
+            says: &["\"localhost:6379\""],
+        },
+        Broken {
+            name: "sentinel master without sentinels",
+            toml: "[activity]\nsink = \"redis\"\n\n[redis]\nsentinel_master = \"mymaster\"\n".into(),
+            keys: &["redis.sentinel_master"],
+            line: Some(5),
+            says: &["redis.sentinel_nodes is empty"],
+        },
+        Broken {
             name: "tls on without certificates",
             toml: "[tls]\nlisten = \"127.0.0.1:0\"\nenabled = true\n".into(),
             keys: &["tls.enabled"],
@@ -521,4 +542,137 @@ fn redis_commands_on_a_static_config_say_they_need_redis() {
         assert!(stderr.contains(&want), "{args:?}: {stderr}");
         assert!(!stderr.contains("refused"), "{args:?}: {stderr}");
     }
+}
+
+/// `check-config --print` run from `cwd` with `env`: the effective config, parsed.
+fn effective_config(path: &Path, cwd: &Path, env: &[(&str, &str)]) -> toml::Table {
+    let mut command = Command::new(BIN);
+    command
+        .args(["check-config", "--print", "-c"])
+        .arg(path)
+        .current_dir(cwd)
+        .env_remove("SANDGATE_CONFIG")
+        .envs(env.iter().copied());
+    let output = command.output().expect("check-config");
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let printed = stdout.split_once('\n').map(|(_, rest)| rest).unwrap_or("");
+    toml::from_str(printed).expect("--print is TOML")
+}
+
+#[test]
+fn only_paths_the_file_writes_are_read_from_its_folder() {
+    struct Row {
+        name: &'static str,
+        toml: &'static str,
+        env: &'static [(&'static str, &'static str)],
+        /// (section, key) in the printed config.
+        key: (&'static str, &'static str),
+        /// `{dir}`: the config file's folder.
+        want: &'static str,
+    }
+    let rows = [
+        Row {
+            name: "pid file the file writes",
+            toml: "[server]\npid_file = \"sandgate.pid\"\n",
+            env: &[],
+            key: ("server", "pid_file"),
+            want: "{dir}/sandgate.pid",
+        },
+        Row {
+            name: "access log the file writes",
+            toml: "[log]\naccess_output = \"access.log\"\n",
+            env: &[],
+            key: ("log", "access_output"),
+            want: "{dir}/access.log",
+        },
+        Row {
+            name: "default ssh host key (the file has [ssh] without it)",
+            toml: "[ssh]\nupstream_user = \"daytona\"\n",
+            env: &[],
+            key: ("ssh", "host_key"),
+            want: "ssh_host_ed25519_key",
+        },
+        Row {
+            name: "default ssh upstream key",
+            toml: "",
+            env: &[],
+            key: ("ssh", "upstream_key"),
+            want: "ssh_upstream_ed25519_key",
+        },
+        Row {
+            name: "access log from the environment over the file's",
+            toml: "[log]\naccess_output = \"access.log\"\n",
+            env: &[("SANDGATE_LOG__ACCESS_OUTPUT", "./x.log")],
+            key: ("log", "access_output"),
+            want: "./x.log",
+        },
+        Row {
+            name: "pid file from the environment",
+            toml: "",
+            env: &[("SANDGATE_SERVER__PID_FILE", "run.pid")],
+            key: ("server", "pid_file"),
+            want: "run.pid",
+        },
+    ];
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let mut failures = Vec::new();
+    for row in rows {
+        let file = config_file(row.toml);
+        let dir = file.dir.path().display().to_string();
+        let printed = effective_config(&file.path, cwd.path(), row.env);
+        let (section, key) = row.key;
+        let got = printed[section][key]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let want = row.want.replace("{dir}", &dir);
+        if got != want {
+            failures.push(format!(
+                "{}: {section}.{key} = {got:?}, wanted {want:?}",
+                row.name
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The README's flow: keys made in the working directory, the gateway started there with a
+/// config kept elsewhere that names no key path.
+#[test]
+fn the_ssh_gateway_finds_its_default_keys_in_the_working_directory() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    for key in ["ssh_host_ed25519_key", "ssh_upstream_ed25519_key"] {
+        let made = Command::new(BIN)
+            .args(["ssh-gateway", "keygen", "--out", key])
+            .current_dir(cwd.path())
+            .output()
+            .expect("keygen");
+        assert!(made.status.success(), "{}", text(&made.stderr));
+    }
+    let file = config_file("[ssh]\nlisten = \"127.0.0.1:0\"\n");
+    let mut child = Command::new(BIN)
+        .args(["ssh-gateway", "-c"])
+        .arg(&file.path)
+        .current_dir(cwd.path())
+        .env_remove("SANDGATE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ssh-gateway");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let first = BufReader::new(stdout).lines().next().and_then(Result::ok);
+        let _ = tx.send(first);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).ok().flatten();
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("output");
+    let line = line.unwrap_or_default();
+    assert!(
+        line.starts_with("sandgate ssh gateway listening on 127.0.0.1:"),
+        "{line:?}\n{}",
+        text(&output.stderr)
+    );
 }

@@ -52,16 +52,22 @@ pub fn check(config: &Config, source: &Source) -> Result<Summary, ConfigError> {
     if config.tls.enabled {
         problems.extend(certificate_problems(config));
     }
-    if let Err(e) = crate::auth::identity::IdentitySigner::from_config(&config.identity) {
+    // Auth (built there) loads the identity keys and the extra CA file.
+    problems.extend(super::build_problems(config));
+    if let Err(e) = access_log_file(config) {
         problems.push(e);
     }
-    if let Err(e) = access_log_file(config) {
+    if let Err(e) = pid_file(config) {
         problems.push(e);
     }
     if let Err(e) = crate::http::pages::Pages::load(&config.pages) {
         problems.push(e.to_string());
     }
     if !problems.is_empty() {
+        // The shape checks and the builders may find one problem twice (a CA file that does
+        // not load): say it once.
+        let mut seen = std::collections::HashSet::new();
+        problems.retain(|p| seen.insert(p.clone()));
         return Err(source.errors(problems.into_iter().map(|m| source.problem(m)).collect()));
     }
     Ok(summary(config))
@@ -95,7 +101,21 @@ fn access_log_file(config: &Config) -> Result<(), String> {
     if !config.log.access {
         return Ok(());
     }
-    let cannot = |why: String| format!("log.access_output: cannot open {}: {why}", path.display());
+    writable("log.access_output", "open", path)
+}
+
+/// `server.pid_file`, written only once the listeners are bound: checked before.
+fn pid_file(config: &Config) -> Result<(), String> {
+    match config.server.pid_file.as_deref() {
+        Some(path) if !path.as_os_str().is_empty() => writable("server.pid_file", "write", path),
+        _ => Ok(()),
+    }
+}
+
+/// `path` (the value of `key`) can be written: it exists and opens for appending (which
+/// changes nothing), or its folder exists.
+fn writable(key: &str, verb: &str, path: &Path) -> Result<(), String> {
+    let cannot = |why: String| format!("{key}: cannot {verb} {}: {why}", path.display());
     if path.exists() {
         return std::fs::OpenOptions::new()
             .append(true)
@@ -103,7 +123,12 @@ fn access_log_file(config: &Config) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| cannot(e.to_string()));
     }
-    match path.parent() {
+    // A bare file name's folder is the working directory (`parent()` says "").
+    let folder = match path.parent() {
+        Some(folder) if folder.as_os_str().is_empty() => Some(Path::new(".")),
+        folder => folder,
+    };
+    match folder {
         Some(folder) if folder.is_dir() => Ok(()),
         _ => Err(cannot("its folder does not exist".into())),
     }

@@ -142,12 +142,12 @@ impl AuthConfig {
             return Ok(Vec::new());
         }
         let certs = rustls::pki_types::CertificateDer::pem_file_iter(&self.extra_ca_file)
-            .map_err(|e| format!("{}: {e}", self.extra_ca_file))?
+            .map_err(|e| format!("auth.extra_ca_file: {}: {e}", self.extra_ca_file))?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{}: {e}", self.extra_ca_file))?;
+            .map_err(|e| format!("auth.extra_ca_file: {}: {e}", self.extra_ca_file))?;
         if certs.is_empty() {
             return Err(format!(
-                "{}: no certificate in the file",
+                "auth.extra_ca_file: {}: no certificate in the file",
                 self.extra_ca_file
             ));
         }
@@ -174,8 +174,7 @@ impl AuthConfig {
         if !self.jwt.jwks_url.is_empty() && !is_http_url(&self.jwt.jwks_url) {
             return Err("auth.jwt.jwks_url must be an http(s):// URL".into());
         }
-        self.extra_ca()
-            .map_err(|e| format!("auth.extra_ca_file: {e}"))?;
+        self.extra_ca()?;
         if self.jwt.organization_claim.is_empty() {
             return Err("auth.jwt.organization_claim must not be empty".into());
         }

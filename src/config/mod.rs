@@ -98,8 +98,9 @@ impl Config {
     }
 
     fn extract(source: &Source, overrides: Option<Env>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string(source.contents()));
+        let file = Toml::string(source.contents());
+        let file_name = figment::Provider::metadata(&file).name;
+        let mut figment = Figment::from(Serialized::defaults(Config::default())).merge(file);
         if let Some(overrides) = overrides {
             figment = figment.merge(overrides);
         }
@@ -107,7 +108,14 @@ impl Config {
             .extract()
             .map_err(|e| source.errors(figment_problems(e, source)))?;
         if let Some(dir) = source.dir() {
-            config.resolve_paths(&dir);
+            // Only what the file itself says: a default or a `SANDGATE_*` value was not
+            // written next to the file, so it keeps meaning the working directory.
+            let from_file = |key: &str| {
+                figment
+                    .find_metadata(key)
+                    .is_some_and(|m| m.name == file_name)
+            };
+            config.resolve_paths(&dir, from_file);
         }
         Ok(config)
     }
@@ -120,31 +128,35 @@ impl Config {
         Err(source.errors(problems.into_iter().map(|m| source.problem(m)).collect()))
     }
 
-    /// Relative paths in the config name files next to the config file, wherever sandgate
-    /// was started from.
-    fn resolve_paths(&mut self, dir: &Path) {
-        let resolve = |path: &mut std::path::PathBuf| {
-            if path.is_relative() && !path.as_os_str().is_empty() {
+    /// Relative paths the config file writes name files next to it, wherever sandgate was
+    /// started from. `from_file(key)`: the file, not a default or an override, set `key`.
+    fn resolve_paths(&mut self, dir: &Path, from_file: impl Fn(&str) -> bool) {
+        let resolve = |key: &str, path: &mut std::path::PathBuf| {
+            if from_file(key) && path.is_relative() && !path.as_os_str().is_empty() {
                 *path = dir.join(&*path);
             }
         };
         for pair in &mut self.tls.certs {
-            resolve(&mut pair.cert);
-            resolve(&mut pair.key);
+            resolve("tls.certs", &mut pair.cert);
+            resolve("tls.certs", &mut pair.key);
         }
         for key in &mut self.identity.keys {
-            resolve(&mut key.private_key_file);
+            resolve("identity.keys", &mut key.private_key_file);
         }
-        resolve(&mut self.ssh.host_key);
-        resolve(&mut self.ssh.upstream_key);
+        resolve("ssh.host_key", &mut self.ssh.host_key);
+        resolve("ssh.upstream_key", &mut self.ssh.upstream_key);
         if let server::AccessOutput::File(path) = &mut self.log.access_output {
-            resolve(path);
+            resolve("log.access_output", path);
         }
-        if let Some(dir) = &mut self.pages.dir {
-            resolve(dir);
+        if let Some(path) = &mut self.pages.dir {
+            resolve("pages.dir", path);
+        }
+        if let Some(path) = &mut self.server.pid_file {
+            resolve("server.pid_file", path);
         }
         let ca = &mut self.auth.extra_ca_file;
-        if !ca.is_empty() && Path::new(ca.as_str()).is_relative() {
+        if from_file("auth.extra_ca_file") && !ca.is_empty() && Path::new(ca.as_str()).is_relative()
+        {
             *ca = dir.join(ca.as_str()).to_string_lossy().into_owned();
         }
     }

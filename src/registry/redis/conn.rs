@@ -145,7 +145,7 @@ impl RedisHandle {
                 .set_min_delay(Duration::from_millis(20))
                 .set_max_delay(Duration::from_millis(500));
             let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-                .map_err(|e| format!("redis: {e}"))?;
+                .map_err(|e| format!("redis.url: {e}"))?;
             (Some(Conn::Single(manager)), None)
         };
         Ok(RedisHandle {
