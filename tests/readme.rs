@@ -1,6 +1,7 @@
 //! The README's newcomer path, followed literally (issue #17): the example config serves a
 //! preview with the `demo --runner-only` companion the README starts next to it, on the port and
-//! key the example names (here moved to free ports, nothing else changed).
+//! key the example names (here moved to free ports, nothing else changed), and its HTTPS lines,
+//! uncommented as the README says, load the certificates `certs dev --dir certs` writes.
 
 mod support;
 
@@ -76,5 +77,61 @@ async fn the_example_config_serves_a_preview_with_the_demo_runner_companion() {
     assert_eq!(
         reply.text(),
         "hello from sandbox sbx-1, port 3000, path /hello\n"
+    );
+}
+
+#[test]
+fn the_example_configs_https_lines_uncommented_load_the_dev_certificates() {
+    // The repository's layout: config/example.toml and certs/ beside it.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("config")).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "certs",
+            "dev",
+            "--domain",
+            "preview.localhost",
+            "--dir",
+            "certs",
+        ])
+        .current_dir(root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let example = include_str!("../config/example.toml");
+    let uncommented: String = example
+        .lines()
+        .map(|line| match line {
+            l if l.starts_with("# [[tls.certs]]")
+                || l.starts_with("# cert = ")
+                || l.starts_with("# key = ") =>
+            {
+                l.trim_start_matches("# ").to_string()
+            }
+            l if l.starts_with("enabled = false") && l.contains("serve HTTPS") => {
+                l.replacen("false", "true", 1)
+            }
+            l => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        uncommented.contains("\n[[tls.certs]]"),
+        "the example has the lines"
+    );
+    let path = root.path().join("config/example.toml");
+    std::fs::write(&path, uncommented).unwrap();
+    // From another working directory: the paths follow the config file.
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("https 127.0.0.1:8443"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
