@@ -432,3 +432,30 @@ async fn version_build_info_and_process_metrics() {
     assert_eq!(text.matches("# EOF").count(), 1);
     assert!(text.ends_with("# EOF\n"));
 }
+
+/// Every metric `docs/deploy.md` tells operators to alert on is one `/metrics` exports: a
+/// renamed metric must not leave the guide's alerts silently matching nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployment_guides_alerts_name_exported_metrics() {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deploy.md"))
+        .unwrap();
+    let named: std::collections::BTreeSet<&str> = guide
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("sandgate_") || word.starts_with("process_"))
+        .collect();
+    assert!(named.len() >= 10, "the guide names {named:?}");
+
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(&format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+        sandboxes()
+    )));
+    let text = scrape(proxy.admin_addr()).await;
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<_> = named.iter().filter(|m| !exported.contains(*m)).collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}\n{text}");
+}
