@@ -669,21 +669,37 @@ async fn activity_marks_land_with_and_without_cross_replica_locks() {
     assert_eq!(untagged.trim(), "0", "no lock outside the set's slot");
 }
 
-/// Requests `label` in a loop until `stop`; every status seen.
+/// Requests `label` in a loop until `stop`; every status seen (0: no answer, e.g. a reset).
 fn reader(
     proxy: SocketAddr,
     label: &'static str,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<u16>> {
     tokio::spawn(async move {
-        let host = format!("{label}.preview.localhost");
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {label}.preview.localhost\r\nConnection: close\r\n\r\n"
+        );
         let mut seen = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            seen.push(support::get(proxy, &host, "/").await.status);
+            seen.push(support::status_of(
+                &support::raw(proxy, request.clone()).await,
+            ));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         seen
     })
+}
+
+/// Prints the proxy's log when the test fails: what it saw during the failover.
+struct LogOnPanic<'a>(&'a Proxy);
+
+impl Drop for LogOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.0.stderr();
+            eprintln!("proxy log:\n{}", &log[log.len().saturating_sub(20_000)..]);
+        }
+    }
 }
 
 /// Runs the admin CLI until it succeeds; the time it took.
@@ -740,6 +756,7 @@ async fn a_killed_primary_is_replaced_and_nothing_is_stuck() {
         );
     }
     let proxy = start_proxy(&config.text);
+    let _log = LogOnPanic(&proxy);
     assert!(nodes[victim].cli(&["CLIENT", "LIST"]).contains("sub=1"));
     assert_eq!(
         support::get(proxy.addr, "3000-sbx-a.preview.localhost", "/")

@@ -377,6 +377,9 @@ impl Admin {
         match &mut conn {
             Conn::Cluster(cluster) => {
                 for (host, port) in self.primaries(cluster).await? {
+                    if keys.len() >= limit {
+                        break;
+                    }
                     let route = SingleNodeRoutingInfo::ByAddress { host, port };
                     let node = Some(RoutingInfo::SingleNode(route));
                     self.scan_node(&mut conn, node, pattern, limit, &mut keys)
