@@ -724,9 +724,9 @@ async fn until_cli_succeeds(config: &Path, args: &[&str], limit: Duration) -> Du
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_primary_is_replaced_and_nothing_is_stuck() {
     let mut nodes = RedisServer::cluster_with_replicas();
-    // The victim serves `hot` (cached), `cold` (never read before the kill) and `fresh`
-    // (written after it), and holds the proxy's invalidation subscription; the writer
-    // publishes elsewhere.
+    // The victim serves sbx-a (cached), sbx-e (never read before the kill) and sbx-i (written
+    // after it), and holds the proxy's invalidation subscription; the writer publishes
+    // elsewhere; sbx-d lives on another primary.
     let victim = owner(&nodes, &sandbox_key("sbx-a"));
     for id in ["sbx-e", "sbx-i"] {
         assert_eq!(owner(&nodes, &sandbox_key(id)), victim, "{id}");
@@ -764,7 +764,6 @@ async fn a_killed_primary_is_replaced_and_nothing_is_stuck() {
             .status,
         200
     );
-    // The runner is cached with sbx-a; sbx-d's read goes to another primary.
     let stop = Arc::new(AtomicBool::new(false));
     let hot = reader(proxy.addr, "3000-sbx-a", stop.clone());
     tokio::time::sleep(Duration::from_millis(100)).await;
