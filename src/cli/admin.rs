@@ -7,11 +7,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use serde_json::{json, Value};
 
 use crate::base::clock::now_ms;
 use crate::config::Config;
 use crate::registry::ports::{check_port, scoped_ports};
+use crate::registry::redis::conn::Conn;
 use crate::registry::redis::{Invalidation, RedisFailure, RedisHandle};
 use crate::registry::signed_preview::{
     is_signed_token, link_member, link_uses_key, links_index_key, new_signed_token,
@@ -318,12 +321,11 @@ impl Admin {
         format!("{}{kind}:{id}", self.prefix)
     }
 
-    /// A pipeline, transactional where Redis allows it (not across Cluster slots).
+    /// A transaction (`MULTI`/`EXEC`). Every admin pipeline touches one key, so on a Cluster it
+    /// runs on that key's node; the invalidation goes out right after ([`Admin::write`]).
     fn pipe(&self) -> redis::Pipeline {
         let mut pipe = redis::pipe();
-        if !self.redis.is_cluster() {
-            pipe.atomic();
-        }
+        pipe.atomic();
         pipe
     }
 
@@ -367,31 +369,93 @@ impl Admin {
         Ok(self.redis.query(redis::cmd("HGETALL").arg(key)).await?)
     }
 
+    /// The keys matching `pattern` (at most `limit`), by `SCAN`: on a Cluster over every
+    /// primary (each holds its own slots; one node's SCAN sees only its keys).
     async fn scan(&self, pattern: &str, limit: usize) -> Result<Vec<String>> {
-        let mut cursor = 0u64;
+        let mut conn = self.redis.conn().await?;
         let mut keys = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .redis
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 || keys.len() >= limit {
-                break;
+        match &mut conn {
+            Conn::Cluster(cluster) => {
+                for (host, port) in self.primaries(cluster).await? {
+                    if keys.len() >= limit {
+                        break;
+                    }
+                    let route = SingleNodeRoutingInfo::ByAddress { host, port };
+                    let node = Some(RoutingInfo::SingleNode(route));
+                    self.scan_node(&mut conn, node, pattern, limit, &mut keys)
+                        .await?;
+                }
+            }
+            _ => {
+                self.scan_node(&mut conn, None, pattern, limit, &mut keys)
+                    .await?
             }
         }
         keys.sort();
         keys.dedup();
         keys.truncate(limit);
         Ok(keys)
+    }
+
+    /// One node's keys: the connection's own node, or on a Cluster the node `route` names.
+    async fn scan_node(
+        &self,
+        conn: &mut Conn,
+        route: Option<RoutingInfo>,
+        pattern: &str,
+        limit: usize,
+        keys: &mut Vec<String>,
+    ) -> Result<()> {
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let page = match (&mut *conn, &route) {
+                (Conn::Cluster(cluster), Some(route)) => {
+                    self.redis
+                        .timed(cluster.route_command(scan, route.clone()))
+                        .await?
+                }
+                (conn, _) => self.redis.timed(scan.query_async(conn)).await?,
+            };
+            let (next, batch): (u64, Vec<String>) = redis::from_redis_value(page)
+                .map_err(|e| RedisFailure::Command(format!("SCAN answer: {e}")))?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 || keys.len() >= limit {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The primaries' addresses, from `CLUSTER SLOTS` (the topology the client routes by).
+    async fn primaries(&self, cluster: &mut ClusterConnection) -> Result<Vec<(String, u16)>> {
+        let slots: redis::Value = self
+            .redis
+            .timed(redis::cmd("CLUSTER").arg("SLOTS").query_async(cluster))
+            .await?;
+        let ranges: Vec<Vec<redis::Value>> = redis::from_redis_value(slots)
+            .map_err(|e| RedisFailure::Command(format!("CLUSTER SLOTS answer: {e}")))?;
+        let mut primaries: Vec<(String, u16)> = ranges
+            .iter()
+            .filter_map(|range| {
+                // [start, end, [host, port, id, …] (the primary), replicas…]
+                let node: Vec<redis::Value> = redis::from_redis_value_ref(range.get(2)?).ok()?;
+                let host = redis::from_redis_value_ref(node.first()?).ok()?;
+                let port = redis::from_redis_value_ref(node.get(1)?).ok()?;
+                Some((host, port))
+            })
+            .collect();
+        primaries.sort();
+        primaries.dedup();
+        if primaries.is_empty() {
+            return Err(RedisFailure::Command("CLUSTER SLOTS names no primary".into()).into());
+        }
+        Ok(primaries)
     }
 }
 

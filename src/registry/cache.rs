@@ -334,7 +334,8 @@ impl Resolver {
         }
     }
 
-    /// Forgets one sandbox (push invalidation) or everything (`None`, e.g. after a reload).
+    /// Forgets one sandbox (push invalidation) or everything (`None`, e.g. after a reload or a
+    /// resubscription): every entry is read again before it is used, or served stale-if-error.
     pub fn invalidate(&self, id: Option<&str>) {
         match id {
             Some(id) => {
@@ -343,7 +344,13 @@ impl Resolver {
                 self.notify_watchers(Some(&id));
             }
             None => {
-                self.slots.clear();
+                // Expired, not dropped: the next lookup reads the backend again, and while the
+                // backend fails (a resubscription after a Redis node died clears everything)
+                // the old record still serves stale-if-error, as any expired entry does.
+                let now = Instant::now();
+                for mut slot in self.slots.iter_mut() {
+                    slot.expires = slot.expires.min(now);
+                }
                 self.signed.clear();
                 self.token_checks.clear();
                 self.ssh_tokens.clear();
@@ -493,6 +500,24 @@ mod tests {
         assert_eq!(resolver.flights.len(), 0);
         assert!(resolver.sandbox("gone").await.unwrap().sandbox.is_some());
         assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn forgetting_everything_rereads_but_keeps_a_stale_fallback() {
+        let (backend, resolver) = resolver(CacheConfig::default());
+        resolver.sandbox("sbx").await.unwrap();
+        resolver.invalidate(None);
+        resolver.sandbox("sbx").await.unwrap();
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 2, "read again");
+        resolver.invalidate(None);
+        *backend.fail.lock().unwrap() = true;
+        let resolved = resolver.sandbox("sbx").await.unwrap();
+        assert!(resolved.stale && resolved.sandbox.is_some());
+        resolver.invalidate(Some("sbx"));
+        assert!(
+            resolver.sandbox("sbx").await.is_err(),
+            "one sandbox is forgotten"
+        );
     }
 
     #[tokio::test]

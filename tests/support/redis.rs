@@ -50,13 +50,26 @@ impl RedisServer {
 
     /// Three cluster masters holding all slots; waits for `cluster_state:ok`.
     pub fn cluster() -> Vec<RedisServer> {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::cluster_of(0)
+    }
+
+    /// Three primaries holding all slots and one replica each (`redis-cli --cluster create
+    /// --cluster-replicas 1`), `cluster-node-timeout` 1000 ms so a killed primary's replica takes
+    /// over within seconds. Waits until every node says `cluster_state:ok`, sees six nodes, and
+    /// every replica's link to its primary is up.
+    pub fn cluster_with_replicas() -> Vec<RedisServer> {
+        Self::cluster_of(1)
+    }
+
+    fn cluster_of(replicas_each: usize) -> Vec<RedisServer> {
+        let count = 3 * (1 + replicas_each);
+        let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
                 Self::start_with(|dir, _| {
                     let dir = dir.display().to_string();
-                    ["--cluster-enabled", "yes", "--dir", &dir]
-                        .map(String::from)
-                        .to_vec()
+                    let args = ["--cluster-enabled", "yes", "--dir", &dir];
+                    let timeout = ["--cluster-node-timeout", "1000"];
+                    args.iter().chain(&timeout).map(|a| a.to_string()).collect()
                 })
             })
             .collect();
@@ -67,21 +80,53 @@ impl RedisServer {
         let status = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
+            .args(["--cluster-replicas", &replicas_each.to_string()])
             .arg("--cluster-yes")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .expect("redis-cli --cluster create");
         assert!(status.success(), "cluster create");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !nodes
-            .iter()
-            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-        {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !nodes.iter().all(|n| n.cluster_node_ready(count)) {
             assert!(Instant::now() < deadline, "cluster not ok");
             std::thread::sleep(Duration::from_millis(50));
         }
         nodes
+    }
+
+    /// `cluster_state:ok`, `nodes` known, and (on a replica) the link to its primary up.
+    fn cluster_node_ready(&self, nodes: usize) -> bool {
+        let info = self.try_cli(&["CLUSTER", "INFO"]).unwrap_or_default();
+        let known = format!("cluster_known_nodes:{nodes}");
+        if !info.contains("cluster_state:ok") || !info.contains(&known) {
+            return false;
+        }
+        let replication = self.try_cli(&["INFO", "replication"]).unwrap_or_default();
+        replication.contains("role:master") || replication.contains("master_link_status:up")
+    }
+
+    /// A cluster node that is currently a primary (`role:master`).
+    pub fn is_primary(&self) -> bool {
+        self.try_cli(&["INFO", "replication"])
+            .is_some_and(|info| info.contains("role:master"))
+    }
+
+    /// Whether this node serves `key`'s slot (a primary answers here instead of `MOVED`).
+    pub fn owns(&self, key: &str) -> bool {
+        self.try_cli(&["TYPE", key])
+            .is_some_and(|out| !out.contains("MOVED"))
+    }
+
+    /// Runs one command against the cluster this node belongs to (`redis-cli -c` follows
+    /// redirections); its raw output.
+    pub fn cluster_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-c", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli -c");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn url(&self) -> String {

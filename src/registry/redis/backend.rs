@@ -395,24 +395,29 @@ impl Registry for RedisRegistry {
         uses: &'a [LinkUse],
     ) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async move {
-            // One pipeline; on a Cluster one per use (each sandbox's hash may be on another slot).
+            // One pipeline; on a Cluster one per use (each sandbox's hash has its own slot),
+            // sent together: the cluster connection pipelines them per node.
             let per_pipe = if self.redis.is_cluster() {
                 1
             } else {
                 uses.len()
             };
-            for batch in uses.chunks(per_pipe.max(1)) {
-                let mut pipe = redis::pipe();
-                for used in batch {
-                    let key = link_uses_key(&self.prefix, &used.sandbox);
-                    let member = link_member(used.port, used.token_str());
-                    pipe.hset(&key, member, used.at_ms).ignore();
-                    pipe.pexpire(&key, LINK_RECORDS_TTL_MS as i64).ignore();
-                }
-                self.redis
-                    .pipe::<()>(&pipe)
-                    .await
-                    .map_err(|e| unavailable("signed-link-uses", e))?;
+            let pipes: Vec<redis::Pipeline> = uses
+                .chunks(per_pipe.max(1))
+                .map(|batch| {
+                    let mut pipe = redis::pipe();
+                    for used in batch {
+                        let key = link_uses_key(&self.prefix, &used.sandbox);
+                        let member = link_member(used.port, used.token_str());
+                        pipe.hset(&key, member, used.at_ms).ignore();
+                        pipe.pexpire(&key, LINK_RECORDS_TTL_MS as i64).ignore();
+                    }
+                    pipe
+                })
+                .collect();
+            let writes = pipes.iter().map(|pipe| self.redis.pipe::<()>(pipe));
+            for written in futures_util::future::join_all(writes).await {
+                written.map_err(|e| unavailable("signed-link-uses", e))?;
             }
             Ok(())
         })
