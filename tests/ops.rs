@@ -437,8 +437,8 @@ async fn version_build_info_and_process_metrics() {
 /// renamed metric must not leave the guide's alerts silently matching nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployment_guides_alerts_name_exported_metrics() {
-    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deploy.md"))
-        .unwrap();
+    let guide =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deploy.md")).unwrap();
     let named: std::collections::BTreeSet<&str> = guide
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|word| word.starts_with("sandgate_") || word.starts_with("process_"))

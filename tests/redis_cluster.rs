@@ -913,3 +913,35 @@ async fn a_killed_primary_is_replaced_and_nothing_is_stuck() {
         200
     );
 }
+
+/// A primary acknowledges a write before its replica has it: a write no replica acknowledged
+/// would be lost by a failover right now, so the admin CLI must not report it as done. With the
+/// key's replica frozen, `put-sandbox` fails naming why; thawed, the same command succeeds.
+#[tokio::test]
+async fn a_write_no_replica_acknowledged_is_not_reported_as_done() {
+    let nodes = RedisServer::cluster_with_replicas();
+    let key = sandbox_key("sbx-w");
+    let primary = owner(&nodes, &key);
+    let replica = nodes
+        .iter()
+        .find(|n| n.replicates(nodes[primary].port))
+        .expect("the primary's replica");
+    let cli = cluster_config(&[&nodes[primary]], "");
+    let put = [
+        "registry",
+        "put-sandbox",
+        "--id",
+        "sbx-w",
+        "--address",
+        "10.0.0.7",
+    ];
+    replica.signal("-STOP");
+    let (success, _, stderr) = sandgate(&cli.path, &put);
+    replica.signal("-CONT");
+    assert!(!success, "reported as done without a replica");
+    assert!(stderr.contains("no replica acknowledged"), "{stderr}");
+    until_cli_succeeds(&cli.path, &put, Duration::from_secs(20)).await;
+    assert!(nodes[primary]
+        .cli(&["HGET", &key, "address"])
+        .contains("10.0.0.7"));
+}

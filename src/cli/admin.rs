@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use serde_json::{json, Value};
 
 use crate::base::clock::now_ms;
@@ -340,11 +340,57 @@ impl Admin {
         publish.arg(&self.channel).arg(what.message());
         if self.redis.is_cluster() {
             let out = self.redis.pipe(&pipe).await?;
+            self.confirm_replicated(&pipe).await?;
             self.redis.query::<()>(&publish).await?;
             return Ok(out);
         }
         pipe.add_command(publish).ignore();
         Ok(self.redis.pipe(&pipe).await?)
+    }
+
+    /// Cluster: a primary acknowledges a write before its replica has it, and a primary killed
+    /// then loses it with its promotion. So the write counts once a replica acknowledged it
+    /// (`WAIT 1` on the key's primary, over the connection that wrote), or when that primary
+    /// has no replica to lose it to (`ROLE`).
+    async fn confirm_replicated(&self, pipe: &redis::Pipeline) -> Result<()> {
+        let Some(key) = first_key(pipe) else {
+            return Ok(());
+        };
+        let Conn::Cluster(mut cluster) = self.redis.conn().await? else {
+            return Ok(());
+        };
+        let route = || {
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                &key,
+                SlotAddr::Master,
+            )))
+        };
+        let wait_ms = (self.redis.config().timeout / 2).as_millis().max(1) as u64;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(wait_ms);
+        let acked: i64 = redis::from_redis_value(
+            self.redis
+                .timed(cluster.route_command(wait, route()))
+                .await?,
+        )
+        .map_err(|e| RedisFailure::Command(format!("WAIT answer: {e}")))?;
+        if acked >= 1 {
+            return Ok(());
+        }
+        let role: redis::Role = redis::from_redis_value(
+            self.redis
+                .timed(cluster.route_command(redis::cmd("ROLE"), route()))
+                .await?,
+        )
+        .map_err(|e| RedisFailure::Command(format!("ROLE answer: {e}")))?;
+        match role {
+            redis::Role::Primary { replicas, .. } if replicas.is_empty() => Ok(()),
+            _ => Err(RedisFailure::Unavailable(format!(
+                "the write reached a primary but no replica acknowledged it within {wait_ms} ms \
+                 (a failover now would lose it); check with `registry get` and retry"
+            ))
+            .into()),
+        }
     }
 
     /// Sets (`Some`) or removes (`None`) one field of an existing sandbox hash, and publishes
@@ -456,6 +502,14 @@ impl Admin {
             return Err(RedisFailure::Command("CLUSTER SLOTS names no primary".into()).into());
         }
         Ok(primaries)
+    }
+}
+
+/// The key of a pipeline's first command (every admin pipeline touches one key).
+fn first_key(pipe: &redis::Pipeline) -> Option<Vec<u8>> {
+    match pipe.cmd_iter().next()?.args_iter().nth(1)? {
+        redis::Arg::Simple(key) => Some(key.to_vec()),
+        _ => None,
     }
 }
 

@@ -129,6 +129,23 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: it keeps its connections but
+    /// answers nothing, as a stalled replica does.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// The replica following the primary on `port` (its `INFO replication`).
+    pub fn replicates(&self, port: u16) -> bool {
+        self.try_cli(&["INFO", "replication"])
+            .is_some_and(|info| info.contains(&format!("master_port:{port}\r")))
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
