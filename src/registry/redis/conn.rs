@@ -61,9 +61,15 @@ fn is_unreachable(e: &RedisError) -> bool {
         || e.is_cluster_error()
 }
 
-/// `READONLY`: the node we write to is a replica now (a failover demoted it).
+/// `READONLY`, alone or inside a pipeline or aborted transaction: the node we write to is a
+/// replica now (a failover demoted it).
 fn is_demoted(e: &RedisError) -> bool {
     e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+        || e.clone().into_server_errors().is_some_and(|errors| {
+            errors
+                .iter()
+                .any(|(_, error)| error.kind() == Some(ServerErrorKind::ReadOnly))
+        })
 }
 
 /// The connection itself is gone (not a slow answer: that one may still be running).
