@@ -636,7 +636,11 @@ async fn watch_sentinel(sentinel: &Sentinel, node: &str, stop: &CancellationToke
     let mut backoff = Duration::from_millis(50);
     let mut failing = false;
     while !stop.is_cancelled() {
-        match listen_for_switches(sentinel, node, stop).await {
+        let listened = tokio::select! {
+            _ = stop.cancelled() => return,
+            listened = listen_for_switches(sentinel, node) => listened,
+        };
+        match listened {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) if !failing => {
                 tracing::warn!(sentinel = %redacted(node), error = %e,
@@ -653,12 +657,8 @@ async fn watch_sentinel(sentinel: &Sentinel, node: &str, stop: &CancellationToke
     }
 }
 
-/// Returns `Ok` when the subscription ended (closed, missed ping, or `stop`).
-async fn listen_for_switches(
-    sentinel: &Sentinel,
-    node: &str,
-    stop: &CancellationToken,
-) -> Result<(), RedisFailure> {
+/// Returns `Ok` when the subscription ended (closed, or a missed ping).
+async fn listen_for_switches(sentinel: &Sentinel, node: &str) -> Result<(), RedisFailure> {
     use futures_util::StreamExt;
     let timed = |e: tokio::time::error::Elapsed| RedisFailure::Unavailable(e.to_string());
     let client = redis::Client::open(node)?;
@@ -673,7 +673,6 @@ async fn listen_for_switches(
     ping.tick().await;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
             message = messages.next() => {
                 let Some(message) = message else { return Ok(()) };
                 let Ok(text) = message.get_payload::<String>() else { continue };
