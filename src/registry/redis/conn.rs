@@ -328,8 +328,10 @@ impl ConnectionLike for SentinelConn {
 /// What a sentinel says about our master.
 struct SentinelView {
     master: Option<String>,
-    /// Replicas it does not consider down.
+    /// Replicas that should acknowledge writes ([`is_healthy_replica`]).
     healthy_replicas: usize,
+    /// It is promoting a replica (the failover's leader, until `+switch-master`).
+    promoting: bool,
 }
 
 pub struct RedisHandle {
@@ -500,8 +502,8 @@ impl RedisHandle {
     }
 
     /// Runs the write `pipe` and, on a Sentinel setup, confirms it reached the primary: on the
-    /// same connection `ROLE` says master, a majority of the reachable sentinels name that
-    /// node, and when a replica is up (in `ROLE` or to the sentinels) `WAIT 1` sees it
+    /// same connection `ROLE` says master, every sentinel that answers names that
+    /// node and none is promoting a replica, and when a replica is up (in `ROLE` or to the sentinels) `WAIT 1` sees it
     /// acknowledged. A write taken by a primary that a failover is demoting is lost with it, so
     /// it must not count. Single node and Cluster: the write's answer is the confirmation (no
     /// sentinels to ask; a Cluster node answers MOVED, not OK, once it lost the slot).
@@ -548,15 +550,20 @@ impl RedisHandle {
                 .into_iter()
                 .flatten()
                 .collect();
+        // Every sentinel that answers, not a majority: the others learn of a failover from the
+        // leader's hello messages up to seconds later, while the old primary still takes writes.
         let naming_us = views
             .iter()
             .filter(|v| v.master.as_deref() == Some(&*address))
             .count();
-        if views.is_empty() || naming_us * 2 <= views.len() {
+        if views.is_empty() || naming_us < views.len() {
             return Err(not_confirmed(format!(
                 "{naming_us} of {} reachable sentinels name it the primary",
                 views.len()
             )));
+        }
+        if views.iter().any(|v| v.promoting) {
+            return Err(not_confirmed("a sentinel is promoting a replica".into()));
         }
         let replica_up = !replicas.is_empty() || views.iter().any(|v| v.healthy_replicas > 0);
         if !replica_up {
@@ -596,9 +603,14 @@ impl RedisHandle {
                 .query_async(&mut conn)
                 .await?;
             let healthy_replicas = replicas.iter().filter(|r| is_healthy_replica(r)).count();
+            let promoting = replicas.iter().any(|r| {
+                r.get("flags")
+                    .is_some_and(|f| f.split(',').any(|f| f == "promoted"))
+            });
             Ok::<_, RedisError>(SentinelView {
                 master: master.map(|(host, port)| format!("{host}:{port}")),
                 healthy_replicas,
+                promoting,
             })
         };
         match tokio::time::timeout(self.timeout, ask).await {
@@ -615,7 +627,7 @@ fn is_healthy_replica(replica: &HashMap<String, String>) -> bool {
     let field = |name: &str| replica.get(name).map(String::as_str).unwrap_or_default();
     let down = field("flags")
         .split(',')
-        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
+        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected" | "promoted"));
     !down && field("role-reported") == "slave"
 }
 
@@ -748,6 +760,7 @@ mod tests {
             ("slave,s_down,disconnected", "slave", false),
             ("slave,disconnected", "slave", false),
             ("slave", "master", false),
+            ("slave,promoted", "slave", false),
         ];
         for (flags, role, want) in cases {
             let replica = HashMap::from([
