@@ -281,6 +281,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             shutdown.clone(),
         )));
     }
+    if let Some(redis) = redis.as_ref().filter(|r| r.is_sentinel()) {
+        tasks.push(tokio::spawn(
+            redis.clone().follow_failovers(shutdown.clone()),
+        ));
+    }
     Ok(Running {
         addr,
         tls_addr,

@@ -302,6 +302,10 @@ pub fn needs_redis(config: &Config, file: &str) -> Result<()> {
     ))
 }
 
+/// How many `[redis] timeout`s a Sentinel admin write may take to be confirmed on the primary
+/// (a failover: sentinels notice, elect, promote).
+const CONFIRM_ROUNDS: u32 = 10;
+
 struct Admin {
     redis: RedisHandle,
     prefix: String,
@@ -345,7 +349,41 @@ impl Admin {
             return Ok(out);
         }
         pipe.add_command(publish).ignore();
-        Ok(self.redis.pipe(&pipe).await?)
+        if !self.redis.is_sentinel() {
+            return Ok(self.redis.pipe(&pipe).await?);
+        }
+        let reply = self.write_on_primary(&pipe).await?;
+        redis::from_redis_value(reply)
+            .map_err(|e| AdminError::Redis(RedisFailure::Command(e.to_string())))
+    }
+
+    /// Sentinel: a write taken by a primary that a failover is demoting is lost with it, so
+    /// the write is run again (every admin write leaves the same state twice) on the master
+    /// the sentinels name until one run is confirmed on the primary, within [`CONFIRM_ROUNDS`]
+    /// times `[redis] timeout`. Answers the first run's reply: a later run may find its own
+    /// effect (`DEL` answering 0) when the first one did land.
+    async fn write_on_primary(&self, pipe: &redis::Pipeline) -> Result<redis::Value> {
+        let deadline = tokio::time::Instant::now() + self.redis.config().timeout * CONFIRM_ROUNDS;
+        let mut first_reply = None;
+        loop {
+            let why = match self.redis.pipe_on_primary(pipe).await {
+                Ok(reply) => return Ok(first_reply.unwrap_or(reply)),
+                Err((reply, why)) => {
+                    first_reply = first_reply.or(reply);
+                    why
+                }
+            };
+            if matches!(why, RedisFailure::Command(_)) {
+                return Err(why.into());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AdminError::Redis(RedisFailure::Unavailable(format!(
+                    "the write may not have reached the primary ({why}); check and retry"
+                ))));
+            }
+            tracing::debug!(error = %why, "admin write not confirmed; running it again");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Cluster: a primary acknowledges a write before its replica has it, and a primary killed

@@ -227,6 +227,42 @@ impl RedisServer {
     pub fn calls_of(&self, command: &str) -> u64 {
         self.command_calls().get(command).copied().unwrap_or(0)
     }
+
+    /// One primary, one replica and three sentinels (quorum 2) watching them as `mymaster`,
+    /// failing over after 1 s of silence. Waits until the replica is in sync and every
+    /// sentinel knows the replica and the other sentinels (a failover needs both).
+    pub fn sentinel_group() -> SentinelGroup {
+        let primary = Self::start();
+        let primary_port = primary.port.to_string();
+        let replica = Self::start_with(|_, _| {
+            ["--replicaof", "127.0.0.1", &primary_port]
+                .map(String::from)
+                .to_vec()
+        });
+        let sentinels = (0..3)
+            .map(|_| Self::sentinel_with(&primary, SENTINEL_GROUP_SETTINGS))
+            .collect();
+        let group = SentinelGroup {
+            nodes: vec![primary, replica],
+            sentinels,
+        };
+        group.wait_until_ready();
+        group
+    }
+
+    /// A sentinel watching `master` as `mymaster` with quorum 2 and `settings` lines.
+    fn sentinel_with(master: &RedisServer, settings: &str) -> RedisServer {
+        let master_port = master.port;
+        Self::start_with(|dir, _| {
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!("sentinel monitor mymaster 127.0.0.1 {master_port} 2\n{settings}"),
+            )
+            .expect("sentinel.conf");
+            vec![conf.display().to_string(), "--sentinel".into()]
+        })
+    }
 }
 
 impl Drop for RedisServer {
@@ -341,4 +377,111 @@ async fn start(
     };
     let _: Result<(), _> = set_state(end).query_async(&mut redis).await;
     let _: Result<(), _> = invalidate().query_async(&mut redis).await;
+}
+
+const SENTINEL_GROUP_SETTINGS: &str = "sentinel down-after-milliseconds mymaster 1000\n\
+                                       sentinel failover-timeout mymaster 3000\n\
+                                       sentinel parallel-syncs mymaster 1\n";
+
+/// See [`RedisServer::sentinel_group`]. `nodes` are the data nodes (primary first at start;
+/// a failover swaps the roles, so ask [`SentinelGroup::primary`]).
+pub struct SentinelGroup {
+    pub nodes: Vec<RedisServer>,
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl SentinelGroup {
+    /// The `[redis]` lines naming the sentinels.
+    pub fn redis_toml(&self) -> String {
+        let urls: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("\"{}\"", s.url()))
+            .collect();
+        format!(
+            "sentinel_master = \"mymaster\"\nsentinel_nodes = [{}]",
+            urls.join(", ")
+        )
+    }
+
+    /// The primary's port as the first sentinel names it.
+    pub fn primary_port(&self) -> u16 {
+        self.named_by(&self.sentinels[0])
+            .expect("the sentinel names a primary")
+    }
+
+    fn named_by(&self, sentinel: &RedisServer) -> Option<u16> {
+        let out = sentinel.try_cli(&["SENTINEL", "get-master-addr-by-name", "mymaster"])?;
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// The data node on `port`.
+    pub fn node(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a data node on that port")
+    }
+
+    /// Polls until every sentinel names `port` and that node says it is the master.
+    pub fn wait_for_primary(&self, port: u16, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let settled = || {
+            self.sentinels
+                .iter()
+                .all(|s| self.named_by(s) == Some(port))
+                && self
+                    .nodes
+                    .iter()
+                    .find(|n| n.port == port)
+                    .and_then(|n| n.try_cli(&["ROLE"]))
+                    .is_some_and(|role| role.starts_with("master"))
+        };
+        while !settled() {
+            assert!(Instant::now() < deadline, "primary {port} not settled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls until the node on `port` is a replica in sync with its primary.
+    pub fn wait_for_replica(&self, port: u16, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let node = self.nodes.iter().find(|n| n.port == port).expect("node");
+        while !node
+            .try_cli(&["INFO", "replication"])
+            .is_some_and(|i| i.contains("role:slave") && i.contains("master_link_status:up"))
+        {
+            assert!(Instant::now() < deadline, "replica {port} not in sync");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_until_ready(&self) {
+        let primary = self.nodes[0].port;
+        self.wait_for_replica(self.nodes[1].port, Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let knows_all = |s: &RedisServer| {
+            let info = s
+                .try_cli(&["SENTINEL", "master", "mymaster"])
+                .unwrap_or_default();
+            let field = |name: &str| {
+                let mut lines = info.lines();
+                lines.find(|l| l.trim() == name)?;
+                lines.next().map(|v| v.trim().to_string())
+            };
+            field("num-slaves").as_deref() == Some("1")
+                && field("num-other-sentinels").as_deref() == Some("2")
+        };
+        while !self.sentinels.iter().all(knows_all) {
+            assert!(Instant::now() < deadline, "sentinels not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_for_primary(primary, Duration::from_secs(5));
+    }
+
+    /// `SENTINEL FAILOVER mymaster`: the graceful move an operator makes.
+    pub fn failover(&self) {
+        let out = self.sentinels[0].cli(&["SENTINEL", "FAILOVER", "mymaster"]);
+        assert!(out.contains("OK"), "SENTINEL FAILOVER: {out}");
+    }
 }

@@ -48,7 +48,8 @@ impl<'a> Invalidation<'a> {
 /// Keeps a dedicated pub/sub connection subscribed to the invalidation channel and hands every
 /// message to `apply` (the composition root's callback: it applies the message to the live
 /// resolver, and answers `false` once that resolver is gone). After each (re)subscription
-/// everything is invalidated, since messages may have been missed while disconnected. Ends when
+/// everything is invalidated, since messages may have been missed while disconnected. On
+/// Sentinel the subscription follows the master (see [`RedisHandle::master_moves`]). Ends when
 /// `stop` fires or `apply` answers `false`.
 pub async fn run_subscriber(
     redis: Arc<RedisHandle>,
@@ -60,15 +61,17 @@ pub async fn run_subscriber(
     let timeout = redis.config().timeout;
     let mut backoff = std::time::Duration::from_millis(50);
     let mut failing = false;
+    let mut master_moves = redis.master_moves();
     while !stop.is_cancelled() {
         let subscribe = async {
             let client = redis.pubsub_client().await?;
+            let address = client.get_connection_info().addr().to_string();
             let mut pubsub = redis.timed(client.get_async_pubsub()).await?;
             redis.timed(pubsub.subscribe(&channel)).await?;
-            Ok::<_, RedisFailure>(pubsub)
+            Ok::<_, RedisFailure>((pubsub, address))
         };
         match subscribe.await {
-            Ok(pubsub) => {
+            Ok((pubsub, address)) => {
                 if !apply(&Invalidation::All) {
                     return;
                 }
@@ -81,6 +84,10 @@ pub async fn run_subscriber(
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
+                        _ = moved_from(&mut master_moves, &address) => {
+                            tracing::info!(%channel, from = %address, "redis master moved; resubscribing");
+                            break;
+                        }
                         message = messages.next() => {
                             let Some(message) = message else { break };
                             let Ok(text) = message.get_payload::<String>() else { continue };
@@ -113,6 +120,22 @@ pub async fn run_subscriber(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
+/// Sentinel: resolves once the master is known to be elsewhere than `address` (the one
+/// subscribed to); publishes go to the master, so the subscription must follow it. Never
+/// resolves in the other modes.
+async fn moved_from(moves: &mut Option<tokio::sync::watch::Receiver<String>>, address: &str) {
+    let Some(moves) = moves else {
+        return std::future::pending().await;
+    };
+    let moved = moves
+        .wait_for(|now| !now.is_empty() && now != address)
+        .await
+        .is_ok();
+    if !moved {
+        std::future::pending::<()>().await;
     }
 }
 
