@@ -334,8 +334,8 @@ impl Resolver {
         }
     }
 
-    /// Forgets one sandbox (push invalidation) or everything (`None`, e.g. after a reload or a
-    /// resubscription): every entry is read again before it is used, or served stale-if-error.
+    /// Forgets one sandbox (push invalidation) or everything (`None`: an operator's `all`, a
+    /// reload): what was removed or rotated is never served again, not even stale-if-error.
     pub fn invalidate(&self, id: Option<&str>) {
         match id {
             Some(id) => {
@@ -344,19 +344,28 @@ impl Resolver {
                 self.notify_watchers(Some(&id));
             }
             None => {
-                // Expired, not dropped: the next lookup reads the backend again, and while the
-                // backend fails (a resubscription after a Redis node died clears everything)
-                // the old record still serves stale-if-error, as any expired entry does.
-                let now = Instant::now();
-                for mut slot in self.slots.iter_mut() {
-                    slot.expires = slot.expires.min(now);
-                }
-                self.signed.clear();
-                self.token_checks.clear();
-                self.ssh_tokens.clear();
-                self.notify_watchers(None);
+                self.slots.clear();
+                self.forget_credentials();
             }
         }
+    }
+
+    /// Messages may have been missed (a resubscription): every sandbox is read again before it
+    /// is used, but kept as the stale-if-error fallback, so a Redis node's death does not fail
+    /// every cached sandbox while Redis fails. Credentials are forgotten.
+    pub fn expire_all(&self) {
+        let now = Instant::now();
+        for mut slot in self.slots.iter_mut() {
+            slot.expires = slot.expires.min(now);
+        }
+        self.forget_credentials();
+    }
+
+    fn forget_credentials(&self) {
+        self.signed.clear();
+        self.token_checks.clear();
+        self.ssh_tokens.clear();
+        self.notify_watchers(None);
     }
 
     /// Forgets a signed preview token on every port (revocation; rare, so a scan).
@@ -503,21 +512,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn forgetting_everything_rereads_but_keeps_a_stale_fallback() {
+    async fn missed_messages_reread_but_keep_a_stale_fallback_and_all_forgets() {
         let (backend, resolver) = resolver(CacheConfig::default());
         resolver.sandbox("sbx").await.unwrap();
-        resolver.invalidate(None);
+        resolver.expire_all();
         resolver.sandbox("sbx").await.unwrap();
         assert_eq!(backend.calls.load(Ordering::SeqCst), 2, "read again");
-        resolver.invalidate(None);
+        resolver.expire_all();
         *backend.fail.lock().unwrap() = true;
         let resolved = resolver.sandbox("sbx").await.unwrap();
         assert!(resolved.stale && resolved.sandbox.is_some());
-        resolver.invalidate(Some("sbx"));
-        assert!(
-            resolver.sandbox("sbx").await.is_err(),
-            "one sandbox is forgotten"
-        );
+        // An operator's `all` (a runner removed, a key rotated) is never served stale.
+        resolver.invalidate(None);
+        assert!(resolver.sandbox("sbx").await.is_err(), "all forgets");
     }
 
     #[tokio::test]

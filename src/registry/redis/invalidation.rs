@@ -13,6 +13,10 @@ pub enum Invalidation<'a> {
     Sandbox(&'a str),
     Signed(&'a str),
     All,
+    /// Not a message: the subscription was (re)made, so messages may have been missed. Every
+    /// entry is read again before use, but kept as the stale-if-error fallback: a resubscription
+    /// after a Redis node died must not fail every cached sandbox while Redis fails.
+    Missed,
 }
 
 impl<'a> Invalidation<'a> {
@@ -32,7 +36,7 @@ impl<'a> Invalidation<'a> {
         match self {
             Invalidation::Sandbox(id) => format!("sandbox:{id}"),
             Invalidation::Signed(token) => format!("signed:{token}"),
-            Invalidation::All => "all".into(),
+            Invalidation::All | Invalidation::Missed => "all".into(),
         }
     }
 
@@ -41,6 +45,7 @@ impl<'a> Invalidation<'a> {
             Invalidation::Sandbox(id) => resolver.invalidate(Some(id)),
             Invalidation::Signed(token) => resolver.invalidate_signed(token),
             Invalidation::All => resolver.invalidate(None),
+            Invalidation::Missed => resolver.expire_all(),
         }
     }
 }
@@ -72,7 +77,7 @@ pub async fn run_subscriber(
         };
         match subscribe.await {
             Ok((pubsub, address)) => {
-                if !apply(&Invalidation::All) {
+                if !apply(&Invalidation::Missed) {
                     return;
                 }
                 tracing::info!(%channel, "subscribed to cache invalidations");
