@@ -479,9 +479,12 @@ impl SentinelGroup {
         self.wait_for_primary(primary, Duration::from_secs(5));
     }
 
-    /// `SENTINEL FAILOVER mymaster`: the graceful move an operator makes.
+    /// `SENTINEL FAILOVER mymaster`: the graceful move an operator makes. Asked of the last
+    /// sentinel: the proxies list the sentinels in order, so the first ones they ask learn of
+    /// the failover late (from hello messages) and may still name the old primary.
     pub fn failover(&self) {
-        let out = self.sentinels[0].cli(&["SENTINEL", "FAILOVER", "mymaster"]);
+        let leader = self.sentinels.last().expect("sentinels");
+        let out = leader.cli(&["SENTINEL", "FAILOVER", "mymaster"]);
         assert!(out.contains("OK"), "SENTINEL FAILOVER: {out}");
     }
 }

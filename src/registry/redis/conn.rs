@@ -171,7 +171,16 @@ struct Sentinel {
     switches: AtomicU64,
     /// The master's address as last learnt; the invalidation subscriber follows it.
     address: watch::Sender<String>,
+    /// The last `+switch-master` target and when it was announced: for a while after it, a
+    /// lagging sentinel may still name the old primary (which answers `ROLE` master until it is
+    /// converted), so lookups prefer the announced node.
+    announced: Mutex<Option<(String, tokio::time::Instant)>>,
 }
+
+/// How long after `+switch-master` the announced node wins over a sentinel's older answer
+/// (sentinels converge through hello messages every 2 s; the old primary is converted within
+/// about 10 s).
+const TRUST_ANNOUNCEMENT: Duration = Duration::from_secs(15);
 
 impl Sentinel {
     fn client(&self) -> RedisResult<SentinelClient> {
@@ -213,8 +222,19 @@ impl Sentinel {
     }
 
     async fn connect(&self) -> RedisResult<Master> {
-        let client = self.client()?.async_get_client().await?;
-        let address = client.get_connection_info().addr().to_string();
+        let mut client = self.client()?.async_get_client().await?;
+        let mut address = client.get_connection_info().addr().to_string();
+        if let Some(announced) = self.recent_announcement().filter(|a| *a != address) {
+            match self.announced_primary(&announced).await {
+                Ok(announced_client) => {
+                    tracing::debug!(sentinel_said = %address, %announced,
+                        "a sentinel still names the old primary; using the announced one");
+                    client = announced_client;
+                    address = announced;
+                }
+                Err(e) => tracing::debug!(%announced, error = %e, "announced primary not usable"),
+            }
+        }
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
@@ -233,8 +253,37 @@ impl Sentinel {
         self.current.compare_and_swap(master, None);
     }
 
+    fn recent_announcement(&self) -> Option<String> {
+        let announced = self
+            .announced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        announced
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < TRUST_ANNOUNCEMENT)
+            .map(|(address, _)| address.clone())
+    }
+
+    /// A client for the announced node, once it says it is the primary (`ROLE`).
+    async fn announced_primary(&self, address: &str) -> RedisResult<redis::Client> {
+        let client = redis::Client::open(format!("redis://{address}"))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        match redis::cmd("ROLE").query_async(&mut conn).await? {
+            redis::Role::Primary { .. } => Ok(client),
+            _ => Err(RedisError::from((
+                ErrorKind::Server(ServerErrorKind::ReadOnly),
+                "the announced node is not a primary",
+            ))),
+        }
+    }
+
     /// A sentinel announced that our master moved to `address`.
     fn switched(&self, address: &str) {
+        *self
+            .announced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some((address.to_string(), tokio::time::Instant::now()));
         self.switches.fetch_add(1, Ordering::AcqRel);
         let current = self.current.load_full();
         if current.is_some_and(|m| m.address != address) {
@@ -368,6 +417,7 @@ impl RedisHandle {
                 lookup: Mutex::new(None),
                 switches: AtomicU64::new(0),
                 address: watch::Sender::new(String::new()),
+                announced: Mutex::new(None),
             };
             // Validates the URLs now; connections are made on use.
             sentinel
@@ -556,9 +606,12 @@ impl RedisHandle {
             .iter()
             .filter(|v| v.master.as_deref() == Some(&*address))
             .count();
-        if views.is_empty() || naming_us < views.len() {
+        // ... and a majority of the configured ones: a minority cut off with the old primary
+        // would otherwise confirm it.
+        if views.len() * 2 <= sentinel.nodes.len() || naming_us < views.len() {
             return Err(not_confirmed(format!(
-                "{naming_us} of {} reachable sentinels name it the primary",
+                "{naming_us} of {} sentinels ({} reachable) name it the primary",
+                sentinel.nodes.len(),
                 views.len()
             )));
         }
