@@ -148,7 +148,23 @@ fault() { # fault NAME PID RESTART-COMMAND...
 
 restart_redis() { fleet_redis "$tmp/redis" yes; }
 restart_runner() { fleet_runner; }
-restart_replica_b() { start_replica b; }
+# Brings replica b back and notes (in the background) when HAProxy sends it traffic again.
+restart_replica_b() {
+  start_replica b
+  local since
+  since=$(now_ms)
+  (
+    for _ in $(seq 1 400); do
+      n=$(curl -sS --max-time 2 "http://$admin_b/metrics" 2>/dev/null |
+        awk '$1 ~ /^sandgate_requests_total/ {s += $2} END {print s + 0}')
+      if [ "${n:-0}" -gt 0 ]; then
+        echo "final,replica b answered its first request after its restart (s),$(awk -v ms=$(($(now_ms) - since)) 'BEGIN {printf "%.2f", ms / 1000}')" >>"$events"
+        exit 0
+      fi
+      sleep 0.05
+    done
+  ) &
+}
 
 if [ ${#main_faults[@]} -gt 0 ]; then
   fleet_redis "$tmp/redis" yes
@@ -246,8 +262,13 @@ cluster_ok() { redis-cli -p "$1" cluster info 2>/dev/null | tr -d '\r' | grep -q
 if [[ " $FAULTS " == *" cluster-node "* ]]; then
   [ -n "${runner_addr:-}" ] || fleet_runner
   [ -n "${sink_addr:-}" ] || fleet_body_sink
+  # Each node also listens on its port + 10000 (the cluster bus): both below the ephemeral range.
   cports=()
-  for _ in 1 2 3 4 5 6; do cports+=("$(free_port)"); done
+  while [ ${#cports[@]} -lt 6 ]; do
+    p=$(free_port)
+    [ "$p" -lt 22000 ] && python3 -c 'import socket,sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' \
+      $((p + 10000)) 2>/dev/null && [[ " ${cports[*]} " != *" $p "* ]] && cports+=("$p")
+  done
   for p in "${cports[@]}"; do start_cluster_node "$p"; done
   redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cports[@]}") --cluster-replicas 1 \
     --cluster-yes >"$tmp/cluster-create.log" 2>&1 || die "cluster create failed: $(tail -n 5 "$tmp/cluster-create.log")"
@@ -364,7 +385,7 @@ fi
 # --- report --------------------------------------------------------------------------------
 {
   echo "loadtest/chaos.sh$([ "$quick" = 1 ] && echo " --quick"): $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores"
-  echo "($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), shared with other work), sandgate"
+  echo "($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), shared with other work, load average $(cut -d' ' -f1-3 /proc/loadavg)),"
   echo "$("$bin" --version | head -n1), HAProxy $(haproxy -v | sed -n '1s/HAProxy version \([^ ]*\).*/\1/p'),"
   echo "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), k6 $(k6 version | awk '{print $2}'); k6 mixed_rate.js at $RATE it/s over $POOL"
   echo "sandboxes; components down ${DOWN}s each, ${SETTLE}s between faults; probes every ${PROBE_EVERY}s."

@@ -12,8 +12,10 @@
 #   loadtest/soak.sh --quick  30 s, output in a temporary directory (a smoke of the script)
 #
 # Knobs (environment): SOAK_DURATION (20m), SAMPLE_EVERY (10, seconds), WARMUP (120, seconds),
-# RATE (200 iterations/s over all kinds), SANDBOXES (2000), CACHE_TTL (30s: entries expire and
-# are refetched during the run, so the cache churns), CHARTS_DIR (loadtest/charts).
+# RATE (200 iterations/s over all kinds), VUS (200: k6 VUs, all started up front, so the number
+# of keep-alive client connections settles instead of following the machine's load), SANDBOXES
+# (2000), CACHE_TTL (30s: entries expire and are refetched during the run, so the cache churns),
+# CHARTS_DIR (loadtest/charts).
 # Exit status 1 when k6 cannot run, a sandgate WARN/ERROR line is logged, or requests failed.
 set -euo pipefail
 
@@ -38,6 +40,7 @@ else
   SANDBOXES=${SANDBOXES:-2000}
 fi
 CACHE_TTL=${CACHE_TTL:-30s}
+VUS=${VUS:-200}
 
 missing=()
 for tool in k6 redis-server redis-cli nginx python3 curl; do
@@ -90,7 +93,7 @@ started=$(date +%s)
 echo "$prog: k6 mixed_rate.js, $RATE iterations/s for $SOAK_DURATION over $SANDBOXES sandboxes" >&2
 k6 run --quiet --no-color --no-usage-report --no-thresholds \
   -e "TARGET=http://$proxy_addr" -e "TOKEN=$token" -e "RATE=$RATE" -e "DURATION=$SOAK_DURATION" \
-  -e "SANDBOX_POOL=$SANDBOXES" -e "POST_SANDBOX=sbx-sink" -e MAX_VUS=400 \
+  -e "SANDBOX_POOL=$SANDBOXES" -e "POST_SANDBOX=sbx-sink" -e "MAX_VUS=$VUS" -e "PREALLOCATED=$VUS" \
   "$repo/loadtest/k6/mixed_rate.js" >"$tmp/k6.log" 2>&1 &
 k6_pid=$!
 pids+=("$k6_pid")
@@ -126,8 +129,8 @@ check_sandgate_log sandgate || failed=1
 
 {
   echo "loadtest/soak.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
-  echo "shared with other work; sandgate $("$bin" --version | head -n1), redis backend + redis activity sink,"
-  echo "cache ttl $CACHE_TTL; k6 mixed_rate.js $RATE it/s for $SOAK_DURATION over $SANDBOXES sandboxes; samples every ${SAMPLE_EVERY}s."
+  echo "shared with other work; $("$bin" --version | head -n1), redis backend + redis activity sink,"
+  echo "cache ttl $CACHE_TTL; k6 mixed_rate.js $RATE it/s ($VUS VUs) for $SOAK_DURATION over $SANDBOXES sandboxes; samples every ${SAMPLE_EVERY}s."
 } >"$CHARTS_DIR/soak_run.txt"
 python3 "$repo/loadtest/charts/soak.py" --flat "$WARMUP" "$CHARTS_DIR" | tee "$tmp/flat.txt"
 if python3 -c 'import matplotlib' 2>/dev/null; then

@@ -23,12 +23,21 @@ SERIES = (
     ("tasks_alive", "tasks alive", 1),
     ("connections", "open client connections", 1),
     ("websockets", "open WebSockets", 1),
+    ("tasks_per_conn", "tasks alive − client connections", 1),
+    ("fds_per_conn", "open fds − client connections", 1),
 )
+
+
+def derive(row):
+    """What is left of tasks and fds once each client connection's own share is taken out."""
+    row["tasks_per_conn"] = row["tasks_alive"] - row["connections"]
+    row["fds_per_conn"] = row["open_fds"] - row["connections"]
+    return row
 
 
 def load(directory):
     with open(os.path.join(directory, "soak.csv"), newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [derive({k: float(v) for k, v in row.items()}) for row in csv.DictReader(f)]
 
 
 def slope(xs, ys):
@@ -81,12 +90,15 @@ def plot(directory):
     panels = (
         ("Proxy RSS (MiB)", (("rss_kib", "RSS", 1 / 1024, "tab:blue"),)),
         ("Open fds and threads", (("open_fds", "open fds", 1, "tab:orange"),
+                                  ("fds_per_conn", "open fds − client connections", 1, "tab:pink"),
                                   ("threads", "threads", 1, "tab:gray"))),
         ("Cache entries", (("cache_routes", "routes", 1, "tab:green"),
                            ("cache_credentials", "credential checks", 1, "tab:olive"))),
         ("Tasks alive, connections, WebSockets", (("tasks_alive", "tasks alive", 1, "tab:red"),
                                                    ("connections", "client connections", 1, "tab:purple"),
-                                                   ("websockets", "WebSockets", 1, "tab:brown"))),
+                                                   ("websockets", "WebSockets", 1, "tab:brown"),
+                                                   ("tasks_per_conn", "tasks − client connections", 1,
+                                                    "tab:cyan"))),
     )
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     for ax, (title, lines) in zip(axes.flat, panels):

@@ -10,6 +10,9 @@
 //                 random instead of the VU's SANDBOX (default 0)
 //   SANDBOX_PREFIX  (default sbx-)
 //   MAX_VUS       VUs k6 may start to keep the rate (default 200)
+//   PREALLOCATED  VUs started up front, over all kinds (default: a tenth of each kind's rate).
+//                 Each VU keeps its own keep-alive connection: with PREALLOCATED = MAX_VUS the
+//                 number of client connections stops changing once every VU has run (soak.sh)
 // Thresholds: as mixed.js (MAX_ERROR_RATE etc.); chaos.sh runs with thresholds off.
 import { env, commonOptions, thresholds, previewGet, previewPost64k, toolboxVersion, websocketEcho, sandboxForVu } from './lib.js';
 
@@ -17,6 +20,7 @@ const rate = parseInt(__ENV.RATE || '100', 10);
 const pool = parseInt(__ENV.SANDBOX_POOL || '0', 10);
 const prefix = __ENV.SANDBOX_PREFIX || 'sbx-';
 const maxVus = parseInt(__ENV.MAX_VUS || '200', 10);
+const preallocated = parseInt(__ENV.PREALLOCATED || '0', 10);
 
 function scenario(exec, fraction) {
   const perSecond = Math.max(1, Math.round(rate * fraction));
@@ -26,7 +30,7 @@ function scenario(exec, fraction) {
     rate: perSecond,
     timeUnit: '1s',
     duration: env.duration,
-    preAllocatedVUs: Math.max(2, Math.ceil(perSecond / 10)),
+    preAllocatedVUs: Math.max(2, preallocated > 0 ? Math.round(preallocated * fraction) : Math.ceil(perSecond / 10)),
     maxVUs: Math.max(4, Math.round(maxVus * fraction)),
   };
 }
