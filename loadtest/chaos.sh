@@ -26,7 +26,8 @@
 # Knobs (environment): SKIP_BUILD=1, SANDGATE_BIN, RATE (150 iterations/s; quick 30), POOL
 # (50 sandboxes under k6 load), WARM (15 s before the first fault), DOWN (5 s a component stays
 # down), SETTLE (15 s after it is back), PROBE_EVERY (0.25 s), FAULTS ("redis runner replica
-# cluster-node control-plane"), OUT (also write the markdown report to this file).
+# cluster-node control-plane"), OUT (also write the markdown report to this file), KEEP (keep the
+# k6 samples, probe lines and logs in this directory).
 # Exit status 1 when a component does not work again after its restart (the final checks:
 # a never-seen sandbox answered by each replica, a marker's activity mark written), or k6 or a
 # proxy could not start.
@@ -68,6 +69,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   die "not installed: ${missing[*]}"
 fi
 resolve_bin
+# KEEP=DIR: keep the run's samples and logs there (the temporary directory goes at exit).
+cleanup_hook() {
+  [ -n "${KEEP:-}" ] || return 0
+  mkdir -p "$KEEP"
+  cp "$tmp"/*.csv "$tmp"/*.log "$tmp"/*.err "$tmp"/*.marks* "$KEEP"/ 2>/dev/null || true
+}
 lib_setup chaos
 . "$repo/loadtest/fleet.sh"
 export SG_THREADS=1 ACTIVITY_THROTTLE=1s REDIS_TIMEOUT=1s
@@ -120,7 +127,17 @@ run_k6() {
 run_probe() {
   local name=$1 target=$2 secs=$3 markers=$4 warm=()
   shift 4
-  for w in "$@"; do warm+=(--warm "$w"); done
+  for w in "$@"; do
+    warm+=(--warm "$w")
+    # k6's sandboxes too: each VU's connection stays on one replica, so k6 alone would leave
+    # some sandbox uncached on some replica, and its first request in an outage would fail.
+    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "Host: 3000-sbx-sink.$domain" \
+      -H "X-Daytona-Preview-Token: $token" "http://$w/hello" || true)
+    [ "$code" = 200 ] || die "warming sbx-sink on $w: $code"
+  done
+  python3 "$repo/loadtest/chaos_probe.py" --target "$target" --token "$token" --out /dev/null \
+    --duration 0 --markers "$POOL" --mark-prefix "sbx-" "${warm[@]}" >/dev/null ||
+    die "warming k6's sandboxes failed"
   python3 "$repo/loadtest/chaos_probe.py" --target "$target" --token "$token" --out /dev/null \
     --duration 0 --markers "$markers" --mark-prefix "sbx-$name-mark-" "${warm[@]}" >/dev/null ||
     die "warming the markers failed"
