@@ -88,6 +88,8 @@ struct Tasks {
     tasks: Vec<JoinHandle<()>>,
     /// Lets the serving threads' runtimes end, once every task here has (dropped last).
     release: Option<workers::Release>,
+    /// Counts this runtime's tasks in `sandgate_tasks_alive` while serving.
+    _runtime: crate::metrics::TrackedRuntime,
 }
 
 impl Tasks {
@@ -188,6 +190,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         pages: crate::http::pages::Pages::load(&config.pages)
             .map_err(|e| at("pages.dir")(e.to_string()))?,
     });
+    let live = Arc::downgrade(&app);
+    crate::metrics::metrics().sample_caches(move || live.upgrade().map(|a| a.resolver.entries()));
     let threads = serving_threads(&config.server);
     let (plain, addr) = bind_serving(
         "server.listen",
@@ -297,6 +301,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             shutdown,
             tasks,
             release: Some(serving.release),
+            _runtime: crate::metrics::metrics().track_runtime(&tokio::runtime::Handle::current()),
         },
     })
 }
@@ -363,6 +368,7 @@ pub async fn start_ssh_gateway(config: Config) -> Result<RunningGateway, StartEr
             shutdown,
             tasks,
             release: None,
+            _runtime: crate::metrics::metrics().track_runtime(&tokio::runtime::Handle::current()),
         },
     })
 }

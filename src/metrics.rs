@@ -1,7 +1,8 @@
 //! Prometheus metrics. Label sets are small and fixed (no per-sandbox labels), and every handle
 //! the hot path touches is created at startup, so recording is an atomic add.
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -46,6 +47,26 @@ struct CodeLabels {
     code: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+}
+
+/// What the resolver's caches hold, read at each scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheEntries {
+    /// Sandbox routes (the route cache).
+    pub routes: usize,
+    /// Credential checks: preview token checks, signed links, SSH tokens.
+    pub credentials: usize,
+}
+
+/// Reads the running proxy's cache sizes; `None` once that proxy is gone.
+type CacheSampler = Box<dyn Fn() -> Option<CacheEntries> + Send + Sync>;
+
+/// The runtimes whose alive tasks `sandgate_tasks_alive` adds up, by registration number.
+type Runtimes = Vec<(u64, tokio::runtime::Handle)>;
+
 pub struct Metrics {
     registry: Registry,
     requests: [[Counter; 5]; 3],
@@ -89,6 +110,30 @@ pub struct Metrics {
     /// Requests held while their sandbox starts.
     pub wake_held: Gauge,
     wake_dropped: Family<ReasonLabels, Counter>,
+    /// Filled at each scrape from `cache_sampler` (gauges a soak watches stay flat).
+    cache_entries: [Gauge; 2],
+    cache_sampler: Mutex<Option<CacheSampler>>,
+    /// Filled at each scrape from `runtimes`.
+    tasks_alive: Gauge,
+    runtimes: Mutex<Runtimes>,
+}
+
+/// A runtime counted in `sandgate_tasks_alive` until this is dropped.
+#[must_use = "the runtime is counted only while this lives"]
+pub struct TrackedRuntime {
+    id: u64,
+}
+
+impl Drop for TrackedRuntime {
+    fn drop(&mut self) {
+        let mut runtimes = lock(&metrics().runtimes);
+        runtimes.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Scrape-time state is plain data: a panic elsewhere leaves it usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -148,6 +193,15 @@ impl Metrics {
             cache,
         );
 
+        let caches = Family::<CacheLabels, Gauge>::default();
+        let cache_entries = ["routes", "credentials"]
+            .map(|cache| caches.get_or_create(&CacheLabels { cache }).clone());
+        registry.register(
+            "cache_entries",
+            "Entries in the resolver's caches (routes; credential checks)",
+            caches,
+        );
+
         let m = Metrics {
             requests,
             request_duration: Histogram::new(latency_buckets()),
@@ -186,6 +240,10 @@ impl Metrics {
             wake_duration: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             wake_held: Gauge::default(),
             wake_dropped: Family::default(),
+            cache_entries,
+            cache_sampler: Mutex::new(None),
+            tasks_alive: Gauge::default(),
+            runtimes: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -329,7 +387,42 @@ impl Metrics {
             "Requests not held (or given up) while their sandbox starts, by reason",
             m.wake_dropped.clone(),
         );
+        r.register(
+            "tasks_alive",
+            "Tasks alive on the proxy's runtimes (connections, relays, background work)",
+            m.tasks_alive.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Makes `sample` the source of `sandgate_cache_entries` (the proxy started last wins).
+    pub fn sample_caches(&self, sample: impl Fn() -> Option<CacheEntries> + Send + Sync + 'static) {
+        *lock(&self.cache_sampler) = Some(Box::new(sample));
+    }
+
+    /// Counts the tasks of the runtime behind `handle` in `sandgate_tasks_alive` while the
+    /// returned guard lives.
+    pub fn track_runtime(&self, handle: &tokio::runtime::Handle) -> TrackedRuntime {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        lock(&self.runtimes).push((id, handle.clone()));
+        TrackedRuntime { id }
+    }
+
+    /// Reads the scrape-time gauges.
+    fn sample(&self) {
+        let alive: usize = lock(&self.runtimes)
+            .iter()
+            .map(|(_, handle)| handle.metrics().num_alive_tasks())
+            .sum();
+        self.tasks_alive.set(gauge_value(alive));
+        let entries = lock(&self.cache_sampler)
+            .as_ref()
+            .and_then(|sample| sample())
+            .unwrap_or_default();
+        let [routes, credentials] = &self.cache_entries;
+        routes.set(gauge_value(entries.routes));
+        credentials.set(gauge_value(entries.credentials));
     }
 
     /// A request that was not held for a wake, or stopped waiting: `body`, `sandbox_limit`,
@@ -354,6 +447,7 @@ impl Metrics {
     /// The OpenMetrics text: the registry, then `sandgate_build_info` and the `process_*`
     /// metrics (read from `/proc/self` at each scrape), before the closing `# EOF`.
     pub fn render(&self) -> String {
+        self.sample();
         let mut out = String::with_capacity(16 * 1024);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -391,6 +485,10 @@ pub mod build {
         env!("SANDGATE_COMMIT"),
         ", features: none)"
     );
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn build_info(out: &mut String) {
@@ -556,11 +654,58 @@ mod tests {
         assert_eq!(text.matches("# EOF").count(), 1);
         assert!(text.contains("sandgate_build_info{version=\""), "{text}");
         for name in [
+            "sandgate_tasks_alive",
+            "sandgate_cache_entries{cache=\"routes\"}",
+            "sandgate_cache_entries{cache=\"credentials\"}",
             "process_resident_memory_bytes",
             "process_cpu_seconds_total",
             "process_open_fds",
         ] {
             assert!(text.contains(&format!("\n{name} ")), "{name}: {text}");
         }
+    }
+
+    /// The value of a gauge line `NAME VALUE` in the exposition.
+    fn gauge(text: &str, name: &str) -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {text}"))
+    }
+
+    #[test]
+    fn scrape_reads_tasks_alive_on_tracked_runtimes() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let _parked: Vec<_> = (0..5)
+            .map(|_| runtime.spawn(std::future::pending::<()>()))
+            .collect();
+        let untracked = gauge(&metrics().render(), "sandgate_tasks_alive");
+        let tracked = metrics().track_runtime(runtime.handle());
+        let with = gauge(&metrics().render(), "sandgate_tasks_alive");
+        drop(tracked);
+        let without = gauge(&metrics().render(), "sandgate_tasks_alive");
+        // Other tests may track runtimes meanwhile: compare against what this one adds.
+        assert!(with >= untracked + 5, "{untracked} then {with}");
+        assert!(without <= with - 5, "{with} then {without}");
+    }
+
+    #[test]
+    fn scrape_reads_cache_entries_from_the_sampler() {
+        metrics().sample_caches(|| {
+            Some(CacheEntries {
+                routes: 7,
+                credentials: 3,
+            })
+        });
+        let text = metrics().render();
+        assert_eq!(gauge(&text, "sandgate_cache_entries{cache=\"routes\"}"), 7);
+        assert_eq!(
+            gauge(&text, "sandgate_cache_entries{cache=\"credentials\"}"),
+            3
+        );
+        metrics().sample_caches(|| None);
+        let text = metrics().render();
+        assert_eq!(gauge(&text, "sandgate_cache_entries{cache=\"routes\"}"), 0);
     }
 }

@@ -459,3 +459,65 @@ async fn the_deployment_guides_alerts_name_exported_metrics() {
     let missing: Vec<_> = named.iter().filter(|m| !exported.contains(*m)).collect();
     assert!(missing.is_empty(), "not exported: {missing:?}\n{text}");
 }
+
+/// Polls the admin listener until `series` satisfies `done` (10 s hang detector); returns it.
+async fn poll_gauge(admin: std::net::SocketAddr, series: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = sample(&scrape(admin).await, series);
+        if done(value) || Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The soak's gauges: `sandgate_tasks_alive` adds up the tasks of every serving thread's runtime
+/// (connections spread over two), `sandgate_cache_entries` counts cached routes, found or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauges_count_tasks_on_every_serving_thread_and_cached_routes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runner = Runner::start("k").await;
+    let proxy = Proxy::start(&runner.config(&format!(
+        "{}[server]\nlisten = \"127.0.0.1:0\"\nthreads = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        sandboxes()
+    )));
+    let admin = proxy.admin_addr();
+    let routes = "sandgate_cache_entries{cache=\"routes\"}";
+    let tasks = "sandgate_tasks_alive";
+    assert_eq!(sample(&scrape(admin).await, routes), 0.0);
+    let idle = sample(&scrape(admin).await, tasks);
+    assert!(idle >= 1.0, "the admin listener's task at least: {idle}");
+
+    // 20 keep-alive connections, one answered request each: the kernel spreads them over both
+    // threads' listeners, so counting one runtime would see about half.
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: 3000-sbx-1.preview.localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        open.push(stream);
+    }
+    let busy = poll_gauge(admin, tasks, |v| v >= idle + 20.0).await;
+    assert!(
+        busy >= idle + 20.0,
+        "{idle} idle, {busy} with 20 connections"
+    );
+    drop(open);
+    let after = poll_gauge(admin, tasks, |v| v < idle + 5.0).await;
+    assert!(after < idle + 5.0, "{idle} idle, {after} after closing");
+
+    assert_eq!(
+        get(proxy.addr, "3000-nope.preview.localhost", "/")
+            .await
+            .status,
+        404
+    );
+    // sbx-1 and the remembered miss.
+    assert_eq!(sample(&scrape(admin).await, routes), 2.0);
+}

@@ -193,6 +193,9 @@ export function websocketEcho(sandbox) {
   let sent = 0;
   let sentAt = 0;
   let expected = '';
+  // Set when this side closes: a close before that (the proxy or the app went away) is a
+  // session cut short, counted as a failure.
+  let finished = false;
   const res = ws.connect(r.url, { headers: r.headers, tags: { name: 'websocket_echo' } }, (socket) => {
     const sendNext = () => {
       expected = `echo ${__VU}-${__ITER}-${sent}`;
@@ -211,12 +214,22 @@ export function websocketEcho(sandbox) {
       if (sent < WS_MESSAGES) {
         sendNext();
       } else {
+        finished = true;
         socket.close();
       }
     });
-    socket.on('error', () => wsEchoFailures.add(1));
+    socket.on('error', () => {
+      finished = true;
+      wsEchoFailures.add(1);
+    });
+    socket.on('close', () => {
+      if (!finished) {
+        wsEchoFailures.add(1);
+      }
+    });
     // A stuck echo must not hang the VU.
     socket.setTimeout(() => {
+      finished = true;
       wsEchoFailures.add(1);
       socket.close();
     }, 10000);

@@ -133,6 +133,7 @@ fn spawn_thread(
         .name(format!("sandgate-{slot}"))
         .spawn(move || {
             crate::base::thread_slot::set(slot);
+            let _tracked = crate::metrics::metrics().track_runtime(runtime.handle());
             runtime.block_on(async move {
                 serving.await;
                 let _ = finished.send(());

@@ -16,7 +16,7 @@ use super::link_uses::LinkUses;
 use super::side_cache::SideCache;
 use super::{Lifetime, Registry, RegistryError, SandboxRecord, TokenCheck, TokenGrant};
 use crate::config::CacheConfig;
-use crate::metrics::metrics;
+use crate::metrics::{metrics, CacheEntries};
 
 /// How long a valid credential whose backend does not say when it expires (Daytona's
 /// `/preview/{token}/{port}/sandbox-id`) is trusted without asking again.
@@ -96,6 +96,14 @@ impl Resolver {
 
     pub fn backend(&self) -> &Arc<dyn Registry> {
         &self.backend
+    }
+
+    /// What the caches hold now (for `sandgate_cache_entries`).
+    pub fn entries(&self) -> CacheEntries {
+        CacheEntries {
+            routes: self.slots.len(),
+            credentials: self.signed.len() + self.token_checks.len() + self.ssh_tokens.len(),
+        }
     }
 
     pub async fn ready(&self) -> bool {

@@ -50,6 +50,11 @@ impl<K: Eq + Hash, V: Clone> SideCache<K, V> {
         self.map.clear();
     }
 
+    /// Entries held, expired ones included (they go when overwritten or cleared).
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
     /// When the entry under `key` expires (expired or not).
     #[cfg(test)]
     pub(super) fn expiry<Q>(&self, key: &Q) -> Option<Instant>
