@@ -1,0 +1,474 @@
+//! Zero-downtime upgrade of the real binary (SIGUSR2 / `sandgate upgrade`): the old process
+//! hands its listening sockets to a new one and drains. Under constant load (new connections
+//! and keep-alive ones) with WebSockets open: no connection refused, no request failed, every
+//! WebSocket still echoing or closed with 1001 at the end of the old process's drain.
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use support::runner::{sandboxes, Runner};
+use support::{ws_connect, Proxy, BIN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const PREVIEW: &str = "3000-sbx-1.preview.localhost";
+const BODY: &str = "/bytes/64";
+
+/// Kills the pids named on drop (processes the test's `Proxy` no longer owns after an upgrade).
+#[derive(Default)]
+struct Reaper(std::sync::Mutex<Vec<i32>>);
+
+impl Reaper {
+    fn adopt(&self, pid: i32) {
+        self.0.lock().unwrap().push(pid);
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in self.0.lock().unwrap().iter() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+struct Setup {
+    proxy: Proxy,
+    _runner: Runner,
+    pid_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn config(runner: &Runner, pid_file: &Path, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 2\nshutdown_timeout = \"1s\"\n\
+         pid_file = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}{}",
+        pid_file.display(),
+        runner.config(sandboxes())
+    )
+}
+
+async fn setup() -> Setup {
+    let runner = Runner::start("runner-key").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("sandgate.pid");
+    let proxy = Proxy::start(&config(&runner, &pid_file, ""));
+    wait_for_pid(&pid_file, |pid| pid == proxy.pid() as i32).await;
+    Setup {
+        proxy,
+        _runner: runner,
+        pid_file,
+        _dir: dir,
+    }
+}
+
+fn read_pid(pid_file: &Path) -> Option<i32> {
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
+/// Waits until the pid file names a pid `wanted` accepts (hang detector: 40 s).
+async fn wait_for_pid(pid_file: &Path, wanted: impl Fn(i32) -> bool) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(pid) = read_pid(pid_file).filter(|pid| wanted(*pid)) {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "the pid file did not change");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Alive and not a zombie.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+async fn wait_gone(pid: i32) -> Duration {
+    let started = Instant::now();
+    while running(pid) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "pid {pid} did not exit after the upgrade"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+fn kill(signal: &str, pid: i32) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+fn upgrade_command(pid_file: &Path) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["upgrade", "--pid-file"])
+        .arg(pid_file)
+        .output()
+        .unwrap()
+}
+
+/// What the load saw.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
+    /// Idempotent requests sent again on a new connection because the keep-alive one was
+    /// closed before any byte of the answer (as browsers and HTTP clients do).
+    retried: AtomicU64,
+}
+
+/// One request per connection, `Connection: close`: every accept of the upgrade window.
+async fn new_connections(addr: SocketAddr, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
+    let request = format!("GET {BODY} HTTP/1.1\r\nHost: {PREVIEW}\r\nConnection: close\r\n\r\n");
+    while !stop.load(Ordering::Relaxed) {
+        let mut stream = match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                eprintln!("refused: {e}");
+                tally.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let mut answer = Vec::new();
+        let exchanged = async {
+            stream.write_all(request.as_bytes()).await?;
+            stream.read_to_end(&mut answer).await
+        };
+        let done = tokio::time::timeout(Duration::from_secs(10), exchanged).await;
+        let text = String::from_utf8_lossy(&answer);
+        if matches!(done, Ok(Ok(_))) && text.starts_with("HTTP/1.1 200") {
+            tally.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            eprintln!("failed (new connection): {done:?} {text:?}");
+            tally.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn get_on(sender: &mut Sender) -> Result<u16, hyper::Error> {
+    sender.ready().await?;
+    let request = support::request("GET", PREVIEW, BODY)
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    response.into_body().collect().await?;
+    Ok(status)
+}
+
+/// Requests on one keep-alive connection until the server closes it, then on a new one.
+async fn keep_alive(addr: SocketAddr, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
+    let mut sender: Option<Sender> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let reused = sender.is_some();
+        let mut current = match sender.take() {
+            Some(current) if !current.is_closed() => current,
+            _ => match connect(addr).await {
+                Ok(new) => new,
+                Err(e) => {
+                    eprintln!("refused: {e}");
+                    tally.refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+        };
+        match get_on(&mut current).await {
+            Ok(200) => {
+                tally.ok.fetch_add(1, Ordering::Relaxed);
+                sender = Some(current);
+            }
+            // Closed by the draining server before it answered: no byte of an answer came, so
+            // the GET is sent again on a new connection, once.
+            Err(e) if reused && (e.is_incomplete_message() || e.is_canceled() || e.is_closed()) => {
+                tally.retried.fetch_add(1, Ordering::Relaxed);
+                let again = match connect(addr).await {
+                    Ok(mut new) => get_on(&mut new).await.ok().map(|s| (s, new)),
+                    Err(_) => None,
+                };
+                match again {
+                    Some((200, new)) => {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                        sender = Some(new);
+                    }
+                    other => {
+                        eprintln!("failed (retry): {:?}", other.map(|(s, _)| s));
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            other => {
+                eprintln!("failed (keep-alive): {other:?}");
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// How a WebSocket ended.
+#[derive(Debug, PartialEq)]
+enum WsEnd {
+    /// Still echoing when the test stopped it.
+    Open,
+    /// A close frame with this code.
+    Closed(u16),
+    Broken(String),
+}
+
+/// Sends a message every 50 ms and expects its echo, until the proxy closes or `stop`.
+async fn websocket(addr: SocketAddr, stop: Arc<AtomicBool>) -> (WsEnd, u64) {
+    let (mut ws, _) = ws_connect(addr, PREVIEW, "/ws", &[]).await.expect("ws");
+    let mut echoed = 0;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            let _ = ws.close(None).await;
+            return (WsEnd::Open, echoed);
+        }
+        let text = format!("m{echoed}");
+        if let Err(e) = ws.send(Message::text(text.clone())).await {
+            return (WsEnd::Broken(format!("send: {e}")), echoed);
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        match reply {
+            Ok(Some(Ok(Message::Text(echo)))) if echo.as_str() == text => echoed += 1,
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return (WsEnd::Closed(u16::from(frame.code)), echoed)
+            }
+            other => return (WsEnd::Broken(format!("{other:?}")), echoed),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_upgrades_under_load_refuse_nothing_and_fail_nothing() {
+    let reaper = Reaper::default();
+    let mut setup = setup().await;
+    let addr = setup.proxy.addr;
+    let admin = setup.proxy.admin_addr();
+    let first = setup.proxy.pid() as i32;
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..3 {
+        load.push(tokio::spawn(new_connections(addr, tally.clone(), stop.clone())));
+        load.push(tokio::spawn(keep_alive(addr, tally.clone(), stop.clone())));
+    }
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(tokio::spawn(websocket(addr, stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 1: SIGUSR2.
+    let signalled = Instant::now();
+    kill("USR2", first);
+    let second = wait_for_pid(&setup.pid_file, |pid| pid != first).await;
+    reaper.adopt(second);
+    let took_over = signalled.elapsed();
+    let status = setup
+        .proxy
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process did not exit after its drain");
+    assert!(status.success(), "{status:?}\n{}", setup.proxy.stderr());
+    let first_exit = signalled.elapsed();
+    for _ in 0..3 {
+        sockets.push(tokio::spawn(websocket(addr, stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 2: `sandgate upgrade`, which waits for the new pid.
+    let signalled = Instant::now();
+    let out = tokio::task::spawn_blocking({
+        let pid_file = setup.pid_file.clone();
+        move || upgrade_command(&pid_file)
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        setup.proxy.stderr()
+    );
+    let third = read_pid(&setup.pid_file).unwrap();
+    reaper.adopt(third);
+    assert!(third != second && third != first, "{stdout}");
+    assert!(stdout.contains(&format!("upgraded: pid {third} serves")), "{stdout}");
+    let took_over_2 = signalled.elapsed();
+    let second_exit = wait_gone(second).await + took_over_2;
+    for _ in 0..3 {
+        sockets.push(tokio::spawn(websocket(addr, stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let mut ends = Vec::new();
+    for socket in sockets {
+        ends.push(socket.await.unwrap());
+    }
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let refused = tally.refused.load(Ordering::Relaxed);
+    let failed = tally.failed.load(Ordering::Relaxed);
+    let retried = tally.retried.load(Ordering::Relaxed);
+    println!(
+        "upgrade 1 (SIGUSR2): new pid in the pid file after {took_over:?}, old exited after \
+         {first_exit:?}; upgrade 2 (sandgate upgrade): {took_over_2:?}, old exited after \
+         {second_exit:?}; requests ok {ok}, refused {refused}, failed {failed}, keep-alive \
+         retried {retried}; websockets {ends:?}"
+    );
+    assert_eq!((refused, failed), (0, 0), "{}", setup.proxy.stderr());
+    assert!(ok > 0);
+    // Opened before upgrade 1 and before upgrade 2: closed with 1001 by the drain; opened
+    // last: still echoing.
+    let codes: Vec<&WsEnd> = ends.iter().map(|(end, _)| end).collect();
+    assert_eq!(
+        codes,
+        [
+            &WsEnd::Closed(1001),
+            &WsEnd::Closed(1001),
+            &WsEnd::Closed(1001),
+            &WsEnd::Closed(1001),
+            &WsEnd::Closed(1001),
+            &WsEnd::Closed(1001),
+            &WsEnd::Open,
+            &WsEnd::Open,
+            &WsEnd::Open,
+        ]
+    );
+    assert!(ends.iter().all(|(_, echoed)| *echoed > 0), "{ends:?}");
+    // The last process serves the admin listener it inherited.
+    let metrics = support::get(admin, "admin", "/health").await;
+    assert_eq!(metrics.status, 200);
+    kill("TERM", third);
+    wait_gone(third).await;
+    assert!(!setup.pid_file.exists(), "the last process removes its pid file");
+}
+
+/// What a failed upgrade must leave: the old process serving, its pid in the file.
+#[tokio::test]
+async fn a_failing_new_process_leaves_the_old_one_serving() {
+    let reaper = Reaper::default();
+    let mut setup = setup().await;
+    let old = setup.proxy.pid() as i32;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let good = std::fs::read_to_string(&setup.proxy.config_path).unwrap();
+    let cases: [(&str, String, &str); 2] = [
+        (
+            "the config no longer parses",
+            format!("{good}\n[server\n"),
+            "exited before it was ready",
+        ),
+        (
+            "the new config listens on a port another process holds",
+            good.replace(
+                "[admin]\nlisten = \"127.0.0.1:0\"",
+                &format!("[admin]\nlisten = \"127.0.0.1:{taken_port}\""),
+            ),
+            "exited before it was ready",
+        ),
+    ];
+    for (case, config, logged) in cases {
+        std::fs::write(&setup.proxy.config_path, config).unwrap();
+        let out = tokio::task::spawn_blocking({
+            let pid_file = setup.pid_file.clone();
+            move || upgrade_command(&pid_file)
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: {stderr}");
+        assert!(stderr.contains("upgrade failed"), "{case}: {stderr}");
+        assert_eq!(read_pid(&setup.pid_file), Some(old), "{case}");
+        let reply = support::get(setup.proxy.addr, PREVIEW, BODY).await;
+        assert_eq!(reply.status, 200, "{case}");
+        assert!(setup.proxy.child.try_wait().unwrap().is_none(), "{case}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !setup.proxy.stderr().contains(logged) {
+            assert!(Instant::now() < deadline, "{case}: {}", setup.proxy.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    drop(taken);
+
+    // A stranger connecting to the hand-over socket while an upgrade runs gets nothing, and
+    // the upgrade still succeeds once the config is good again.
+    std::fs::write(&setup.proxy.config_path, &good).unwrap();
+    let socket = setup
+        .pid_file
+        .with_file_name(format!("sandgate-upgrade-{old}.sock"));
+    let done = Arc::new(AtomicBool::new(false));
+    let stranger = std::thread::spawn({
+        let done = done.clone();
+        move || {
+            let (mut connected, mut received) = (0, 0);
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&socket) {
+                    connected += 1;
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(2)))
+                        .unwrap();
+                    let mut buf = [0u8; 64];
+                    received += std::io::Read::read(&mut stream, &mut buf).unwrap_or(0);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (connected, received)
+        }
+    });
+    let out = tokio::task::spawn_blocking({
+        let pid_file = setup.pid_file.clone();
+        move || upgrade_command(&pid_file)
+    })
+    .await
+    .unwrap();
+    done.store(true, Ordering::Relaxed);
+    let (connected, received) = stranger.join().unwrap();
+    let new = read_pid(&setup.pid_file).unwrap();
+    reaper.adopt(new);
+    println!("the stranger connected {connected} times and received {received} bytes");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(received, 0);
+    assert_ne!(new, old);
+    let reply = support::get(setup.proxy.addr, PREVIEW, BODY).await;
+    assert_eq!(reply.status, 200);
+    setup
+        .proxy
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process did not exit");
+}
