@@ -135,8 +135,7 @@ impl Running {
     /// Starts the graceful drain and waits for it to finish.
     pub async fn shutdown(self) {
         self.tasks.shutdown.cancel();
-        self.tasks.wait().await;
-        close_access_log(&self.app).await;
+        self.wait().await;
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -144,7 +143,10 @@ impl Running {
     }
 
     /// Waits until the server has stopped (after [`Running::shutdown_token`] fired).
-    pub async fn wait(self) {
+    pub async fn wait(mut self) {
+        // The copies kept for an upgrade would keep the ports open (connections queued, never
+        // accepted) after the serving threads close theirs.
+        self.listeners.clear();
         self.tasks.wait().await;
         close_access_log(&self.app).await;
     }
@@ -259,7 +261,10 @@ pub async fn start_inheriting(
         Some(admin) => {
             let (listener, addr) =
                 bind_or_inherit("admin.listen", admin, inherited.take("admin.listen", admin))?;
-            let copy = listener.as_fd().try_clone_to_owned().map_err(bind_error("admin.listen", addr))?;
+            let copy = listener
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(bind_error("admin.listen", addr))?;
             listeners.push(upgrade::Handed {
                 key: "admin.listen",
                 addr,

@@ -282,7 +282,11 @@ async fn two_upgrades_under_load_refuse_nothing_and_fail_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..3 {
-        load.push(tokio::spawn(new_connections(addr, tally.clone(), stop.clone())));
+        load.push(tokio::spawn(new_connections(
+            addr,
+            tally.clone(),
+            stop.clone(),
+        )));
         load.push(tokio::spawn(keep_alive(addr, tally.clone(), stop.clone())));
     }
     let mut sockets = Vec::new();
@@ -326,7 +330,10 @@ async fn two_upgrades_under_load_refuse_nothing_and_fail_nothing() {
     let third = read_pid(&setup.pid_file).unwrap();
     reaper.adopt(third);
     assert!(third != second && third != first, "{stdout}");
-    assert!(stdout.contains(&format!("upgraded: pid {third} serves")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("upgraded: pid {third} serves")),
+        "{stdout}"
+    );
     let took_over_2 = signalled.elapsed();
     let second_exit = wait_gone(second).await + took_over_2;
     for _ in 0..3 {
@@ -376,7 +383,10 @@ async fn two_upgrades_under_load_refuse_nothing_and_fail_nothing() {
     assert_eq!(metrics.status, 200);
     kill("TERM", third);
     wait_gone(third).await;
-    assert!(!setup.pid_file.exists(), "the last process removes its pid file");
+    assert!(
+        !setup.pid_file.exists(),
+        "the last process removes its pid file"
+    );
 }
 
 /// What a failed upgrade must leave: the old process serving, its pid in the file.
@@ -420,7 +430,11 @@ async fn a_failing_new_process_leaves_the_old_one_serving() {
         assert!(setup.proxy.child.try_wait().unwrap().is_none(), "{case}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !setup.proxy.stderr().contains(logged) {
-            assert!(Instant::now() < deadline, "{case}: {}", setup.proxy.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "{case}: {}",
+                setup.proxy.stderr()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -462,7 +476,11 @@ async fn a_failing_new_process_leaves_the_old_one_serving() {
     let new = read_pid(&setup.pid_file).unwrap();
     reaper.adopt(new);
     println!("the stranger connected {connected} times and received {received} bytes");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(received, 0);
     assert_ne!(new, old);
     let reply = support::get(setup.proxy.addr, PREVIEW, BODY).await;

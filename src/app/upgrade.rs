@@ -143,7 +143,9 @@ impl Inherited {
 /// A received descriptor that must be a listening TCP socket.
 fn listening_socket(fd: OwnedFd) -> Result<TcpListener, UpgradeError> {
     if !getsockopt(&fd, sockopt::AcceptConn)? {
-        return Err(UpgradeError::Protocol("a socket that does not listen".into()));
+        return Err(UpgradeError::Protocol(
+            "a socket that does not listen".into(),
+        ));
     }
     let socket = TcpListener::from(fd);
     socket.set_nonblocking(true)?;
@@ -189,7 +191,11 @@ fn hand_over_blocking(
 }
 
 /// The old side of the protocol, with the child it started.
-fn talk(server: &UnixListener, child: &mut Child, listeners: Vec<Handed>) -> Result<u32, UpgradeError> {
+fn talk(
+    server: &UnixListener,
+    child: &mut Child,
+    listeners: Vec<Handed>,
+) -> Result<u32, UpgradeError> {
     let deadline = Instant::now() + READY_WITHIN;
     let mut channel = accept_child(server, child, deadline)?;
     for handed in &listeners {
@@ -197,7 +203,11 @@ fn talk(server: &UnixListener, child: &mut Child, listeners: Vec<Handed>) -> Res
         send_frame(&mut channel, &text, Some(handed.socket.as_raw_fd()))?;
     }
     send_frame(&mut channel, "end", None)?;
-    channel.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))?;
+    channel.set_read_timeout(Some(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1)),
+    ))?;
     let pid = child.id();
     let reply = match recv_frame(&mut channel) {
         Ok((text, _)) => text,
@@ -214,7 +224,10 @@ fn talk(server: &UnixListener, child: &mut Child, listeners: Vec<Handed>) -> Res
 fn timed_out_or(error: UpgradeError, pid: u32) -> UpgradeError {
     match &error {
         UpgradeError::Io(e)
-            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
         {
             UpgradeError::NotReady { pid }
         }
@@ -252,7 +265,10 @@ fn accept_child(
                     stream.set_nonblocking(false)?;
                     return Ok(stream);
                 }
-                tracing::warn!(peer, "hand-over socket: a connection from another process refused");
+                tracing::warn!(
+                    peer,
+                    "hand-over socket: a connection from another process refused"
+                );
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if let Some(status) = child.try_wait()? {
@@ -433,7 +449,12 @@ mod tests {
         let (mut old, mut new) = UnixStream::pair().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        send_frame(&mut old, "listener server.listen x", Some(listener.as_raw_fd())).unwrap();
+        send_frame(
+            &mut old,
+            "listener server.listen x",
+            Some(listener.as_raw_fd()),
+        )
+        .unwrap();
         send_frame(&mut old, "end", None).unwrap();
         let (text, fd) = recv_frame(&mut new).unwrap();
         assert_eq!(text, "listener server.listen x");

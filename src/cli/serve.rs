@@ -272,9 +272,8 @@ pub fn signal_upgrade(pid_file: &Path) -> Result<(), String> {
     println!("sent SIGUSR2 to sandgate (pid {old}); waiting for the new process");
     let socket = upgrade::socket_dir(Some(pid_file)).join(format!("sandgate-upgrade-{old}.sock"));
     let deadline = Instant::now() + upgrade::READY_WITHIN + Duration::from_secs(10);
-    let failed = |why: &str| {
-        format!("upgrade failed: {why}; pid {old} keeps serving (its log says why)")
-    };
+    let failed =
+        |why: &str| format!("upgrade failed: {why}; pid {old} keeps serving (its log says why)");
     let mut socket_seen = None;
     loop {
         match read_pid(pid_file) {
@@ -285,7 +284,10 @@ pub fn signal_upgrade(pid_file: &Path) -> Result<(), String> {
             _ => {}
         }
         if !Path::new(&format!("/proc/{old}")).exists() {
-            return Err(format!("pid {old} exited and {} names no new process", pid_file.display()));
+            return Err(format!(
+                "pid {old} exited and {} names no new process",
+                pid_file.display()
+            ));
         }
         // The hand-over socket exists while an upgrade runs; the new process writes the pid
         // file right after it is gone.
