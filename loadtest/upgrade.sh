@@ -97,7 +97,7 @@ report() {
   echo "$name: requests $requests; socket errors: $errors; non-2xx ${non2xx:-0}"
 }
 echo
-echo "sandgate $("$bin" --version | head -n1); $UPGRADES upgrades under load, server.threads $THREADS"
+echo "$("$bin" --version | head -n1); $UPGRADES upgrades under load, server.threads $THREADS"
 report "keep-alive ($WRK_CONNS conns)" "$tmp/wrk-keepalive.txt"
 report "new connection per request ($WRK_CONNS conns)" "$tmp/wrk-close.txt"
 echo "first pid $first, last pid $last; errors logged by the processes:"

@@ -258,8 +258,8 @@ impl Connection {
     async fn serve_plain(self, stream: ClientStream, redirect_to_port: Option<u16>) {
         match redirect_to_port {
             Some(port) => {
-                let first_request = Arc::new(Notify::new());
-                let seen = first_request.clone();
+                let requests = Arc::new(Notify::new());
+                let seen = requests.clone();
                 let service = service_fn(move |req| {
                     seen.notify_one();
                     async move { Ok::<_, Infallible>(redirect_to_https(&req, port)) }
@@ -268,7 +268,7 @@ impl Connection {
                     .builder
                     .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
-                let drain = (self.draining, first_request, self.watcher);
+                let drain = (self.draining, requests, self.watcher);
                 if let Err(e) = serve_until_drained(conn, drain).await {
                     tracing::debug!(error = %e, "redirect connection ended with an error");
                 }
@@ -287,8 +287,8 @@ impl Connection {
                 .with_slots(self.slots)
                 .with_end(self.end),
         );
-        let first_request = Arc::new(Notify::new());
-        let seen = first_request.clone();
+        let requests = Arc::new(Notify::new());
+        let seen = requests.clone();
         let service = service_fn(move |req| {
             seen.notify_one();
             let app = app.clone();
@@ -299,24 +299,25 @@ impl Connection {
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        let drain = (self.draining, first_request, self.watcher);
+        let drain = (self.draining, requests, self.watcher);
         if let Err(e) = serve_until_drained(conn, drain).await {
             tracing::debug!(error = %e, peer = %self.peer, "connection ended with an error");
         }
     }
 }
 
-/// How long a connection accepted just before the drain has to send its first request.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection has, once the drain starts, to send one more request.
+const NEXT_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves `conn` to its end; once the drain starts, shuts it down gracefully (answers what is in
-/// flight, then closes), but not before its first request came (or [`FIRST_REQUEST_GRACE`]
-/// passed): a connection still detecting its protocol is dropped by a graceful shutdown, and
-/// the request its client already sent (a connection accepted as an upgrade hands over, or as
-/// SIGTERM arrives) would be answered with a reset.
+/// Serves `conn` to its end. Once the drain starts, it answers one more request (or waits
+/// [`NEXT_REQUEST_GRACE`] for one) before shutting down gracefully (what is in flight is
+/// answered, with `Connection: close`, then the connection closes). Closing at once would reset
+/// requests a client already sent on an idle keep-alive connection, or on a connection accepted
+/// as the drain started (still detecting its protocol, which a graceful shutdown drops): both
+/// happen under load at every upgrade hand-over and SIGTERM.
 async fn serve_until_drained<C>(
     conn: C,
-    (draining, first_request, _watcher): (CancellationToken, Arc<Notify>, Watcher),
+    (draining, requests, _watcher): (CancellationToken, Arc<Notify>, Watcher),
 ) -> C::Output
 where
     C: GracefulConnection,
@@ -326,10 +327,12 @@ where
         output = conn.as_mut() => return output,
         () = draining.cancelled() => {}
     }
-    let first = tokio::time::timeout(FIRST_REQUEST_GRACE, first_request.notified());
+    // A permit left by an earlier request says nothing about the next one.
+    let _ = futures_util::FutureExt::now_or_never(requests.notified());
+    let next = tokio::time::timeout(NEXT_REQUEST_GRACE, requests.notified());
     tokio::select! {
         output = conn.as_mut() => return output,
-        _ = first => {}
+        _ = next => {}
     }
     conn.as_mut().graceful_shutdown();
     conn.await
