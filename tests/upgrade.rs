@@ -497,7 +497,10 @@ async fn a_request_sent_as_the_drain_starts_is_answered_not_reset() {
             .await
             .expect("hang");
         let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-        assert!(read.is_ok() && text.starts_with("http/1.1 200"), "{case}: {read:?} {text:?}");
+        assert!(
+            read.is_ok() && text.starts_with("http/1.1 200"),
+            "{case}: {read:?} {text:?}"
+        );
         assert!(text.contains("connection: close"), "{case}: {text}");
     }
 }
