@@ -504,3 +504,62 @@ async fn a_request_sent_as_the_drain_starts_is_answered_not_reset() {
         assert!(text.contains("connection: close"), "{case}: {text}");
     }
 }
+
+/// The HTTPS listeners (one per serving thread) are handed over too: after the upgrade the
+/// same port answers over TLS from the new process, and the old one has exited.
+#[tokio::test]
+async fn https_listeners_are_handed_over() {
+    let reaper = Reaper::default();
+    let runner = Runner::start("runner-key").await;
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(BIN)
+        .args(["certs", "dev", "--domain", "preview.localhost", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid_file = dir.path().join("sandgate.pid");
+    let tls = format!(
+        "[tls]\nenabled = true\nlisten = \"127.0.0.1:0\"\n[[tls.certs]]\ncert = \"{}\"\nkey = \"{}\"\n",
+        dir.path().join("preview.localhost.pem").display(),
+        dir.path().join("preview.localhost.key").display()
+    );
+    let mut proxy = Proxy::start(&config(&runner, &pid_file, &tls));
+    let old = proxy.pid() as i32;
+    let tls_addr = proxy.tls_addr();
+    let ca = dir.path().join("dev-ca.pem");
+    let https_get = || async {
+        let stream = support::tls_client::connect(tls_addr, PREVIEW, &[&ca], b"http/1.1")
+            .await
+            .expect("TLS handshake");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let request = support::request("GET", PREVIEW, BODY)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender
+            .send_request(request)
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(https_get().await, 200);
+    kill("USR2", old);
+    let new = wait_for_pid(&pid_file, |pid| pid != old).await;
+    reaper.adopt(new);
+    proxy
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process did not exit");
+    assert_eq!(https_get().await, 200, "{}", proxy.stderr());
+    let log = proxy.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("serving on inherited sockets") && l.contains("tls.listen")),
+        "{log}"
+    );
+}
