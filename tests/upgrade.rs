@@ -563,3 +563,38 @@ async fn https_listeners_are_handed_over() {
         "{log}"
     );
 }
+
+/// Under systemd (`Type=notify`, `NotifyAccess=all`) each process says READY=1 with its own pid
+/// as MAINPID once it serves: after an upgrade systemd follows the new process.
+#[tokio::test]
+async fn systemd_is_told_ready_and_the_new_main_pid() {
+    let reaper = Reaper::default();
+    let runner = Runner::start("runner-key").await;
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let pid_file = dir.path().join("sandgate.pid");
+    let mut proxy = Proxy::start_with_env(
+        &config(&runner, &pid_file, ""),
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+    let notify = Arc::new(notify);
+    let receive = move || {
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("no sd_notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let old = proxy.pid() as i32;
+    assert_eq!(receive(), format!("READY=1\nMAINPID={old}\n"));
+    kill("USR2", old);
+    let message = tokio::task::spawn_blocking(receive).await.unwrap();
+    let new = wait_for_pid(&pid_file, |pid| pid != old).await;
+    reaper.adopt(new);
+    assert_eq!(message, format!("READY=1\nMAINPID={new}\n"));
+    proxy
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process did not exit");
+}
