@@ -598,3 +598,40 @@ async fn systemd_is_told_ready_and_the_new_main_pid() {
         .wait_exit(Duration::from_secs(30))
         .expect("the old process did not exit");
 }
+
+/// With `reuse_port = true` the sockets are handed over all the same (the new process could
+/// bind its own, but the connections queued on the old ones would be lost when they close).
+#[tokio::test]
+async fn reuse_port_listeners_are_handed_over_too() {
+    let reaper = Reaper::default();
+    let runner = Runner::start("runner-key").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("sandgate.pid");
+    let config =
+        config(&runner, &pid_file, "").replace("threads = 2\n", "threads = 2\nreuse_port = true\n");
+    let mut proxy = Proxy::start(&config);
+    let old = proxy.pid() as i32;
+    wait_for_pid(&pid_file, |pid| pid == old).await;
+    let out = tokio::task::spawn_blocking({
+        let pid_file = pid_file.clone();
+        move || upgrade_command(&pid_file)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    reaper.adopt(read_pid(&pid_file).unwrap());
+    proxy
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process did not exit");
+    assert_eq!(support::get(proxy.addr, PREVIEW, BODY).await.status, 200);
+    let log = proxy.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("serving on inherited sockets") && l.contains("sockets=2")),
+        "{log}"
+    );
+}
