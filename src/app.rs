@@ -3,8 +3,10 @@
 //! hands back [`Running`]. Nothing below imports this module.
 
 mod check;
+pub mod upgrade;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
@@ -79,6 +81,8 @@ pub struct Running {
     /// Reloads the admin listener was asked for (`POST /reload`); whoever can reload takes
     /// it and answers each with a report. Unanswered, the listener says it cannot reload.
     pub reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
+    /// Copies of every listening socket, for an upgrade to hand over.
+    listeners: Vec<upgrade::Handed>,
     tasks: Tasks,
 }
 
@@ -133,8 +137,7 @@ impl Running {
     /// Starts the graceful drain and waits for it to finish.
     pub async fn shutdown(self) {
         self.tasks.shutdown.cancel();
-        self.tasks.wait().await;
-        close_access_log(&self.app).await;
+        self.wait().await;
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -142,14 +145,40 @@ impl Running {
     }
 
     /// Waits until the server has stopped (after [`Running::shutdown_token`] fired).
-    pub async fn wait(self) {
+    pub async fn wait(mut self) {
+        // The copies kept for an upgrade would keep the ports open (connections queued, never
+        // accepted) after the serving threads close theirs.
+        self.listeners.clear();
         self.tasks.wait().await;
         close_access_log(&self.app).await;
+    }
+
+    /// New descriptors of every listening socket (the same kernel sockets), to hand over.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<upgrade::Handed>> {
+        self.listeners
+            .iter()
+            .map(|handed| {
+                Ok(upgrade::Handed {
+                    key: handed.key,
+                    addr: handed.addr,
+                    socket: handed.socket.try_clone()?,
+                })
+            })
+            .collect()
     }
 }
 
 /// Builds the phases from `config`, binds the listener and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_inheriting(config, &mut upgrade::Inherited::default()).await
+}
+
+/// [`start`], serving on the sockets an upgrade handed over where they match the config
+/// (binding the rest).
+pub async fn start_inheriting(
+    config: Config,
+    inherited: &mut upgrade::Inherited,
+) -> Result<Running, StartError> {
     let Shared {
         redis,
         registry,
@@ -192,21 +221,36 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     let live = Arc::downgrade(&app);
     crate::metrics::metrics().sample_caches(move || live.upgrade().map(|a| a.resolver.entries()));
-    let threads = serving_threads(&config.server);
+    let mut listeners = Vec::new();
+    let plain = inherited.take("server.listen", config.server.listen);
+    let tls_inherited = match certs {
+        Some(_) => inherited.take("tls.listen", config.tls.listen),
+        None => Vec::new(),
+    };
+    // Inherited sockets keep their thread count: the kernel spreads connections over all of
+    // them, so each needs a thread that accepts (both listeners get the larger count).
+    let threads = match plain.len().max(tls_inherited.len()) {
+        0 => serving_threads(&config.server),
+        n => n,
+    };
     let (plain, addr) = bind_serving(
         "server.listen",
         config.server.listen,
         config.server.reuse_port,
         threads,
+        plain,
     )?;
-    let (listeners, tls_settings, tls_addr) = match certs {
+    keep_copies(&mut listeners, "server.listen", addr, &plain)?;
+    let (listeners_by_thread, tls_settings, tls_addr) = match certs {
         Some(certs) => {
             let (tls, addr) = bind_serving(
                 "tls.listen",
                 config.tls.listen,
                 config.server.reuse_port,
                 threads,
+                tls_inherited,
             )?;
+            keep_copies(&mut listeners, "tls.listen", addr, &tls)?;
             let settings = workers::TlsSettings {
                 acceptor: tls::server_config(certs).map_err(at("tls"))?.into(),
                 handshake_timeout: config.tls.handshake_timeout,
@@ -223,7 +267,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut reload_requests = None;
     let admin_addr = match config.admin.listen {
         Some(admin) => {
-            let (listener, addr) = bind_key("admin.listen", admin, false)?;
+            let (listener, addr) =
+                bind_or_inherit("admin.listen", admin, inherited.take("admin.listen", admin))?;
+            let copy = listener
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(bind_error("admin.listen", addr))?;
+            listeners.push(upgrade::Handed {
+                key: "admin.listen",
+                addr,
+                socket: copy.into(),
+            });
             let (reload, requests) = reload::channel(config.admin.token.as_deref());
             reload_requests = Some(requests);
             tasks.push(tokio::spawn(server::serve_admin(
@@ -253,7 +307,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let serving = workers::start(
         app.clone(),
-        listeners,
+        listeners_by_thread,
         tls_settings,
         config.server.clone(),
         shutdown.clone(),
@@ -297,6 +351,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         app,
         activity_sink,
         reload_requests,
+        listeners,
         tasks: Tasks {
             shutdown,
             tasks,
@@ -417,18 +472,62 @@ fn bind_key(
     Ok((listener, bound))
 }
 
-/// Binds `addr` once per serving thread; errors name the listen key.
+fn bind_error(key: &'static str, addr: SocketAddr) -> impl Fn(std::io::Error) -> StartError {
+    move |source| StartError::Bind {
+        key: Some(key),
+        addr,
+        source,
+    }
+}
+
+/// Binds `addr` once per serving thread, or serves on the `inherited` sockets (binding more on
+/// their port when there are fewer than threads); errors name the listen key.
 fn bind_serving(
     key: &'static str,
     addr: SocketAddr,
     reuse_port: bool,
     threads: usize,
+    mut inherited: Vec<std::net::TcpListener>,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
-    workers::bind(addr, reuse_port, threads).map_err(|source| StartError::Bind {
-        key: Some(key),
-        addr,
-        source,
-    })
+    let Some(first) = inherited.first() else {
+        return workers::bind(addr, reuse_port, threads).map_err(bind_error(key, addr));
+    };
+    let bound = first.local_addr().map_err(bind_error(key, addr))?;
+    while inherited.len() < threads {
+        let more = server::bind(bound, true).and_then(|l| l.into_std());
+        inherited.push(more.map_err(bind_error(key, bound))?);
+    }
+    tracing::info!(key, addr = %bound, sockets = inherited.len(), "serving on inherited sockets");
+    Ok((inherited, bound))
+}
+
+/// The admin listener: inherited when one was handed over, else bound.
+fn bind_or_inherit(
+    key: &'static str,
+    addr: SocketAddr,
+    inherited: Vec<std::net::TcpListener>,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let Some(socket) = inherited.into_iter().next() else {
+        return bind_key(key, addr, false);
+    };
+    let listener = tokio::net::TcpListener::from_std(socket).map_err(bind_error(key, addr))?;
+    let bound = listener.local_addr().map_err(bind_error(key, addr))?;
+    tracing::info!(key, addr = %bound, "serving on the inherited socket");
+    Ok((listener, bound))
+}
+
+/// Keeps a copy of each of `sockets` for an upgrade to hand over.
+fn keep_copies(
+    out: &mut Vec<upgrade::Handed>,
+    key: &'static str,
+    addr: SocketAddr,
+    sockets: &[std::net::TcpListener],
+) -> Result<(), StartError> {
+    for socket in sockets {
+        let socket = socket.try_clone().map_err(bind_error(key, addr))?;
+        out.push(upgrade::Handed { key, addr, socket });
+    }
+    Ok(())
 }
 
 /// `server.threads`, with 0 meaning one per CPU this process may run on.

@@ -60,6 +60,9 @@ fn the_systemd_unit_verifies_and_keeps_its_hardening() {
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         "NoNewPrivileges=yes",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        // Upgrades (SIGUSR2): the new process sends READY=1 and MAINPID= from another pid.
+        "Type=notify",
+        "NotifyAccess=all",
     ] {
         assert!(unit.contains(directive), "missing {directive}");
     }

@@ -100,6 +100,14 @@ enum Command {
         #[arg(long)]
         pid_file: PathBuf,
     },
+    /// Upgrade a running `serve` without dropping a connection: SIGUSR2 to the pid in
+    /// `server.pid_file`; it starts the binary again (a replaced file runs the new version),
+    /// hands over its listeners and drains. Waits until the new pid is in the file.
+    Upgrade {
+        /// The pid file `serve` writes (`server.pid_file`).
+        #[arg(long)]
+        pid_file: PathBuf,
+    },
     /// Check a config file as `serve` would (registry, certificates, files) without starting:
     /// prints `OK: FILE: …` or every error (exit 1).
     CheckConfig {
@@ -311,6 +319,7 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Reload { pid_file } => serve::signal_reload(&pid_file),
+        Command::Upgrade { pid_file } => serve::signal_upgrade(&pid_file),
         Command::CheckConfig { config, print } => {
             let path = config.ok_or("check-config needs -c FILE")?;
             let (loaded, summary) =

@@ -1,20 +1,52 @@
 //! The long-running commands: `sandgate serve` and `sandgate ssh-gateway` (signals, reload).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use crate::app::upgrade::{self, Handed, Inherited};
 use crate::config::registry::Backend;
 use crate::config::Config;
 use crate::http::reload::ReloadReport;
 use crate::metrics::build;
 
 /// `sandgate serve`: runs the proxy until SIGTERM/SIGINT; SIGHUP (or the admin listener's
-/// `POST /reload`) reloads; SIGUSR1 reopens the access log file (logrotate).
+/// `POST /reload`) reloads; SIGUSR1 reopens the access log file (logrotate); SIGUSR2 upgrades
+/// (starts the binary again, hands it the listeners, then drains as on SIGTERM).
 pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
     let started_with = config.clone();
-    let mut running = crate::start(config).await.map_err(|e| e.to_string())?;
-    let _pid_file = PidFile::write(started_with.server.pid_file.as_deref())?;
+    // Before anything slow: SIGUSR2's default action would kill the process.
+    let upgrades = signal(SignalKind::user_defined2());
+    // Now, while the path still names this binary: once the file is replaced, the kernel's
+    // link (`/proc/self/exe`) names a deleted file, and the upgrade must run the new one.
+    let exe = std::env::current_exe();
+    let mut inherited = Inherited::from_env()
+        .map_err(|e| format!("upgrade: cannot take over the old process's listeners: {e}"))?;
+    let mut running = crate::app::start_inheriting(config, &mut inherited)
+        .await
+        .map_err(|e| e.to_string())?;
+    let upgrading = inherited.is_upgrade();
+    if upgrading {
+        confirm_ready(inherited).await?;
+    }
+    let pid_file = PidFile::write(started_with.server.pid_file.as_deref());
+    // After an upgrade the old process is draining: exiting now would leave no one serving.
+    let _pid_file = match pid_file {
+        Err(error) if upgrading => {
+            tracing::error!(%error, "upgrade: serving without a pid file");
+            PidFile(None)
+        }
+        other => other?,
+    };
+    upgrade::notify_systemd_ready();
+    let upgraded = Upgrader {
+        exe,
+        args: std::env::args_os().skip(1).collect(),
+        socket_dir: upgrade::socket_dir(started_with.server.pid_file.as_deref()),
+        sockets: running.listening_sockets().map_err(|e| e.to_string())?,
+    }
+    .on_signal(upgrades);
     // Handle the signals before saying we listen: a SIGTERM or SIGHUP sent right after that line
     // would otherwise hit the default action and kill the process (no drain, no reload).
     let stop = stop_signal();
@@ -61,11 +93,78 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> 
             }
         }
     });
-    stop.await;
+    tokio::select! {
+        () = stop => {}
+        () = upgraded => {}
+    }
     shutdown.cancel();
     running.wait().await;
     tracing::info!("sandgate stopped");
     Ok(())
+}
+
+/// Tells the old process this one serves, and waits for it to stop accepting.
+async fn confirm_ready(mut inherited: Inherited) -> Result<(), String> {
+    let confirmed = tokio::task::spawn_blocking(move || inherited.confirm_ready())
+        .await
+        .map_err(|e| e.to_string())?;
+    confirmed.map_err(|e| format!("upgrade: the old process did not hand over: {e}"))?;
+    tracing::info!("upgrade: the old process stops accepting; this one serves");
+    Ok(())
+}
+
+/// What an upgrade needs: the binary and arguments this process was started with, where the
+/// hand-over socket goes, and copies of the listening sockets.
+struct Upgrader {
+    exe: std::io::Result<PathBuf>,
+    args: Vec<std::ffi::OsString>,
+    socket_dir: PathBuf,
+    sockets: Vec<Handed>,
+}
+
+impl Upgrader {
+    /// Upgrades on each SIGUSR2, one at a time, until one succeeds: then resolves, and this
+    /// process must stop accepting. A failed upgrade leaves it serving.
+    async fn on_signal(self, upgrades: std::io::Result<Signal>) {
+        let Ok(mut upgrades) = upgrades else {
+            return std::future::pending().await;
+        };
+        while upgrades.recv().await.is_some() {
+            tracing::info!("upgrade: starting the new process");
+            match self.run().await {
+                Ok(pid) => {
+                    tracing::info!(pid, "upgrade: the new process serves; draining this one");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "upgrade failed; this process keeps serving")
+                }
+            }
+        }
+        std::future::pending().await
+    }
+
+    async fn run(&self) -> Result<u32, String> {
+        let exe = match &self.exe {
+            Ok(exe) => exe.clone(),
+            Err(e) => return Err(format!("the path of this binary is unknown: {e}")),
+        };
+        let sockets = self
+            .sockets
+            .iter()
+            .map(|handed| {
+                Ok(Handed {
+                    key: handed.key,
+                    addr: handed.addr,
+                    socket: handed.socket.try_clone()?,
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| e.to_string())?;
+        upgrade::hand_over(sockets, exe, self.args.clone(), self.socket_dir.clone())
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The next reload the admin listener asks for (never, without an admin listener).
@@ -138,23 +237,79 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
+        // After an upgrade the file names the new process: it is left to that one.
         if let Some(path) = &self.0 {
-            let _ = std::fs::remove_file(path);
+            if read_pid(path).ok() == Some(std::process::id() as i32) {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
 
-/// `sandgate reload --pid-file FILE`: sends SIGHUP to the process named in FILE.
-pub fn signal_reload(pid_file: &Path) -> Result<(), String> {
-    use nix::sys::signal::{kill, Signal};
+fn read_pid(pid_file: &Path) -> Result<i32, String> {
     let text = std::fs::read_to_string(pid_file)
         .map_err(|e| format!("cannot read {}: {e}", pid_file.display()))?;
-    let pid: i32 = text
-        .trim()
+    text.trim()
         .parse()
         .ok()
         .filter(|pid| *pid > 0)
-        .ok_or_else(|| format!("{} does not hold a process id", pid_file.display()))?;
+        .ok_or_else(|| format!("{} does not hold a process id", pid_file.display()))
+}
+
+/// `sandgate reload --pid-file FILE`: sends SIGHUP to the process named in FILE.
+pub fn signal_reload(pid_file: &Path) -> Result<(), String> {
+    use nix::sys::signal::Signal;
+    let pid = signal_sandgate(pid_file, Signal::SIGHUP)?;
+    println!("sent SIGHUP to sandgate (pid {pid}); its log reports what was reloaded");
+    Ok(())
+}
+
+/// `sandgate upgrade --pid-file FILE`: sends SIGUSR2 to the process named in FILE and waits
+/// until FILE names the new process (success), or the upgrade visibly failed.
+pub fn signal_upgrade(pid_file: &Path) -> Result<(), String> {
+    use nix::sys::signal::Signal;
+    let old = signal_sandgate(pid_file, Signal::SIGUSR2)?;
+    println!("sent SIGUSR2 to sandgate (pid {old}); waiting for the new process");
+    let socket = upgrade::socket_dir(Some(pid_file)).join(format!("sandgate-upgrade-{old}.sock"));
+    let deadline = Instant::now() + upgrade::READY_WITHIN + Duration::from_secs(10);
+    let failed =
+        |why: &str| format!("upgrade failed: {why}; pid {old} keeps serving (its log says why)");
+    let mut socket_seen = None;
+    loop {
+        match read_pid(pid_file) {
+            Ok(new) if new != old => {
+                println!("upgraded: pid {new} serves; pid {old} drains its connections and exits");
+                return Ok(());
+            }
+            _ => {}
+        }
+        if !Path::new(&format!("/proc/{old}")).exists() {
+            return Err(format!(
+                "pid {old} exited and {} names no new process",
+                pid_file.display()
+            ));
+        }
+        // The hand-over socket exists while an upgrade runs; the new process writes the pid
+        // file right after it is gone.
+        match (socket.exists(), socket_seen) {
+            (true, _) => socket_seen = Some(None),
+            (false, Some(None)) => socket_seen = Some(Some(Instant::now())),
+            (false, Some(Some(gone))) if gone.elapsed() > Duration::from_secs(2) => {
+                return Err(failed("the new process did not take over"));
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return Err(failed("no new process in the pid file"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends `signal` to the sandgate process named in `pid_file`; returns its pid.
+fn signal_sandgate(pid_file: &Path, signal: nix::sys::signal::Signal) -> Result<i32, String> {
+    use nix::sys::signal::kill;
+    let pid = read_pid(pid_file)?;
     // A pid file left by a crash may name a process that has since reused the pid: SIGHUP
     // would kill most programs, so only a sandgate is signalled.
     if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
@@ -166,14 +321,13 @@ pub fn signal_reload(pid_file: &Path) -> Result<(), String> {
             ));
         }
     }
-    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
+    kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|e| {
         format!(
             "cannot signal process {pid} (from {}): {e}; is sandgate running?",
             pid_file.display()
         )
     })?;
-    println!("sent SIGHUP to sandgate (pid {pid}); its log reports what was reloaded");
-    Ok(())
+    Ok(pid)
 }
 
 /// `sandgate ssh-gateway`: runs the SSH gateway until SIGTERM/SIGINT.

@@ -15,10 +15,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -126,6 +126,7 @@ pub async fn serve(
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let draining = shutdown.clone();
         let header_timeout = config.header_read_timeout;
         let tls_side = over_tls
             .then(|| {
@@ -172,6 +173,7 @@ pub async fn serve(
                 app,
                 builder,
                 watcher,
+                draining,
                 peer,
                 slots: Arc::new((permit, ip_slot)),
                 end,
@@ -227,7 +229,10 @@ async fn accept_tls(tls: Option<&TlsListener>) -> std::io::Result<(TcpStream, So
 struct Connection {
     app: Arc<App>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Held while the connection is open: the drain waits for it.
     watcher: Watcher,
+    /// Fires when the drain starts.
+    draining: CancellationToken,
     peer: SocketAddr,
     /// Held for as long as the connection, or a WebSocket relayed from it, is open.
     slots: ConnectionSlots,
@@ -253,14 +258,18 @@ impl Connection {
     async fn serve_plain(self, stream: ClientStream, redirect_to_port: Option<u16>) {
         match redirect_to_port {
             Some(port) => {
-                let service = service_fn(move |req| async move {
-                    Ok::<_, Infallible>(redirect_to_https(&req, port))
+                let requests = Arc::new(Notify::new());
+                let seen = requests.clone();
+                let service = service_fn(move |req| {
+                    seen.notify_one();
+                    async move { Ok::<_, Infallible>(redirect_to_https(&req, port)) }
                 });
                 let conn = self
                     .builder
                     .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
-                if let Err(e) = self.watcher.watch(conn).await {
+                let drain = (self.draining, requests, self.watcher);
+                if let Err(e) = serve_until_drained(conn, drain).await {
                     tracing::debug!(error = %e, "redirect connection ended with an error");
                 }
             }
@@ -278,7 +287,10 @@ impl Connection {
                 .with_slots(self.slots)
                 .with_end(self.end),
         );
+        let requests = Arc::new(Notify::new());
+        let seen = requests.clone();
         let service = service_fn(move |req| {
+            seen.notify_one();
             let app = app.clone();
             let client = client.clone();
             async move { Ok::<_, Infallible>(handle(app, req, &client).await) }
@@ -287,10 +299,43 @@ impl Connection {
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        if let Err(e) = self.watcher.watch(conn).await {
+        let drain = (self.draining, requests, self.watcher);
+        if let Err(e) = serve_until_drained(conn, drain).await {
             tracing::debug!(error = %e, peer = %self.peer, "connection ended with an error");
         }
     }
+}
+
+/// How long a connection has, once the drain starts, to send one more request.
+const NEXT_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves `conn` to its end. Once the drain starts, it answers one more request (or waits
+/// [`NEXT_REQUEST_GRACE`] for one) before shutting down gracefully (what is in flight is
+/// answered, with `Connection: close`, then the connection closes). Closing at once would reset
+/// requests a client already sent on an idle keep-alive connection, or on a connection accepted
+/// as the drain started (still detecting its protocol, which a graceful shutdown drops): both
+/// happen under load at every upgrade hand-over and SIGTERM.
+async fn serve_until_drained<C>(
+    conn: C,
+    (draining, requests, _watcher): (CancellationToken, Arc<Notify>, Watcher),
+) -> C::Output
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        output = conn.as_mut() => return output,
+        () = draining.cancelled() => {}
+    }
+    // A permit left by an earlier request says nothing about the next one.
+    let _ = futures_util::FutureExt::now_or_never(requests.notified());
+    let next = tokio::time::timeout(NEXT_REQUEST_GRACE, requests.notified());
+    tokio::select! {
+        output = conn.as_mut() => return output,
+        _ = next => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
 }
 
 /// The connection's first byte, looked at without consuming it (TLS then reads it as if nothing
