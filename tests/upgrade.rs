@@ -635,3 +635,63 @@ async fn reuse_port_listeners_are_handed_over_too() {
         "{log}"
     );
 }
+
+/// The hand-over socket named in the environment must be held by the process that started this
+/// one: a process that only knows the path (here a Python listener offering its own listening
+/// socket) gets no say over what the new process serves. It refuses, naming why, and serves
+/// nothing of the stranger's.
+#[tokio::test]
+async fn a_stranger_on_the_hand_over_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stranger.sock");
+    let stranger = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import socket, struct, sys, time\n\
+             bait = socket.socket(); bait.bind(('127.0.0.1', 0)); bait.listen()\n\
+             s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); print('ready', flush=True)\n\
+             c, _ = s.accept()\n\
+             text = b'listener server.listen 127.0.0.1:1'\n\
+             c.sendmsg([struct.pack('>I', len(text)) + text], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i', bait.fileno()))])\n\
+             time.sleep(10)\n",
+        )
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stranger = Stranger(stranger);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "the stranger's socket");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let config = dir.path().join("sandgate.toml");
+    std::fs::write(&config, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SANDGATE_UPGRADE_SOCKET", &path)
+            .output(),
+    )
+    .await
+    .expect("refused at once, not served")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not the process that started this one"),
+        "{stderr}"
+    );
+}
+
+struct Stranger(std::process::Child);
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -16,6 +16,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
@@ -56,6 +58,10 @@ pub enum UpgradeError {
     Sys(#[from] nix::Error),
     #[error("hand-over connection: unexpected message {0:?}")]
     Protocol(String),
+    #[error("hand-over socket: connected to pid {pid} (uid {uid}), not the process that started this one")]
+    Impostor { pid: i32, uid: u32 },
+    #[error("this process was told to stop during the hand-over")]
+    Stopping,
 }
 
 /// A listening socket to hand over: the config key it serves (`server.listen`, `tls.listen`,
@@ -82,6 +88,7 @@ impl Inherited {
             return Ok(Inherited::default());
         };
         let mut channel = UnixStream::connect(&path)?;
+        check_parent(&channel)?;
         channel.set_read_timeout(Some(GO_WITHIN))?;
         let mut sockets = Vec::new();
         loop {
@@ -140,6 +147,21 @@ impl Inherited {
     }
 }
 
+/// The hand-over socket must be held by the process that started this one, as this user:
+/// whatever else listens at the path named in the environment gets no say over what we serve.
+fn check_parent(channel: &UnixStream) -> Result<(), UpgradeError> {
+    let peer = getsockopt(channel, sockopt::PeerCredentials)?;
+    let parent = nix::unistd::getppid().as_raw();
+    let uid = nix::unistd::geteuid().as_raw();
+    if peer.pid() != parent || peer.uid() != uid {
+        return Err(UpgradeError::Impostor {
+            pid: peer.pid(),
+            uid: peer.uid(),
+        });
+    }
+    Ok(())
+}
+
 /// A received descriptor that must be a listening TCP socket.
 fn listening_socket(fd: OwnedFd) -> Result<TcpListener, UpgradeError> {
     if !getsockopt(&fd, sockopt::AcceptConn)? {
@@ -160,10 +182,13 @@ pub async fn hand_over(
     exe: PathBuf,
     args: Vec<std::ffi::OsString>,
     socket_dir: PathBuf,
+    stopping: Arc<AtomicBool>,
 ) -> Result<u32, UpgradeError> {
-    tokio::task::spawn_blocking(move || hand_over_blocking(listeners, &exe, &args, &socket_dir))
-        .await
-        .map_err(|e| UpgradeError::Io(std::io::Error::other(e)))?
+    tokio::task::spawn_blocking(move || {
+        hand_over_blocking(listeners, &exe, &args, &socket_dir, &stopping)
+    })
+    .await
+    .map_err(|e| UpgradeError::Io(std::io::Error::other(e)))?
 }
 
 fn hand_over_blocking(
@@ -171,6 +196,7 @@ fn hand_over_blocking(
     exe: &Path,
     args: &[std::ffi::OsString],
     socket_dir: &Path,
+    stopping: &AtomicBool,
 ) -> Result<u32, UpgradeError> {
     let path = socket_dir.join(format!("sandgate-upgrade-{}.sock", std::process::id()));
     let server = PrivateSocket::bind(path)?;
@@ -182,7 +208,7 @@ fn hand_over_blocking(
             exe: exe.to_path_buf(),
             source,
         })?;
-    let result = talk(&server.listener, &mut child, listeners);
+    let result = talk(&server.listener, &mut child, listeners, stopping);
     if result.is_err() {
         let _ = child.kill();
         let _ = child.wait();
@@ -195,6 +221,7 @@ fn talk(
     server: &UnixListener,
     child: &mut Child,
     listeners: Vec<Handed>,
+    stopping: &AtomicBool,
 ) -> Result<u32, UpgradeError> {
     let deadline = Instant::now() + READY_WITHIN;
     let mut channel = accept_child(server, child, deadline)?;
@@ -215,6 +242,10 @@ fn talk(
     };
     if reply != format!("ready {pid}") {
         return Err(UpgradeError::Protocol(reply));
+    }
+    // Told to stop meanwhile: the operator wants the service down, not a new process.
+    if stopping.load(Ordering::Acquire) {
+        return Err(UpgradeError::Stopping);
     }
     send_frame(&mut channel, "go", None)?;
     Ok(pid)

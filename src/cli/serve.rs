@@ -1,6 +1,8 @@
 //! The long-running commands: `sandgate serve` and `sandgate ssh-gateway` (signals, reload).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -28,7 +30,12 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> 
         .map_err(|e| e.to_string())?;
     let upgrading = inherited.is_upgrade();
     if upgrading {
-        confirm_ready(inherited).await?;
+        // This process already serves on the inherited sockets: whatever went wrong with the
+        // old one (it died mid-handshake, it gave up on us), exiting now could leave no one
+        // serving, so this process keeps serving.
+        if let Err(error) = confirm_ready(inherited).await {
+            tracing::warn!(%error, "upgrade: no go from the old process; serving anyway");
+        }
     }
     let pid_file = PidFile::write(started_with.server.pid_file.as_deref());
     // After an upgrade the old process is draining: exiting now would leave no one serving.
@@ -40,7 +47,9 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> 
         other => other?,
     };
     upgrade::notify_systemd_ready();
+    let stopping = Arc::new(AtomicBool::new(false));
     let upgraded = Upgrader {
+        stopping: stopping.clone(),
         exe,
         args: std::env::args_os().skip(1).collect(),
         socket_dir: upgrade::socket_dir(started_with.server.pid_file.as_deref()),
@@ -94,7 +103,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> 
         }
     });
     tokio::select! {
-        () = stop => {}
+        () = stop => stopping.store(true, Ordering::Release),
         () = upgraded => {}
     }
     shutdown.cancel();
@@ -116,6 +125,8 @@ async fn confirm_ready(mut inherited: Inherited) -> Result<(), String> {
 /// What an upgrade needs: the binary and arguments this process was started with, where the
 /// hand-over socket goes, and copies of the listening sockets.
 struct Upgrader {
+    /// Set when this process is told to stop: a hand-over under way is called off.
+    stopping: Arc<AtomicBool>,
     exe: std::io::Result<PathBuf>,
     args: Vec<std::ffi::OsString>,
     socket_dir: PathBuf,
@@ -161,9 +172,16 @@ impl Upgrader {
             })
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| e.to_string())?;
-        upgrade::hand_over(sockets, exe, self.args.clone(), self.socket_dir.clone())
-            .await
-            .map_err(|e| e.to_string())
+        let stopping = self.stopping.clone();
+        upgrade::hand_over(
+            sockets,
+            exe,
+            self.args.clone(),
+            self.socket_dir.clone(),
+            stopping,
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -228,8 +246,15 @@ impl PidFile {
         // planted at the path is replaced rather than followed.
         let error =
             |e: std::io::Error| format!("server.pid_file: cannot write {}: {e}", path.display());
-        let aside = path.with_extension("pid.new");
-        std::fs::write(&aside, format!("{}\n", std::process::id())).map_err(error)?;
+        let aside = path.with_extension(format!("pid.{}", std::process::id()));
+        let _ = std::fs::remove_file(&aside);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&aside)
+            .map_err(error)?;
+        std::io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes())
+            .map_err(error)?;
         std::fs::rename(&aside, path).map_err(error)?;
         Ok(PidFile(Some(path.to_path_buf())))
     }
