@@ -96,6 +96,9 @@ pub async fn serve(
         .as_ref()
         .filter(|t| t.settings.redirect_plaintext)
         .map(|t| t.settings.port);
+    // The connections poll the drain signal on every wake-up, which takes its waiter list's
+    // lock: a token of this serving thread's own keeps that lock out of the other threads' way.
+    let draining_here = shutdown.child_token();
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -126,7 +129,7 @@ pub async fn serve(
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let draining = shutdown.clone();
+        let draining = draining_here.clone();
         let header_timeout = config.header_read_timeout;
         let tls_side = over_tls
             .then(|| {
