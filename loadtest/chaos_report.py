@@ -142,9 +142,10 @@ def main():
         misses_out = [r for r in pw if r[0] == "miss" and r[1] < back]
         misses_back = [r for r in pw if r[0] == "miss" and r[1] >= back]
         first_ok = next((r for r in misses_back if r[4] == 200), None)
-        # The last failure after the return: k6 requests, WebSockets and probes alike.
+        # The last failure after the return: k6 requests, WebSockets and probes alike (a probe
+        # sent in this window that failed after the next kill belongs to that fault).
         late = [r[0] for r in failures if r[0] >= back] + [t for t in wsf if t >= back] + \
-               [r[2] for r in pw if r[4] != 200 and r[2] >= back]
+               [r[2] for r in pw if r[4] != 200 and back <= r[2] < end]
         last_fail = max(late) - back if late else None
         # A marker's mark waits up to a flush interval in the proxy: one answered just before
         # a kill belongs to that fault.
