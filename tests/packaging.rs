@@ -165,3 +165,24 @@ fn the_license_file_is_the_one_cargo_declares() {
     assert!(manifest.contains("license = \"Apache-2.0\""));
     assert!(license.contains("Apache License") && license.contains("Version 2.0"));
 }
+
+/// `docs/deploy.md`'s HAProxy example is a whole config that `haproxy -c` accepts without a
+/// warning, and it sends the PROXY header the sandgate config beside it expects.
+#[test]
+fn the_deployment_guides_haproxy_config_is_valid() {
+    let guide = std::fs::read_to_string(repo("docs/deploy.md")).unwrap();
+    let config = guide
+        .split_once("```haproxy\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(config, _)| config)
+        .expect("an haproxy block in docs/deploy.md");
+    assert!(config.contains("send-proxy-v2"), "{config}");
+    assert!(guide.contains("proxy_protocol = true"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let out = run("haproxy", &["-c", "-f", path.to_str().unwrap()]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "haproxy -c: {said}");
+    assert!(!said.contains("WARNING"), "haproxy -c: {said}");
+}
