@@ -2,22 +2,13 @@
 //! against a real `redis-server` and the real binary.
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::admin_cli::*;
 use support::redis::RedisServer;
-use support::{get, send, Proxy};
-
-/// A demo runner on a free port answering for `key`.
-async fn demo_runner(key: &str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(sandgate::cli::demo::run_demo_runner(listener, key.into()));
-    addr
-}
+use support::{demo_runner, get, send, within, Proxy};
 
 fn put_sandbox(config: &Path, id: &str, runner: &str, extra: &[&str]) {
     let mut args = vec![
@@ -35,22 +26,6 @@ fn put_sandbox(config: &Path, id: &str, runner: &str, extra: &[&str]) {
 
 fn host(id: &str) -> String {
     format!("3000-{id}.preview.localhost")
-}
-
-/// Polls `check` every 2 ms until it holds; the time it took, or a panic after `limit`.
-async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 #[tokio::test]

@@ -12,31 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::admin_cli::{ok, put_runner, sandgate, start_proxy};
 use support::redis::{RedisServer, INVALIDATION_CHANNEL, KEY_PREFIX};
-use support::{send, Proxy};
-
-/// A demo runner on a free port answering for `key`.
-async fn demo_runner(key: &str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(sandgate::cli::demo::run_demo_runner(listener, key.into()));
-    addr
-}
-
-/// Polls `check` every 5 ms until it holds; the time it took, or a panic after `limit`.
-async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+use support::{demo_runner, send, within, Proxy};
 
 fn sandbox_key(id: &str) -> String {
     format!("{KEY_PREFIX}sandbox:{id}")
@@ -702,6 +678,18 @@ impl Drop for LogOnPanic<'_> {
     }
 }
 
+/// Asks `proxy` for `label` until it answers 200 (20 s hang detector); every status seen.
+async fn until_served(proxy: &Proxy, label: &str, what: &str) -> Vec<u16> {
+    let statuses = Mutex::new(Vec::new());
+    within(Duration::from_secs(20), what, || async {
+        let s = status(proxy, label, None).await;
+        statuses.lock().unwrap().push(s);
+        s == 200
+    })
+    .await;
+    statuses.into_inner().unwrap()
+}
+
 /// Runs the admin CLI until it succeeds; the time it took.
 async fn until_cli_succeeds(config: &Path, args: &[&str], limit: Duration) -> Duration {
     let failures = Mutex::new(Vec::new());
@@ -799,40 +787,14 @@ async fn a_killed_primary_is_replaced_and_nothing_is_stuck() {
     );
     // A miss on another primary's slots: Redis refuses every keyed command (CLUSTERDOWN) while
     // a slot has no primary (`cluster-require-full-coverage yes`, the default).
-    let statuses = Mutex::new(Vec::new());
-    within(
-        Duration::from_secs(20),
-        "miss on another primary",
-        || async {
-            let s = support::get(proxy.addr, "3000-sbx-d.preview.localhost", "/")
-                .await
-                .status;
-            statuses.lock().unwrap().push(s);
-            s == 200
-        },
-    )
-    .await;
-    let statuses = statuses.into_inner().unwrap();
+    let statuses = until_served(&proxy, "3000-sbx-d", "miss on another primary").await;
     println!(
         "cache miss on another primary's slots works {:?} after the kill ({} attempts before)",
         killed.elapsed(),
         statuses.len() - 1
     );
-    let statuses = Mutex::new(Vec::new());
-    within(
-        Duration::from_secs(20),
-        "cache miss on the victim's slots",
-        || async {
-            let s = support::get(proxy.addr, "3000-sbx-e.preview.localhost", "/")
-                .await
-                .status;
-            statuses.lock().unwrap().push(s);
-            s == 200
-        },
-    )
-    .await;
+    let statuses = until_served(&proxy, "3000-sbx-e", "cache miss on the victim's slots").await;
     let miss = killed.elapsed();
-    let statuses = statuses.into_inner().unwrap();
     let mut seen = statuses.clone();
     seen.dedup();
     println!(

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::admin_cli::*;
-use support::get;
 use support::redis::{RedisServer, SentinelGroup};
+use support::{demo_runner, get, within};
 
 /// Generous hang detectors; the measured times are printed. The target for following a
 /// failover is 2 s (measured: ~0.25 s); without following `+switch-master` it takes ~10 s
@@ -21,35 +21,12 @@ use support::redis::{RedisServer, SentinelGroup};
 const FOLLOWED: Duration = Duration::from_secs(5);
 const RECOVERED: Duration = Duration::from_secs(20);
 
-async fn demo_runner(key: &str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(sandgate::cli::demo::run_demo_runner(listener, key.into()));
-    addr
-}
-
 fn host(id: &str) -> String {
     format!("3000-{id}.preview.localhost")
 }
 
 async fn status(proxy: SocketAddr, id: &str) -> u16 {
     get(proxy, &host(id), "/").await.status
-}
-
-/// Polls `check` every 5 ms until it holds; the time it took, or a panic after `limit`.
-async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// A config file using the group, with a runner registered and `sandboxes` put.

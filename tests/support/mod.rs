@@ -419,3 +419,27 @@ pub fn statuses(raw: &str) -> Vec<u16> {
     }
     out
 }
+
+/// Polls `check` every 2 ms until it holds; the time it took, or a panic after `limit`.
+pub async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The demo runner (`sandgate demo`'s upstream) on a free port, answering for `key`.
+pub async fn demo_runner(key: &str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(sandgate::cli::demo::run_demo_runner(listener, key.into()));
+    addr
+}
