@@ -3,6 +3,7 @@
 //! Every section's type lives here, one file per section, so the modules a section configures
 //! import it from here and this module imports nothing above `base`.
 
+pub mod acme;
 pub mod activity;
 pub mod auth;
 pub mod identity;
@@ -24,6 +25,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use acme::{AcmeConfig, CertStorageKind, ChallengeKind, DomainsConfig};
 pub use activity::ActivityConfig;
 pub use auth::{AuthConfig, JwtConfig, OidcConfig};
 pub use identity::IdentityConfig;
@@ -68,6 +70,10 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The operator's error page templates.
     pub pages: PagesConfig,
+    /// Custom domains: hosts the registry maps to a sandbox's port.
+    pub domains: DomainsConfig,
+    /// Certificates obtained on demand (ACME) for verified custom domains.
+    pub acme: AcmeConfig,
 }
 
 impl Config {
@@ -154,6 +160,13 @@ impl Config {
         if let Some(path) = &mut self.server.pid_file {
             resolve("server.pid_file", path);
         }
+        resolve("acme.dir", &mut self.acme.dir);
+        if let Some(path) = &mut self.acme.ca_root {
+            resolve("acme.ca_root", path);
+        }
+        if let Some(path) = &mut self.acme.encryption_key_file {
+            resolve("acme.encryption_key_file", path);
+        }
         let ca = &mut self.auth.extra_ca_file;
         if from_file("auth.extra_ca_file") && !ca.is_empty() && Path::new(ca.as_str()).is_relative()
         {
@@ -198,6 +211,8 @@ impl Config {
         check(self.auth.validate(&self.proxy.domains));
         check(self.ssh.validate());
         check(self.identity.validate());
+        check(self.domains.validate());
+        check(self.acme.validate(&self.domains, self.tls.enabled));
         problems
     }
 
