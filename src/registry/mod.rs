@@ -5,6 +5,7 @@
 
 mod cache;
 pub mod daytona;
+pub mod domains;
 pub mod link_uses;
 pub mod ports;
 pub mod redis;
@@ -92,6 +93,21 @@ pub trait Registry: Send + Sync + 'static {
         _token: &'a str,
     ) -> BoxFuture<'a, Result<Option<TokenGrant>, RegistryError>> {
         Box::pin(async { Ok(None) })
+    }
+
+    /// A custom domain's record by its host (lower-case, no trailing dot); `Ok(None)` when the
+    /// registry holds none.
+    fn domain<'a>(
+        &'a self,
+        _host: &'a str,
+    ) -> BoxFuture<'a, Result<Option<domains::DomainRecord>, RegistryError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The proxy found a pending domain's DNS TXT record: keep it verified (a backend that
+    /// cannot write keeps it in memory, or ignores it: the proxy checks again later).
+    fn domain_verified<'a>(&'a self, _host: &'a str) -> BoxFuture<'a, Result<(), RegistryError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Does the backend keep when signed links were last used ([`Registry::record_link_uses`])?

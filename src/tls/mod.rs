@@ -10,6 +10,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod acme;
+
 pub use crate::config::tls::{CertPair, TlsConfig};
 
 /// Certificates by name, built whole from files, then swapped in at once.
