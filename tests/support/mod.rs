@@ -10,6 +10,7 @@ pub mod gate;
 pub mod hook;
 pub mod nginx;
 pub mod oidc;
+pub mod pebble;
 pub mod recorder;
 pub mod redis;
 pub mod runner;
