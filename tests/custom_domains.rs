@@ -685,6 +685,132 @@ async fn two_replicas_on_one_redis_make_one_order_and_both_serve_it() {
     );
 }
 
+/// The value in `… TXT "<value>"` of the CLI's output.
+fn txt_value(output: &str) -> String {
+    output
+        .split_once("TXT \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(value, _)| value.to_string())
+        .unwrap_or_else(|| panic!("no TXT record in {output:?}"))
+}
+
+/// A domain's life on the Redis registry with one proxy: `domain add --verify dns` (pending:
+/// the pending page, no certificate), the TXT record published and `domain verify` (routed with
+/// its prefix, a certificate on the first handshake), `domain rm` (404 again), and no renewal
+/// order for the removed domain once its 30 s certificate is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_domain_added_verified_and_removed_with_the_cli_on_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("acme.key");
+    std::fs::write(&key, "a7".repeat(32)).unwrap();
+    let ports = Ports::free();
+    let mut options = PebbleOptions::new(ports.http, ports.tls);
+    options.validity = Some(Duration::from_secs(30));
+    let pebble = Pebble::start(options);
+    let runner = Runner::start("k").await;
+    let config = replica_config(&redis, ports, &pebble, &dir.path().join("proxy"), &key);
+    let cli = dir.path().join("cli.toml");
+    std::fs::write(&cli, &config).unwrap();
+    put_runner(&cli, "runner-1", runner.addr, "k");
+    ok(
+        &cli,
+        &[
+            "registry",
+            "put-sandbox",
+            "--id",
+            "sbx-1",
+            "--runner",
+            "runner-1",
+            "--public",
+        ],
+    );
+    let added = ok(
+        &cli,
+        &[
+            "domain",
+            "add",
+            DOMAIN,
+            "--sandbox",
+            "sbx-1",
+            "--port",
+            "3000",
+            "--path-prefix",
+            "/app",
+            "--verify",
+            "dns",
+        ],
+    );
+    assert!(
+        added.contains(&format!("_sandgate-challenge.{DOMAIN}")),
+        "{added}"
+    );
+    let token = txt_value(&added);
+    let proxy = start_proxy(&config);
+    let root = pebble.issuing_root().await;
+    let logs = || {
+        format!(
+            "--- pebble ---\n{}\n--- proxy ---\n{}",
+            pebble.log(),
+            proxy.stderr()
+        )
+    };
+
+    assert_eq!(get(ports.http_addr(), DOMAIN, "/x").await.status, 403);
+    assert!(
+        handshake(ports.tls_addr(), DOMAIN, &root).await.is_err(),
+        "pending: no certificate"
+    );
+    assert_eq!(orders(&pebble), 0);
+    let listed = ok(&cli, &["domain", "list"]);
+    assert!(listed.contains("pending"), "{listed}");
+    assert!(listed.contains(&format!("TXT \"{token}\"")), "{listed}");
+
+    let (verified, _, refused) = sandgate(&cli, &["domain", "verify", DOMAIN]);
+    assert!(!verified, "verified without its TXT record");
+    assert!(
+        refused.contains(&format!("_sandgate-challenge.{DOMAIN}")),
+        "{refused}"
+    );
+    pebble.set_txt(DOMAIN, &token).await;
+    ok(&cli, &["domain", "verify", DOMAIN]);
+    within(
+        Duration::from_secs(20),
+        "the verified domain routes",
+        || async { get(ports.http_addr(), DOMAIN, "/x").await.status == 200 },
+    )
+    .await;
+    assert_eq!(
+        runner.last().target,
+        "/sandboxes/sbx-1/toolbox/proxy/3000/app/x"
+    );
+    let stream = handshake(ports.tls_addr(), DOMAIN, &root)
+        .await
+        .unwrap_or_else(|e| panic!("verified: {e}\n{}", logs()));
+    let issued_at = Instant::now();
+    assert_eq!(serial_and_names(&stream).1, vec![DOMAIN.to_string()]);
+    assert_eq!(orders(&pebble), 1);
+    let listed = ok(&cli, &["domain", "list"]);
+    assert!(listed.contains("valid until"), "{listed}");
+
+    ok(&cli, &["domain", "rm", DOMAIN]);
+    within(
+        Duration::from_secs(20),
+        "the removed domain is unknown",
+        || async { get(ports.http_addr(), DOMAIN, "/x").await.status == 404 },
+    )
+    .await;
+    // Renewal is due 20 s after issuance; give the checks (every second) ten more.
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(issued_at.elapsed())).await;
+    assert_eq!(
+        orders(&pebble),
+        1,
+        "a removed domain was renewed\n{}",
+        logs()
+    );
+    assert_eq!(sample(&metrics(&proxy).await, ISSUED), 1.0);
+}
+
 // --- 5. faults ----------------------------------------------------------------------------
 
 /// pebble rejects half of the valid nonces it gets (its own fault injection): the order is
