@@ -76,10 +76,18 @@ fn preview_cert(dir: &Path) -> (PathBuf, PathBuf) {
 /// listener, `[domains]` on pebble's DNS and `[acme]` for pebble with `acme_extra`.
 fn serve_config(ports: Ports, pebble: &Pebble, dir: &Path, acme_extra: &str) -> String {
     let (cert, key) = preview_cert(&dir.join("preview-cert"));
-    let acme = pebble.acme_config(&format!(
-        "dir = {:?}\nhandshake_wait = \"20s\"\norder_timeout = \"60s\"\nrenew_check_interval = \"1s\"\n{acme_extra}",
-        dir.join("acme")
-    ));
+    let defaults = [
+        ("handshake_wait", "\"20s\""),
+        ("order_timeout", "\"60s\""),
+        ("renew_check_interval", "\"1s\""),
+    ];
+    let mut keys = format!("dir = {:?}\n{acme_extra}\n", dir.join("acme"));
+    for (key, value) in defaults {
+        if !acme_extra.contains(key) {
+            keys.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    let acme = pebble.acme_config(&keys);
     format!(
         "[server]\nlisten = \"127.0.0.1:{}\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
