@@ -1167,6 +1167,98 @@ async fn a_custom_domain_never_opens_another_tenants_sandbox() {
     }
 }
 
+/// Records a control plane wrote for the platform's own names (a preview host, the preview
+/// domain itself, a name under a preview host) pointing at the attacker: the preview routing
+/// still decides (the victim's own authentication), none reaches the attacker's sandbox, and
+/// no certificate is ordered for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_for_the_platforms_own_names_are_ignored() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("acme.key");
+    std::fs::write(&key, "3c".repeat(32)).unwrap();
+    let ports = Ports::free();
+    let pebble = Pebble::start(PebbleOptions::new(ports.http, ports.tls));
+    let runner = Runner::start("k").await;
+    let config = replica_config(&redis, ports, &pebble, &dir.path().join("proxy"), &key);
+    let cli = dir.path().join("cli.toml");
+    std::fs::write(&cli, &config).unwrap();
+    put_runner(&cli, "runner-1", runner.addr, "k");
+    ok(
+        &cli,
+        &[
+            "registry",
+            "put-sandbox",
+            "--id",
+            "attacker",
+            "--runner",
+            "runner-1",
+            "--public",
+        ],
+    );
+    ok(
+        &cli,
+        &[
+            "registry",
+            "put-sandbox",
+            "--id",
+            "victim",
+            "--runner",
+            "runner-1",
+            "--auth-token",
+            "tok-victim",
+        ],
+    );
+    let shadows = [
+        VICTIM_PREVIEW,
+        "preview.localhost",
+        "x.3000-victim.preview.localhost",
+    ];
+    // The control: a record written the same way for a name of the tenant's own.
+    for host in shadows.into_iter().chain([ATTACKER_DOMAIN]) {
+        let key = format!("sandgate:domain:{host}");
+        redis.cli(&[
+            "HSET", &key, "sandbox", "attacker", "port", "3000", "state", "verified",
+        ]);
+        redis.cli(&["SADD", "sandgate:domains", host]);
+    }
+    let proxy = start_proxy(&config);
+    let root = pebble.issuing_root().await;
+    for host in shadows {
+        let reply = get(ports.http_addr(), host, "/shadow").await;
+        let reached: Vec<String> = runner.seen().iter().map(|s| s.target.clone()).collect();
+        assert!(
+            !reached.iter().any(|t| sandbox_of(t) == "attacker"),
+            "{host} reached the attacker ({}): {reached:?}",
+            reply.status
+        );
+        assert_ne!(reply.status, 200, "{host}: {}", reply.text());
+    }
+    assert_eq!(
+        get(ports.http_addr(), VICTIM_PREVIEW, "/shadow")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(ports.http_addr(), ATTACKER_DOMAIN, "/own").await.status,
+        200
+    );
+    assert_eq!(sandbox_of(&runner.last().target), "attacker");
+    let sni = "x.3000-victim.preview.localhost";
+    assert!(
+        handshake(ports.tls_addr(), sni, &root).await.is_err(),
+        "{sni} got a certificate"
+    );
+    assert_eq!(
+        orders(&pebble),
+        0,
+        "ordered for a platform name\n{}\n{}",
+        pebble.log(),
+        proxy.stderr()
+    );
+}
+
 fn set_cookies(reply: &Reply) -> Vec<String> {
     reply
         .headers
