@@ -923,6 +923,65 @@ async fn an_order_that_cannot_validate_fails_the_handshake_and_backs_off() {
     assert_eq!(sample(&stack.metrics().await, FAILED), 1.0);
 }
 
+const SECOND: &str = "second.customer.test";
+
+/// `acme.orders_per_hour = 1` and two verified domains; the first has its certificate, the
+/// second's handshake was refused.
+async fn over_the_budget() -> Stack {
+    let stack = Stack::start(
+        |p| PebbleOptions::new(p.http, p.tls),
+        "orders_per_hour = 1",
+        &format!(
+            "{}{}{}",
+            sandboxes(),
+            domain_entry(DOMAIN, "sbx-1", None, "verified"),
+            domain_entry(SECOND, "sbx-1", None, "verified")
+        ),
+    )
+    .await;
+    assert_eq!(https_get(&stack, DOMAIN, DOMAIN, "/").await.0, 200);
+    let started = Instant::now();
+    assert!(stack.handshake(SECOND).await.is_err(), "over the budget");
+    println!("refused over the budget after {:?}", started.elapsed());
+    stack
+}
+
+/// Over `acme.orders_per_hour` no order is started (pebble sees one for two domains), the log
+/// says why, and the certificate already held keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hourly_order_budget_holds_across_domains() {
+    let stack = over_the_budget().await;
+    assert_eq!(stack.orders(), 1, "{}", stack.logs());
+    let log = stack.proxy.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(SECOND) && l.contains("orders_per_hour")),
+        "the log names the budget: {log}"
+    );
+    assert_eq!(https_get(&stack, DOMAIN, DOMAIN, "/again").await.0, 200);
+}
+
+/// An order refused by the hourly budget shows in the metrics (reason `rate_limited`), so an
+/// operator sees names waiting for certificates without reading logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_refused_by_the_budget_is_counted() {
+    let stack = over_the_budget().await;
+    let text = stack.metrics().await;
+    let acme: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sandgate_acme_"))
+        .collect();
+    assert_eq!(
+        sample(
+            &text,
+            "sandgate_acme_order_failures_total{reason=\"rate_limited\"}"
+        ),
+        1.0,
+        "{}",
+        acme.join("\n")
+    );
+}
+
 // --- 6. the tenant wall -------------------------------------------------------------------
 
 /// Two tenants, each with a verified custom domain: the public `attacker` and the private
