@@ -83,8 +83,13 @@ fn new_record(
         VerifyBy::ControlPlane => DomainState::Pending(Verification::ControlPlane),
         VerifyBy::None => DomainState::Verified,
     };
-    DomainRecord::new(host, sandbox, port, path_prefix, state)
-        .map_err(|e| AdminError::Invalid(format!("--{}", e.to_string().replace('_', "-"))))
+    DomainRecord::new(host, sandbox, port, path_prefix, state).map_err(|e| {
+        let what = match e.field {
+            "host" => "host".to_string(),
+            flag => format!("--{}", flag.replace('_', "-")),
+        };
+        AdminError::Invalid(format!("{what}: {}", e.reason))
+    })
 }
 
 /// What to do next for a new or pending domain.
@@ -261,7 +266,7 @@ async fn static_backend(config: &Config, file: &str, command: DomainCommand) -> 
             let record = static_records(config)
                 .into_iter()
                 .filter_map(|r| r.ok())
-                .find(|r| r.host.as_ref() == host)
+                .find(|r| *r.host == *host)
                 .ok_or_else(|| AdminError::NotFound(format!("{file} lists no domain {host}")))?;
             let token = pending_token(&record)?;
             check_txt(config, &record.host, token).await?;

@@ -363,7 +363,7 @@ impl TxtVerifier {
         let values: Vec<String> = lookup
             .answers()
             .iter()
-            .filter_map(|record| match record.data() {
+            .filter_map(|record| match &record.data {
                 RData::TXT(txt) => Some(
                     txt.txt_data
                         .iter()
@@ -409,6 +409,8 @@ pub struct CustomDomains {
     verifier: TxtVerifier,
     /// `sandgate_domain_lookups_total` by answer: verified, pending, unknown, error.
     counted: [Counter; 4],
+    /// TXT lookups made by this instance (the metric adds up every instance).
+    txt_checks: std::sync::atomic::AtomicU64,
 }
 
 impl CustomDomains {
@@ -428,12 +430,18 @@ impl CustomDomains {
             txt_memos: FastMap::default(),
             verifier: TxtVerifier::new(config)?,
             counted,
+            txt_checks: Default::default(),
         })
     }
 
     /// Answers held now (found and not found), for tests and the cache gauge.
     pub fn entries(&self) -> usize {
         self.slots.len()
+    }
+
+    /// TXT lookups this instance has made.
+    pub fn txt_checks(&self) -> u64 {
+        self.txt_checks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `host`: lower-case, without port or trailing dot.
@@ -559,6 +567,8 @@ impl CustomDomains {
             // Claimed: concurrent lookups see a fresh check and wait for the next interval.
             memo.at = Some(now);
         }
+        self.txt_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let outcome = self.verifier.check(host, token).await;
         metrics().domain_txt_check(outcome.label());
         match &outcome {
@@ -645,7 +655,7 @@ mod tests {
         }
         let long_label = format!("{}.com", "a".repeat(64));
         assert!(check_host(&long_label).is_err(), "a label of 64");
-        let long_name = format!("{}.com", ["a".repeat(60); 5].join("."));
+        let long_name = format!("{}.com", vec!["a".repeat(60); 5].join("."));
         assert!(long_name.len() > 253 && check_host(&long_name).is_err());
         let max_label = format!("{}.com", "a".repeat(63));
         assert!(check_host(&max_label).is_ok());
