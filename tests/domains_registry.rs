@@ -112,7 +112,9 @@ fn static_domain_entries_are_checked_at_load_naming_the_key() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    let accepted = entry(&format!("{good}\ntoken = \"{TOKEN}\"\npath_prefix = \"/app\""));
+    let accepted = entry(&format!(
+        "{good}\ntoken = \"{TOKEN}\"\npath_prefix = \"/app\""
+    ));
     assert!(static_registry(&accepted).is_ok());
 }
 
@@ -235,22 +237,55 @@ async fn redis_backend_lookups_and_txt_verification() {
     let redis_config = cli.as_path();
     ok(
         redis_config,
-        &["domain", "add", "app.example.com", "--sandbox", "sbx-1", "--port", "3000",
-          "--path-prefix", "/app", "--verify", "none"],
+        &[
+            "domain",
+            "add",
+            "app.example.com",
+            "--sandbox",
+            "sbx-1",
+            "--port",
+            "3000",
+            "--path-prefix",
+            "/app",
+            "--verify",
+            "none",
+        ],
     );
     ok(
         redis_config,
-        &["domain", "add", "cp.example.com", "--sandbox", "sbx-2", "--port", "8080",
-          "--verify", "control-plane"],
+        &[
+            "domain",
+            "add",
+            "cp.example.com",
+            "--sandbox",
+            "sbx-2",
+            "--port",
+            "8080",
+            "--verify",
+            "control-plane",
+        ],
     );
     let added = ok(
         redis_config,
-        &["domain", "add", "dns.example.com", "--sandbox", "sbx-2", "--port", "8080"],
+        &[
+            "domain",
+            "add",
+            "dns.example.com",
+            "--sandbox",
+            "sbx-2",
+            "--port",
+            "8080",
+        ],
     );
-    let token = redis.cli(&["HGET", "sandgate:domain:dns.example.com", "token"]);
+    let token = trimmed(
+        &redis,
+        &["HGET", "sandgate:domain:dns.example.com", "token"],
+    );
     assert_eq!(token.len(), 32, "{token}");
     assert!(
-        added.contains(&format!("_sandgate-challenge.dns.example.com TXT \"{token}\"")),
+        added.contains(&format!(
+            "_sandgate-challenge.dns.example.com TXT \"{token}\""
+        )),
         "add prints the record to create: {added}"
     );
     let registry = Arc::new(RedisRegistry::new(redis_handle(&redis)));
@@ -268,7 +303,9 @@ async fn redis_backend_lookups_and_txt_verification() {
     )
     .await;
     // A wrong token stays pending; the right one, once the interval has passed, verifies.
-    pebble.set_txt("dns.example.com", "not-the-token-0123456789").await;
+    pebble
+        .set_txt("dns.example.com", "not-the-token-0123456789")
+        .await;
     tokio::time::sleep(interval).await;
     expect_lookups(&domains, &[("dns.example.com", "pending sbx-2 8080")]).await;
     pebble.set_txt("dns.example.com", &token).await;
@@ -277,23 +314,34 @@ async fn redis_backend_lookups_and_txt_verification() {
     for _ in 0..20 {
         expect_lookups(&domains, &[("dns.example.com", "pending sbx-2 8080")]).await;
     }
-    assert_eq!(domains.txt_checks(), before, "verify_interval throttles TXT lookups");
+    assert_eq!(
+        domains.txt_checks(),
+        before,
+        "verify_interval throttles TXT lookups"
+    );
     let metrics = sandgate::metrics::metrics().render();
     let series = "sandgate_domain_txt_checks_total{result=\"mismatch\"}";
     assert!(sample(&metrics, series) >= 1.0, "{metrics}");
     tokio::time::sleep(interval).await;
     expect_lookups(&domains, &[("dns.example.com", "verified sbx-2 8080")]).await;
     // The registry learns it (in the background).
-    support::within(Duration::from_secs(5), "state verified in Redis", || async {
-        redis.cli(&["HGET", "sandgate:domain:dns.example.com", "state"]) == "verified"
-    })
+    support::within(
+        Duration::from_secs(5),
+        "state verified in Redis",
+        || async {
+            trimmed(
+                &redis,
+                &["HGET", "sandgate:domain:dns.example.com", "state"],
+            ) == "verified"
+        },
+    )
     .await;
     // A control-plane domain is never verified by TXT, even with the record in place.
     pebble.set_txt("cp.example.com", &token).await;
     tokio::time::sleep(interval).await;
     expect_lookups(&domains, &[("cp.example.com", "pending sbx-2 8080")]).await;
     assert_eq!(
-        redis.cli(&["HGET", "sandgate:domain:cp.example.com", "state"]),
+        trimmed(&redis, &["HGET", "sandgate:domain:cp.example.com", "state"]),
         "pending"
     );
 }
@@ -307,8 +355,19 @@ fn sample(text: &str, series: &str) -> f64 {
 #[tokio::test]
 async fn concurrent_misses_share_one_lookup_and_failures_serve_the_last_answer() {
     let mut redis = RedisServer::start();
-    redis.cli(&["HSET", "sandgate:domain:app.example.com", "sandbox", "sbx-1", "port", "3000",
-        "state", "verified"]);
+    trimmed(
+        &redis,
+        &[
+            "HSET",
+            "sandgate:domain:app.example.com",
+            "sandbox",
+            "sbx-1",
+            "port",
+            "3000",
+            "state",
+            "verified",
+        ],
+    );
     let config = domains_config(None, Duration::from_secs(60));
     let domains = Arc::new(
         CustomDomains::new(Arc::new(RedisRegistry::new(redis_handle(&redis))), &config).unwrap(),
@@ -335,8 +394,19 @@ async fn concurrent_misses_share_one_lookup_and_failures_serve_the_last_answer()
 #[tokio::test]
 async fn a_flood_of_random_hosts_never_grows_the_cache_past_its_bound() {
     let redis = RedisServer::start();
-    redis.cli(&["HSET", "sandgate:domain:app.example.com", "sandbox", "sbx-1", "port", "3000",
-        "state", "verified"]);
+    trimmed(
+        &redis,
+        &[
+            "HSET",
+            "sandgate:domain:app.example.com",
+            "sandbox",
+            "sbx-1",
+            "port",
+            "3000",
+            "state",
+            "verified",
+        ],
+    );
     let mut config = domains_config(None, Duration::from_secs(60));
     config.cache_entries = 64;
     config.cache_ttl = Duration::from_secs(60);
@@ -345,7 +415,10 @@ async fn a_flood_of_random_hosts_never_grows_the_cache_past_its_bound() {
     let mut peak = 0;
     for i in 0..2000 {
         let host = format!("r{i}-{:x}.attacker.example", rand_u64());
-        assert!(matches!(domains.lookup(&host).await, Ok(DomainLookup::Unknown)));
+        assert!(matches!(
+            domains.lookup(&host).await,
+            Ok(DomainLookup::Unknown)
+        ));
         peak = peak.max(domains.entries());
     }
     println!("domain cache: peak {peak} entries after 2000 random hosts (bound 64)");
@@ -367,18 +440,83 @@ async fn the_cli_adds_lists_verifies_and_removes_domains_in_redis() {
     let pebble = dns();
     let (_dir, cli) = cli_config(&redis, &pebble);
     let config = cli.as_path();
-    ok(config, &["domain", "add", "a.example.com", "--sandbox", "Sbx-1", "--port", "3000"]);
     ok(
         config,
-        &["domain", "add", "b.example.com", "--sandbox", "sbx-2", "--port", "80",
-          "--path-prefix", "/x", "--verify", "none"],
+        &[
+            "domain",
+            "add",
+            "a.example.com",
+            "--sandbox",
+            "Sbx-1",
+            "--port",
+            "3000",
+        ],
+    );
+    ok(
+        config,
+        &[
+            "domain",
+            "add",
+            "b.example.com",
+            "--sandbox",
+            "sbx-2",
+            "--port",
+            "80",
+            "--path-prefix",
+            "/x",
+            "--verify",
+            "none",
+        ],
     );
     let rows: [(&[&str], &str); 6] = [
-        (&["domain", "add", "a.example.com", "--sandbox", "s", "--port", "1"], "already added"),
-        (&["domain", "add", "*.example.com", "--sandbox", "s", "--port", "1"], "wildcards"),
-        (&["domain", "add", "c.example.com", "--sandbox", "s", "--port", "0"], "--port"),
         (
-            &["domain", "add", "c.example.com", "--sandbox", "s", "--port", "1", "--path-prefix", "x/"],
+            &[
+                "domain",
+                "add",
+                "a.example.com",
+                "--sandbox",
+                "s",
+                "--port",
+                "1",
+            ],
+            "already added",
+        ),
+        (
+            &[
+                "domain",
+                "add",
+                "*.example.com",
+                "--sandbox",
+                "s",
+                "--port",
+                "1",
+            ],
+            "wildcards",
+        ),
+        (
+            &[
+                "domain",
+                "add",
+                "c.example.com",
+                "--sandbox",
+                "s",
+                "--port",
+                "0",
+            ],
+            "--port",
+        ),
+        (
+            &[
+                "domain",
+                "add",
+                "c.example.com",
+                "--sandbox",
+                "s",
+                "--port",
+                "1",
+                "--path-prefix",
+                "x/",
+            ],
             "--path-prefix",
         ),
         (&["domain", "verify", "b.example.com"], "already verified"),
@@ -388,7 +526,7 @@ async fn the_cli_adds_lists_verifies_and_removes_domains_in_redis() {
         let (success, _, stderr) = sandgate(config, args);
         assert!(!success && stderr.contains(expected), "{args:?}: {stderr}");
     }
-    let token = redis.cli(&["HGET", "sandgate:domain:a.example.com", "token"]);
+    let token = trimmed(&redis, &["HGET", "sandgate:domain:a.example.com", "token"]);
     let listed: serde_json::Value =
         serde_json::from_str(&ok(config, &["domain", "list", "--json"])).unwrap();
     assert_eq!(
@@ -406,24 +544,34 @@ async fn the_cli_adds_lists_verifies_and_removes_domains_in_redis() {
     let text = ok(config, &["domain", "list"]);
     assert!(
         text.contains("a.example.com\tsbx-1\t3000\t-\tpending (dns)")
-            && text.contains(&format!("create: _sandgate-challenge.a.example.com TXT \"{token}\"")),
+            && text.contains(&format!(
+                "create: _sandgate-challenge.a.example.com TXT \"{token}\""
+            )),
         "{text}"
     );
     // verify: refused while the record is missing or wrong, accepted once it matches.
     let (success, _, stderr) = sandgate(config, &["domain", "verify", "a.example.com"]);
     assert!(!success && stderr.contains("has no TXT record"), "{stderr}");
-    pebble.set_txt("a.example.com", "wrong-value-0123456789").await;
+    pebble
+        .set_txt("a.example.com", "wrong-value-0123456789")
+        .await;
     let (success, _, stderr) = sandgate(config, &["domain", "verify", "a.example.com"]);
     assert!(!success && stderr.contains("wrong-value"), "{stderr}");
     pebble.set_txt("a.example.com", &token).await;
     ok(config, &["domain", "verify", "a.example.com"]);
     assert_eq!(
-        redis.cli(&["HGET", "sandgate:domain:a.example.com", "state"]),
+        trimmed(&redis, &["HGET", "sandgate:domain:a.example.com", "state"]),
         "verified"
     );
     ok(config, &["domain", "rm", "a.example.com"]);
-    assert_eq!(redis.cli(&["EXISTS", "sandgate:domain:a.example.com"]), "0");
-    assert_eq!(redis.cli(&["SMEMBERS", "sandgate:domains"]), "b.example.com");
+    assert_eq!(
+        trimmed(&redis, &["EXISTS", "sandgate:domain:a.example.com"]),
+        "0"
+    );
+    assert_eq!(
+        trimmed(&redis, &["SMEMBERS", "sandgate:domains"]),
+        "b.example.com"
+    );
 }
 
 #[test]
@@ -435,7 +583,15 @@ fn the_cli_prints_static_blocks_and_refuses_daytona() {
     std::fs::write(&static_config, block).unwrap();
     let printed = ok(
         &static_config,
-        &["domain", "add", "new.example.com", "--sandbox", "sbx-1", "--port", "3000"],
+        &[
+            "domain",
+            "add",
+            "new.example.com",
+            "--sandbox",
+            "sbx-1",
+            "--port",
+            "3000",
+        ],
     );
     // The printed block, appended, is a config the proxy accepts.
     let appended: String = printed
@@ -446,7 +602,10 @@ fn the_cli_prints_static_blocks_and_refuses_daytona() {
     let both = format!("{block}{appended}\n");
     let config = Config::from_toml_str(&both).unwrap();
     StaticRegistry::from_config(&config.registry).unwrap();
-    assert!(printed.contains("_sandgate-challenge.new.example.com TXT"), "{printed}");
+    assert!(
+        printed.contains("_sandgate-challenge.new.example.com TXT"),
+        "{printed}"
+    );
     let listed = ok(&static_config, &["domain", "list", "--json"]);
     assert!(listed.contains("\"host\":\"app.example.com\""), "{listed}");
     let daytona = dir.path().join("daytona.toml");
@@ -455,8 +614,27 @@ fn the_cli_prints_static_blocks_and_refuses_daytona() {
         "[registry]\nbackend = \"daytona\"\n[daytona]\napi_url = \"http://127.0.0.1:1/api\"\napi_key = \"k\"\n",
     )
     .unwrap();
-    for args in [&["domain", "list"][..], &["domain", "add", "a.example.com", "--sandbox", "s", "--port", "1"]] {
+    for args in [
+        &["domain", "list"][..],
+        &[
+            "domain",
+            "add",
+            "a.example.com",
+            "--sandbox",
+            "s",
+            "--port",
+            "1",
+        ],
+    ] {
         let (success, _, stderr) = sandgate(&daytona, args);
-        assert!(!success && stderr.contains("control plane owns"), "{args:?}: {stderr}");
+        assert!(
+            !success && stderr.contains("control plane owns"),
+            "{args:?}: {stderr}"
+        );
     }
+}
+
+/// `redis-cli` output without its trailing newline.
+fn trimmed(redis: &RedisServer, args: &[&str]) -> String {
+    redis.cli(args).trim().to_string()
 }

@@ -146,10 +146,7 @@ async fn redis(config: &Config, command: DomainCommand) -> Result<String> {
             pipe.hset(domain_key(&admin.prefix, &record.host), "state", "verified")
                 .ignore();
             admin.write_unannounced::<()>(pipe).await?;
-            Ok(format!(
-                "{}: the TXT record matches; verified",
-                record.host
-            ))
+            Ok(format!("{}: the TXT record matches; verified", record.host))
         }
         DomainCommand::Rm { host } => {
             let host = checked_host(&host)?;
@@ -237,9 +234,9 @@ async fn check_txt(config: &Config, host: &str, token: &str) -> Result<()> {
         TxtOutcome::Absent => invalid(format!(
             "{name} has no TXT record yet; create {name} TXT \"{token}\""
         )),
-        TxtOutcome::Mismatch(found) => invalid(format!(
-            "{name} TXT holds {found:?}, not \"{token}\""
-        )),
+        TxtOutcome::Mismatch(found) => {
+            invalid(format!("{name} TXT holds {found:?}, not \"{token}\""))
+        }
         TxtOutcome::Error(e) => invalid(format!("{name}: the DNS lookup failed: {e}")),
     }
 }

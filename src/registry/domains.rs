@@ -141,7 +141,12 @@ pub fn parse_state(
     match state.unwrap_or("pending") {
         "verified" => return Ok(DomainState::Verified),
         "pending" => {}
-        other => return refused("state", format!("must be verified or pending, not {other:?}")),
+        other => {
+            return refused(
+                "state",
+                format!("must be verified or pending, not {other:?}"),
+            )
+        }
     }
     match verification.unwrap_or("dns") {
         "dns" => match token {
@@ -167,7 +172,10 @@ pub fn parse_state(
 pub fn check_host(host: &str) -> Result<String, DomainError> {
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     if host.contains('*') {
-        return refused("host", format!("{host:?}: wildcards are not custom domains"));
+        return refused(
+            "host",
+            format!("{host:?}: wildcards are not custom domains"),
+        );
     }
     if host.parse::<std::net::IpAddr>().is_ok() {
         return refused("host", format!("{host:?} is an IP address, not a name"));
@@ -234,7 +242,10 @@ pub fn check_path_prefix(prefix: &str) -> Result<&str, DomainError> {
         Some("must name a path and not end with /")
     } else if prefix.contains("//") {
         Some("must not contain //")
-    } else if prefix.split('/').any(|segment| segment == ".." || segment == ".") {
+    } else if prefix
+        .split('/')
+        .any(|segment| segment == ".." || segment == ".")
+    {
         Some("must not contain . or .. segments")
     } else if prefix.len() > 1024 {
         Some("is longer than 1024 characters")
@@ -350,16 +361,17 @@ impl TxtVerifier {
     pub async fn check(&self, host: &str, token: &str) -> TxtOutcome {
         use hickory_resolver::proto::rr::RData;
         let name = format!("{}.", challenge_name(host));
-        let lookup =
-            match tokio::time::timeout(TXT_TIMEOUT, self.resolver.txt_lookup(name.as_str())).await
-            {
-                Err(_) => return TxtOutcome::Error(format!("no answer within {TXT_TIMEOUT:?}")),
-                Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => {
-                    return TxtOutcome::Absent
-                }
-                Ok(Err(e)) => return TxtOutcome::Error(e.to_string()),
-                Ok(Ok(lookup)) => lookup,
-            };
+        let lookup = match tokio::time::timeout(
+            TXT_TIMEOUT,
+            self.resolver.txt_lookup(name.as_str()),
+        )
+        .await
+        {
+            Err(_) => return TxtOutcome::Error(format!("no answer within {TXT_TIMEOUT:?}")),
+            Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => return TxtOutcome::Absent,
+            Ok(Err(e)) => return TxtOutcome::Error(e.to_string()),
+            Ok(Ok(lookup)) => lookup,
+        };
         let values: Vec<String> = lookup
             .answers()
             .iter()
@@ -419,7 +431,8 @@ impl CustomDomains {
         config: &DomainsConfig,
     ) -> Result<CustomDomains, String> {
         config.validate()?;
-        let counted = ["verified", "pending", "unknown", "error"].map(|r| metrics().domain_lookups(r));
+        let counted =
+            ["verified", "pending", "unknown", "error"].map(|r| metrics().domain_lookups(r));
         Ok(CustomDomains {
             registry,
             ttl: config.cache_ttl,
@@ -591,7 +604,9 @@ impl CustomDomains {
         tokio::spawn(async move {
             match registry.domain_verified(&host).await {
                 Ok(()) => tracing::info!(host = &*host, "custom domain verified by its TXT record"),
-                Err(e) => tracing::warn!(host = &*host, error = %e, "could not record a domain as verified"),
+                Err(e) => {
+                    tracing::warn!(host = &*host, error = %e, "could not record a domain as verified")
+                }
             }
         });
         verified
@@ -706,7 +721,8 @@ mod tests {
         assert_eq!(zero.unwrap_err().field, "port");
         let bad_sandbox = DomainRecord::new("a.example.com", "a/b", 1, None, pending);
         assert_eq!(bad_sandbox.unwrap_err().field, "sandbox");
-        let states: [((Option<&str>, Option<&str>, Option<&str>), Result<&str, &str>); 7] = [
+        type Fields<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+        let states: [(Fields, Result<&str, &str>); 7] = [
             ((Some("verified"), None, None), Ok("verified")),
             ((None, None, Some("0123456789abcdef")), Ok("pending")),
             ((None, Some("control-plane"), None), Ok("pending")),

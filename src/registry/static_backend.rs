@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::domains::{parse_state, DomainRecord, DomainState};
 use super::ports::check_port;
 use super::{
     BoxFuture, Lifetime, PortPolicy, Principal, Registry, RegistryError, RunnerRecord,
     SandboxRecord, ScopedToken, TokenGrant, Upstream,
 };
-use super::domains::{parse_state, DomainRecord, DomainState};
 use crate::config::{RegistryConfig, SandboxEntry};
 
 type Table = HashMap<Box<str>, Arc<SandboxRecord>>;
