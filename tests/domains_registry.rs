@@ -144,17 +144,17 @@ async fn expect_lookups(domains: &CustomDomains, rows: &[(&str, &str)]) {
 }
 
 #[tokio::test]
-async fn static_backend_lookups() {
-    let registry = static_registry(&format!(
+async fn static_backend_lookups_and_verification_until_reload() {
+    let domains_toml = format!(
         "{}{}{}",
         entry("host = \"app.example.com\"\nsandbox = \"SBX-1\"\nport = 3000\nstate = \"verified\"\npath_prefix = \"/app\""),
         entry("host = \"cp.example.com\"\nsandbox = \"sbx-2\"\nport = 8080\nverification = \"control-plane\""),
         entry(&format!("host = \"dns.example.com\"\nsandbox = \"sbx-2\"\nport = 8080\ntoken = \"{TOKEN}\"")),
-    ))
-    .unwrap();
+    );
+    let registry = Arc::new(static_registry(&domains_toml).unwrap());
     let pebble = dns();
     let config = domains_config(Some(pebble.dns), Duration::from_secs(60));
-    let domains = CustomDomains::new(Arc::new(registry), &config).unwrap();
+    let domains = CustomDomains::new(registry.clone(), &config).unwrap();
     expect_lookups(
         &domains,
         &[
@@ -169,6 +169,32 @@ async fn static_backend_lookups() {
         ],
     )
     .await;
+    // The TXT record appears: a fresh proxy (no throttle yet) verifies it, and the static
+    // registry keeps it verified in memory until its next reload.
+    pebble.set_txt("dns.example.com", TOKEN).await;
+    let fresh = CustomDomains::new(registry.clone(), &config).unwrap();
+    expect_lookups(&fresh, &[("dns.example.com", "verified sbx-2 8080")]).await;
+    support::within(Duration::from_secs(5), "the registry keeps it", || async {
+        let held = registry.domain("dns.example.com").await.unwrap().unwrap();
+        held.state == sandgate::registry::domains::DomainState::Verified
+    })
+    .await;
+    let toml = format!(
+        "[[registry.sandboxes]]\nid = \"sbx-1\"\naddress = \"127.0.0.1\"\n\
+         [[registry.sandboxes]]\nid = \"sbx-2\"\naddress = \"127.0.0.1\"\n{domains_toml}"
+    );
+    registry
+        .reload(&Config::from_toml_str(&toml).unwrap().registry)
+        .unwrap();
+    let reloaded = registry.domain("dns.example.com").await.unwrap().unwrap();
+    assert_eq!(reloaded.state_name(), "pending", "a reload forgets it");
+    // A host the file does not hold is never marked.
+    registry.domain_verified("other.example.com").await.unwrap();
+    assert!(registry
+        .domain("other.example.com")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -205,6 +231,21 @@ async fn daytona_backend_lookups() {
     let calls = cp.calls(DOMAIN);
     expect_lookups(&domains, &[("app.example.com", "verified sbx-1 3000")]).await;
     assert_eq!(cp.calls(DOMAIN), calls, "a cached answer asks nobody");
+    // Hosts that could walk the API's path never reach it.
+    expect_lookups(
+        &domains,
+        &[
+            ("x.example.com/../../sandbox/sbx-1", "unknown"),
+            ("x.example.com%2f..", "unknown"),
+            ("x.example.com?token=1", "unknown"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        cp.calls(DOMAIN),
+        calls,
+        "no call for a name that is not a DNS name"
+    );
     // The control plane verifies it: the proxy sees it after cache_ttl.
     cp.add_domain("cp.example.com", "sbx-2", 8080, "verified");
     tokio::time::sleep(config.cache_ttl + Duration::from_millis(50)).await;
@@ -340,6 +381,19 @@ async fn redis_backend_lookups_and_txt_verification() {
     pebble.set_txt("cp.example.com", &token).await;
     tokio::time::sleep(interval).await;
     expect_lookups(&domains, &[("cp.example.com", "pending sbx-2 8080")]).await;
+    assert_eq!(
+        trimmed(&redis, &["HGET", "sandgate:domain:cp.example.com", "state"]),
+        "pending"
+    );
+    // The proxy's "verified" write never resurrects a removed domain nor verifies a
+    // control-plane one.
+    let registry = RedisRegistry::new(redis_handle(&redis));
+    registry.domain_verified("gone.example.com").await.unwrap();
+    assert_eq!(
+        trimmed(&redis, &["EXISTS", "sandgate:domain:gone.example.com"]),
+        "0"
+    );
+    registry.domain_verified("cp.example.com").await.unwrap();
     assert_eq!(
         trimmed(&redis, &["HGET", "sandgate:domain:cp.example.com", "state"]),
         "pending"

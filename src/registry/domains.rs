@@ -563,6 +563,14 @@ impl CustomDomains {
     /// `verify_interval` per host; between checks, the last check's answer stands.
     async fn txt_verified(&self, host: &str, token: &str) -> bool {
         let now = Instant::now();
+        let due = |memo: &TxtMemo| {
+            memo.at
+                .is_none_or(|at| now.saturating_duration_since(at) >= self.verify_interval)
+        };
+        // Between checks, a read without allocating the key.
+        if let Some(memo) = self.txt_memos.get(host).filter(|memo| !due(memo)) {
+            return memo.verified_token.as_deref() == Some(token);
+        }
         {
             if self.txt_memos.len() >= self.max_entries && !self.txt_memos.contains_key(host) {
                 self.txt_memos.clear();
@@ -571,10 +579,7 @@ impl CustomDomains {
                 at: None,
                 verified_token: None,
             });
-            let due = memo
-                .at
-                .is_none_or(|at| now.saturating_duration_since(at) >= self.verify_interval);
-            if !due {
+            if !due(&memo) {
                 return memo.verified_token.as_deref() == Some(token);
             }
             // Claimed: concurrent lookups see a fresh check and wait for the next interval.
