@@ -136,7 +136,23 @@ async fn redis(config: &Config, command: DomainCommand) -> Result<String> {
             pipe.sadd(domains_index_key(&admin.prefix), &*record.host)
                 .ignore();
             admin.write_unannounced::<()>(pipe).await?;
-            Ok(format!("added {}\n{}", record.host, next_step(&record)))
+            let sandbox_key = format!("{}sandbox:{}", admin.prefix, record.sandbox);
+            let known: bool = admin
+                .redis
+                .query(redis::cmd("EXISTS").arg(&sandbox_key))
+                .await?;
+            let note = match known {
+                true => String::new(),
+                false => format!(
+                    "\nnote: the registry has no sandbox {:?} yet: the domain answers 404 until it does",
+                    record.sandbox
+                ),
+            };
+            Ok(format!(
+                "added {}\n{}{note}",
+                record.host,
+                next_step(&record)
+            ))
         }
         DomainCommand::Verify { host } => {
             let record = redis_record(&admin, &host).await?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::domains::{parse_state, DomainRecord, DomainState};
+use super::domains::{check_host, parse_state, DomainRecord, DomainState};
 use super::ports::check_port;
 use super::{
     BoxFuture, Lifetime, PortPolicy, Principal, Registry, RegistryError, RunnerRecord,
@@ -196,14 +196,18 @@ fn build_domains(
     let mut domains: HashMap<Box<str>, DomainRecord> = HashMap::new();
     for (i, d) in config.domains.iter().enumerate() {
         let at = format!("registry.domains[{i}]");
-        let record = parse_state(
-            d.state.as_deref(),
-            d.verification.as_deref(),
-            d.token.as_deref(),
-        )
-        .and_then(|state| {
-            DomainRecord::new(&d.host, &d.sandbox, d.port, d.path_prefix.as_deref(), state)
-        });
+        // The host first: the most telling problem of an entry.
+        let record = check_host(&d.host)
+            .and_then(|_| {
+                parse_state(
+                    d.state.as_deref(),
+                    d.verification.as_deref(),
+                    d.token.as_deref(),
+                )
+            })
+            .and_then(|state| {
+                DomainRecord::new(&d.host, &d.sandbox, d.port, d.path_prefix.as_deref(), state)
+            });
         let record = match record {
             Ok(record) => record,
             Err(e) => {
