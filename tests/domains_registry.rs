@@ -710,3 +710,78 @@ fn the_cli_prints_static_blocks_and_refuses_daytona() {
 fn trimmed(redis: &RedisServer, args: &[&str]) -> String {
     redis.cli(args).trim().to_string()
 }
+
+/// On a Redis Cluster the domain hash and the index set live on different slots: every write
+/// and the proxy's "verified" script land on the right node.
+#[tokio::test]
+async fn domains_on_a_redis_cluster() {
+    let nodes = RedisServer::cluster();
+    let pebble = dns();
+    let seeds: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.url())).collect();
+    let toml = format!(
+        "[registry]\nbackend = \"redis\"\n[redis]\ntimeout = \"1s\"\ncluster_nodes = [{}]\n\
+         [domains]\nenabled = true\ndns_resolver = \"{}\"\n",
+        seeds.join(", "),
+        pebble.dns
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, &toml).unwrap();
+    for host in ["a.example.com", "b.example.com", "c.example.com"] {
+        ok(
+            &path,
+            &[
+                "domain",
+                "add",
+                host,
+                "--sandbox",
+                "sbx-1",
+                "--port",
+                "3000",
+            ],
+        );
+    }
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&path, &["domain", "list", "--json"])).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    let config = Config::from_toml_str(&toml).unwrap();
+    let handle = Arc::new(RedisHandle::new(&config.redis).unwrap());
+    let registry = Arc::new(RedisRegistry::new(handle));
+    let token = listed[1]["txt_record"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pebble.set_txt("b.example.com", &token).await;
+    let domains = CustomDomains::new(
+        registry.clone(),
+        &domains_config(Some(pebble.dns), Duration::from_secs(60)),
+    )
+    .unwrap();
+    expect_lookups(
+        &domains,
+        &[
+            ("a.example.com", "pending sbx-1 3000"),
+            ("b.example.com", "verified sbx-1 3000"),
+        ],
+    )
+    .await;
+    support::within(
+        Duration::from_secs(5),
+        "state verified on the cluster",
+        || async {
+            let held = registry.domain("b.example.com").await.unwrap().unwrap();
+            held.state_name() == "verified"
+        },
+    )
+    .await;
+    ok(&path, &["domain", "rm", "c.example.com"]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&path, &["domain", "list", "--json"])).unwrap();
+    let hosts: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["host"].as_str())
+        .collect();
+    assert_eq!(hosts, ["a.example.com", "b.example.com"]);
+}
