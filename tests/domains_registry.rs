@@ -540,7 +540,7 @@ async fn the_cli_adds_lists_verifies_and_removes_domains_in_redis() {
         ],
     );
     assert!(!added.contains("note:"), "sbx-2 exists: {added}");
-    let rows: [(&[&str], &str); 6] = [
+    let rows: [(&[&str], &str); 7] = [
         (
             &[
                 "domain",
@@ -590,6 +590,18 @@ async fn the_cli_adds_lists_verifies_and_removes_domains_in_redis() {
                 "x/",
             ],
             "--path-prefix",
+        ),
+        (
+            &[
+                "domain",
+                "add",
+                "3000-sbx-1.preview.localhost",
+                "--sandbox",
+                "sbx-1",
+                "--port",
+                "1",
+            ],
+            "under the preview domain preview.localhost",
         ),
         (&["domain", "verify", "b.example.com"], "already verified"),
         (&["domain", "rm", "none.example.com"], "no domain"),

@@ -68,8 +68,10 @@ pub async fn run(config: &Config, file: &str, command: DomainCommand) -> Result<
     }
 }
 
-/// The record `add` creates.
+/// The record `add` creates: never a name under a preview domain (those are `<port>-<id>`
+/// hosts, routed by their name whatever the registry holds).
 fn new_record(
+    config: &Config,
     host: &str,
     sandbox: &str,
     port: u16,
@@ -83,13 +85,34 @@ fn new_record(
         VerifyBy::ControlPlane => DomainState::Pending(Verification::ControlPlane),
         VerifyBy::None => DomainState::Verified,
     };
-    DomainRecord::new(host, sandbox, port, path_prefix, state).map_err(|e| {
+    let record = DomainRecord::new(host, sandbox, port, path_prefix, state).map_err(|e| {
         let what = match e.field {
             "host" => "host".to_string(),
             flag => format!("--{}", flag.replace('_', "-")),
         };
         AdminError::Invalid(format!("{what}: {}", e.reason))
-    })
+    })?;
+    if let Some(domain) = preview_domain_of(&record.host, &config.proxy.domains) {
+        return invalid(format!(
+            "host: {} is under the preview domain {domain} (proxy.domains): preview hosts \
+             are routed by their name, not as custom domains",
+            record.host
+        ));
+    }
+    Ok(record)
+}
+
+/// The preview domain (`proxy.domains`, `*.` allowed) that `host` is or is under.
+fn preview_domain_of<'a>(host: &str, domains: &'a [String]) -> Option<&'a str> {
+    domains
+        .iter()
+        .map(|d| d.trim_start_matches("*.").trim_end_matches('.'))
+        .find(|d| {
+            host.eq_ignore_ascii_case(d)
+                || host.len().checked_sub(d.len() + 1).is_some_and(|at| {
+                    host.as_bytes()[at] == b'.' && host[at + 1..].eq_ignore_ascii_case(d)
+                })
+        })
 }
 
 /// What to do next for a new or pending domain.
@@ -119,7 +142,14 @@ async fn redis(config: &Config, command: DomainCommand) -> Result<String> {
             path_prefix,
             verify,
         } => {
-            let record = new_record(&host, &sandbox, port, path_prefix.as_deref(), verify)?;
+            let record = new_record(
+                config,
+                &host,
+                &sandbox,
+                port,
+                path_prefix.as_deref(),
+                verify,
+            )?;
             let key = domain_key(&admin.prefix, &record.host);
             let exists: bool = admin.redis.query(redis::cmd("EXISTS").arg(&key)).await?;
             if exists {
@@ -266,7 +296,14 @@ async fn static_backend(config: &Config, file: &str, command: DomainCommand) -> 
             path_prefix,
             verify,
         } => {
-            let record = new_record(&host, &sandbox, port, path_prefix.as_deref(), verify)?;
+            let record = new_record(
+                config,
+                &host,
+                &sandbox,
+                port,
+                path_prefix.as_deref(),
+                verify,
+            )?;
             Ok(format!(
                 "# the static registry's domains live in {file}: append this block and reload \
                  (sandgate reload)\n{}\n# {}",
@@ -438,4 +475,25 @@ fn iso(at: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     super::admin::iso(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preview_hosts_are_not_custom_domains() {
+        let domains = ["preview.example.com".to_string(), "*.dev.localhost".into()];
+        let cases: [(&str, Option<&str>); 6] = [
+            ("3000-sbx.preview.example.com", Some("preview.example.com")),
+            ("preview.example.com", Some("preview.example.com")),
+            ("a.b.dev.localhost", Some("dev.localhost")),
+            ("xpreview.example.com", None),
+            ("app.customer.com", None),
+            ("example.com", None),
+        ];
+        for (host, expected) in cases {
+            assert_eq!(preview_domain_of(host, &domains), expected, "{host}");
+        }
+    }
 }
