@@ -251,6 +251,15 @@ async fn daytona_backend_lookups() {
         calls,
         "no call for a name that is not a DNS name"
     );
+    // What an ACME name authority asks: only a verified domain may get an order.
+    for (host, may_order) in [
+        ("app.example.com", true),
+        ("cp.example.com", false),
+        ("none.example.com", false),
+        ("liar.example.com", false),
+    ] {
+        assert_eq!(domains.is_verified(host).await, may_order, "{host}");
+    }
     // The control plane verifies it: the proxy sees it after cache_ttl.
     cp.add_domain("cp.example.com", "sbx-2", 8080, "verified");
     tokio::time::sleep(config.cache_ttl + Duration::from_millis(50)).await;

@@ -452,6 +452,12 @@ impl CustomDomains {
         self.slots.len()
     }
 
+    /// Is `host` a verified custom domain now? What an ACME name authority asks before
+    /// ordering: a pending, unknown or unreadable name is never "yes".
+    pub async fn is_verified(&self, host: &str) -> bool {
+        matches!(self.lookup(host).await, Ok(DomainLookup::Verified(_)))
+    }
+
     /// TXT lookups this instance has made.
     pub fn txt_checks(&self) -> u64 {
         self.txt_checks.load(std::sync::atomic::Ordering::Relaxed)
