@@ -17,14 +17,17 @@ use crate::activity::redis::RedisActivitySink;
 use crate::activity::{Activity, ActivitySink, MemorySink};
 use crate::config::activity::Sink;
 use crate::config::registry::Backend;
-use crate::config::{Config, LogConfig};
+use crate::config::{CertStorageKind, Config, LogConfig};
 use crate::http::access_log::AccessLog;
 use crate::http::forward::Forwarder;
 use crate::http::reload::{self, ReloadRequest};
+use crate::http::tls_accept::OnDemand;
 use crate::http::{client_addr, route, server, workers, App};
+use crate::registry::domains::{CustomDomains, DomainLookup};
 use crate::registry::redis::{RedisHandle, RedisRegistry};
 use crate::registry::{Registry, Resolver, StaticRegistry};
 use crate::ssh::{GatewayKeys, SshError, SshGateway};
+use crate::tls::acme::{Acme, NameAuthority};
 use crate::{auth, registry, tls, wake};
 
 pub use check::{check, load_checked, Summary};
@@ -190,9 +193,25 @@ pub async fn start_inheriting(
     let shutdown = CancellationToken::new();
     let relays = TaskTracker::new();
     let close_relays = CancellationToken::new();
+    let custom_domains = match config.domains.enabled {
+        true => Some(Arc::new(
+            CustomDomains::new(registry.clone(), &config.domains).map_err(at("domains"))?,
+        )),
+        false => None,
+    };
+    let acme = match (&custom_domains, config.acme.enabled) {
+        (Some(domains), true) => {
+            let authority = Arc::new(VerifiedDomains {
+                domains: domains.clone(),
+                preview: route::Domains::new(&config.proxy.domains),
+            });
+            Some(Acme::new(&config.acme, redis.clone(), authority).map_err(at("acme"))?)
+        }
+        _ => None,
+    };
     let certs = match config.tls.enabled {
         true => Some(Arc::new(
-            tls::CertResolver::new(&config.tls).map_err(at("tls"))?,
+            tls::CertResolver::new(&config.tls, acme.clone()).map_err(at("tls"))?,
         )),
         false => None,
     };
@@ -218,6 +237,8 @@ pub async fn start_inheriting(
             .map_err(at("server.trusted_proxies"))?,
         pages: crate::http::pages::Pages::load(&config.pages)
             .map_err(|e| at("pages.dir")(e.to_string()))?,
+        custom_domains,
+        acme: acme.clone(),
     });
     let live = Arc::downgrade(&app);
     crate::metrics::metrics().sample_caches(move || live.upgrade().map(|a| a.resolver.entries()));
@@ -251,8 +272,19 @@ pub async fn start_inheriting(
                 tls_inherited,
             )?;
             keep_copies(&mut listeners, "tls.listen", addr, &tls)?;
+            let serving = tls::server_config(certs.clone()).map_err(at("tls"))?;
+            let on_demand = match &acme {
+                Some(acme) => Some(Arc::new(OnDemand {
+                    certs,
+                    config: serving.clone(),
+                    challenge: tls::challenge_config(acme.clone()).map_err(at("acme"))?,
+                    wait: config.acme.handshake_wait,
+                })),
+                None => None,
+            };
             let settings = workers::TlsSettings {
-                acceptor: tls::server_config(certs).map_err(at("tls"))?.into(),
+                acceptor: serving.into(),
+                on_demand,
                 handshake_timeout: config.tls.handshake_timeout,
                 redirect_plaintext: config.tls.redirect_plaintext,
                 port: addr.port(),
@@ -291,6 +323,9 @@ pub async fn start_inheriting(
         None => None,
     };
 
+    if let Some(acme) = &acme {
+        tasks.push(tokio::spawn(acme.clone().maintain(shutdown.clone())));
+    }
     let flusher_stop = CancellationToken::new();
     tasks.push(tokio::spawn(activity.run_flusher(
         sink,
@@ -586,17 +621,43 @@ fn wake_starter(
 /// The shared Redis handle, when the registry, the activity sink, the start backend or a wake
 /// lock (a Daytona L2 in Redis) uses Redis. Does not connect: Redis may be down at start.
 fn redis_handle(config: &Config) -> Result<Option<Arc<RedisHandle>>, StartError> {
-    let wakes = config.registry.wake.start_backend() != crate::config::StartBackend::None;
-    let daytona_l2 = config.registry.backend == Backend::Daytona && config.daytona.l2_redis;
-    if config.registry.backend != Backend::Redis
-        && config.activity.sink != Sink::Redis
-        && config.registry.wake.start_backend() != crate::config::StartBackend::Redis
-        && !(wakes && daytona_l2)
-    {
+    if !uses_redis(config) {
         return Ok(None);
     }
     let handle = RedisHandle::new(&config.redis).map_err(at("redis"))?;
     Ok(Some(Arc::new(handle)))
+}
+
+/// Does anything configured talk to Redis?
+fn uses_redis(config: &Config) -> bool {
+    let wakes = config.registry.wake.start_backend() != crate::config::StartBackend::None;
+    let daytona_l2 = config.registry.backend == Backend::Daytona && config.daytona.l2_redis;
+    config.registry.backend == Backend::Redis
+        || config.activity.sink == Sink::Redis
+        || config.registry.wake.start_backend() == crate::config::StartBackend::Redis
+        || (wakes && daytona_l2)
+        || (config.acme.enabled && config.acme.storage == CertStorageKind::Redis)
+}
+
+/// A name may get a certificate when it is a verified custom domain outside the preview
+/// domains (their names are the platform's, never a tenant's).
+struct VerifiedDomains {
+    domains: Arc<CustomDomains>,
+    preview: route::Domains,
+}
+
+impl NameAuthority for VerifiedDomains {
+    fn may_order<'a>(&'a self, name: &'a str) -> crate::base::BoxFuture<'a, bool> {
+        Box::pin(async move {
+            if route::custom_domain_host(name, &self.preview).as_deref() != Some(name) {
+                return false;
+            }
+            matches!(
+                self.domains.lookup(name).await,
+                Ok(DomainLookup::Verified(_))
+            )
+        })
+    }
 }
 
 /// The registry backend named by `registry.backend`.

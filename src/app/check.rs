@@ -81,7 +81,7 @@ fn certificate_problems(config: &Config) -> Vec<String> {
             certs: vec![pair.clone()],
             ..config.tls.clone()
         };
-        if let Err(e) = crate::tls::CertResolver::new(&one) {
+        if let Err(e) = crate::tls::CertResolver::new(&one, None) {
             let part = match e.starts_with(&pair.key.display().to_string()) {
                 true => "key",
                 false => "cert",

@@ -173,7 +173,7 @@ mod https_tests {
             certs: vec![CertPair { cert, key }],
             ..TlsConfig::default()
         };
-        let resolver = Arc::new(CertResolver::new(&config).unwrap());
+        let resolver = Arc::new(CertResolver::new(&config, None).unwrap());
         let acceptor = tokio_rustls::TlsAcceptor::from(server_config(resolver).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -59,12 +59,13 @@ impl DomainsConfig {
 
 /// `acme.challenge`: how the CA checks we hold the name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum ChallengeKind {
     /// Answered by the HTTPS listener (`tls.listen`, which must be reachable on port 443).
+    #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
     /// Answered by the plain listener (`server.listen`, port 80) under
     /// `/.well-known/acme-challenge/`.
+    #[serde(rename = "http-01")]
     Http01,
 }
 

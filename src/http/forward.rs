@@ -31,14 +31,20 @@ use crate::registry::{InflightGuard, SandboxRecord, Upstream};
 
 use super::headers::{
     declared_length, is_long_lived, prefix_toolbox_location, rewrite_request_headers,
-    wants_upgrade, HTTPS,
+    strip_location_prefix, wants_upgrade, HTTPS,
 };
 pub use super::headers::{remove_hop_by_hop, scrub_trailers, RUNNER_AUTH_HEADER};
 
 /// Where one request goes, decided by route + resolve.
 pub enum Target<'a> {
-    Preview { port: u16 },
-    Toolbox { rest: &'a str },
+    /// `prefix`: a custom domain's path prefix (empty, or `/x` without a trailing `/`).
+    Preview {
+        port: u16,
+        prefix: &'a str,
+    },
+    Toolbox {
+        rest: &'a str,
+    },
 }
 
 /// Everything the earlier phases decided about one request.
@@ -289,7 +295,7 @@ impl Forwarder {
             .upstream_duration
             .observe(upstream_time.as_secs_f64());
 
-        if let Target::Preview { port } = target {
+        if let Target::Preview { port, .. } = target {
             if response.status() == StatusCode::BAD_GATEWAY
                 && matches!(sandbox.upstream, Upstream::Runner(_))
             {
@@ -322,9 +328,15 @@ impl Forwarder {
             };
         }
         remove_hop_by_hop(response.headers_mut());
-        if let Target::Toolbox { .. } = target {
-            if response.status().is_redirection() {
-                prefix_toolbox_location(response.headers_mut(), &sandbox.id);
+        if response.status().is_redirection() {
+            match target {
+                Target::Toolbox { .. } => {
+                    prefix_toolbox_location(response.headers_mut(), &sandbox.id)
+                }
+                Target::Preview { prefix, .. } if !prefix.is_empty() => {
+                    strip_location_prefix(response.headers_mut(), prefix)
+                }
+                Target::Preview { .. } => {}
             }
         }
         let stream_guard = if is_long_lived(response.headers()) {
@@ -485,7 +497,7 @@ impl<'a> UpstreamAddress<'a> {
     /// still goes to the runner or the sandbox's address).
     fn of(sandbox: &'a SandboxRecord, target: &Target<'_>) -> Result<Self, ProxyError> {
         let mut address = Self::default_for(sandbox, target)?;
-        if let Target::Preview { port } = target {
+        if let Target::Preview { port, .. } = target {
             if let Some(host) = sandbox.upstream_hosts.for_port(*port) {
                 address.host_header = host;
             }
@@ -502,7 +514,7 @@ impl<'a> UpstreamAddress<'a> {
             }),
             Upstream::Direct { address } => {
                 let port = match target {
-                    Target::Preview { port } => *port,
+                    Target::Preview { port, .. } => *port,
                     Target::Toolbox { .. } => TOOLBOX_PORT,
                 };
                 let authority = match address.parse::<std::net::Ipv6Addr>() {
@@ -535,11 +547,12 @@ fn upstream_uri(
     buf.put_slice(sandbox.path_prefix.as_bytes());
     let direct = matches!(sandbox.upstream, Upstream::Direct { .. });
     let path = match target {
-        Target::Preview { port } => {
+        Target::Preview { port, prefix } => {
             if !direct {
                 buf.put_slice(b"/proxy/");
                 buf.put_slice(itoa::Buffer::new().format(*port).as_bytes());
             }
+            buf.put_slice(prefix.as_bytes());
             path
         }
         Target::Toolbox { rest } => rest,
@@ -567,7 +580,9 @@ fn classify_client_error(
     }
     metrics().upstream_connect_errors.inc();
     match (&sandbox.upstream, target) {
-        (Upstream::Direct { .. }, Target::Preview { port }) => ProxyError::PortNotListening(*port),
+        (Upstream::Direct { .. }, Target::Preview { port, .. }) => {
+            ProxyError::PortNotListening(*port)
+        }
         _ => ProxyError::RunnerUnreachable,
     }
 }
@@ -600,7 +615,10 @@ pub(super) mod tests {
         let s = runner_sandbox();
         let uri = upstream_uri(
             &s,
-            &Target::Preview { port: 3000 },
+            &Target::Preview {
+                port: 3000,
+                prefix: "",
+            },
             "/a%2Fb/%E2%9C%93",
             Some("x=%20&y"),
         )
@@ -618,9 +636,25 @@ pub(super) mod tests {
         .unwrap();
         assert_eq!(uri, "/sandboxes/sbx-1/toolbox/files?path=/");
         let d = direct_sandbox();
-        let uri = upstream_uri(&d, &Target::Preview { port: 8080 }, "/", None).unwrap();
+        let uri = upstream_uri(
+            &d,
+            &Target::Preview {
+                port: 8080,
+                prefix: "",
+            },
+            "/",
+            None,
+        )
+        .unwrap();
         assert_eq!(uri, "/");
-        let address = UpstreamAddress::of(&d, &Target::Preview { port: 8080 }).unwrap();
+        let address = UpstreamAddress::of(
+            &d,
+            &Target::Preview {
+                port: 8080,
+                prefix: "",
+            },
+        )
+        .unwrap();
         assert_eq!(address.authority, "10.1.2.3:8080");
         assert_eq!(address.host_header, "10.1.2.3:8080");
         let uri = upstream_uri(&d, &Target::Toolbox { rest: "" }, "/toolbox/sbx-2", None).unwrap();
@@ -636,7 +670,14 @@ pub(super) mod tests {
             "started",
             None,
         );
-        let address = UpstreamAddress::of(&v6, &Target::Preview { port: 8080 }).unwrap();
+        let address = UpstreamAddress::of(
+            &v6,
+            &Target::Preview {
+                port: 8080,
+                prefix: "",
+            },
+        )
+        .unwrap();
         assert_eq!(
             (&*address.authority, address.host_header.to_str().unwrap()),
             ("[fd00::7]:8080", "[fd00::7]:8080")

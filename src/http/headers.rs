@@ -155,6 +155,26 @@ pub(super) fn prefix_toolbox_location(headers: &mut HeaderMap, sandbox_id: &str)
     }
 }
 
+/// A custom domain with a path prefix: the app redirects to `/x/next` (its own path), the
+/// browser must go to `/next` on the domain. Locations elsewhere are left alone.
+pub(super) fn strip_location_prefix(headers: &mut HeaderMap, prefix: &str) {
+    let Some(location) = headers.get(LOCATION).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let Some(rest) = location.strip_prefix(prefix) else {
+        return;
+    };
+    let stripped = match rest.as_bytes().first() {
+        None => "/".to_string(),
+        Some(b'?') => format!("/{rest}"),
+        Some(b'/') if !rest.starts_with("//") => rest.to_string(),
+        _ => return,
+    };
+    if let Ok(v) = HeaderValue::try_from(stripped) {
+        headers.insert(LOCATION, v);
+    }
+}
+
 /// Streams that stay open: server-sent events and bodies of unknown length.
 pub(super) fn is_long_lived(headers: &HeaderMap) -> bool {
     let event_stream = headers
@@ -175,6 +195,27 @@ pub(super) fn declared_length(headers: &HeaderMap) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::http::forward::tests::{direct_sandbox, runner_sandbox};
+
+    #[test]
+    fn a_custom_domains_prefix_leaves_its_redirects_and_nothing_else() {
+        for (location, expected) in [
+            ("/app/next", "/next"),
+            ("/app", "/"),
+            ("/app?x=1", "/?x=1"),
+            ("/apple", "/apple"),
+            ("/other", "/other"),
+            ("/app//evil.example", "/app//evil.example"),
+            (
+                "https://elsewhere.example/app/x",
+                "https://elsewhere.example/app/x",
+            ),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(LOCATION, HeaderValue::from_static(location));
+            strip_location_prefix(&mut headers, "/app");
+            assert_eq!(headers[LOCATION], expected, "{location}");
+        }
+    }
 
     #[test]
     fn client_trailers_lose_credentials_and_hop_by_hop_names() {

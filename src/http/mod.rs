@@ -20,6 +20,7 @@ pub mod request_log;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod tls_accept;
 pub mod upstream;
 pub mod workers;
 
@@ -63,6 +64,10 @@ pub struct App {
     pub trusted_proxies: client_addr::TrustedProxies,
     /// The operator's error page templates (`[pages] dir`), kept for reloads.
     pub pages: pages::Pages,
+    /// Custom domains, when `domains.enabled`.
+    pub custom_domains: Option<Arc<crate::registry::domains::CustomDomains>>,
+    /// Certificates obtained on demand, when `acme.enabled` (answers HTTP-01 challenges).
+    pub acme: Option<Arc<crate::tls::acme::Acme>>,
 }
 
 impl crate::wake::Context for App {

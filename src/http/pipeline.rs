@@ -1,6 +1,7 @@
 //! One request, one straight path: route → resolve → admit (both in `gate`) → wake (`hold`) → activity →
 //! forward, with every error turned into a response by `respond`.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
@@ -24,6 +25,7 @@ use super::respond::{auth_code, error_response, health, wants_html, PageContext,
 use super::route::{self, OwnPath, Route, RouteError};
 use crate::base::header_scan::{Present, Tracked};
 use crate::metrics::{metrics, RouteKind};
+use crate::registry::domains::{DomainLookup, DomainRecord};
 use crate::registry::{InflightGuard, SandboxRecord};
 
 pub use super::{App, ConnectionSlots, Peer};
@@ -236,11 +238,27 @@ async fn pipeline(
     if uri.path() == "*" {
         return asterisk_form(req.method());
     }
+    if let Some(answer) = acme_http_challenge(app, &uri, peer.https) {
+        return Ok(answer);
+    }
     let by_header;
     // Header-routed: the preview host the app sees as `X-Forwarded-Host`.
     let mut shared_host = None;
-    let (sandbox_id, port, target) = match route::route(host_str, uri.path(), &app.domains)? {
-        Route::Own(own) => {
+    let routed = route::route(host_str, uri.path(), &app.domains);
+    let domain = custom_domain(app, host_str, &routed).await?;
+    let (sandbox_id, port, target) = match (domain.as_deref(), routed?) {
+        (Some(domain), _) => {
+            route::check_path(uri.path())?;
+            seen.kind = RouteKind::Preview;
+            seen.port = Some(domain.port);
+            let prefix = domain.path_prefix.as_deref().unwrap_or("");
+            let target = Target::Preview {
+                port: domain.port,
+                prefix,
+            };
+            (Cow::Borrowed(&*domain.sandbox), Some(domain.port), target)
+        }
+        (None, Route::Own(own)) => {
             // Only here: a preview host or a toolbox path never re-routes by the headers.
             by_header =
                 match header_route::parse(req.headers(), present).map_err(RouteError::from)? {
@@ -256,15 +274,19 @@ async fn pipeline(
             (
                 by_header.sandbox_id().into(),
                 Some(port),
-                Target::Preview { port },
+                Target::Preview { port, prefix: "" },
             )
         }
-        Route::Preview { port, id_or_token } => {
+        (None, Route::Preview { port, id_or_token }) => {
             seen.kind = RouteKind::Preview;
             seen.port = Some(port);
-            (id_or_token, Some(port), Target::Preview { port })
+            (
+                id_or_token,
+                Some(port),
+                Target::Preview { port, prefix: "" },
+            )
         }
-        Route::Toolbox { sandbox_id, rest } => {
+        (None, Route::Toolbox { sandbox_id, rest }) => {
             seen.kind = RouteKind::Toolbox;
             (sandbox_id.into(), None, Target::Toolbox { rest })
         }
@@ -322,6 +344,47 @@ async fn pipeline(
     let guard = || marked.then(|| activity.stream(&entry.sandbox.id)).flatten();
     let response = app.forwarder.forward(req, destination, guard).await?;
     Ok(entry.finish(response))
+}
+
+/// Route phase, custom domains: a host the registry maps to a sandbox's port (verified), or a
+/// clear refusal while it waits for verification. A lookup failure is an error, except for the
+/// proxy's own health paths (a registry outage must not fail liveness checks).
+async fn custom_domain(
+    app: &App,
+    host: &str,
+    routed: &Result<Route<'_>, RouteError>,
+) -> Result<Option<Arc<DomainRecord>>, ProxyError> {
+    let Some(domains) = &app.custom_domains else {
+        return Ok(None);
+    };
+    if matches!(routed, Ok(Route::Preview { .. })) {
+        return Ok(None);
+    }
+    let Some(name) = route::custom_domain_host(host, &app.domains) else {
+        return Ok(None);
+    };
+    match domains.lookup(&name).await {
+        Ok(DomainLookup::Unknown) => Ok(None),
+        Ok(DomainLookup::Pending(record)) => Err(ProxyError::DomainPending(record.host.clone())),
+        Ok(DomainLookup::Verified(record)) => Ok(Some(record)),
+        Err(_) if matches!(routed, Ok(Route::Own(OwnPath::Health | OwnPath::Ready))) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// HTTP-01: the CA fetches `/.well-known/acme-challenge/<token>` over plain HTTP, on any host.
+fn acme_http_challenge(app: &App, uri: &http::Uri, https: bool) -> Option<Response<ProxyBody>> {
+    let acme = app.acme.as_ref().filter(|_| !https)?;
+    let token = uri.path().strip_prefix("/.well-known/acme-challenge/")?;
+    let key_authorization = acme.http_challenge(token)?;
+    let mut response = Response::new(ProxyBody::full(bytes::Bytes::copy_from_slice(
+        key_authorization.as_bytes(),
+    )));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(response)
 }
 
 /// Activity phase: marks the sandbox if the request counts as activity (not skipped by the

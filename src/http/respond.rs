@@ -57,6 +57,8 @@ pub enum ProxyError {
     Wake(#[from] WakeError),
     #[error("the sandbox is being started; request bodies over {0} bytes (or of unknown length) are not held: retry in a few seconds")]
     BodyNotHeld(u64),
+    #[error("{0} is waiting for verification: its owner creates the DNS TXT record _sandgate-challenge.{0} with the value they were given (or the platform verifies it); retry after that")]
+    DomainPending(Box<str>),
 }
 
 impl ProxyError {
@@ -80,6 +82,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::SandboxBusy => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::DomainPending(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -111,6 +114,7 @@ impl ProxyError {
             ProxyError::SandboxBusy => "SANDBOX_BUSY",
             ProxyError::BodyTooLarge(_) => "BODY_TOO_LARGE",
             ProxyError::BadRequestBody => "BAD_REQUEST_BODY",
+            ProxyError::DomainPending(_) => "DOMAIN_PENDING",
         }
     }
 

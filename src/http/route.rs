@@ -77,6 +77,17 @@ impl Domains {
         self.0.first().map(|d| &**d).unwrap_or("localhost")
     }
 
+    /// Is `host` (no port) a preview domain or under one?
+    pub fn covers(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        self.0.iter().any(|domain| {
+            host.eq_ignore_ascii_case(domain)
+                || host.len() > domain.len()
+                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+                    && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
+        })
+    }
+
     /// If `host` (no port) is `<label>.<domain>` for a configured domain, the label part.
     /// `Some(Err)` when the host is under a preview domain but nested deeper than one label.
     fn preview_label<'h>(&self, host: &'h str) -> Option<Result<&'h str, RouteError>> {
@@ -96,6 +107,22 @@ impl Domains {
         }
         None
     }
+}
+
+/// The host (no port, no trailing dot) of `authority` when it may be a custom domain: a DNS
+/// name under none of the preview domains. Lower-cased (allocates only for upper-case input).
+pub fn custom_domain_host<'a>(authority: &'a str, domains: &Domains) -> Option<Cow<'a, str>> {
+    let host = strip_port(authority).ok()?;
+    if host.starts_with('[') || !host.contains('.') || domains.covers(host) {
+        return None;
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    Some(match host.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(host.to_ascii_lowercase()),
+        false => Cow::Borrowed(host),
+    })
 }
 
 /// The one authority of a request: absolute-form targets, missing, duplicate, or conflicting
@@ -308,6 +335,28 @@ mod tests {
         match route("80-ABC.preview.localhost", "/", &d).unwrap() {
             Route::Preview { id_or_token, .. } => assert_eq!(id_or_token, "abc"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn custom_domain_hosts_are_dns_names_outside_the_preview_domains() {
+        let d = domains();
+        for (authority, expected) in [
+            ("app.customer.com", Some("app.customer.com")),
+            ("App.Customer.COM:443", Some("app.customer.com")),
+            ("app.customer.com.", Some("app.customer.com")),
+            ("3000-abc.preview.localhost", None),
+            ("preview.localhost", None),
+            ("x.y.preview.localhost", None),
+            ("proxy.example.com", None),
+            ("evilproxy.example.com", Some("evilproxy.example.com")),
+            ("localhost", None),
+            ("127.0.0.1:8080", None),
+            ("[::1]:443", None),
+            ("a b.com", None),
+        ] {
+            let got = custom_domain_host(authority, &d);
+            assert_eq!(got.as_deref(), expected, "{authority}");
         }
     }
 

@@ -31,6 +31,7 @@ use crate::http::pipeline::{handle, App, ConnectionSlots, Peer};
 use crate::http::reload::AdminReload;
 use crate::http::request_log::{self, AdminBody};
 use crate::http::respond::health;
+use crate::http::tls_accept::{self, OnDemand};
 use crate::metrics::metrics;
 
 /// The HTTPS side: its listener and what every HTTPS listener shares.
@@ -43,12 +44,22 @@ pub struct TlsListener {
 #[derive(Clone)]
 pub struct TlsSettings {
     pub acceptor: TlsAcceptor,
+    /// Set when certificates are obtained during handshakes (ACME).
+    pub on_demand: Option<Arc<OnDemand>>,
     pub handshake_timeout: Duration,
     /// Plaintext requests get a redirect to `https://host:<port>` (except `/health`).
     pub redirect_plaintext: bool,
     pub port: u16,
     /// Every connection starts with a PROXY protocol header from a trusted proxy.
     pub proxy_protocol: bool,
+}
+
+/// How a connection's TLS handshake is done.
+enum Handshake {
+    /// Every certificate is known before the ClientHello.
+    Fixed(TlsAcceptor),
+    /// Some are obtained during the handshake.
+    OnDemand(Arc<OnDemand>),
 }
 
 /// What a draining server still has open.
@@ -133,8 +144,13 @@ pub async fn serve(
         let header_timeout = config.header_read_timeout;
         let tls_side = over_tls
             .then(|| {
-                tls.as_ref()
-                    .map(|t| (t.settings.acceptor.clone(), t.settings.handshake_timeout))
+                tls.as_ref().map(|t| {
+                    let handshake = match &t.settings.on_demand {
+                        Some(on_demand) => Handshake::OnDemand(on_demand.clone()),
+                        None => Handshake::Fixed(t.settings.acceptor.clone()),
+                    };
+                    (handshake, t.settings.handshake_timeout)
+                })
             })
             .flatten();
         tokio::spawn(async move {
@@ -184,9 +200,9 @@ pub async fn serve(
             metrics().connections_active.inc();
             metrics().connections_accepted.inc();
             match tls_side {
-                Some((acceptor, timeout)) => {
+                Some((handshake, timeout)) => {
                     let left = timeout.saturating_sub(handshake_started.elapsed());
-                    connection.serve_tls(stream, acceptor, left).await
+                    connection.serve_tls(stream, handshake, left).await
                 }
                 None => connection.serve_plain(stream, redirect_to).await,
             }
@@ -244,16 +260,23 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve_tls(self, stream: ClientStream, acceptor: TlsAcceptor, timeout: Duration) {
-        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => self.serve(tls, true).await,
-            Ok(Err(e)) => {
+    async fn serve_tls(self, stream: ClientStream, handshake: Handshake, timeout: Duration) {
+        let accepted = match handshake {
+            Handshake::Fixed(acceptor) => tokio::time::timeout(timeout, acceptor.accept(stream))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    ))
+                }),
+            Handshake::OnDemand(on_demand) => tls_accept::accept(&on_demand, stream, timeout).await,
+        };
+        match accepted {
+            Ok(tls) => self.serve(tls, true).await,
+            Err(e) => {
                 metrics().tls_handshake_errors.inc();
                 tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
-            }
-            Err(_) => {
-                metrics().tls_handshake_errors.inc();
-                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
             }
         }
     }

@@ -13,6 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 pub mod acme;
 
 pub use crate::config::tls::{CertPair, TlsConfig};
+use acme::Acme;
 
 /// Certificates by name, built whole from files, then swapped in at once.
 #[derive(Debug)]
@@ -49,20 +50,19 @@ impl CertStore {
         Ok(store)
     }
 
+    #[cfg(test)]
     fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let Some(sni) = sni else {
-            return self.default.clone();
-        };
-        let sni = sni.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(key) = self.exact.get(&sni) {
+        sni.and_then(|sni| self.named(&normalized(sni)))
+            .or_else(|| self.default.clone())
+    }
+
+    /// A certificate naming `sni` (lower-case, no trailing dot), exactly or by wildcard.
+    fn named(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
+        if let Some(key) = self.exact.get(sni) {
             return Some(key.clone());
         }
-        if let Some((_, parent)) = sni.split_once('.') {
-            if let Some(key) = self.wildcard.get(parent) {
-                return Some(key.clone());
-            }
-        }
-        self.default.clone()
+        let (_, parent) = sni.split_once('.')?;
+        self.wildcard.get(parent).cloned()
     }
 }
 
@@ -113,16 +113,30 @@ fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// The rustls certificate resolver; `reload` swaps every certificate at once or none.
-#[derive(Debug)]
+fn normalized(sni: &str) -> String {
+    sni.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The rustls certificate resolver: the configured files first, then the certificates obtained
+/// by ACME, then the default. `reload` swaps every file's certificate at once or none.
 pub struct CertResolver {
     store: ArcSwap<CertStore>,
+    acme: Option<Arc<Acme>>,
+}
+
+impl std::fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertResolver")
+            .field("acme", &self.acme.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl CertResolver {
-    pub fn new(config: &TlsConfig) -> Result<CertResolver, String> {
+    pub fn new(config: &TlsConfig, acme: Option<Arc<Acme>>) -> Result<CertResolver, String> {
         Ok(CertResolver {
             store: ArcSwap::from_pointee(CertStore::load(config)?),
+            acme,
         })
     }
 
@@ -130,12 +144,62 @@ impl CertResolver {
         self.store.store(Arc::new(CertStore::load(config)?));
         Ok(())
     }
+
+    /// Does a handshake for `sni` need a certificate obtained on demand first? (Only when ACME
+    /// is on and neither a file nor an obtained certificate names it.)
+    pub fn needs_order(&self, sni: &str) -> Option<(&Arc<Acme>, String)> {
+        let acme = self.acme.as_ref()?;
+        let name = normalized(sni);
+        if self.store.load().named(&name).is_some() || acme.held(&name).is_some() {
+            return None;
+        }
+        Some((acme, name))
+    }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.store.load().find(client_hello.server_name())
+        let store = self.store.load();
+        let Some(sni) = client_hello.server_name() else {
+            return store.default.clone();
+        };
+        let name = normalized(sni);
+        store
+            .named(&name)
+            .or_else(|| self.acme.as_ref().and_then(|acme| acme.held(&name)))
+            .or_else(|| store.default.clone())
     }
+}
+
+/// TLS-ALPN-01: a handshake offering `acme-tls/1` gets the challenge certificate for its name.
+struct AlpnChallenge(Arc<Acme>);
+
+impl std::fmt::Debug for AlpnChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AlpnChallenge")
+    }
+}
+
+impl ResolvesServerCert for AlpnChallenge {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0
+            .alpn_challenge(&normalized(client_hello.server_name()?))
+    }
+}
+
+/// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The server config that answers TLS-ALPN-01 challenges, and nothing else.
+pub fn challenge_config(acme: Arc<Acme>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(AlpnChallenge(acme)));
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A rustls server config: TLS 1.2 and 1.3 only, ALPN h2 then http/1.1.
@@ -199,7 +263,7 @@ mod tests {
             certs: vec![good.clone()],
             ..TlsConfig::default()
         };
-        let resolver = CertResolver::new(&config).unwrap();
+        let resolver = CertResolver::new(&config, None).unwrap();
         std::fs::write(&good.cert, "not a certificate").unwrap();
         assert!(resolver.reload(&config).is_err());
         assert!(resolver.store.load().find(Some("a.test")).is_some());
