@@ -806,3 +806,101 @@ async fn domains_on_a_redis_cluster() {
         .collect();
     assert_eq!(hosts, ["a.example.com", "b.example.com"]);
 }
+
+/// The issue's "done when" over plain HTTP: a domain added with the CLI is pending (403) until
+/// its TXT record appears, then serves the sandbox like its preview host (path prefix
+/// upstream), and is gone once removed; the preview host keeps working throughout.
+#[tokio::test]
+async fn a_domain_added_with_the_cli_serves_its_sandbox_once_verified() {
+    let redis = RedisServer::start();
+    let pebble = dns();
+    let extra = format!(
+        "[domains]\nenabled = true\ndns_resolver = \"{}\"\ncache_ttl = \"200ms\"\n\
+         verify_interval = \"300ms\"",
+        pebble.dns
+    );
+    let toml = redis_toml(&redis, &extra);
+    let dir = tempfile::tempdir().unwrap();
+    let cli = dir.path().join("cli.toml");
+    std::fs::write(&cli, &toml).unwrap();
+    let runner = support::demo_runner("k").await;
+    support::admin_cli::put_runner(&cli, "runner-1", runner, "k");
+    ok(
+        &cli,
+        &[
+            "registry",
+            "put-sandbox",
+            "--id",
+            "sbx-1",
+            "--runner",
+            "runner-1",
+            "--public",
+        ],
+    );
+    ok(
+        &cli,
+        &[
+            "domain",
+            "add",
+            "app.customer.example",
+            "--sandbox",
+            "sbx-1",
+            "--port",
+            "3000",
+            "--path-prefix",
+            "/app",
+        ],
+    );
+    let token = trimmed(
+        &redis,
+        &["HGET", "sandgate:domain:app.customer.example", "token"],
+    );
+    let proxy = support::admin_cli::start_proxy(&toml);
+    let pending = support::get(proxy.addr, "app.customer.example", "/x").await;
+    assert_eq!(pending.status, 403, "{}", pending.text());
+    assert!(pending
+        .text()
+        .contains("_sandgate-challenge.app.customer.example"));
+    pebble.set_txt("app.customer.example", &token).await;
+    support::within(
+        Duration::from_secs(5),
+        "the domain serves once verified",
+        || async {
+            support::get(proxy.addr, "app.customer.example", "/x")
+                .await
+                .status
+                == 200
+        },
+    )
+    .await;
+    let served = support::get(proxy.addr, "app.customer.example", "/x").await;
+    assert_eq!(
+        served.text(),
+        "hello from sandbox sbx-1, port 3000, path /app/x\n"
+    );
+    assert_eq!(
+        trimmed(
+            &redis,
+            &["HGET", "sandgate:domain:app.customer.example", "state"]
+        ),
+        "verified",
+        "the proxy recorded it"
+    );
+    let preview = support::get(proxy.addr, "3000-sbx-1.preview.localhost", "/x").await;
+    assert_eq!(
+        preview.text(),
+        "hello from sandbox sbx-1, port 3000, path /x\n"
+    );
+    ok(&cli, &["domain", "rm", "app.customer.example"]);
+    support::within(
+        Duration::from_secs(5),
+        "the removed domain is gone",
+        || async {
+            support::get(proxy.addr, "app.customer.example", "/x")
+                .await
+                .status
+                == 404
+        },
+    )
+    .await;
+}
