@@ -17,6 +17,10 @@ use crate::metrics::metrics;
 /// The TXT record whose value proves a pending domain: `_sandgate-challenge.<host>`.
 pub const CHALLENGE_LABEL: &str = "_sandgate-challenge";
 
+/// While the registry fails, an answer this much past its `cache_ttl` still serves (the
+/// sandbox cache's default `stale_if_error`).
+const STALE_IF_ERROR: Duration = Duration::from_secs(600);
+
 /// A TXT lookup gives up after this long (the domain stays pending; a later lookup retries).
 const TXT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -506,8 +510,8 @@ impl CustomDomains {
         (slot.stored.elapsed() < self.ttl).then(|| slot.answer.clone())
     }
 
-    /// Asks the registry (one call per host at a time); when it fails, a cached answer of any
-    /// age is served rather than failing (stale-if-error).
+    /// Asks the registry (one call per host at a time); when it fails, a cached answer up to
+    /// [`STALE_IF_ERROR`] past its expiry is served rather than failing.
     async fn miss(&self, host: &str) -> Result<Answer, RegistryError> {
         let flight: Flight = self.flights.entry(host.into()).or_default().clone();
         let result = flight
@@ -533,8 +537,10 @@ impl CustomDomains {
         match result {
             Ok(answer) => Ok(answer.clone()),
             Err(error) => match self.slots.get(host) {
-                Some(slot) => Ok(slot.answer.clone()),
-                None => Err(error.clone()),
+                Some(slot) if slot.stored.elapsed() < self.ttl + STALE_IF_ERROR => {
+                    Ok(slot.answer.clone())
+                }
+                _ => Err(error.clone()),
             },
         }
     }
