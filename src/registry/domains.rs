@@ -462,6 +462,13 @@ impl CustomDomains {
         matches!(self.lookup(host).await, Ok(DomainLookup::Verified(_)))
     }
 
+    /// Forgets every answer (a reloaded static registry may have changed any record).
+    pub fn forget_all(&self) {
+        self.slots.clear();
+        self.txt_memos.clear();
+        metrics().domain_cache_entries.set(0);
+    }
+
     /// TXT lookups this instance has made.
     pub fn txt_checks(&self) -> u64 {
         self.txt_checks.load(std::sync::atomic::Ordering::Relaxed)
