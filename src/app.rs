@@ -23,7 +23,7 @@ use crate::http::forward::Forwarder;
 use crate::http::reload::{self, ReloadRequest};
 use crate::http::tls_accept::OnDemand;
 use crate::http::{client_addr, route, server, workers, App};
-use crate::registry::domains::{CustomDomains, DomainLookup};
+use crate::registry::domains::CustomDomains;
 use crate::registry::redis::{RedisHandle, RedisRegistry};
 use crate::registry::{Registry, Resolver, StaticRegistry};
 use crate::ssh::{GatewayKeys, SshError, SshGateway};

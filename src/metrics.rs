@@ -116,6 +116,17 @@ pub struct Metrics {
     /// Filled at each scrape from `runtimes`.
     tasks_alive: Gauge,
     runtimes: Mutex<Runtimes>,
+    /// Custom domain lookups by answer (`verified`, `pending`, `unknown`, `error`).
+    domain_lookups: Family<ResultLabels, Counter>,
+    /// DNS TXT checks of pending domains by outcome (`verified`, `mismatch`, `absent`, `error`).
+    domain_txt_checks: Family<ResultLabels, Counter>,
+    /// Custom domain answers held by the domain cache (bounded by `domains.cache_entries`).
+    pub domain_cache_entries: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 /// A runtime counted in `sandgate_tasks_alive` until this is dropped.
@@ -244,6 +255,9 @@ impl Metrics {
             cache_sampler: Mutex::new(None),
             tasks_alive: Gauge::default(),
             runtimes: Mutex::new(Vec::new()),
+            domain_lookups: Family::default(),
+            domain_txt_checks: Family::default(),
+            domain_cache_entries: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -392,6 +406,21 @@ impl Metrics {
             "Tasks alive on the proxy's runtimes (connections, relays, background work)",
             m.tasks_alive.clone(),
         );
+        r.register(
+            "domain_lookups",
+            "Custom domain lookups, by answer (verified, pending, unknown, error)",
+            m.domain_lookups.clone(),
+        );
+        r.register(
+            "domain_txt_checks",
+            "DNS TXT checks of pending custom domains, by outcome",
+            m.domain_txt_checks.clone(),
+        );
+        r.register(
+            "domain_cache_entries",
+            "Custom domain answers (found and not found) held in memory",
+            m.domain_cache_entries.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -437,6 +466,21 @@ impl Metrics {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         self.requests[kind as usize][class].inc();
         self.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The counter of custom domain lookups that answered `result` (kept by the caller, so
+    /// counting is an atomic add).
+    pub fn domain_lookups(&self, result: &'static str) -> Counter {
+        self.domain_lookups
+            .get_or_create(&ResultLabels { result })
+            .clone()
+    }
+
+    /// A pending domain's TXT record was checked: `result`.
+    pub fn domain_txt_check(&self, result: &'static str) {
+        self.domain_txt_checks
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     pub fn auth_failure(&self, code: &'static str) {

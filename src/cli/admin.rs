@@ -268,7 +268,7 @@ pub enum AdminError {
 
 type Result<T> = std::result::Result<T, AdminError>;
 
-fn invalid<T>(message: impl Into<String>) -> Result<T> {
+pub(crate) fn invalid<T>(message: impl Into<String>) -> Result<T> {
     Err(AdminError::Invalid(message.into()))
 }
 
@@ -306,14 +306,14 @@ pub fn needs_redis(config: &Config, file: &str) -> Result<()> {
 /// (a failover: sentinels notice, elect, promote).
 const CONFIRM_ROUNDS: u32 = 10;
 
-struct Admin {
-    redis: RedisHandle,
-    prefix: String,
+pub(crate) struct Admin {
+    pub(crate) redis: RedisHandle,
+    pub(crate) prefix: String,
     channel: String,
 }
 
 impl Admin {
-    fn new(config: &Config) -> Result<Admin> {
+    pub(crate) fn new(config: &Config) -> Result<Admin> {
         Ok(Admin {
             redis: RedisHandle::new(&config.redis).map_err(AdminError::Invalid)?,
             prefix: config.redis.key_prefix.clone(),
@@ -327,7 +327,7 @@ impl Admin {
 
     /// A transaction (`MULTI`/`EXEC`). Every admin pipeline touches one key, so on a Cluster it
     /// runs on that key's node; the invalidation goes out right after ([`Admin::write`]).
-    fn pipe(&self) -> redis::Pipeline {
+    pub(crate) fn pipe(&self) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe
@@ -343,12 +343,26 @@ impl Admin {
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(&self.channel).arg(what.message());
         if self.redis.is_cluster() {
-            let out = self.redis.pipe(&pipe).await?;
-            self.confirm_replicated(&pipe).await?;
+            let out = self.write_unannounced(pipe).await?;
             self.redis.query::<()>(&publish).await?;
             return Ok(out);
         }
         pipe.add_command(publish).ignore();
+        self.write_unannounced(pipe).await
+    }
+
+    /// Runs `pipe` as a confirmed write (replicated on a Cluster, on the primary behind
+    /// Sentinel) without an invalidation: for keys no proxy caches by message (custom
+    /// domains, whose cache entries expire within `domains.cache_ttl`).
+    pub(crate) async fn write_unannounced<T: redis::FromRedisValue>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> Result<T> {
+        if self.redis.is_cluster() {
+            let out = self.redis.pipe(&pipe).await?;
+            self.confirm_replicated(&pipe).await?;
+            return Ok(out);
+        }
         if !self.redis.is_sentinel() {
             return Ok(self.redis.pipe(&pipe).await?);
         }
@@ -449,7 +463,7 @@ impl Admin {
         Ok(id)
     }
 
-    async fn hgetall(&self, key: &str) -> Result<BTreeMap<String, String>> {
+    pub(crate) async fn hgetall(&self, key: &str) -> Result<BTreeMap<String, String>> {
         Ok(self.redis.query(redis::cmd("HGETALL").arg(key)).await?)
     }
 
@@ -1003,7 +1017,7 @@ pub async fn preview_url(config: &Config, command: PreviewUrlCommand) -> Result<
     }
 }
 
-fn iso(ms: u64) -> String {
+pub(crate) fn iso(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod certs;
 pub mod demo;
+pub mod domain;
 pub mod logs;
 mod serve;
 
@@ -79,6 +80,14 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: admin::ActivityCommand,
+    },
+    /// Custom domains: a host name → a sandbox's port, verified by a DNS TXT record or the
+    /// control plane (`docs/domains.md`).
+    Domain {
+        #[arg(long, short, env = "SANDGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: domain::DomainCommand,
     },
     /// Show a sandbox's last requests, from the proxy's admin listener (`--follow`: live).
     Logs(logs::LogsArgs),
@@ -266,6 +275,13 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Activity { config, command } => {
             let loaded = redis_config(config.as_deref())?;
             admin_output(admin::activity(&loaded, command).await)
+        }
+        Command::Domain { config, command } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let name = config
+                .as_deref()
+                .map_or("the built-in defaults".into(), |p| p.display().to_string());
+            admin_output(domain::run(&loaded, &name, command).await)
         }
         Command::Logs(args) => logs::run(args).await,
         Command::SshGateway {

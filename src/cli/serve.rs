@@ -384,6 +384,7 @@ fn reloadable(app: &crate::proxy::App) -> Vec<&'static str> {
             "registry.api_keys",
             "registry.signed_previews",
             "registry.ssh_tokens",
+            "registry.domains",
         ]);
     }
     // With TLS off at start there is no listener to give certificates to.
@@ -416,6 +417,9 @@ fn reload(app: &crate::proxy::App, path: Option<&Path>, running: &Config) -> Rel
             Ok(n) => {
                 app.resolver.invalidate(None);
                 app.auth.clear_cache();
+                if let Some(domains) = &app.custom_domains {
+                    domains.forget_all();
+                }
                 tracing::info!(sandboxes = n, "static registry reloaded");
                 report.applied.push("registry".into());
             }

@@ -22,6 +22,29 @@ pub struct RegistryConfig {
     pub signed_previews: Vec<SignedPreviewEntry>,
     /// SSH access tokens (static backend): `token` or `token_sha256` (hex) → `sandbox`.
     pub ssh_tokens: Vec<SshTokenEntry>,
+    /// Custom domains (static backend): `host` → `sandbox` + `port`; see docs/domains.md.
+    pub domains: Vec<DomainEntry>,
+}
+
+/// `[[registry.domains]]`: a custom domain of the static backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainEntry {
+    pub host: String,
+    pub sandbox: String,
+    pub port: u16,
+    /// Prepended to the request path, e.g. `/app`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// `verified` or `pending` (default).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// While pending: `dns` (default: the TXT record `_sandgate-challenge.<host>` must hold
+    /// `token`) or `control-plane`.
+    #[serde(default)]
+    pub verification: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +93,7 @@ impl Default for RegistryConfig {
             api_keys: Vec::new(),
             signed_previews: Vec::new(),
             ssh_tokens: Vec::new(),
+            domains: Vec::new(),
         }
     }
 }

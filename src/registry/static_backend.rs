@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::domains::{check_host, parse_state, DomainRecord, DomainState};
 use super::ports::check_port;
 use super::{
     BoxFuture, Lifetime, PortPolicy, Principal, Registry, RegistryError, RunnerRecord,
@@ -25,6 +26,8 @@ struct Tables {
     signed: SignedTable,
     /// SHA-256 of an SSH access token → (sandbox id, expiry in unix seconds).
     ssh_tokens: HashMap<[u8; 32], (Box<str>, Option<u64>)>,
+    /// Custom domains by host.
+    domains: HashMap<Box<str>, DomainRecord>,
 }
 
 /// Atomically replaceable, so a reload never blocks or drops requests.
@@ -33,6 +36,8 @@ pub struct StaticRegistry {
     /// Sandboxes a start hook reported running, until the next reload (the config cannot
     /// learn it).
     started: dashmap::DashMap<Box<str>, Arc<SandboxRecord>>,
+    /// Pending domains the proxy found verified (their TXT record), until the next reload.
+    verified_domains: dashmap::DashSet<Box<str>>,
 }
 
 impl StaticRegistry {
@@ -40,6 +45,7 @@ impl StaticRegistry {
         Ok(StaticRegistry {
             table: ArcSwap::from_pointee(build_tables(config).map_err(|e| e.join("\n"))?),
             started: Default::default(),
+            verified_domains: Default::default(),
         })
     }
 
@@ -49,6 +55,7 @@ impl StaticRegistry {
         let n = table.sandboxes.len();
         self.table.store(Arc::new(table));
         self.started.clear();
+        self.verified_domains.clear();
         Ok(n)
     }
 
@@ -73,6 +80,29 @@ impl Registry for StaticRegistry {
 
     fn learns_states(&self) -> bool {
         false
+    }
+
+    fn domain<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DomainRecord>, RegistryError>> {
+        let found = self.table.load().domains.get(host).map(|record| {
+            match self.verified_domains.contains(host) {
+                true => DomainRecord {
+                    state: DomainState::Verified,
+                    ..record.clone()
+                },
+                false => record.clone(),
+            }
+        });
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn domain_verified<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<(), RegistryError>> {
+        if self.table.load().domains.contains_key(host) {
+            self.verified_domains.insert(host.into());
+        }
+        Box::pin(async { Ok(()) })
     }
 
     fn start_reported(&self, id: &str) {
@@ -144,6 +174,7 @@ fn build_tables(config: &RegistryConfig) -> Result<Tables, Vec<String>> {
     let api_keys = build_api_keys(config, &mut problems);
     let signed = build_signed(config, &mut problems);
     let ssh_tokens = build_ssh_tokens(config, &mut problems);
+    let domains = build_domains(config, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -152,7 +183,56 @@ fn build_tables(config: &RegistryConfig) -> Result<Tables, Vec<String>> {
         api_keys,
         signed,
         ssh_tokens,
+        domains,
     })
+}
+
+/// `[[registry.domains]]`: each checked (errors name the entry and the key), hosts unique,
+/// sandboxes listed.
+fn build_domains(
+    config: &RegistryConfig,
+    problems: &mut Vec<String>,
+) -> HashMap<Box<str>, DomainRecord> {
+    let mut domains: HashMap<Box<str>, DomainRecord> = HashMap::new();
+    for (i, d) in config.domains.iter().enumerate() {
+        let at = format!("registry.domains[{i}]");
+        // The host first: the most telling problem of an entry.
+        let record = check_host(&d.host)
+            .and_then(|_| {
+                parse_state(
+                    d.state.as_deref(),
+                    d.verification.as_deref(),
+                    d.token.as_deref(),
+                )
+            })
+            .and_then(|state| {
+                DomainRecord::new(&d.host, &d.sandbox, d.port, d.path_prefix.as_deref(), state)
+            });
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                problems.push(format!("{at}.{e}"));
+                continue;
+            }
+        };
+        let listed = |s: &SandboxEntry| s.id.eq_ignore_ascii_case(&record.sandbox);
+        if !config.sandboxes.iter().any(listed) {
+            problems.push(format!(
+                "{at}.sandbox: no [[registry.sandboxes]] has the id {:?}",
+                d.sandbox
+            ));
+            continue;
+        }
+        if domains.contains_key(&record.host) {
+            problems.push(format!(
+                "{at}.host: {:?} is listed twice; a host maps to one sandbox",
+                record.host
+            ));
+            continue;
+        }
+        domains.insert(record.host.clone(), record);
+    }
+    domains
 }
 
 /// A 64-hex-digit SHA-256, or `what` when it is not one.

@@ -27,6 +27,7 @@ pub const SSH: &str = "sandbox/ssh-access/validate";
 pub const SANDBOX: &str = "sandbox";
 pub const CONFIG: &str = "config";
 pub const START: &str = "sandbox/start";
+pub const DOMAIN: &str = "preview/domains";
 
 /// What `POST /sandbox/{id}/start` does.
 #[derive(Debug, Clone)]
@@ -100,6 +101,8 @@ pub struct World {
     pub ssh: HashMap<String, (String, bool)>,
     /// User bearer → sandboxes it may access.
     pub users: HashMap<String, Vec<String>>,
+    /// Custom domain host → its `GET /preview/domains/{host}` answer (sandgate's extension).
+    pub domains: HashMap<String, serde_json::Value>,
 }
 
 #[derive(Default)]
@@ -194,6 +197,16 @@ impl ControlPlane {
 
     pub fn add_sandbox(&self, id: &str, sandbox: FakeSandbox) {
         self.world().sandboxes.insert(id.into(), sandbox);
+    }
+
+    /// Serves `host` as a custom domain of `sandbox` on `port`; `state` is `verified` or
+    /// `pending` (pending by the control plane).
+    pub fn add_domain(&self, host: &str, sandbox: &str, port: u16, state: &str) {
+        let answer = serde_json::json!({
+            "host": host, "sandboxId": sandbox, "port": port, "pathPrefix": null,
+            "state": state, "verification": "control-plane", "token": null,
+        });
+        self.world().domains.insert(host.into(), answer);
     }
 
     pub fn world(&self) -> std::sync::MutexGuard<'_, World> {
@@ -335,6 +348,7 @@ impl State {
         let method = req.method().as_str().to_string();
         let endpoint = match (method.as_str(), segments.as_slice()) {
             ("GET", ["config"]) => CONFIG,
+            ("GET", ["preview", "domains", _]) => DOMAIN,
             ("GET", ["runners", "by-sandbox", _]) => RUNNER_BY_SANDBOX,
             ("GET", ["preview", _, "public"]) => PUBLIC,
             ("GET", ["preview", _, "validate", _]) => VALIDATE,
@@ -477,6 +491,10 @@ impl State {
                     None => json(200, serde_json::json!({"valid": false, "sandboxId": null})),
                 }
             }
+            DOMAIN => match world.domains.get(segments[2]) {
+                Some(domain) => json(200, domain.clone()),
+                None => not_found(),
+            },
             SANDBOX => match world.sandboxes.get(segments[1]) {
                 Some(s) => json(200, sandbox_dto(segments[1], s)),
                 None => not_found(),

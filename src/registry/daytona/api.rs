@@ -341,6 +341,38 @@ pub(crate) struct SshDto {
     pub(crate) sandbox_id: Option<String>,
 }
 
+/// `GET /preview/domains/{host}` (sandgate's extension: Daytona has no such endpoint).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DomainDto {
+    pub(crate) host: String,
+    pub(crate) sandbox_id: String,
+    pub(crate) port: u16,
+    #[serde(default)]
+    pub(crate) path_prefix: Option<String>,
+    #[serde(default)]
+    pub(crate) state: Option<String>,
+    #[serde(default)]
+    pub(crate) verification: Option<String>,
+    #[serde(default)]
+    pub(crate) token: Option<String>,
+}
+
+impl DomainDto {
+    pub(crate) fn record(
+        &self,
+    ) -> Result<crate::registry::domains::DomainRecord, crate::registry::domains::DomainError> {
+        use crate::registry::domains::{parse_state, DomainRecord};
+        let state = parse_state(
+            self.state.as_deref(),
+            self.verification.as_deref(),
+            self.token.as_deref(),
+        )?;
+        let prefix = self.path_prefix.as_deref().filter(|p| !p.is_empty());
+        DomainRecord::new(&self.host, &self.sandbox_id, self.port, prefix, state)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

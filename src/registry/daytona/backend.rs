@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, StatusCode};
 
-use super::api::{bad_data, segment, unexpected, DaytonaApi, RunnerDto, SandboxDto, SshDto};
+use super::api::{
+    bad_data, segment, unexpected, DaytonaApi, DomainDto, RunnerDto, SandboxDto, SshDto,
+};
 use super::l2::{record_from, L2RunnerInfo, L2};
 use crate::config::{DaytonaConfig, RedisConfig};
+use crate::registry::domains::{is_dns_name, DomainRecord};
 use crate::registry::{
     BearerVerdict, BoxFuture, Lifetime, Registry, RegistryError, SandboxRecord, TokenGrant,
 };
@@ -276,6 +279,43 @@ impl Registry for DaytonaRegistry {
                         }))
                 }
                 status if status.is_client_error() => Ok(None),
+                status => Err(unexpected(what, status)),
+            }
+        })
+    }
+
+    /// `GET /preview/domains/{host}`; 404: no such domain. The control plane verifies its
+    /// domains itself, so `domain_verified` keeps the default no-op.
+    fn domain<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DomainRecord>, RegistryError>> {
+        Box::pin(async move {
+            // Interpolated into the path: only [a-z0-9.-] names pass.
+            if !is_dns_name(host) {
+                return Ok(None);
+            }
+            let what = "GET /preview/domains/{host}";
+            let answer = self
+                .api
+                .call(Method::GET, &format!("/preview/domains/{host}"), what)
+                .await?;
+            match answer.status {
+                StatusCode::OK => {
+                    let dto: DomainDto = serde_json::from_slice(&answer.body)
+                        .map_err(|e| bad_data(format!("preview/domains/{host}"), e))?;
+                    let record = dto
+                        .record()
+                        .map_err(|e| bad_data(format!("preview/domains/{host}"), e))?;
+                    if *record.host != *host {
+                        return Err(bad_data(
+                            format!("preview/domains/{host}"),
+                            format!("the answer is for another host ({})", record.host),
+                        ));
+                    }
+                    Ok(Some(record))
+                }
+                StatusCode::NOT_FOUND => Ok(None),
                 status => Err(unexpected(what, status)),
             }
         })

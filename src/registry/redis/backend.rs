@@ -9,6 +9,7 @@ use std::sync::Arc;
 use redis::Value;
 
 use super::conn::{RedisFailure, RedisHandle};
+use crate::registry::domains::{parse_state, DomainRecord};
 use crate::registry::link_uses::LinkUse;
 use crate::registry::ports::{check_port, parse_port_list};
 use crate::registry::signed_preview::{
@@ -35,13 +36,52 @@ if rt ~= 'hash' then return {t, s, rt} end
 return {t, s, rt, redis.call('HGETALL', rk)}
 ";
 
+/// KEYS[1] = a domain hash: `state` becomes `verified` only if the hash exists and is
+/// pending by DNS (a removed or re-added domain is never resurrected or verified by mistake).
+const DOMAIN_VERIFIED_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local f = redis.call('HMGET', KEYS[1], 'state', 'verification')
+if (f[1] == false or f[1] == 'pending') and (f[2] == false or f[2] == 'dns') then
+  redis.call('HSET', KEYS[1], 'state', 'verified')
+  return 1
+end
+return 0
+";
+
+/// `<prefix>domain:<host>`: a custom domain's hash.
+pub fn domain_key(prefix: &str, host: &str) -> String {
+    format!("{prefix}domain:{host}")
+}
+
+/// `<prefix>domains`: the set of every custom domain's host (for listing).
+pub fn domains_index_key(prefix: &str) -> String {
+    format!("{prefix}domains")
+}
+
+/// A domain hash (`sandbox port path_prefix state verification token`) as a record.
+pub fn parse_domain(key: &str, host: &str, fields: &Fields) -> Result<DomainRecord, RegistryError> {
+    let bad = |reason: String| RegistryError::BadData {
+        key: key.to_string(),
+        reason,
+    };
+    let field = |name: &str| fields.get(name).map(String::as_str);
+    let sandbox = field("sandbox").ok_or_else(|| bad("no sandbox field".into()))?;
+    let port = field("port")
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or_else(|| bad(format!("port {:?} is not a port", field("port"))))?;
+    let state = parse_state(field("state"), field("verification"), field("token"))
+        .map_err(|e| bad(e.to_string()))?;
+    let prefix = field("path_prefix").filter(|p| !p.is_empty());
+    DomainRecord::new(host, sandbox, port, prefix, state).map_err(|e| bad(e.to_string()))
+}
+
 pub struct RedisRegistry {
     redis: Arc<RedisHandle>,
     prefix: String,
     resolve: redis::Script,
 }
 
-type Fields = HashMap<String, String>;
+pub type Fields = HashMap<String, String>;
 
 /// What Redis holds for a runner named by a sandbox.
 enum RunnerData {
@@ -383,6 +423,33 @@ impl Registry for RedisRegistry {
                 hex::encode(crate::registry::sha256(token))
             );
             self.get_with_ttl(&key).await
+        })
+    }
+
+    fn domain<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DomainRecord>, RegistryError>> {
+        Box::pin(async move {
+            let key = domain_key(&self.prefix, host);
+            let fields = self.hgetall(&key).await?;
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            parse_domain(&key, host, &fields).map(Some)
+        })
+    }
+
+    fn domain_verified<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<(), RegistryError>> {
+        Box::pin(async move {
+            let key = domain_key(&self.prefix, host);
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(DOMAIN_VERIFIED_LUA).arg(1).arg(&key);
+            self.redis
+                .query::<i64>(&eval)
+                .await
+                .map(drop)
+                .map_err(|e| unavailable(&key, e))
         })
     }
 
