@@ -652,10 +652,7 @@ impl NameAuthority for VerifiedDomains {
             if route::custom_domain_host(name, &self.preview).as_deref() != Some(name) {
                 return false;
             }
-            matches!(
-                self.domains.lookup(name).await,
-                Ok(DomainLookup::Verified(_))
-            )
+            self.domains.is_verified(name).await
         })
     }
 }
