@@ -43,6 +43,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: &'static str,
 }
@@ -116,6 +121,13 @@ pub struct Metrics {
     /// Filled at each scrape from `runtimes`.
     tasks_alive: Gauge,
     runtimes: Mutex<Runtimes>,
+    /// Certificates obtained by ACME and held for handshakes.
+    pub acme_certificates: Gauge,
+    /// Seconds until the soonest `not_after` of the held ACME certificates (0 when none).
+    pub acme_soonest_expiry: Gauge,
+    pub acme_orders_issued: Counter,
+    pub acme_orders_failed: Counter,
+    acme_order_failures: Family<ReasonLabels, Counter>,
 }
 
 /// A runtime counted in `sandgate_tasks_alive` until this is dropped.
@@ -202,6 +214,7 @@ impl Metrics {
             caches,
         );
 
+        let acme_orders = Family::<ResultLabels, Counter>::default();
         let m = Metrics {
             requests,
             request_duration: Histogram::new(latency_buckets()),
@@ -244,6 +257,15 @@ impl Metrics {
             cache_sampler: Mutex::new(None),
             tasks_alive: Gauge::default(),
             runtimes: Mutex::new(Vec::new()),
+            acme_certificates: Gauge::default(),
+            acme_soonest_expiry: Gauge::default(),
+            acme_orders_issued: acme_orders
+                .get_or_create(&ResultLabels { result: "issued" })
+                .clone(),
+            acme_orders_failed: acme_orders
+                .get_or_create(&ResultLabels { result: "failed" })
+                .clone(),
+            acme_order_failures: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -392,6 +414,26 @@ impl Metrics {
             "Tasks alive on the proxy's runtimes (connections, relays, background work)",
             m.tasks_alive.clone(),
         );
+        r.register(
+            "acme_certificates",
+            "Certificates obtained by ACME held for handshakes",
+            m.acme_certificates.clone(),
+        );
+        r.register(
+            "acme_soonest_expiry_seconds",
+            "Seconds until the soonest expiry of the held ACME certificates (0 when none)",
+            m.acme_soonest_expiry.clone(),
+        );
+        r.register(
+            "acme_orders",
+            "ACME orders finished, by result (issued, failed)",
+            acme_orders,
+        );
+        r.register(
+            "acme_order_failures",
+            "Failed ACME orders by reason (challenge, rate_limited, network, ca_error, storage, timeout)",
+            m.acme_order_failures.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -429,6 +471,14 @@ impl Metrics {
     /// `total_limit`, `timeout`.
     pub fn wake_dropped(&self, reason: &'static str) {
         self.wake_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A failed ACME order (or an issued one that could not be stored): `challenge`,
+    /// `rate_limited`, `network`, `ca_error`, `storage`, `timeout`.
+    pub fn acme_order_failure(&self, reason: &'static str) {
+        self.acme_order_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }
