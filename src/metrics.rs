@@ -215,6 +215,14 @@ impl Metrics {
         );
 
         let acme_orders = Family::<ResultLabels, Counter>::default();
+        // One statement each: a guard of `get_or_create` held while the next one takes the
+        // family's write lock would deadlock.
+        let acme_orders_issued = acme_orders
+            .get_or_create(&ResultLabels { result: "issued" })
+            .clone();
+        let acme_orders_failed = acme_orders
+            .get_or_create(&ResultLabels { result: "failed" })
+            .clone();
         let m = Metrics {
             requests,
             request_duration: Histogram::new(latency_buckets()),
@@ -259,12 +267,8 @@ impl Metrics {
             runtimes: Mutex::new(Vec::new()),
             acme_certificates: Gauge::default(),
             acme_soonest_expiry: Gauge::default(),
-            acme_orders_issued: acme_orders
-                .get_or_create(&ResultLabels { result: "issued" })
-                .clone(),
-            acme_orders_failed: acme_orders
-                .get_or_create(&ResultLabels { result: "failed" })
-                .clone(),
+            acme_orders_issued,
+            acme_orders_failed,
             acme_order_failures: Family::default(),
             registry: Registry::default(),
         };

@@ -328,6 +328,7 @@ impl Engine {
                     .map(|issued| (pem, issued))
                     .map_err(|e| OrderFailure::new(FailureReason::CaError, e))
             });
+        tracing::debug!(host = name, ok = ordered.is_ok(), "ACME order ended");
         match ordered {
             Ok((pem, issued)) => Ok(self.issued(name, &pem, issued).await),
             Err(failure) => Err(self.failed(name, &failure)),

@@ -249,6 +249,7 @@ pub async fn order_certificate(
         .map_err(|e| crypto_failure(&e))?;
     retrying!("finalize", order.finalize_csr(csr.der()).await)?;
     let chain = retrying!("certificate", order.poll_certificate(&polling).await)?;
+    tracing::debug!(host = name, "ACME certificate downloaded");
     Ok(format!("{}{chain}", key.serialize_pem()))
 }
 
