@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,8 +171,8 @@ fn serve_http(listener: TcpListener, acmes: Vec<Arc<Acme>>) {
 }
 
 /// A request over a client TLS connection that trusts only `root`; the server's leaf.
-async fn fetch_over_tls(addr: SocketAddr, sni: &str, root: &PathBuf) -> Vec<u8> {
-    let mut tls = support::tls_client::connect(addr, sni, &[root.as_path()], b"http/1.1")
+async fn fetch_over_tls(addr: SocketAddr, sni: &str, root: &Path) -> Vec<u8> {
+    let mut tls = support::tls_client::connect(addr, sni, &[root], b"http/1.1")
         .await
         .unwrap_or_else(|e| panic!("TLS to {sni}: {e}"));
     assert_eq!(request(&mut tls).await, "ok");
@@ -557,4 +557,80 @@ async fn a_handshake_gives_up_after_handshake_wait_while_the_order_goes_on() {
     )
     .await;
     assert_eq!(acme.orders_started(), 1);
+}
+
+/// Allows a name at the handshake, then refuses it: the domain was removed (or lost its
+/// verification) while the handshake waited.
+struct RevokedAfterFirstAsk(std::sync::atomic::AtomicU32);
+
+impl NameAuthority for RevokedAfterFirstAsk {
+    fn may_order<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, bool> {
+        let asked = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move { asked == 0 })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_authority_is_asked_again_right_before_ordering() {
+    let ports = Ports::bind().await;
+    let pebble = Pebble::start(ports.pebble_options());
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Arc::new(RevokedAfterFirstAsk(Default::default()));
+    let acme = Acme::new(&config(&pebble, &dir), None, authority.clone()).unwrap();
+    serve_tls(ports.tls, vec![acme.clone()]);
+    let result = acme.obtain("gone.example.com").await;
+    assert!(
+        matches!(result, Err(AcmeError::NotAllowed(_))),
+        "{result:?}"
+    );
+    assert_eq!(authority.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(acme.orders_started(), 0);
+    assert_eq!(pebble_orders(&pebble), 0, "{}", pebble.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hourly_budget_stops_orders_for_all_names() {
+    let ports = Ports::bind().await;
+    let pebble = Pebble::start(ports.pebble_options());
+    let dir = tempfile::tempdir().unwrap();
+    let config = AcmeConfig {
+        orders_per_hour: 1,
+        ..config(&pebble, &dir)
+    };
+    let names = ["b1.example.com", "b2.example.com"];
+    let acme = Acme::new(&config, None, allow(&names)).unwrap();
+    serve_tls(ports.tls, vec![acme.clone()]);
+    acme.obtain("b1.example.com")
+        .await
+        .expect("within the budget");
+    let second = acme.obtain("b2.example.com").await;
+    assert!(matches!(second, Err(AcmeError::RateLimited)), "{second:?}");
+    assert_eq!(acme.orders_started(), 1);
+    assert_eq!(pebble_orders(&pebble), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_sharing_a_directory_make_one_order() {
+    let ports = Ports::bind().await;
+    let pebble = Pebble::start(ports.pebble_options());
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["shared.example.com"];
+    let replicas = [
+        Acme::new(&config(&pebble, &dir), None, allow(&names)).unwrap(),
+        Acme::new(&config(&pebble, &dir), None, allow(&names)).unwrap(),
+    ];
+    serve_tls(ports.tls, replicas.to_vec());
+    let (a, b) = tokio::join!(
+        replicas[0].obtain("shared.example.com"),
+        replicas[1].obtain("shared.example.com")
+    );
+    assert_eq!(leaf(&a.unwrap()), leaf(&b.unwrap()));
+    assert_eq!(
+        replicas[0].orders_started() + replicas[1].orders_started(),
+        1
+    );
+    assert!(
+        !dir.path().join("acme/shared.example.com.lock").exists(),
+        "lock released"
+    );
 }
