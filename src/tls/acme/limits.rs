@@ -54,6 +54,9 @@ impl Backoffs {
     /// `min`, at most `max`). Returns the new pause's length.
     pub fn failed(&self, name: &str, reason: &str, now: Instant) -> Duration {
         let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+        // A pause over for longer than `max` no longer doubles anything: forget it (names
+        // removed from the registry would stay otherwise).
+        paused.retain(|_, pause| pause.until + self.max > now);
         let length = match paused.get(name) {
             Some(last) => last.length.saturating_mul(2).clamp(self.min, self.max),
             None => self.min,
@@ -138,6 +141,16 @@ mod tests {
             None,
             "over once the pause ends"
         );
+        let much_later = start + MAX * 2 + Duration::from_secs(1);
+        backoffs.failed("b.example.com", "network", much_later);
+        assert_eq!(
+            backoffs
+                .failed("a.example.com", "network", much_later)
+                .as_secs(),
+            60,
+            "a pause long over is forgotten"
+        );
+        assert_eq!(backoffs.paused.lock().unwrap().len(), 2);
         backoffs.succeeded("a.example.com");
         assert_eq!(
             backoffs.failed("a.example.com", "network", start).as_secs(),
