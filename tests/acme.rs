@@ -16,7 +16,7 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use sandgate::base::BoxFuture;
 use sandgate::config::{AcmeConfig, CertStorageKind, ChallengeKind, RedisConfig};
 use sandgate::registry::redis::RedisHandle;
-use sandgate::tls::acme::{stored_certificate, Acme, AcmeError, NameAuthority};
+use sandgate::tls::acme::{stored_certificate, Acme, AcmeError, NameAuthority, ACME_TLS_ALPN};
 use support::pebble::{Pebble, PebbleOptions};
 use support::redis::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -75,7 +75,7 @@ fn config(pebble: &Pebble, dir: &tempfile::TempDir) -> AcmeConfig {
     }
 }
 
-/// Answers TLS-ALPN-01 from any of `acmes`; any other handshake gets the name's certificate
+/// Answers TLS-ALPN-01 from any of `acmes` (`alpn_challenge_config`, as the proxy's listener does); any other handshake gets the name's certificate
 /// through `obtain` (as the proxy's listener does) and a tiny HTTP/1.1 `ok` per request.
 fn serve_tls(listener: TcpListener, acmes: Vec<Arc<Acme>>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
@@ -92,21 +92,16 @@ fn serve_tls(listener: TcpListener, acmes: Vec<Arc<Acme>>) -> SocketAddr {
                 };
                 let challenge = hello
                     .alpn()
-                    .is_some_and(|mut protocols| protocols.any(|p| p == b"acme-tls/1"));
-                let key = if challenge {
-                    acmes.iter().find_map(|a| a.alpn_challenge(&sni))
+                    .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+                let config = if challenge {
+                    acmes.iter().find_map(|a| a.alpn_challenge_config(&sni))
                 } else {
-                    acmes[0].obtain(&sni).await.ok()
+                    acmes[0].obtain(&sni).await.ok().map(server_config)
                 };
-                let Some(key) = key else {
+                let Some(config) = config else {
                     return;
                 };
-                let alpn: &[u8] = if challenge {
-                    b"acme-tls/1"
-                } else {
-                    b"http/1.1"
-                };
-                let Ok(mut tls) = start.into_stream(server_config(key, alpn)).await else {
+                let Ok(mut tls) = start.into_stream(config).await else {
                     return;
                 };
                 let mut buf = [0u8; 4096];
@@ -126,7 +121,7 @@ fn serve_tls(listener: TcpListener, acmes: Vec<Arc<Acme>>) -> SocketAddr {
     addr
 }
 
-fn server_config(key: Arc<CertifiedKey>, alpn: &[u8]) -> Arc<rustls::ServerConfig> {
+fn server_config(key: Arc<CertifiedKey>) -> Arc<rustls::ServerConfig> {
     let resolver: Arc<dyn ResolvesServerCert> = Arc::new(SingleCertAndKey::from(key));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -134,7 +129,7 @@ fn server_config(key: Arc<CertifiedKey>, alpn: &[u8]) -> Arc<rustls::ServerConfi
         .unwrap()
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![alpn.to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
 

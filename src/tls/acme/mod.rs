@@ -67,6 +67,9 @@ pub struct StoredCertificate {
     pub not_after: SystemTime,
 }
 
+/// The ALPN protocol of TLS-ALPN-01 validation handshakes (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// A lock outlives the order it guards by this much (a crashed holder's lock then expires).
 const LOCK_MARGIN: Duration = Duration::from_secs(30);
 /// How often a replica waiting for another's order looks in storage.
@@ -167,6 +170,22 @@ impl Acme {
     /// The TLS-ALPN-01 certificate for `name` while its challenge is open.
     pub fn alpn_challenge(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         self.engine.challenges.alpn(&normalized(name))
+    }
+
+    /// A server config for a TLS-ALPN-01 validation handshake for `name` (ALPN
+    /// [`ACME_TLS_ALPN`] offered): the challenge certificate, `acme-tls/1` as the only
+    /// protocol. `None` when no challenge is open for `name`: refuse the handshake.
+    pub fn alpn_challenge_config(&self, name: &str) -> Option<Arc<rustls::ServerConfig>> {
+        let key = self.alpn_challenge(name)?;
+        let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(key));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .ok()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        Some(Arc::new(config))
     }
 
     /// The HTTP-01 key authorization for `token` while its challenge is open.
