@@ -75,8 +75,9 @@ fn config(pebble: &Pebble, dir: &tempfile::TempDir) -> AcmeConfig {
     }
 }
 
-/// Answers TLS-ALPN-01 from any of `acmes` (`alpn_challenge_config`, as the proxy's listener does); any other handshake gets the name's certificate
-/// through `obtain` (as the proxy's listener does) and a tiny HTTP/1.1 `ok` per request.
+/// Answers TLS-ALPN-01 from any of `acmes` (`alpn_challenge_config`); any other handshake gets
+/// the name's certificate through `obtain` (as the proxy's listener does) and a tiny HTTP/1.1
+/// `ok` per request.
 fn serve_tls(listener: TcpListener, acmes: Vec<Arc<Acme>>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
