@@ -642,3 +642,53 @@ async fn processes_sharing_a_directory_make_one_order() {
         "lock released"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_renew_once_and_both_take_the_renewal() {
+    let ports = Ports::bind().await;
+    let mut options = ports.pebble_options();
+    options.validity = Some(Duration::from_secs(20));
+    let pebble = Pebble::start(options);
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("acme.key");
+    std::fs::write(&key_file, "c3".repeat(32)).unwrap();
+    let config = AcmeConfig {
+        storage: CertStorageKind::Redis,
+        encryption_key_file: Some(key_file),
+        ..config(&pebble, &dir)
+    };
+    let handle = || Some(Arc::new(RedisHandle::new(&redis_config(&redis)).unwrap()));
+    let names = ["renew.example.com"];
+    let replicas = [
+        Acme::new(&config, handle(), allow(&names)).unwrap(),
+        Acme::new(&config, handle(), allow(&names)).unwrap(),
+    ];
+    serve_tls(ports.tls, replicas.to_vec());
+    let first = replicas[0].obtain("renew.example.com").await.unwrap();
+    let taken = replicas[1].obtain("renew.example.com").await.unwrap();
+    assert_eq!(leaf(&first), leaf(&taken));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    for replica in &replicas {
+        tokio::spawn(replica.clone().maintain(shutdown.clone()));
+    }
+    let old_not_after = replicas[0]
+        .held_validity("renew.example.com")
+        .unwrap()
+        .not_after;
+    support::within(Duration::from_secs(90), "both renewed", || async {
+        replicas.iter().all(|r| {
+            r.held_validity("renew.example.com")
+                .is_some_and(|v| v.not_after > old_not_after)
+        })
+    })
+    .await;
+    let (a, b) = (
+        replicas[0].held("renew.example.com").unwrap(),
+        replicas[1].held("renew.example.com").unwrap(),
+    );
+    assert_eq!(leaf(&a), leaf(&b), "one renewal, taken by both");
+    let orders = replicas[0].orders_started() + replicas[1].orders_started();
+    assert_eq!(orders, 2, "the first order and one renewal");
+    shutdown.cancel();
+}
