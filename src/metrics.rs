@@ -459,7 +459,7 @@ impl Metrics {
         );
         r.register(
             "acme_order_failures",
-            "Failed ACME orders by reason (challenge, rate_limited, network, ca_error, storage, timeout)",
+            "Failed ACME orders by reason (challenge, rate_limited, budget, network, ca_error, storage, timeout)",
             m.acme_order_failures.clone(),
         );
         Metrics { registry, ..m }
@@ -504,7 +504,7 @@ impl Metrics {
     }
 
     /// A failed ACME order (or an issued one that could not be stored): `challenge`,
-    /// `rate_limited`, `network`, `ca_error`, `storage`, `timeout`.
+    /// `rate_limited`, `budget`, `network`, `ca_error`, `storage`, `timeout`.
     pub fn acme_order_failure(&self, reason: &'static str) {
         self.acme_order_failures
             .get_or_create(&ReasonLabels { reason })

@@ -322,6 +322,7 @@ impl Engine {
                 host = name,
                 "ACME order not started: acme.orders_per_hour reached"
             );
+            metrics().acme_order_failure("budget");
             return Err(AcmeError::RateLimited);
         }
         self.orders_started.fetch_add(1, Ordering::Relaxed);
