@@ -43,6 +43,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: &'static str,
 }
@@ -122,11 +127,13 @@ pub struct Metrics {
     domain_txt_checks: Family<ResultLabels, Counter>,
     /// Custom domain answers held by the domain cache (bounded by `domains.cache_entries`).
     pub domain_cache_entries: Gauge,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
+    /// Certificates obtained by ACME and held for handshakes.
+    pub acme_certificates: Gauge,
+    /// Seconds until the soonest `not_after` of the held ACME certificates (0 when none).
+    pub acme_soonest_expiry: Gauge,
+    pub acme_orders_issued: Counter,
+    pub acme_orders_failed: Counter,
+    acme_order_failures: Family<ReasonLabels, Counter>,
 }
 
 /// A runtime counted in `sandgate_tasks_alive` until this is dropped.
@@ -213,6 +220,15 @@ impl Metrics {
             caches,
         );
 
+        let acme_orders = Family::<ResultLabels, Counter>::default();
+        // One statement each: a guard of `get_or_create` held while the next one takes the
+        // family's write lock would deadlock.
+        let acme_orders_issued = acme_orders
+            .get_or_create(&ResultLabels { result: "issued" })
+            .clone();
+        let acme_orders_failed = acme_orders
+            .get_or_create(&ResultLabels { result: "failed" })
+            .clone();
         let m = Metrics {
             requests,
             request_duration: Histogram::new(latency_buckets()),
@@ -258,6 +274,11 @@ impl Metrics {
             domain_lookups: Family::default(),
             domain_txt_checks: Family::default(),
             domain_cache_entries: Gauge::default(),
+            acme_certificates: Gauge::default(),
+            acme_soonest_expiry: Gauge::default(),
+            acme_orders_issued,
+            acme_orders_failed,
+            acme_order_failures: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -421,6 +442,26 @@ impl Metrics {
             "Custom domain answers (found and not found) held in memory",
             m.domain_cache_entries.clone(),
         );
+        r.register(
+            "acme_certificates",
+            "Certificates obtained by ACME held for handshakes",
+            m.acme_certificates.clone(),
+        );
+        r.register(
+            "acme_soonest_expiry_seconds",
+            "Seconds until the soonest expiry of the held ACME certificates (0 when none)",
+            m.acme_soonest_expiry.clone(),
+        );
+        r.register(
+            "acme_orders",
+            "ACME orders finished, by result (issued, failed)",
+            acme_orders,
+        );
+        r.register(
+            "acme_order_failures",
+            "Failed ACME orders by reason (challenge, rate_limited, budget, network, ca_error, storage, timeout)",
+            m.acme_order_failures.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -458,6 +499,14 @@ impl Metrics {
     /// `total_limit`, `timeout`.
     pub fn wake_dropped(&self, reason: &'static str) {
         self.wake_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A failed ACME order (or an issued one that could not be stored): `challenge`,
+    /// `rate_limited`, `budget`, `network`, `ca_error`, `storage`, `timeout`.
+    pub fn acme_order_failure(&self, reason: &'static str) {
+        self.acme_order_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }

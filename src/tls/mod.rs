@@ -187,17 +187,23 @@ impl ResolvesServerCert for AlpnChallenge {
     }
 }
 
-/// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub use acme::ACME_TLS_ALPN;
 
 /// The server config that answers TLS-ALPN-01 challenges, and nothing else.
 pub fn challenge_config(acme: Arc<Acme>) -> Result<Arc<rustls::ServerConfig>, String> {
+    challenge_config_with(Arc::new(AlpnChallenge(acme)))
+}
+
+/// A TLS-ALPN-01 server config: `acme-tls/1` as the only protocol, certificates by `resolver`.
+fn challenge_config_with(
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(AlpnChallenge(acme)));
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
