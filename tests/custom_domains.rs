@@ -961,8 +961,9 @@ async fn the_hourly_order_budget_holds_across_domains() {
     assert_eq!(https_get(&stack, DOMAIN, DOMAIN, "/again").await.0, 200);
 }
 
-/// An order refused by the hourly budget shows in the metrics (reason `rate_limited`), so an
-/// operator sees names waiting for certificates without reading logs.
+/// An order refused by the hourly budget shows in the metrics (reason `budget`: this process's
+/// limit, not the CA's `rate_limited`), so an operator sees names waiting for certificates
+/// without reading logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_refused_by_the_budget_is_counted() {
     let stack = over_the_budget().await;
@@ -974,7 +975,7 @@ async fn an_order_refused_by_the_budget_is_counted() {
     assert_eq!(
         sample(
             &text,
-            "sandgate_acme_order_failures_total{reason=\"rate_limited\"}"
+            "sandgate_acme_order_failures_total{reason=\"budget\"}"
         ),
         1.0,
         "{}",
