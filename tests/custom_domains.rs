@@ -349,6 +349,13 @@ async fn a_verified_domain_gets_a_certificate_on_its_first_handshake_and_serves_
         println!("{challenge}: a later handshake {:?}", started.elapsed());
         assert_eq!(serial_and_names(&again).0, serials[0], "{challenge}");
         assert_eq!(stack.orders(), 1, "{challenge}: served from memory");
+        let upper = stack.handshake(&DOMAIN.to_ascii_uppercase()).await.unwrap();
+        assert_eq!(
+            serial_and_names(&upper).0,
+            serials[0],
+            "{challenge}: SNI in upper case"
+        );
+        assert_eq!(stack.orders(), 1, "{challenge}: one name whatever its case");
         let text = stack.metrics().await;
         assert_eq!(sample(&text, ISSUED), 1.0, "{challenge}: {text}");
         assert_eq!(
@@ -412,6 +419,19 @@ async fn unverified_or_unknown_names_never_order_and_a_txt_record_verifies() {
             started.elapsed()
         );
     }
+    // A client offering only `acme-tls/1` (a validation handshake) for a verified domain whose
+    // challenge is not open gets nothing and starts no order.
+    let probe = connect(
+        stack.ports.tls_addr(),
+        DOMAIN,
+        &[&stack.root],
+        b"acme-tls/1",
+    )
+    .await;
+    assert!(
+        probe.is_err(),
+        "a challenge handshake with no challenge open"
+    );
     assert_eq!(
         stack.orders(),
         0,
