@@ -194,7 +194,21 @@ async fn static_backend_lookups_and_verification_until_reload() {
     let reloaded = registry.domain("dns.example.com").await.unwrap().unwrap();
     assert_eq!(reloaded.state_name(), "pending", "a reload forgets it");
     // A host the file does not hold is never marked.
-    registry.domain_verified("other.example.com").await.unwrap();
+    registry
+        .domain_verified("other.example.com", "sbx-2", TOKEN)
+        .await
+        .unwrap();
+    // Nor one whose token is not the one checked.
+    registry
+        .domain_verified("dns.example.com", "sbx-2", "not-the-token-0123")
+        .await
+        .unwrap();
+    let held = registry.domain("dns.example.com").await.unwrap().unwrap();
+    assert_eq!(
+        held.state_name(),
+        "pending",
+        "another token verifies nothing"
+    );
     assert!(registry
         .domain("other.example.com")
         .await
@@ -402,16 +416,54 @@ async fn redis_backend_lookups_and_txt_verification() {
     // The proxy's "verified" write never resurrects a removed domain nor verifies a
     // control-plane one.
     let registry = RedisRegistry::new(redis_handle(&redis));
-    registry.domain_verified("gone.example.com").await.unwrap();
+    registry
+        .domain_verified("gone.example.com", "sbx-2", &token)
+        .await
+        .unwrap();
     assert_eq!(
         trimmed(&redis, &["EXISTS", "sandgate:domain:gone.example.com"]),
         "0"
     );
-    registry.domain_verified("cp.example.com").await.unwrap();
+    registry
+        .domain_verified("cp.example.com", "sbx-2", &token)
+        .await
+        .unwrap();
     assert_eq!(
         trimmed(&redis, &["HGET", "sandgate:domain:cp.example.com", "state"]),
         "pending"
     );
+    // The attack: the domain is removed and re-added by another tenant while a proxy still
+    // holds the old record, whose owner's TXT record is still published. The proxy's write
+    // names the old sandbox and token: the new owner's record stays pending.
+    let key = "sandgate:domain:taken.example.com";
+    for (sandbox, token) in [
+        ("sbx-2", token.as_str()),
+        ("sbx-1", "a-new-owners-token-0001"),
+    ] {
+        trimmed(&redis, &["DEL", key]);
+        trimmed(
+            &redis,
+            &[
+                "HSET",
+                key,
+                "sandbox",
+                sandbox,
+                "port",
+                "8080",
+                "state",
+                "pending",
+                "verification",
+                "dns",
+                "token",
+                token,
+            ],
+        );
+    }
+    registry
+        .domain_verified("taken.example.com", "sbx-2", &token)
+        .await
+        .unwrap();
+    assert_eq!(trimmed(&redis, &["HGET", key, "state"]), "pending");
 }
 
 fn sample(text: &str, series: &str) -> f64 {

@@ -15,7 +15,16 @@ use crate::registry::domains::{
     challenge_name, check_host, new_token, DomainRecord, DomainState, TxtOutcome, TxtVerifier,
     Verification,
 };
-use crate::registry::redis::backend::{domain_key, domains_index_key, parse_domain, Fields};
+use crate::registry::redis::backend::{
+    domain_key, domains_index_key, parse_domain, Fields, DOMAIN_VERIFIED_LUA,
+};
+
+/// KEYS[1] = a domain hash, ARGV = its fields and values: written only if the hash is absent.
+const CREATE_IF_ABSENT_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+";
 use crate::registry::redis::RedisHandle;
 
 type Result<T> = std::result::Result<T, AdminError>;
@@ -158,9 +167,22 @@ async fn redis(config: &Config, command: DomainCommand) -> Result<String> {
                     record.host, record.host
                 ));
             }
+            // Created only if absent, in one step: two `add`s at once never merge their fields.
+            let mut create = redis::cmd("EVAL");
+            create.arg(CREATE_IF_ABSENT_LUA).arg(1).arg(&key);
+            for (field, value) in stored_fields(&record) {
+                create.arg(field).arg(value);
+            }
             let mut pipe = admin.pipe();
-            pipe.hset_multiple(&key, &stored_fields(&record)).ignore();
+            pipe.add_command(create).ignore();
             admin.write_unannounced::<()>(pipe).await?;
+            let stored = redis_record(&admin, &record.host).await?;
+            if stored.sandbox != record.sandbox || stored.token() != record.token() {
+                return invalid(format!(
+                    "{} was added by another command at the same time; see `sandgate domain list`",
+                    record.host
+                ));
+            }
             // The index is another key (another Cluster slot): its own write.
             let mut pipe = admin.pipe();
             pipe.sadd(domains_index_key(&admin.prefix), &*record.host)
@@ -188,10 +210,24 @@ async fn redis(config: &Config, command: DomainCommand) -> Result<String> {
             let record = redis_record(&admin, &host).await?;
             let token = pending_token(&record)?;
             check_txt(config, &record.host, token).await?;
+            // Only the record that was checked: one replaced or removed meanwhile stays as is.
+            let mut verify = redis::cmd("EVAL");
+            verify
+                .arg(DOMAIN_VERIFIED_LUA)
+                .arg(1)
+                .arg(domain_key(&admin.prefix, &record.host))
+                .arg(&*record.sandbox)
+                .arg(token);
             let mut pipe = admin.pipe();
-            pipe.hset(domain_key(&admin.prefix, &record.host), "state", "verified")
-                .ignore();
+            pipe.add_command(verify).ignore();
             admin.write_unannounced::<()>(pipe).await?;
+            let now = redis_record(&admin, &record.host).await?;
+            if now.state != DomainState::Verified {
+                return invalid(format!(
+                    "{} changed while it was checked; run `sandgate domain verify` again",
+                    record.host
+                ));
+            }
             Ok(format!("{}: the TXT record matches; verified", record.host))
         }
         DomainCommand::Rm { host } => {

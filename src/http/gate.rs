@@ -185,15 +185,20 @@ pub async fn resolve(
     })
 }
 
-/// Resolve phase for header routing: the header names a sandbox id, never a signed preview
-/// token (those are links for browsers, which header routing does not serve).
-pub async fn resolve_header_route(app: &App, sandbox_id: &str) -> Result<Resolution, ProxyError> {
+/// Resolve phase by a sandbox id that is never a signed preview token: a routing header's
+/// (`shared_host`: the proxy's own host, shared by every sandbox) or a custom domain record's
+/// (whatever its id looks like, it opens nothing by itself).
+pub async fn resolve_by_id(
+    app: &App,
+    sandbox_id: &str,
+    shared_host: bool,
+) -> Result<Resolution, ProxyError> {
     let resolved = app.resolver.sandbox(sandbox_id).await?;
     Ok(Resolution {
         sandbox: resolved.sandbox.ok_or(ProxyError::SandboxNotFound)?,
         stale: resolved.stale,
         signed: false,
-        shared_host: true,
+        shared_host,
     })
 }
 

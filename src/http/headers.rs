@@ -164,10 +164,14 @@ pub(super) fn strip_location_prefix(headers: &mut HeaderMap, prefix: &str) {
     let Some(rest) = location.strip_prefix(prefix) else {
         return;
     };
-    let stripped = match rest.as_bytes().first() {
-        None => "/".to_string(),
-        Some(b'?') => format!("/{rest}"),
-        Some(b'/') if !rest.starts_with("//") => rest.to_string(),
+    let bytes = rest.as_bytes();
+    let stripped = match (bytes.first(), bytes.get(1)) {
+        (None, _) => "/".to_string(),
+        (Some(b'?' | b'#'), _) => format!("/{rest}"),
+        // Browsers read `/\x` (and `/<tab>/x`) as `//x`, another site: such a location keeps
+        // its prefix (and stays on this one).
+        (Some(b'/'), Some(b'/' | b'\\' | b'\t' | b'\r' | b'\n')) => return,
+        (Some(b'/'), _) => rest.to_string(),
         _ => return,
     };
     if let Ok(v) = HeaderValue::try_from(stripped) {
@@ -205,6 +209,9 @@ mod tests {
             ("/apple", "/apple"),
             ("/other", "/other"),
             ("/app//evil.example", "/app//evil.example"),
+            ("/app/\\evil.example", "/app/\\evil.example"),
+            ("/app/", "/"),
+            ("/app#top", "/#top"),
             (
                 "https://elsewhere.example/app/x",
                 "https://elsewhere.example/app/x",

@@ -246,7 +246,13 @@ async fn pipeline(
     let mut shared_host = None;
     let routed = route::route(host_str, uri.path(), &app.domains);
     let domain = custom_domain(app, host_str, &routed).await?;
-    let (sandbox_id, port, target) = match (domain.as_deref(), routed?) {
+    let routed = match domain {
+        // The path is the app's, not the proxy's own host's (`/toolbox/…` included): what
+        // `route` made of it is not used.
+        Some(_) => Route::Own(OwnPath::NotFound),
+        None => routed?,
+    };
+    let (sandbox_id, port, target) = match (domain.as_deref(), routed) {
         (Some(domain), _) => {
             route::check_path(uri.path())?;
             seen.kind = RouteKind::Preview;
@@ -296,9 +302,10 @@ async fn pipeline(
     if let Some(answer) = gate::preview_own_path(app, &mut req, host_str, preview_port).await {
         return answer;
     }
-    let resolution = match shared_host {
-        Some(_) => gate::resolve_header_route(app, &sandbox_id).await?,
-        None => gate::resolve(app, &sandbox_id, port, client.ip).await?,
+    let resolution = match (&shared_host, &domain) {
+        (Some(_), _) => gate::resolve_by_id(app, &sandbox_id, true).await?,
+        (None, Some(_)) => gate::resolve_by_id(app, &sandbox_id, false).await?,
+        (None, None) => gate::resolve(app, &sandbox_id, port, client.ip).await?,
     };
     seen.sandbox = Some(resolution.sandbox.clone());
     let admission = gate::admit(
@@ -372,8 +379,9 @@ async fn custom_domain(
     }
 }
 
-/// HTTP-01: the CA fetches `/.well-known/acme-challenge/<token>` over plain HTTP, on any host.
-fn acme_http_challenge(app: &App, uri: &http::Uri, https: bool) -> Option<Response<ProxyBody>> {
+/// HTTP-01: the CA fetches `/.well-known/acme-challenge/<token>` over plain HTTP, on any host
+/// (also when plain HTTP is otherwise redirected to HTTPS).
+pub fn acme_http_challenge(app: &App, uri: &http::Uri, https: bool) -> Option<Response<ProxyBody>> {
     let acme = app.acme.as_ref().filter(|_| !https)?;
     let token = uri.path().strip_prefix("/.well-known/acme-challenge/")?;
     let key_authorization = acme.http_challenge(token)?;

@@ -27,7 +27,7 @@ use crate::config::ServerConfig;
 use crate::http::body::ProxyBody;
 use crate::http::client_io::{ClientStream, ConnectionEnd, LingerLimits};
 use crate::http::head_timer::HeadTimer;
-use crate::http::pipeline::{handle, App, ConnectionSlots, Peer};
+use crate::http::pipeline::{acme_http_challenge, handle, App, ConnectionSlots, Peer};
 use crate::http::reload::AdminReload;
 use crate::http::request_log::{self, AdminBody};
 use crate::http::respond::health;
@@ -286,9 +286,13 @@ impl Connection {
             Some(port) => {
                 let requests = Arc::new(Notify::new());
                 let seen = requests.clone();
-                let service = service_fn(move |req| {
+                let app = self.app.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
                     seen.notify_one();
-                    async move { Ok::<_, Infallible>(redirect_to_https(&req, port)) }
+                    // The CA's HTTP-01 request is answered, not redirected.
+                    let answer = acme_http_challenge(&app, req.uri(), false)
+                        .unwrap_or_else(|| redirect_to_https(&req, port));
+                    async move { Ok::<_, Infallible>(answer) }
                 });
                 let conn = self
                     .builder

@@ -612,11 +612,16 @@ impl CustomDomains {
             TxtOutcome::Error(e) => tracing::warn!(host, error = %e, "TXT check failed"),
             other => tracing::debug!(host, outcome = ?other, "TXT check"),
         }
-        let verified = outcome == TxtOutcome::Verified;
-        if let Some(mut memo) = self.txt_memos.get_mut(host) {
-            memo.verified_token = verified.then(|| token.into());
+        let Some(mut memo) = self.txt_memos.get_mut(host) else {
+            return outcome == TxtOutcome::Verified;
+        };
+        match outcome {
+            TxtOutcome::Verified => memo.verified_token = Some(token.into()),
+            // A resolver's bad moment is no answer: what the last answer proved still stands.
+            TxtOutcome::Error(_) => {}
+            _ => memo.verified_token = None,
         }
-        verified
+        memo.verified_token.as_deref() == Some(token)
     }
 
     /// Keeps `record` verified in the cache and tells the registry (in the background).
@@ -625,8 +630,10 @@ impl CustomDomains {
         self.store(&record.host, Some(verified.clone()));
         let registry = self.registry.clone();
         let host = record.host.clone();
+        let sandbox = record.sandbox.clone();
+        let token: Box<str> = record.token().unwrap_or_default().into();
         tokio::spawn(async move {
-            match registry.domain_verified(&host).await {
+            match registry.domain_verified(&host, &sandbox, &token).await {
                 Ok(()) => tracing::info!(host = &*host, "custom domain verified by its TXT record"),
                 Err(e) => {
                     tracing::warn!(host = &*host, error = %e, "could not record a domain as verified")

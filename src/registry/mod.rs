@@ -105,8 +105,14 @@ pub trait Registry: Send + Sync + 'static {
     }
 
     /// The proxy found a pending domain's DNS TXT record: keep it verified (a backend that
-    /// cannot write keeps it in memory, or ignores it: the proxy checks again later).
-    fn domain_verified<'a>(&'a self, _host: &'a str) -> BoxFuture<'a, Result<(), RegistryError>> {
+    /// cannot write keeps it in memory, or ignores it: the proxy checks again later). Only the
+    /// record that was checked: same sandbox, same token (a record replaced since is not).
+    fn domain_verified<'a>(
+        &'a self,
+        _host: &'a str,
+        _sandbox: &'a str,
+        _token: &'a str,
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async { Ok(()) })
     }
 

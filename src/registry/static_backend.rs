@@ -98,8 +98,19 @@ impl Registry for StaticRegistry {
         Box::pin(async move { Ok(found) })
     }
 
-    fn domain_verified<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<(), RegistryError>> {
-        if self.table.load().domains.contains_key(host) {
+    fn domain_verified<'a>(
+        &'a self,
+        host: &'a str,
+        sandbox: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
+        let checked = self
+            .table
+            .load()
+            .domains
+            .get(host)
+            .is_some_and(|record| &*record.sandbox == sandbox && record.token() == Some(token));
+        if checked {
             self.verified_domains.insert(host.into());
         }
         Box::pin(async { Ok(()) })

@@ -36,12 +36,14 @@ if rt ~= 'hash' then return {t, s, rt} end
 return {t, s, rt, redis.call('HGETALL', rk)}
 ";
 
-/// KEYS[1] = a domain hash: `state` becomes `verified` only if the hash exists and is
-/// pending by DNS (a removed or re-added domain is never resurrected or verified by mistake).
-const DOMAIN_VERIFIED_LUA: &str = r"
+/// KEYS[1] = a domain hash, ARGV = the sandbox and token that were checked: `state` becomes
+/// `verified` only if the hash exists, is pending by DNS and still names that sandbox and token
+/// (a removed or re-added domain is never resurrected or verified by another owner's record).
+pub const DOMAIN_VERIFIED_LUA: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local f = redis.call('HMGET', KEYS[1], 'state', 'verification')
-if (f[1] == false or f[1] == 'pending') and (f[2] == false or f[2] == 'dns') then
+local f = redis.call('HMGET', KEYS[1], 'state', 'verification', 'sandbox', 'token')
+if (f[1] == false or f[1] == 'pending') and (f[2] == false or f[2] == 'dns')
+   and f[3] == ARGV[1] and f[4] == ARGV[2] then
   redis.call('HSET', KEYS[1], 'state', 'verified')
   return 1
 end
@@ -440,11 +442,20 @@ impl Registry for RedisRegistry {
         })
     }
 
-    fn domain_verified<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<(), RegistryError>> {
+    fn domain_verified<'a>(
+        &'a self,
+        host: &'a str,
+        sandbox: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async move {
             let key = domain_key(&self.prefix, host);
             let mut eval = redis::cmd("EVAL");
-            eval.arg(DOMAIN_VERIFIED_LUA).arg(1).arg(&key);
+            eval.arg(DOMAIN_VERIFIED_LUA)
+                .arg(1)
+                .arg(&key)
+                .arg(sandbox)
+                .arg(token);
             self.redis
                 .query::<i64>(&eval)
                 .await
