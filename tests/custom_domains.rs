@@ -81,6 +81,14 @@ fn serve_config(ports: Ports, pebble: &Pebble, dir: &Path, acme_extra: &str) -> 
         ("order_timeout", "\"60s\""),
         ("renew_check_interval", "\"1s\""),
     ];
+    // Lines `tls.<key> = …` of `acme_extra` go to the [tls] section.
+    let (tls_extra, acme_extra): (Vec<&str>, Vec<&str>) =
+        acme_extra.lines().partition(|l| l.starts_with("tls."));
+    let tls_extra: String = tls_extra
+        .iter()
+        .map(|l| format!("{}\n", &l["tls.".len()..]))
+        .collect();
+    let acme_extra = acme_extra.join("\n");
     let mut keys = format!("dir = {:?}\n{acme_extra}\n", dir.join("acme"));
     for (key, value) in defaults {
         if !acme_extra.contains(key) {
@@ -92,7 +100,7 @@ fn serve_config(ports: Ports, pebble: &Pebble, dir: &Path, acme_extra: &str) -> 
         "[server]\nlisten = \"127.0.0.1:{}\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [auth]\ncookie_keys = [\"{COOKIE_KEY}\"]\nmax_failures_per_minute = 10000\n\
-         [tls]\nenabled = true\nlisten = \"127.0.0.1:{}\"\nunknown_sni = \"refuse\"\nhandshake_timeout = \"40s\"\n\
+         [tls]\nenabled = true\nlisten = \"127.0.0.1:{}\"\nunknown_sni = \"refuse\"\nhandshake_timeout = \"40s\"\n{tls_extra}\
          [[tls.certs]]\ncert = {cert:?}\nkey = {key:?}\n\
          [domains]\nenabled = true\ndns_resolver = \"{}\"\ncache_ttl = \"1s\"\nverify_interval = \"1s\"\ncache_entries = 64\n\
          {acme}\n",
@@ -285,10 +293,15 @@ async fn https_get(stack: &Stack, sni: &str, host: &str, path: &str) -> (u16, St
 /// served from memory (no second order).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_verified_domain_gets_a_certificate_on_its_first_handshake_and_serves_the_sandbox() {
-    for challenge in ["tls-alpn-01", "http-01"] {
+    for (challenge, redirect) in [
+        ("tls-alpn-01", false),
+        ("http-01", false),
+        // The CA's HTTP-01 request is answered, not redirected like the rest of plain HTTP.
+        ("http-01", true),
+    ] {
         let stack = Stack::start(
             |p| PebbleOptions::new(p.http, p.tls),
-            &format!("challenge = \"{challenge}\""),
+            &format!("challenge = \"{challenge}\"\ntls.redirect_plaintext = {redirect}"),
             &format!(
                 "{}{}",
                 sandboxes(),
@@ -338,11 +351,15 @@ async fn a_verified_domain_gets_a_certificate_on_its_first_handshake_and_serves_
         );
         assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("https"));
         let plain = get(stack.ports.http_addr(), DOMAIN, "/plain").await;
-        assert_eq!(plain.status, 200, "{challenge}: {}", plain.text());
-        assert_eq!(
-            stack.runner.last().target,
-            "/sandboxes/sbx-1/toolbox/proxy/3000/app/plain"
-        );
+        if redirect {
+            assert_eq!(plain.status, 308, "{challenge}: {}", plain.text());
+        } else {
+            assert_eq!(plain.status, 200, "{challenge}: {}", plain.text());
+            assert_eq!(
+                stack.runner.last().target,
+                "/sandboxes/sbx-1/toolbox/proxy/3000/app/plain"
+            );
+        }
 
         let started = Instant::now();
         let again = stack.handshake(DOMAIN).await.unwrap();
@@ -1289,6 +1306,33 @@ async fn records_for_the_platforms_own_names_are_ignored() {
             "tok-victim",
         ],
     );
+    // A signed link to the victim's port 3000: its token is a sandbox-id-shaped string.
+    let signed = ok(
+        &cli,
+        &[
+            "preview-url",
+            "sign",
+            "--sandbox",
+            "victim",
+            "--port",
+            "3000",
+            "--ttl",
+            "1h",
+        ],
+    );
+    let token = signed
+        .split("3000-")
+        .nth(1)
+        .and_then(|rest| rest.split('.').next())
+        .unwrap_or_else(|| panic!("a signed URL in {signed}"))
+        .to_string();
+    // The attack: a record naming the victim's signed token as its "sandbox" (Redis and the
+    // control plane take any id). A domain's id is an id, never a credential.
+    let by_token = "link.customer.test";
+    let key = format!("sandgate:domain:{by_token}");
+    redis.cli(&[
+        "HSET", &key, "sandbox", &token, "port", "3000", "state", "verified",
+    ]);
     let shadows = [
         VICTIM_PREVIEW,
         "preview.localhost",
@@ -1325,6 +1369,21 @@ async fn records_for_the_platforms_own_names_are_ignored() {
         200
     );
     assert_eq!(sandbox_of(&runner.last().target), "attacker");
+    // The app's own paths, the proxy's toolbox prefix included, go to the domain's sandbox.
+    let toolbox = get(ports.http_addr(), ATTACKER_DOMAIN, "/toolbox/victim/files").await;
+    assert_eq!(toolbox.status, 200, "{}", toolbox.text());
+    assert_eq!(
+        runner.last().target,
+        "/sandboxes/attacker/toolbox/proxy/3000/toolbox/victim/files"
+    );
+    let before = runner.seen().len();
+    let linked = get(ports.http_addr(), by_token, "/link").await;
+    assert_eq!(linked.status, 404, "{}", linked.text());
+    assert_eq!(
+        runner.seen().len(),
+        before,
+        "a record's token opened the victim"
+    );
     let sni = "x.3000-victim.preview.localhost";
     assert!(
         handshake(ports.tls_addr(), sni, &root).await.is_err(),
