@@ -596,6 +596,12 @@ fn build_problems(config: &Config) -> Vec<String> {
     if let Err(e) = wake_starter(config, redis.as_ref()) {
         problems.push(e.to_string());
     }
+    if config.acme.enabled {
+        // The key file, the CA root, storage needing Redis: what `serve` would stop at.
+        if let Err(e) = Acme::new(&config.acme, redis.clone(), Arc::new(NoNames)) {
+            problems.push(e);
+        }
+    }
     // Quiet: its warnings (no cookie key) are for the process that serves.
     let auth =
         tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
@@ -637,6 +643,15 @@ fn uses_redis(config: &Config) -> bool {
         || config.registry.wake.start_backend() == crate::config::StartBackend::Redis
         || (wakes && daytona_l2)
         || (config.acme.enabled && config.acme.storage == CertStorageKind::Redis)
+}
+
+/// The name authority of a config check: nothing is ordered there.
+struct NoNames;
+
+impl NameAuthority for NoNames {
+    fn may_order<'a>(&'a self, _name: &'a str) -> crate::base::BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
 }
 
 /// A name may get a certificate when it is a verified custom domain outside the preview

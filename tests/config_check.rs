@@ -158,6 +158,20 @@ fn broken_configs() -> Vec<Broken> {
             says: &["\":8080\""],
         },
         Broken {
+            name: "acme without the HTTPS listener",
+            toml: "[domains]\nenabled = true\n\n[acme]\nenabled = true\n".into(),
+            keys: &["acme.enabled"],
+            line: Some(5),
+            says: &["needs tls.enabled"],
+        },
+        Broken {
+            name: "acme's CA root missing",
+            toml: "[tls]\nenabled = true\nlisten = \"127.0.0.1:0\"\n\n[[tls.certs]]\ncert = \"certs/missing.pem\"\nkey = \"certs/missing.key\"\n\n[domains]\nenabled = true\n\n[acme]\nenabled = true\nca_root = \"pebble-root.pem\"\n".into(),
+            keys: &["tls.certs[0].cert", "acme.ca_root"],
+            line: Some(6),
+            says: &["pebble-root.pem"],
+        },
+        Broken {
             name: "several errors at once",
             toml: format!(
                 "[proxy]\ndomains = [\"*.preview.localhost\"]\n\n{RUNNERS}{}{}",

@@ -44,7 +44,7 @@ pub use wake::{StartBackend, WakeConfig};
 /// The top-level sections (what a key path in an error message starts with).
 pub const SECTIONS: &[&str] = &[
     "server", "proxy", "tls", "admin", "registry", "activity", "redis", "daytona", "log", "auth",
-    "ssh", "identity", "pages",
+    "ssh", "identity", "pages", "domains", "acme",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -122,6 +122,9 @@ impl Acme {
         redis: Option<Arc<RedisHandle>>,
         authority: Arc<dyn NameAuthority>,
     ) -> Result<Arc<Acme>, String> {
+        if let Some(root) = &config.ca_root {
+            check_ca_root(root)?;
+        }
         let storage = Storage::new(config, redis)?;
         let engine = Engine {
             config: config.clone(),
@@ -473,6 +476,21 @@ pub async fn stored_certificate(
         not_before: issued.not_before,
         not_after: issued.not_after,
     }))
+}
+
+/// `acme.ca_root` must hold a certificate now, not at the first order minutes later.
+fn check_ca_root(path: &std::path::Path) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("acme.ca_root {}: {e}", path.display()))?;
+    match certs.next() {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(format!("acme.ca_root {}: {e}", path.display())),
+        None => Err(format!(
+            "acme.ca_root {}: no PEM certificate in the file",
+            path.display()
+        )),
+    }
 }
 
 #[cfg(test)]
