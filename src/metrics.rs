@@ -462,6 +462,21 @@ impl Metrics {
             "Failed ACME orders by reason (challenge, rate_limited, budget, network, ca_error, storage, timeout)",
             m.acme_order_failures.clone(),
         );
+        // Every reason exported from the start (at 0), so `increase()` alerts see the first one.
+        for reason in [
+            "challenge",
+            "rate_limited",
+            "budget",
+            "network",
+            "ca_error",
+            "storage",
+            "timeout",
+        ] {
+            drop(
+                m.acme_order_failures
+                    .get_or_create(&ReasonLabels { reason }),
+            );
+        }
         Metrics { registry, ..m }
     }
 
