@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use support::admin_cli::{ok, put_runner, redis_toml, sandgate, start_proxy};
+use support::admin_cli::{ok, put_public_sandbox, put_runner, redis_toml, sandgate, start_proxy};
 use support::pebble::{Pebble, PebbleOptions};
 use support::redis::RedisServer;
 use support::runner::{sandboxes, Runner, ATTACKER_AND_VICTIM};
@@ -623,18 +623,7 @@ async fn two_replicas_on_one_redis_make_one_order_and_both_serve_it() {
     )
     .unwrap();
     put_runner(&cli, "runner-1", runner.addr, "k");
-    ok(
-        &cli,
-        &[
-            "registry",
-            "put-sandbox",
-            "--id",
-            "sbx-1",
-            "--runner",
-            "runner-1",
-            "--public",
-        ],
-    );
+    put_public_sandbox(&cli, "sbx-1", "runner-1");
     let added = ok(
         &cli,
         &[
@@ -758,18 +747,7 @@ async fn a_domain_added_verified_and_removed_with_the_cli_on_redis() {
     let cli = dir.path().join("cli.toml");
     std::fs::write(&cli, &config).unwrap();
     put_runner(&cli, "runner-1", runner.addr, "k");
-    ok(
-        &cli,
-        &[
-            "registry",
-            "put-sandbox",
-            "--id",
-            "sbx-1",
-            "--runner",
-            "runner-1",
-            "--public",
-        ],
-    );
+    put_public_sandbox(&cli, "sbx-1", "runner-1");
     let added = ok(
         &cli,
         &[
@@ -1281,18 +1259,7 @@ async fn records_for_the_platforms_own_names_are_ignored() {
     let cli = dir.path().join("cli.toml");
     std::fs::write(&cli, &config).unwrap();
     put_runner(&cli, "runner-1", runner.addr, "k");
-    ok(
-        &cli,
-        &[
-            "registry",
-            "put-sandbox",
-            "--id",
-            "attacker",
-            "--runner",
-            "runner-1",
-            "--public",
-        ],
-    );
+    put_public_sandbox(&cli, "attacker", "runner-1");
     ok(
         &cli,
         &[

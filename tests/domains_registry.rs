@@ -877,18 +877,7 @@ async fn a_domain_added_with_the_cli_serves_its_sandbox_once_verified() {
     std::fs::write(&cli, &toml).unwrap();
     let runner = support::demo_runner("k").await;
     support::admin_cli::put_runner(&cli, "runner-1", runner, "k");
-    ok(
-        &cli,
-        &[
-            "registry",
-            "put-sandbox",
-            "--id",
-            "sbx-1",
-            "--runner",
-            "runner-1",
-            "--public",
-        ],
-    );
+    support::admin_cli::put_public_sandbox(&cli, "sbx-1", "runner-1");
     ok(
         &cli,
         &[

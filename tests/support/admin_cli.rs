@@ -60,6 +60,20 @@ pub fn put_runner(config: &Path, id: &str, addr: SocketAddr, key: &str) {
     ok(config, &[&args[..], &["--api-key", key]].concat());
 }
 
+/// A public sandbox on `runner` (`registry put-sandbox --public`).
+pub fn put_public_sandbox(config: &Path, id: &str, runner: &str) {
+    let args = [
+        "registry",
+        "put-sandbox",
+        "--id",
+        id,
+        "--runner",
+        runner,
+        "--public",
+    ];
+    ok(config, &args);
+}
+
 /// Starts a proxy and waits until it has subscribed to invalidations (its first subscription
 /// clears the cache, so tests fill the cache only after it).
 pub fn start_proxy(config: &str) -> Proxy {
