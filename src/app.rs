@@ -366,7 +366,9 @@ pub async fn start_inheriting(
     if let (Some(redis), Backend::Redis) = (&redis, config.registry.backend) {
         let live = Arc::downgrade(&app);
         let apply = move |m: &registry::redis::Invalidation| {
-            live.upgrade().map(|app| m.apply(&app.resolver)).is_some()
+            live.upgrade()
+                .map(|app| m.apply(&app.resolver, app.custom_domains.as_deref()))
+                .is_some()
         };
         tasks.push(tokio::spawn(registry::redis::invalidation::run_subscriber(
             redis.clone(),

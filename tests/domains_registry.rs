@@ -945,3 +945,93 @@ async fn a_domain_added_with_the_cli_serves_its_sandbox_once_verified() {
     )
     .await;
 }
+
+/// The tenant wall when a domain changes hands: every `sandgate domain` write is announced on
+/// the invalidation channel, so with answers cached for an hour a running proxy still follows
+/// each change at once: a name added after it answered "unknown", moved from one tenant's
+/// sandbox to another's, verified by the CLI, and removed.
+#[tokio::test]
+async fn a_domain_moved_to_another_tenant_reaches_only_the_new_one_at_once() {
+    let redis = RedisServer::start();
+    let pebble = dns();
+    let extra = format!(
+        "[domains]\nenabled = true\ndns_resolver = \"{}\"\ncache_ttl = \"1h\"\n\
+         verify_interval = \"1h\"",
+        pebble.dns
+    );
+    let toml = redis_toml(&redis, &extra);
+    let dir = tempfile::tempdir().unwrap();
+    let cli = dir.path().join("cli.toml");
+    std::fs::write(&cli, &toml).unwrap();
+    let runner = support::demo_runner("k").await;
+    support::admin_cli::put_runner(&cli, "runner-1", runner, "k");
+    for sandbox in ["sbx-a", "sbx-b"] {
+        support::admin_cli::put_public_sandbox(&cli, sandbox, "runner-1");
+    }
+    let proxy = support::admin_cli::start_proxy(&toml);
+    let host = "app.customer.example";
+    enum Change {
+        None,
+        Add(&'static str, &'static str),
+        VerifyByCli,
+        Rm,
+    }
+    let sandbox_a = "hello from sandbox sbx-a, port 3000, path /x\n";
+    let sandbox_b = "hello from sandbox sbx-b, port 3000, path /x\n";
+    // (step, the change, what the proxy must answer right after it)
+    let steps = [
+        ("nothing yet: unknown, and cached", Change::None, 404, ""),
+        (
+            "added for tenant A",
+            Change::Add("sbx-a", "none"),
+            200,
+            sandbox_a,
+        ),
+        ("removed", Change::Rm, 404, ""),
+        (
+            "added for tenant B, pending",
+            Change::Add("sbx-b", "dns"),
+            403,
+            "",
+        ),
+        ("verified by the CLI", Change::VerifyByCli, 200, sandbox_b),
+        ("removed again", Change::Rm, 404, ""),
+    ];
+    for (step, change, status, body) in steps {
+        match change {
+            Change::None => {}
+            Change::Add(sandbox, verify) => {
+                let args = [
+                    "add",
+                    host,
+                    "--sandbox",
+                    sandbox,
+                    "--port",
+                    "3000",
+                    "--verify",
+                ];
+                ok(&cli, &[&["domain"], &args[..], &[verify]].concat());
+            }
+            Change::VerifyByCli => {
+                let token = trimmed(
+                    &redis,
+                    &["HGET", "sandgate:domain:app.customer.example", "token"],
+                );
+                pebble.set_txt(host, &token).await;
+                ok(&cli, &["domain", "verify", host]);
+            }
+            Change::Rm => {
+                ok(&cli, &["domain", "rm", host]);
+            }
+        }
+        support::within(Duration::from_secs(3), step, || async {
+            let answer = support::get(proxy.addr, host, "/x").await;
+            answer.status == status && (body.is_empty() || answer.text() == body)
+        })
+        .await;
+        if step.contains("tenant B") || step.contains("verified") {
+            let answer = support::get(proxy.addr, host, "/x").await;
+            assert_ne!(answer.text(), sandbox_a, "{step}: tenant A is not reached");
+        }
+    }
+}

@@ -335,7 +335,7 @@ impl Admin {
 
     /// Runs `pipe` and publishes `what`: in the same transaction where possible; on a Cluster
     /// (pipelines must stay in one slot) right after it.
-    async fn write<T: redis::FromRedisValue>(
+    pub(crate) async fn write<T: redis::FromRedisValue>(
         &self,
         mut pipe: redis::Pipeline,
         what: Invalidation<'_>,
@@ -352,8 +352,7 @@ impl Admin {
     }
 
     /// Runs `pipe` as a confirmed write (replicated on a Cluster, on the primary behind
-    /// Sentinel) without an invalidation: for keys no proxy caches by message (custom
-    /// domains, whose cache entries expire within `domains.cache_ttl`).
+    /// Sentinel) without an invalidation: for keys no proxy caches (the domains index).
     pub(crate) async fn write_unannounced<T: redis::FromRedisValue>(
         &self,
         pipe: redis::Pipeline,

@@ -25,7 +25,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 ";
-use crate::registry::redis::RedisHandle;
+use crate::registry::redis::{Invalidation, RedisHandle};
 
 type Result<T> = std::result::Result<T, AdminError>;
 
@@ -57,7 +57,7 @@ pub enum DomainCommand {
     },
     /// Check the domain's TXT record now (with `domains.dns_resolver`) and mark it verified.
     Verify { host: String },
-    /// Remove a domain (proxies forget it within `domains.cache_ttl`).
+    /// Remove a domain (every proxy forgets it at once).
     Rm { host: String },
     /// The domains, their verification and their certificate.
     List {
@@ -175,7 +175,10 @@ async fn redis(config: &Config, command: DomainCommand) -> Result<String> {
             }
             let mut pipe = admin.pipe();
             pipe.add_command(create).ignore();
-            admin.write_unannounced::<()>(pipe).await?;
+            // Announced: a proxy may hold "no such domain" for this name.
+            admin
+                .write::<()>(pipe, Invalidation::Domain(&record.host))
+                .await?;
             let stored = redis_record(&admin, &record.host).await?;
             if stored.sandbox != record.sandbox || stored.token() != record.token() {
                 return invalid(format!(
@@ -220,7 +223,9 @@ async fn redis(config: &Config, command: DomainCommand) -> Result<String> {
                 .arg(token);
             let mut pipe = admin.pipe();
             pipe.add_command(verify).ignore();
-            admin.write_unannounced::<()>(pipe).await?;
+            admin
+                .write::<()>(pipe, Invalidation::Domain(&record.host))
+                .await?;
             let now = redis_record(&admin, &record.host).await?;
             if now.state != DomainState::Verified {
                 return invalid(format!(
@@ -234,7 +239,7 @@ async fn redis(config: &Config, command: DomainCommand) -> Result<String> {
             let host = checked_host(&host)?;
             let mut pipe = admin.pipe();
             pipe.del(domain_key(&admin.prefix, &host));
-            let (removed,): (u32,) = admin.write_unannounced(pipe).await?;
+            let (removed,): (u32,) = admin.write(pipe, Invalidation::Domain(&host)).await?;
             let mut pipe = admin.pipe();
             pipe.srem(domains_index_key(&admin.prefix), &host).ignore();
             admin.write_unannounced::<()>(pipe).await?;

@@ -6,6 +6,7 @@
 //! - Stale-if-error: when the backend fails, a recently expired entry keeps serving.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,9 @@ pub struct Resolver {
     link_uses: Option<Arc<LinkUses>>,
     /// Sandboxes a wake is waiting on: an invalidation of one wakes its waiter at once.
     watched: FastMap<Box<str>, Arc<Notify>>,
+    /// Counts invalidations: a backend answer read while one arrived is handed to its callers
+    /// but never cached (it may predate the change the invalidation announced).
+    invalidations: AtomicU64,
 }
 
 /// A sandbox watched for invalidations ([`Resolver::watch`]); unwatched when dropped.
@@ -86,7 +90,21 @@ impl Resolver {
                 .then(|| Arc::new(LinkUses::new(ttls.max_entries))),
             backend,
             watched: FastMap::default(),
+            invalidations: AtomicU64::new(0),
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.invalidations.load(Ordering::Acquire)
+    }
+
+    /// No invalidation arrived since `generation` was read: an answer read since may be cached.
+    fn unchanged_since(&self, generation: u64) -> bool {
+        self.generation() == generation
+    }
+
+    fn invalidated(&self) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The signed links' last-use marks, for their flusher (when the backend records them).
@@ -124,10 +142,12 @@ impl Resolver {
         let sandbox = match cached {
             Some(sandbox) => sandbox,
             None => {
+                let generation = self.generation();
                 let found = self.backend.signed_preview(token, port).await?;
                 let ttl = self.grant_ttl(found.as_ref());
                 let sandbox = found.map(|f| f.sandbox);
-                if let Some(key) = key.filter(|_| !ttl.is_zero()) {
+                let cacheable = !ttl.is_zero() && self.unchanged_since(generation);
+                if let Some(key) = key.filter(|_| cacheable) {
                     self.signed.insert(key, sandbox.clone(), ttl);
                 }
                 sandbox
@@ -156,10 +176,11 @@ impl Resolver {
         if let Some(sandbox) = self.ssh_tokens.get(&key) {
             return Ok(sandbox);
         }
+        let generation = self.generation();
         let found = self.backend.ssh_token(token).await?;
         let ttl = self.grant_ttl(found.as_ref());
         let sandbox = found.map(|f| f.sandbox);
-        if !ttl.is_zero() {
+        if !ttl.is_zero() && self.unchanged_since(generation) {
             self.ssh_tokens.insert(key, sandbox.clone(), ttl);
         }
         Ok(sandbox)
@@ -181,13 +202,16 @@ impl Resolver {
         let valid = match self.token_checks.get(&key) {
             Some(valid) => valid,
             None => {
+                let generation = self.generation();
                 let valid = self.backend.preview_token_valid(sandbox, token).await?;
                 let ttl = if valid {
                     self.ttls.ttl
                 } else {
                     self.ttls.negative_ttl
                 };
-                self.token_checks.insert(key, valid, ttl);
+                if self.unchanged_since(generation) {
+                    self.token_checks.insert(key, valid, ttl);
+                }
                 valid
             }
         };
@@ -263,6 +287,7 @@ impl Resolver {
                 let _landed = Landed {
                     flights: &self.flights,
                     id,
+                    flight: &flight,
                 };
                 // A flight that ended between our cache miss and joining it has stored a fresh
                 // answer: use it rather than asking the backend again.
@@ -273,13 +298,15 @@ impl Resolver {
                 }
                 led = true;
                 metrics().cache_misses.inc();
+                let generation = self.generation();
                 let started = Instant::now();
                 let result = self.backend.sandbox(id).await;
                 metrics()
                     .registry_duration
                     .observe(started.elapsed().as_secs_f64());
                 match &result {
-                    Ok(value) => self.store(id, value.clone()),
+                    Ok(value) if self.unchanged_since(generation) => self.store(id, value.clone()),
+                    Ok(_) => {}
                     Err(e) => {
                         metrics().registry_errors.inc();
                         tracing::warn!(sandbox = id, error = %e, "registry lookup failed");
@@ -344,14 +371,18 @@ impl Resolver {
 
     /// Forgets one sandbox (push invalidation) or everything (`None`: an operator's `all`, a
     /// reload): what was removed or rotated is never served again, not even stale-if-error.
+    /// A lookup already under way is left to its callers, but later ones ask the backend anew.
     pub fn invalidate(&self, id: Option<&str>) {
+        self.invalidated();
         match id {
             Some(id) => {
                 let id = lower(id);
+                self.flights.remove(&*id);
                 self.slots.remove(&*id);
                 self.notify_watchers(Some(&id));
             }
             None => {
+                self.flights.clear();
                 self.slots.clear();
                 self.forget_credentials();
             }
@@ -362,6 +393,8 @@ impl Resolver {
     /// is used, but kept as the stale-if-error fallback, so a Redis node's death does not fail
     /// every cached sandbox while Redis fails. Credentials are forgotten.
     pub fn expire_all(&self) {
+        self.invalidated();
+        self.flights.clear();
         let now = Instant::now();
         for mut slot in self.slots.iter_mut() {
             slot.expires = slot.expires.min(now);
@@ -378,20 +411,23 @@ impl Resolver {
 
     /// Forgets a signed preview token on every port (revocation; rare, so a scan).
     pub fn invalidate_signed(&self, token: &str) {
+        self.invalidated();
         self.signed
             .retain(|(_, bytes)| bytes.as_slice() != token.as_bytes());
     }
 }
 
-/// Removes a flight from the map when dropped.
+/// Removes a flight from the map when dropped (unless an invalidation already replaced it).
 struct Landed<'a> {
     flights: &'a FastMap<Box<str>, Flight>,
     id: &'a str,
+    flight: &'a Flight,
 }
 
 impl Drop for Landed<'_> {
     fn drop(&mut self) {
-        self.flights.remove(self.id);
+        self.flights
+            .remove_if(self.id, |_, f| Arc::ptr_eq(f, self.flight));
     }
 }
 
@@ -533,6 +569,44 @@ mod tests {
         // An operator's `all` (a runner removed, a key rotated) is never served stale.
         resolver.invalidate(None);
         assert!(resolver.sandbox("sbx").await.is_err(), "all forgets");
+    }
+
+    #[tokio::test]
+    async fn an_answer_read_before_an_invalidation_is_never_cached() {
+        // A sandbox removed (or moved) while a lookup of it is under way: that lookup's answer
+        // predates the change and must not outlive it in the cache.
+        type Invalidate = fn(&Resolver);
+        let invalidations: [(&str, Invalidate); 3] = [
+            ("this sandbox", |r| r.invalidate(Some("sbx"))),
+            ("all", |r| r.invalidate(None)),
+            ("missed messages", |r| r.expire_all()),
+        ];
+        for (name, invalidate) in invalidations {
+            let (backend, resolver) = resolver(CacheConfig::default());
+            let in_flight = tokio::spawn({
+                let resolver = resolver.clone();
+                async move { resolver.sandbox("sbx").await.map(|r| r.sandbox.is_some()) }
+            });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            invalidate(&resolver);
+            // A lookup after the invalidation does not join the older one.
+            resolver.sandbox("sbx").await.unwrap();
+            assert!(
+                in_flight.await.unwrap().unwrap(),
+                "{name}: its caller is answered"
+            );
+            assert_eq!(
+                backend.calls.load(Ordering::SeqCst),
+                2,
+                "{name}: asked anew"
+            );
+            resolver.sandbox("sbx").await.unwrap();
+            assert_eq!(
+                backend.calls.load(Ordering::SeqCst),
+                2,
+                "{name}: the new answer is cached"
+            );
+        }
     }
 
     #[tokio::test]

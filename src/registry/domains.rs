@@ -3,6 +3,7 @@
 //! bounded cache and the TXT check in front of the registry backend.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -426,7 +427,9 @@ pub struct CustomDomains {
     /// `sandgate_domain_lookups_total` by answer: verified, pending, unknown, error.
     counted: [Counter; 4],
     /// TXT lookups made by this instance (the metric adds up every instance).
-    txt_checks: std::sync::atomic::AtomicU64,
+    txt_checks: AtomicU64,
+    /// Counts invalidations: an answer read while one arrived is used but never cached.
+    invalidations: AtomicU64,
 }
 
 impl CustomDomains {
@@ -448,6 +451,7 @@ impl CustomDomains {
             verifier: TxtVerifier::new(config)?,
             counted,
             txt_checks: Default::default(),
+            invalidations: Default::default(),
         })
     }
 
@@ -462,16 +466,55 @@ impl CustomDomains {
         matches!(self.lookup(host).await, Ok(DomainLookup::Verified(_)))
     }
 
-    /// Forgets every answer (a reloaded static registry may have changed any record).
+    /// Forgets every answer (an operator's `all`; a reloaded static registry may have changed
+    /// any record).
     pub fn forget_all(&self) {
+        self.invalidated();
+        self.flights.clear();
         self.slots.clear();
         self.txt_memos.clear();
         metrics().domain_cache_entries.set(0);
     }
 
+    /// Forgets `host` (its record was added, changed or removed): the next request asks the
+    /// registry, and a lookup already under way is not cached.
+    pub fn forget(&self, host: &str) {
+        self.invalidated();
+        let host = lower(host);
+        self.flights.remove(&*host);
+        self.slots.remove(&*host);
+        self.txt_memos.remove(&*host);
+        metrics().domain_cache_entries.set(self.slots.len() as i64);
+    }
+
+    /// Invalidations may have been missed (a resubscription): every answer is read again before
+    /// use but kept as the stale-if-error fallback, as the sandbox cache does.
+    pub fn expire_all(&self) {
+        self.invalidated();
+        self.flights.clear();
+        let now = Instant::now();
+        self.slots
+            .retain(|_, slot| match now.checked_sub(self.ttl) {
+                Some(expired) => {
+                    slot.stored = slot.stored.min(expired);
+                    true
+                }
+                None => false,
+            });
+        metrics().domain_cache_entries.set(self.slots.len() as i64);
+    }
+
+    fn generation(&self) -> u64 {
+        self.invalidations.load(Ordering::Acquire)
+    }
+
+    fn invalidated(&self) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// TXT lookups this instance has made.
     pub fn txt_checks(&self) -> u64 {
-        self.txt_checks.load(std::sync::atomic::Ordering::Relaxed)
+        self.txt_checks.load(Ordering::Relaxed)
     }
 
     /// `host`: lower-case, without port or trailing dot.
@@ -493,6 +536,7 @@ impl CustomDomains {
         if !is_dns_name(&host) {
             return Ok(DomainLookup::Unknown);
         }
+        let generation = self.generation();
         let answer = match self.cached(&host) {
             Some(answer) => answer,
             None => self.miss(&host).await?,
@@ -505,7 +549,9 @@ impl CustomDomains {
             DomainState::Pending(Verification::ControlPlane) => Ok(DomainLookup::Pending(record)),
             DomainState::Pending(Verification::DnsTxt { token }) => {
                 match self.txt_verified(&host, token).await {
-                    true => Ok(DomainLookup::Verified(self.mark_verified(&record))),
+                    true => Ok(DomainLookup::Verified(
+                        self.mark_verified(&record, generation),
+                    )),
                     false => Ok(DomainLookup::Pending(record)),
                 }
             }
@@ -526,16 +572,21 @@ impl CustomDomains {
                 let _landed = Landed {
                     flights: &self.flights,
                     host,
+                    flight: &flight,
                 };
                 if let Some(answer) = self.cached(host) {
                     return Ok(answer);
                 }
+                let generation = self.generation();
                 let found = self.registry.domain(host).await.map(|found| {
                     // A backend answering for another host than asked must not route it.
                     found.filter(|r| &*r.host == host).map(Arc::new)
                 });
                 match &found {
-                    Ok(answer) => self.store(host, answer.clone()),
+                    Ok(answer) if self.generation() == generation => {
+                        self.store(host, answer.clone())
+                    }
+                    Ok(_) => {}
                     Err(e) => tracing::warn!(host, error = %e, "custom domain lookup failed"),
                 }
                 found
@@ -604,8 +655,7 @@ impl CustomDomains {
             // Claimed: concurrent lookups see a fresh check and wait for the next interval.
             memo.at = Some(now);
         }
-        self.txt_checks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.txt_checks.fetch_add(1, Ordering::Relaxed);
         let outcome = self.verifier.check(host, token).await;
         metrics().domain_txt_check(outcome.label());
         match &outcome {
@@ -624,10 +674,13 @@ impl CustomDomains {
         memo.verified_token.as_deref() == Some(token)
     }
 
-    /// Keeps `record` verified in the cache and tells the registry (in the background).
-    fn mark_verified(&self, record: &DomainRecord) -> Arc<DomainRecord> {
+    /// Keeps `record` verified in the cache (unless it was invalidated since `generation`) and
+    /// tells the registry (in the background; it checks the record is still this one).
+    fn mark_verified(&self, record: &DomainRecord, generation: u64) -> Arc<DomainRecord> {
         let verified = Arc::new(record.verified());
-        self.store(&record.host, Some(verified.clone()));
+        if self.generation() == generation {
+            self.store(&record.host, Some(verified.clone()));
+        }
         let registry = self.registry.clone();
         let host = record.host.clone();
         let sandbox = record.sandbox.clone();
@@ -644,15 +697,17 @@ impl CustomDomains {
     }
 }
 
-/// Removes a flight from the map when dropped.
+/// Removes a flight from the map when dropped (unless an invalidation already replaced it).
 struct Landed<'a> {
     flights: &'a FastMap<Box<str>, Flight>,
     host: &'a str,
+    flight: &'a Flight,
 }
 
 impl Drop for Landed<'_> {
     fn drop(&mut self) {
-        self.flights.remove(self.host);
+        self.flights
+            .remove_if(self.host, |_, f| Arc::ptr_eq(f, self.flight));
     }
 }
 
@@ -668,6 +723,72 @@ fn lower(host: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{BoxFuture, SandboxRecord};
+
+    /// Answers every host with a verified record for `sbx-<n>`, n counting its calls, after 20 ms.
+    #[derive(Default)]
+    struct Slow {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Registry for Slow {
+        fn sandbox<'a>(
+            &'a self,
+            _id: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Arc<SandboxRecord>>, RegistryError>> {
+            Box::pin(async { Ok(None) })
+        }
+
+        fn domain<'a>(
+            &'a self,
+            host: &'a str,
+        ) -> BoxFuture<'a, Result<Option<DomainRecord>, RegistryError>> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let sandbox = format!("sbx-{call}");
+                Ok(DomainRecord::new(host, &sandbox, 80, None, DomainState::Verified).ok())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_read_before_an_invalidation_is_never_cached() {
+        // A domain moved to another sandbox while a lookup of it is under way: that lookup's
+        // answer predates the move and must not be cached, nor joined by later lookups.
+        type Invalidate = fn(&CustomDomains);
+        let invalidations: [(&str, Invalidate); 3] = [
+            ("this host", |d| d.forget("app.example.com")),
+            ("all", |d| d.forget_all()),
+            ("missed messages", |d| d.expire_all()),
+        ];
+        let sandbox = |lookup: DomainLookup| match lookup {
+            DomainLookup::Verified(record) => record.sandbox.to_string(),
+            _ => "not verified".into(),
+        };
+        for (name, invalidate) in invalidations {
+            let registry = Arc::new(Slow::default());
+            let domains =
+                Arc::new(CustomDomains::new(registry.clone(), &DomainsConfig::default()).unwrap());
+            let in_flight = tokio::spawn({
+                let domains = domains.clone();
+                async move { domains.lookup("app.example.com").await }
+            });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            invalidate(&domains);
+            let after = domains.lookup("app.example.com").await.unwrap();
+            assert_eq!(sandbox(after), "sbx-2", "{name}: asked anew");
+            let before = in_flight.await.unwrap().unwrap();
+            assert_eq!(sandbox(before), "sbx-1", "{name}: its caller is answered");
+            let cached = domains.lookup("app.example.com").await.unwrap();
+            assert_eq!(
+                sandbox(cached),
+                "sbx-2",
+                "{name}: the newer answer is cached"
+            );
+            assert_eq!(registry.calls.load(Ordering::SeqCst), 2, "{name}");
+        }
+    }
 
     #[test]
     fn hosts_are_checked() {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::conn::{RedisFailure, RedisHandle};
+use crate::registry::domains::CustomDomains;
 use crate::registry::Resolver;
 
 /// A message on `[redis] invalidation_channel`.
@@ -12,6 +13,8 @@ use crate::registry::Resolver;
 pub enum Invalidation<'a> {
     Sandbox(&'a str),
     Signed(&'a str),
+    /// A custom domain's record was added, verified or removed.
+    Domain(&'a str),
     All,
     /// Not a message: the subscription was (re)made, so messages may have been missed. Every
     /// entry is read again before use, but kept as the stale-if-error fallback: a resubscription
@@ -20,13 +23,15 @@ pub enum Invalidation<'a> {
 }
 
 impl<'a> Invalidation<'a> {
-    /// `sandbox:<id>`, `signed:<token>`, `all`; anything else (including `runner:<id>`, whose
-    /// sandboxes are not indexed) means everything, the safe answer.
+    /// `sandbox:<id>`, `signed:<token>`, `domain:<host>`, `all`; anything else (including
+    /// `runner:<id>`, whose sandboxes are not indexed) means everything, the safe answer.
     pub fn parse(message: &'a str) -> Invalidation<'a> {
         if let Some(id) = message.strip_prefix("sandbox:") {
             Invalidation::Sandbox(id)
         } else if let Some(token) = message.strip_prefix("signed:") {
             Invalidation::Signed(token)
+        } else if let Some(host) = message.strip_prefix("domain:") {
+            Invalidation::Domain(host)
         } else {
             Invalidation::All
         }
@@ -36,16 +41,33 @@ impl<'a> Invalidation<'a> {
         match self {
             Invalidation::Sandbox(id) => format!("sandbox:{id}"),
             Invalidation::Signed(token) => format!("signed:{token}"),
+            Invalidation::Domain(host) => format!("domain:{host}"),
             Invalidation::All | Invalidation::Missed => "all".into(),
         }
     }
 
-    pub fn apply(&self, resolver: &Resolver) {
+    /// Applies the message to the sandbox cache and, when custom domains are on, theirs.
+    pub fn apply(&self, resolver: &Resolver, domains: Option<&CustomDomains>) {
         match self {
             Invalidation::Sandbox(id) => resolver.invalidate(Some(id)),
             Invalidation::Signed(token) => resolver.invalidate_signed(token),
-            Invalidation::All => resolver.invalidate(None),
-            Invalidation::Missed => resolver.expire_all(),
+            Invalidation::Domain(host) => {
+                if let Some(domains) = domains {
+                    domains.forget(host);
+                }
+            }
+            Invalidation::All => {
+                resolver.invalidate(None);
+                if let Some(domains) = domains {
+                    domains.forget_all();
+                }
+            }
+            Invalidation::Missed => {
+                resolver.expire_all();
+                if let Some(domains) = domains {
+                    domains.expire_all();
+                }
+            }
         }
     }
 }
@@ -153,6 +175,7 @@ mod tests {
         for m in [
             Invalidation::Sandbox("a"),
             Invalidation::Signed("t"),
+            Invalidation::Domain("app.example.com"),
             Invalidation::All,
         ] {
             assert_eq!(Invalidation::parse(&m.message()), m);
