@@ -45,8 +45,28 @@ organization = "org-1"
 id = "other"
 address = "127.0.0.1"
 organization = "org-2"
+[[registry.domains]]
+host = "app.customer.example"
+sandbox = "priv"
+port = {app}
+path_prefix = "/base"
+state = "verified"
+[[registry.domains]]
+host = "other.customer.example"
+sandbox = "other"
+port = {app}
+state = "verified"
+[[registry.domains]]
+host = "pending.customer.example"
+sandbox = "priv"
+port = {app}
+token = "0123456789abcdef0123456789abcdef"
+[domains]
+enabled = true
+dns_resolver = "127.0.0.1:9"
 "#,
         issuer = idp.issuer(),
+        app = rec.port(),
     ));
     Setup {
         preview: format!("{}-priv.preview.localhost:{port}", rec.port()),
@@ -222,4 +242,81 @@ async fn login_return_targets_stay_on_the_preview_host() {
         assert_eq!(url, format!("http://{}{expected}", s.preview), "{path}");
     }
     let _ = s.port;
+}
+
+/// Sign-in on a custom domain: the login comes back to the domain (not its preview host), the
+/// cookie is host-only there, and the session ticket opens nothing on any other host: not the
+/// next tenant's domain, not the sandbox's own preview host. Only verified domains are targets,
+/// and the organisation check is the sandbox's as on its preview host.
+#[tokio::test]
+async fn a_browser_signs_in_on_a_custom_domain_and_lands_back_there() {
+    let s = setup().await;
+    let domain = format!("app.customer.example:{}", s.port);
+    let start = format!("http://{domain}/page?x=1");
+    // Up to the session hand-off, by hand: the ticket is kept unspent.
+    let mut b = browser(&s);
+    let mut url = start.clone();
+    for hop in ["login host", "provider", "callback", "session"] {
+        let r = b.get(&url).await;
+        assert_eq!(
+            r.status,
+            302,
+            "to the {hop}: {} {}",
+            r.text(),
+            s.proxy.stderr()
+        );
+        url = r.headers["location"].to_str().unwrap().to_string();
+    }
+    assert!(
+        url.starts_with(&format!("http://{domain}/__sandgate/session?ticket=")),
+        "{url}"
+    );
+    let ticket_path = split_url(&url).1;
+    for host in [
+        format!("other.customer.example:{}", s.port),
+        s.preview.clone(),
+    ] {
+        let r = send(s.proxy.addr, "GET", &host, &ticket_path, &[], b"").await;
+        assert_eq!(
+            r.status,
+            401,
+            "a ticket for {domain} on {host}: {}",
+            r.text()
+        );
+    }
+    let (reply, final_url) = b.navigate(&url).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(final_url, start, "back where it started: {:?}", b.visited);
+    let seen = reply.json();
+    assert_eq!(
+        seen["path"], "/base/page",
+        "the domain's path prefix upstream"
+    );
+    assert_no_credentials(&seen, &[]);
+    assert!(b
+        .cookie("app.customer.example", "daytona-sandbox-auth-priv")
+        .is_some());
+    let preview_host = s.preview.split(':').next().unwrap();
+    assert!(b
+        .cookie(preview_host, "daytona-sandbox-auth-priv")
+        .is_none());
+
+    let login = |return_to: String| {
+        format!(
+            "http://{}/login?returnTo={}",
+            s.login,
+            percent_encoding::utf8_percent_encode(&return_to, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+    for host in ["pending.customer.example", "unknown.customer.example"] {
+        let r = browser(&s)
+            .get(&login(format!("http://{host}:{}/", s.port)))
+            .await;
+        assert_eq!(r.status, 400, "{host}: {}", r.text());
+    }
+    // The provider's user is in org-1; the other tenant's domain is org-2's sandbox.
+    let (reply, url) = browser(&s)
+        .navigate(&format!("http://other.customer.example:{}/", s.port))
+        .await;
+    assert_eq!(reply.status, 403, "{url}: {}", reply.text());
 }

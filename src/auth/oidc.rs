@@ -1,7 +1,8 @@
 //! Browser login with OpenID Connect (authorization code + PKCE), across hosts without
 //! domain-wide cookies:
 //!
-//! 1. preview host, navigation without credentials → `{scheme}://{login_host}/login?returnTo=<url>`
+//! 1. preview host (or verified custom domain), navigation without credentials →
+//!    `{scheme}://{login_host}/login?returnTo=<url>`
 //! 2. `/login` → signed `state` {nonce, returnTo, expiry} + signed `sandgate-oidc` cookie
 //!    (`__Host-sandgate-oidc` under https)
 //!    {nonce, PKCE verifier, expiry} on the login host → the issuer's authorize endpoint (S256)
@@ -32,6 +33,9 @@ use super::{query_param, Answer, Auth, AuthError};
 use crate::registry::SandboxRecord;
 
 pub const SESSION_PATH: &str = "/__sandgate/session";
+/// A `returnTo` a sign-in may not come back to.
+pub const NOT_RETURNABLE: AuthError =
+    AuthError::BadLogin("returnTo must be a preview URL or a verified custom domain");
 const STATE_PURPOSE: &str = "oidc-state";
 const PKCE_PURPOSE: &str = "oidc-pkce";
 const TICKET_PURPOSE: &str = "login-ticket";
@@ -145,19 +149,26 @@ impl Oidc {
         Ok(discovered)
     }
 
-    /// `GET /login?returnTo=<preview URL>` on the login host.
-    pub async fn login(
+    /// `GET /login?returnTo=<URL>` on the login host; `may_return_to` says whether an
+    /// authority is one a sign-in may come back to (a preview host, a verified custom domain).
+    pub async fn login<F, Fut>(
         &self,
         auth: &Auth,
         query: Option<&str>,
-        is_preview_host: impl Fn(&str) -> bool,
-    ) -> Result<Answer, AuthError> {
+        may_return_to: F,
+    ) -> Result<Answer, AuthError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let return_to = decoded_param(query, "returnTo").unwrap_or_default();
         let Some((authority, _)) = split_absolute(&return_to) else {
-            return Err(AuthError::BadLogin("returnTo must be a preview URL"));
+            return Err(NOT_RETURNABLE);
         };
-        if !is_preview_host(authority) || return_to.bytes().any(|b| b.is_ascii_control()) {
-            return Err(AuthError::BadLogin("returnTo must be a preview URL"));
+        if return_to.bytes().any(|b| b.is_ascii_control())
+            || !may_return_to(authority.to_string()).await
+        {
+            return Err(NOT_RETURNABLE);
         }
         let discovered = self.discover(&auth.http).await?;
         let rnd = |_| AuthError::IdpUnavailable;
@@ -206,8 +217,9 @@ impl Oidc {
         )
     }
 
-    /// `GET /callback?code&state` on the login host. `resolve` maps the preview authority of
-    /// `returnTo` to its sandbox; its error type `E` (the caller's) carries auth's refusals too.
+    /// `GET /callback?code&state` on the login host. `resolve` maps the authority of `returnTo`
+    /// (a preview host or a verified custom domain) to its sandbox; its error type `E` (the
+    /// caller's) carries auth's refusals too.
     pub async fn callback<F, Fut, E>(
         &self,
         auth: &Auth,
@@ -319,8 +331,8 @@ impl Oidc {
     }
 }
 
-/// `GET /__sandgate/session?ticket=…` on a preview host: the sandbox cookie for this host and
-/// a redirect to the path the login started from.
+/// `GET /__sandgate/session?ticket=…` on a preview host or custom domain: the sandbox cookie
+/// for this host and a redirect to the path the login started from.
 pub fn session(
     auth: &Auth,
     host: &str,

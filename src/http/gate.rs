@@ -23,6 +23,7 @@ use crate::http::body::ProxyBody;
 use crate::http::respond::{self, ProxyError};
 use crate::http::route::{self, OwnPath, Route, RouteError};
 use crate::metrics::metrics;
+use crate::registry::domains::{DomainLookup, DomainRecord};
 use crate::registry::signed_preview::is_signed_token as is_signed_shape;
 use crate::registry::{PortRule, SandboxRecord};
 
@@ -399,19 +400,18 @@ pub async fn own_host(
     let query = req.uri().query();
     match path {
         OwnPath::Login => {
-            let is_preview = |authority: &str| {
-                matches!(
-                    route::route(authority, "/", &app.domains),
-                    Ok(Route::Preview { .. })
-                )
+            let may_return_to = |authority: String| async move {
+                let preview = route::route(&authority, "/", &app.domains);
+                matches!(preview, Ok(Route::Preview { .. }))
+                    || matches!(verified_domain(app, &authority).await, Ok(Some(_)))
             };
             Ok(respond::answer(
-                oidc.login(&app.auth, query, is_preview).await?,
+                oidc.login(&app.auth, query, may_return_to).await?,
             ))
         }
         OwnPath::Callback => oidc
             .callback(&app.auth, req.headers(), query, |authority| async move {
-                resolve_preview_host(app, &authority).await
+                resolve_return_host(app, &authority).await
             })
             .await
             .map(respond::answer),
@@ -419,13 +419,38 @@ pub async fn own_host(
     }
 }
 
-/// The sandbox a preview authority (`<port>-<idOrToken>.<domain>[:port]`) names.
-async fn resolve_preview_host(
+/// The custom domain record `authority` names, if it is one and verified now.
+async fn verified_domain(
     app: &App,
     authority: &str,
-) -> Result<Arc<SandboxRecord>, ProxyError> {
-    let Route::Preview { port, id_or_token } = route::route(authority, "/", &app.domains)? else {
-        return Err(AuthError::BadLogin("returnTo must be a preview URL").into());
+) -> Result<Option<Arc<DomainRecord>>, ProxyError> {
+    let (Some(domains), Some(name)) = (
+        &app.custom_domains,
+        route::custom_domain_host(authority, &app.domains),
+    ) else {
+        return Ok(None);
+    };
+    match domains.lookup(&name).await? {
+        DomainLookup::Verified(record) => Ok(Some(record)),
+        DomainLookup::Pending(_) | DomainLookup::Unknown => Ok(None),
+    }
+}
+
+/// The sandbox a sign-in's `returnTo` authority names: a preview host's
+/// (`<port>-<idOrToken>.<domain>[:port]`), or a verified custom domain's (looked up by id only,
+/// as its requests are).
+async fn resolve_return_host(app: &App, authority: &str) -> Result<Arc<SandboxRecord>, ProxyError> {
+    let Ok(Route::Preview { port, id_or_token }) = route::route(authority, "/", &app.domains)
+    else {
+        let record = verified_domain(app, authority)
+            .await?
+            .ok_or(oidc::NOT_RETURNABLE)?;
+        return app
+            .resolver
+            .sandbox(&record.sandbox)
+            .await?
+            .sandbox
+            .ok_or(ProxyError::SandboxNotFound);
     };
     let mut id: Cow<'_, str> = Cow::Borrowed(&id_or_token);
     if is_signed_shape(&id_or_token) {
