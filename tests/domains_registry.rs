@@ -285,24 +285,38 @@ fn redis_handle(redis: &RedisServer) -> Arc<RedisHandle> {
     Arc::new(RedisHandle::new(&config.redis).unwrap())
 }
 
-/// A CLI config for `redis`, with `[domains]` using `dns`.
-fn cli_config(redis: &RedisServer, dns: &Pebble) -> (tempfile::TempDir, std::path::PathBuf) {
+/// A config for `redis`, with `[domains]` using `dns` (and `more` of its keys), written for the
+/// CLI: the file (in the returned directory) and its text (a proxy's config too).
+fn cli_config(
+    redis: &RedisServer,
+    dns: &Pebble,
+    more: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cli.toml");
     let toml = format!(
-        "{}[domains]\nenabled = true\ndns_resolver = \"{}\"\n",
+        "{}[domains]\nenabled = true\ndns_resolver = \"{}\"\n{more}\n",
         redis_toml(redis, ""),
         dns.dns
     );
-    std::fs::write(&path, toml).unwrap();
-    (dir, path)
+    std::fs::write(&path, &toml).unwrap();
+    (dir, path, toml)
+}
+
+/// A runner, and public `sandboxes` on it, written with the CLI.
+async fn public_sandboxes(cli: &std::path::Path, sandboxes: &[&str]) {
+    let runner = support::demo_runner("k").await;
+    support::admin_cli::put_runner(cli, "runner-1", runner, "k");
+    for sandbox in sandboxes {
+        support::admin_cli::put_public_sandbox(cli, sandbox, "runner-1");
+    }
 }
 
 #[tokio::test]
 async fn redis_backend_lookups_and_txt_verification() {
     let redis = RedisServer::start();
     let pebble = dns();
-    let (_dir, cli) = cli_config(&redis, &pebble);
+    let (_dir, cli, _) = cli_config(&redis, &pebble, "");
     let redis_config = cli.as_path();
     ok(
         redis_config,
@@ -565,7 +579,7 @@ fn rand_u64() -> u64 {
 async fn the_cli_adds_lists_verifies_and_removes_domains_in_redis() {
     let redis = RedisServer::start();
     let pebble = dns();
-    let (_dir, cli) = cli_config(&redis, &pebble);
+    let (_dir, cli, _) = cli_config(&redis, &pebble, "");
     let config = cli.as_path();
     let added = ok(
         config,
@@ -866,18 +880,9 @@ async fn domains_on_a_redis_cluster() {
 async fn a_domain_added_with_the_cli_serves_its_sandbox_once_verified() {
     let redis = RedisServer::start();
     let pebble = dns();
-    let extra = format!(
-        "[domains]\nenabled = true\ndns_resolver = \"{}\"\ncache_ttl = \"200ms\"\n\
-         verify_interval = \"300ms\"",
-        pebble.dns
-    );
-    let toml = redis_toml(&redis, &extra);
-    let dir = tempfile::tempdir().unwrap();
-    let cli = dir.path().join("cli.toml");
-    std::fs::write(&cli, &toml).unwrap();
-    let runner = support::demo_runner("k").await;
-    support::admin_cli::put_runner(&cli, "runner-1", runner, "k");
-    support::admin_cli::put_public_sandbox(&cli, "sbx-1", "runner-1");
+    let timing = "cache_ttl = \"200ms\"\nverify_interval = \"300ms\"";
+    let (_dir, cli, toml) = cli_config(&redis, &pebble, timing);
+    public_sandboxes(&cli, &["sbx-1"]).await;
     ok(
         &cli,
         &[
@@ -954,20 +959,9 @@ async fn a_domain_added_with_the_cli_serves_its_sandbox_once_verified() {
 async fn a_domain_moved_to_another_tenant_reaches_only_the_new_one_at_once() {
     let redis = RedisServer::start();
     let pebble = dns();
-    let extra = format!(
-        "[domains]\nenabled = true\ndns_resolver = \"{}\"\ncache_ttl = \"1h\"\n\
-         verify_interval = \"1h\"",
-        pebble.dns
-    );
-    let toml = redis_toml(&redis, &extra);
-    let dir = tempfile::tempdir().unwrap();
-    let cli = dir.path().join("cli.toml");
-    std::fs::write(&cli, &toml).unwrap();
-    let runner = support::demo_runner("k").await;
-    support::admin_cli::put_runner(&cli, "runner-1", runner, "k");
-    for sandbox in ["sbx-a", "sbx-b"] {
-        support::admin_cli::put_public_sandbox(&cli, sandbox, "runner-1");
-    }
+    let timing = "cache_ttl = \"1h\"\nverify_interval = \"1h\"";
+    let (_dir, cli, toml) = cli_config(&redis, &pebble, timing);
+    public_sandboxes(&cli, &["sbx-a", "sbx-b"]).await;
     let proxy = support::admin_cli::start_proxy(&toml);
     let host = "app.customer.example";
     enum Change {
