@@ -95,7 +95,7 @@ impl Resolver {
     }
 
     fn generation(&self) -> u64 {
-        self.invalidations.load(Ordering::Acquire)
+        self.invalidations.load(Ordering::SeqCst)
     }
 
     /// No invalidation arrived since `generation` was read: an answer read since may be cached.
@@ -104,7 +104,7 @@ impl Resolver {
     }
 
     fn invalidated(&self) {
-        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The signed links' last-use marks, for their flusher (when the backend records them).
@@ -146,9 +146,11 @@ impl Resolver {
                 let found = self.backend.signed_preview(token, port).await?;
                 let ttl = self.grant_ttl(found.as_ref());
                 let sandbox = found.map(|f| f.sandbox);
-                let cacheable = !ttl.is_zero() && self.unchanged_since(generation);
-                if let Some(key) = key.filter(|_| cacheable) {
-                    self.signed.insert(key, sandbox.clone(), ttl);
+                if let Some(key) = key.filter(|_| !ttl.is_zero()) {
+                    self.signed
+                        .insert_if_current(key, sandbox.clone(), ttl, || {
+                            self.unchanged_since(generation)
+                        });
                 }
                 sandbox
             }
@@ -180,8 +182,11 @@ impl Resolver {
         let found = self.backend.ssh_token(token).await?;
         let ttl = self.grant_ttl(found.as_ref());
         let sandbox = found.map(|f| f.sandbox);
-        if !ttl.is_zero() && self.unchanged_since(generation) {
-            self.ssh_tokens.insert(key, sandbox.clone(), ttl);
+        if !ttl.is_zero() {
+            self.ssh_tokens
+                .insert_if_current(key, sandbox.clone(), ttl, || {
+                    self.unchanged_since(generation)
+                });
         }
         Ok(sandbox)
     }
@@ -209,9 +214,8 @@ impl Resolver {
                 } else {
                     self.ttls.negative_ttl
                 };
-                if self.unchanged_since(generation) {
-                    self.token_checks.insert(key, valid, ttl);
-                }
+                self.token_checks
+                    .insert_if_current(key, valid, ttl, || self.unchanged_since(generation));
                 valid
             }
         };
@@ -305,8 +309,7 @@ impl Resolver {
                     .registry_duration
                     .observe(started.elapsed().as_secs_f64());
                 match &result {
-                    Ok(value) if self.unchanged_since(generation) => self.store(id, value.clone()),
-                    Ok(_) => {}
+                    Ok(value) => self.store(id, value.clone(), generation),
                     Err(e) => {
                         metrics().registry_errors.inc();
                         tracing::warn!(sandbox = id, error = %e, "registry lookup failed");
@@ -327,7 +330,12 @@ impl Resolver {
         }
     }
 
-    fn store(&self, id: &str, value: Lookup) {
+    /// Caches `value` unless an invalidation came since `generation`: checked before and after
+    /// the insert, which is undone if one came in between.
+    fn store(&self, id: &str, value: Lookup, generation: u64) {
+        if !self.unchanged_since(generation) {
+            return;
+        }
         if self.slots.len() >= self.ttls.max_entries {
             self.evict_expired();
         }
@@ -345,6 +353,9 @@ impl Resolver {
                 expires: Instant::now() + ttl,
             },
         );
+        if !self.unchanged_since(generation) {
+            self.slots.remove(id);
+        }
     }
 
     fn stale(&self, id: &str) -> Option<Resolved> {
@@ -583,29 +594,29 @@ mod tests {
         ];
         for (name, invalidate) in invalidations {
             let (backend, resolver) = resolver(CacheConfig::default());
-            let in_flight = tokio::spawn({
+            let calls = || backend.calls.load(Ordering::SeqCst);
+            let start = || {
                 let resolver = resolver.clone();
-                async move { resolver.sandbox("sbx").await.map(|r| r.sandbox.is_some()) }
-            });
+                tokio::spawn(async move { resolver.sandbox("sbx").await.map(|r| r.sandbox) })
+            };
+            // The backend takes 20 ms: the invalidation lands while the first lookup waits.
+            let before = start();
             tokio::time::sleep(Duration::from_millis(5)).await;
             invalidate(&resolver);
-            // A lookup after the invalidation does not join the older one.
+            let answered = before.await.unwrap().unwrap();
+            assert!(answered.is_some(), "{name}: its caller is answered");
             resolver.sandbox("sbx").await.unwrap();
-            assert!(
-                in_flight.await.unwrap().unwrap(),
-                "{name}: its caller is answered"
-            );
-            assert_eq!(
-                backend.calls.load(Ordering::SeqCst),
-                2,
-                "{name}: asked anew"
-            );
+            assert_eq!(calls(), 2, "{name}: that answer was not cached");
+            // A lookup after an invalidation does not join one from before it.
+            invalidate(&resolver);
+            let before = start();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            invalidate(&resolver);
             resolver.sandbox("sbx").await.unwrap();
-            assert_eq!(
-                backend.calls.load(Ordering::SeqCst),
-                2,
-                "{name}: the new answer is cached"
-            );
+            assert_eq!(calls(), 4, "{name}: asked anew, not joined");
+            before.await.unwrap().unwrap();
+            resolver.sandbox("sbx").await.unwrap();
+            assert_eq!(calls(), 4, "{name}: the newer answer is cached");
         }
     }
 

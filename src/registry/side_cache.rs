@@ -41,6 +41,26 @@ impl<K: Eq + Hash, V: Clone> SideCache<K, V> {
         self.map.insert(key, (value, Instant::now() + ttl));
     }
 
+    /// [`SideCache::insert`] while `current()` holds: checked again after the insert, which is
+    /// undone if an invalidation came in between (it may have cleared the map before the insert).
+    pub(super) fn insert_if_current(
+        &self,
+        key: K,
+        value: V,
+        ttl: Duration,
+        current: impl Fn() -> bool,
+    ) where
+        K: Clone,
+    {
+        if !current() {
+            return;
+        }
+        self.insert(key.clone(), value, ttl);
+        if !current() {
+            self.map.remove(&key);
+        }
+    }
+
     /// Drops every entry whose key fails `keep`.
     pub(super) fn retain(&self, keep: impl Fn(&K) -> bool) {
         self.map.retain(|key, _| keep(key));
