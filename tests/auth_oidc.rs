@@ -300,6 +300,39 @@ async fn a_browser_signs_in_on_a_custom_domain_and_lands_back_there() {
     assert!(b
         .cookie(preview_host, "daytona-sandbox-auth-priv")
         .is_none());
+    // The domain's cookie opens the domain's port only: taken to the sandbox's other ports'
+    // preview hosts, it is refused.
+    let value = b
+        .cookie("app.customer.example", "daytona-sandbox-auth-priv")
+        .unwrap()
+        .clone();
+    let cookie = format!("daytona-sandbox-auth-priv={value}");
+    let other_port = format!("1-priv.preview.localhost:{}", s.port);
+    let r = send(
+        s.proxy.addr,
+        "GET",
+        &other_port,
+        "/",
+        &[("cookie", &cookie)],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        401,
+        "the domain's cookie on another port: {}",
+        r.text()
+    );
+    let r = send(
+        s.proxy.addr,
+        "GET",
+        &domain,
+        "/again",
+        &[("cookie", &cookie)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
 
     let login = |return_to: String| {
         format!(

@@ -151,24 +151,25 @@ impl Oidc {
 
     /// `GET /login?returnTo=<URL>` on the login host; `may_return_to` says whether an
     /// authority is one a sign-in may come back to (a preview host, a verified custom domain).
-    pub async fn login<F, Fut>(
+    pub async fn login<F, Fut, E>(
         &self,
         auth: &Auth,
         query: Option<&str>,
         may_return_to: F,
-    ) -> Result<Answer, AuthError>
+    ) -> Result<Answer, E>
     where
         F: FnOnce(String) -> Fut,
-        Fut: std::future::Future<Output = bool>,
+        Fut: std::future::Future<Output = Result<bool, E>>,
+        E: From<AuthError>,
     {
         let return_to = decoded_param(query, "returnTo").unwrap_or_default();
         let Some((authority, _)) = split_absolute(&return_to) else {
-            return Err(NOT_RETURNABLE);
+            return Err(NOT_RETURNABLE.into());
         };
         if return_to.bytes().any(|b| b.is_ascii_control())
-            || !may_return_to(authority.to_string()).await
+            || !may_return_to(authority.to_string()).await?
         {
-            return Err(NOT_RETURNABLE);
+            return Err(NOT_RETURNABLE.into());
         }
         let discovered = self.discover(&auth.http).await?;
         let rnd = |_| AuthError::IdpUnavailable;
@@ -194,7 +195,7 @@ impl Oidc {
             },
         );
         let (Some(state), Some(pkce)) = (state, pkce) else {
-            return Err(AuthError::IdpUnavailable);
+            return Err(AuthError::IdpUnavailable.into());
         };
         let endpoint = &discovered.authorization_endpoint;
         let sep = if endpoint.contains('?') { '&' } else { '?' };
@@ -215,6 +216,7 @@ impl Oidc {
             &url,
             auth.flags.set_lax_cookie(OIDC_COOKIE, &pkce, LOGIN_TTL),
         )
+        .map_err(E::from)
     }
 
     /// `GET /callback?code&state` on the login host. `resolve` maps the authority of `returnTo`
@@ -332,13 +334,15 @@ impl Oidc {
 }
 
 /// `GET /__sandgate/session?ticket=…` on a preview host or custom domain: the sandbox cookie
-/// for this host and a redirect to the path the login started from.
+/// for this host (opening `port` only, when given) and a redirect to the path the login started
+/// from.
 pub fn session(
     auth: &Auth,
     host: &str,
     query: Option<&str>,
     sandbox: &SandboxRecord,
     id_or_token: &str,
+    port: Option<u16>,
 ) -> Result<Answer, AuthError> {
     let raw = decoded_param(query, "ticket").ok_or(AuthError::TokenInvalid)?;
     let ticket: Ticket = auth
@@ -361,7 +365,7 @@ pub fn session(
         .map(|sub| super::cookie::CookieUser { sub, org: ticket.o });
     redirect(
         &same_host_path(&ticket.p, host),
-        auth.sandbox_cookie_for(&sandbox.id, id_or_token, None, user.as_ref()),
+        auth.sandbox_cookie_for(&sandbox.id, id_or_token, port, user.as_ref()),
     )
 }
 

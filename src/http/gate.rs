@@ -255,7 +255,10 @@ pub async fn admit(
     }
     let preview_host = port.is_some() && !shared_host;
     if preview_host && uri.path() == oidc::SESSION_PATH && method == Method::GET {
-        return oidc::session(auth, host, uri.query(), &sandbox, id_or_token)
+        // A custom domain's cookie opens its port only: its DNS is its owner's, not the
+        // platform's, so a cookie lost with it must not open the sandbox's other ports.
+        let bound = route::custom_domain_host(host, &app.domains).and(port);
+        return oidc::session(auth, host, uri.query(), &sandbox, id_or_token, bound)
             .map(|answer| Admission::Respond(respond::answer(answer)))
             .map_err(Into::into);
     }
@@ -402,8 +405,10 @@ pub async fn own_host(
         OwnPath::Login => {
             let may_return_to = |authority: String| async move {
                 let preview = route::route(&authority, "/", &app.domains);
-                matches!(preview, Ok(Route::Preview { .. }))
-                    || matches!(verified_domain(app, &authority).await, Ok(Some(_)))
+                if matches!(preview, Ok(Route::Preview { .. })) {
+                    return Ok(true);
+                }
+                verified_domain(app, &authority).await.map(|d| d.is_some())
             };
             Ok(respond::answer(
                 oidc.login(&app.auth, query, may_return_to).await?,
