@@ -197,8 +197,30 @@ pub fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A free loopback port (bound then released; fine for fixtures started right after).
+/// A free loopback port (bound then released; fine for fixtures started right after). Taken
+/// below the kernel's ephemeral range (32768 and up by default): there, an outgoing connection
+/// of a test running alongside could take it as its local port before the fixture binds it (CI
+/// saw "Address already in use"). Each call in a process gets another port.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        std::process::id().wrapping_mul(7919) ^ nanos
+    });
+    for _ in 0..SPAN {
+        let port = (LOW + seed.wrapping_add(NEXT.fetch_add(1, Ordering::SeqCst)) % SPAN) as u16;
+        let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
