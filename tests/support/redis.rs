@@ -17,18 +17,26 @@ impl RedisServer {
         Self::start_with(|_, _| Vec::new())
     }
 
-    /// `args(dir, port)` gives the extra arguments (the first may be a config file path).
-    pub fn start_with(args: impl FnOnce(&std::path::Path, u16) -> Vec<String>) -> RedisServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = super::free_port();
-        let mut server = RedisServer {
-            port,
-            child: None,
-            extra: args(dir.path(), port),
-            dir,
-        };
-        server.restart();
-        server
+    /// `args(dir, port)` gives the extra arguments (the first may be a config file path). A
+    /// server that exits at once (a port taken between the check and its bind) is started again
+    /// on another port.
+    pub fn start_with(args: impl Fn(&std::path::Path, u16) -> Vec<String>) -> RedisServer {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = super::free_port();
+            let mut server = RedisServer {
+                port,
+                child: None,
+                extra: args(dir.path(), port),
+                dir,
+            };
+            match server.try_start() {
+                Ok(()) => return server,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("redis-server did not start: {failures:#?}");
     }
 
     /// A sentinel on its own port watching `master` as `mymaster`.
@@ -67,7 +75,17 @@ impl RedisServer {
             .map(|_| {
                 Self::start_with(|dir, _| {
                     let dir = dir.display().to_string();
-                    let args = ["--cluster-enabled", "yes", "--dir", &dir];
+                    // The bus port is chosen like the others: the default (port + 10000) lies
+                    // in the ephemeral range, where anything may hold it.
+                    let bus = super::free_port().to_string();
+                    let args = [
+                        "--cluster-enabled",
+                        "yes",
+                        "--dir",
+                        &dir,
+                        "--cluster-port",
+                        &bus,
+                    ];
                     // Fast failovers only where a replica can take over: without one, a
                     // stall of the loaded test machine must not mark a node failed.
                     let timeout = ["--cluster-node-timeout", "1000"];
@@ -155,7 +173,15 @@ impl RedisServer {
 
     /// Starts (again) on the same port and waits until it answers.
     pub fn restart(&mut self) {
+        if let Err(failure) = self.try_start() {
+            panic!("{failure}");
+        }
+    }
+
+    /// Starts on `self.port`; waits until it answers. The error quotes the server's log.
+    fn try_start(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
+        let log = self.dir.path().join("redis.log");
         let mut command = Command::new("redis-server");
         let (first, rest) = match self.extra.first() {
             Some(conf) if !conf.starts_with("--") => (Some(conf.as_str()), &self.extra[1..]),
@@ -165,6 +191,7 @@ impl RedisServer {
         let child = command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--logfile", &log.display().to_string()])
             .args(rest)
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
@@ -172,14 +199,27 @@ impl RedisServer {
             .spawn()
             .expect("spawn redis-server");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let outcome = loop {
             if self.try_cli(&["PING"]).is_some_and(|o| o.trim() == "PONG") {
-                return;
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                break format!("exited ({status})");
+            }
+            if Instant::now() > deadline {
+                break "no PONG within 10 s".to_string();
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server on port {} did not start", self.port);
+        };
+        self.stop();
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(8).collect();
+        Err(format!(
+            "redis-server on port {} {outcome}; its log ends:\n{}",
+            self.port,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
     }
 
     /// Kills the server (SIGKILL: no goodbye to clients).
