@@ -199,15 +199,19 @@ pub async fn start_inheriting(
         )),
         false => None,
     };
-    let acme = match (&custom_domains, config.acme.enabled) {
-        (Some(domains), true) => {
-            let authority = Arc::new(VerifiedDomains {
-                domains: domains.clone(),
-                preview: route::Domains::new(&config.proxy.domains),
-            });
+    let acme = match config.acme.enabled {
+        true => {
+            let authority: Arc<dyn NameAuthority> = match &custom_domains {
+                Some(domains) => Arc::new(VerifiedDomains {
+                    domains: domains.clone(),
+                    preview: route::Domains::new(&config.proxy.domains),
+                }),
+                // Only the wildcards of `acme.dns01` (the config check requires one of both).
+                None => Arc::new(NoNames),
+            };
             Some(Acme::new(&config.acme, redis.clone(), authority).map_err(at("acme"))?)
         }
-        _ => None,
+        false => None,
     };
     let certs = match config.tls.enabled {
         true => Some(Arc::new(
@@ -647,7 +651,8 @@ fn uses_redis(config: &Config) -> bool {
         || (config.acme.enabled && config.acme.storage == CertStorageKind::Redis)
 }
 
-/// The name authority of a config check: nothing is ordered there.
+/// No name is a custom domain: a config check (nothing is ordered there), or ACME for the
+/// `acme.dns01` wildcards only.
 struct NoNames;
 
 impl NameAuthority for NoNames {

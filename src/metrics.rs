@@ -471,6 +471,7 @@ impl Metrics {
             "ca_error",
             "storage",
             "timeout",
+            "dns_hook",
         ] {
             drop(
                 m.acme_order_failures

@@ -172,6 +172,27 @@ fn broken_configs() -> Vec<Broken> {
             says: &["pebble-root.pem"],
         },
         Broken {
+            name: "a DNS-01 wildcard with ACME off",
+            toml: "[acme.dns01]\nnames = [\"*.preview.example.com\"]\nhook = \"/bin/true\"\n".into(),
+            keys: &["acme.dns01.names"],
+            line: Some(2),
+            says: &["needs acme.enabled = true"],
+        },
+        Broken {
+            name: "a DNS-01 name that is no wildcard",
+            toml: "[acme]\nenabled = true\n\n[acme.dns01]\nhook = \"/bin/true\"\nnames = [\"preview.example.com\"]\n".into(),
+            keys: &["acme.dns01.names"],
+            line: Some(6),
+            says: &["\"*.preview.example.com\""],
+        },
+        Broken {
+            name: "a DNS-01 wildcard without its hook",
+            toml: "[acme]\nenabled = true\n\n[acme.dns01]\nnames = [\"*.preview.example.com\"]\n".into(),
+            keys: &["acme.dns01.names"],
+            line: Some(5),
+            says: &["needs acme.dns01.hook"],
+        },
+        Broken {
             name: "several errors at once",
             toml: format!(
                 "[proxy]\ndomains = [\"*.preview.localhost\"]\n\n{RUNNERS}{}{}",

@@ -16,6 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use support::admin_cli::{ok, put_public_sandbox, put_runner, redis_toml, sandgate, start_proxy};
+use support::bind::Bind;
 use support::pebble::{Pebble, PebbleOptions};
 use support::redis::RedisServer;
 use support::runner::{sandboxes, Runner, ATTACKER_AND_VICTIM};
@@ -1491,4 +1492,250 @@ async fn domain_list_shows_the_static_configs_domains() {
     let value: serde_json::Value =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     assert!(value.to_string().contains(DOMAIN), "{value}");
+}
+
+// --- 9. the wildcard preview certificate by DNS-01 through the operator's hook --------------
+
+const WILDCARD: &str = "*.apps.platform.test";
+const RECORD: &str = "_acme-challenge.apps.platform.test";
+
+/// A DNS hook that logs each call (`<action> <record> <value>`) to `<dir>/calls`, then runs
+/// `body`.
+fn logging_hook(dir: &Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let hook = dir.join("dns-hook");
+    let script = format!(
+        "#!/bin/sh\necho \"$1 $2 $3\" >> {:?}\n{body}\n",
+        dir.join("calls").display().to_string()
+    );
+    std::fs::write(&hook, script).unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    hook
+}
+
+/// Publishes and clears the record on pebble's mock DNS, as a real hook does at a provider.
+fn publishing_hook_body(pebble: &Pebble) -> String {
+    format!(
+        "case \"$1\" in\n\
+           set) body=\"{{\\\"host\\\":\\\"$2.\\\",\\\"value\\\":\\\"$3\\\"}}\"; path=set-txt ;;\n\
+           clear) body=\"{{\\\"host\\\":\\\"$2.\\\"}}\"; path=clear-txt ;;\n\
+         esac\n\
+         exec curl -sf -X POST -d \"$body\" http://{}/$path",
+        pebble.dns_management
+    )
+}
+
+/// pebble (asking `dns_server`, else its mock DNS), the runner (a public `attacker`, a private
+/// `victim`) and a proxy (with `env`) with no custom domains, previews under
+/// `apps.platform.test`, `acme.dns01` for its wildcard through the hook `hook(pebble, dir)`
+/// makes, and a static certificate for another name only. Returns the hook's folder too.
+async fn wildcard_stack(
+    dns_server: Option<SocketAddr>,
+    hook: impl FnOnce(&Pebble, &Path) -> PathBuf,
+    env: &[(&str, &str)],
+) -> (Stack, PathBuf) {
+    let ports = Ports::free();
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = PebbleOptions::new(ports.http, ports.tls);
+    options.dns_server = dns_server;
+    let pebble = Pebble::start(options);
+    let hook = hook(&pebble, dir.path());
+    let runner = Runner::start("runner-key").await;
+    let (cert, key) = preview_cert(&dir.path().join("preview-cert"));
+    let acme = pebble.acme_config(&format!(
+        "dir = {:?}\nhandshake_wait = \"20s\"\norder_timeout = \"60s\"\nrenew_check_interval = \"1s\"\n\
+         [acme.dns01]\nnames = [\"{WILDCARD}\"]\nhook = {hook:?}\n",
+        dir.path().join("acme")
+    ));
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [tls]\nenabled = true\nlisten = \"127.0.0.1:{}\"\nunknown_sni = \"refuse\"\n\
+         [[tls.certs]]\ncert = {cert:?}\nkey = {key:?}\n{acme}\n{}",
+        ports.http,
+        ports.tls,
+        runner
+            .config(ATTACKER_AND_VICTIM)
+            .replace("\"preview.localhost\"", "\"apps.platform.test\"")
+    );
+    let proxy = Proxy::start_with_env(&config, env);
+    let root = pebble.issuing_root().await;
+    let hook_dir = dir.path().to_path_buf();
+    let stack = Stack {
+        pebble,
+        runner,
+        proxy,
+        ports,
+        root,
+        _dir: dir,
+    };
+    (stack, hook_dir)
+}
+
+/// The first handshake for `host` served with a certificate (retried up to the hang limit).
+async fn first_served_handshake(stack: &Stack, host: &str) -> TlsStream<TcpStream> {
+    let started = Instant::now();
+    loop {
+        match stack.handshake(host).await {
+            Ok(stream) => {
+                println!("{host}: served after {:?}", started.elapsed());
+                return stream;
+            }
+            Err(e) if started.elapsed() < HANG => {
+                println!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no certificate for {host}: {e}\n{}", stack.logs()),
+        }
+    }
+}
+
+/// The logging hook's calls so far.
+fn hook_calls(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
+    text.lines().map(str::to_owned).collect()
+}
+
+/// With `[acme.dns01]` and no custom domains: the proxy orders the wildcard at start, its hook
+/// publishes `_acme-challenge.<base>` (pebble validates DNS-01 against it) and clears it
+/// after, and every preview host one label below serves with the one certificate. The
+/// wildcard opens no door: the private sandbox still wants its token. Names it does not cover
+/// (two labels below, the base itself, another domain) never order nor run the hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wildcard_preview_certificate_is_obtained_by_dns01_through_the_hook() {
+    let (stack, calls) = wildcard_stack(
+        None,
+        |pebble, dir| logging_hook(dir, &publishing_hook_body(pebble)),
+        &[],
+    )
+    .await;
+    let host = "3000-attacker.apps.platform.test";
+    let stream = first_served_handshake(&stack, host).await;
+    let (serial, names) = serial_and_names(&stream);
+    assert_eq!(names, vec![WILDCARD.to_string()]);
+    let (status, body) = h1_get(&mut h1(stream).await, host, "/hi", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        stack.runner.last().target,
+        "/sandboxes/attacker/toolbox/proxy/3000/hi"
+    );
+
+    let victim = "3000-victim.apps.platform.test";
+    let stream = stack.handshake(victim).await.unwrap();
+    assert_eq!(serial_and_names(&stream).0, serial, "one certificate");
+    let (status, _) = h1_get(&mut h1(stream).await, victim, "/", &[]).await;
+    assert_ne!(status, 200, "the wildcard is no credential");
+
+    let set = hook_calls(&calls);
+    let value = set[0]
+        .strip_prefix(&format!("set {RECORD} "))
+        .unwrap_or_else(|| panic!("{set:?}"))
+        .to_string();
+    assert!(!value.is_empty());
+    let cleared = [
+        format!("set {RECORD} {value}"),
+        format!("clear {RECORD} {value}"),
+    ];
+    within(Duration::from_secs(10), "the record cleared", || async {
+        hook_calls(&calls) == cleared
+    })
+    .await;
+
+    for sni in [
+        "x.3000-attacker.apps.platform.test",
+        "apps.platform.test",
+        "3000-attacker.other.test",
+    ] {
+        assert!(stack.handshake(sni).await.is_err(), "{sni}: no certificate");
+    }
+    assert_eq!(stack.orders(), 1, "{}", stack.logs());
+    assert_eq!(issued(&stack.pebble), 1);
+    assert_eq!(hook_calls(&calls).len(), 2, "the hook ran for nothing else");
+    let text = stack.metrics().await;
+    assert_eq!(sample(&text, ISSUED), 1.0, "{text}");
+    assert_eq!(sample(&text, "sandgate_acme_certificates"), 1.0);
+}
+
+/// A hook that fails (no credentials at the DNS provider): the order fails with the hook's
+/// own words in the log and the `dns_hook` reason, the handshake fails cleanly, and the
+/// pause after a failure holds (no second order while the proxy retries every second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_dns_hook_fails_the_order_with_its_words_and_backs_off() {
+    let (stack, calls) = wildcard_stack(
+        None,
+        |_, dir| logging_hook(dir, "echo 'no credentials for platform.test' >&2; exit 3"),
+        &[],
+    )
+    .await;
+    let reason = "sandgate_acme_order_failures_total{reason=\"dns_hook\"}";
+    let proxy = &stack.proxy;
+    within(HANG, "a dns_hook failure", || async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sample(&metrics(proxy).await, reason) >= 1.0
+    })
+    .await;
+    let log = stack.proxy.stderr();
+    assert!(
+        log.contains("no credentials for platform.test") && log.contains("exit status: 3"),
+        "{log}"
+    );
+    assert!(stack
+        .handshake("3000-attacker.apps.platform.test")
+        .await
+        .is_err());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = stack.metrics().await;
+    assert_eq!(
+        sample(&text, reason),
+        1.0,
+        "one failure, then the pause: {text}"
+    );
+    assert_eq!(sample(&text, FAILED), 1.0);
+    assert_eq!(stack.orders(), 1, "{}", stack.logs());
+    assert_eq!(issued(&stack.pebble), 0);
+    assert_eq!(
+        hook_calls(&calls)
+            .iter()
+            .filter(|c| c.starts_with("set "))
+            .count(),
+        1,
+        "{:?}",
+        hook_calls(&calls)
+    );
+    assert_eq!(
+        get(stack.proxy.admin_addr(), "admin", "/health")
+            .await
+            .status,
+        200
+    );
+}
+
+/// The shipped RFC 2136 hook (`examples/acme-dns-hook/nsupdate.sh`) against BIND: it publishes
+/// the record with a TSIG-signed update, pebble validates DNS-01 by asking BIND, the wildcard
+/// serves, and the record is deleted from the zone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shipped_nsupdate_hook_obtains_the_wildcard_through_bind() {
+    let bind = Bind::start("apps.platform.test");
+    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/acme-dns-hook/nsupdate.sh");
+    let port = bind.addr.port().to_string();
+    let key = bind.key_file.display().to_string();
+    let env = [
+        ("SANDGATE_DNS_SERVER", "127.0.0.1"),
+        ("SANDGATE_DNS_PORT", port.as_str()),
+        ("SANDGATE_DNS_KEY", key.as_str()),
+    ];
+    let (stack, _) = wildcard_stack(Some(bind.addr), |_, _| hook, &env).await;
+    let host = "3000-attacker.apps.platform.test";
+    let stream = first_served_handshake(&stack, host).await;
+    assert_eq!(serial_and_names(&stream).1, vec![WILDCARD.to_string()]);
+    assert_eq!(h1_get(&mut h1(stream).await, host, "/", &[]).await.0, 200);
+    let log = bind.log();
+    assert!(
+        log.contains(&format!("adding an RR at '{RECORD}' TXT")),
+        "{log}"
+    );
+    within(Duration::from_secs(10), "the record deleted", || async {
+        bind.dig("TXT", RECORD).trim().is_empty()
+    })
+    .await;
+    assert_eq!(stack.orders(), 1, "{}", stack.logs());
 }

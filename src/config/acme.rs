@@ -79,11 +79,85 @@ pub enum CertStorageKind {
     Redis,
 }
 
+/// `[acme.dns01]`: wildcard certificates (the preview domains') by DNS-01, the TXT record
+/// published by an operator's hook command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns01Config {
+    /// Wildcard names to obtain and renew, e.g. `*.preview.example.com`.
+    pub names: Vec<String>,
+    /// Run as `<hook> set <record> <value>` to publish the TXT record `<record>` (e.g.
+    /// `_acme-challenge.preview.example.com`) and as `<hook> clear <record> <value>` to remove
+    /// it. It should return once the record is served (or see `propagation_wait`).
+    pub hook: Option<PathBuf>,
+    /// A hook run still going after this is killed, and the order fails.
+    #[serde(with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// Waited after `set` before the CA is told to look (DNS servers still catching up).
+    #[serde(with = "humantime_serde")]
+    pub propagation_wait: Duration,
+}
+
+impl Default for Dns01Config {
+    fn default() -> Self {
+        Dns01Config {
+            names: Vec::new(),
+            hook: None,
+            hook_timeout: Duration::from_secs(60),
+            propagation_wait: Duration::ZERO,
+        }
+    }
+}
+
+impl Dns01Config {
+    /// The configured wildcards' base domains (`*.a.example.com` → `a.example.com`), lower
+    /// case. Call after `validate`: names without `*.` are skipped.
+    pub fn wildcard_bases(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .filter_map(|name| name.strip_prefix("*."))
+            .map(|base| base.trim_end_matches('.').to_ascii_lowercase())
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for name in &self.names {
+            let base = name.strip_prefix("*.").unwrap_or("");
+            if !is_dns_name(base.trim_end_matches('.')) {
+                return Err(format!(
+                    "acme.dns01.names: {name:?} must be a wildcard name like \"*.preview.example.com\""
+                ));
+            }
+        }
+        if !self.names.is_empty() && self.hook.is_none() {
+            return Err("acme.dns01.names needs acme.dns01.hook (the command that publishes the TXT record)".into());
+        }
+        if self.hook_timeout.is_zero() {
+            return Err("acme.dns01.hook_timeout must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Two or more labels of 1–63 `[A-Za-z0-9-]` (no label starting or ending in `-`), 253
+/// characters at most.
+fn is_dns_name(name: &str) -> bool {
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    name.len() <= 253 && name.split('.').count() >= 2 && name.split('.').all(label_ok)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AcmeConfig {
-    /// Obtain certificates on demand for verified custom domains (needs `domains.enabled` and
-    /// `tls.enabled`).
+    /// Obtain certificates on demand for verified custom domains (needs `domains.enabled`) and
+    /// the wildcards of `acme.dns01` (needs `tls.enabled`).
     pub enabled: bool,
     /// The ACME directory.
     pub directory_url: String,
@@ -114,6 +188,7 @@ pub struct AcmeConfig {
     /// An order (challenge, finalize, download) gives up after this long.
     #[serde(with = "humantime_serde")]
     pub order_timeout: Duration,
+    pub dns01: Dns01Config,
 }
 
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -135,6 +210,7 @@ impl Default for AcmeConfig {
             retry_max: Duration::from_secs(3600),
             orders_per_hour: 60,
             order_timeout: Duration::from_secs(90),
+            dns01: Dns01Config::default(),
         }
     }
 }
@@ -142,10 +218,14 @@ impl Default for AcmeConfig {
 impl AcmeConfig {
     pub fn validate(&self, domains: &DomainsConfig, tls_enabled: bool) -> Result<(), String> {
         if !self.enabled {
+            if !self.dns01.names.is_empty() {
+                return Err("acme.dns01.names needs acme.enabled = true".into());
+            }
             return Ok(());
         }
-        if !domains.enabled {
-            return Err("acme.enabled needs domains.enabled: certificates are only ordered for verified custom domains".into());
+        self.dns01.validate()?;
+        if !domains.enabled && self.dns01.names.is_empty() {
+            return Err("acme.enabled needs domains.enabled or acme.dns01.names: certificates are only ordered for verified custom domains and the configured wildcards".into());
         }
         if !tls_enabled {
             return Err(

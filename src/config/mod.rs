@@ -25,7 +25,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub use acme::{AcmeConfig, CertStorageKind, ChallengeKind, DomainsConfig};
+pub use acme::{AcmeConfig, CertStorageKind, ChallengeKind, Dns01Config, DomainsConfig};
 pub use activity::ActivityConfig;
 pub use auth::{AuthConfig, JwtConfig, OidcConfig};
 pub use identity::IdentityConfig;
@@ -166,6 +166,9 @@ impl Config {
         }
         if let Some(path) = &mut self.acme.encryption_key_file {
             resolve("acme.encryption_key_file", path);
+        }
+        if let Some(path) = &mut self.acme.dns01.hook {
+            resolve("acme.dns01.hook", path);
         }
         let ca = &mut self.auth.extra_ca_file;
         if from_file("auth.extra_ca_file") && !ca.is_empty() && Path::new(ca.as_str()).is_relative()

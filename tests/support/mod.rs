@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod admin_cli;
+pub mod bind;
 pub mod browser;
 pub mod chromium;
 pub mod control_plane;

@@ -18,7 +18,8 @@ pub struct Pebble {
     /// The mock DNS server: `domains.dns_resolver`.
     pub dns: SocketAddr,
     management: SocketAddr,
-    dns_management: SocketAddr,
+    /// The mock DNS's management API (`/set-txt`, `/clear-txt`).
+    pub dns_management: SocketAddr,
     children: Vec<Child>,
     pub dir: tempfile::TempDir,
 }
@@ -35,6 +36,8 @@ pub struct PebbleOptions {
     pub nonce_reject_percent: u8,
     /// Percentage of authorizations reused across orders.
     pub authz_reuse_percent: u8,
+    /// The DNS server pebble asks (DNS-01's TXT records); its mock DNS when `None`.
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl PebbleOptions {
@@ -45,6 +48,7 @@ impl PebbleOptions {
             validity: None,
             nonce_reject_percent: 0,
             authz_reuse_percent: 0,
+            dns_server: None,
         }
     }
 }
@@ -95,7 +99,12 @@ impl Pebble {
         let server = Command::new("pebble")
             .arg("-config")
             .arg(&config)
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .arg("-dnsserver")
+            .arg(
+                options
+                    .dns_server
+                    .map_or(format!("127.0.0.1:{dns_port}"), |a| a.to_string()),
+            )
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env(
                 "PEBBLE_WFE_NONCEREJECT",

@@ -8,8 +8,13 @@
 //! name is not paused after a failure, the hourly budget has a token, and this process holds the
 //! storage lock for the name (another replica holding it means: wait for its result in storage).
 //! [`Acme::maintain`] renews at 2/3 of the lifetime and picks up other replicas' renewals.
+//!
+//! The wildcards of `acme.dns01.names` are ordered the same way (DNS-01 through the operator's
+//! hook instead of our listeners, allowed by the config instead of the [`NameAuthority`]), at
+//! start and at each maintenance pass while missing, and serve every name one label below them.
 
 mod challenge;
+mod dns_hook;
 mod limits;
 mod order;
 mod storage;
@@ -26,8 +31,9 @@ use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
 use self::challenge::Challenges;
+use self::dns_hook::DnsHook;
 use self::limits::{Backoffs, OrderBucket};
-use self::order::{FailureReason, OrderFailure};
+use self::order::{FailureReason, OrderFailure, Proof};
 use self::storage::{Issued, Storage};
 use crate::base::{BoxFuture, FastMap};
 use crate::config::{AcmeConfig, ChallengeKind};
@@ -103,9 +109,18 @@ impl Want {
     }
 }
 
+/// A configured wildcard: `*.<base>` serves `<label>.<base>`.
+struct Wildcard {
+    base: String,
+    /// `*.<base>`: its key in `held` and in storage.
+    name: String,
+}
+
 struct Engine {
     config: AcmeConfig,
     authority: Arc<dyn NameAuthority>,
+    wildcards: Vec<Wildcard>,
+    dns_hook: Option<Arc<DnsHook>>,
     storage: Storage,
     held: FastMap<String, Arc<Issued>>,
     challenges: Arc<Challenges>,
@@ -126,9 +141,21 @@ impl Acme {
             check_ca_root(root)?;
         }
         let storage = Storage::new(config, redis)?;
+        let dns_hook = DnsHook::from_config(&config.dns01)?.map(Arc::new);
+        let wildcards = config
+            .dns01
+            .wildcard_bases()
+            .into_iter()
+            .map(|base| Wildcard {
+                name: format!("*.{base}"),
+                base,
+            })
+            .collect();
         let engine = Engine {
             config: config.clone(),
             authority,
+            wildcards,
+            dns_hook,
             storage,
             held: FastMap::default(),
             challenges: Arc::new(Challenges::default()),
@@ -147,20 +174,30 @@ impl Acme {
         self.engine.config.challenge
     }
 
-    /// The certificate for `name` already in memory (sync: the rustls resolver calls it).
+    /// The certificate for `name` already in memory, its own or a configured wildcard's
+    /// (sync: the rustls resolver calls it).
     pub fn held(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let name = normalized(name);
-        let issued = self.engine.held.get(name.as_ref())?;
+        let engine = &self.engine;
+        let issued = engine.held.get(name.as_ref()).or_else(|| {
+            let wildcard = engine.wildcard_over(&name)?;
+            engine.held.get(wildcard)
+        })?;
         Some(issued.key.clone())
     }
 
-    /// Held, stored by another replica, or ordered now; at most `acme.handshake_wait`.
+    /// Held, stored by another replica, or ordered now; at most `acme.handshake_wait`. A name
+    /// under a configured wildcard gets the wildcard.
     pub async fn obtain(&self, name: &str) -> Result<Arc<CertifiedKey>, AcmeError> {
         let name = normalized(name);
         if let Some(key) = self.held(&name) {
             return Ok(key);
         }
-        if !self.engine.authority.may_order(&name).await {
+        let name = match self.engine.wildcard_over(&name) {
+            Some(wildcard) => Cow::Owned(wildcard.to_owned()),
+            None => name,
+        };
+        if !self.engine.may_order(&name).await {
             return Err(AcmeError::NotAllowed(name.into_owned()));
         }
         let fetch = self.engine.start(&name, Want::Any);
@@ -188,9 +225,11 @@ impl Acme {
         self.engine.challenges.http(token)
     }
 
-    /// Renewal and re-reading shared storage, until `shutdown`.
+    /// Renewal and re-reading shared storage, until `shutdown`; the configured wildcards are
+    /// fetched at once and again at each pass while missing.
     pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
         let interval = self.engine.config.renew_check_interval;
+        self.engine.fetch_missing_wildcards();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -200,6 +239,7 @@ impl Acme {
                 () = shutdown.cancelled() => return,
                 () = self.engine.check_held() => {}
             }
+            self.engine.fetch_missing_wildcards();
         }
     }
 
@@ -224,6 +264,29 @@ impl Acme {
 }
 
 impl Engine {
+    fn wildcard_over(&self, name: &str) -> Option<&str> {
+        wildcard_over(&self.wildcards, name)
+    }
+
+    fn is_wildcard(&self, name: &str) -> bool {
+        self.wildcards.iter().any(|w| w.name == name)
+    }
+
+    /// A configured wildcard always may; any other name when the authority says so now.
+    async fn may_order(&self, name: &str) -> bool {
+        self.is_wildcard(name) || self.authority.may_order(name).await
+    }
+
+    /// Starts fetching each configured wildcard not held (the fetch runs on in its own task;
+    /// a failure is logged and paused as any order's).
+    fn fetch_missing_wildcards(self: &Arc<Self>) {
+        for wildcard in &self.wildcards {
+            if !self.held.contains_key(&wildcard.name) {
+                drop(self.start(&wildcard.name, Want::Any));
+            }
+        }
+    }
+
     /// The fetch in flight for `name`, or a new one.
     fn start(self: &Arc<Self>, name: &str, want: Want) -> Fetch {
         let mut in_flight = self
@@ -317,7 +380,7 @@ impl Engine {
         if let Some(stored) = self.stored(name, want).await? {
             return Ok(self.hold(name, stored));
         }
-        if !self.authority.may_order(name).await {
+        if !self.may_order(name).await {
             return Err(AcmeError::NotAllowed(name.to_owned()));
         }
         if !self.bucket.take(Instant::now()) {
@@ -355,14 +418,11 @@ impl Engine {
             .account
             .get_or_try_init(|| order::account(&self.config, &self.storage))
             .await?;
-        order::order_certificate(
-            account,
-            name,
-            self.config.challenge,
-            &self.challenges,
-            self.config.order_timeout,
-        )
-        .await
+        let proof = match (&self.dns_hook, self.is_wildcard(name)) {
+            (Some(hook), true) => Proof::Dns(hook),
+            _ => Proof::Listener(self.config.challenge, &self.challenges),
+        };
+        order::order_certificate(account, name, proof, self.config.order_timeout).await
     }
 
     async fn issued(&self, name: &str, pem: &str, issued: Issued) -> Arc<Issued> {
@@ -450,6 +510,19 @@ impl Engine {
     }
 }
 
+/// The wildcard of `wildcards` serving `name` (normalized), one label below its base, if any.
+fn wildcard_over<'a>(wildcards: &'a [Wildcard], name: &str) -> Option<&'a str> {
+    if wildcards.is_empty() {
+        return None;
+    }
+    let (label, parent) = name.split_once('.')?;
+    if label.is_empty() || label == "*" {
+        return None;
+    }
+    let wildcard = wildcards.iter().find(|w| w.base == parent)?;
+    Some(&wildcard.name)
+}
+
 /// Names as certificates hold them: lower case, no trailing dot (allocates only otherwise).
 fn normalized(name: &str) -> Cow<'_, str> {
     let trimmed = name.strip_suffix('.').unwrap_or(name);
@@ -496,6 +569,31 @@ fn check_ca_root(path: &std::path::Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wildcard_serves_names_one_label_below_its_base_only() {
+        let wildcards = [Wildcard {
+            base: "preview.example.com".into(),
+            name: "*.preview.example.com".into(),
+        }];
+        // (name as the handshake gives it, served by the wildcard)
+        let rows = [
+            ("3000-sbx-1.preview.example.com", true),
+            ("3000-SBX-1.Preview.Example.COM.", true),
+            ("preview.example.com", false),
+            ("a.b.preview.example.com", false),
+            ("x.preview.example.com.evil.test", false),
+            ("xpreview.example.com", false),
+            (".preview.example.com", false),
+            ("*.preview.example.com", false),
+            ("example.com", false),
+        ];
+        for (name, served) in rows {
+            let found = wildcard_over(&wildcards, &normalized(name));
+            assert_eq!(found.is_some(), served, "{name}");
+        }
+        assert_eq!(wildcard_over(&[], "a.preview.example.com"), None);
+    }
 
     #[test]
     fn names_are_normalized_without_allocating_when_already_so() {

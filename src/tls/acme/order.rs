@@ -14,6 +14,7 @@ use instant_acme::{
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 
 use super::challenge::{ChallengeGuard, Challenges};
+use super::dns_hook::{record_name, DnsHook, PublishedRecords};
 use super::storage::Storage;
 use crate::config::{AcmeConfig, ChallengeKind};
 
@@ -32,6 +33,8 @@ pub enum FailureReason {
     Storage,
     /// The order did not finish within `acme.order_timeout`.
     Timeout,
+    /// `acme.dns01.hook` failed (exit status, timeout, not runnable).
+    DnsHook,
 }
 
 impl FailureReason {
@@ -43,6 +46,7 @@ impl FailureReason {
             FailureReason::CaError => "ca_error",
             FailureReason::Storage => "storage",
             FailureReason::Timeout => "timeout",
+            FailureReason::DnsHook => "dns_hook",
         }
     }
 }
@@ -209,12 +213,36 @@ fn builder(config: &AcmeConfig) -> Result<AccountBuilder, OrderFailure> {
     })
 }
 
+/// How an order proves we hold the name.
+pub enum Proof<'a> {
+    /// Our own listeners answer (`acme.challenge`), through `challenges`.
+    Listener(ChallengeKind, &'a Arc<Challenges>),
+    /// The hook publishes a TXT record (wildcards).
+    Dns(&'a Arc<DnsHook>),
+}
+
+/// An order's open challenges, closed when it is dropped.
+enum Opened {
+    Listener(ChallengeGuard),
+    Dns(PublishedRecords),
+}
+
+impl Opened {
+    fn new(proof: &Proof<'_>) -> Opened {
+        match proof {
+            Proof::Listener(_, challenges) => {
+                Opened::Listener(ChallengeGuard::new((*challenges).clone()))
+            }
+            Proof::Dns(hook) => Opened::Dns(PublishedRecords::new((*hook).clone())),
+        }
+    }
+}
+
 /// Orders a certificate for `name`; returns the PEM to store (private key, then the chain).
 pub async fn order_certificate(
     account: &Account,
     name: &str,
-    kind: ChallengeKind,
-    challenges: &Arc<Challenges>,
+    proof: Proof<'_>,
     poll_limit: Duration,
 ) -> Result<String, OrderFailure> {
     let identifiers = [Identifier::Dns(name.to_owned())];
@@ -222,11 +250,11 @@ pub async fn order_certificate(
         "new-order",
         account.new_order(&NewOrder::new(&identifiers)).await
     )?;
-    let mut guard = ChallengeGuard::new(challenges.clone());
+    let mut guard = Opened::new(&proof);
     let mut readied = HashSet::new();
     retrying!(
         "challenges",
-        open_challenges(&mut order, name, kind, &mut guard, &mut readied).await
+        open_challenges(&mut order, name, &proof, &mut guard, &mut readied).await
     )?;
     let polling = RetryPolicy::new()
         .initial_delay(Duration::from_millis(250))
@@ -262,13 +290,14 @@ fn crypto_failure(e: &rcgen::Error) -> OrderFailure {
 async fn open_challenges(
     order: &mut Order,
     name: &str,
-    kind: ChallengeKind,
-    guard: &mut ChallengeGuard,
+    proof: &Proof<'_>,
+    opened: &mut Opened,
     readied: &mut HashSet<String>,
 ) -> Result<(), OrderFailure> {
-    let challenge_type = match kind {
-        ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
-        ChallengeKind::Http01 => ChallengeType::Http01,
+    let challenge_type = match proof {
+        Proof::Listener(ChallengeKind::TlsAlpn01, _) => ChallengeType::TlsAlpn01,
+        Proof::Listener(ChallengeKind::Http01, _) => ChallengeType::Http01,
+        Proof::Dns(_) => ChallengeType::Dns01,
     };
     let mut authorizations = order.authorizations();
     while let Some(authorization) = authorizations.next().await {
@@ -296,11 +325,18 @@ async fn open_challenges(
                 )
             })?;
         let key_authorization = challenge.key_authorization();
-        match kind {
-            ChallengeKind::TlsAlpn01 => guard
+        match opened {
+            Opened::Listener(guard) if challenge_type == ChallengeType::TlsAlpn01 => guard
                 .open_alpn(name, key_authorization.digest().as_ref())
                 .map_err(|e| OrderFailure::new(FailureReason::CaError, e))?,
-            ChallengeKind::Http01 => guard.open_http(&challenge.token, key_authorization.as_str()),
+            Opened::Listener(guard) => {
+                guard.open_http(&challenge.token, key_authorization.as_str())
+            }
+            Opened::Dns(records) => {
+                records
+                    .publish(record_name(name), key_authorization.dns_value())
+                    .await?
+            }
         }
         challenge.set_ready().await?;
         readied.insert(url);

@@ -253,11 +253,11 @@ pub struct FileStorage {
 
 impl FileStorage {
     fn cert_path(&self, host: &str) -> Result<PathBuf, AcmeError> {
-        Ok(self.dir.join(format!("{}.pem", file_safe(host)?)))
+        Ok(self.dir.join(format!("{}.pem", file_stem(host)?)))
     }
 
     fn lock_path(&self, host: &str) -> Result<PathBuf, AcmeError> {
-        Ok(self.dir.join(format!("{}.lock", file_safe(host)?)))
+        Ok(self.dir.join(format!("{}.lock", file_stem(host)?)))
     }
 
     fn account_path(&self, id: &str) -> PathBuf {
@@ -334,6 +334,14 @@ impl FileStorage {
             Ok(())
         })
         .await
+    }
+}
+
+/// A wildcard `*.<base>` is kept as `_wildcard.<base>` (no host name starts with `_`).
+fn file_stem(host: &str) -> Result<std::borrow::Cow<'_, str>, AcmeError> {
+    match host.strip_prefix("*.") {
+        Some(base) => Ok(format!("_wildcard.{}", file_safe(base)?).into()),
+        None => file_safe(host).map(Into::into),
     }
 }
 
@@ -559,18 +567,25 @@ mod tests {
 
     #[test]
     fn only_host_names_become_file_names() {
-        // (host, accepted)
+        // (host, file stem; None: refused)
         let rows = [
-            ("a.example.com", true),
-            ("x-1.example.com", true),
-            ("../etc/passwd", false),
-            ("a/b.example.com", false),
-            (".hidden", false),
-            ("UPPER.example.com", false),
-            ("", false),
+            ("a.example.com", Some("a.example.com")),
+            ("x-1.example.com", Some("x-1.example.com")),
+            (
+                "*.preview.example.com",
+                Some("_wildcard.preview.example.com"),
+            ),
+            ("*./etc/passwd", None),
+            ("*.*.example.com", None),
+            ("a.*.example.com", None),
+            ("../etc/passwd", None),
+            ("a/b.example.com", None),
+            (".hidden", None),
+            ("UPPER.example.com", None),
+            ("", None),
         ];
-        for (host, accepted) in rows {
-            assert_eq!(file_safe(host).is_ok(), accepted, "{host}");
+        for (host, stem) in rows {
+            assert_eq!(file_stem(host).ok().as_deref(), stem, "{host}");
         }
     }
 
