@@ -193,6 +193,13 @@ fn broken_configs() -> Vec<Broken> {
             says: &["needs acme.dns01.hook"],
         },
         Broken {
+            name: "a DNS-01 hook slower than the order",
+            toml: "[acme]\nenabled = true\norder_timeout = \"30s\"\n\n[acme.dns01]\nnames = [\"*.preview.example.com\"]\nhook = \"/bin/true\"\n".into(),
+            keys: &["acme.dns01.hook_timeout", "acme.order_timeout"],
+            line: None,
+            says: &["must be below acme.order_timeout (30s)"],
+        },
+        Broken {
             name: "several errors at once",
             toml: format!(
                 "[proxy]\ndomains = [\"*.preview.localhost\"]\n\n{RUNNERS}{}{}",

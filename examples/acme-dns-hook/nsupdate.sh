@@ -9,7 +9,8 @@
 #   SANDGATE_DNS_SERVER  the primary server taking updates for the zone (name or address)
 #   SANDGATE_DNS_PORT    its port (53)
 #   SANDGATE_DNS_KEY     a TSIG key file allowed to update the zone (`tsig-keygen -a hmac-sha256 sandgate`)
-#   SANDGATE_DNS_WAIT    seconds `set` waits for the server to answer with the record (60)
+#   SANDGATE_DNS_WAIT    seconds `set` waits for the server to answer with the record (30;
+#                        keep it below acme.dns01.hook_timeout, so this script's error is seen)
 # Needs `nsupdate` and `dig` (Debian: bind9-dnsutils). Tested by tests/custom_domains.rs
 # against BIND. Secondaries follow the primary by NOTIFY: acme.dns01.propagation_wait adds time
 # for them if the CA may ask one that lags.
@@ -26,16 +27,17 @@ case $action in
   clear) change="update delete $record. IN TXT \"$value\"" ;;
   *) echo "unknown action $action (set or clear)" >&2; exit 2 ;;
 esac
-printf 'server %s %s\n%s\nsend\n' "$server" "$port" "$change" | nsupdate -k "$key"
+printf 'server %s %s\n%s\nsend\n' "$server" "$port" "$change" | nsupdate -t 10 -k "$key"
 [ "$action" = set ] || exit 0
 
-tries=${SANDGATE_DNS_WAIT:-60}
+limit=${SANDGATE_DNS_WAIT:-30}
+tries=$limit
 while [ "$tries" -gt 0 ]; do
-  if dig +short -p "$port" TXT "$record" "@$server" | grep -qF "\"$value\""; then
+  if dig +short +time=2 +tries=1 -p "$port" TXT "$record" "@$server" | grep -qF "\"$value\""; then
     exit 0
   fi
   sleep 1
   tries=$((tries - 1))
 done
-echo "$server does not answer $record TXT after ${SANDGATE_DNS_WAIT:-60} s" >&2
+echo "$server does not answer $record TXT after $limit s" >&2
 exit 1

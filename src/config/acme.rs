@@ -224,6 +224,13 @@ impl AcmeConfig {
             return Ok(());
         }
         self.dns01.validate()?;
+        let hook_time = self.dns01.hook_timeout + self.dns01.propagation_wait;
+        if !self.dns01.names.is_empty() && hook_time >= self.order_timeout {
+            return Err(format!(
+                "acme.dns01.hook_timeout plus acme.dns01.propagation_wait ({hook_time:?}) must be below acme.order_timeout ({:?}): an order includes both",
+                self.order_timeout
+            ));
+        }
         if !domains.enabled && self.dns01.names.is_empty() {
             return Err("acme.enabled needs domains.enabled or acme.dns01.names: certificates are only ordered for verified custom domains and the configured wildcards".into());
         }

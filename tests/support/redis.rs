@@ -200,9 +200,15 @@ impl RedisServer {
             .expect("spawn redis-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = self.child.as_ref().map_or(0, Child::id);
         let outcome = loop {
             if self.try_cli(&["PING"]).is_some_and(|o| o.trim() == "PONG") {
-                return Ok(());
+                // Ours, not another test process's server that took the port first.
+                let info = self.try_cli(&["INFO", "server"]).unwrap_or_default();
+                if info.contains(&format!("process_id:{pid}\r")) {
+                    return Ok(());
+                }
+                break "answered by another redis-server (the port was taken)".to_string();
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 break format!("exited ({status})");

@@ -34,8 +34,10 @@ impl DnsHook {
         }))
     }
 
-    /// Runs `<hook> <action> <record> <value>`; fails on a non-zero exit, a hook that cannot
-    /// start, or one still running after `acme.dns01.hook_timeout` (killed).
+    /// Runs `<hook> <action> <record> <value>` in its own process group; fails on a non-zero
+    /// exit, a hook that cannot start, or one still running after `acme.dns01.hook_timeout`.
+    /// Whatever the hook started is killed with it when it ends, times out or is dropped (an
+    /// order dropped at `acme.order_timeout`): no stray `set` lands after the `clear`.
     pub async fn run(&self, action: &str, record: &str, value: &str) -> Result<(), OrderFailure> {
         let failed = |detail: String| {
             OrderFailure::new(
@@ -43,26 +45,106 @@ impl DnsHook {
                 format!("acme.dns01.hook {action} {record}: {detail}"),
             )
         };
-        let child = tokio::process::Command::new(&self.command)
+        let mut child = tokio::process::Command::new(&self.command)
             .args([action, record, value])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .map_err(|e| failed(format!("{}: {e}", self.command.display())))?;
-        let output = tokio::time::timeout(self.timeout, child.wait_with_output())
-            .await
-            .map_err(|_| failed(format!("still running after {:?}; killed", self.timeout)))?
-            .map_err(|e| failed(e.to_string()))?;
-        if output.status.success() {
+        let group = ProcessGroup(child.id());
+        let stdout = OutputTail::read(child.stdout.take());
+        let stderr = OutputTail::read(child.stderr.take());
+        let waited = tokio::time::timeout(self.timeout, child.wait()).await;
+        drop(group);
+        let status = match waited {
+            Ok(status) => status.map_err(|e| failed(e.to_string()))?,
+            Err(_) => {
+                let _ = child.wait().await;
+                return Err(failed(format!(
+                    "still running after {:?}; killed",
+                    self.timeout
+                )));
+            }
+        };
+        if status.success() {
             return Ok(());
         }
-        let mut said = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        let mut said = stderr.text().await;
         if said.is_empty() {
-            said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            said = stdout.text().await;
         }
-        Err(failed(format!("{}: {}", output.status, tail(&said))))
+        Err(failed(format!("{status}: {said}")))
+    }
+}
+
+/// A hook's process group (its id is the hook's pid), killed on drop.
+struct ProcessGroup(Option<u32>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        if let Some(id) = self.0.and_then(|id| i32::try_from(id).ok()) {
+            // ESRCH (everything already gone) is the usual answer.
+            let _ = killpg(Pid::from_raw(id), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The end of a hook's output: read to its end in a task (so a chatty hook never blocks on a
+/// full pipe), keeping at most twice [`OUTPUT_SHOWN`] bytes.
+struct OutputTail {
+    kept: Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl OutputTail {
+    fn read(pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>) -> OutputTail {
+        use tokio::io::AsyncReadExt;
+        let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = pipe.map(|mut pipe| {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+                    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    kept.extend_from_slice(&chunk[..n]);
+                    if kept.len() > 2 * OUTPUT_SHOWN {
+                        let excess = kept.len() - OUTPUT_SHOWN;
+                        kept.drain(..excess);
+                    }
+                }
+            })
+        });
+        OutputTail { kept, reader }
+    }
+
+    /// What was kept, trimmed, at most [`OUTPUT_SHOWN`] bytes. Waits a moment for the pipe's
+    /// end (a process the hook left behind may hold it open).
+    async fn text(mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let abort = reader.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), reader)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let text = String::from_utf8_lossy(&kept);
+        tail(text.trim()).to_owned()
+    }
+}
+
+impl Drop for OutputTail {
+    fn drop(&mut self) {
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
     }
 }
 
@@ -187,7 +269,7 @@ mod tests {
     async fn a_hook_failure_says_what_the_hook_said() {
         let dir = tempfile::tempdir().unwrap();
         // (script, error contains; None: success)
-        let rows: [(&str, Option<&str>); 4] = [
+        let rows: [(&str, Option<&str>); 7] = [
             ("echo \"$1 $2 $3\" > \"$(dirname \"$0\")/args\"", None),
             (
                 "echo 'no API token' >&2; exit 3",
@@ -195,6 +277,21 @@ mod tests {
             ),
             ("echo 'only stdout'; exit 1", Some("only stdout")),
             ("sleep 5", Some("still running after 500ms; killed")),
+            // A chatty hook: its pipe is drained, the end is kept.
+            (
+                "head -c 1000000 /dev/zero | tr '\\0' x; echo ' the end' >&2; exit 1",
+                Some("the end"),
+            ),
+            // A hook leaving a process behind that holds its output open.
+            (
+                "(sleep 5 &) ; echo gone >&2; exit 2",
+                Some("exit status: 2: gone"),
+            ),
+            // What a timed-out hook started dies with it: no late write.
+            (
+                "(sleep 1; touch \"$(dirname \"$0\")/late\") & sleep 5",
+                Some("killed"),
+            ),
         ];
         for (script, expected) in rows {
             let hook = hook_script(dir.path(), script);
@@ -218,6 +315,11 @@ mod tests {
                 }
             }
         }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !dir.path().join("late").exists(),
+            "a killed hook's child wrote"
+        );
     }
 
     #[test]

@@ -194,7 +194,18 @@ impl Acme {
             return Ok(key);
         }
         let name = match self.engine.wildcard_over(&name) {
-            Some(wildcard) => Cow::Owned(wildcard.to_owned()),
+            Some(wildcard) => {
+                // Paused after a failure: fail at once (the maintenance pass still picks up
+                // another replica's certificate), so a flood of preview names costs nothing.
+                if let Some(paused) = self.engine.backoffs.check(wildcard, Instant::now()) {
+                    return Err(AcmeError::Backoff {
+                        name: wildcard.to_owned(),
+                        retry_in_secs: paused.remaining.as_secs().max(1),
+                        reason: paused.reason,
+                    });
+                }
+                Cow::Owned(wildcard.to_owned())
+            }
             None => name,
         };
         if !self.engine.may_order(&name).await {
@@ -383,7 +394,9 @@ impl Engine {
         if !self.may_order(name).await {
             return Err(AcmeError::NotAllowed(name.to_owned()));
         }
-        if !self.bucket.take(Instant::now()) {
+        // The configured wildcards spend no budget: tenants' custom domains must not be able
+        // to use it up and leave every preview host without its certificate.
+        if !self.is_wildcard(name) && !self.bucket.take(Instant::now()) {
             tracing::warn!(
                 host = name,
                 "ACME order not started: acme.orders_per_hour reached"
