@@ -1525,20 +1525,20 @@ fn publishing_hook_body(pebble: &Pebble) -> String {
     )
 }
 
-/// pebble (asking `dns_server`, else its mock DNS), the runner (a public `attacker`, a private
-/// `victim`) and a proxy (with `env`) with no custom domains, previews under
-/// `apps.platform.test`, `acme.dns01` for its wildcard through the hook `hook(pebble, dir)`
-/// makes, and a static certificate for another name only. Returns the hook's folder too.
+/// pebble (with `options`), the runner (a public `attacker`, a private `victim`) and a proxy
+/// (with `env`) with no custom domains, previews under `apps.platform.test`, `acme.dns01` for
+/// its wildcard through the hook `hook(pebble, dir)` makes, and a static certificate for
+/// another name only. Returns the hook's folder and the proxy's config too.
 async fn wildcard_stack(
-    dns_server: Option<SocketAddr>,
+    options: impl FnOnce(&mut PebbleOptions),
     hook: impl FnOnce(&Pebble, &Path) -> PathBuf,
     env: &[(&str, &str)],
-) -> (Stack, PathBuf) {
+) -> (Stack, PathBuf, String) {
     let ports = Ports::free();
     let dir = tempfile::tempdir().unwrap();
-    let mut options = PebbleOptions::new(ports.http, ports.tls);
-    options.dns_server = dns_server;
-    let pebble = Pebble::start(options);
+    let mut pebble_options = PebbleOptions::new(ports.http, ports.tls);
+    options(&mut pebble_options);
+    let pebble = Pebble::start(pebble_options);
     let hook = hook(&pebble, dir.path());
     let runner = Runner::start("runner-key").await;
     let (cert, key) = preview_cert(&dir.path().join("preview-cert"));
@@ -1568,7 +1568,7 @@ async fn wildcard_stack(
         root,
         _dir: dir,
     };
-    (stack, hook_dir)
+    (stack, hook_dir, config)
 }
 
 /// The first handshake for `host` served with a certificate (retried up to the hang limit).
@@ -1602,8 +1602,8 @@ fn hook_calls(dir: &Path) -> Vec<String> {
 /// (two labels below, the base itself, another domain) never order nor run the hook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wildcard_preview_certificate_is_obtained_by_dns01_through_the_hook() {
-    let (stack, calls) = wildcard_stack(
-        None,
+    let (stack, calls, _) = wildcard_stack(
+        |_| {},
         |pebble, dir| logging_hook(dir, &publishing_hook_body(pebble)),
         &[],
     )
@@ -1665,8 +1665,8 @@ async fn a_wildcard_preview_certificate_is_obtained_by_dns01_through_the_hook() 
 /// pause after a failure holds (no second order while the proxy retries every second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_dns_hook_fails_the_order_with_its_words_and_backs_off() {
-    let (stack, calls) = wildcard_stack(
-        None,
+    let (stack, calls, _) = wildcard_stack(
+        |_| {},
         |_, dir| logging_hook(dir, "echo 'no credentials for platform.test' >&2; exit 3"),
         &[],
     )
@@ -1724,7 +1724,7 @@ async fn the_shipped_nsupdate_hook_obtains_the_wildcard_through_bind() {
         ("SANDGATE_DNS_PORT", port.as_str()),
         ("SANDGATE_DNS_KEY", key.as_str()),
     ];
-    let (stack, _) = wildcard_stack(Some(bind.addr), |_, _| hook, &env).await;
+    let (stack, _, _) = wildcard_stack(|o| o.dns_server = Some(bind.addr), |_, _| hook, &env).await;
     let host = "3000-attacker.apps.platform.test";
     let stream = first_served_handshake(&stack, host).await;
     assert_eq!(serial_and_names(&stream).1, vec![WILDCARD.to_string()]);
@@ -1739,4 +1739,58 @@ async fn the_shipped_nsupdate_hook_obtains_the_wildcard_through_bind() {
     })
     .await;
     assert_eq!(stack.orders(), 1, "{}", stack.logs());
+}
+
+/// A restart takes the stored wildcard (no order, no hook run); at 2/3 of its lifetime (30 s
+/// here) it is renewed through the hook (a new value published and cleared) and new handshakes
+/// get the new certificate without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wildcard_is_reused_after_a_restart_and_renewed_through_the_hook() {
+    let (mut stack, calls, config) = wildcard_stack(
+        |o| o.validity = Some(Duration::from_secs(30)),
+        |pebble, dir| logging_hook(dir, &publishing_hook_body(pebble)),
+        &[],
+    )
+    .await;
+    let host = "3000-attacker.apps.platform.test";
+    let (first, _) = serial_and_names(&first_served_handshake(&stack, host).await);
+    assert_eq!(stack.orders(), 1);
+
+    stack.proxy.signal("TERM");
+    assert!(stack.proxy.wait_exit(Duration::from_secs(20)).is_some());
+    stack.proxy = Proxy::start(&config);
+    let again = stack.handshake(host).await.expect("the stored wildcard");
+    assert_eq!(serial_and_names(&again).0, first, "taken from storage");
+    assert_eq!(stack.orders(), 1, "no order after the restart");
+
+    let started = Instant::now();
+    let renewed = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no renewal within 60 s of a 30 s certificate\n{}",
+            stack.logs()
+        );
+        let stream = stack
+            .handshake(host)
+            .await
+            .unwrap_or_else(|e| panic!("a handshake during renewal failed: {e}\n{}", stack.logs()));
+        let (serial, names) = serial_and_names(&stream);
+        if serial != first {
+            assert_eq!(names, vec![WILDCARD.to_string()]);
+            break serial;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    println!("renewed after {:?}: {renewed}", started.elapsed());
+    assert_eq!(stack.orders(), 2, "{}", stack.logs());
+    within(
+        Duration::from_secs(10),
+        "the renewal's record cleared",
+        || async { hook_calls(&calls).len() == 4 },
+    )
+    .await;
+    let calls = hook_calls(&calls);
+    let actions: Vec<&str> = calls.iter().map(|c| &c[..c.find(' ').unwrap()]).collect();
+    assert_eq!(actions, ["set", "clear", "set", "clear"], "{calls:?}");
+    assert_ne!(calls[0], calls[2], "a new challenge value");
 }
