@@ -165,6 +165,17 @@ impl Stack {
             runner.config(registry)
         );
         let proxy = Proxy::start(&config);
+        Self::assemble(pebble, runner, proxy, ports, dir).await
+    }
+
+    /// The parts, once the proxy listens on `ports` (and pebble's issuing root is fetched).
+    async fn assemble(
+        pebble: Pebble,
+        runner: Runner,
+        proxy: Proxy,
+        ports: Ports,
+        dir: tempfile::TempDir,
+    ) -> Stack {
         assert_eq!(proxy.tls_addr(), ports.tls_addr(), "the TLS listener");
         let root = pebble.issuing_root().await;
         Stack {
@@ -1558,16 +1569,8 @@ async fn wildcard_stack(
             .replace("\"preview.localhost\"", "\"apps.platform.test\"")
     );
     let proxy = Proxy::start_with_env(&config, env);
-    let root = pebble.issuing_root().await;
     let hook_dir = dir.path().to_path_buf();
-    let stack = Stack {
-        pebble,
-        runner,
-        proxy,
-        ports,
-        root,
-        _dir: dir,
-    };
+    let stack = Stack::assemble(pebble, runner, proxy, ports, dir).await;
     (stack, hook_dir, config)
 }
 
