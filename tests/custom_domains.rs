@@ -1552,13 +1552,32 @@ async fn wildcard_stack(
     let pebble = Pebble::start(pebble_options);
     let hook = hook(&pebble, dir.path());
     let runner = Runner::start("runner-key").await;
-    let (cert, key) = preview_cert(&dir.path().join("preview-cert"));
+    let config = wildcard_config(ports, &pebble, &runner, dir.path(), &hook, "");
+    let proxy = Proxy::start_with_env(&config, env);
+    let hook_dir = dir.path().to_path_buf();
+    let stack = Stack::assemble(pebble, runner, proxy, ports, dir).await;
+    (stack, hook_dir, config)
+}
+
+/// A proxy on `ports` with no custom domains, previews under `apps.platform.test` on
+/// `runner` (a public `attacker`, a private `victim`), `acme.dns01` for its wildcard through
+/// `hook` (plus `acme_extra` keys), files under `dir`, and a static certificate for another
+/// name only.
+fn wildcard_config(
+    ports: Ports,
+    pebble: &Pebble,
+    runner: &Runner,
+    dir: &Path,
+    hook: &Path,
+    acme_extra: &str,
+) -> String {
+    let (cert, key) = preview_cert(&dir.join("preview-cert"));
     let acme = pebble.acme_config(&format!(
-        "dir = {:?}\nhandshake_wait = \"20s\"\norder_timeout = \"60s\"\nrenew_check_interval = \"1s\"\n\
+        "dir = {:?}\nhandshake_wait = \"20s\"\norder_timeout = \"60s\"\nrenew_check_interval = \"1s\"\n{acme_extra}\n\
          [acme.dns01]\nnames = [\"{WILDCARD}\"]\nhook = {hook:?}\nhook_timeout = \"20s\"\n",
-        dir.path().join("acme")
+        dir.join("acme")
     ));
-    let config = format!(
+    format!(
         "[server]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [tls]\nenabled = true\nlisten = \"127.0.0.1:{}\"\nunknown_sni = \"refuse\"\n\
          [[tls.certs]]\ncert = {cert:?}\nkey = {key:?}\n{acme}\n{}",
@@ -1567,18 +1586,15 @@ async fn wildcard_stack(
         runner
             .config(ATTACKER_AND_VICTIM)
             .replace("\"preview.localhost\"", "\"apps.platform.test\"")
-    );
-    let proxy = Proxy::start_with_env(&config, env);
-    let hook_dir = dir.path().to_path_buf();
-    let stack = Stack::assemble(pebble, runner, proxy, ports, dir).await;
-    (stack, hook_dir, config)
+    )
 }
 
-/// The first handshake for `host` served with a certificate (retried up to the hang limit).
-async fn first_served_handshake(stack: &Stack, host: &str) -> TlsStream<TcpStream> {
+/// The first handshake for `host` on `addr` served with a certificate `root` signed (retried
+/// up to the hang limit).
+async fn first_served_handshake(addr: SocketAddr, root: &Path, host: &str) -> TlsStream<TcpStream> {
     let started = Instant::now();
     loop {
-        match stack.handshake(host).await {
+        match handshake(addr, host, root).await {
             Ok(stream) => {
                 println!("{host}: served after {:?}", started.elapsed());
                 return stream;
@@ -1587,7 +1603,7 @@ async fn first_served_handshake(stack: &Stack, host: &str) -> TlsStream<TcpStrea
                 println!("not yet: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => panic!("no certificate for {host}: {e}\n{}", stack.logs()),
+            Err(e) => panic!("no certificate for {host} on {addr}: {e}"),
         }
     }
 }
@@ -1612,7 +1628,7 @@ async fn a_wildcard_preview_certificate_is_obtained_by_dns01_through_the_hook() 
     )
     .await;
     let host = "3000-attacker.apps.platform.test";
-    let stream = first_served_handshake(&stack, host).await;
+    let stream = first_served_handshake(stack.ports.tls_addr(), &stack.root, host).await;
     let (serial, names) = serial_and_names(&stream);
     assert_eq!(names, vec![WILDCARD.to_string()]);
     let (status, body) = h1_get(&mut h1(stream).await, host, "/hi", &[]).await;
@@ -1729,7 +1745,7 @@ async fn the_shipped_nsupdate_hook_obtains_the_wildcard_through_bind() {
     ];
     let (stack, _, _) = wildcard_stack(|o| o.dns_server = Some(bind.addr), |_, _| hook, &env).await;
     let host = "3000-attacker.apps.platform.test";
-    let stream = first_served_handshake(&stack, host).await;
+    let stream = first_served_handshake(stack.ports.tls_addr(), &stack.root, host).await;
     assert_eq!(serial_and_names(&stream).1, vec![WILDCARD.to_string()]);
     assert_eq!(h1_get(&mut h1(stream).await, host, "/", &[]).await.0, 200);
     let log = bind.log();
@@ -1756,7 +1772,8 @@ async fn the_wildcard_is_reused_after_a_restart_and_renewed_through_the_hook() {
     )
     .await;
     let host = "3000-attacker.apps.platform.test";
-    let (first, _) = serial_and_names(&first_served_handshake(&stack, host).await);
+    let (first, _) =
+        serial_and_names(&first_served_handshake(stack.ports.tls_addr(), &stack.root, host).await);
     assert_eq!(stack.orders(), 1);
 
     stack.proxy.signal("TERM");
@@ -1796,4 +1813,52 @@ async fn the_wildcard_is_reused_after_a_restart_and_renewed_through_the_hook() {
     let actions: Vec<&str> = calls.iter().map(|c| &c[..c.find(' ').unwrap()]).collect();
     assert_eq!(actions, ["set", "clear", "set", "clear"], "{calls:?}");
     assert_ne!(calls[0], calls[2], "a new challenge value");
+}
+
+/// Two replicas sharing Redis storage: both want the wildcard at start, one orders (the hook
+/// runs once), the other takes it from Redis, and both serve the one certificate; its key is
+/// stored sealed under `acme:cert:*.<base>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_redis_order_the_wildcard_once_and_both_serve_it() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("acme.key");
+    std::fs::write(&key, "5a".repeat(32)).unwrap();
+    let (one, two) = (Ports::free(), Ports::free());
+    let pebble = Pebble::start(PebbleOptions::new(one.http, one.tls));
+    let hook = logging_hook(dir.path(), &publishing_hook_body(&pebble));
+    let runner = Runner::start("runner-key").await;
+    let storage = format!("storage = \"redis\"\nencryption_key_file = {key:?}");
+    let replica = |ports: Ports, name: &str| {
+        let config = wildcard_config(
+            ports,
+            &pebble,
+            &runner,
+            &dir.path().join(name),
+            &hook,
+            &storage,
+        );
+        Proxy::start(&format!("{config}[redis]\nurl = \"{}\"\n", redis.url()))
+    };
+    let _replicas = [replica(one, "one"), replica(two, "two")];
+    let root = pebble.issuing_root().await;
+    let host = "3000-attacker.apps.platform.test";
+    let mut serials = Vec::new();
+    for ports in [one, two] {
+        let stream = first_served_handshake(ports.tls_addr(), &root, host).await;
+        serials.push(serial_and_names(&stream).0);
+    }
+    assert_eq!(serials[0], serials[1], "one certificate for both");
+    assert_eq!(orders(&pebble), 1, "{}", pebble.log());
+    within(Duration::from_secs(10), "set and clear", || async {
+        hook_calls(dir.path()).len() == 2
+    })
+    .await;
+    let stored = redis.cli(&["KEYS", "*acme:cert:*"]);
+    assert!(
+        stored.contains("acme:cert:*.apps.platform.test"),
+        "{stored}"
+    );
+    let value = redis.cli(&["GET", stored.trim()]);
+    assert!(!value.contains("PRIVATE KEY"), "sealed at rest");
 }
