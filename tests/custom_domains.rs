@@ -614,6 +614,24 @@ fn replica_config(
     format!("{serve}{}", redis_toml(redis, ""))
 }
 
+/// What two replicas share: Redis, a folder with the storage key (and its path), their ports,
+/// and pebble validating against replica one's.
+fn replicas() -> (
+    RedisServer,
+    tempfile::TempDir,
+    PathBuf,
+    (Ports, Ports),
+    Pebble,
+) {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("acme.key");
+    std::fs::write(&key, "5a".repeat(32)).unwrap();
+    let (one, two) = (Ports::free(), Ports::free());
+    let pebble = Pebble::start(PebbleOptions::new(one.http, one.tls));
+    (redis, dir, key, (one, two), pebble)
+}
+
 /// Two replicas on one Redis, the domain added with the CLI (`--verify none`): the first
 /// handshake at replica 1 orders (pebble validates against replica 1's listener); a handshake
 /// at replica 2 while that order runs waits for it instead of ordering again. Both serve the
@@ -621,12 +639,7 @@ fn replica_config(
 /// `sandgate domain list` shows the certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_one_redis_make_one_order_and_both_serve_it() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("acme.key");
-    std::fs::write(&key, "5a".repeat(32)).unwrap();
-    let (one, two) = (Ports::free(), Ports::free());
-    let pebble = Pebble::start(PebbleOptions::new(one.http, one.tls));
+    let (redis, dir, key, (one, two), pebble) = replicas();
     let runner = Runner::start("k").await;
     let cli = dir.path().join("cli.toml");
     std::fs::write(
@@ -1820,12 +1833,7 @@ async fn the_wildcard_is_reused_after_a_restart_and_renewed_through_the_hook() {
 /// stored sealed under `acme:cert:*.<base>`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_one_redis_order_the_wildcard_once_and_both_serve_it() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("acme.key");
-    std::fs::write(&key, "5a".repeat(32)).unwrap();
-    let (one, two) = (Ports::free(), Ports::free());
-    let pebble = Pebble::start(PebbleOptions::new(one.http, one.tls));
+    let (redis, dir, key, (one, two), pebble) = replicas();
     let hook = logging_hook(dir.path(), &publishing_hook_body(&pebble));
     let runner = Runner::start("runner-key").await;
     let storage = format!("storage = \"redis\"\nencryption_key_file = {key:?}");
