@@ -288,13 +288,21 @@ impl Engine {
         self.is_wildcard(name) || self.authority.may_order(name).await
     }
 
-    /// Starts fetching each configured wildcard not held (the fetch runs on in its own task;
-    /// a failure is logged and paused as any order's).
+    /// Starts fetching each configured wildcard not held, in the background. A failed order
+    /// is logged (and paused) where it fails; what else stops it (storage unreachable) is
+    /// logged here.
     fn fetch_missing_wildcards(self: &Arc<Self>) {
         for wildcard in &self.wildcards {
-            if !self.held.contains_key(&wildcard.name) {
-                drop(self.start(&wildcard.name, Want::Any));
+            if self.held.contains_key(&wildcard.name) {
+                continue;
             }
+            let fetch = self.start(&wildcard.name, Want::Any);
+            let name = wildcard.name.clone();
+            tokio::spawn(async move {
+                if let Err(e @ (AcmeError::Storage(_) | AcmeError::Pending(_))) = fetch.await {
+                    tracing::warn!(host = name, error = %e, "ACME wildcard not obtained yet");
+                }
+            });
         }
     }
 
